@@ -1,0 +1,317 @@
+//! One function per subcommand: turn flags into library options, call, print the result.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
+use hoist::pack::{PackOptions, WalkOptions};
+use hoist::reference::Reference;
+use hoist::registry::{Credentials, RegistryClient, TransportOptions};
+use hoist::store::Store;
+use hoist::transfer::{self, PullOptions, PushOptions, Target};
+use hoist::Error;
+
+use super::output::{human_bytes, observer, print_json};
+use super::{Command, GlobalArgs};
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The model folder (nested folders are kept as relative paths).
+    dir: PathBuf,
+    /// Where to push: `my-model:v1` (local store) or `registry/repo:tag`; `repo:v1,latest` tags twice.
+    reference: String,
+    /// Extra tags (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Layer encoding: raw (default, the ModelPack advice for weights), tar, tar+gzip, tar+zstd.
+    #[arg(long, default_value = "raw", value_parser = parse_layer_format)]
+    layer_format: LayerFormat,
+    /// zstd (default 3) or gzip (default 6) level for compressed layers.
+    #[arg(long, value_name = "N")]
+    compression_level: Option<i32>,
+    /// `descriptor.name` in the ModelPack config (default: the folder's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Record the current time as createdAt (otherwise only $SOURCE_DATE_EPOCH is used, so
+    /// the same folder always gives the same digest).
+    #[arg(long)]
+    created: bool,
+    /// Include dot-files (.git is always skipped).
+    #[arg(long)]
+    include_hidden: bool,
+    /// Follow symlinks that point outside the folder.
+    #[arg(long)]
+    follow_external_symlinks: bool,
+    /// Blobs uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Upload in chunks of this many bytes (PATCH) instead of one streaming PUT.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// What to pull.
+    reference: String,
+    /// The folder to write files into (created if missing).
+    #[arg(short, long, default_value = ".")]
+    output: PathBuf,
+    /// Layers downloaded at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
+    #[arg(long)]
+    allow_path_traversal: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    reference: String,
+    /// Print the raw manifest and config as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Source reference.
+    source: String,
+    /// Destination reference (`repo:v1,latest` tags twice).
+    destination: String,
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
+    match command {
+        Command::Push(args) => push(args, global).await,
+        Command::Pull(args) => pull(args, global).await,
+        Command::Inspect(args) => inspect(args, global).await,
+        Command::Copy(args) => copy(args, global).await,
+        Command::List => list(global),
+    }
+}
+
+fn store(global: &GlobalArgs) -> Result<Store, Error> {
+    Ok(Store::open(global.store.clone().unwrap_or_else(Store::default_root))?)
+}
+
+fn target(reference: &Reference, global: &GlobalArgs) -> Result<Target, Error> {
+    let repository = reference.repository.clone();
+    match &reference.registry {
+        None => Ok(Target::Local { store: store(global)?, repository }),
+        Some(registry) => {
+            let opts = TransportOptions {
+                plain_http: global.plain_http.then_some(true),
+                insecure: global.insecure,
+                ca_file: global.ca_file.clone(),
+                max_connections: 16,
+            };
+            let client = RegistryClient::new(registry, &opts, Credentials::anonymous())?;
+            Ok(Target::Remote { client, repository })
+        }
+    }
+}
+
+fn all_tags(reference: &str, extra: &[String]) -> Result<(Reference, Vec<String>), Error> {
+    let (parsed, mut tags) = Reference::parse_with_tags(reference)?;
+    for tag in extra {
+        let (_, more) = Reference::parse_with_tags(&format!("{}:{tag}", parsed.repository))?;
+        tags.extend(more);
+    }
+    if tags.is_empty() && parsed.digest.is_none() {
+        tags.push("latest".into());
+    }
+    tags.dedup();
+    Ok((parsed, tags))
+}
+
+async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let (reference, tags) = all_tags(&args.reference, &args.tags)?;
+    let target = target(&reference, global)?;
+    let timestamp = match std::env::var("SOURCE_DATE_EPOCH").ok().filter(|v| !v.is_empty()) {
+        Some(v) => Some(v.parse::<i64>().map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?),
+        None if args.created => Some(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)),
+        None => None,
+    };
+    let opts = PackOptions {
+        walk: WalkOptions { include_hidden: args.include_hidden, follow_external_symlinks: args.follow_external_symlinks },
+        layer_format: args.layer_format,
+        compression_level: args.compression_level,
+        name: args.name,
+        timestamp,
+        temp_dir: match &target {
+            Target::Local { store, .. } => Some(store.root().join("ingest")),
+            Target::Remote { .. } => None,
+        },
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let dir = args.dir.clone();
+    let packed = tokio::task::spawn_blocking(move || hoist::pack::pack(&dir, &opts))
+        .await
+        .expect("pack task does not panic")?;
+    let push_opts = PushOptions { concurrency: args.concurrency, chunk_size: args.chunk_size };
+    let report = transfer::push(&packed, &target, &tags, &push_opts, observer(global)).await?;
+    if args.json {
+        print_json(&report);
+    } else {
+        println!(
+            "Pushed {} ({} files, {}) as {}: {} uploaded ({}), {} already there, in {:.1}s",
+            target.describe(),
+            packed.manifest.layers.len(),
+            human_bytes(packed.manifest.layers.iter().map(|l| l.size).sum()),
+            tags.join(", "),
+            report.uploaded,
+            human_bytes(report.uploaded_bytes),
+            report.skipped,
+            started.elapsed().as_secs_f64()
+        );
+        println!("Digest: {}", report.digest);
+    }
+    Ok(())
+}
+
+async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let reference = Reference::parse(&args.reference)?;
+    let source = target(&reference, global)?;
+    let opts = PullOptions { concurrency: args.concurrency, allow_path_traversal: args.allow_path_traversal };
+    let started = std::time::Instant::now();
+    let report = transfer::pull(&source, &reference.target(), &args.output, &opts, observer(global)).await?;
+    if args.json {
+        print_json(&report);
+    } else {
+        println!(
+            "Pulled {} into {}: {} files, {} ({} downloaded, {} already in place) in {:.1}s",
+            reference,
+            args.output.display(),
+            report.files,
+            human_bytes(report.bytes),
+            human_bytes(report.downloaded_bytes),
+            report.skipped,
+            started.elapsed().as_secs_f64()
+        );
+        println!("Digest: {}", report.digest);
+    }
+    Ok(())
+}
+
+async fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let reference = Reference::parse(&args.reference)?;
+    let source = target(&reference, global)?;
+    let resolved = source.resolve(&reference.target()).await.map_err(Error::from)?;
+    let manifest = &resolved.manifest;
+    if args.json {
+        let config = fetch_config(&source, manifest).await;
+        let doc = serde_json::json!({
+            "digest": resolved.digest,
+            "manifestDigest": resolved.manifest_digest,
+            "manifest": manifest,
+            "config": config,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        return Ok(());
+    }
+    println!("Reference:     {reference}");
+    println!("Digest:        {}", resolved.digest);
+    println!("Artifact type: {}", manifest.artifact_type.as_deref().unwrap_or(&manifest.config.media_type));
+    println!();
+    println!("{:<40} {:>12}  MEDIA TYPE", "FILE", "SIZE");
+    let plan = LayerPlan::from_manifest(manifest, true).ok();
+    for layer in &manifest.layers {
+        let name = plan
+            .as_ref()
+            .and_then(|p| p.layers.iter().find(|l| l.descriptor == *layer))
+            .map_or_else(|| format!("<{}>", &layer.digest.hex()[..12]), |l| l.path.display().to_string());
+        println!("{:<40} {:>12}  {}", name, human_bytes(layer.size), layer.media_type);
+    }
+    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    println!("{:<40} {:>12}  ({} layers)", "TOTAL", human_bytes(total), manifest.layers.len());
+    Ok(())
+}
+
+/// The config as JSON when it is small JSON; `null` otherwise.
+async fn fetch_config(source: &Target, manifest: &hoist::oci::Manifest) -> serde_json::Value {
+    if manifest.config.size > 1 << 20 {
+        return serde_json::Value::Null;
+    }
+    let bytes = match source {
+        Target::Local { store, .. } => store.read_blob(&manifest.config.digest, 1 << 20).ok(),
+        Target::Remote { client, repository } => match client.get_blob(repository, &manifest.config.digest, None).await {
+            Ok(b) => b.response.bytes().await.ok().map(|b| b.to_vec()),
+            Err(_) => None,
+        },
+    };
+    bytes
+        .filter(|b| hoist::digest::Digest::of_bytes(b) == manifest.config.digest)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+async fn copy(args: CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let src_ref = Reference::parse(&args.source)?;
+    let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
+    if tags.is_empty() && dst_ref.digest.is_none() {
+        tags.push(src_ref.tag.clone().unwrap_or_else(|| "latest".into()));
+    }
+    let (src, dst) = (target(&src_ref, global)?, target(&dst_ref, global)?);
+    let report = transfer::copy(&src, &src_ref.target(), &dst, &tags, args.concurrency, observer(global)).await?;
+    println!(
+        "Copied {src_ref} to {} as {}: {} blobs copied ({}), {} already there",
+        dst.describe(),
+        tags.join(", "),
+        report.copied,
+        human_bytes(report.copied_bytes),
+        report.skipped
+    );
+    println!("Digest: {}", report.digest);
+    Ok(())
+}
+
+fn list(global: &GlobalArgs) -> Result<(), Error> {
+    let store = store(global)?;
+    let entries = store.list()?;
+    if entries.is_empty() {
+        println!("The local store {} is empty; `hoist push DIR NAME:TAG` adds a model.", store.root().display());
+        return Ok(());
+    }
+    println!("{:<40} {:>12}  DIGEST", "REFERENCE", "SIZE");
+    for (name, desc) in entries {
+        let size = store
+            .read_blob(&desc.digest, hoist::oci::MAX_MANIFEST_BYTES)
+            .ok()
+            .and_then(|b| match ManifestKind::parse(Some(&desc.media_type), &b) {
+                Ok(ManifestKind::Image(m)) => Some(m.layers.iter().map(|l| l.size).sum::<u64>()),
+                _ => None,
+            });
+        println!("{:<40} {:>12}  {}", name, size.map_or("-".into(), human_bytes), desc.digest);
+    }
+    Ok(())
+}
+
+fn parse_layer_format(s: &str) -> Result<LayerFormat, String> {
+    LayerFormat::parse(s).ok_or_else(|| format!("{s:?} is not one of raw, tar, tar+gzip, tar+zstd"))
+}
+
+/// Sizes like `16MiB`, `100M`, `1048576`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 16MiB)"))?;
+    let mult = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?} has an unknown unit (use KiB, MiB or GiB)")),
+    };
+    Ok(n * mult)
+}

@@ -1,0 +1,95 @@
+//! The command line: flags and environment in, library calls, human or JSON output out.
+//! Nothing here moves bytes itself.
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+References: [registry/]repository[:tag][@sha256:<digest>]. Without a registry host
+(`my-model:v1`) the reference names the local store ($HOIST_HOME, default
+~/.local/share/hoist), so push and pull work with nothing to set up.
+localhost and 127.0.0.1 registries are spoken to over plain HTTP.
+
+Exit codes: 0 ok, 1 failure, 2 usage or bad input, 3 auth, 4 not found,
+5 network, 6 verification failed, 7 local disk, 8 invalid or unsafe content.";
+
+#[derive(Parser)]
+#[command(name = "hoist", version, about = "Ship ML models as OCI artifacts: pack, push, pull, verified.", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct GlobalArgs {
+    /// Local store folder (the embedded default registry).
+    #[arg(long, global = true, env = "HOIST_HOME", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Speak plain HTTP to the registry (automatic for localhost and 127.0.0.1).
+    #[arg(long, global = true)]
+    plain_http: bool,
+    /// Accept any TLS certificate.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// An extra CA certificate (PEM) to trust.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Progress output: auto (bars... lines on a TTY, JSON lines otherwise), json, plain or none.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Print only the result.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Log debug details to stderr (never secrets).
+    #[arg(long, global = true)]
+    debug: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Json,
+    Plain,
+    None,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack a model folder as a ModelPack artifact (one layer per file) and push it.
+    Push(commands::PushArgs),
+    /// Pull an artifact into a folder; files appear only once all are verified.
+    Pull(commands::PullArgs),
+    /// Show an artifact's files, sizes and media types.
+    Inspect(commands::InspectArgs),
+    /// Copy an artifact between registries and the local store.
+    Copy(commands::CopyArgs),
+    /// List what the local store holds.
+    List,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.global.debug { "hoist=debug" } else { "hoist=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOIST_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let result = runtime.block_on(commands::run(cli.command, &cli.global));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hoist: error: {e}");
+            std::process::ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

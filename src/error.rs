@@ -1,0 +1,98 @@
+//! The crate's error, and the exit code each failure class maps to. The codes are part of the
+//! CLI's contract (an init container acts on them) and are listed in the README.
+
+use crate::materialize::MaterializeError;
+use crate::oci::OciError;
+use crate::pack::PackError;
+use crate::reference::ReferenceError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use crate::transfer::TransferError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Process exit codes, one per failure class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    Auth = 3,
+    NotFound = 4,
+    Network = 5,
+    Verification = 6,
+    Disk = 7,
+    InvalidContent = 8,
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Reference(_) | Error::Usage(_) => ExitCode::Usage,
+            Error::Pack(e) => pack_code(e),
+            Error::Store(e) => store_code(e),
+            Error::Registry(e) => registry_code(e),
+            Error::Transfer(e) => match e {
+                TransferError::Registry(e) => registry_code(e),
+                TransferError::Store(e) => store_code(e),
+                TransferError::Oci(e) => oci_code(e),
+                TransferError::Materialize(e) => materialize_code(e),
+                TransferError::DigestMismatch { .. } => ExitCode::Verification,
+                TransferError::Io { .. } => ExitCode::Disk,
+                TransferError::NoPlatform(_) => ExitCode::NotFound,
+            },
+        }
+    }
+}
+
+fn pack_code(e: &PackError) -> ExitCode {
+    match e {
+        PackError::Read { .. } | PackError::Encode { .. } => ExitCode::Disk,
+        _ => ExitCode::Usage,
+    }
+}
+
+fn store_code(e: &StoreError) -> ExitCode {
+    match e {
+        StoreError::NotFound { .. } => ExitCode::NotFound,
+        StoreError::DigestMismatch { .. } => ExitCode::Verification,
+        StoreError::Io { .. } | StoreError::CorruptIndex { .. } => ExitCode::Disk,
+    }
+}
+
+fn registry_code(e: &RegistryError) -> ExitCode {
+    match e {
+        RegistryError::Unauthorized { .. } | RegistryError::Denied { .. } => ExitCode::Auth,
+        RegistryError::NotFound { .. } => ExitCode::NotFound,
+        RegistryError::ManifestTooLarge { .. } => ExitCode::InvalidContent,
+        RegistryError::Tls(_) => ExitCode::Usage,
+        RegistryError::Status { status, .. } if *status < 500 && *status != 429 => ExitCode::Failure,
+        RegistryError::Connect { .. } | RegistryError::Transfer { .. } | RegistryError::Status { .. } => ExitCode::Network,
+    }
+}
+
+fn oci_code(_: &OciError) -> ExitCode {
+    ExitCode::InvalidContent
+}
+
+fn materialize_code(e: &MaterializeError) -> ExitCode {
+    match e {
+        MaterializeError::Io { .. } => ExitCode::Disk,
+        _ => ExitCode::InvalidContent,
+    }
+}

@@ -1,0 +1,171 @@
+//! From a manifest to the files it holds: which layers are files, where each one goes, and how
+//! its bytes are encoded. Every path is checked here, before any byte is downloaded.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::{media, Descriptor, Manifest, OciError};
+
+/// How a layer's bytes become files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerFormat {
+    /// The blob is the file.
+    Raw,
+    Tar,
+    TarGzip,
+    TarZstd,
+}
+
+impl LayerFormat {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            LayerFormat::Raw => "raw",
+            LayerFormat::Tar => "tar",
+            LayerFormat::TarGzip => "tar+gzip",
+            LayerFormat::TarZstd => "tar+zstd",
+        }
+    }
+    pub fn parse(s: &str) -> Option<LayerFormat> {
+        Some(match s {
+            "raw" => LayerFormat::Raw,
+            "tar" => LayerFormat::Tar,
+            "tar+gzip" | "tar.gz" | "gzip" => LayerFormat::TarGzip,
+            "tar+zstd" | "zstd" => LayerFormat::TarZstd,
+            _ => return None,
+        })
+    }
+    /// The format named by a ModelPack media type's suffix.
+    fn of_modelpack(media_type: &str) -> Option<LayerFormat> {
+        LayerFormat::parse(media_type.rsplit(".v1.").next()?)
+    }
+}
+
+/// One layer that becomes one file (raw) or a tree of files (tar formats).
+#[derive(Debug, Clone)]
+pub struct FileLayer {
+    pub descriptor: Descriptor,
+    /// Relative path of the file (raw) or the name the layer is known by (tar).
+    pub path: PathBuf,
+    pub format: LayerFormat,
+}
+
+/// The files a manifest yields, in manifest order.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    pub layers: Vec<FileLayer>,
+}
+
+impl LayerPlan {
+    /// Map layers to files. Layers without a name are skipped, as ORAS does; a manifest with
+    /// no named layer at all is an error that lists what it did contain.
+    pub fn from_manifest(manifest: &Manifest, allow_unsafe: bool) -> Result<LayerPlan, OciError> {
+        let mut layers = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for desc in &manifest.layers {
+            let Some(name) = desc
+                .annotation(media::ANNOTATION_TITLE)
+                .or_else(|| desc.annotation(media::ANNOTATION_FILEPATH))
+            else {
+                continue;
+            };
+            let path = if allow_unsafe {
+                PathBuf::from(name)
+            } else {
+                safe_relative_path(name).map_err(|why| OciError::UnsafePath {
+                    digest: desc.digest.to_string(),
+                    path: name.to_string(),
+                    why,
+                })?
+            };
+            let format = layer_format(desc);
+            if format == LayerFormat::Raw && !seen.insert(path.clone()) {
+                return Err(OciError::DuplicatePath(name.to_string()));
+            }
+            layers.push(FileLayer {
+                descriptor: desc.clone(),
+                path,
+                format,
+            });
+        }
+        if layers.is_empty() {
+            let mut types: Vec<&str> = manifest.layers.iter().map(|d| d.media_type.as_str()).collect();
+            types.dedup();
+            let found = if types.is_empty() { "none".to_string() } else { types.join(", ") };
+            return Err(OciError::NoFiles(found));
+        }
+        Ok(LayerPlan { layers })
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.descriptor.size).sum()
+    }
+}
+
+fn layer_format(desc: &Descriptor) -> LayerFormat {
+    let mt = desc.media_type.as_str();
+    if super::modelpack::kind_of_media_type(mt).is_some() {
+        return LayerFormat::of_modelpack(mt).unwrap_or(LayerFormat::Raw);
+    }
+    // ORAS marks directories packed as tar+gzip with an unpack annotation; any other titled
+    // layer is the file's own bytes whatever its media type says.
+    if desc.annotation(media::ANNOTATION_ORAS_UNPACK) == Some("true") {
+        return if mt.ends_with("zstd") {
+            LayerFormat::TarZstd
+        } else if mt.ends_with("gzip") {
+            LayerFormat::TarGzip
+        } else {
+            LayerFormat::Tar
+        };
+    }
+    LayerFormat::Raw
+}
+
+/// Accept only plain relative paths: no root, no `..`, no empty or NUL names.
+pub fn safe_relative_path(name: &str) -> Result<PathBuf, &'static str> {
+    if name.is_empty() {
+        return Err("empty path");
+    }
+    if name.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    let path = Path::new(name);
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains '..'"),
+            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        return Err("names no file");
+    }
+    Ok(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        assert_eq!(safe_relative_path("a/./b.json").unwrap(), PathBuf::from("a/b.json"));
+        assert!(safe_relative_path("../escape").is_err());
+        assert!(safe_relative_path("a/../../x").is_err());
+        assert!(safe_relative_path("/etc/x").is_err());
+        assert!(safe_relative_path(".").is_err());
+        assert!(safe_relative_path("").is_err());
+    }
+
+    #[test]
+    fn modelpack_formats_from_media_type() {
+        let d = Descriptor::new(
+            "application/vnd.cncf.model.weight.v1.tar+zstd",
+            crate::digest::Digest::of_bytes(b""),
+            0,
+        );
+        assert_eq!(layer_format(&d), LayerFormat::TarZstd);
+        let d = Descriptor::new("application/vnd.cncf.model.weight.config.v1.raw", d.digest, 0);
+        assert_eq!(layer_format(&d), LayerFormat::Raw);
+    }
+}

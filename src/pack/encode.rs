@@ -1,0 +1,106 @@
+//! Turning files into layer blobs. Raw layers are hashed in place; tar layers are written
+//! once to a scratch folder with fixed metadata (mtime, uid, gid, names) so the same folder
+//! always gives the same digests. Files are processed on a few threads at once.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::{BlobSource, ModelFile, PackError, PackOptions};
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::LayerFormat;
+
+pub struct EncodedLayer {
+    pub digest: Digest,
+    /// Digest of the uncompressed content (`modelfs.diffIds`).
+    pub diff_id: Digest,
+    pub size: u64,
+    pub source: BlobSource,
+}
+
+pub fn encode_all(files: &[ModelFile], opts: &PackOptions, scratch: Option<&Path>) -> Result<Vec<EncodedLayer>, PackError> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<EncodedLayer, PackError>>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let threads = opts.threads.clamp(1, files.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(file) = files.get(i) else { break };
+                let result = match (opts.layer_format, scratch) {
+                    (LayerFormat::Raw, _) | (_, None) => raw(file),
+                    (format, Some(dir)) => tar_layer(file, format, opts, &dir.join(format!("{i}.layer"))),
+                };
+                *results[i].lock().expect("no poisoned lock") = Some(result);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().expect("no poisoned lock").expect("every file visited"))
+        .collect()
+}
+
+fn raw(file: &ModelFile) -> Result<EncodedLayer, PackError> {
+    let digest = Digest::of_file(&file.source).map_err(|source| PackError::Read { path: file.source.clone(), source })?;
+    Ok(EncodedLayer {
+        diff_id: digest.clone(),
+        digest,
+        size: file.size,
+        source: BlobSource::File(file.source.clone()),
+    })
+}
+
+fn tar_layer(file: &ModelFile, format: LayerFormat, opts: &PackOptions, out: &Path) -> Result<EncodedLayer, PackError> {
+    let encode_err = |source| PackError::Encode { path: file.source.clone(), source };
+    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, File::create(out).map_err(encode_err)?));
+    let (sink, diff_id) = match format {
+        LayerFormat::Tar | LayerFormat::Raw => {
+            let mut tar = HashingWriter::new(sink);
+            write_tar(file, opts, &mut tar).map_err(encode_err)?;
+            let (sink, diff_id, _) = tar.finish();
+            (sink, diff_id)
+        }
+        LayerFormat::TarGzip => {
+            let level = opts.compression_level.unwrap_or(6).clamp(0, 9) as u32;
+            let mut tar = HashingWriter::new(flate2::write::GzEncoder::new(sink, flate2::Compression::new(level)));
+            write_tar(file, opts, &mut tar).map_err(encode_err)?;
+            let (gz, diff_id, _) = tar.finish();
+            (gz.finish().map_err(encode_err)?, diff_id)
+        }
+        LayerFormat::TarZstd => {
+            let level = opts.compression_level.unwrap_or(3);
+            let mut zstd = zstd::stream::write::Encoder::new(sink, level).map_err(encode_err)?;
+            zstd.multithread(opts.threads as u32).map_err(encode_err)?;
+            let mut tar = HashingWriter::new(zstd);
+            write_tar(file, opts, &mut tar).map_err(encode_err)?;
+            let (zstd, diff_id, _) = tar.finish();
+            (zstd.finish().map_err(encode_err)?, diff_id)
+        }
+    };
+    let (mut buffered, digest, size) = sink.finish();
+    buffered.flush().map_err(encode_err)?;
+    Ok(EncodedLayer {
+        digest,
+        diff_id,
+        size,
+        source: BlobSource::File(out.to_path_buf()),
+    })
+}
+
+/// One-entry tar named by the file's relative path, as modctl writes ModelPack tar layers.
+fn write_tar(file: &ModelFile, opts: &PackOptions, w: &mut impl Write) -> std::io::Result<()> {
+    let mut builder = tar::Builder::new(w);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(file.size);
+    header.set_mode(file.mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(opts.timestamp.unwrap_or(0).max(0) as u64);
+    let mut src = File::open(&file.source)?;
+    builder.append_data(&mut header, &file.relative, &mut src)?;
+    builder.into_inner()?.flush()
+}

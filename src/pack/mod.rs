@@ -1,0 +1,241 @@
+//! Pack: a model directory becomes an OCI artifact (ModelPack manifest, config, one layer per
+//! file). Raw layers are the files themselves, hashed in place and never copied; tar layers are
+//! encoded once into a temporary folder. Nothing here knows about registries.
+
+mod classify;
+mod encode;
+mod walk;
+
+pub use classify::classify;
+pub use walk::{walk, ModelFile, WalkOptions};
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::oci::modelpack::{
+    layer_media_type, FileMetadata, LayerKind, ModelConfig, ModelDescriptor,
+};
+use crate::oci::{media, Descriptor, LayerFormat, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("model folder {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a folder: pass the model's folder")]
+    NotADirectory(PathBuf),
+    #[error("model folder {0} holds no files to pack (hidden files and .git are skipped)")]
+    Empty(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("symlink {link} points outside the model folder (to {target}); copy the file in or pass --follow-external-symlinks")]
+    SymlinkEscape { link: PathBuf, target: PathBuf },
+    #[error("cannot encode layer for {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("file name {0:?} is not valid UTF-8; rename it")]
+    NonUtf8(PathBuf),
+}
+
+/// Choices that change the packed bytes.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    pub walk: WalkOptions,
+    pub layer_format: LayerFormat,
+    /// zstd or gzip level for compressed tar layers.
+    pub compression_level: Option<i32>,
+    /// `descriptor.name` in the config; defaults to the folder's name.
+    pub name: Option<String>,
+    /// Unix seconds used for `createdAt` and file mtimes; `None` keeps them out (reproducible).
+    pub timestamp: Option<i64>,
+    /// Where tar layers are encoded; the system temp dir when `None`.
+    pub temp_dir: Option<PathBuf>,
+    pub threads: usize,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            walk: WalkOptions::default(),
+            layer_format: LayerFormat::Raw,
+            compression_level: None,
+            name: None,
+            timestamp: None,
+            temp_dir: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Where a blob's bytes come from when it is sent somewhere.
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    File(PathBuf),
+    Bytes(bytes::Bytes),
+}
+
+#[derive(Debug, Clone)]
+pub struct PackedBlob {
+    pub descriptor: Descriptor,
+    pub source: BlobSource,
+}
+
+/// A packed artifact, ready to be sent to a store or registry.
+#[derive(Debug)]
+pub struct Packed {
+    pub manifest: Manifest,
+    pub manifest_bytes: bytes::Bytes,
+    pub manifest_digest: Digest,
+    /// The config blob first, then one blob per layer.
+    pub blobs: Vec<PackedBlob>,
+    /// Keeps encoded tar layers alive until the push is done.
+    pub _scratch: Option<tempfile::TempDir>,
+}
+
+/// Pack a model directory.
+pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
+    let files = walk(dir, &opts.walk)?;
+    if files.is_empty() {
+        return Err(PackError::Empty(dir.to_path_buf()));
+    }
+    let scratch = match opts.layer_format {
+        LayerFormat::Raw => None,
+        _ => Some(
+            match &opts.temp_dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d).map_err(|source| PackError::Read { path: d.clone(), source })?;
+                    tempfile::Builder::new().prefix("hoist-pack-").tempdir_in(d)
+                }
+                None => tempfile::Builder::new().prefix("hoist-pack-").tempdir(),
+            }
+            .map_err(|source| PackError::Read { path: std::env::temp_dir(), source })?,
+        ),
+    };
+    let layers = encode::encode_all(&files, opts, scratch.as_ref().map(|t| t.path()))?;
+
+    let mut descriptor = ModelDescriptor {
+        name: Some(opts.name.clone().unwrap_or_else(|| folder_name(dir))),
+        created_at: opts.timestamp.map(rfc3339),
+        ..Default::default()
+    };
+    let (properties, family) = classify::describe_model(&files);
+    descriptor.family = family;
+    let config = ModelConfig {
+        descriptor,
+        config: properties,
+        modelfs: crate::oci::modelpack::ModelFs {
+            diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
+            ..Default::default()
+        },
+    };
+    let config_bytes = bytes::Bytes::from(serde_json::to_vec(&config).expect("config serialises"));
+    let config_desc = Descriptor::new(
+        media::MODELPACK_CONFIG,
+        Digest::of_bytes(&config_bytes),
+        config_bytes.len() as u64,
+    );
+
+    let mtime = rfc3339(opts.timestamp.unwrap_or(0));
+    let mut blobs = vec![PackedBlob {
+        descriptor: config_desc.clone(),
+        source: BlobSource::Bytes(config_bytes),
+    }];
+    let mut layer_descs = Vec::with_capacity(layers.len());
+    for (file, layer) in files.iter().zip(layers) {
+        let mut desc = Descriptor::new(
+            layer_media_type(file.kind, opts.layer_format),
+            layer.digest,
+            layer.size,
+        );
+        let meta = FileMetadata {
+            name: file.relative.rsplit('/').next().unwrap_or(&file.relative).to_string(),
+            mode: file.mode,
+            uid: 0,
+            gid: 0,
+            size: file.size,
+            mtime: mtime.clone(),
+            typeflag: b'0',
+        };
+        desc.annotations.insert(media::ANNOTATION_TITLE.into(), file.relative.clone());
+        desc.annotations.insert(media::ANNOTATION_FILEPATH.into(), file.relative.clone());
+        desc.annotations.insert(
+            media::ANNOTATION_FILE_METADATA.into(),
+            serde_json::to_string(&meta).expect("metadata serialises"),
+        );
+        if file.kind_untested {
+            desc.annotations.insert(media::ANNOTATION_MEDIATYPE_UNTESTED.into(), "true".into());
+        }
+        layer_descs.push(desc.clone());
+        blobs.push(PackedBlob { descriptor: desc, source: layer.source });
+    }
+    let mut manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: Some(media::MODELPACK_ARTIFACT.into()),
+        config: config_desc,
+        layers: layer_descs,
+        subject: None,
+        annotations: Default::default(),
+    };
+    if let Some(ts) = opts.timestamp {
+        manifest.annotations.insert(media::ANNOTATION_CREATED.into(), rfc3339(ts));
+    }
+    let manifest_bytes = bytes::Bytes::from(manifest.to_bytes());
+    Ok(Packed {
+        manifest_digest: Digest::of_bytes(&manifest_bytes),
+        manifest,
+        manifest_bytes,
+        blobs,
+        _scratch: scratch,
+    })
+}
+
+/// The kind each file is packed as, for callers that report it.
+pub fn kind_name(kind: LayerKind) -> &'static str {
+    kind.as_str()
+}
+
+fn folder_name(dir: &Path) -> String {
+    std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into())
+}
+
+/// RFC 3339 UTC time from Unix seconds (days-to-civil after Howard Hinnant), to avoid a
+/// date-time dependency for one format.
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_points() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,63 @@
+//! Registry errors, each phrased so a user knows what failed and what to try.
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (use --plain-http for a registry without TLS)")]
+    Connect { registry: String, detail: String },
+    #[error("unauthorized: {registry} requires credentials for {repository}; run `hoist login {registry}`")]
+    Unauthorized { registry: String, repository: String },
+    #[error("denied: {registry} refused to {action} {repository}; check that your account may do that")]
+    Denied {
+        registry: String,
+        repository: String,
+        action: &'static str,
+    },
+    #[error("not found: {what} on {registry}")]
+    NotFound { registry: String, what: String },
+    #[error("manifest {what} is {size} bytes, over the {limit}-byte limit; refusing it")]
+    ManifestTooLarge { what: String, size: u64, limit: u64 },
+    #[error("{method} {url} failed: HTTP {status}{message}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{context} on {registry}: {detail}")]
+    Transfer {
+        registry: String,
+        context: String,
+        detail: String,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+}
+
+impl RegistryError {
+    /// Errors worth a retry on another connection or mirror.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Connect { .. } | RegistryError::Transfer { .. } => true,
+            RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// The innermost causes of an error, joined, without the secret-bearing URL details.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    // The outermost reqwest text repeats the URL; the causes say what went wrong.
+    if parts.len() > 1 {
+        parts.remove(0);
+    }
+    parts.join(": ")
+}

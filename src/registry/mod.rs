@@ -1,0 +1,17 @@
+//! The registry client: the OCI distribution API over one pooled HTTP/1.1 client.
+//!
+//! HTTP/2 is left out of the build on purpose: bulk blob transfers over several connections
+//! are faster than multiplexing them onto one TCP stream (see ANCHORS.md).
+
+mod auth;
+mod client;
+mod error;
+mod transport;
+mod upload;
+
+pub use auth::Credentials;
+pub(crate) use error::chain as error_chain;
+pub use client::{BlobResponse, RegistryClient};
+pub use error::RegistryError;
+pub use transport::TransportOptions;
+pub use upload::UploadBody;

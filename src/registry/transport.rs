@@ -1,0 +1,68 @@
+//! Building the HTTP client: TLS roots, plain HTTP for loopback, pool sizing, timeouts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::RegistryError;
+
+#[derive(Debug, Clone, Default)]
+pub struct TransportOptions {
+    /// `Some(true)` forces http://; `None` picks it for loopback hosts, as ORAS does.
+    pub plain_http: Option<bool>,
+    /// Accept any TLS certificate.
+    pub insecure: bool,
+    /// An extra PEM root certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Idle connections kept per host; bulk transfers use one connection each.
+    pub max_connections: usize,
+}
+
+impl TransportOptions {
+    pub fn scheme_for(&self, host: &str) -> &'static str {
+        let plain = self.plain_http.unwrap_or_else(|| is_loopback(host));
+        if plain {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    pub(crate) fn build_client(&self) -> Result<reqwest::Client, RegistryError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(120))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(self.max_connections.max(8))
+            .redirect(reqwest::redirect::Policy::limited(10));
+        if self.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| RegistryError::Tls(format!("cannot read --ca-file {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| RegistryError::Tls(format!("--ca-file {} is not a PEM certificate: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        builder.build().map_err(|e| RegistryError::Tls(super::error::chain(&e)))
+    }
+}
+
+/// `localhost`, `127.x.x.x` and `[::1]`, with or without a port.
+pub fn is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name == "localhost" || name == "::1" || name.starts_with("127.")
+}
+
+#[test]
+fn loopback_hosts() {
+    assert!(is_loopback("localhost:5000"));
+    assert!(is_loopback("127.0.0.1"));
+    assert!(is_loopback("[::1]:5000"));
+    assert!(!is_loopback("registry.example.com"));
+}

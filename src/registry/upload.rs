@@ -1,0 +1,164 @@
+//! Blob uploads: a monolithic streaming PUT when the size is known, or chunked PATCHes when
+//! asked for or when the registry refuses a large single request (413).
+
+use bytes::Bytes;
+use reqwest::{header, Method, StatusCode, Url};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{RegistryClient, RegistryError};
+use crate::oci::Descriptor;
+
+/// Chunk size used when a monolithic PUT is refused as too large.
+const FALLBACK_CHUNK: u64 = 100 * 1024 * 1024;
+
+/// Where upload bytes come from.
+pub enum UploadBody {
+    File(std::path::PathBuf),
+    Bytes(Bytes),
+    /// A one-shot stream (copying from another registry): monolithic only.
+    Stream(reqwest::Body),
+}
+
+impl RegistryClient {
+    /// Upload one blob. `chunk_size` asks for a chunked upload.
+    pub async fn upload_blob(
+        &self,
+        repository: &str,
+        desc: &Descriptor,
+        body: UploadBody,
+        chunk_size: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        let (location, min_chunk) = self.start_upload(repository).await?;
+        match (chunk_size, body) {
+            (Some(size), body @ (UploadBody::File(_) | UploadBody::Bytes(_))) => {
+                self.upload_chunks(repository, desc, location, &body, size.max(min_chunk)).await
+            }
+            (_, body) => {
+                let retry_source = match &body {
+                    UploadBody::File(p) => Some(UploadBody::File(p.clone())),
+                    UploadBody::Bytes(b) => Some(UploadBody::Bytes(b.clone())),
+                    UploadBody::Stream(_) => None,
+                };
+                let mut url = location;
+                url.query_pairs_mut().append_pair("digest", desc.digest.as_str());
+                let req = self
+                    .request(Method::PUT, url)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, desc.size)
+                    .body(whole_body(body).await?);
+                let resp = self.send(req, repository, "uploading blob").await?;
+                match (resp.status(), retry_source) {
+                    (s, _) if s.is_success() => Ok(()),
+                    (StatusCode::PAYLOAD_TOO_LARGE, Some(source)) => {
+                        let (location, min_chunk) = self.start_upload(repository).await?;
+                        self.upload_chunks(repository, desc, location, &source, FALLBACK_CHUNK.max(min_chunk)).await
+                    }
+                    _ => Err(self.status_error("PUT", resp).await),
+                }
+            }
+        }
+    }
+
+    /// `POST /v2/<name>/blobs/uploads/`: the session URL and the registry's minimum chunk.
+    async fn start_upload(&self, repository: &str) -> Result<(Url, u64), RegistryError> {
+        let url = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let req = self.request(Method::POST, url).header(header::CONTENT_LENGTH, 0);
+        let resp = self.send(req, repository, "upload start").await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.status_error("POST", resp).await);
+        }
+        let min_chunk = resp
+            .headers()
+            .get("OCI-Chunk-Min-Length")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        Ok((self.location(&resp)?, min_chunk))
+    }
+
+    fn location(&self, resp: &reqwest::Response) -> Result<Url, RegistryError> {
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Transfer {
+                registry: self.registry.clone(),
+                context: "upload".into(),
+                detail: "the registry sent no Location for the upload session".into(),
+            })?;
+        resp.url().join(loc).map_err(|e| RegistryError::Transfer {
+            registry: self.registry.clone(),
+            context: "upload".into(),
+            detail: format!("bad upload Location {loc:?}: {e}"),
+        })
+    }
+
+    async fn upload_chunks(
+        &self,
+        repository: &str,
+        desc: &Descriptor,
+        mut location: Url,
+        source: &UploadBody,
+        chunk: u64,
+    ) -> Result<(), RegistryError> {
+        let chunk = chunk.max(1);
+        let mut offset = 0;
+        while offset < desc.size {
+            let len = chunk.min(desc.size - offset);
+            let body = match source {
+                UploadBody::File(path) => file_range_body(path, offset, len).await?,
+                UploadBody::Bytes(b) => reqwest::Body::from(b.slice(offset as usize..(offset + len) as usize)),
+                UploadBody::Stream(_) => unreachable!("streams are uploaded monolithically"),
+            };
+            let req = self
+                .request(Method::PATCH, location.clone())
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1))
+                .header(header::CONTENT_LENGTH, len)
+                .body(body);
+            let resp = self.send(req, repository, "uploading chunk").await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(self.status_error("PATCH", resp).await);
+            }
+            location = self.location(&resp)?;
+            offset += len;
+        }
+        location.query_pairs_mut().append_pair("digest", desc.digest.as_str());
+        let req = self.request(Method::PUT, location).header(header::CONTENT_LENGTH, 0);
+        let resp = self.send(req, repository, "upload finish").await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error("PUT", resp).await)
+        }
+    }
+}
+
+async fn whole_body(body: UploadBody) -> Result<reqwest::Body, RegistryError> {
+    Ok(match body {
+        UploadBody::File(path) => {
+            let file = open(&path).await?;
+            reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, 1 << 20))
+        }
+        UploadBody::Bytes(b) => reqwest::Body::from(b),
+        UploadBody::Stream(s) => s,
+    })
+}
+
+async fn file_range_body(path: &std::path::Path, offset: u64, len: u64) -> Result<reqwest::Body, RegistryError> {
+    let mut file = open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| read_error(path, e))?;
+    Ok(reqwest::Body::wrap_stream(ReaderStream::with_capacity(file.take(len), 1 << 20)))
+}
+
+async fn open(path: &std::path::Path) -> Result<tokio::fs::File, RegistryError> {
+    tokio::fs::File::open(path).await.map_err(|e| read_error(path, e))
+}
+
+fn read_error(path: &std::path::Path, e: std::io::Error) -> RegistryError {
+    RegistryError::Transfer {
+        registry: "local disk".into(),
+        context: format!("reading {}", path.display()),
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,228 @@
+//! The local store: an OCI image layout folder (`oci-layout`, `index.json`, `blobs/sha256/…`)
+//! that any OCI tool can read (`skopeo copy oci:DIR:ref`), plus `ingest/` for blobs being
+//! written. It is hoist's embedded default and, later, the node cache.
+//!
+//! Hand-written because it is the product's core: blobs become visible only by a rename after
+//! their digest and size are checked, and tag updates are serialised by a file lock so that
+//! concurrent `hoist` processes on one node cannot lose each other's tags.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, Hasher};
+use crate::oci::{media, Descriptor, Index};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("local store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{reference} is not in the local store {root} (see `hoist list`)")]
+    NotFound { reference: String, root: PathBuf },
+    #[error("blob {expected} failed verification: got {actual} ({size} bytes, expected {expected_size}); the source is corrupt or was tampered with")]
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+        size: u64,
+        expected_size: u64,
+    },
+    #[error("local store index {path} is corrupt: {source}")]
+    CorruptIndex { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// `$HOIST_HOME`, else `$XDG_DATA_HOME/hoist`, else `~/.local/share/hoist`.
+    pub fn default_root() -> PathBuf {
+        if let Some(home) = std::env::var_os("HOIST_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home);
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(data).join("hoist");
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        home.join(".local/share/hoist")
+    }
+
+    /// Open (creating if needed) a store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        for dir in [root.join("blobs/sha256"), root.join("ingest")] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            write_atomic(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Size of a verified blob, if present.
+    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.blob_path(digest)).ok().filter(|m| m.is_file()).map(|m| m.len())
+    }
+
+    /// A fresh file in `ingest/` to write a blob into; pass it to [`Store::commit`].
+    pub fn ingest_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = self.root.join("ingest");
+        tempfile::Builder::new().prefix("blob-").tempfile_in(&dir).map_err(io_err(&dir))
+    }
+
+    /// Promote an ingested file into the store if its digest and size are the expected ones.
+    /// The caller hashed the bytes while writing them (`actual`).
+    pub fn commit(
+        &self,
+        ingest: tempfile::NamedTempFile,
+        expected: &Descriptor,
+        actual: Digest,
+        size: u64,
+    ) -> Result<PathBuf, StoreError> {
+        if actual != expected.digest || size != expected.size {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.digest.clone(),
+                actual,
+                size,
+                expected_size: expected.size,
+            });
+        }
+        let target = self.blob_path(&expected.digest);
+        let path = ingest.path().to_path_buf();
+        ingest.as_file().sync_data().map_err(io_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_err(&path))?;
+        ingest.persist(&target).map_err(|e| StoreError::Io { path: target.clone(), source: e.error })?;
+        Ok(target)
+    }
+
+    /// Copy a local file into the store, hashing as it goes.
+    pub fn put_file(&self, expected: &Descriptor, source: &Path) -> Result<PathBuf, StoreError> {
+        let mut ingest = self.ingest_file()?;
+        let mut reader = File::open(source).map_err(io_err(source))?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = io::Read::read(&mut reader, &mut buf).map_err(io_err(source))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            ingest.write_all(&buf[..n]).map_err(io_err(source))?;
+        }
+        let size = hasher.len();
+        self.commit(ingest, expected, hasher.finish(), size)
+    }
+
+    pub fn put_bytes(&self, expected: &Descriptor, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let mut ingest = self.ingest_file()?;
+        ingest.write_all(bytes).map_err(io_err(&self.root))?;
+        self.commit(ingest, expected, Digest::of_bytes(bytes), bytes.len() as u64)
+    }
+
+    pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
+        if size > limit {
+            return Err(StoreError::Io {
+                path,
+                source: io::Error::other(format!("{size} bytes is over the {limit}-byte limit")),
+            });
+        }
+        fs::read(&path).map_err(io_err(&path))
+    }
+
+    /// The manifest descriptor a `repo:tag` points at.
+    pub fn resolve(&self, repository: &str, tag: &str) -> Result<Descriptor, StoreError> {
+        let name = format!("{repository}:{tag}");
+        self.read_index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotation(media::ANNOTATION_REF_NAME) == Some(name.as_str()))
+            .ok_or(StoreError::NotFound { reference: name, root: self.root.clone() })
+    }
+
+    /// Point `repo:tag` at a manifest already stored as a blob.
+    pub fn tag(&self, repository: &str, tag: &str, manifest: &Descriptor) -> Result<(), StoreError> {
+        let name = format!("{repository}:{tag}");
+        let lock_path = self.root.join("index.json.lock");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        let mut index = self.read_index()?;
+        index.manifests.retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
+        let mut entry = manifest.clone();
+        entry.annotations.clear();
+        entry.annotations.insert(media::ANNOTATION_REF_NAME.into(), name);
+        index.manifests.push(entry);
+        index.manifests.sort_by(|a, b| a.annotation(media::ANNOTATION_REF_NAME).cmp(&b.annotation(media::ANNOTATION_REF_NAME)));
+        let bytes = serde_json::to_vec_pretty(&index).expect("index serialises");
+        write_atomic(&self.root.join("index.json"), &bytes)
+        // The lock is released when `lock` is dropped.
+    }
+
+    /// Every tagged manifest: (`repo:tag`, descriptor).
+    pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
+        Ok(self
+            .read_index()?
+            .manifests
+            .into_iter()
+            .filter_map(|d| Some((d.annotation(media::ANNOTATION_REF_NAME)?.to_string(), d)))
+            .collect())
+    }
+
+    fn read_index(&self) -> Result<Index, StoreError> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptIndex { path, source })
+    }
+}
+
+/// Write a small file by temp name + fsync + rename, so readers never see half of it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(path))?;
+    tmp.as_file().sync_data().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io { path: path.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_verifies_and_tags_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let desc = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"{}"), 2);
+        let bad = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"x"), 2);
+        assert!(matches!(store.put_bytes(&bad, b"{}"), Err(StoreError::DigestMismatch { .. })));
+        assert!(store.blob_size(&bad.digest).is_none());
+        store.put_bytes(&desc, b"{}").unwrap();
+        store.tag("m", "v1", &desc).unwrap();
+        store.tag("m", "v1", &desc).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(store.resolve("m", "v1").unwrap().digest, desc.digest);
+        assert!(store.resolve("m", "v2").is_err());
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,123 @@
+//! Copy an artifact (or an index and its manifests) between any two targets, blob by blob,
+//! streaming, skipping what the destination already has.
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use super::target::manifest_media_type;
+use super::{Action, Event, Observer, Target, TransferError};
+use crate::digest::Digest;
+use crate::oci::{Descriptor, ManifestKind};
+use crate::registry::UploadBody;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CopyReport {
+    pub digest: Digest,
+    pub copied: usize,
+    pub skipped: usize,
+    pub copied_bytes: u64,
+}
+
+pub async fn copy(
+    src: &Target,
+    reference: &str,
+    dst: &Target,
+    tags: &[String],
+    concurrency: usize,
+    observer: Observer,
+) -> Result<CopyReport, TransferError> {
+    let (declared, bytes, digest) = src.fetch_manifest(reference).await?;
+    let media_type = manifest_media_type(&declared, &bytes);
+    let mut report = CopyReport { digest: digest.clone(), copied: 0, skipped: 0, copied_bytes: 0 };
+    match ManifestKind::parse(Some(&media_type), &bytes)? {
+        ManifestKind::Image(manifest) => {
+            copy_blobs(src, dst, manifest.blobs().cloned().collect(), concurrency, &observer, &mut report).await?;
+        }
+        ManifestKind::Index(index) => {
+            for child in &index.manifests {
+                let (child_declared, child_bytes, child_digest) = src.fetch_manifest(child.digest.as_str()).await?;
+                if child_digest != child.digest {
+                    return Err(TransferError::DigestMismatch {
+                        what: "index child manifest".into(),
+                        expected: child.digest.clone(),
+                        actual: child_digest,
+                        size: child_bytes.len() as u64,
+                    });
+                }
+                let child_type = manifest_media_type(&child_declared, &child_bytes);
+                if let ManifestKind::Image(m) = ManifestKind::parse(Some(&child_type), &child_bytes)? {
+                    copy_blobs(src, dst, m.blobs().cloned().collect(), concurrency, &observer, &mut report).await?;
+                }
+                dst.put_manifest(None, &child_type, &child_bytes).await?;
+            }
+        }
+    }
+    if tags.is_empty() {
+        dst.put_manifest(None, &media_type, &bytes).await?;
+    }
+    for tag in tags {
+        dst.put_manifest(Some(tag), &media_type, &bytes).await?;
+    }
+    Ok(report)
+}
+
+async fn copy_blobs(
+    src: &Target,
+    dst: &Target,
+    blobs: Vec<Descriptor>,
+    concurrency: usize,
+    observer: &Observer,
+    report: &mut CopyReport,
+) -> Result<(), TransferError> {
+    let actions: Vec<(Action, u64)> = stream::iter(blobs)
+        .map(|desc| async move {
+            let action = if dst.has_blob(&desc).await? {
+                Action::Skipped
+            } else {
+                copy_blob(src, dst, &desc).await?;
+                Action::Uploaded
+            };
+            observer(&Event::Done {
+                name: desc.annotation(crate::oci::media::ANNOTATION_TITLE).unwrap_or("blob").to_string(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+                action,
+            });
+            Ok::<_, TransferError>((action, desc.size))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    for (action, size) in actions {
+        if action == Action::Skipped {
+            report.skipped += 1;
+        } else {
+            report.copied += 1;
+            report.copied_bytes += size;
+        }
+    }
+    Ok(())
+}
+
+async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), TransferError> {
+    match (src, dst) {
+        (Target::Local { store, .. }, _) => {
+            let source = crate::pack::BlobSource::File(store.blob_path(&desc.digest));
+            dst.put_blob(desc, &source, None).await
+        }
+        (Target::Remote { client, repository }, Target::Remote { client: to, repository: to_repo }) => {
+            // Registry to registry: the GET body streams straight into the PUT; the
+            // destination registry checks the digest before accepting it.
+            let blob = client.get_blob(repository, &desc.digest, None).await?;
+            let body = reqwest::Body::wrap_stream(blob.response.bytes_stream());
+            Ok(to.upload_blob(to_repo, desc, UploadBody::Stream(body), None).await?)
+        }
+        (Target::Remote { client, repository }, Target::Local { store, .. }) => {
+            let ingest = store.ingest_file()?;
+            let path = ingest.path().to_path_buf();
+            let mut file = tokio::fs::File::from_std(ingest.reopen().map_err(TransferError::io(&path))?);
+            let (actual, size) = super::fetch::download_into(client, repository, desc, &mut file, &path).await?;
+            store.commit(ingest, desc, actual, size)?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Transfer: moving blobs and manifests between a model folder, the local store and
+//! registries. The engines here schedule work and verify bytes; they print nothing and report
+//! through [`Event`]s that the CLI renders as progress or JSON lines.
+
+mod copy;
+mod fetch;
+mod pull;
+mod push;
+mod target;
+
+pub use copy::{copy, CopyReport};
+pub use pull::{pull, PullOptions, PullReport};
+pub use push::{push, PushOptions, PushReport};
+pub use target::{Resolved, Target};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::digest::Digest;
+use crate::materialize::MaterializeError;
+use crate::oci::OciError;
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Materialize(#[from] MaterializeError),
+    #[error("verification failed for {what}: expected {expected}, got {actual} ({size} bytes); the registry's copy is corrupt or was tampered with, nothing was written")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+        size: u64,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} resolves to an index with no manifest for this platform")]
+    NoPlatform(String),
+}
+
+impl TransferError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TransferError {
+        let path = path.into();
+        move |source| TransferError::Io { path, source }
+    }
+}
+
+/// What happened to one blob or file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Uploaded,
+    Downloaded,
+    /// The destination already had it.
+    Skipped,
+    /// Materialised from the local store without a download.
+    Linked,
+}
+
+/// Progress reports from the engines.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Start { reference: String, files: usize, bytes: u64 },
+    Done { name: String, digest: Digest, size: u64, action: Action },
+}
+
+/// Receives events; cheap to clone into tasks.
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+pub fn silent() -> Observer {
+    Arc::new(|_| {})
+}

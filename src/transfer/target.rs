@@ -1,0 +1,175 @@
+//! A place artifacts live: the local store or a registry repository. The engines are written
+//! once against this and work for every pair (push, pull, copy).
+
+use bytes::Bytes;
+
+use super::TransferError;
+use crate::digest::Digest;
+use crate::oci::{media, Descriptor, Manifest, ManifestKind, MAX_MANIFEST_BYTES};
+use crate::registry::{RegistryClient, UploadBody};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub enum Target {
+    Local { store: Store, repository: String },
+    Remote { client: RegistryClient, repository: String },
+}
+
+/// A reference resolved to an image manifest (following an index to this host's platform).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Digest of what the reference names (the index, if it was one).
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub manifest_digest: Digest,
+    pub manifest_bytes: Bytes,
+}
+
+impl Target {
+    pub fn repository(&self) -> &str {
+        match self {
+            Target::Local { repository, .. } | Target::Remote { repository, .. } => repository,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Local { repository, .. } => format!("local store {repository}"),
+            Target::Remote { client, repository } => format!("{}/{repository}", client.registry()),
+        }
+    }
+
+    /// A manifest document by tag or digest: (media type, bytes, digest).
+    pub async fn fetch_manifest(&self, reference: &str) -> Result<(String, Bytes, Digest), TransferError> {
+        match self {
+            Target::Remote { client, repository } => Ok(client.get_manifest(repository, reference).await?),
+            Target::Local { store, repository } => {
+                let (digest, media_type) = match reference.parse::<Digest>() {
+                    Ok(d) => (d, None),
+                    Err(_) => {
+                        let d = store.resolve(repository, reference)?;
+                        (d.digest, Some(d.media_type))
+                    }
+                };
+                if store.blob_size(&digest).is_none() {
+                    return Err(crate::store::StoreError::NotFound {
+                        reference: format!("{repository}@{digest}"),
+                        root: store.root().to_path_buf(),
+                    }
+                    .into());
+                }
+                let bytes = Bytes::from(store.read_blob(&digest, MAX_MANIFEST_BYTES)?);
+                Ok((media_type.unwrap_or_default(), bytes, digest))
+            }
+        }
+    }
+
+    /// Resolve a tag or digest to an image manifest.
+    pub async fn resolve(&self, reference: &str) -> Result<Resolved, TransferError> {
+        let (media_type, bytes, digest) = self.fetch_manifest(reference).await?;
+        if let Ok(expected) = reference.parse::<Digest>() {
+            verify_manifest(&expected, &digest)?;
+        }
+        match ManifestKind::parse(Some(&media_type), &bytes)? {
+            ManifestKind::Image(manifest) => Ok(Resolved {
+                manifest_digest: digest.clone(),
+                digest,
+                manifest,
+                manifest_bytes: bytes,
+            }),
+            ManifestKind::Index(index) => {
+                let child = index
+                    .select_for_host()
+                    .ok_or_else(|| TransferError::NoPlatform(format!("{}:{reference}", self.repository())))?;
+                let (child_type, child_bytes, child_digest) = self.fetch_manifest(child.digest.as_str()).await?;
+                verify_manifest(&child.digest, &child_digest)?;
+                let media = if child_type.is_empty() { child.media_type.clone() } else { child_type };
+                match ManifestKind::parse(Some(&media), &child_bytes)? {
+                    ManifestKind::Image(manifest) => Ok(Resolved {
+                        digest,
+                        manifest,
+                        manifest_digest: child_digest,
+                        manifest_bytes: child_bytes,
+                    }),
+                    ManifestKind::Index(_) => Err(crate::oci::OciError::UnsupportedMediaType("nested index".into()).into()),
+                }
+            }
+        }
+    }
+
+    pub async fn has_blob(&self, desc: &Descriptor) -> Result<bool, TransferError> {
+        match self {
+            Target::Local { store, .. } => Ok(store.blob_size(&desc.digest) == Some(desc.size)),
+            Target::Remote { client, repository } => Ok(client.blob_exists(repository, &desc.digest).await?.is_some()),
+        }
+    }
+
+    /// Store a blob whose bytes are in a local file or in memory.
+    pub async fn put_blob(&self, desc: &Descriptor, source: &crate::pack::BlobSource, chunk_size: Option<u64>) -> Result<(), TransferError> {
+        use crate::pack::BlobSource;
+        match self {
+            Target::Remote { client, repository } => {
+                let body = match source {
+                    BlobSource::File(p) => UploadBody::File(p.clone()),
+                    BlobSource::Bytes(b) => UploadBody::Bytes(b.clone()),
+                };
+                Ok(client.upload_blob(repository, desc, body, chunk_size).await?)
+            }
+            Target::Local { store, .. } => {
+                let (store, desc, source) = (store.clone(), desc.clone(), source.clone());
+                tokio::task::spawn_blocking(move || match source {
+                    BlobSource::File(p) => store.put_file(&desc, &p).map(drop),
+                    BlobSource::Bytes(b) => store.put_bytes(&desc, &b).map(drop),
+                })
+                .await
+                .expect("store task does not panic")?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Store a manifest document under a tag (or only by digest when `tag` is `None`).
+    pub async fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &Bytes) -> Result<(), TransferError> {
+        let digest = Digest::of_bytes(bytes);
+        match self {
+            Target::Remote { client, repository } => {
+                let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
+                Ok(client.put_manifest(repository, &reference, media_type, bytes.clone()).await?)
+            }
+            Target::Local { store, repository } => {
+                let desc = Descriptor::new(media_type, digest, bytes.len() as u64);
+                if store.blob_size(&desc.digest).is_none() {
+                    store.put_bytes(&desc, bytes)?;
+                }
+                if let Some(tag) = tag {
+                    store.tag(repository, tag, &desc)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn verify_manifest(expected: &Digest, actual: &Digest) -> Result<(), TransferError> {
+    if expected != actual {
+        return Err(TransferError::DigestMismatch {
+            what: "manifest".into(),
+            expected: expected.clone(),
+            actual: actual.clone(),
+            size: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The media type to store a manifest document under.
+pub(crate) fn manifest_media_type(declared: &str, bytes: &[u8]) -> String {
+    if !declared.is_empty() {
+        return declared.to_string();
+    }
+    match ManifestKind::parse(None, bytes) {
+        Ok(ManifestKind::Index(i)) => i.media_type.unwrap_or_else(|| media::OCI_INDEX.into()),
+        Ok(ManifestKind::Image(m)) => m.media_type().to_string(),
+        Err(_) => media::OCI_MANIFEST.into(),
+    }
+}
