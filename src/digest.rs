@@ -120,7 +120,10 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: Hasher::new() }
+        Self {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     pub fn finish(self) -> (R, Digest, u64) {
         let len = self.hasher.len();
@@ -144,7 +147,10 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Hasher::new() }
+        Self {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     pub fn finish(self) -> (W, Digest, u64) {
         let len = self.hasher.len();
@@ -179,7 +185,11 @@ mod tests {
     fn rejects_other_algorithms_and_bad_hex() {
         assert!("sha512:abcd".parse::<Digest>().is_err());
         assert!("sha256:XYZ".parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "A".repeat(64)).parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "a".repeat(64)).parse::<Digest>().is_ok());
+        assert!(format!("sha256:{}", "A".repeat(64))
+            .parse::<Digest>()
+            .is_err());
+        assert!(format!("sha256:{}", "a".repeat(64))
+            .parse::<Digest>()
+            .is_ok());
     }
 }

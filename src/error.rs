@@ -81,8 +81,12 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         RegistryError::NotFound { .. } => ExitCode::NotFound,
         RegistryError::ManifestTooLarge { .. } => ExitCode::InvalidContent,
         RegistryError::Tls(_) => ExitCode::Usage,
-        RegistryError::Status { status, .. } if *status < 500 && *status != 429 => ExitCode::Failure,
-        RegistryError::Connect { .. } | RegistryError::Transfer { .. } | RegistryError::Status { .. } => ExitCode::Network,
+        RegistryError::Status { status, .. } if *status < 500 && *status != 429 => {
+            ExitCode::Failure
+        }
+        RegistryError::Connect { .. }
+        | RegistryError::Transfer { .. }
+        | RegistryError::Status { .. } => ExitCode::Network,
     }
 }
 

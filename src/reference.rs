@@ -50,7 +50,10 @@ impl Reference {
             return Err(fail("empty"));
         }
         let (name_tag, digest) = match input.split_once('@') {
-            Some((a, d)) => (a, Some(d.parse::<Digest>().map_err(|e| fail(&e.to_string()))?)),
+            Some((a, d)) => (
+                a,
+                Some(d.parse::<Digest>().map_err(|e| fail(&e.to_string()))?),
+            ),
             None => (input, None),
         };
         // The tag is after the last ':' that follows the last '/', so a host port is not a tag.
@@ -58,26 +61,39 @@ impl Reference {
         let (name, tags) = match name_tag[last_slash..].find(':') {
             Some(i) => {
                 let split = last_slash + i;
-                let tags: Vec<String> = name_tag[split + 1..].split(',').map(str::to_string).collect();
+                let tags: Vec<String> = name_tag[split + 1..]
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
                 (&name_tag[..split], tags)
             }
             None => (name_tag, Vec::new()),
         };
         for tag in &tags {
             if !valid_tag(tag) {
-                return Err(fail(&format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")));
+                return Err(fail(&format!(
+                    "tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+                )));
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                let registry = if first == "index.docker.io" { DOCKER_HUB } else { first };
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                let registry = if first == "index.docker.io" {
+                    DOCKER_HUB
+                } else {
+                    first
+                };
                 (Some(registry.to_string()), rest.to_string())
             }
             _ => (None, name.to_string()),
         };
         if let Some(host) = &registry {
             if !valid_host(host) {
-                return Err(fail(&format!("registry host {host:?} must be a name or address with an optional :port")));
+                return Err(fail(&format!(
+                    "registry host {host:?} must be a name or address with an optional :port"
+                )));
             }
         }
         let repository = match registry.as_deref() {
@@ -148,10 +164,13 @@ fn valid_host(host: &str) -> bool {
             && name.split('.').all(|label| {
                 !label.is_empty()
                     && !label.starts_with('-')
-                    && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                    && label
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-')
             })
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     name_ok && port_ok
 }
 
@@ -160,7 +179,8 @@ fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// The distribution spec's `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/…)*`.
@@ -228,7 +248,16 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for bad in ["", "UPPER:v1", "a//b", "m:", "m:-x", "a/b@sha256:zz", "x/-y", "a:b:c/d"] {
+        for bad in [
+            "",
+            "UPPER:v1",
+            "a//b",
+            "m:",
+            "m:-x",
+            "a/b@sha256:zz",
+            "x/-y",
+            "a:b:c/d",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad} should fail");
         }
         let d = format!("m@sha256:{}", "a".repeat(64));

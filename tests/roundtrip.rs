@@ -11,15 +11,22 @@ fn local_store_round_trip_needs_no_registry() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let out = tempfile::tempdir().unwrap();
-    h.run(&["push", src.path().to_str().unwrap(), "tiny:v1"]).ok();
+    h.run(&["push", src.path().to_str().unwrap(), "tiny:v1"])
+        .ok();
     let list = h.run(&["list"]).ok();
     assert!(list.stdout.contains("tiny:v1"), "{}", list.stdout);
-    h.run(&["pull", "tiny:v1", "-o", out.path().to_str().unwrap()]).ok();
+    h.run(&["pull", "tiny:v1", "-o", out.path().to_str().unwrap()])
+        .ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
-    assert!(!out.path().join(".hidden").exists(), "hidden files are skipped by default");
+    assert!(
+        !out.path().join(".hidden").exists(),
+        "hidden files are skipped by default"
+    );
     // The store is an OCI image layout any tool can read.
     assert!(h.home.path().join("oci-layout").exists());
-    assert!(std::fs::read_to_string(h.home.path().join("index.json")).unwrap().contains("tiny:v1"));
+    assert!(std::fs::read_to_string(h.home.path().join("index.json"))
+        .unwrap()
+        .contains("tiny:v1"));
 }
 
 #[test]
@@ -31,14 +38,39 @@ fn registry_round_trip_in_every_layer_format() {
     for format in ["raw", "tar", "tar+gzip", "tar+zstd"] {
         let tag = format.replace('+', "-");
         let reference = reg.reference(&format!("tiny:{tag}"));
-        h.run(&["push", src.path().to_str().unwrap(), &reference, "--layer-format", format]).ok();
+        h.run(&[
+            "push",
+            src.path().to_str().unwrap(),
+            &reference,
+            "--layer-format",
+            format,
+        ])
+        .ok();
         let inspect = h.run(&["inspect", &reference]).ok();
-        assert!(inspect.stdout.contains(&format!("application/vnd.cncf.model.weight.v1.{format}")), "{}", inspect.stdout);
+        assert!(
+            inspect
+                .stdout
+                .contains(&format!("application/vnd.cncf.model.weight.v1.{format}")),
+            "{}",
+            inspect.stdout
+        );
         assert!(inspect.stdout.contains("1_Pooling/config.json"));
         let out = tempfile::tempdir().unwrap();
-        h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()]).ok();
-        assert_eq!(tree(src.path(), false), tree(out.path(), false), "format {format}");
-        assert_eq!(all_entries(out.path()).iter().filter(|e| e.starts_with(".hoist")).count(), 0, "staging left behind");
+        h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+            .ok();
+        assert_eq!(
+            tree(src.path(), false),
+            tree(out.path(), false),
+            "format {format}"
+        );
+        assert_eq!(
+            all_entries(out.path())
+                .iter()
+                .filter(|e| e.starts_with(".hoist"))
+                .count(),
+            0,
+            "staging left behind"
+        );
     }
 }
 
@@ -58,28 +90,65 @@ fn manifest_is_modelpack_and_reproducible() {
     }
     let b = digest_line(&h.run(&["push", dir, &reg.reference("m:b")]).ok().stdout);
     assert_eq!(a, b, "same folder, same digest");
-    let with_time = h.cmd().env("SOURCE_DATE_EPOCH", "1700000000").args(["push", dir, &reg.reference("m:c")]).output().unwrap();
+    let with_time = h
+        .cmd()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["push", dir, &reg.reference("m:c")])
+        .output()
+        .unwrap();
     assert!(with_time.status.success());
-    assert_ne!(digest_line(&String::from_utf8_lossy(&with_time.stdout)), a, "SOURCE_DATE_EPOCH is recorded");
+    assert_ne!(
+        digest_line(&String::from_utf8_lossy(&with_time.stdout)),
+        a,
+        "SOURCE_DATE_EPOCH is recorded"
+    );
 
-    let json = h.run(&["inspect", &reg.reference("m:a"), "--json"]).ok().stdout;
+    let json = h
+        .run(&["inspect", &reg.reference("m:a"), "--json"])
+        .ok()
+        .stdout;
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
     let manifest = &doc["manifest"];
-    assert_eq!(manifest["artifactType"], "application/vnd.cncf.model.manifest.v1+json");
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.cncf.model.config.v1+json");
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.cncf.model.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.cncf.model.config.v1+json"
+    );
     let layers = manifest["layers"].as_array().unwrap();
     let kinds: std::collections::BTreeMap<String, String> = layers
         .iter()
-        .map(|l| (l["annotations"]["org.opencontainers.image.title"].as_str().unwrap().to_string(), l["mediaType"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["annotations"]["org.opencontainers.image.title"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                l["mediaType"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(kinds["model.safetensors"], "application/vnd.cncf.model.weight.v1.raw");
-    assert_eq!(kinds["1_Pooling/config.json"], "application/vnd.cncf.model.weight.config.v1.raw");
+    assert_eq!(
+        kinds["model.safetensors"],
+        "application/vnd.cncf.model.weight.v1.raw"
+    );
+    assert_eq!(
+        kinds["1_Pooling/config.json"],
+        "application/vnd.cncf.model.weight.config.v1.raw"
+    );
     assert_eq!(kinds["README.md"], "application/vnd.cncf.model.doc.v1.raw");
     assert_eq!(kinds["train.py"], "application/vnd.cncf.model.code.v1.raw");
     for l in layers {
         let ann = &l["annotations"];
-        assert_eq!(ann["org.cncf.model.filepath"], ann["org.opencontainers.image.title"]);
-        let meta: serde_json::Value = serde_json::from_str(ann["org.cncf.model.file.metadata+json"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            ann["org.cncf.model.filepath"],
+            ann["org.opencontainers.image.title"]
+        );
+        let meta: serde_json::Value =
+            serde_json::from_str(ann["org.cncf.model.file.metadata+json"].as_str().unwrap())
+                .unwrap();
         assert_eq!(meta["mtime"], "1970-01-01T00:00:00Z");
         assert_eq!(meta["typeflag"], 48);
     }
@@ -88,9 +157,20 @@ fn manifest_is_modelpack_and_reproducible() {
     assert_eq!(config["descriptor"]["name"], name);
     assert_eq!(config["descriptor"]["family"], "bert");
     assert_eq!(config["modelfs"]["type"], "layers");
-    let diff_ids: Vec<&str> = config["modelfs"]["diffIds"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
-    let digests: Vec<&str> = layers.iter().map(|l| l["digest"].as_str().unwrap()).collect();
-    assert_eq!(diff_ids, digests, "raw layers: diffIds are the layer digests");
+    let diff_ids: Vec<&str> = config["modelfs"]["diffIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let digests: Vec<&str> = layers
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        diff_ids, digests,
+        "raw layers: diffIds are the layer digests"
+    );
 }
 
 #[test]
@@ -98,14 +178,30 @@ fn tar_layer_diff_ids_are_uncompressed_digests() {
     let h = Hoist::new();
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
-    h.run(&["push", src.path().to_str().unwrap(), "z:v1", "--layer-format", "tar+zstd"]).ok();
-    let doc: serde_json::Value = serde_json::from_str(&h.run(&["inspect", "z:v1", "--json"]).ok().stdout).unwrap();
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        "z:v1",
+        "--layer-format",
+        "tar+zstd",
+    ])
+    .ok();
+    let doc: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", "z:v1", "--json"]).ok().stdout).unwrap();
     let layers = doc["manifest"]["layers"].as_array().unwrap();
     let diff_ids = doc["config"]["modelfs"]["diffIds"].as_array().unwrap();
     for (layer, diff_id) in layers.iter().zip(diff_ids) {
-        let blob = h.home.path().join("blobs/sha256").join(layer["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        let blob = h.home.path().join("blobs/sha256").join(
+            layer["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:"),
+        );
         let tar = zstd::decode_all(std::fs::File::open(blob).unwrap()).unwrap();
-        assert_eq!(hoist::digest::Digest::of_bytes(&tar).as_str(), diff_id.as_str().unwrap());
+        assert_eq!(
+            hoist::digest::Digest::of_bytes(&tar).as_str(),
+            diff_id.as_str().unwrap()
+        );
     }
 }
 
@@ -116,14 +212,30 @@ fn second_push_uploads_nothing_and_repull_downloads_nothing() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let dir = src.path().to_str().unwrap();
-    let first = h.run(&["push", dir, &reg.reference("m:v1,latest"), "-t", "stable"]).ok();
+    let first = h
+        .run(&["push", dir, &reg.reference("m:v1,latest"), "-t", "stable"])
+        .ok();
     let uploads = reg.upload_count();
-    assert_eq!(uploads, 7, "config + 6 files, each uploaded once: {}", first.stdout);
+    assert_eq!(
+        uploads, 7,
+        "config + 6 files, each uploaded once: {}",
+        first.stdout
+    );
     let second = h.run(&["push", dir, &reg.reference("m:v2")]).ok();
-    assert_eq!(reg.upload_count(), uploads, "second push opened upload sessions: {}", second.stdout);
-    assert!(second.stdout.contains("0 of 7 blobs uploaded"), "{}", second.stdout);
+    assert_eq!(
+        reg.upload_count(),
+        uploads,
+        "second push opened upload sessions: {}",
+        second.stdout
+    );
+    assert!(
+        second.stdout.contains("0 of 7 blobs uploaded"),
+        "{}",
+        second.stdout
+    );
     for tag in ["v1", "latest", "stable", "v2"] {
-        h.run(&["inspect", &reg.reference(&format!("m:{tag}"))]).ok();
+        h.run(&["inspect", &reg.reference(&format!("m:{tag}"))])
+            .ok();
     }
 
     let out = tempfile::tempdir().unwrap();
@@ -131,8 +243,17 @@ fn second_push_uploads_nothing_and_repull_downloads_nothing() {
     h.run(&["pull", &reg.reference("m:v1"), "-o", o]).ok();
     let gets = reg.blob_get_count();
     let again = h.run(&["pull", &reg.reference("m:v1"), "-o", o]).ok();
-    assert_eq!(reg.blob_get_count(), gets, "re-pull downloaded blobs: {}", again.stdout);
-    assert!(again.stdout.contains("6 already in place"), "{}", again.stdout);
+    assert_eq!(
+        reg.blob_get_count(),
+        gets,
+        "re-pull downloaded blobs: {}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("6 already in place"),
+        "{}",
+        again.stdout
+    );
     // A changed file is noticed and fetched again.
     std::fs::write(out.path().join("config.json"), b"changed").unwrap();
     h.run(&["pull", &reg.reference("m:v1"), "-o", o]).ok();
@@ -147,11 +268,26 @@ fn chunked_upload_round_trips() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let reference = reg.reference("chunked:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference, "--chunk-size", "1MiB"]).ok();
-    let patches = reg.log().lines().filter(|l| l.contains("\"PATCH /v2/chunked/blobs/uploads/")).count();
-    assert!(patches >= 4, "a 3 MiB file in 1 MiB chunks needs 4 PATCHes, saw {patches}");
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &reference,
+        "--chunk-size",
+        "1MiB",
+    ])
+    .ok();
+    let patches = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/chunked/blobs/uploads/"))
+        .count();
+    assert!(
+        patches >= 4,
+        "a 3 MiB file in 1 MiB chunks needs 4 PATCHes, saw {patches}"
+    );
     let out = tempfile::tempdir().unwrap();
-    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()]).ok();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
 }
 
@@ -161,19 +297,46 @@ fn copy_between_registry_and_local_store() {
     let h = Hoist::new();
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
-    let digest = digest_line(&h.run(&["push", src.path().to_str().unwrap(), "local:v1"]).ok().stdout);
-    h.run(&["copy", "local:v1", &reg.reference("copied:v1")]).ok();
-    h.run(&["copy", &reg.reference("copied:v1"), &reg.reference("again:v1")]).ok();
+    let digest = digest_line(
+        &h.run(&["push", src.path().to_str().unwrap(), "local:v1"])
+            .ok()
+            .stdout,
+    );
+    h.run(&["copy", "local:v1", &reg.reference("copied:v1")])
+        .ok();
+    h.run(&[
+        "copy",
+        &reg.reference("copied:v1"),
+        &reg.reference("again:v1"),
+    ])
+    .ok();
     let other = Hoist::new();
-    other.run(&["copy", &reg.reference("again:v1"), "back:v1"]).ok();
-    for (who, reference) in [(&h, reg.reference("copied:v1")), (&h, reg.reference("again:v1")), (&other, "back:v1".to_string())] {
+    other
+        .run(&["copy", &reg.reference("again:v1"), "back:v1"])
+        .ok();
+    for (who, reference) in [
+        (&h, reg.reference("copied:v1")),
+        (&h, reg.reference("again:v1")),
+        (&other, "back:v1".to_string()),
+    ] {
         let inspect = who.run(&["inspect", &reference]).ok();
-        assert!(inspect.stdout.contains(&digest), "{reference} changed digest: {}", inspect.stdout);
+        assert!(
+            inspect.stdout.contains(&digest),
+            "{reference} changed digest: {}",
+            inspect.stdout
+        );
     }
     let out = tempfile::tempdir().unwrap();
-    other.run(&["pull", "back:v1", "-o", out.path().to_str().unwrap()]).ok();
+    other
+        .run(&["pull", "back:v1", "-o", out.path().to_str().unwrap()])
+        .ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
     let uploads = reg.upload_count();
-    h.run(&["copy", "local:v1", &reg.reference("copied:v2")]).ok();
-    assert_eq!(reg.upload_count(), uploads, "copy skips blobs the registry has");
+    h.run(&["copy", "local:v1", &reg.reference("copied:v2")])
+        .ok();
+    assert_eq!(
+        reg.upload_count(),
+        uploads,
+        "copy skips blobs the registry has"
+    );
 }

@@ -100,13 +100,18 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
 }
 
 fn store(global: &GlobalArgs) -> Result<Store, Error> {
-    Ok(Store::open(global.store.clone().unwrap_or_else(Store::default_root))?)
+    Ok(Store::open(
+        global.store.clone().unwrap_or_else(Store::default_root),
+    )?)
 }
 
 fn target(reference: &Reference, global: &GlobalArgs) -> Result<Target, Error> {
     let repository = reference.repository.clone();
     match &reference.registry {
-        None => Ok(Target::Local { store: store(global)?, repository }),
+        None => Ok(Target::Local {
+            store: store(global)?,
+            repository,
+        }),
         Some(registry) => {
             let opts = TransportOptions {
                 plain_http: global.plain_http.then_some(true),
@@ -136,13 +141,27 @@ fn all_tags(reference: &str, extra: &[String]) -> Result<(Reference, Vec<String>
 async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
     let (reference, tags) = all_tags(&args.reference, &args.tags)?;
     let target = target(&reference, global)?;
-    let timestamp = match std::env::var("SOURCE_DATE_EPOCH").ok().filter(|v| !v.is_empty()) {
-        Some(v) => Some(v.parse::<i64>().map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?),
-        None if args.created => Some(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)),
+    let timestamp = match std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) => Some(v.parse::<i64>().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        })?),
+        None if args.created => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        ),
         None => None,
     };
     let opts = PackOptions {
-        walk: WalkOptions { include_hidden: args.include_hidden, follow_external_symlinks: args.follow_external_symlinks },
+        walk: WalkOptions {
+            include_hidden: args.include_hidden,
+            follow_external_symlinks: args.follow_external_symlinks,
+        },
         layer_format: args.layer_format,
         compression_level: args.compression_level,
         name: args.name,
@@ -158,7 +177,10 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
     let packed = tokio::task::spawn_blocking(move || hoist::pack::pack(&dir, &opts))
         .await
         .expect("pack task does not panic")?;
-    let push_opts = PushOptions { concurrency: args.concurrency, chunk_size: args.chunk_size };
+    let push_opts = PushOptions {
+        concurrency: args.concurrency,
+        chunk_size: args.chunk_size,
+    };
     let report = transfer::push(&packed, &target, &tags, &push_opts, observer(global)).await?;
     if args.json {
         print_json(&report);
@@ -183,9 +205,19 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
 async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = target(&reference, global)?;
-    let opts = PullOptions { concurrency: args.concurrency, allow_path_traversal: args.allow_path_traversal };
+    let opts = PullOptions {
+        concurrency: args.concurrency,
+        allow_path_traversal: args.allow_path_traversal,
+    };
     let started = std::time::Instant::now();
-    let report = transfer::pull(&source, &reference.target(), &args.output, &opts, observer(global)).await?;
+    let report = transfer::pull(
+        &source,
+        &reference.target(),
+        &args.output,
+        &opts,
+        observer(global),
+    )
+    .await?;
     if args.json {
         print_json(&report);
     } else {
@@ -207,7 +239,10 @@ async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
 async fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = target(&reference, global)?;
-    let resolved = source.resolve(&reference.target()).await.map_err(Error::from)?;
+    let resolved = source
+        .resolve(&reference.target())
+        .await
+        .map_err(Error::from)?;
     let manifest = &resolved.manifest;
     if args.json {
         let config = fetch_config(&source, manifest).await;
@@ -222,7 +257,13 @@ async fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     println!("Reference:     {reference}");
     println!("Digest:        {}", resolved.digest);
-    println!("Artifact type: {}", manifest.artifact_type.as_deref().unwrap_or(&manifest.config.media_type));
+    println!(
+        "Artifact type: {}",
+        manifest
+            .artifact_type
+            .as_deref()
+            .unwrap_or(&manifest.config.media_type)
+    );
     println!();
     println!("{:<40} {:>12}  MEDIA TYPE", "FILE", "SIZE");
     let plan = LayerPlan::from_manifest(manifest, true).ok();
@@ -230,11 +271,24 @@ async fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<(), Error> {
         let name = plan
             .as_ref()
             .and_then(|p| p.layers.iter().find(|l| l.descriptor == *layer))
-            .map_or_else(|| format!("<{}>", &layer.digest.hex()[..12]), |l| l.path.display().to_string());
-        println!("{:<40} {:>12}  {}", name, human_bytes(layer.size), layer.media_type);
+            .map_or_else(
+                || format!("<{}>", &layer.digest.hex()[..12]),
+                |l| l.path.display().to_string(),
+            );
+        println!(
+            "{:<40} {:>12}  {}",
+            name,
+            human_bytes(layer.size),
+            layer.media_type
+        );
     }
     let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
-    println!("{:<40} {:>12}  ({} layers)", "TOTAL", human_bytes(total), manifest.layers.len());
+    println!(
+        "{:<40} {:>12}  ({} layers)",
+        "TOTAL",
+        human_bytes(total),
+        manifest.layers.len()
+    );
     Ok(())
 }
 
@@ -245,7 +299,10 @@ async fn fetch_config(source: &Target, manifest: &hoist::oci::Manifest) -> serde
     }
     let bytes = match source {
         Target::Local { store, .. } => store.read_blob(&manifest.config.digest, 1 << 20).ok(),
-        Target::Remote { client, repository } => match client.get_blob(repository, &manifest.config.digest, None).await {
+        Target::Remote { client, repository } => match client
+            .get_blob(repository, &manifest.config.digest, None)
+            .await
+        {
             Ok(b) => b.response.bytes().await.ok().map(|b| b.to_vec()),
             Err(_) => None,
         },
@@ -263,7 +320,15 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         tags.push(src_ref.tag.clone().unwrap_or_else(|| "latest".into()));
     }
     let (src, dst) = (target(&src_ref, global)?, target(&dst_ref, global)?);
-    let report = transfer::copy(&src, &src_ref.target(), &dst, &tags, args.concurrency, observer(global)).await?;
+    let report = transfer::copy(
+        &src,
+        &src_ref.target(),
+        &dst,
+        &tags,
+        args.concurrency,
+        observer(global),
+    )
+    .await?;
     println!(
         "Copied {src_ref} to {} as {}: {} blobs copied ({}), {} already there",
         dst.describe(),
@@ -280,7 +345,10 @@ fn list(global: &GlobalArgs) -> Result<(), Error> {
     let store = store(global)?;
     let entries = store.list()?;
     if entries.is_empty() {
-        println!("The local store {} is empty; `hoist push DIR NAME:TAG` adds a model.", store.root().display());
+        println!(
+            "The local store {} is empty; `hoist push DIR NAME:TAG` adds a model.",
+            store.root().display()
+        );
         return Ok(());
     }
     println!("{:<40} {:>12}  DIGEST", "REFERENCE", "SIZE");
@@ -292,7 +360,12 @@ fn list(global: &GlobalArgs) -> Result<(), Error> {
                 Ok(ManifestKind::Image(m)) => Some(m.layers.iter().map(|l| l.size).sum::<u64>()),
                 _ => None,
             });
-        println!("{:<40} {:>12}  {}", name, size.map_or("-".into(), human_bytes), desc.digest);
+        println!(
+            "{:<40} {:>12}  {}",
+            name,
+            size.map_or("-".into(), human_bytes),
+            desc.digest
+        );
     }
     Ok(())
 }
@@ -304,9 +377,13 @@ fn parse_layer_format(s: &str) -> Result<LayerFormat, String> {
 /// Sizes like `16MiB`, `100M`, `1048576`.
 fn parse_size(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (num, unit) = lower.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 16MiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 16MiB)"))?;
     let mult = match unit.trim() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,

@@ -18,19 +18,35 @@ pub fn observer(global: &GlobalArgs) -> Observer {
     match mode {
         ProgressMode::None | ProgressMode::Auto => hoist::transfer::silent(),
         ProgressMode::Json => Arc::new(|event: &Event| {
-            eprintln!("{}", serde_json::to_string(event).expect("events serialise"));
+            eprintln!(
+                "{}",
+                serde_json::to_string(event).expect("events serialise")
+            );
         }),
         ProgressMode::Plain => Arc::new(|event: &Event| match event {
-            Event::Start { reference, files, bytes } => eprintln!("{reference}: {files} files, {}", human_bytes(*bytes)),
-            Event::Done { name, size, action, .. } => {
-                eprintln!("  {:<11} {:>10}  {name}", format!("{action:?}").to_lowercase(), human_bytes(*size))
+            Event::Start {
+                reference,
+                files,
+                bytes,
+            } => eprintln!("{reference}: {files} files, {}", human_bytes(*bytes)),
+            Event::Done {
+                name, size, action, ..
+            } => {
+                eprintln!(
+                    "  {:<11} {:>10}  {name}",
+                    format!("{action:?}").to_lowercase(),
+                    human_bytes(*size)
+                )
             }
         }),
     }
 }
 
 pub fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string(value).expect("reports serialise"));
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("reports serialise")
+    );
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -18,11 +18,18 @@ use crate::oci::LayerFormat;
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
     #[error("layer {layer}: entry {path:?} is refused: {why}")]
-    UnsafeEntry { layer: String, path: String, why: String },
+    UnsafeEntry {
+        layer: String,
+        path: String,
+        why: String,
+    },
     #[error("cannot place {path}: {why}")]
     Blocked { path: PathBuf, why: &'static str },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("layer {layer} is not a valid {format} archive: {source}")]
     BadArchive {
         layer: String,
@@ -32,7 +39,10 @@ pub enum MaterializeError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
-    move |source| MaterializeError::Io { path: path.to_path_buf(), source }
+    move |source| MaterializeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One staged item, placed at `relative` by [`Staging::commit`].
@@ -55,13 +65,20 @@ impl Staging {
         let created_out = !out.exists();
         fs::create_dir_all(out).map_err(io_err(out))?;
         if !fs::metadata(out).map_err(io_err(out))?.is_dir() {
-            return Err(MaterializeError::Blocked { path: out.to_path_buf(), why: "it is not a folder" });
+            return Err(MaterializeError::Blocked {
+                path: out.to_path_buf(),
+                why: "it is not a folder",
+            });
         }
         let dir = tempfile::Builder::new()
             .prefix(".hoist-partial-")
             .tempdir_in(out)
             .map_err(io_err(out))?;
-        Ok(Staging { out: out.to_path_buf(), dir: Some(dir), created_out })
+        Ok(Staging {
+            out: out.to_path_buf(),
+            dir: Some(dir),
+            created_out,
+        })
     }
 
     pub fn out(&self) -> &Path {
@@ -79,19 +96,37 @@ impl Staging {
 
     /// Stage a raw layer whose verified bytes are at `blob`: moved if `consume`, else copied
     /// (the local store's blobs stay where they are; the copy reflinks where the filesystem can).
-    pub fn stage_file(&self, index: usize, blob: &Path, consume: bool, relative: &Path, mode: u32) -> Result<Staged, MaterializeError> {
+    pub fn stage_file(
+        &self,
+        index: usize,
+        blob: &Path,
+        consume: bool,
+        relative: &Path,
+        mode: u32,
+    ) -> Result<Staged, MaterializeError> {
         let staged = self.dir().join(format!("f-{index}"));
         if consume {
             fs::rename(blob, &staged).map_err(io_err(&staged))?;
         } else {
             fs::copy(blob, &staged).map_err(io_err(&staged))?;
         }
-        fs::set_permissions(&staged, fs::Permissions::from_mode((mode & 0o777) | 0o600)).map_err(io_err(&staged))?;
-        Ok(Staged { staged, relative: relative.to_path_buf(), is_dir: false })
+        fs::set_permissions(&staged, fs::Permissions::from_mode((mode & 0o777) | 0o600))
+            .map_err(io_err(&staged))?;
+        Ok(Staged {
+            staged,
+            relative: relative.to_path_buf(),
+            is_dir: false,
+        })
     }
 
     /// Unpack a verified tar layer into its own staging tree.
-    pub fn stage_tar(&self, index: usize, blob: &Path, format: LayerFormat, layer: &str) -> Result<Vec<Staged>, MaterializeError> {
+    pub fn stage_tar(
+        &self,
+        index: usize,
+        blob: &Path,
+        format: LayerFormat,
+        layer: &str,
+    ) -> Result<Vec<Staged>, MaterializeError> {
         let tree = self.dir().join(format!("t-{index}"));
         fs::create_dir(&tree).map_err(io_err(&tree))?;
         tar_layer::extract(blob, format, &tree, layer)
@@ -109,7 +144,10 @@ impl Staging {
             }
             let target = self.out.join(&item.relative);
             if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                return Err(MaterializeError::Blocked { path: target, why: "a folder is in the way of a file" });
+                return Err(MaterializeError::Blocked {
+                    path: target,
+                    why: "a folder is in the way of a file",
+                });
             }
             fs::rename(&item.staged, &target).map_err(io_err(&target))?;
         }
@@ -139,19 +177,35 @@ pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<(), Materializ
     let mut current = root.to_path_buf();
     for component in relative.components() {
         let Component::Normal(part) = component else {
-            return Err(MaterializeError::Blocked { path: root.join(relative), why: "the path is not a plain relative path" });
+            return Err(MaterializeError::Blocked {
+                path: root.join(relative),
+                why: "the path is not a plain relative path",
+            });
         };
         current.push(part);
         match fs::symlink_metadata(&current) {
             Ok(m) if m.is_dir() => {}
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(MaterializeError::Blocked { path: current, why: "a symlink is in the path (it could lead outside the output folder)" })
+                return Err(MaterializeError::Blocked {
+                    path: current,
+                    why: "a symlink is in the path (it could lead outside the output folder)",
+                })
             }
-            Ok(_) => return Err(MaterializeError::Blocked { path: current, why: "a file is in the way of a folder" }),
+            Ok(_) => {
+                return Err(MaterializeError::Blocked {
+                    path: current,
+                    why: "a file is in the way of a folder",
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir(&current).map_err(io_err(&current))?
             }
-            Err(e) => return Err(MaterializeError::Io { path: current, source: e }),
+            Err(e) => {
+                return Err(MaterializeError::Io {
+                    path: current,
+                    source: e,
+                })
+            }
         }
     }
     Ok(())
@@ -162,7 +216,9 @@ pub(crate) fn symlink_stays_inside(relative: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
-    let mut depth: i64 = relative.parent().map_or(0, |p| p.components().count() as i64);
+    let mut depth: i64 = relative
+        .parent()
+        .map_or(0, |p| p.components().count() as i64);
     for c in target.components() {
         match c {
             Component::Normal(_) => depth += 1,
@@ -186,8 +242,14 @@ mod tests {
     #[test]
     fn symlink_containment() {
         assert!(symlink_stays_inside(Path::new("a/b"), Path::new("../c")));
-        assert!(!symlink_stays_inside(Path::new("a/b"), Path::new("../../c")));
-        assert!(!symlink_stays_inside(Path::new("a"), Path::new("/etc/passwd")));
+        assert!(!symlink_stays_inside(
+            Path::new("a/b"),
+            Path::new("../../c")
+        ));
+        assert!(!symlink_stays_inside(
+            Path::new("a"),
+            Path::new("/etc/passwd")
+        ));
     }
 
     #[test]

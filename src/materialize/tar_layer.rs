@@ -10,17 +10,29 @@ use super::{ensure_dirs, io_err, symlink_stays_inside, MaterializeError, Staged}
 use crate::oci::files::safe_relative_path;
 use crate::oci::LayerFormat;
 
-pub fn extract(blob: &Path, format: LayerFormat, tree: &Path, layer: &str) -> Result<Vec<Staged>, MaterializeError> {
+pub fn extract(
+    blob: &Path,
+    format: LayerFormat,
+    tree: &Path,
+    layer: &str,
+) -> Result<Vec<Staged>, MaterializeError> {
     let file = BufReader::with_capacity(1 << 20, File::open(blob).map_err(io_err(blob))?);
     let (reader, format_name): (Box<dyn Read>, &'static str) = match format {
         LayerFormat::Raw | LayerFormat::Tar => (Box::new(file), "tar"),
-        LayerFormat::TarGzip => (Box::new(flate2::read::MultiGzDecoder::new(file)), "tar+gzip"),
+        LayerFormat::TarGzip => (
+            Box::new(flate2::read::MultiGzDecoder::new(file)),
+            "tar+gzip",
+        ),
         LayerFormat::TarZstd => (
             Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io_err(blob))?),
             "tar+zstd",
         ),
     };
-    let bad_archive = |source| MaterializeError::BadArchive { layer: layer.to_string(), format: format_name, source };
+    let bad_archive = |source| MaterializeError::BadArchive {
+        layer: layer.to_string(),
+        format: format_name,
+        source,
+    };
     let refuse = |path: &str, why: &str| MaterializeError::UnsafeEntry {
         layer: layer.to_string(),
         path: path.to_string(),
@@ -30,17 +42,29 @@ pub fn extract(blob: &Path, format: LayerFormat, tree: &Path, layer: &str) -> Re
     let mut staged = Vec::new();
     for entry in archive.entries().map_err(bad_archive)? {
         let mut entry = entry.map_err(bad_archive)?;
-        let raw_path = entry.path().map_err(bad_archive)?.to_string_lossy().into_owned();
+        let raw_path = entry
+            .path()
+            .map_err(bad_archive)?
+            .to_string_lossy()
+            .into_owned();
         let entry_type = entry.header().entry_type();
-        if matches!(entry_type, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
+        if matches!(
+            entry_type,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
             continue;
         }
-        let relative = safe_relative_path(raw_path.trim_end_matches('/')).map_err(|why| refuse(&raw_path, why))?;
+        let relative = safe_relative_path(raw_path.trim_end_matches('/'))
+            .map_err(|why| refuse(&raw_path, why))?;
         let dest = tree.join(&relative);
         match entry_type {
             tar::EntryType::Directory => {
                 ensure_dirs(tree, &relative)?;
-                staged.push(Staged { staged: dest, relative, is_dir: true });
+                staged.push(Staged {
+                    staged: dest,
+                    relative,
+                    is_dir: true,
+                });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if let Some(parent) = relative.parent() {
@@ -50,8 +74,13 @@ pub fn extract(blob: &Path, format: LayerFormat, tree: &Path, layer: &str) -> Re
                 let mut out = File::create(&dest).map_err(io_err(&dest))?;
                 std::io::copy(&mut entry, &mut out).map_err(bad_archive)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
-                fs::set_permissions(&dest, fs::Permissions::from_mode((mode & 0o777) | 0o600)).map_err(io_err(&dest))?;
-                staged.push(Staged { staged: dest, relative, is_dir: false });
+                fs::set_permissions(&dest, fs::Permissions::from_mode((mode & 0o777) | 0o600))
+                    .map_err(io_err(&dest))?;
+                staged.push(Staged {
+                    staged: dest,
+                    relative,
+                    is_dir: false,
+                });
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -60,17 +89,34 @@ pub fn extract(blob: &Path, format: LayerFormat, tree: &Path, layer: &str) -> Re
                     .ok_or_else(|| refuse(&raw_path, "symlink without a target"))?
                     .into_owned();
                 if !symlink_stays_inside(&relative, &target) {
-                    return Err(refuse(&raw_path, &format!("symlink to {} leaves the output folder", target.display())));
+                    return Err(refuse(
+                        &raw_path,
+                        &format!("symlink to {} leaves the output folder", target.display()),
+                    ));
                 }
                 if let Some(parent) = relative.parent() {
                     ensure_dirs(tree, parent)?;
                 }
                 remove_if_symlink(&dest)?;
                 std::os::unix::fs::symlink(&target, &dest).map_err(io_err(&dest))?;
-                staged.push(Staged { staged: dest, relative, is_dir: false });
+                staged.push(Staged {
+                    staged: dest,
+                    relative,
+                    is_dir: false,
+                });
             }
-            tar::EntryType::Link => return Err(refuse(&raw_path, "hard links are not supported in model layers")),
-            other => return Err(refuse(&raw_path, &format!("entry type {other:?} (devices, fifos) is not allowed"))),
+            tar::EntryType::Link => {
+                return Err(refuse(
+                    &raw_path,
+                    "hard links are not supported in model layers",
+                ))
+            }
+            other => {
+                return Err(refuse(
+                    &raw_path,
+                    &format!("entry type {other:?} (devices, fifos) is not allowed"),
+                ))
+            }
         }
     }
     Ok(staged)

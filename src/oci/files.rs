@@ -87,9 +87,17 @@ impl LayerPlan {
             });
         }
         if layers.is_empty() {
-            let mut types: Vec<&str> = manifest.layers.iter().map(|d| d.media_type.as_str()).collect();
+            let mut types: Vec<&str> = manifest
+                .layers
+                .iter()
+                .map(|d| d.media_type.as_str())
+                .collect();
             types.dedup();
-            let found = if types.is_empty() { "none".to_string() } else { types.join(", ") };
+            let found = if types.is_empty() {
+                "none".to_string()
+            } else {
+                types.join(", ")
+            };
             return Err(OciError::NoFiles(found));
         }
         Ok(LayerPlan { layers })
@@ -149,7 +157,10 @@ mod tests {
 
     #[test]
     fn safe_paths() {
-        assert_eq!(safe_relative_path("a/./b.json").unwrap(), PathBuf::from("a/b.json"));
+        assert_eq!(
+            safe_relative_path("a/./b.json").unwrap(),
+            PathBuf::from("a/b.json")
+        );
         assert!(safe_relative_path("../escape").is_err());
         assert!(safe_relative_path("a/../../x").is_err());
         assert!(safe_relative_path("/etc/x").is_err());
@@ -165,7 +176,11 @@ mod tests {
             0,
         );
         assert_eq!(layer_format(&d), LayerFormat::TarZstd);
-        let d = Descriptor::new("application/vnd.cncf.model.weight.config.v1.raw", d.digest, 0);
+        let d = Descriptor::new(
+            "application/vnd.cncf.model.weight.config.v1.raw",
+            d.digest,
+            0,
+        );
         assert_eq!(layer_format(&d), LayerFormat::Raw);
     }
 }

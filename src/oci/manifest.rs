@@ -112,7 +112,7 @@ impl Index {
 /// A fetched manifest document, already parsed by its media type.
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
-    Image(Manifest),
+    Image(Box<Manifest>),
     Index(Index),
 }
 
@@ -129,9 +129,13 @@ impl ManifestKind {
             source,
         };
         if media::is_image_manifest(&declared) {
-            Ok(ManifestKind::Image(serde_json::from_slice(bytes).map_err(err)?))
+            Ok(ManifestKind::Image(
+                serde_json::from_slice(bytes).map_err(err)?,
+            ))
         } else if media::is_index(&declared) {
-            Ok(ManifestKind::Index(serde_json::from_slice(bytes).map_err(err)?))
+            Ok(ManifestKind::Index(
+                serde_json::from_slice(bytes).map_err(err)?,
+            ))
         } else {
             Err(OciError::UnsupportedMediaType(declared))
         }
@@ -146,8 +150,13 @@ fn sniff_media_type(bytes: &[u8]) -> String {
         manifests: Option<serde_json::Value>,
     }
     match serde_json::from_slice::<Probe>(bytes) {
-        Ok(Probe { media_type: Some(mt), .. }) => mt,
-        Ok(Probe { manifests: Some(_), .. }) => media::OCI_INDEX.to_string(),
+        Ok(Probe {
+            media_type: Some(mt),
+            ..
+        }) => mt,
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => media::OCI_INDEX.to_string(),
         _ => media::OCI_MANIFEST.to_string(),
     }
 }
@@ -168,6 +177,9 @@ mod tests {
     #[test]
     fn sniffs_index_without_media_type() {
         let doc = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(ManifestKind::parse(None, doc).unwrap(), ManifestKind::Index(_)));
+        assert!(matches!(
+            ManifestKind::parse(None, doc).unwrap(),
+            ManifestKind::Index(_)
+        ));
     }
 }

@@ -8,9 +8,23 @@ use super::ModelFile;
 use crate::oci::modelpack::{LayerKind, ModelProperties};
 
 const WEIGHT_EXTENSIONS: &[&str] = &[
-    "safetensors", "bin", "gguf", "pt", "pth", "ckpt", "onnx", "h5", "msgpack", "tflite", "pb", "ot", "npz",
+    "safetensors",
+    "bin",
+    "gguf",
+    "pt",
+    "pth",
+    "ckpt",
+    "onnx",
+    "h5",
+    "msgpack",
+    "tflite",
+    "pb",
+    "ot",
+    "npz",
 ];
-const CONFIG_EXTENSIONS: &[&str] = &["json", "txt", "model", "yaml", "yml", "tiktoken", "jinja", "vocab", "spm"];
+const CONFIG_EXTENSIONS: &[&str] = &[
+    "json", "txt", "model", "yaml", "yml", "tiktoken", "jinja", "vocab", "spm",
+];
 const CODE_EXTENSIONS: &[&str] = &["py", "sh", "ipynb", "js", "ts", "rs", "go", "cpp", "c", "h"];
 const DATASET_EXTENSIONS: &[&str] = &["parquet", "csv", "tsv", "jsonl", "arrow"];
 const DOC_EXTENSIONS: &[&str] = &["md", "rst", "pdf", "html", "adoc"];
@@ -25,8 +39,15 @@ pub fn classify(relative: &str, size: u64) -> (LayerKind, bool) {
     let stem_is = |prefixes: &[&str]| prefixes.iter().any(|p| lower.starts_with(p));
     if WEIGHT_EXTENSIONS.contains(&ext) {
         (LayerKind::Weight, false)
-    } else if stem_is(&["readme", "license", "licence", "notice", "copying", "model_card", "modelcard"])
-        || DOC_EXTENSIONS.contains(&ext)
+    } else if stem_is(&[
+        "readme",
+        "license",
+        "licence",
+        "notice",
+        "copying",
+        "model_card",
+        "modelcard",
+    ]) || DOC_EXTENSIONS.contains(&ext)
     {
         (LayerKind::Doc, false)
     } else if CODE_EXTENSIONS.contains(&ext) {
@@ -45,15 +66,25 @@ pub fn classify(relative: &str, size: u64) -> (LayerKind, bool) {
 /// The `config` section and model family, from what the files say about themselves.
 pub fn describe_model(files: &[ModelFile]) -> (ModelProperties, Option<String>) {
     let mut props = ModelProperties::default();
-    let weights: Vec<&ModelFile> = files.iter().filter(|f| f.kind == LayerKind::Weight).collect();
+    let weights: Vec<&ModelFile> = files
+        .iter()
+        .filter(|f| f.kind == LayerKind::Weight)
+        .collect();
     props.format = weights
         .iter()
-        .filter_map(|f| f.relative.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()))
+        .filter_map(|f| {
+            f.relative
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+        })
         .max_by_key(|e| if e == "safetensors" { 2 } else { 1 });
 
     let mut params: u64 = 0;
     let mut dtype_bytes: BTreeMap<String, u64> = BTreeMap::new();
-    for f in weights.iter().filter(|f| f.relative.ends_with(".safetensors")) {
+    for f in weights
+        .iter()
+        .filter(|f| f.relative.ends_with(".safetensors"))
+    {
         if let Some(tensors) = safetensors_header(&f.source) {
             for (dtype, count) in tensors {
                 params += count;
@@ -94,7 +125,12 @@ fn safetensors_header(path: &std::path::Path) -> Option<Vec<(String, u64)>> {
             .filter(|(k, _)| k.as_str() != "__metadata__")
             .filter_map(|(_, v)| {
                 let dtype = v.get("dtype")?.as_str()?.to_string();
-                let count = v.get("shape")?.as_array()?.iter().map(|d| d.as_u64().unwrap_or(0)).product();
+                let count = v
+                    .get("shape")?
+                    .as_array()?
+                    .iter()
+                    .map(|d| d.as_u64().unwrap_or(0))
+                    .product();
                 Some((dtype, count))
             })
             .collect(),
@@ -128,8 +164,14 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(classify("model.safetensors", 10), (LayerKind::Weight, false));
-        assert_eq!(classify("1_Pooling/config.json", 10), (LayerKind::WeightConfig, false));
+        assert_eq!(
+            classify("model.safetensors", 10),
+            (LayerKind::Weight, false)
+        );
+        assert_eq!(
+            classify("1_Pooling/config.json", 10),
+            (LayerKind::WeightConfig, false)
+        );
         assert_eq!(classify("README.md", 10), (LayerKind::Doc, false));
         assert_eq!(classify("train_script.py", 10), (LayerKind::Code, false));
         assert_eq!(classify("blob", 1 << 30), (LayerKind::Weight, true));

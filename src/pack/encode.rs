@@ -20,9 +20,14 @@ pub struct EncodedLayer {
     pub source: BlobSource,
 }
 
-pub fn encode_all(files: &[ModelFile], opts: &PackOptions, scratch: Option<&Path>) -> Result<Vec<EncodedLayer>, PackError> {
+pub fn encode_all(
+    files: &[ModelFile],
+    opts: &PackOptions,
+    scratch: Option<&Path>,
+) -> Result<Vec<EncodedLayer>, PackError> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<EncodedLayer, PackError>>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<EncodedLayer, PackError>>>> =
+        files.iter().map(|_| Mutex::new(None)).collect();
     let threads = opts.threads.clamp(1, files.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -31,7 +36,9 @@ pub fn encode_all(files: &[ModelFile], opts: &PackOptions, scratch: Option<&Path
                 let Some(file) = files.get(i) else { break };
                 let result = match (opts.layer_format, scratch) {
                     (LayerFormat::Raw, _) | (_, None) => raw(file),
-                    (format, Some(dir)) => tar_layer(file, format, opts, &dir.join(format!("{i}.layer"))),
+                    (format, Some(dir)) => {
+                        tar_layer(file, format, opts, &dir.join(format!("{i}.layer")))
+                    }
                 };
                 *results[i].lock().expect("no poisoned lock") = Some(result);
             });
@@ -39,12 +46,19 @@ pub fn encode_all(files: &[ModelFile], opts: &PackOptions, scratch: Option<&Path
     });
     results
         .into_iter()
-        .map(|m| m.into_inner().expect("no poisoned lock").expect("every file visited"))
+        .map(|m| {
+            m.into_inner()
+                .expect("no poisoned lock")
+                .expect("every file visited")
+        })
         .collect()
 }
 
 fn raw(file: &ModelFile) -> Result<EncodedLayer, PackError> {
-    let digest = Digest::of_file(&file.source).map_err(|source| PackError::Read { path: file.source.clone(), source })?;
+    let digest = Digest::of_file(&file.source).map_err(|source| PackError::Read {
+        path: file.source.clone(),
+        source,
+    })?;
     Ok(EncodedLayer {
         diff_id: digest.clone(),
         digest,
@@ -53,9 +67,20 @@ fn raw(file: &ModelFile) -> Result<EncodedLayer, PackError> {
     })
 }
 
-fn tar_layer(file: &ModelFile, format: LayerFormat, opts: &PackOptions, out: &Path) -> Result<EncodedLayer, PackError> {
-    let encode_err = |source| PackError::Encode { path: file.source.clone(), source };
-    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, File::create(out).map_err(encode_err)?));
+fn tar_layer(
+    file: &ModelFile,
+    format: LayerFormat,
+    opts: &PackOptions,
+    out: &Path,
+) -> Result<EncodedLayer, PackError> {
+    let encode_err = |source| PackError::Encode {
+        path: file.source.clone(),
+        source,
+    };
+    let sink = HashingWriter::new(BufWriter::with_capacity(
+        1 << 20,
+        File::create(out).map_err(encode_err)?,
+    ));
     let (sink, diff_id) = match format {
         LayerFormat::Tar | LayerFormat::Raw => {
             let mut tar = HashingWriter::new(sink);
@@ -65,7 +90,10 @@ fn tar_layer(file: &ModelFile, format: LayerFormat, opts: &PackOptions, out: &Pa
         }
         LayerFormat::TarGzip => {
             let level = opts.compression_level.unwrap_or(6).clamp(0, 9) as u32;
-            let mut tar = HashingWriter::new(flate2::write::GzEncoder::new(sink, flate2::Compression::new(level)));
+            let mut tar = HashingWriter::new(flate2::write::GzEncoder::new(
+                sink,
+                flate2::Compression::new(level),
+            ));
             write_tar(file, opts, &mut tar).map_err(encode_err)?;
             let (gz, diff_id, _) = tar.finish();
             (gz.finish().map_err(encode_err)?, diff_id)

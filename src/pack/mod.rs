@@ -107,12 +107,18 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         _ => Some(
             match &opts.temp_dir {
                 Some(d) => {
-                    std::fs::create_dir_all(d).map_err(|source| PackError::Read { path: d.clone(), source })?;
+                    std::fs::create_dir_all(d).map_err(|source| PackError::Read {
+                        path: d.clone(),
+                        source,
+                    })?;
                     tempfile::Builder::new().prefix("hoist-pack-").tempdir_in(d)
                 }
                 None => tempfile::Builder::new().prefix("hoist-pack-").tempdir(),
             }
-            .map_err(|source| PackError::Read { path: std::env::temp_dir(), source })?,
+            .map_err(|source| PackError::Read {
+                path: std::env::temp_dir(),
+                source,
+            })?,
         ),
     };
     let layers = encode::encode_all(&files, opts, scratch.as_ref().map(|t| t.path()))?;
@@ -152,7 +158,12 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
             layer.size,
         );
         let meta = FileMetadata {
-            name: file.relative.rsplit('/').next().unwrap_or(&file.relative).to_string(),
+            name: file
+                .relative
+                .rsplit('/')
+                .next()
+                .unwrap_or(&file.relative)
+                .to_string(),
             mode: file.mode,
             uid: 0,
             gid: 0,
@@ -160,17 +171,23 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
             mtime: mtime.clone(),
             typeflag: b'0',
         };
-        desc.annotations.insert(media::ANNOTATION_TITLE.into(), file.relative.clone());
-        desc.annotations.insert(media::ANNOTATION_FILEPATH.into(), file.relative.clone());
+        desc.annotations
+            .insert(media::ANNOTATION_TITLE.into(), file.relative.clone());
+        desc.annotations
+            .insert(media::ANNOTATION_FILEPATH.into(), file.relative.clone());
         desc.annotations.insert(
             media::ANNOTATION_FILE_METADATA.into(),
             serde_json::to_string(&meta).expect("metadata serialises"),
         );
         if file.kind_untested {
-            desc.annotations.insert(media::ANNOTATION_MEDIATYPE_UNTESTED.into(), "true".into());
+            desc.annotations
+                .insert(media::ANNOTATION_MEDIATYPE_UNTESTED.into(), "true".into());
         }
         layer_descs.push(desc.clone());
-        blobs.push(PackedBlob { descriptor: desc, source: layer.source });
+        blobs.push(PackedBlob {
+            descriptor: desc,
+            source: layer.source,
+        });
     }
     let mut manifest = Manifest {
         schema_version: 2,
@@ -182,7 +199,9 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         annotations: Default::default(),
     };
     if let Some(ts) = opts.timestamp {
-        manifest.annotations.insert(media::ANNOTATION_CREATED.into(), rfc3339(ts));
+        manifest
+            .annotations
+            .insert(media::ANNOTATION_CREATED.into(), rfc3339(ts));
     }
     let manifest_bytes = bytes::Bytes::from(manifest.to_bytes());
     Ok(Packed {

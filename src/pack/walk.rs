@@ -33,19 +33,31 @@ pub struct ModelFile {
 pub fn walk(dir: &Path, opts: &WalkOptions) -> Result<Vec<ModelFile>, PackError> {
     let meta = std::fs::metadata(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => PackError::Missing(dir.to_path_buf()),
-        _ => PackError::Read { path: dir.to_path_buf(), source },
+        _ => PackError::Read {
+            path: dir.to_path_buf(),
+            source,
+        },
     })?;
     if !meta.is_dir() {
         return Err(PackError::NotADirectory(dir.to_path_buf()));
     }
-    let root = std::fs::canonicalize(dir).map_err(|source| PackError::Read { path: dir.to_path_buf(), source })?;
+    let root = std::fs::canonicalize(dir).map_err(|source| PackError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files = Vec::new();
     visit(&root, &root, "", opts, &mut files)?;
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok(files)
 }
 
-fn visit(root: &Path, dir: &Path, prefix: &str, opts: &WalkOptions, out: &mut Vec<ModelFile>) -> Result<(), PackError> {
+fn visit(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    opts: &WalkOptions,
+    out: &mut Vec<ModelFile>,
+) -> Result<(), PackError> {
     let read_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PackError::Read { path, source }
@@ -57,12 +69,18 @@ fn visit(root: &Path, dir: &Path, prefix: &str, opts: &WalkOptions, out: &mut Ve
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
-        let name = name.to_str().ok_or_else(|| PackError::NonUtf8(entry.path()))?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| PackError::NonUtf8(entry.path()))?;
         if name == ".git" || (name.starts_with('.') && !opts.include_hidden) {
             continue;
         }
         let path = entry.path();
-        let relative = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        let relative = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
         let link_meta = std::fs::symlink_metadata(&path).map_err(read_err(&path))?;
         let (source, meta) = if link_meta.file_type().is_symlink() {
             let target = std::fs::canonicalize(&path).map_err(read_err(&path))?;

@@ -27,8 +27,16 @@ pub struct BlobResponse {
 }
 
 impl RegistryClient {
-    pub fn new(registry: &str, opts: &TransportOptions, credentials: Credentials) -> Result<Self, RegistryError> {
-        let host = if registry == crate::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry };
+    pub fn new(
+        registry: &str,
+        opts: &TransportOptions,
+        credentials: Credentials,
+    ) -> Result<Self, RegistryError> {
+        let host = if registry == crate::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
         let base = Url::parse(&format!("{}://{host}/", opts.scheme_for(host)))
             .map_err(|e| RegistryError::Tls(format!("bad registry address {registry}: {e}")))?;
         Ok(RegistryClient {
@@ -58,7 +66,10 @@ impl RegistryClient {
         repository: &str,
         context: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let resp = req.send().await.map_err(|e| self.transport_error(&e, context))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, context))?;
         match resp.status() {
             StatusCode::UNAUTHORIZED => Err(RegistryError::Unauthorized {
                 registry: self.registry.clone(),
@@ -67,7 +78,11 @@ impl RegistryClient {
             StatusCode::FORBIDDEN => Err(RegistryError::Denied {
                 registry: self.registry.clone(),
                 repository: repository.to_string(),
-                action: if context.starts_with("push") || context.starts_with("upload") { "push to" } else { "read" },
+                action: if context.starts_with("push") || context.starts_with("upload") {
+                    "push to"
+                } else {
+                    "read"
+                },
             }),
             _ => Ok(resp),
         }
@@ -75,7 +90,10 @@ impl RegistryClient {
 
     pub(crate) fn transport_error(&self, e: &reqwest::Error, context: &str) -> RegistryError {
         if e.is_connect() {
-            RegistryError::Connect { registry: self.registry.clone(), detail: chain(e) }
+            RegistryError::Connect {
+                registry: self.registry.clone(),
+                detail: chain(e),
+            }
         } else {
             RegistryError::Transfer {
                 registry: self.registry.clone(),
@@ -86,18 +104,31 @@ impl RegistryClient {
     }
 
     /// Turn an unexpected status into an error carrying the registry's own message.
-    pub(crate) async fn status_error(&self, method: &'static str, resp: reqwest::Response) -> RegistryError {
+    pub(crate) async fn status_error(
+        &self,
+        method: &'static str,
+        resp: reqwest::Response,
+    ) -> RegistryError {
         let status = resp.status().as_u16();
         let mut url = resp.url().clone();
         url.set_query(None);
         let body = resp.text().await.unwrap_or_default();
-        let message = registry_message(&body).map(|m| format!(": {m}")).unwrap_or_default();
-        RegistryError::Status { method, url: url.to_string(), status, message }
+        let message = registry_message(&body)
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        RegistryError::Status {
+            method,
+            url: url.to_string(),
+            status,
+            message,
+        }
     }
 
     /// `GET /v2/`: is this a registry we can talk to?
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        let resp = self.send(self.request(Method::GET, self.url("v2/")), "", "ping").await?;
+        let resp = self
+            .send(self.request(Method::GET, self.url("v2/")), "", "ping")
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -106,9 +137,15 @@ impl RegistryClient {
     }
 
     /// Fetch a manifest by tag or digest: (media type, bytes, digest of the bytes).
-    pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<(String, Bytes, Digest), RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(String, Bytes, Digest), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let req = self.request(Method::GET, url).header(header::ACCEPT, media::MANIFEST_ACCEPT);
+        let req = self
+            .request(Method::GET, url)
+            .header(header::ACCEPT, media::MANIFEST_ACCEPT);
         let resp = self.send(req, repository, "fetching manifest").await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
@@ -121,7 +158,11 @@ impl RegistryClient {
         }
         let what = format!("{repository}:{reference}");
         if let Some(len) = resp.content_length().filter(|l| *l > MAX_MANIFEST_BYTES) {
-            return Err(RegistryError::ManifestTooLarge { what, size: len, limit: MAX_MANIFEST_BYTES });
+            return Err(RegistryError::ManifestTooLarge {
+                what,
+                size: len,
+                limit: MAX_MANIFEST_BYTES,
+            });
         }
         let media_type = resp
             .headers()
@@ -135,7 +176,11 @@ impl RegistryClient {
             let chunk = chunk.map_err(|e| self.transport_error(&e, "reading manifest"))?;
             body.extend_from_slice(&chunk);
             if body.len() as u64 > MAX_MANIFEST_BYTES {
-                return Err(RegistryError::ManifestTooLarge { what, size: body.len() as u64, limit: MAX_MANIFEST_BYTES });
+                return Err(RegistryError::ManifestTooLarge {
+                    what,
+                    size: body.len() as u64,
+                    limit: MAX_MANIFEST_BYTES,
+                });
             }
         }
         let digest = Digest::of_bytes(&body);
@@ -143,9 +188,15 @@ impl RegistryClient {
     }
 
     /// `HEAD` a blob: its size if the registry has it.
-    pub async fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let resp = self.send(self.request(Method::HEAD, url), repository, "checking blob").await?;
+        let resp = self
+            .send(self.request(Method::HEAD, url), repository, "checking blob")
+            .await?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
             StatusCode::NOT_FOUND => Ok(None),
@@ -154,7 +205,12 @@ impl RegistryClient {
     }
 
     /// Start a blob download, optionally of `range` (inclusive end).
-    pub async fn get_blob(&self, repository: &str, digest: &Digest, range: Option<(u64, u64)>) -> Result<BlobResponse, RegistryError> {
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobResponse, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
         let mut req = self.request(Method::GET, url);
         if let Some((start, end)) = range {
@@ -162,8 +218,14 @@ impl RegistryClient {
         }
         let resp = self.send(req, repository, "downloading blob").await?;
         match resp.status() {
-            StatusCode::OK => Ok(BlobResponse { response: resp, partial: false }),
-            StatusCode::PARTIAL_CONTENT => Ok(BlobResponse { response: resp, partial: true }),
+            StatusCode::OK => Ok(BlobResponse {
+                response: resp,
+                partial: false,
+            }),
+            StatusCode::PARTIAL_CONTENT => Ok(BlobResponse {
+                response: resp,
+                partial: true,
+            }),
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound {
                 registry: self.registry.clone(),
                 what: format!("blob {digest} in {repository}"),
@@ -173,9 +235,18 @@ impl RegistryClient {
     }
 
     /// `PUT` a manifest under a tag or its digest.
-    pub async fn put_manifest(&self, repository: &str, reference: &str, media_type: &str, bytes: Bytes) -> Result<(), RegistryError> {
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let req = self.request(Method::PUT, url).header(header::CONTENT_TYPE, media_type).body(bytes);
+        let req = self
+            .request(Method::PUT, url)
+            .header(header::CONTENT_TYPE, media_type)
+            .body(bytes);
         let resp = self.send(req, repository, "pushing manifest").await?;
         if resp.status().is_success() {
             Ok(())
@@ -198,7 +269,15 @@ fn registry_message(body: &str) -> Option<String> {
     }
     if let Ok(env) = serde_json::from_str::<Envelope>(body) {
         let e = env.errors.into_iter().next()?;
-        return Some(format!("{} {}", e.code.unwrap_or_default(), e.message.unwrap_or_default()).trim().to_string());
+        return Some(
+            format!(
+                "{} {}",
+                e.code.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+            .trim()
+            .to_string(),
+        );
     }
     let trimmed = body.trim();
     (!trimmed.is_empty() && trimmed.len() < 200).then(|| trimmed.to_string())

@@ -5,8 +5,13 @@ pub enum RegistryError {
     #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (use --plain-http for a registry without TLS)")]
     Connect { registry: String, detail: String },
     #[error("unauthorized: {registry} requires credentials for {repository}; run `hoist login {registry}`")]
-    Unauthorized { registry: String, repository: String },
-    #[error("denied: {registry} refused to {action} {repository}; check that your account may do that")]
+    Unauthorized {
+        registry: String,
+        repository: String,
+    },
+    #[error(
+        "denied: {registry} refused to {action} {repository}; check that your account may do that"
+    )]
     Denied {
         registry: String,
         repository: String,
@@ -50,7 +55,8 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut cur = err.source();
     while let Some(e) = cur {
         let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
+        // hyper's "client error (Connect)" wrapper says nothing the next cause does not.
+        if !s.starts_with("client error (") && !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }
         cur = e.source();

@@ -10,8 +10,8 @@ mod transport;
 mod upload;
 
 pub use auth::Credentials;
-pub(crate) use error::chain as error_chain;
 pub use client::{BlobResponse, RegistryClient};
+pub(crate) use error::chain as error_chain;
 pub use error::RegistryError;
 pub use transport::TransportOptions;
 pub use upload::UploadBody;

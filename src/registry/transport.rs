@@ -39,13 +39,20 @@ impl TransportOptions {
             builder = builder.danger_accept_invalid_certs(true);
         }
         if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| RegistryError::Tls(format!("cannot read --ca-file {}: {e}", path.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| RegistryError::Tls(format!("--ca-file {} is not a PEM certificate: {e}", path.display())))?;
+            let pem = std::fs::read(path).map_err(|e| {
+                RegistryError::Tls(format!("cannot read --ca-file {}: {e}", path.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                RegistryError::Tls(format!(
+                    "--ca-file {} is not a PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
-        builder.build().map_err(|e| RegistryError::Tls(super::error::chain(&e)))
+        builder
+            .build()
+            .map_err(|e| RegistryError::Tls(super::error::chain(&e)))
     }
 }
 

@@ -32,7 +32,8 @@ impl RegistryClient {
         let (location, min_chunk) = self.start_upload(repository).await?;
         match (chunk_size, body) {
             (Some(size), body @ (UploadBody::File(_) | UploadBody::Bytes(_))) => {
-                self.upload_chunks(repository, desc, location, &body, size.max(min_chunk)).await
+                self.upload_chunks(repository, desc, location, &body, size.max(min_chunk))
+                    .await
             }
             (_, body) => {
                 let retry_source = match &body {
@@ -41,7 +42,8 @@ impl RegistryClient {
                     UploadBody::Stream(_) => None,
                 };
                 let mut url = location;
-                url.query_pairs_mut().append_pair("digest", desc.digest.as_str());
+                url.query_pairs_mut()
+                    .append_pair("digest", desc.digest.as_str());
                 let req = self
                     .request(Method::PUT, url)
                     .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -52,7 +54,14 @@ impl RegistryClient {
                     (s, _) if s.is_success() => Ok(()),
                     (StatusCode::PAYLOAD_TOO_LARGE, Some(source)) => {
                         let (location, min_chunk) = self.start_upload(repository).await?;
-                        self.upload_chunks(repository, desc, location, &source, FALLBACK_CHUNK.max(min_chunk)).await
+                        self.upload_chunks(
+                            repository,
+                            desc,
+                            location,
+                            &source,
+                            FALLBACK_CHUNK.max(min_chunk),
+                        )
+                        .await
                     }
                     _ => Err(self.status_error("PUT", resp).await),
                 }
@@ -63,7 +72,9 @@ impl RegistryClient {
     /// `POST /v2/<name>/blobs/uploads/`: the session URL and the registry's minimum chunk.
     async fn start_upload(&self, repository: &str) -> Result<(Url, u64), RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"));
-        let req = self.request(Method::POST, url).header(header::CONTENT_LENGTH, 0);
+        let req = self
+            .request(Method::POST, url)
+            .header(header::CONTENT_LENGTH, 0);
         let resp = self.send(req, repository, "upload start").await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error("POST", resp).await);
@@ -107,13 +118,18 @@ impl RegistryClient {
             let len = chunk.min(desc.size - offset);
             let body = match source {
                 UploadBody::File(path) => file_range_body(path, offset, len).await?,
-                UploadBody::Bytes(b) => reqwest::Body::from(b.slice(offset as usize..(offset + len) as usize)),
+                UploadBody::Bytes(b) => {
+                    reqwest::Body::from(b.slice(offset as usize..(offset + len) as usize))
+                }
                 UploadBody::Stream(_) => unreachable!("streams are uploaded monolithically"),
             };
             let req = self
                 .request(Method::PATCH, location.clone())
                 .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(header::CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1))
+                .header(
+                    header::CONTENT_RANGE,
+                    format!("{}-{}", offset, offset + len - 1),
+                )
                 .header(header::CONTENT_LENGTH, len)
                 .body(body);
             let resp = self.send(req, repository, "uploading chunk").await?;
@@ -123,8 +139,12 @@ impl RegistryClient {
             location = self.location(&resp)?;
             offset += len;
         }
-        location.query_pairs_mut().append_pair("digest", desc.digest.as_str());
-        let req = self.request(Method::PUT, location).header(header::CONTENT_LENGTH, 0);
+        location
+            .query_pairs_mut()
+            .append_pair("digest", desc.digest.as_str());
+        let req = self
+            .request(Method::PUT, location)
+            .header(header::CONTENT_LENGTH, 0);
         let resp = self.send(req, repository, "upload finish").await?;
         if resp.status().is_success() {
             Ok(())
@@ -145,14 +165,25 @@ async fn whole_body(body: UploadBody) -> Result<reqwest::Body, RegistryError> {
     })
 }
 
-async fn file_range_body(path: &std::path::Path, offset: u64, len: u64) -> Result<reqwest::Body, RegistryError> {
+async fn file_range_body(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Result<reqwest::Body, RegistryError> {
     let mut file = open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| read_error(path, e))?;
-    Ok(reqwest::Body::wrap_stream(ReaderStream::with_capacity(file.take(len), 1 << 20)))
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| read_error(path, e))?;
+    Ok(reqwest::Body::wrap_stream(ReaderStream::with_capacity(
+        file.take(len),
+        1 << 20,
+    )))
 }
 
 async fn open(path: &std::path::Path) -> Result<tokio::fs::File, RegistryError> {
-    tokio::fs::File::open(path).await.map_err(|e| read_error(path, e))
+    tokio::fs::File::open(path)
+        .await
+        .map_err(|e| read_error(path, e))
 }
 
 fn read_error(path: &std::path::Path, e: std::io::Error) -> RegistryError {

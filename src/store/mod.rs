@@ -28,11 +28,17 @@ pub enum StoreError {
         expected_size: u64,
     },
     #[error("local store index {path} is corrupt: {source}")]
-    CorruptIndex { path: PathBuf, source: serde_json::Error },
+    CorruptIndex {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +55,9 @@ impl Store {
         if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             return PathBuf::from(data).join("hoist");
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         home.join(".local/share/hoist")
     }
 
@@ -80,13 +88,19 @@ impl Store {
 
     /// Size of a verified blob, if present.
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        fs::metadata(self.blob_path(digest)).ok().filter(|m| m.is_file()).map(|m| m.len())
+        fs::metadata(self.blob_path(digest))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
     }
 
     /// A fresh file in `ingest/` to write a blob into; pass it to [`Store::commit`].
     pub fn ingest_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
         let dir = self.root.join("ingest");
-        tempfile::Builder::new().prefix("blob-").tempfile_in(&dir).map_err(io_err(&dir))
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))
     }
 
     /// Promote an ingested file into the store if its digest and size are the expected ones.
@@ -110,7 +124,10 @@ impl Store {
         let path = ingest.path().to_path_buf();
         ingest.as_file().sync_data().map_err(io_err(&path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_err(&path))?;
-        ingest.persist(&target).map_err(|e| StoreError::Io { path: target.clone(), source: e.error })?;
+        ingest.persist(&target).map_err(|e| StoreError::Io {
+            path: target.clone(),
+            source: e.error,
+        })?;
         Ok(target)
     }
 
@@ -135,7 +152,12 @@ impl Store {
     pub fn put_bytes(&self, expected: &Descriptor, bytes: &[u8]) -> Result<PathBuf, StoreError> {
         let mut ingest = self.ingest_file()?;
         ingest.write_all(bytes).map_err(io_err(&self.root))?;
-        self.commit(ingest, expected, Digest::of_bytes(bytes), bytes.len() as u64)
+        self.commit(
+            ingest,
+            expected,
+            Digest::of_bytes(bytes),
+            bytes.len() as u64,
+        )
     }
 
     pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
@@ -157,22 +179,37 @@ impl Store {
             .manifests
             .into_iter()
             .find(|d| d.annotation(media::ANNOTATION_REF_NAME) == Some(name.as_str()))
-            .ok_or(StoreError::NotFound { reference: name, root: self.root.clone() })
+            .ok_or(StoreError::NotFound {
+                reference: name,
+                root: self.root.clone(),
+            })
     }
 
     /// Point `repo:tag` at a manifest already stored as a blob.
-    pub fn tag(&self, repository: &str, tag: &str, manifest: &Descriptor) -> Result<(), StoreError> {
+    pub fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Descriptor,
+    ) -> Result<(), StoreError> {
         let name = format!("{repository}:{tag}");
         let lock_path = self.root.join("index.json.lock");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
         let mut index = self.read_index()?;
-        index.manifests.retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
+        index
+            .manifests
+            .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
         let mut entry = manifest.clone();
         entry.annotations.clear();
-        entry.annotations.insert(media::ANNOTATION_REF_NAME.into(), name);
+        entry
+            .annotations
+            .insert(media::ANNOTATION_REF_NAME.into(), name);
         index.manifests.push(entry);
-        index.manifests.sort_by(|a, b| a.annotation(media::ANNOTATION_REF_NAME).cmp(&b.annotation(media::ANNOTATION_REF_NAME)));
+        index.manifests.sort_by(|a, b| {
+            a.annotation(media::ANNOTATION_REF_NAME)
+                .cmp(&b.annotation(media::ANNOTATION_REF_NAME))
+        });
         let bytes = serde_json::to_vec_pretty(&index).expect("index serialises");
         write_atomic(&self.root.join("index.json"), &bytes)
         // The lock is released when `lock` is dropped.
@@ -201,7 +238,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;
     tmp.as_file().sync_data().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io { path: path.to_path_buf(), source: e.error })?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -215,7 +255,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let desc = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"{}"), 2);
         let bad = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"x"), 2);
-        assert!(matches!(store.put_bytes(&bad, b"{}"), Err(StoreError::DigestMismatch { .. })));
+        assert!(matches!(
+            store.put_bytes(&bad, b"{}"),
+            Err(StoreError::DigestMismatch { .. })
+        ));
         assert!(store.blob_size(&bad.digest).is_none());
         store.put_bytes(&desc, b"{}").unwrap();
         store.tag("m", "v1", &desc).unwrap();

@@ -27,14 +27,28 @@ pub async fn copy(
 ) -> Result<CopyReport, TransferError> {
     let (declared, bytes, digest) = src.fetch_manifest(reference).await?;
     let media_type = manifest_media_type(&declared, &bytes);
-    let mut report = CopyReport { digest: digest.clone(), copied: 0, skipped: 0, copied_bytes: 0 };
+    let mut report = CopyReport {
+        digest: digest.clone(),
+        copied: 0,
+        skipped: 0,
+        copied_bytes: 0,
+    };
     match ManifestKind::parse(Some(&media_type), &bytes)? {
         ManifestKind::Image(manifest) => {
-            copy_blobs(src, dst, manifest.blobs().cloned().collect(), concurrency, &observer, &mut report).await?;
+            copy_blobs(
+                src,
+                dst,
+                manifest.blobs().cloned().collect(),
+                concurrency,
+                &observer,
+                &mut report,
+            )
+            .await?;
         }
         ManifestKind::Index(index) => {
             for child in &index.manifests {
-                let (child_declared, child_bytes, child_digest) = src.fetch_manifest(child.digest.as_str()).await?;
+                let (child_declared, child_bytes, child_digest) =
+                    src.fetch_manifest(child.digest.as_str()).await?;
                 if child_digest != child.digest {
                     return Err(TransferError::DigestMismatch {
                         what: "index child manifest".into(),
@@ -44,8 +58,18 @@ pub async fn copy(
                     });
                 }
                 let child_type = manifest_media_type(&child_declared, &child_bytes);
-                if let ManifestKind::Image(m) = ManifestKind::parse(Some(&child_type), &child_bytes)? {
-                    copy_blobs(src, dst, m.blobs().cloned().collect(), concurrency, &observer, &mut report).await?;
+                if let ManifestKind::Image(m) =
+                    ManifestKind::parse(Some(&child_type), &child_bytes)?
+                {
+                    copy_blobs(
+                        src,
+                        dst,
+                        m.blobs().cloned().collect(),
+                        concurrency,
+                        &observer,
+                        &mut report,
+                    )
+                    .await?;
                 }
                 dst.put_manifest(None, &child_type, &child_bytes).await?;
             }
@@ -77,7 +101,10 @@ async fn copy_blobs(
                 Action::Uploaded
             };
             observer(&Event::Done {
-                name: desc.annotation(crate::oci::media::ANNOTATION_TITLE).unwrap_or("blob").to_string(),
+                name: desc
+                    .annotation(crate::oci::media::ANNOTATION_TITLE)
+                    .unwrap_or("blob")
+                    .to_string(),
                 digest: desc.digest.clone(),
                 size: desc.size,
                 action,
@@ -104,18 +131,28 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
             let source = crate::pack::BlobSource::File(store.blob_path(&desc.digest));
             dst.put_blob(desc, &source, None).await
         }
-        (Target::Remote { client, repository }, Target::Remote { client: to, repository: to_repo }) => {
+        (
+            Target::Remote { client, repository },
+            Target::Remote {
+                client: to,
+                repository: to_repo,
+            },
+        ) => {
             // Registry to registry: the GET body streams straight into the PUT; the
             // destination registry checks the digest before accepting it.
             let blob = client.get_blob(repository, &desc.digest, None).await?;
             let body = reqwest::Body::wrap_stream(blob.response.bytes_stream());
-            Ok(to.upload_blob(to_repo, desc, UploadBody::Stream(body), None).await?)
+            Ok(to
+                .upload_blob(to_repo, desc, UploadBody::Stream(body), None)
+                .await?)
         }
         (Target::Remote { client, repository }, Target::Local { store, .. }) => {
             let ingest = store.ingest_file()?;
             let path = ingest.path().to_path_buf();
-            let mut file = tokio::fs::File::from_std(ingest.reopen().map_err(TransferError::io(&path))?);
-            let (actual, size) = super::fetch::download_into(client, repository, desc, &mut file, &path).await?;
+            let mut file =
+                tokio::fs::File::from_std(ingest.reopen().map_err(TransferError::io(&path))?);
+            let (actual, size) =
+                super::fetch::download_into(client, repository, desc, &mut file, &path).await?;
             store.commit(ingest, desc, actual, size)?;
             Ok(())
         }

@@ -19,7 +19,9 @@ pub async fn download_verified(
     path: &Path,
     what: &str,
 ) -> Result<(), TransferError> {
-    let mut file = tokio::fs::File::create(path).await.map_err(TransferError::io(path))?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(TransferError::io(path))?;
     let (actual, size) = download_into(client, repository, desc, &mut file, path).await?;
     if actual != desc.digest || size != desc.size {
         let _ = tokio::fs::remove_file(path).await;
@@ -58,7 +60,9 @@ pub async fn download_into(
             break;
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(TransferError::io(path))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(TransferError::io(path))?;
     }
     file.flush().await.map_err(TransferError::io(path))?;
     let size = hasher.len();

@@ -40,7 +40,10 @@ pub enum TransferError {
         size: u64,
     },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
 }
@@ -68,8 +71,17 @@ pub enum Action {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Start { reference: String, files: usize, bytes: u64 },
-    Done { name: String, digest: Digest, size: u64, action: Action },
+    Start {
+        reference: String,
+        files: usize,
+        bytes: u64,
+    },
+    Done {
+        name: String,
+        digest: Digest,
+        size: u64,
+        action: Action,
+    },
 }
 
 /// Receives events; cheap to clone into tasks.

@@ -25,7 +25,10 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { concurrency: 8, allow_path_traversal: false }
+        PullOptions {
+            concurrency: 8,
+            allow_path_traversal: false,
+        }
     }
 }
 
@@ -38,7 +41,13 @@ pub struct PullReport {
     pub skipped: usize,
 }
 
-pub async fn pull(source: &Target, reference: &str, out: &Path, opts: &PullOptions, observer: Observer) -> Result<PullReport, TransferError> {
+pub async fn pull(
+    source: &Target,
+    reference: &str,
+    out: &Path,
+    opts: &PullOptions,
+    observer: Observer,
+) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
     let plan = LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?;
     observer(&Event::Start {
@@ -50,7 +59,12 @@ pub async fn pull(source: &Target, reference: &str, out: &Path, opts: &PullOptio
         // Names were accepted as given; they are placed relative to the output folder, and
         // `..` still cannot climb out through the staging rename.
         for layer in &plan.layers {
-            if layer.path.is_absolute() || layer.path.components().any(|c| c == std::path::Component::ParentDir) {
+            if layer.path.is_absolute()
+                || layer
+                    .path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
                 return Err(crate::oci::OciError::UnsafePath {
                     digest: layer.descriptor.digest.to_string(),
                     path: layer.path.display().to_string(),
@@ -81,7 +95,10 @@ pub async fn pull(source: &Target, reference: &str, out: &Path, opts: &PullOptio
         .await?;
 
     let staging = Arc::into_inner(staging).expect("all layer tasks finished");
-    let items: Vec<Staged> = results.iter().flat_map(|(s, _)| s.iter().cloned()).collect();
+    let items: Vec<Staged> = results
+        .iter()
+        .flat_map(|(s, _)| s.iter().cloned())
+        .collect();
     tokio::task::spawn_blocking(move || staging.commit(&items))
         .await
         .expect("commit task does not panic")?;
@@ -98,19 +115,31 @@ pub async fn pull(source: &Target, reference: &str, out: &Path, opts: &PullOptio
         files: plan.layers.len(),
         bytes: plan.total_size(),
         downloaded_bytes,
-        skipped: results.iter().filter(|(_, a)| *a == Action::Skipped).count(),
+        skipped: results
+            .iter()
+            .filter(|(_, a)| *a == Action::Skipped)
+            .count(),
     })
 }
 
-async fn pull_layer(source: &Target, staging: &Arc<Staging>, index: usize, layer: &FileLayer) -> Result<(Vec<Staged>, Action), TransferError> {
+async fn pull_layer(
+    source: &Target,
+    staging: &Arc<Staging>,
+    index: usize,
+    layer: &FileLayer,
+) -> Result<(Vec<Staged>, Action), TransferError> {
     let desc = &layer.descriptor;
     let name = layer.path.display().to_string();
-    if layer.format == LayerFormat::Raw && already_in_place(&staging.out().join(&layer.path), &desc.digest, desc.size).await {
+    if layer.format == LayerFormat::Raw
+        && already_in_place(&staging.out().join(&layer.path), &desc.digest, desc.size).await
+    {
         return Ok((Vec::new(), Action::Skipped));
     }
     let (blob, consume, action): (PathBuf, bool, Action) = match source {
         Target::Local { store, repository } => match store.blob_size(&desc.digest) {
-            Some(size) if size == desc.size => (store.blob_path(&desc.digest), false, Action::Linked),
+            Some(size) if size == desc.size => {
+                (store.blob_path(&desc.digest), false, Action::Linked)
+            }
             _ => {
                 return Err(crate::store::StoreError::NotFound {
                     reference: format!("{repository} blob {} ({name})", desc.digest),
@@ -125,9 +154,16 @@ async fn pull_layer(source: &Target, staging: &Arc<Staging>, index: usize, layer
             (path, true, Action::Downloaded)
         }
     };
-    let (staging, layer_path, format, mode) = (staging.clone(), layer.path.clone(), layer.format, file_mode(layer));
+    let (staging, layer_path, format, mode) = (
+        staging.clone(),
+        layer.path.clone(),
+        layer.format,
+        file_mode(layer),
+    );
     let staged = tokio::task::spawn_blocking(move || match format {
-        LayerFormat::Raw => staging.stage_file(index, &blob, consume, &layer_path, mode).map(|s| vec![s]),
+        LayerFormat::Raw => staging
+            .stage_file(index, &blob, consume, &layer_path, mode)
+            .map(|s| vec![s]),
         _ => {
             let staged = staging.stage_tar(index, &blob, format, &name);
             if consume {
@@ -152,7 +188,9 @@ fn file_mode(layer: &FileLayer) -> u32 {
 
 /// Is the file already there, a regular file with these exact bytes?
 async fn already_in_place(path: &Path, digest: &Digest, size: u64) -> bool {
-    let Ok(meta) = tokio::fs::symlink_metadata(path).await else { return false };
+    let Ok(meta) = tokio::fs::symlink_metadata(path).await else {
+        return false;
+    };
     if !meta.is_file() || meta.len() != size {
         return false;
     }

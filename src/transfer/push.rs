@@ -17,7 +17,10 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { concurrency: 4, chunk_size: None }
+        PushOptions {
+            concurrency: 4,
+            chunk_size: None,
+        }
     }
 }
 
@@ -31,7 +34,13 @@ pub struct PushReport {
     pub tags: Vec<String>,
 }
 
-pub async fn push(packed: &Packed, target: &Target, tags: &[String], opts: &PushOptions, observer: Observer) -> Result<PushReport, TransferError> {
+pub async fn push(
+    packed: &Packed,
+    target: &Target,
+    tags: &[String],
+    opts: &PushOptions,
+    observer: Observer,
+) -> Result<PushReport, TransferError> {
     observer(&Event::Start {
         reference: target.describe(),
         files: packed.manifest.layers.len(),
@@ -49,7 +58,10 @@ pub async fn push(packed: &Packed, target: &Target, tags: &[String], opts: &Push
                     Action::Uploaded
                 };
                 observer(&Event::Done {
-                    name: desc.annotation(media::ANNOTATION_TITLE).unwrap_or("config").to_string(),
+                    name: desc
+                        .annotation(media::ANNOTATION_TITLE)
+                        .unwrap_or("config")
+                        .to_string(),
                     digest: desc.digest.clone(),
                     size: desc.size,
                     action,
@@ -63,12 +75,20 @@ pub async fn push(packed: &Packed, target: &Target, tags: &[String], opts: &Push
 
     let media_type = packed.manifest.media_type().to_string();
     if tags.is_empty() {
-        target.put_manifest(None, &media_type, &packed.manifest_bytes).await?;
+        target
+            .put_manifest(None, &media_type, &packed.manifest_bytes)
+            .await?;
     }
     for tag in tags {
-        target.put_manifest(Some(tag), &media_type, &packed.manifest_bytes).await?;
+        target
+            .put_manifest(Some(tag), &media_type, &packed.manifest_bytes)
+            .await?;
     }
-    let uploaded: Vec<u64> = actions.iter().filter(|(a, _)| *a == Action::Uploaded).map(|(_, s)| *s).collect();
+    let uploaded: Vec<u64> = actions
+        .iter()
+        .filter(|(a, _)| *a == Action::Uploaded)
+        .map(|(_, s)| *s)
+        .collect();
     Ok(PushReport {
         digest: packed.manifest_digest.clone(),
         blobs: actions.len(),

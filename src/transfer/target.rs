@@ -11,8 +11,14 @@ use crate::store::Store;
 
 #[derive(Clone)]
 pub enum Target {
-    Local { store: Store, repository: String },
-    Remote { client: RegistryClient, repository: String },
+    Local {
+        store: Store,
+        repository: String,
+    },
+    Remote {
+        client: RegistryClient,
+        repository: String,
+    },
 }
 
 /// A reference resolved to an image manifest (following an index to this host's platform).
@@ -40,9 +46,14 @@ impl Target {
     }
 
     /// A manifest document by tag or digest: (media type, bytes, digest).
-    pub async fn fetch_manifest(&self, reference: &str) -> Result<(String, Bytes, Digest), TransferError> {
+    pub async fn fetch_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<(String, Bytes, Digest), TransferError> {
         match self {
-            Target::Remote { client, repository } => Ok(client.get_manifest(repository, reference).await?),
+            Target::Remote { client, repository } => {
+                Ok(client.get_manifest(repository, reference).await?)
+            }
             Target::Local { store, repository } => {
                 let (digest, media_type) = match reference.parse::<Digest>() {
                     Ok(d) => (d, None),
@@ -74,24 +85,32 @@ impl Target {
             ManifestKind::Image(manifest) => Ok(Resolved {
                 manifest_digest: digest.clone(),
                 digest,
-                manifest,
+                manifest: *manifest,
                 manifest_bytes: bytes,
             }),
             ManifestKind::Index(index) => {
-                let child = index
-                    .select_for_host()
-                    .ok_or_else(|| TransferError::NoPlatform(format!("{}:{reference}", self.repository())))?;
-                let (child_type, child_bytes, child_digest) = self.fetch_manifest(child.digest.as_str()).await?;
+                let child = index.select_for_host().ok_or_else(|| {
+                    TransferError::NoPlatform(format!("{}:{reference}", self.repository()))
+                })?;
+                let (child_type, child_bytes, child_digest) =
+                    self.fetch_manifest(child.digest.as_str()).await?;
                 verify_manifest(&child.digest, &child_digest)?;
-                let media = if child_type.is_empty() { child.media_type.clone() } else { child_type };
+                let media = if child_type.is_empty() {
+                    child.media_type.clone()
+                } else {
+                    child_type
+                };
                 match ManifestKind::parse(Some(&media), &child_bytes)? {
                     ManifestKind::Image(manifest) => Ok(Resolved {
                         digest,
-                        manifest,
+                        manifest: *manifest,
                         manifest_digest: child_digest,
                         manifest_bytes: child_bytes,
                     }),
-                    ManifestKind::Index(_) => Err(crate::oci::OciError::UnsupportedMediaType("nested index".into()).into()),
+                    ManifestKind::Index(_) => Err(crate::oci::OciError::UnsupportedMediaType(
+                        "nested index".into(),
+                    )
+                    .into()),
                 }
             }
         }
@@ -100,12 +119,20 @@ impl Target {
     pub async fn has_blob(&self, desc: &Descriptor) -> Result<bool, TransferError> {
         match self {
             Target::Local { store, .. } => Ok(store.blob_size(&desc.digest) == Some(desc.size)),
-            Target::Remote { client, repository } => Ok(client.blob_exists(repository, &desc.digest).await?.is_some()),
+            Target::Remote { client, repository } => Ok(client
+                .blob_exists(repository, &desc.digest)
+                .await?
+                .is_some()),
         }
     }
 
     /// Store a blob whose bytes are in a local file or in memory.
-    pub async fn put_blob(&self, desc: &Descriptor, source: &crate::pack::BlobSource, chunk_size: Option<u64>) -> Result<(), TransferError> {
+    pub async fn put_blob(
+        &self,
+        desc: &Descriptor,
+        source: &crate::pack::BlobSource,
+        chunk_size: Option<u64>,
+    ) -> Result<(), TransferError> {
         use crate::pack::BlobSource;
         match self {
             Target::Remote { client, repository } => {
@@ -113,7 +140,9 @@ impl Target {
                     BlobSource::File(p) => UploadBody::File(p.clone()),
                     BlobSource::Bytes(b) => UploadBody::Bytes(b.clone()),
                 };
-                Ok(client.upload_blob(repository, desc, body, chunk_size).await?)
+                Ok(client
+                    .upload_blob(repository, desc, body, chunk_size)
+                    .await?)
             }
             Target::Local { store, .. } => {
                 let (store, desc, source) = (store.clone(), desc.clone(), source.clone());
@@ -129,12 +158,19 @@ impl Target {
     }
 
     /// Store a manifest document under a tag (or only by digest when `tag` is `None`).
-    pub async fn put_manifest(&self, tag: Option<&str>, media_type: &str, bytes: &Bytes) -> Result<(), TransferError> {
+    pub async fn put_manifest(
+        &self,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<(), TransferError> {
         let digest = Digest::of_bytes(bytes);
         match self {
             Target::Remote { client, repository } => {
                 let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
-                Ok(client.put_manifest(repository, &reference, media_type, bytes.clone()).await?)
+                Ok(client
+                    .put_manifest(repository, &reference, media_type, bytes.clone())
+                    .await?)
             }
             Target::Local { store, repository } => {
                 let desc = Descriptor::new(media_type, digest, bytes.len() as u64);

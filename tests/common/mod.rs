@@ -46,7 +46,11 @@ impl Registry {
         let reg = Registry { addr, root, child };
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {}",
+                reg.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         reg
@@ -58,12 +62,18 @@ impl Registry {
 
     /// Blob upload sessions opened so far (`POST …/blobs/uploads/` in the access log).
     pub fn upload_count(&self) -> usize {
-        self.log().lines().filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/"))
+            .count()
     }
 
     /// Blob GETs so far.
     pub fn blob_get_count(&self) -> usize {
-        self.log().lines().filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+            .count()
     }
 
     /// Where distribution keeps a blob's bytes (for tampering tests).
@@ -90,7 +100,11 @@ impl Drop for Registry {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A hoist invocation's outcome.
@@ -102,19 +116,39 @@ pub struct Run {
 
 impl Run {
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "hoist failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "hoist failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
     /// The failure's one error line (`hoist: error: …`).
     pub fn error_line(&self) -> String {
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("hoist: error:")).collect();
-        assert_eq!(lines.len(), 1, "expected one error line, got stderr: {}", self.stderr);
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("hoist: error:"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, got stderr: {}",
+            self.stderr
+        );
         lines[0].to_string()
     }
     pub fn fails_with(self, code: i32, needle: &str) -> Run {
-        assert_eq!(self.code, code, "wrong exit code; stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "wrong exit code; stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         let line = self.error_line();
-        assert!(line.contains(needle), "error line {line:?} does not mention {needle:?}");
+        assert!(
+            line.contains(needle),
+            "error line {line:?} does not mention {needle:?}"
+        );
         self
     }
 }
@@ -126,12 +160,17 @@ pub struct Hoist {
 
 impl Hoist {
     pub fn new() -> Hoist {
-        Hoist { home: tempfile::tempdir().unwrap() }
+        Hoist {
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
-        cmd.env("HOIST_HOME", self.home.path()).env_remove("SOURCE_DATE_EPOCH").arg("--progress").arg("json");
+        cmd.env("HOIST_HOME", self.home.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .arg("--progress")
+            .arg("json");
         cmd
     }
 
@@ -141,7 +180,11 @@ impl Hoist {
 }
 
 pub fn run(cmd: &mut Command) -> Run {
-    let Output { status, stdout, stderr } = cmd.stdin(Stdio::null()).output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.stdin(Stdio::null()).output().unwrap();
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -165,9 +208,17 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// A small model folder: weights, nested config, a 0-byte file, code and a hidden file.
 pub fn small_model(dir: &Path) {
     std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    std::fs::write(dir.join("model.safetensors"), noise(3 * 1024 * 1024 + 17, 1)).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        noise(3 * 1024 * 1024 + 17, 1),
+    )
+    .unwrap();
     std::fs::write(dir.join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
-    std::fs::write(dir.join("1_Pooling/config.json"), br#"{"pooling_mode_mean_tokens":true}"#).unwrap();
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        br#"{"pooling_mode_mean_tokens":true}"#,
+    )
+    .unwrap();
     std::fs::write(dir.join("empty.txt"), b"").unwrap();
     std::fs::write(dir.join("train.py"), b"print('hi')\n").unwrap();
     std::fs::write(dir.join("README.md"), b"# tiny\n").unwrap();
@@ -177,7 +228,12 @@ pub fn small_model(dir: &Path) {
 /// Every regular file under `dir` (relative path → bytes), skipping names starting with `.`
 /// unless `hidden`.
 pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, hidden: bool, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        hidden: bool,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
@@ -188,7 +244,10 @@ pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<
             if p.is_dir() {
                 walk(root, &p, hidden, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -202,7 +261,10 @@ pub fn all_entries(dir: &Path) -> Vec<String> {
     if !dir.exists() {
         return Vec::new();
     }
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -234,7 +296,12 @@ pub fn python(code: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    child.stdin.take().unwrap().write_all(code.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(code.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

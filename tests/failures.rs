@@ -1,0 +1,329 @@
+//! Bad input and hostile content: each fails with one clear error line, a documented exit
+//! code, and nothing half-written in the output folder.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::*;
+use hoist::digest::Digest;
+use hoist::oci::{media, Descriptor, Manifest};
+use hoist::registry::{Credentials, RegistryClient, TransportOptions, UploadBody};
+
+const USAGE: i32 = 2;
+const NOT_FOUND: i32 = 4;
+const NETWORK: i32 = 5;
+const VERIFICATION: i32 = 6;
+const DISK: i32 = 7;
+const INVALID_CONTENT: i32 = 8;
+
+/// Push a hand-made manifest whose layers carry the given titles (or tar bytes).
+fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)>) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = RegistryClient::new(
+            &reg.addr,
+            &TransportOptions::default(),
+            Credentials::anonymous(),
+        )
+        .unwrap();
+        let config = bytes::Bytes::from_static(b"{}");
+        let config_desc = Descriptor::new(media::OCI_EMPTY, Digest::of_bytes(&config), 2);
+        client
+            .upload_blob(repo, &config_desc, UploadBody::Bytes(config), None)
+            .await
+            .unwrap();
+        let mut descs = Vec::new();
+        for (title, media_type, bytes) in layers {
+            let mut d = Descriptor::new(media_type, Digest::of_bytes(&bytes), bytes.len() as u64);
+            d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
+            client
+                .upload_blob(repo, &d, UploadBody::Bytes(bytes.into()), None)
+                .await
+                .unwrap();
+            descs.push(d);
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: Some("application/vnd.test".into()),
+            config: config_desc,
+            layers: descs,
+            subject: None,
+            annotations: Default::default(),
+        };
+        client
+            .put_manifest(repo, "v1", media::OCI_MANIFEST, manifest.to_bytes().into())
+            .await
+            .unwrap();
+    });
+    reg.reference(&format!("{repo}:v1"))
+}
+
+#[test]
+fn missing_empty_and_unreadable_folders() {
+    let h = Hoist::new();
+    h.run(&["push", "/definitely/not/here", "m:v1"])
+        .fails_with(USAGE, "does not exist");
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join(".only-hidden"), b"x").unwrap();
+    h.run(&["push", empty.path().to_str().unwrap(), "m:v1"])
+        .fails_with(USAGE, "holds no files");
+    let file = empty.path().join(".only-hidden");
+    h.run(&["push", file.to_str().unwrap(), "m:v1"])
+        .fails_with(USAGE, "is not a folder");
+
+    // An unreadable file: root reads everything, so drop to `nobody` when we are root.
+    let world = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let model = world.path().join("model");
+    let home = world.path().join("home");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(model.join("ok.json"), b"{}").unwrap();
+    std::fs::write(model.join("secret.bin"), b"weights").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [world.path(), &model, &home] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(
+        model.join("secret.bin"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_hoist"),
+        ]);
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
+    };
+    cmd.env("HOIST_HOME", &home)
+        .args(["push", model.to_str().unwrap(), "m:v1"]);
+    let r = run(&mut cmd).fails_with(DISK, "secret.bin");
+    assert!(
+        r.error_line().contains("ermission denied"),
+        "{}",
+        r.error_line()
+    );
+}
+
+#[test]
+fn malformed_reference_unknown_host_registry_down_and_missing_tag() {
+    let h = Hoist::new();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+    let o = o.to_str().unwrap();
+    for bad in [
+        "Upper/Case:v1",
+        "repo:bad tag",
+        "a//b",
+        "host:/x",
+        "m@sha256:short",
+    ] {
+        h.run(&["pull", bad, "-o", o])
+            .fails_with(USAGE, "invalid reference");
+    }
+    h.run(&["pull", "no-such-host.invalid/m:v1", "-o", o])
+        .fails_with(NETWORK, "cannot reach registry no-such-host.invalid");
+    let port = free_port();
+    h.run(&["pull", &format!("127.0.0.1:{port}/m:v1"), "-o", o])
+        .fails_with(NETWORK, "Connection refused");
+    let reg = Registry::start();
+    h.run(&["pull", &reg.reference("nothing:here"), "-o", o])
+        .fails_with(NOT_FOUND, "not found: manifest nothing:here");
+    h.run(&["pull", "not-in-store:v1", "-o", o])
+        .fails_with(NOT_FOUND, "not in the local store");
+    assert!(
+        !out.path().join("o").exists(),
+        "failed pulls created the output folder"
+    );
+}
+
+#[test]
+fn unsafe_titles_are_refused_before_download() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    for (title, repo) in [
+        ("../escape", "dotdot"),
+        ("/etc/x-hoist-test", "absolute"),
+        ("a/../../up", "nested"),
+    ] {
+        let reference = push_manifest(
+            &reg,
+            repo,
+            vec![(title.into(), "application/octet-stream", b"evil".to_vec())],
+        );
+        h.run(&["pull", &reference, "-o", out.to_str().unwrap()])
+            .fails_with(INVALID_CONTENT, "unsafe path");
+        // Even the override keeps writes inside the folder.
+        h.run(&[
+            "pull",
+            &reference,
+            "-o",
+            out.to_str().unwrap(),
+            "--allow-path-traversal",
+        ])
+        .fails_with(INVALID_CONTENT, "never writes outside");
+    }
+    assert!(!parent.path().join("escape").exists());
+    assert!(!std::path::Path::new("/etc/x-hoist-test").exists());
+    assert!(!out.exists());
+}
+
+/// A tar with one entry whose raw header name is `name` (the `tar` crate refuses to write `..`).
+fn tar_with(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, data) in entries {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn hostile_tar_layers_are_refused() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    let tar_type = "application/vnd.cncf.model.weight.v1.tar";
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "tar-dotdot",
+            tar_with(&[("../evil", tar::EntryType::Regular, "", b"x")]),
+            "contains '..'",
+        ),
+        (
+            "tar-abs",
+            tar_with(&[("/tmp/evil", tar::EntryType::Regular, "", b"x")]),
+            "is absolute",
+        ),
+        (
+            "tar-symlink",
+            tar_with(&[
+                ("link", tar::EntryType::Symlink, "/etc", b""),
+                ("link/passwd", tar::EntryType::Regular, "", b"x"),
+            ]),
+            "leaves the output folder",
+        ),
+        (
+            "tar-relsymlink",
+            tar_with(&[("d/link", tar::EntryType::Symlink, "../..", b"")]),
+            "leaves the output folder",
+        ),
+        (
+            "tar-device",
+            tar_with(&[("dev", tar::EntryType::Char, "", b"")]),
+            "not allowed",
+        ),
+    ];
+    for (repo, tar, why) in cases {
+        let reference = push_manifest(&reg, repo, vec![("layer.tar".into(), tar_type, tar)]);
+        h.run(&["pull", &reference, "-o", out.to_str().unwrap()])
+            .fails_with(INVALID_CONTENT, why);
+        assert!(!out.exists(), "{repo} left files behind");
+    }
+    assert!(!parent.path().join("evil").exists());
+}
+
+#[test]
+fn tampered_blob_fails_verification_and_writes_nothing() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("tampered:v1");
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    let doc: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", &reference, "--json"]).ok().stdout).unwrap();
+    let weights = doc["manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"]["org.opencontainers.image.title"] == "model.safetensors")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = reg.blob_data(&weights);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[1_000_000] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+
+    // Into a new folder: the folder is not even created.
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    h.run(&["pull", &reference, "-o", out.to_str().unwrap()])
+        .fails_with(VERIFICATION, "verification failed for model.safetensors");
+    assert!(!out.exists());
+    // Into an existing folder: it stays as it was, no staging left.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), b"mine").unwrap();
+    h.run(&["pull", &reference, "-o", out.to_str().unwrap()])
+        .fails_with(VERIFICATION, &weights);
+    assert_eq!(all_entries(&out), vec!["keep.txt"]);
+}
+
+/// Serve one canned HTTP response to every connection (a registry gone wrong).
+fn fake_registry(body: Vec<u8>, with_length: bool) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let length = if with_length {
+                format!("Content-Length: {}\r\n", body.len())
+            } else {
+                String::new()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{length}Connection: close\r\n\r\n",
+                media::OCI_MANIFEST
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
+#[test]
+fn oversized_manifest_is_refused() {
+    let h = Hoist::new();
+    let mut body = br#"{"schemaVersion":2,"annotations":{"pad":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', 5 * 1024 * 1024));
+    body.extend_from_slice(br#""}}"#);
+    for with_length in [true, false] {
+        let addr = fake_registry(body.clone(), with_length);
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        h.run(&[
+            "pull",
+            &format!("{addr}/big:v1"),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .fails_with(INVALID_CONTENT, "over the 4194304-byte limit");
+        assert!(!out.exists());
+    }
+}

@@ -1,0 +1,134 @@
+//! Interop with real peers: the real model, oras-py (PyPI `oras`), skopeo, and the python
+//! `safetensors` loader as a consumer.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn real_model_round_trips_and_loads_with_safetensors() {
+    let model = real_model();
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("all-minilm-l6-v2:v1");
+    h.run(&[
+        "push",
+        model.to_str().unwrap(),
+        &reference,
+        "--include-hidden",
+    ])
+    .ok();
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
+    let (want, got) = (tree(&model, true), tree(out.path(), true));
+    assert_eq!(
+        want.len(),
+        13,
+        "the real model has 13 files: {:?}",
+        want.keys()
+    );
+    assert_eq!(want, got, "byte-identical round trip");
+    assert!(got.contains_key("1_Pooling/config.json"));
+    let loaded = python(&format!(
+        "from safetensors.numpy import load_file\nt = load_file({:?})\nprint(len(t), sum(v.size for v in t.values()))",
+        out.path().join("model.safetensors")
+    ));
+    let mut parts = loaded.split_whitespace();
+    let tensors: usize = parts.next().unwrap().parse().unwrap();
+    let params: u64 = parts.next().unwrap().parse().unwrap();
+    assert!(
+        tensors > 100 && params > 22_000_000,
+        "safetensors loaded {tensors} tensors, {params} values"
+    );
+    // The config says what the weights are.
+    let doc: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", &reference, "--json"]).ok().stdout).unwrap();
+    assert_eq!(doc["config"]["config"]["format"], "safetensors");
+    assert_eq!(doc["config"]["config"]["precision"], "fp32");
+    assert_eq!(doc["config"]["config"]["paramSize"], "22.7m");
+}
+
+#[test]
+fn oras_py_pulls_what_hoist_pushes() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("for-oras:v1");
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    let out = tempfile::tempdir().unwrap();
+    python(&format!(
+        "import oras.client\nc = oras.client.OrasClient(insecure=True)\nc.pull(target={reference:?}, outdir={:?})",
+        out.path()
+    ));
+    assert_eq!(
+        tree(src.path(), false),
+        tree(out.path(), false),
+        "oras-py sees the same files, nested paths included"
+    );
+}
+
+#[test]
+fn hoist_pulls_what_oras_py_pushes() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("weights.bin"), noise(2_000_000, 9)).unwrap();
+    std::fs::write(src.path().join("config.json"), b"{}").unwrap();
+    std::fs::write(src.path().join("empty.txt"), b"").unwrap();
+    let reference = reg.reference("from-oras:v1");
+    python(&format!(
+        "import os, oras.client\nos.chdir({:?})\nc = oras.client.OrasClient(insecure=True)\nr = c.push(target={reference:?}, files=['weights.bin', 'config.json', 'empty.txt'], disable_path_validation=True)\nassert r.status_code in (200, 201), r",
+        src.path()
+    ));
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+}
+
+#[test]
+fn skopeo_copies_what_hoist_pushes_unchanged() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("for-skopeo:v1");
+    let digest = digest_line(
+        &h.run(&["push", src.path().to_str().unwrap(), &reference])
+            .ok()
+            .stdout,
+    );
+    let copied = reg.reference("skopeo-copy:v1");
+    let layout = tempfile::tempdir().unwrap();
+    for dest in [
+        format!("docker://{copied}"),
+        format!("oci:{}:v1", layout.path().display()),
+    ] {
+        let out = run(std::process::Command::new("skopeo").args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{reference}"),
+            &dest,
+        ]));
+        assert_eq!(out.code, 0, "skopeo copy to {dest} failed: {}", out.stderr);
+    }
+    let inspect = h.run(&["inspect", &copied]).ok();
+    assert!(
+        inspect.stdout.contains(&digest),
+        "skopeo changed the manifest: {}",
+        inspect.stdout
+    );
+    let index = std::fs::read_to_string(layout.path().join("index.json")).unwrap();
+    assert!(
+        index.contains(&digest),
+        "skopeo's OCI layout holds another manifest: {index}"
+    );
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &copied, "-o", out.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+}
