@@ -40,6 +40,23 @@ pub enum ExitCode {
     InvalidContent = 8,
 }
 
+impl ExitCode {
+    /// The `reason` label of `kaito_model_download_failures_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "none",
+            ExitCode::Failure => "other",
+            ExitCode::Usage => "usage",
+            ExitCode::Auth => "auth",
+            ExitCode::NotFound => "not_found",
+            ExitCode::Network => "network",
+            ExitCode::Verification => "verification",
+            ExitCode::Disk => "disk",
+            ExitCode::InvalidContent => "invalid_content",
+        }
+    }
+}
+
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
@@ -55,6 +72,8 @@ impl Error {
                 TransferError::DigestMismatch { .. } => ExitCode::Verification,
                 TransferError::Io { .. } => ExitCode::Disk,
                 TransferError::NoPlatform(_) => ExitCode::NotFound,
+                TransferError::GaveUp { .. } => ExitCode::Network,
+                TransferError::NothingSelected(_) => ExitCode::Usage,
             },
         }
     }
@@ -86,6 +105,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         }
         RegistryError::Connect { .. }
         | RegistryError::Transfer { .. }
+        | RegistryError::Throttled { .. }
         | RegistryError::Status { .. } => ExitCode::Network,
     }
 }

@@ -16,10 +16,12 @@
 //! | [`registry`]    | the distribution API client                                        |
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
+//! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
 
 pub mod digest;
 pub mod error;
 pub mod materialize;
+pub mod metrics;
 pub mod oci;
 pub mod pack;
 pub mod reference;

@@ -6,9 +6,10 @@ use clap::Args;
 use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
+use hoist::registry::mirrors::MirrorConfig;
 use hoist::registry::{Credentials, RegistryClient, TransportOptions};
 use hoist::store::Store;
-use hoist::transfer::{self, PullOptions, PushOptions, Target};
+use hoist::transfer::{self, PushOptions, Target};
 use hoist::Error;
 
 use super::output::{human_bytes, observer, print_json};
@@ -54,24 +55,6 @@ pub struct PushArgs {
 }
 
 #[derive(Args)]
-pub struct PullArgs {
-    /// What to pull.
-    reference: String,
-    /// The folder to write files into (created if missing).
-    #[arg(short, long, default_value = ".")]
-    output: PathBuf,
-    /// Layers downloaded at once.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
-    #[arg(long)]
-    allow_path_traversal: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
 pub struct InspectArgs {
     reference: String,
     /// Print the raw manifest and config as JSON.
@@ -92,20 +75,20 @@ pub struct CopyArgs {
 pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
-        Command::Pull(args) => pull(args, global).await,
+        Command::Pull(args) => super::pull::pull(args, global).await,
         Command::Inspect(args) => inspect(args, global).await,
         Command::Copy(args) => copy(args, global).await,
         Command::List => list(global),
     }
 }
 
-fn store(global: &GlobalArgs) -> Result<Store, Error> {
+pub(super) fn store(global: &GlobalArgs) -> Result<Store, Error> {
     Ok(Store::open(
         global.store.clone().unwrap_or_else(Store::default_root),
     )?)
 }
 
-fn target(reference: &Reference, global: &GlobalArgs) -> Result<Target, Error> {
+pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Target, Error> {
     let repository = reference.repository.clone();
     match &reference.registry {
         None => Ok(Target::Local {
@@ -120,7 +103,20 @@ fn target(reference: &Reference, global: &GlobalArgs) -> Result<Target, Error> {
                 max_connections: 16,
             };
             let client = RegistryClient::new(registry, &opts, Credentials::anonymous())?;
-            Ok(Target::Remote { client, repository })
+            let mut hosts: Vec<String> = global.mirror.clone();
+            if let Some(path) = &global.mirrors_config {
+                let config = MirrorConfig::load(path).map_err(Error::Usage)?;
+                hosts.extend(config.mirrors_for(registry).iter().cloned());
+            }
+            let mirrors = hosts
+                .iter()
+                .map(|host| RegistryClient::new(host, &opts, Credentials::anonymous()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Target::Remote {
+                client,
+                repository,
+                mirrors,
+            })
         }
     }
 }
@@ -202,40 +198,6 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let reference = Reference::parse(&args.reference)?;
-    let source = target(&reference, global)?;
-    let opts = PullOptions {
-        concurrency: args.concurrency,
-        allow_path_traversal: args.allow_path_traversal,
-    };
-    let started = std::time::Instant::now();
-    let report = transfer::pull(
-        &source,
-        &reference.target(),
-        &args.output,
-        &opts,
-        observer(global),
-    )
-    .await?;
-    if args.json {
-        print_json(&report);
-    } else {
-        println!(
-            "Pulled {} into {}: {} files, {} ({} downloaded, {} already in place) in {:.1}s",
-            reference,
-            args.output.display(),
-            report.files,
-            human_bytes(report.bytes),
-            human_bytes(report.downloaded_bytes),
-            report.skipped,
-            started.elapsed().as_secs_f64()
-        );
-        println!("Digest: {}", report.digest);
-    }
-    Ok(())
-}
-
 async fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = target(&reference, global)?;
@@ -299,7 +261,9 @@ async fn fetch_config(source: &Target, manifest: &hoist::oci::Manifest) -> serde
     }
     let bytes = match source {
         Target::Local { store, .. } => store.read_blob(&manifest.config.digest, 1 << 20).ok(),
-        Target::Remote { client, repository } => match client
+        Target::Remote {
+            client, repository, ..
+        } => match client
             .get_blob(repository, &manifest.config.digest, None)
             .await
         {
@@ -375,7 +339,7 @@ fn parse_layer_format(s: &str) -> Result<LayerFormat, String> {
 }
 
 /// Sizes like `16MiB`, `100M`, `1048576`.
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
     let split = lower
         .find(|c: char| !c.is_ascii_digit())

@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod pull;
 
 use std::path::PathBuf;
 
@@ -40,12 +41,18 @@ pub struct GlobalArgs {
     /// An extra CA certificate (PEM) to trust.
     #[arg(long, global = true, value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    /// Progress output: auto (bars... lines on a TTY, JSON lines otherwise), json, plain or none.
+    /// Progress output: auto (bars on a terminal, JSON lines otherwise), json, plain or none.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
     /// Print only the result.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// A mirror of the registry to try first for reads (repeatable, in order).
+    #[arg(long, global = true, value_name = "HOST[:PORT]")]
+    mirror: Vec<String>,
+    /// TOML file mapping registries to mirrors (`[registries."host"] mirrors = [...]`).
+    #[arg(long, global = true, env = "HOIST_MIRRORS_CONFIG", value_name = "FILE")]
+    mirrors_config: Option<PathBuf>,
     /// Log debug details to stderr (never secrets).
     #[arg(long, global = true)]
     debug: bool,
@@ -64,7 +71,7 @@ enum Command {
     /// Pack a model folder as a ModelPack artifact (one layer per file) and push it.
     Push(commands::PushArgs),
     /// Pull an artifact into a folder; files appear only once all are verified.
-    Pull(commands::PullArgs),
+    Pull(pull::PullArgs),
     /// Show an artifact's files, sizes and media types.
     Inspect(commands::InspectArgs),
     /// Copy an artifact between registries and the local store.

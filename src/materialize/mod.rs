@@ -6,7 +6,10 @@
 //! is visible. Paths are checked twice: names when the manifest is read, and every parent
 //! folder when a file is placed, so a symlink cannot carry a write outside the output folder.
 
+mod link;
 mod tar_layer;
+
+pub use link::LinkMode;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -45,23 +48,46 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeE
     }
 }
 
-/// One staged item, placed at `relative` by [`Staging::commit`].
-#[derive(Debug, Clone)]
-pub struct Staged {
-    pub staged: PathBuf,
-    pub relative: PathBuf,
-    pub is_dir: bool,
+/// How a staged file reaches its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Rename the source (a verified download we own).
+    Move,
+    /// Link or copy the source, which stays (a store blob, or a blob another file also uses).
+    Link(LinkMode),
 }
 
-/// A hidden folder inside the output folder where layers are staged before they appear.
+/// One item to place at `relative` by [`Staging::commit`].
+#[derive(Debug, Clone)]
+pub enum Staged {
+    File {
+        from: PathBuf,
+        relative: PathBuf,
+        /// Permission bits to set (not for hard links, which share the store's inode).
+        mode: u32,
+        placement: Placement,
+    },
+    Dir {
+        relative: PathBuf,
+    },
+}
+
+/// The state folder inside the output folder: downloads in progress (`<hex>.part` and their
+/// `.state`), verified blobs (`<hex>.blob`), unpacked tar trees, and a lock so two pulls into
+/// one folder take turns. It survives a failed pull so the next one resumes.
 pub struct Staging {
     out: PathBuf,
-    dir: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    lock: Option<fs::File>,
     created_out: bool,
+    done: bool,
 }
 
+pub const STAGING_DIR: &str = ".hoist-partial";
+
 impl Staging {
-    pub fn new(out: &Path) -> Result<Staging, MaterializeError> {
+    /// Open the state folder, waiting for any other pull into the same folder to finish.
+    pub fn open(out: &Path) -> Result<Staging, MaterializeError> {
         let created_out = !out.exists();
         fs::create_dir_all(out).map_err(io_err(out))?;
         if !fs::metadata(out).map_err(io_err(out))?.is_dir() {
@@ -70,14 +96,17 @@ impl Staging {
                 why: "it is not a folder",
             });
         }
-        let dir = tempfile::Builder::new()
-            .prefix(".hoist-partial-")
-            .tempdir_in(out)
-            .map_err(io_err(out))?;
+        let dir = out.join(STAGING_DIR);
+        ensure_dirs(out, Path::new(STAGING_DIR))?;
+        let lock_path = dir.join("lock");
+        let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
         Ok(Staging {
             out: out.to_path_buf(),
-            dir: Some(dir),
+            dir,
+            lock: Some(lock),
             created_out,
+            done: false,
         })
     }
 
@@ -85,41 +114,17 @@ impl Staging {
         &self.out
     }
 
-    fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("staging is live").path()
+    /// Where a download of `digest` keeps its bytes until verified.
+    pub fn part_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.part", digest.hex()))
     }
 
-    /// Where to download a blob before it is staged.
+    /// Where a verified download waits for the commit.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir().join(format!("{}.blob", digest.hex()))
+        self.dir.join(format!("{}.blob", digest.hex()))
     }
 
-    /// Stage a raw layer whose verified bytes are at `blob`: moved if `consume`, else copied
-    /// (the local store's blobs stay where they are; the copy reflinks where the filesystem can).
-    pub fn stage_file(
-        &self,
-        index: usize,
-        blob: &Path,
-        consume: bool,
-        relative: &Path,
-        mode: u32,
-    ) -> Result<Staged, MaterializeError> {
-        let staged = self.dir().join(format!("f-{index}"));
-        if consume {
-            fs::rename(blob, &staged).map_err(io_err(&staged))?;
-        } else {
-            fs::copy(blob, &staged).map_err(io_err(&staged))?;
-        }
-        fs::set_permissions(&staged, fs::Permissions::from_mode((mode & 0o777) | 0o600))
-            .map_err(io_err(&staged))?;
-        Ok(Staged {
-            staged,
-            relative: relative.to_path_buf(),
-            is_dir: false,
-        })
-    }
-
-    /// Unpack a verified tar layer into its own staging tree.
+    /// Unpack a verified tar layer into its own tree; the returned items move into place.
     pub fn stage_tar(
         &self,
         index: usize,
@@ -127,46 +132,109 @@ impl Staging {
         format: LayerFormat,
         layer: &str,
     ) -> Result<Vec<Staged>, MaterializeError> {
-        let tree = self.dir().join(format!("t-{index}"));
+        let tree = self.dir.join(format!("t-{index}"));
+        if tree.exists() {
+            fs::remove_dir_all(&tree).map_err(io_err(&tree))?;
+        }
         fs::create_dir(&tree).map_err(io_err(&tree))?;
         tar_layer::extract(blob, format, &tree, layer)
     }
 
-    /// Move everything staged into place, in the order given, then drop the staging folder.
+    /// Place everything, in order, then remove the state folder.
     pub fn commit(mut self, items: &[Staged]) -> Result<(), MaterializeError> {
-        for item in items {
-            if item.is_dir {
-                ensure_dirs(&self.out, &item.relative)?;
-                continue;
+        for (n, item) in items.iter().enumerate() {
+            match item {
+                Staged::Dir { relative } => ensure_dirs(&self.out, relative)?,
+                Staged::File {
+                    from,
+                    relative,
+                    mode,
+                    placement,
+                } => {
+                    if let Some(parent) = relative.parent() {
+                        ensure_dirs(&self.out, parent)?;
+                    }
+                    let target = self.out.join(relative);
+                    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+                        return Err(MaterializeError::Blocked {
+                            path: target,
+                            why: "a folder is in the way of a file",
+                        });
+                    }
+                    let source = match placement {
+                        Placement::Move => from.clone(),
+                        Placement::Link(how) => {
+                            let tmp = self.dir.join(format!("link-{n}"));
+                            let _ = fs::remove_file(&tmp);
+                            if link::place(from, &tmp, *how)? == link::Linked::Hard {
+                                fs::rename(&tmp, &target).map_err(io_err(&target))?;
+                                continue;
+                            }
+                            tmp
+                        }
+                    };
+                    let is_symlink =
+                        fs::symlink_metadata(&source).is_ok_and(|m| m.file_type().is_symlink());
+                    if !is_symlink {
+                        fs::set_permissions(
+                            &source,
+                            fs::Permissions::from_mode((mode & 0o777) | 0o600),
+                        )
+                        .map_err(io_err(&source))?;
+                    }
+                    fs::rename(&source, &target).map_err(io_err(&target))?;
+                }
             }
-            if let Some(parent) = item.relative.parent() {
-                ensure_dirs(&self.out, parent)?;
-            }
-            let target = self.out.join(&item.relative);
-            if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                return Err(MaterializeError::Blocked {
-                    path: target,
-                    why: "a folder is in the way of a file",
-                });
-            }
-            fs::rename(&item.staged, &target).map_err(io_err(&target))?;
         }
-        if let Some(dir) = self.dir.take() {
-            dir.close().map_err(io_err(&self.out))?;
+        self.done = true;
+        drop(self.lock.take());
+        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Give up. Unpacked trees go; downloads stay for the next run to resume, unless `wipe`
+    /// (the source sent bad bytes), which removes the state folder and, if this pull created
+    /// the output folder, that too.
+    pub fn abort(mut self, wipe: bool) {
+        self.done = true;
+        if wipe {
+            let _ = fs::remove_dir_all(&self.dir);
+            if self.created_out {
+                let _ = fs::remove_dir(&self.out);
+            }
+            return;
         }
-        Ok(())
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("t-") || name.starts_with("link-") {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
+            }
+        }
+        let keeps_something = fs::read_dir(&self.dir)
+            .map(|d| d.flatten().any(|e| e.file_name() != "lock"))
+            .unwrap_or(false);
+        if !keeps_something {
+            let _ = fs::remove_dir_all(&self.dir);
+            if self.created_out {
+                let _ = fs::remove_dir(&self.out);
+            }
+        }
     }
 }
 
 impl Drop for Staging {
-    /// A pull that did not commit leaves nothing behind: the staging folder goes, and so does
-    /// the output folder if this pull created it.
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-            if self.created_out {
-                let _ = fs::remove_dir(&self.out);
-            }
+        if !self.done {
+            let me = Staging {
+                out: self.out.clone(),
+                dir: self.dir.clone(),
+                lock: self.lock.take(),
+                created_out: self.created_out,
+                done: false,
+            };
+            self.done = true;
+            me.abort(false);
         }
     }
 }
@@ -265,10 +333,18 @@ mod tests {
     fn failed_staging_leaves_nothing() {
         let parent = tempfile::tempdir().unwrap();
         let out = parent.path().join("out");
-        {
-            let staging = Staging::new(&out).unwrap();
-            fs::write(staging.blob_path(&Digest::of_bytes(b"")), b"x").unwrap();
-        }
+        let staging = Staging::open(&out).unwrap();
+        fs::write(staging.part_path(&Digest::of_bytes(b"")), b"x").unwrap();
+        staging.abort(true);
         assert!(!out.exists());
+        // Without wipe, downloads stay for a resume; an empty state folder does not.
+        let staging = Staging::open(&out).unwrap();
+        fs::write(staging.part_path(&Digest::of_bytes(b"")), b"x").unwrap();
+        drop(staging);
+        assert!(out.join(STAGING_DIR).exists());
+        let staging = Staging::open(&out).unwrap();
+        fs::remove_file(staging.part_path(&Digest::of_bytes(b""))).unwrap();
+        drop(staging);
+        assert!(!out.join(STAGING_DIR).exists());
     }
 }

@@ -3,10 +3,9 @@
 
 use std::fs::{self, File};
 use std::io::{BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::{ensure_dirs, io_err, symlink_stays_inside, MaterializeError, Staged};
+use super::{ensure_dirs, io_err, symlink_stays_inside, MaterializeError, Placement, Staged};
 use crate::oci::files::safe_relative_path;
 use crate::oci::LayerFormat;
 
@@ -60,11 +59,7 @@ pub fn extract(
         match entry_type {
             tar::EntryType::Directory => {
                 ensure_dirs(tree, &relative)?;
-                staged.push(Staged {
-                    staged: dest,
-                    relative,
-                    is_dir: true,
-                });
+                staged.push(Staged::Dir { relative });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if let Some(parent) = relative.parent() {
@@ -74,12 +69,11 @@ pub fn extract(
                 let mut out = File::create(&dest).map_err(io_err(&dest))?;
                 std::io::copy(&mut entry, &mut out).map_err(bad_archive)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
-                fs::set_permissions(&dest, fs::Permissions::from_mode((mode & 0o777) | 0o600))
-                    .map_err(io_err(&dest))?;
-                staged.push(Staged {
-                    staged: dest,
+                staged.push(Staged::File {
+                    from: dest,
                     relative,
-                    is_dir: false,
+                    mode,
+                    placement: Placement::Move,
                 });
             }
             tar::EntryType::Symlink => {
@@ -99,10 +93,11 @@ pub fn extract(
                 }
                 remove_if_symlink(&dest)?;
                 std::os::unix::fs::symlink(&target, &dest).map_err(io_err(&dest))?;
-                staged.push(Staged {
-                    staged: dest,
+                staged.push(Staged::File {
+                    from: dest,
                     relative,
-                    is_dir: false,
+                    mode: 0o777,
+                    placement: Placement::Move,
                 });
             }
             tar::EntryType::Link => {

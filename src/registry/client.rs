@@ -211,8 +211,30 @@ impl RegistryClient {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobResponse, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let mut req = self.request(Method::GET, url);
+        let url = self.blob_url(repository, digest);
+        self.get_blob_at(url, repository, digest, range).await
+    }
+
+    pub fn blob_url(&self, repository: &str, digest: &Digest) -> Url {
+        self.url(&format!("v2/{repository}/blobs/{digest}"))
+    }
+
+    /// Download from a known URL: the registry's, or the blob-storage URL a first request was
+    /// redirected to (then without our credentials, which are for the registry only).
+    pub async fn get_blob_at(
+        &self,
+        url: Url,
+        repository: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobResponse, RegistryError> {
+        let same_host = url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        let mut req = if same_host {
+            self.request(Method::GET, url)
+        } else {
+            self.http.get(url)
+        };
         if let Some((start, end)) = range {
             req = req.header(header::RANGE, format!("bytes={start}-{end}"));
         }
@@ -229,6 +251,13 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound {
                 registry: self.registry.clone(),
                 what: format!("blob {digest} in {repository}"),
+            }),
+            StatusCode::TOO_MANY_REQUESTS => Err(RegistryError::Throttled {
+                registry: self.registry.clone(),
+                retry_after: resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok()),
             }),
             _ => Err(self.status_error("GET", resp).await),
         }

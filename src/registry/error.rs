@@ -28,6 +28,11 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    #[error("{registry} is throttling requests (HTTP 429){}", retry_after.map(|s| format!("; it asked to retry after {s}s")).unwrap_or_default())]
+    Throttled {
+        registry: String,
+        retry_after: Option<u64>,
+    },
     #[error("{context} on {registry}: {detail}")]
     Transfer {
         registry: String,
@@ -42,7 +47,9 @@ impl RegistryError {
     /// Errors worth a retry on another connection or mirror.
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Connect { .. } | RegistryError::Transfer { .. } => true,
+            RegistryError::Connect { .. }
+            | RegistryError::Transfer { .. }
+            | RegistryError::Throttled { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }

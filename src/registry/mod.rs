@@ -6,6 +6,7 @@
 mod auth;
 mod client;
 mod error;
+pub mod mirrors;
 mod transport;
 mod upload;
 

@@ -131,6 +131,43 @@ impl Store {
         Ok(target)
     }
 
+    /// Where a download of `digest` into the store keeps its bytes until verified. The name
+    /// is stable so an interrupted download resumes; [`Store::lock_blob`] guards it.
+    pub fn part_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}.part", digest.hex()))
+    }
+
+    /// Wait for exclusive use of one blob's ingest, so concurrent pulls on a node download
+    /// each blob once: the first holds the lock, the others wait and then find the blob.
+    pub async fn lock_blob(&self, digest: &Digest) -> Result<File, StoreError> {
+        let path = self
+            .root
+            .join("ingest")
+            .join(format!("{}.lock", digest.hex()));
+        let file = File::create(&path).map_err(io_err(&path))?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::Io { path, source: e })
+                }
+            }
+        }
+    }
+
+    /// Promote a part file whose bytes were already verified against `digest`.
+    pub fn commit_verified(&self, part: &Path, digest: &Digest) -> Result<PathBuf, StoreError> {
+        let target = self.blob_path(digest);
+        fs::set_permissions(part, fs::Permissions::from_mode(0o444)).map_err(io_err(part))?;
+        fs::rename(part, &target).map_err(io_err(&target))?;
+        Ok(target)
+    }
+
     /// Copy a local file into the store, hashing as it goes.
     pub fn put_file(&self, expected: &Descriptor, source: &Path) -> Result<PathBuf, StoreError> {
         let mut ingest = self.ingest_file()?;

@@ -132,10 +132,13 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
             dst.put_blob(desc, &source, None).await
         }
         (
-            Target::Remote { client, repository },
+            Target::Remote {
+                client, repository, ..
+            },
             Target::Remote {
                 client: to,
                 repository: to_repo,
+                ..
             },
         ) => {
             // Registry to registry: the GET body streams straight into the PUT; the
@@ -146,14 +149,13 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
                 .upload_blob(to_repo, desc, UploadBody::Stream(body), None)
                 .await?)
         }
-        (Target::Remote { client, repository }, Target::Local { store, .. }) => {
-            let ingest = store.ingest_file()?;
-            let path = ingest.path().to_path_buf();
-            let mut file =
-                tokio::fs::File::from_std(ingest.reopen().map_err(TransferError::io(&path))?);
-            let (actual, size) =
-                super::fetch::download_into(client, repository, desc, &mut file, &path).await?;
-            store.commit(ingest, desc, actual, size)?;
+        (Target::Remote { .. }, Target::Local { store, .. }) => {
+            let fetcher = super::fetch::Fetcher::new(Default::default(), super::silent());
+            let name = desc
+                .annotation(crate::oci::media::ANNOTATION_TITLE)
+                .unwrap_or("blob")
+                .to_string();
+            super::pull::fetch_into_store(&fetcher, &src.sources(), store, desc, &name).await?;
             Ok(())
         }
     }

@@ -3,13 +3,13 @@
 //! through [`Event`]s that the CLI renders as progress or JSON lines.
 
 mod copy;
-mod fetch;
+pub mod fetch;
 mod pull;
 mod push;
 mod target;
 
 pub use copy::{copy, CopyReport};
-pub use pull::{pull, PullOptions, PullReport};
+pub use pull::{pull, LayerFilter, PullOptions, PullReport};
 pub use push::{push, PushOptions, PushReport};
 pub use target::{Resolved, Target};
 
@@ -44,11 +44,31 @@ pub enum TransferError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("download of {what} failed after {attempts} attempts: {last}; check the network and run the pull again (it resumes)")]
+    GaveUp {
+        what: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("no file matches the --include/--exclude/--kind selection; the artifact has: {0}")]
+    NothingSelected(String),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
 }
 
 impl TransferError {
+    /// Is a pull that failed like this worth resuming? Network and disk trouble are; bad
+    /// bytes or hostile content are not, so their state is wiped.
+    pub fn is_resumable(&self) -> bool {
+        match self {
+            TransferError::Registry(e) => e.is_transient(),
+            TransferError::GaveUp { .. } | TransferError::Io { .. } => true,
+            TransferError::Store(StoreError::Io { .. }) => true,
+            TransferError::Materialize(MaterializeError::Io { .. }) => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TransferError {
         let path = path.into();
         move |source| TransferError::Io { path, source }
@@ -76,6 +96,8 @@ pub enum Event {
         files: usize,
         bytes: u64,
     },
+    /// Bytes of a file arrived (sent often; renderers aggregate).
+    Progress { name: String, bytes: u64 },
     Done {
         name: String,
         digest: Digest,

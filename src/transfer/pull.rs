@@ -1,34 +1,71 @@
 //! The pull engine: a reference becomes verified files in a folder.
 //!
-//! Layers are fetched several at a time; each blob is hashed as it is written, staged, and
-//! nothing appears in the output folder until every layer is verified (see `materialize`).
-//! A file already in place with the right digest is not downloaded again.
+//! Each distinct blob is obtained once, from the first place that has it: the output folder
+//! itself (a file already there with the right digest), the node cache (the local store,
+//! with `--cache`), a download resumed from the state folder, or a fresh ranged download.
+//! Nothing appears in the output folder until every blob is verified (see `materialize`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use super::{fetch, Action, Event, Observer, Target, TransferError};
+use super::fetch::{FetchOptions, Fetcher, Source};
+use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
-use crate::materialize::{Staged, Staging};
-use crate::oci::modelpack::FileMetadata;
-use crate::oci::{media, FileLayer, LayerFormat, LayerPlan};
+use crate::materialize::{LinkMode, Placement, Staged, Staging};
+use crate::oci::modelpack::{kind_of_media_type, FileMetadata, LayerKind};
+use crate::oci::{media, Descriptor, FileLayer, LayerFormat, LayerPlan};
+use crate::store::Store;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PullOptions {
-    /// Layers fetched at once.
+    /// Blobs fetched at once.
     pub concurrency: usize,
     /// Accept layer names with `..` or absolute paths (as ORAS's flag of the same name).
     pub allow_path_traversal: bool,
+    pub fetch: FetchOptions,
+    /// Keep blobs in this store and take them from it: the node cache.
+    pub cache: Option<Store>,
+    /// How files are made from cached blobs.
+    pub link_mode: LinkMode,
+    pub filter: LayerFilter,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
         PullOptions {
-            concurrency: 8,
+            concurrency: 4,
             allow_path_traversal: false,
+            fetch: FetchOptions::default(),
+            cache: None,
+            link_mode: LinkMode::Auto,
+            filter: LayerFilter::default(),
         }
+    }
+}
+
+/// Which layers to pull: path globs and ModelPack kinds.
+#[derive(Clone, Default)]
+pub struct LayerFilter {
+    pub include: Option<globset::GlobSet>,
+    pub exclude: Option<globset::GlobSet>,
+    pub kinds: Option<Vec<LayerKind>>,
+}
+
+impl LayerFilter {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none() && self.kinds.is_none()
+    }
+
+    pub fn keeps(&self, layer: &FileLayer) -> bool {
+        let path = &layer.path;
+        self.include.as_ref().is_none_or(|g| g.is_match(path))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+            && self.kinds.as_ref().is_none_or(|kinds| {
+                kind_of_media_type(&layer.descriptor.media_type).is_some_and(|k| kinds.contains(&k))
+            })
     }
 }
 
@@ -38,7 +75,17 @@ pub struct PullReport {
     pub files: usize,
     pub bytes: u64,
     pub downloaded_bytes: u64,
+    /// Files already in place with the right bytes.
     pub skipped: usize,
+    /// Blobs taken from the local store instead of the network.
+    pub cache_hits: usize,
+    pub cache_misses: usize,
+}
+
+/// One distinct blob and the files that come from it.
+struct BlobJob<'a> {
+    descriptor: &'a Descriptor,
+    layers: Vec<(usize, &'a FileLayer)>,
 }
 
 pub async fn pull(
@@ -49,15 +96,19 @@ pub async fn pull(
     observer: Observer,
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
-    let plan = LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?;
-    observer(&Event::Start {
-        reference: format!("{}:{reference}", source.describe()),
-        files: plan.layers.len(),
-        bytes: plan.total_size(),
-    });
+    let mut plan = LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?;
+    if !opts.filter.is_empty() {
+        let all: Vec<String> = plan
+            .layers
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        plan.layers.retain(|l| opts.filter.keeps(l));
+        if plan.layers.is_empty() {
+            return Err(TransferError::NothingSelected(all.join(", ")));
+        }
+    }
     if opts.allow_path_traversal {
-        // Names were accepted as given; they are placed relative to the output folder, and
-        // `..` still cannot climb out through the staging rename.
         for layer in &plan.layers {
             if layer.path.is_absolute()
                 || layer
@@ -74,107 +125,250 @@ pub async fn pull(
             }
         }
     }
-    let staging = Arc::new(Staging::new(out)?);
-    let results: Vec<(Vec<Staged>, Action)> = stream::iter(plan.layers.iter().enumerate())
-        .map(|(index, layer)| {
-            let staging = staging.clone();
-            let observer = observer.clone();
-            async move {
-                let result = pull_layer(source, &staging, index, layer).await?;
-                observer(&Event::Done {
-                    name: layer.path.display().to_string(),
-                    digest: layer.descriptor.digest.clone(),
-                    size: layer.descriptor.size,
-                    action: result.1,
-                });
-                Ok::<_, TransferError>(result)
-            }
-        })
-        .buffered(opts.concurrency.max(1))
-        .try_collect()
-        .await?;
+    observer(&Event::Start {
+        reference: format!("{}:{reference}", source.describe()),
+        files: plan.layers.len(),
+        bytes: plan.total_size(),
+    });
 
-    let staging = Arc::into_inner(staging).expect("all layer tasks finished");
-    let items: Vec<Staged> = results
+    let out_owned = out.to_path_buf();
+    let staging = tokio::task::spawn_blocking(move || Staging::open(&out_owned))
+        .await
+        .expect("staging task does not panic")?;
+    let staging = Arc::new(staging);
+    let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
+
+    let mut jobs: Vec<BlobJob> = Vec::new();
+    let mut by_digest: BTreeMap<&Digest, usize> = BTreeMap::new();
+    for (index, layer) in plan.layers.iter().enumerate() {
+        let slot = *by_digest
+            .entry(&layer.descriptor.digest)
+            .or_insert_with(|| {
+                jobs.push(BlobJob {
+                    descriptor: &layer.descriptor,
+                    layers: Vec::new(),
+                });
+                jobs.len() - 1
+            });
+        jobs[slot].layers.push((index, layer));
+    }
+
+    let ctx = Ctx {
+        source,
+        staging: &staging,
+        fetcher: &fetcher,
+        opts,
+        observer: &observer,
+    };
+    let result: Result<Vec<JobResult>, TransferError> = stream::iter(jobs.iter())
+        .map(|job| ctx.obtain(job))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await;
+    let staging = Arc::into_inner(staging).expect("all blob tasks finished");
+    let results = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let wipe = !e.is_resumable();
+            tokio::task::spawn_blocking(move || staging.abort(wipe))
+                .await
+                .expect("abort");
+            return Err(e);
+        }
+    };
+
+    let mut items: Vec<(usize, Vec<Staged>)> = results
         .iter()
-        .flat_map(|(s, _)| s.iter().cloned())
+        .flat_map(|r| r.items.iter().cloned())
         .collect();
+    items.sort_by_key(|(index, _)| *index);
+    let items: Vec<Staged> = items.into_iter().flat_map(|(_, s)| s).collect();
     tokio::task::spawn_blocking(move || staging.commit(&items))
         .await
         .expect("commit task does not panic")?;
 
-    let downloaded_bytes = plan
-        .layers
-        .iter()
-        .zip(&results)
-        .filter(|(_, (_, a))| *a == Action::Downloaded)
-        .map(|(l, _)| l.descriptor.size)
-        .sum();
+    let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     Ok(PullReport {
         digest: resolved.digest,
         files: plan.layers.len(),
         bytes: plan.total_size(),
-        downloaded_bytes,
-        skipped: results
+        downloaded_bytes: results
             .iter()
-            .filter(|(_, a)| *a == Action::Skipped)
-            .count(),
+            .filter(|r| r.action == Action::Downloaded)
+            .map(|r| r.size)
+            .sum(),
+        skipped: results.iter().map(|r| r.skipped_files).sum(),
+        cache_hits: count(Action::Linked),
+        cache_misses: count(Action::Downloaded),
     })
 }
 
-async fn pull_layer(
-    source: &Target,
-    staging: &Arc<Staging>,
-    index: usize,
-    layer: &FileLayer,
-) -> Result<(Vec<Staged>, Action), TransferError> {
-    let desc = &layer.descriptor;
-    let name = layer.path.display().to_string();
-    if layer.format == LayerFormat::Raw
-        && already_in_place(&staging.out().join(&layer.path), &desc.digest, desc.size).await
-    {
-        return Ok((Vec::new(), Action::Skipped));
-    }
-    let (blob, consume, action): (PathBuf, bool, Action) = match source {
-        Target::Local { store, repository } => match store.blob_size(&desc.digest) {
-            Some(size) if size == desc.size => {
-                (store.blob_path(&desc.digest), false, Action::Linked)
+struct JobResult {
+    action: Action,
+    size: u64,
+    skipped_files: usize,
+    items: Vec<(usize, Vec<Staged>)>,
+}
+
+struct Ctx<'a> {
+    source: &'a Target,
+    staging: &'a Arc<Staging>,
+    fetcher: &'a Fetcher,
+    opts: &'a PullOptions,
+    observer: &'a Observer,
+}
+
+impl Ctx<'_> {
+    async fn obtain(&self, job: &BlobJob<'_>) -> Result<JobResult, TransferError> {
+        let desc = job.descriptor;
+        let name = job.layers[0].1.path.display().to_string();
+        let mut needed = Vec::new();
+        let mut skipped_files = 0;
+        for &(index, layer) in &job.layers {
+            if layer.format == LayerFormat::Raw
+                && already_in_place(
+                    &self.staging.out().join(&layer.path),
+                    &desc.digest,
+                    desc.size,
+                )
+                .await
+            {
+                skipped_files += 1;
+                self.done(layer, Action::Skipped);
+            } else {
+                needed.push((index, layer));
             }
-            _ => {
-                return Err(crate::store::StoreError::NotFound {
-                    reference: format!("{repository} blob {} ({name})", desc.digest),
-                    root: store.root().to_path_buf(),
+        }
+        if needed.is_empty() {
+            return Ok(JobResult {
+                action: Action::Skipped,
+                size: desc.size,
+                skipped_files,
+                items: Vec::new(),
+            });
+        }
+
+        // Where the verified bytes are, whether we own that file, and how we got them.
+        let (blob, owned, action) = match (self.source, &self.opts.cache) {
+            (Target::Local { store, repository }, _) => match store.blob_size(&desc.digest) {
+                Some(size) if size == desc.size => {
+                    (store.blob_path(&desc.digest), false, Action::Linked)
                 }
-                .into())
+                _ => {
+                    return Err(crate::store::StoreError::NotFound {
+                        reference: format!("{repository} blob {} ({name})", desc.digest),
+                        root: store.root().to_path_buf(),
+                    }
+                    .into())
+                }
+            },
+            (Target::Remote { .. }, Some(cache)) => {
+                let (path, fresh) =
+                    fetch_into_store(self.fetcher, &self.source.sources(), cache, desc, &name)
+                        .await?;
+                (
+                    path,
+                    false,
+                    if fresh {
+                        Action::Downloaded
+                    } else {
+                        Action::Linked
+                    },
+                )
             }
-        },
-        Target::Remote { client, repository } => {
-            let path = staging.blob_path(&desc.digest);
-            fetch::download_verified(client, repository, desc, &path, &name).await?;
-            (path, true, Action::Downloaded)
-        }
-    };
-    let (staging, layer_path, format, mode) = (
-        staging.clone(),
-        layer.path.clone(),
-        layer.format,
-        file_mode(layer),
-    );
-    let staged = tokio::task::spawn_blocking(move || match format {
-        LayerFormat::Raw => staging
-            .stage_file(index, &blob, consume, &layer_path, mode)
-            .map(|s| vec![s]),
-        _ => {
-            let staged = staging.stage_tar(index, &blob, format, &name);
-            if consume {
-                let _ = std::fs::remove_file(&blob);
+            (Target::Remote { .. }, None) => {
+                let verified = self.staging.blob_path(&desc.digest);
+                if !verified.exists() {
+                    let part = self.staging.part_path(&desc.digest);
+                    self.fetcher
+                        .download(&self.source.sources(), desc, &part, &name)
+                        .await?;
+                    std::fs::rename(&part, &verified).map_err(TransferError::io(&verified))?;
+                }
+                (verified, true, Action::Downloaded)
             }
-            staged
+        };
+
+        let mut items = Vec::new();
+        let last_raw = needed
+            .iter()
+            .rev()
+            .find(|(_, l)| l.format == LayerFormat::Raw)
+            .map(|(i, _)| *i);
+        for &(index, layer) in &needed {
+            let staged = match layer.format {
+                LayerFormat::Raw => {
+                    let placement = if owned && Some(index) == last_raw {
+                        Placement::Move
+                    } else if owned {
+                        Placement::Link(LinkMode::Auto)
+                    } else {
+                        Placement::Link(self.opts.link_mode)
+                    };
+                    vec![Staged::File {
+                        from: blob.clone(),
+                        relative: layer.path.clone(),
+                        mode: file_mode(layer),
+                        placement,
+                    }]
+                }
+                format => {
+                    let (staging, blob, layer_name) = (
+                        self.staging.clone(),
+                        blob.clone(),
+                        layer.path.display().to_string(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        staging.stage_tar(index, &blob, format, &layer_name)
+                    })
+                    .await
+                    .expect("unpack task does not panic")?
+                }
+            };
+            items.push((index, staged));
+            self.done(layer, action);
         }
-    })
-    .await
-    .expect("staging task does not panic")?;
-    Ok((staged, action))
+        if owned && last_raw.is_none() {
+            let _ = std::fs::remove_file(&blob); // only tar layers used it, and they are unpacked
+        }
+        Ok(JobResult {
+            action,
+            size: desc.size,
+            skipped_files,
+            items,
+        })
+    }
+
+    fn done(&self, layer: &FileLayer, action: Action) {
+        (self.observer)(&Event::Done {
+            name: layer.path.display().to_string(),
+            digest: layer.descriptor.digest.clone(),
+            size: layer.descriptor.size,
+            action,
+        });
+    }
+}
+
+/// Make sure the store holds `desc`, downloading it if needed under the blob's lock (so
+/// concurrent pulls on a node fetch it once). Returns the blob's path and whether this call
+/// downloaded it.
+pub(crate) async fn fetch_into_store(
+    fetcher: &Fetcher,
+    sources: &[Source],
+    store: &Store,
+    desc: &Descriptor,
+    name: &str,
+) -> Result<(PathBuf, bool), TransferError> {
+    if store.blob_size(&desc.digest) == Some(desc.size) {
+        return Ok((store.blob_path(&desc.digest), false));
+    }
+    let _lock = store.lock_blob(&desc.digest).await?;
+    if store.blob_size(&desc.digest) == Some(desc.size) {
+        return Ok((store.blob_path(&desc.digest), false)); // another pull fetched it meanwhile
+    }
+    let part = store.part_path(&desc.digest);
+    fetcher.download(sources, desc, &part, name).await?;
+    Ok((store.commit_verified(&part, &desc.digest)?, true))
 }
 
 /// The permission bits recorded by the packer, else 0644.

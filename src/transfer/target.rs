@@ -18,6 +18,8 @@ pub enum Target {
     Remote {
         client: RegistryClient,
         repository: String,
+        /// Tried before `client` for reads, in order (`--mirror`, the mirrors file).
+        mirrors: Vec<RegistryClient>,
     },
 }
 
@@ -41,7 +43,28 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Local { repository, .. } => format!("local store {repository}"),
-            Target::Remote { client, repository } => format!("{}/{repository}", client.registry()),
+            Target::Remote {
+                client, repository, ..
+            } => format!("{}/{repository}", client.registry()),
+        }
+    }
+
+    /// Where blobs can be read from: mirrors first, then the registry itself.
+    pub fn sources(&self) -> Vec<super::fetch::Source> {
+        match self {
+            Target::Local { .. } => Vec::new(),
+            Target::Remote {
+                client,
+                repository,
+                mirrors,
+            } => mirrors
+                .iter()
+                .chain(std::iter::once(client))
+                .map(|c| super::fetch::Source {
+                    client: c.clone(),
+                    repository: repository.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -51,7 +74,20 @@ impl Target {
         reference: &str,
     ) -> Result<(String, Bytes, Digest), TransferError> {
         match self {
-            Target::Remote { client, repository } => {
+            Target::Remote {
+                client,
+                repository,
+                mirrors,
+            } => {
+                for mirror in mirrors {
+                    match mirror.get_manifest(repository, reference).await {
+                        Ok(found) => return Ok(found),
+                        Err(e) => tracing::warn!(
+                            "mirror {} failed for {repository}:{reference} ({e}); trying the next",
+                            mirror.registry()
+                        ),
+                    }
+                }
                 Ok(client.get_manifest(repository, reference).await?)
             }
             Target::Local { store, repository } => {
@@ -119,7 +155,9 @@ impl Target {
     pub async fn has_blob(&self, desc: &Descriptor) -> Result<bool, TransferError> {
         match self {
             Target::Local { store, .. } => Ok(store.blob_size(&desc.digest) == Some(desc.size)),
-            Target::Remote { client, repository } => Ok(client
+            Target::Remote {
+                client, repository, ..
+            } => Ok(client
                 .blob_exists(repository, &desc.digest)
                 .await?
                 .is_some()),
@@ -135,7 +173,9 @@ impl Target {
     ) -> Result<(), TransferError> {
         use crate::pack::BlobSource;
         match self {
-            Target::Remote { client, repository } => {
+            Target::Remote {
+                client, repository, ..
+            } => {
                 let body = match source {
                     BlobSource::File(p) => UploadBody::File(p.clone()),
                     BlobSource::Bytes(b) => UploadBody::Bytes(b.clone()),
@@ -166,7 +206,9 @@ impl Target {
     ) -> Result<(), TransferError> {
         let digest = Digest::of_bytes(bytes);
         match self {
-            Target::Remote { client, repository } => {
+            Target::Remote {
+                client, repository, ..
+            } => {
                 let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
                 Ok(client
                     .put_manifest(repository, &reference, media_type, bytes.clone())

@@ -1,0 +1,89 @@
+//! Placing a copy of a stored blob: reflink (copy-on-write clone, instant and free on btrfs
+//! and XFS), hard link (instant, shares the read-only store file), or a plain copy.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use super::{io_err, MaterializeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Reflink where the filesystem can, else copy.
+    Auto,
+    Reflink,
+    /// Opt-in: the file shares the store's inode and stays read-only.
+    Hardlink,
+    Copy,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Linked {
+    Hard,
+    Clone,
+    Copy,
+}
+
+impl LinkMode {
+    pub fn parse(s: &str) -> Option<LinkMode> {
+        Some(match s {
+            "auto" => LinkMode::Auto,
+            "reflink" => LinkMode::Reflink,
+            "hardlink" => LinkMode::Hardlink,
+            "copy" => LinkMode::Copy,
+            _ => return None,
+        })
+    }
+}
+
+pub fn place(from: &Path, to: &Path, mode: LinkMode) -> Result<Linked, MaterializeError> {
+    match mode {
+        LinkMode::Hardlink => {
+            fs::hard_link(from, to).map_err(io_err(to))?;
+            Ok(Linked::Hard)
+        }
+        LinkMode::Copy => {
+            fs::copy(from, to).map_err(io_err(to))?;
+            Ok(Linked::Copy)
+        }
+        LinkMode::Reflink => {
+            reflink(from, to)
+                .map(|()| Linked::Clone)
+                .map_err(|source| MaterializeError::Io {
+                    path: to.to_path_buf(),
+                    source: std::io::Error::new(
+                        source.kind(),
+                        format!("reflink is not supported here ({source}); use --link-mode copy"),
+                    ),
+                })
+        }
+        LinkMode::Auto => match reflink(from, to) {
+            Ok(()) => Ok(Linked::Clone),
+            Err(_) => {
+                let _ = fs::remove_file(to);
+                fs::copy(from, to).map_err(io_err(to))?;
+                Ok(Linked::Copy)
+            }
+        },
+    }
+}
+
+/// `ioctl(FICLONE)`: the destination shares the source's extents until either is written.
+fn reflink(from: &Path, to: &Path) -> std::io::Result<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let src = fs::File::open(from)?;
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    // SAFETY: both descriptors are open for the duration of the call.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let err = std::io::Error::last_os_error();
+        drop(dst);
+        let _ = fs::remove_file(to);
+        Err(err)
+    }
+}

@@ -1,0 +1,113 @@
+//! The resume record of one blob download: which ranges of the part file are complete.
+//! Written by temp file + rename after each range, so a crash leaves either the old or the
+//! new record, never a torn one.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::oci::Descriptor;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RangeState {
+    pub digest: Digest,
+    pub size: u64,
+    pub range_size: u64,
+    /// One char per range: `1` done, `0` not.
+    pub done: String,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+pub fn path_for(part: &Path) -> PathBuf {
+    let mut name = part.file_name().unwrap_or_default().to_os_string();
+    name.push(".state");
+    part.with_file_name(name)
+}
+
+/// Open (creating) the part file at its full size, so ranges can be written anywhere.
+pub fn open_part(part: &Path, size: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)?;
+    if file.metadata()?.len() != size {
+        file.set_len(size)?;
+    }
+    Ok(file)
+}
+
+impl RangeState {
+    /// The saved record if it describes this blob with this range size and its part file is
+    /// there; otherwise a fresh one (and any stale part file is discarded).
+    pub fn load_or_new(
+        path: &Path,
+        part: &Path,
+        desc: &Descriptor,
+        range_size: u64,
+    ) -> io::Result<RangeState> {
+        let ranges = desc.size.div_ceil(range_size).max(1) as usize;
+        let saved = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RangeState>(&b).ok())
+            .filter(|s| {
+                s.digest == desc.digest
+                    && s.size == desc.size
+                    && s.range_size == range_size
+                    && s.done.len() == ranges
+            })
+            .filter(|_| part.exists());
+        match saved {
+            Some(mut s) => {
+                s.path = path.to_path_buf();
+                Ok(s)
+            }
+            None => {
+                let _ = std::fs::remove_file(part);
+                Ok(RangeState {
+                    digest: desc.digest.clone(),
+                    size: desc.size,
+                    range_size,
+                    done: "0".repeat(ranges),
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+    }
+
+    pub fn ranges(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn bounds(&self, index: usize) -> (u64, u64) {
+        let start = index as u64 * self.range_size;
+        (start, (start + self.range_size).min(self.size))
+    }
+
+    pub fn is_done(&self, index: usize) -> bool {
+        self.done.as_bytes()[index] == b'1'
+    }
+
+    pub fn done_bytes(&self) -> u64 {
+        (0..self.ranges())
+            .filter(|i| self.is_done(*i))
+            .map(|i| self.bounds(i))
+            .map(|(s, e)| e - s)
+            .sum()
+    }
+
+    /// Mark a range complete and persist the record.
+    pub fn mark_done(&mut self, index: usize) -> io::Result<()> {
+        let mut bytes = std::mem::take(&mut self.done).into_bytes();
+        bytes[index] = b'1';
+        self.done = String::from_utf8(bytes).expect("ascii");
+        let tmp = self.path.with_extension("state.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).expect("state serialises"))?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
