@@ -17,6 +17,7 @@
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
+//! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
 
 pub mod digest;
 pub mod error;
@@ -28,5 +29,6 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod transfer;
+pub mod wan;
 
 pub use error::{Error, ExitCode};

@@ -72,6 +72,31 @@ pub struct CopyArgs {
     concurrency: usize,
 }
 
+#[derive(Args)]
+pub struct WanProxyArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The registry to forward to, e.g. 127.0.0.1:5000.
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    rate: u64,
+    /// Added before each request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503.
+    #[arg(long, default_value = "none", value_parser = hoist::wan::parse_fault)]
+    fault: hoist::wan::Fault,
+    /// How many connections get the fault.
+    #[arg(long, default_value_t = usize::MAX)]
+    faulty: usize,
+    /// Hide Range headers from the upstream (a registry without range support).
+    #[arg(long)]
+    strip_range: bool,
+}
+
 pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
@@ -79,6 +104,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::Inspect(args) => inspect(args, global).await,
         Command::Copy(args) => copy(args, global).await,
         Command::List => list(global),
+        Command::WanProxy(args) => wan_proxy(args).await,
     }
 }
 
@@ -356,4 +382,21 @@ pub(super) fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?} has an unknown unit (use KiB, MiB or GiB)")),
     };
     Ok(n * mult)
+}
+
+async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
+    let link = hoist::wan::Link {
+        rate: args.rate,
+        latency: std::time::Duration::from_millis(args.latency_ms),
+        fault: args.fault,
+        faulty_connections: args.faulty,
+        strip_range: args.strip_range,
+    };
+    let proxy = hoist::wan::Proxy::start(&args.listen, args.upstream, link)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    // The first line says where to connect, so scripts can start it on port 0.
+    println!("{}", proxy.addr);
+    tokio::signal::ctrl_c().await.ok();
+    Ok(())
 }

@@ -78,6 +78,9 @@ enum Command {
     Copy(commands::CopyArgs),
     /// List what the local store holds.
     List,
+    /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
+    /// (for benchmarks and fault tests).
+    WanProxy(commands::WanProxyArgs),
 }
 
 pub fn main() -> std::process::ExitCode {

@@ -18,7 +18,7 @@ mod state;
 pub use retry::RetryPolicy;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,22 +70,55 @@ pub struct Source {
     pub repository: String,
 }
 
+/// Connections a pull starts with; more are opened while they raise the throughput.
+const INITIAL_CONNECTIONS: usize = 4;
+
 /// Shared by every download of one pull: the connection budget and the retry budget.
 pub struct Fetcher {
     pub(crate) opts: FetchOptions,
     connections: Arc<Semaphore>,
     retries_left: AtomicU32,
     observer: Observer,
+    /// Bytes received, sampled by the connection controller.
+    received: Arc<AtomicU64>,
+    controller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.abort();
+        }
+    }
 }
 
 impl Fetcher {
+    /// Must be called inside a tokio runtime (it starts the connection controller).
     pub fn new(opts: FetchOptions, observer: Observer) -> Fetcher {
+        let max = opts.max_connections.max(1);
+        let initial = INITIAL_CONNECTIONS.min(max);
+        let connections = Arc::new(Semaphore::new(initial));
+        let received = Arc::new(AtomicU64::new(0));
+        let controller = (max > initial).then(|| {
+            tokio::spawn(grow_connections(
+                connections.clone(),
+                received.clone(),
+                initial,
+                max,
+            ))
+        });
         Fetcher {
-            connections: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            connections,
             retries_left: AtomicU32::new(opts.retry.total),
             opts,
             observer,
+            received,
+            controller,
         }
+    }
+
+    pub(crate) fn count_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Take one retry from the pull's total budget.
@@ -161,6 +194,47 @@ impl Fetcher {
         }
         let _ = std::fs::remove_file(&state_path);
         Ok(())
+    }
+}
+
+/// Open more connections while each step up raises the aggregate rate by more than 15%:
+/// a link that caps every connection (cloud blob storage) gets many, a local or CPU-bound
+/// one stays near the start, where extra connections only cost CPU.
+async fn grow_connections(
+    permits: Arc<Semaphore>,
+    received: Arc<AtomicU64>,
+    initial: usize,
+    max: usize,
+) {
+    const TICK: Duration = Duration::from_millis(500);
+    let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
+    let mut last = received.load(Ordering::Relaxed);
+    while granted < max {
+        tokio::time::sleep(TICK).await;
+        let now = received.load(Ordering::Relaxed);
+        let rate = (now - last) as f64 / TICK.as_secs_f64();
+        last = now;
+        if rate == 0.0 {
+            continue; // nothing downloading right now
+        }
+        if rate <= best * 1.15 {
+            // The last step did not pay: take it back (permits in use return first) and stop.
+            permits.forget_permits(last_step);
+            tracing::debug!(
+                "{:.0} MB/s: staying at {} connections",
+                rate / 1e6,
+                granted - last_step
+            );
+            return;
+        }
+        best = rate;
+        last_step = 2.min(max - granted);
+        permits.add_permits(last_step);
+        granted += last_step;
+        tracing::debug!(
+            "{:.0} MB/s: opening up to {granted} connections",
+            rate / 1e6
+        );
     }
 }
 

@@ -235,6 +235,7 @@ impl Job<'_> {
                 .map_err(|e| self.registry_error(format!("writing the part file: {e}")))?;
             pos += take as u64;
             *written += take as u64;
+            self.fetcher.count_received(take as u64);
             (self.fetcher.observer)(&Event::Progress {
                 name: self.name.to_string(),
                 bytes: take as u64,

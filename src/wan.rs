@@ -1,0 +1,255 @@
+//! A WAN emulator for tests and benchmarks: a loopback TCP proxy that caps each connection's
+//! bandwidth, adds latency to every request, and injects faults (resets, truncated bodies,
+//! stalls, 503 answers, registries that ignore `Range`).
+//!
+//! The kernels here have no traffic-control qdiscs (`tc` refuses netem/tbf), so this proxy is
+//! how hoist is measured against a cloud-like link. It counts what it forwards, so tests can
+//! check how many bytes a resumed pull really fetched.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A fault injected into the first `Link::faulty_connections` connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Reset (RST) the connection after this many bytes towards the client.
+    ResetAfter(u64),
+    /// Close the connection cleanly after this many bytes (a truncated body).
+    TruncateAfter(u64),
+    /// Stop forwarding for `Duration` after this many bytes.
+    StallAfter(u64, Duration),
+    /// Answer `503 Service Unavailable` without contacting the upstream.
+    Unavailable,
+}
+
+/// The link's shape.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Bytes per second per connection and direction; 0 for no cap.
+    pub rate: u64,
+    /// Added before each request is forwarded.
+    pub latency: Duration,
+    pub fault: Fault,
+    /// How many connections get the fault (`usize::MAX`: all of them).
+    pub faulty_connections: usize,
+    /// Hide `Range` headers from the upstream, as a registry that ignores them would.
+    pub strip_range: bool,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            rate: 0,
+            latency: Duration::ZERO,
+            fault: Fault::None,
+            faulty_connections: 0,
+            strip_range: false,
+        }
+    }
+}
+
+/// What the proxy has seen.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicUsize,
+    /// Bytes forwarded from the upstream to clients.
+    pub bytes_down: AtomicU64,
+}
+
+/// A running proxy; it stops when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    /// Listen on `listen` (use port 0 for any) and forward to `upstream`.
+    pub async fn start(listen: &str, upstream: SocketAddr, link: Link) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let link = Arc::new(link);
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = task_stats.connections.fetch_add(1, Ordering::Relaxed);
+                let fault = if n < link.faulty_connections {
+                    link.fault
+                } else {
+                    Fault::None
+                };
+                let (link, stats) = (link.clone(), task_stats.clone());
+                tokio::spawn(async move {
+                    let _ = serve(client, upstream, &link, fault, &stats).await;
+                });
+            }
+        });
+        Ok(Proxy { addr, stats, task })
+    }
+
+    pub fn bytes_down(&self) -> u64 {
+        self.stats.bytes_down.load(Ordering::Relaxed)
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    link: &Link,
+    fault: Fault,
+    stats: &Stats,
+) -> std::io::Result<()> {
+    client.set_nodelay(true)?;
+    if fault == Fault::Unavailable {
+        let mut buf = [0u8; 4096];
+        let _ = client.read(&mut buf).await?;
+        client
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        return client.shutdown().await;
+    }
+    if matches!(fault, Fault::ResetAfter(_)) {
+        #[allow(deprecated)] // linger 0 does not block on close: it resets.
+        client.set_linger(Some(Duration::ZERO))?;
+    }
+    let server = TcpStream::connect(upstream).await?;
+    server.set_nodelay(true)?;
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_rx.read(&mut buf).await?;
+            if n == 0 {
+                return server_tx.shutdown().await;
+            }
+            if !link.latency.is_zero() {
+                tokio::time::sleep(link.latency).await;
+            }
+            if link.strip_range {
+                hide_range(&mut buf[..n]);
+            }
+            server_tx.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut sent = 0u64;
+        let started = Instant::now();
+        let mut stalled = false;
+        loop {
+            let n = server_rx.read(&mut buf).await?;
+            if n == 0 {
+                return client_tx.shutdown().await;
+            }
+            let mut chunk = &buf[..n];
+            let limit = match fault {
+                Fault::ResetAfter(at) | Fault::TruncateAfter(at) => Some(at),
+                Fault::StallAfter(at, _) if !stalled => Some(at),
+                _ => None,
+            };
+            let cut = limit.filter(|at| sent + chunk.len() as u64 >= *at);
+            if let Some(at) = cut {
+                chunk = &chunk[..(at - sent) as usize];
+            }
+            pace(link.rate, sent + chunk.len() as u64, started).await;
+            client_tx.write_all(chunk).await?;
+            sent += chunk.len() as u64;
+            stats
+                .bytes_down
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            match (cut, fault) {
+                // Dropping the socket with linger 0 (set below) sends RST.
+                (Some(_), Fault::ResetAfter(_)) => return Err(std::io::Error::other("reset")),
+                (Some(_), Fault::TruncateAfter(_)) => return client_tx.shutdown().await,
+                (Some(_), Fault::StallAfter(_, pause)) => {
+                    stalled = true;
+                    tokio::time::sleep(pause).await;
+                    let rest = &buf[chunk.len()..n];
+                    client_tx.write_all(rest).await?;
+                    sent += rest.len() as u64;
+                    stats
+                        .bytes_down
+                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        r = up => r,
+        r = down => r,
+    }
+}
+
+/// Sleep until `total` bytes are within the rate since `started`.
+async fn pace(rate: u64, total: u64, started: Instant) {
+    if rate == 0 {
+        return;
+    }
+    let due = Duration::from_secs_f64(total as f64 / rate as f64);
+    let elapsed = started.elapsed();
+    if due > elapsed {
+        tokio::time::sleep(due - elapsed).await;
+    }
+}
+
+/// Rename `Range:` request headers to a header of the same length that servers ignore.
+fn hide_range(buf: &mut [u8]) {
+    const NEEDLE: &[u8] = b"\r\nrange:";
+    let mut i = 0;
+    while i + NEEDLE.len() <= buf.len() {
+        if buf[i..i + NEEDLE.len()].eq_ignore_ascii_case(NEEDLE) {
+            buf[i + 2..i + NEEDLE.len()].copy_from_slice(b"x-nop:");
+            i += NEEDLE.len();
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Parse `reset:N`, `truncate:N`, `stall:N:SECS`, `503` (N in bytes).
+pub fn parse_fault(s: &str) -> Result<Fault, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |i: usize| {
+        parts
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("bad fault {s:?}"))
+    };
+    Ok(match parts[0] {
+        "none" => Fault::None,
+        "reset" => Fault::ResetAfter(num(1)?),
+        "truncate" => Fault::TruncateAfter(num(1)?),
+        "stall" => Fault::StallAfter(num(1)?, Duration::from_secs(num(2)?)),
+        "503" => Fault::Unavailable,
+        _ => {
+            return Err(format!(
+                "unknown fault {s:?}: use reset:N, truncate:N, stall:N:SECS or 503"
+            ))
+        }
+    })
+}
+
+#[test]
+fn hides_range_headers_case_insensitively() {
+    let mut req = b"GET / HTTP/1.1\r\nRange: bytes=0-1\r\nrange: x\r\n\r\n".to_vec();
+    hide_range(&mut req);
+    assert_eq!(
+        &req[..],
+        &b"GET / HTTP/1.1\r\nx-nop: bytes=0-1\r\nx-nop: x\r\n\r\n"[..]
+    );
+}
