@@ -142,6 +142,15 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<(String, Bytes, Digest), RegistryError> {
+        self.with_retries(|| self.get_manifest_once(repository, reference))
+            .await
+    }
+
+    async fn get_manifest_once(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(String, Bytes, Digest), RegistryError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
         let req = self
             .request(Method::GET, url)
@@ -189,6 +198,15 @@ impl RegistryClient {
 
     /// `HEAD` a blob: its size if the registry has it.
     pub async fn blob_exists(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        self.with_retries(|| self.blob_exists_once(repository, digest))
+            .await
+    }
+
+    async fn blob_exists_once(
         &self,
         repository: &str,
         digest: &Digest,

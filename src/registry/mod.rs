@@ -7,6 +7,7 @@ mod auth;
 mod client;
 mod error;
 pub mod mirrors;
+mod retry;
 mod transport;
 mod upload;
 
@@ -14,5 +15,6 @@ pub use auth::Credentials;
 pub use client::{BlobResponse, RegistryClient};
 pub(crate) use error::chain as error_chain;
 pub use error::RegistryError;
+pub use retry::RetryPolicy;
 pub use transport::TransportOptions;
 pub use upload::UploadBody;

@@ -319,3 +319,68 @@ pub fn digest_line(stdout: &str) -> String {
         .unwrap_or_else(|| panic!("no Digest line in {stdout}"))
         .to_string()
 }
+
+/// The WAN emulator, running on its own runtime for a synchronous test.
+pub struct Wan {
+    pub proxy: Option<hoist::wan::Proxy>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Wan {
+    pub fn start(upstream: &str, link: hoist::wan::Link) -> Wan {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let upstream = upstream.parse().unwrap();
+        let proxy = rt
+            .block_on(hoist::wan::Proxy::start("127.0.0.1:0", upstream, link))
+            .unwrap();
+        Wan {
+            proxy: Some(proxy),
+            rt: Some(rt),
+        }
+    }
+    pub fn addr(&self) -> String {
+        self.proxy.as_ref().unwrap().addr.to_string()
+    }
+    pub fn bytes_down(&self) -> u64 {
+        self.proxy.as_ref().unwrap().bytes_down()
+    }
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr())
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        drop(self.proxy.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A model with one large weights file of `mib` MiB (fast pseudo-random words).
+pub fn large_model(dir: &Path, mib: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data = Vec::with_capacity(mib << 20);
+    for _ in 0..(mib << 17) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dir.join("model.safetensors"), data).unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"model_type":"test"}"#).unwrap();
+}
+
+/// Visible entries of a folder (no dot-files): what a model server would see.
+pub fn visible_entries(dir: &Path) -> Vec<String> {
+    all_entries(dir)
+        .into_iter()
+        .filter(|e| !e.starts_with('.'))
+        .collect()
+}

@@ -12,10 +12,9 @@
 
 mod hash;
 mod range;
-mod retry;
 mod state;
 
-pub use retry::RetryPolicy;
+pub use crate::registry::RetryPolicy;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -144,12 +143,14 @@ impl Fetcher {
                 Ok(()) => return Ok(()),
                 // A mirror that serves other bytes is skipped; the next source may be honest.
                 Err(e @ TransferError::DigestMismatch { .. }) => last = Some(e),
-                Err(TransferError::Registry(e)) if sources.len() > 1 => {
+                Err(e @ (TransferError::Registry(_) | TransferError::GaveUp { .. }))
+                    if sources.len() > 1 =>
+                {
                     tracing::warn!(
                         "{name}: {} failed ({e}); trying the next source",
                         source.client.registry()
                     );
-                    last = Some(TransferError::Registry(e));
+                    last = Some(e);
                 }
                 Err(e) => return Err(e),
             }

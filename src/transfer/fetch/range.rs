@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 use reqwest::Url;
@@ -17,6 +18,18 @@ use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::registry::RegistryError;
 use crate::transfer::{Event, TransferError};
+
+/// Why an attempt failed: the network (maybe worth a retry) or the local disk (never).
+enum Failure {
+    Net(RegistryError),
+    Disk(std::io::Error),
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        Failure::Net(e)
+    }
+}
 
 /// What the first response taught us.
 #[derive(Clone, Debug)]
@@ -91,12 +104,12 @@ impl Job<'_> {
         }
     }
 
-    fn mark_done(&self, index: usize) -> Result<(), TransferError> {
+    fn mark_done(&self, index: usize) -> Result<(), Failure> {
         self.state
             .lock()
             .expect("state lock")
             .mark_done(index)
-            .map_err(TransferError::io("download state file"))?;
+            .map_err(Failure::Disk)?;
         self.hasher.range_done(index);
         Ok(())
     }
@@ -127,32 +140,56 @@ impl Job<'_> {
                 .await;
             match result {
                 Ok(()) => return Ok(()),
-                Err(e)
-                    if e.is_transient()
-                        && attempt < self.fetcher.opts.retry.attempts
-                        && self.fetcher.take_retry() =>
-                {
-                    let retry_after = match &e {
-                        RegistryError::Throttled { retry_after, .. } => *retry_after,
-                        _ => None,
-                    };
-                    let delay = self.fetcher.opts.retry.delay(attempt, retry_after);
-                    tracing::warn!(
-                        "{}: range {index} attempt {attempt} failed ({e}); retrying in {delay:?}",
-                        self.name
-                    );
+                Err(failure) => {
+                    let delay = self.after_failure(failure, attempt, Some(index))?;
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(e) => {
-                    return Err(TransferError::GaveUp {
-                        what: self.name.to_string(),
-                        attempts: attempt,
-                        last: e.to_string(),
-                    })
-                }
             }
         }
+    }
+
+    /// Decide what a failed attempt means: `Ok(delay)` to retry after it, or the final error.
+    fn after_failure(
+        &self,
+        failure: Failure,
+        attempt: u32,
+        index: Option<usize>,
+    ) -> Result<Duration, TransferError> {
+        let e = match failure {
+            Failure::Disk(source) => {
+                return Err(TransferError::Io {
+                    path: self.part_name(),
+                    source,
+                })
+            }
+            Failure::Net(e) => e,
+        };
+        if !e.is_transient() {
+            return Err(TransferError::Registry(e));
+        }
+        if attempt >= self.fetcher.opts.retry.attempts || !self.fetcher.take_retry() {
+            return Err(TransferError::GaveUp {
+                what: self.name.to_string(),
+                attempts: attempt,
+                last: e.to_string(),
+            });
+        }
+        let retry_after = match &e {
+            RegistryError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let delay = self.fetcher.opts.retry.delay(attempt, retry_after);
+        let part = index.map_or_else(|| "download".to_string(), |i| format!("range {i}"));
+        tracing::warn!(
+            "{}: {part} attempt {attempt} failed ({e}); retrying in {delay:?}",
+            self.name
+        );
+        Ok(delay)
+    }
+
+    fn part_name(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("part file of {}", self.name))
     }
 
     async fn try_range(
@@ -163,7 +200,7 @@ impl Job<'_> {
         end: u64,
         is_probe: bool,
         written: &mut u64,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), Failure> {
         let _permit = self
             .fetcher
             .connections
@@ -191,11 +228,12 @@ impl Job<'_> {
                 return self.stream_whole(blob.response).await;
             }
         } else if !blob.partial {
-            return Err(self.registry_error("the server stopped honouring Range requests".into()));
+            return Err(self
+                .registry_error("the server stopped honouring Range requests".into())
+                .into());
         }
         self.stream_into(blob.response, from, end, written).await?;
         self.mark_done(index)
-            .map_err(|e| self.registry_error(e.to_string()))
     }
 
     /// Write a response body at `from`, counting into `written`; error if it ends early.
@@ -205,34 +243,38 @@ impl Job<'_> {
         from: u64,
         end: u64,
         written: &mut u64,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), Failure> {
         let mut body = resp.bytes_stream();
         let mut pos = from;
         while pos < end {
             let chunk =
                 match tokio::time::timeout(self.fetcher.opts.stall_timeout, body.next()).await {
                     Err(_) => {
-                        return Err(self.registry_error(format!(
-                            "no data for {:?} (stalled)",
-                            self.fetcher.opts.stall_timeout
-                        )))
+                        return Err(self
+                            .registry_error(format!(
+                                "no data for {:?} (stalled)",
+                                self.fetcher.opts.stall_timeout
+                            ))
+                            .into())
                     }
                     Ok(None) => {
-                        return Err(self.registry_error(format!(
-                            "connection closed after {} of {} bytes",
-                            pos - from,
-                            end - from
-                        )))
+                        return Err(self
+                            .registry_error(format!(
+                                "connection closed after {} of {} bytes",
+                                pos - from,
+                                end - from
+                            ))
+                            .into())
                     }
                     Ok(Some(Err(e))) => {
-                        return Err(self.registry_error(crate::registry::error_chain(&e)))
+                        return Err(self.registry_error(crate::registry::error_chain(&e)).into())
                     }
                     Ok(Some(Ok(chunk))) => chunk,
                 };
             let take = chunk.len().min((end - pos) as usize);
             self.file
                 .write_all_at(&chunk[..take], pos)
-                .map_err(|e| self.registry_error(format!("writing the part file: {e}")))?;
+                .map_err(Failure::Disk)?;
             pos += take as u64;
             *written += take as u64;
             self.fetcher.count_received(take as u64);
@@ -265,33 +307,22 @@ impl Job<'_> {
             .await;
             match result {
                 Ok(()) => return Ok(()),
-                Err(e)
-                    if e.is_transient()
-                        && attempt < self.fetcher.opts.retry.attempts
-                        && self.fetcher.take_retry() =>
-                {
-                    tokio::time::sleep(self.fetcher.opts.retry.delay(attempt, None)).await;
+                Err(failure) => {
+                    let delay = self.after_failure(failure, attempt, None)?;
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
-                }
-                Err(e) => {
-                    return Err(TransferError::GaveUp {
-                        what: self.name.to_string(),
-                        attempts: attempt,
-                        last: e.to_string(),
-                    })
                 }
             }
         }
     }
 
     /// Write a full body from offset 0, telling the hasher as each range fills.
-    async fn stream_whole(&self, resp: reqwest::Response) -> Result<(), RegistryError> {
+    async fn stream_whole(&self, resp: reqwest::Response) -> Result<(), Failure> {
         let mut written = 0;
         let size = self.desc.size;
         self.stream_into(resp, 0, size, &mut written).await?;
         for index in 0..self.bounds.len() {
-            self.mark_done(index)
-                .map_err(|e| self.registry_error(e.to_string()))?;
+            self.mark_done(index)?;
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ pub fn open_part(part: &Path, size: u64) -> io::Result<File> {
         .truncate(false)
         .open(part)?;
     if file.metadata()?.len() != size {
-        file.set_len(size)?;
+        reserve(&file, size)?;
     }
     Ok(file)
 }
@@ -109,5 +109,21 @@ impl RangeState {
         let tmp = self.path.with_extension("state.tmp");
         std::fs::write(&tmp, serde_json::to_vec(self).expect("state serialises"))?;
         std::fs::rename(&tmp, &self.path)
+    }
+}
+
+/// Reserve the blocks up front (`posix_fallocate`), so a full disk is reported before the
+/// download rather than in the middle of it; filesystems without it get a sparse file.
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    file.set_len(size)?;
+    if size == 0 {
+        return Ok(());
+    }
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }

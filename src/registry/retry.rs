@@ -1,4 +1,5 @@
-//! Retry policy: exponential backoff with jitter, a cap per range and for the whole pull.
+//! Retry policy: exponential backoff with jitter, a cap per request (or range) and for the
+//! whole pull; and retries of small idempotent requests (manifests, HEADs).
 
 use std::time::Duration;
 
@@ -36,6 +37,36 @@ impl RetryPolicy {
         match retry_after {
             Some(secs) => jittered.max(Duration::from_secs(secs.min(60))),
             None => jittered,
+        }
+    }
+}
+
+impl super::RegistryClient {
+    /// Run an idempotent request again on transient failures (resets, 429, 5xx).
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        mut request: F,
+    ) -> Result<T, super::RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, super::RegistryError>>,
+    {
+        let policy = RetryPolicy::default();
+        let mut attempt = 1;
+        loop {
+            match request().await {
+                Err(e) if e.is_transient() && attempt < policy.attempts => {
+                    let retry_after = match &e {
+                        super::RegistryError::Throttled { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    let delay = policy.delay(attempt, retry_after);
+                    tracing::warn!("{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 }
