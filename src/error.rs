@@ -106,6 +106,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         RegistryError::Connect { .. }
         | RegistryError::Transfer { .. }
         | RegistryError::Throttled { .. }
+        | RegistryError::TokenService { .. }
         | RegistryError::Status { .. } => ExitCode::Network,
     }
 }

@@ -6,11 +6,13 @@ use clap::Args;
 use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
+use hoist::registry::auth::{self, CredentialOptions};
 use hoist::registry::mirrors::MirrorConfig;
-use hoist::registry::{Credentials, RegistryClient, TransportOptions};
+use hoist::registry::{Credential, Credentials, RegistryClient, TransportOptions};
 use hoist::store::Store;
 use hoist::transfer::{self, PushOptions, Target};
 use hoist::Error;
+use std::io::IsTerminal;
 
 use super::output::{human_bytes, observer, print_json};
 use super::{Command, GlobalArgs};
@@ -73,6 +75,17 @@ pub struct CopyArgs {
 }
 
 #[derive(Args)]
+pub struct LoginArgs {
+    /// The registry host, e.g. registry.example.com or localhost:5000.
+    registry: String,
+}
+
+#[derive(Args)]
+pub struct LogoutArgs {
+    registry: String,
+}
+
+#[derive(Args)]
 pub struct WanProxyArgs {
     /// Address to listen on (loopback).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -105,6 +118,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::Copy(args) => copy(args, global).await,
         Command::List => list(global),
         Command::WanProxy(args) => wan_proxy(args).await,
+        Command::Login(args) => login(args, global).await,
+        Command::Logout(args) => logout(args, global),
     }
 }
 
@@ -128,7 +143,7 @@ pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Targe
                 ca_file: global.ca_file.clone(),
                 max_connections: 16,
             };
-            let client = RegistryClient::new(registry, &opts, Credentials::anonymous())?;
+            let client = RegistryClient::new(registry, &opts, credentials(registry, global)?)?;
             let mut hosts: Vec<String> = global.mirror.clone();
             if let Some(path) = &global.mirrors_config {
                 let config = MirrorConfig::load(path).map_err(Error::Usage)?;
@@ -136,8 +151,14 @@ pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Targe
             }
             let mirrors = hosts
                 .iter()
-                .map(|host| RegistryClient::new(host, &opts, Credentials::anonymous()))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|host| {
+                    Ok(RegistryClient::new(
+                        host,
+                        &opts,
+                        credentials(host, global)?,
+                    )?)
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
             Ok(Target::Remote {
                 client,
                 repository,
@@ -398,5 +419,103 @@ async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
     // The first line says where to connect, so scripts can start it on port 0.
     println!("{}", proxy.addr);
     tokio::signal::ctrl_c().await.ok();
+    Ok(())
+}
+
+/// The credential options the global flags give (the password read from stdin once).
+fn credential_options(global: &GlobalArgs) -> Result<CredentialOptions, Error> {
+    static PASSWORD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let password = PASSWORD.get_or_init(|| {
+        if !global.password_stdin {
+            return None;
+        }
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).ok()?;
+        Some(line.trim_end_matches(['\r', '\n']).to_string())
+    });
+    if global.password_stdin && password.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::Usage(
+            "--password-stdin read no password from standard input".into(),
+        ));
+    }
+    Ok(CredentialOptions {
+        username: global.username.clone(),
+        password: password.clone(),
+        registry_config: global.registry_config.clone(),
+    })
+}
+
+fn credentials(registry: &str, global: &GlobalArgs) -> Result<Credentials, Error> {
+    auth::resolve(registry, &credential_options(global)?).map_err(|e| Error::Usage(e.to_string()))
+}
+
+fn transport(global: &GlobalArgs) -> TransportOptions {
+    TransportOptions {
+        plain_http: global.plain_http.then_some(true),
+        insecure: global.insecure,
+        ca_file: global.ca_file.clone(),
+        max_connections: 16,
+    }
+}
+
+async fn login(args: LoginArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let registry = auth::config::normalize(&args.registry);
+    let mut opts = credential_options(global)?;
+    let interactive = std::io::stdin().is_terminal();
+    let username = match opts.username.clone() {
+        Some(u) => u,
+        None if interactive => {
+            eprint!("Username: ");
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            line.trim().to_string()
+        }
+        None => {
+            return Err(Error::Usage(
+                "no username: pass --username (and --password-stdin)".into(),
+            ))
+        }
+    };
+    let password = match opts.password.clone() {
+        Some(p) => p,
+        None if interactive => {
+            rpassword::prompt_password("Password: ").map_err(|e| Error::Usage(e.to_string()))?
+        }
+        None => {
+            return Err(Error::Usage(
+                "no password: pass it on standard input with --password-stdin".into(),
+            ))
+        }
+    };
+    let credential = Credential::Password {
+        username: username.clone(),
+        password: password.clone(),
+    };
+    let client = RegistryClient::new(
+        &registry,
+        &transport(global),
+        Credentials::new(credential, "the given username and password"),
+    )?;
+    client.ping().await?;
+    opts.username = Some(username.clone());
+    let saved = auth::config::save(&opts, &registry, &username, &password)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    println!("Login Succeeded: credentials for {registry} saved in {saved}");
+    Ok(())
+}
+
+fn logout(args: LogoutArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let registry = auth::config::normalize(&args.registry);
+    let opts = CredentialOptions {
+        registry_config: global.registry_config.clone(),
+        ..Default::default()
+    };
+    if auth::config::erase(&opts, &registry).map_err(|e| Error::Usage(e.to_string()))? {
+        println!("Removed the credentials for {registry}");
+    } else {
+        println!("Not logged in to {registry}");
+    }
     Ok(())
 }

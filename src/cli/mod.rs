@@ -47,6 +47,23 @@ pub struct GlobalArgs {
     /// Print only the result.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Registry username (with --password-stdin); else HOIST_USERNAME/HOIST_PASSWORD, then
+    /// the Docker config (credential helpers included), then podman's auth.json.
+    #[arg(long, short = 'u', global = true, value_name = "USER")]
+    username: Option<String>,
+    /// Read the registry password (or token) from standard input.
+    #[arg(long, global = true)]
+    password_stdin: bool,
+    /// A Docker-config JSON file to take credentials from and save them to (e.g. a mounted
+    /// Kubernetes image pull secret's .dockerconfigjson); default $DOCKER_CONFIG/config.json
+    /// or ~/.docker/config.json.
+    #[arg(
+        long,
+        global = true,
+        env = "HOIST_REGISTRY_CONFIG",
+        value_name = "FILE"
+    )]
+    registry_config: Option<PathBuf>,
     /// A mirror of the registry to try first for reads (repeatable, in order).
     #[arg(long, global = true, value_name = "HOST[:PORT]")]
     mirror: Vec<String>,
@@ -78,6 +95,11 @@ enum Command {
     Copy(commands::CopyArgs),
     /// List what the local store holds.
     List,
+    /// Log in to a registry: check the credentials, then save them in the Docker config
+    /// (through its credential helper if one is configured).
+    Login(commands::LoginArgs),
+    /// Remove a registry's saved credentials.
+    Logout(commands::LogoutArgs),
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
     WanProxy(commands::WanProxyArgs),

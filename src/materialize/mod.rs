@@ -7,6 +7,7 @@
 //! folder when a file is placed, so a symlink cannot carry a write outside the output folder.
 
 mod link;
+pub mod marker;
 mod tar_layer;
 
 pub use link::LinkMode;
@@ -66,6 +67,8 @@ pub enum Staged {
         /// Permission bits to set (not for hard links, which share the store's inode).
         mode: u32,
         placement: Placement,
+        /// The file's digest, for raw layers: recorded in the verified mark.
+        digest: Option<Digest>,
     },
     Dir {
         relative: PathBuf,
@@ -150,6 +153,7 @@ impl Staging {
                     relative,
                     mode,
                     placement,
+                    digest,
                 } => {
                     if let Some(parent) = relative.parent() {
                         ensure_dirs(&self.out, parent)?;
@@ -168,6 +172,9 @@ impl Staging {
                             let _ = fs::remove_file(&tmp);
                             if link::place(from, &tmp, *how)? == link::Linked::Hard {
                                 fs::rename(&tmp, &target).map_err(io_err(&target))?;
+                                if let Some(d) = digest {
+                                    marker::mark(&target, d);
+                                }
                                 continue;
                             }
                             tmp
@@ -183,6 +190,9 @@ impl Staging {
                         .map_err(io_err(&source))?;
                     }
                     fs::rename(&source, &target).map_err(io_err(&target))?;
+                    if let Some(d) = digest {
+                        marker::mark(&target, d);
+                    }
                 }
             }
         }

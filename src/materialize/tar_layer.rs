@@ -74,6 +74,7 @@ pub fn extract(
                     relative,
                     mode,
                     placement: Placement::Move,
+                    digest: None,
                 });
             }
             tar::EntryType::Symlink => {
@@ -98,6 +99,7 @@ pub fn extract(
                     relative,
                     mode: 0o777,
                     placement: Placement::Move,
+                    digest: None,
                 });
             }
             tar::EntryType::Link => {

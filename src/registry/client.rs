@@ -4,6 +4,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{header, Method, StatusCode, Url};
 
+use super::auth::Action;
 use super::error::chain;
 use super::{Credentials, RegistryError, TransportOptions};
 use crate::digest::Digest;
@@ -16,7 +17,7 @@ pub struct RegistryClient {
     pub(crate) base: Url,
     /// The name users know (`docker.io`, `localhost:5000`), for messages.
     pub(crate) registry: String,
-    pub(crate) credentials: Credentials,
+    pub(crate) credentials: std::sync::Arc<Credentials>,
 }
 
 /// A blob download in progress.
@@ -43,7 +44,7 @@ impl RegistryClient {
             http: opts.build_client()?,
             base,
             registry: registry.to_string(),
-            credentials,
+            credentials: std::sync::Arc::new(credentials),
         })
     }
 
@@ -56,36 +57,86 @@ impl RegistryClient {
     }
 
     pub(crate) fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        self.credentials.apply(self.http.request(method, url))
+        self.http.request(method, url)
     }
 
-    /// Send, mapping transport failures and auth statuses to errors users can act on.
+    /// Send with whatever authorization the registry wants, answering one 401 challenge
+    /// (Basic credentials, or a bearer token for the scope) and retrying once; then map
+    /// transport failures and auth statuses to errors users can act on. Requests to another
+    /// host (blob storage after a redirect) never carry our credentials.
     pub(crate) async fn send(
         &self,
         req: reqwest::RequestBuilder,
         repository: &str,
+        action: Action,
         context: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e, context))?;
+        let request = req.build().map_err(|e| self.transport_error(&e, context))?;
+        let retry = request.try_clone();
+        let (mut resp, authorized) = self.send_once(request, repository, action, context).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok());
+            if self
+                .credentials
+                .on_unauthorized(challenge, repository, action, authorized)
+            {
+                if let Some(retry) = retry {
+                    resp = self.send_once(retry, repository, action, context).await?.0;
+                }
+            }
+        }
         match resp.status() {
             StatusCode::UNAUTHORIZED => Err(RegistryError::Unauthorized {
                 registry: self.registry.clone(),
-                repository: repository.to_string(),
+                repository: if repository.is_empty() {
+                    "the registry".into()
+                } else {
+                    repository.to_string()
+                },
+                credential_source: self.credentials.source.clone(),
             }),
             StatusCode::FORBIDDEN => Err(RegistryError::Denied {
                 registry: self.registry.clone(),
                 repository: repository.to_string(),
-                action: if context.starts_with("push") || context.starts_with("upload") {
-                    "push to"
-                } else {
-                    "read"
+                action: match action {
+                    Action::Push => "push to",
+                    Action::Pull => "read",
                 },
             }),
             _ => Ok(resp),
         }
+    }
+
+    async fn send_once(
+        &self,
+        mut request: reqwest::Request,
+        repository: &str,
+        action: Action,
+        context: &str,
+    ) -> Result<(reqwest::Response, bool), RegistryError> {
+        let url = request.url();
+        let same_host = url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        let mut authorized = false;
+        if same_host {
+            if let Some(value) = self
+                .credentials
+                .header(&self.http, &self.registry, repository, action)
+                .await?
+            {
+                request.headers_mut().insert(header::AUTHORIZATION, value);
+                authorized = true;
+            }
+        }
+        let resp = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| self.transport_error(&e, context))?;
+        Ok((resp, authorized))
     }
 
     pub(crate) fn transport_error(&self, e: &reqwest::Error, context: &str) -> RegistryError {
@@ -127,7 +178,12 @@ impl RegistryClient {
     /// `GET /v2/`: is this a registry we can talk to?
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let resp = self
-            .send(self.request(Method::GET, self.url("v2/")), "", "ping")
+            .send(
+                self.request(Method::GET, self.url("v2/")),
+                "",
+                Action::Pull,
+                "ping",
+            )
             .await?;
         if resp.status().is_success() {
             Ok(())
@@ -155,7 +211,9 @@ impl RegistryClient {
         let req = self
             .request(Method::GET, url)
             .header(header::ACCEPT, media::MANIFEST_ACCEPT);
-        let resp = self.send(req, repository, "fetching manifest").await?;
+        let resp = self
+            .send(req, repository, Action::Pull, "fetching manifest")
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
                 registry: self.registry.clone(),
@@ -213,7 +271,12 @@ impl RegistryClient {
     ) -> Result<Option<u64>, RegistryError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
         let resp = self
-            .send(self.request(Method::HEAD, url), repository, "checking blob")
+            .send(
+                self.request(Method::HEAD, url),
+                repository,
+                Action::Pull,
+                "checking blob",
+            )
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
@@ -246,17 +309,13 @@ impl RegistryClient {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobResponse, RegistryError> {
-        let same_host = url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default();
-        let mut req = if same_host {
-            self.request(Method::GET, url)
-        } else {
-            self.http.get(url)
-        };
+        let mut req = self.request(Method::GET, url);
         if let Some((start, end)) = range {
             req = req.header(header::RANGE, format!("bytes={start}-{end}"));
         }
-        let resp = self.send(req, repository, "downloading blob").await?;
+        let resp = self
+            .send(req, repository, Action::Pull, "downloading blob")
+            .await?;
         match resp.status() {
             StatusCode::OK => Ok(BlobResponse {
                 response: resp,
@@ -294,7 +353,9 @@ impl RegistryClient {
             .request(Method::PUT, url)
             .header(header::CONTENT_TYPE, media_type)
             .body(bytes);
-        let resp = self.send(req, repository, "pushing manifest").await?;
+        let resp = self
+            .send(req, repository, Action::Push, "pushing manifest")
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -4,10 +4,20 @@
 pub enum RegistryError {
     #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (use --plain-http for a registry without TLS)")]
     Connect { registry: String, detail: String },
-    #[error("unauthorized: {registry} requires credentials for {repository}; run `hoist login {registry}`")]
+    #[error("unauthorized: {registry} {} for {repository}; run `hoist login {registry}`", match credential_source {
+        Some(source) => format!("rejected the credentials from {source}"),
+        None => "requires credentials".to_string(),
+    })]
     Unauthorized {
         registry: String,
         repository: String,
+        credential_source: Option<String>,
+    },
+    #[error("cannot get a token for {registry} from its token service {realm}: {detail}")]
+    TokenService {
+        registry: String,
+        realm: String,
+        detail: String,
     },
     #[error(
         "denied: {registry} refused to {action} {repository}; check that your account may do that"
@@ -49,7 +59,8 @@ impl RegistryError {
         match self {
             RegistryError::Connect { .. }
             | RegistryError::Transfer { .. }
-            | RegistryError::Throttled { .. } => true,
+            | RegistryError::Throttled { .. }
+            | RegistryError::TokenService { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }

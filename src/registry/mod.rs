@@ -3,7 +3,7 @@
 //! HTTP/2 is left out of the build on purpose: bulk blob transfers over several connections
 //! are faster than multiplexing them onto one TCP stream (see ANCHORS.md).
 
-mod auth;
+pub mod auth;
 mod client;
 mod error;
 pub mod mirrors;
@@ -11,7 +11,7 @@ mod retry;
 mod transport;
 mod upload;
 
-pub use auth::Credentials;
+pub use auth::{Credential, Credentials};
 pub use client::{BlobResponse, RegistryClient};
 pub(crate) use error::chain as error_chain;
 pub use error::RegistryError;

@@ -6,6 +6,7 @@ use reqwest::{header, Method, StatusCode, Url};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::auth::Action;
 use super::{RegistryClient, RegistryError};
 use crate::oci::Descriptor;
 
@@ -49,7 +50,9 @@ impl RegistryClient {
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_LENGTH, desc.size)
                     .body(whole_body(body).await?);
-                let resp = self.send(req, repository, "uploading blob").await?;
+                let resp = self
+                    .send(req, repository, Action::Push, "uploading blob")
+                    .await?;
                 match (resp.status(), retry_source) {
                     (s, _) if s.is_success() => Ok(()),
                     (StatusCode::PAYLOAD_TOO_LARGE, Some(source)) => {
@@ -75,7 +78,9 @@ impl RegistryClient {
         let req = self
             .request(Method::POST, url)
             .header(header::CONTENT_LENGTH, 0);
-        let resp = self.send(req, repository, "upload start").await?;
+        let resp = self
+            .send(req, repository, Action::Push, "upload start")
+            .await?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.status_error("POST", resp).await);
         }
@@ -132,7 +137,9 @@ impl RegistryClient {
                 )
                 .header(header::CONTENT_LENGTH, len)
                 .body(body);
-            let resp = self.send(req, repository, "uploading chunk").await?;
+            let resp = self
+                .send(req, repository, Action::Push, "uploading chunk")
+                .await?;
             if resp.status() != StatusCode::ACCEPTED {
                 return Err(self.status_error("PATCH", resp).await);
             }
@@ -145,7 +152,9 @@ impl RegistryClient {
         let req = self
             .request(Method::PUT, location)
             .header(header::CONTENT_LENGTH, 0);
-        let resp = self.send(req, repository, "upload finish").await?;
+        let resp = self
+            .send(req, repository, Action::Push, "upload finish")
+            .await?;
         if resp.status().is_success() {
             Ok(())
         } else {

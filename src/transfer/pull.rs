@@ -14,7 +14,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::fetch::{FetchOptions, Fetcher, Source};
 use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
-use crate::materialize::{LinkMode, Placement, Staged, Staging};
+use crate::materialize::{marker, LinkMode, Placement, Staged, Staging};
 use crate::oci::modelpack::{kind_of_media_type, FileMetadata, LayerKind};
 use crate::oci::{media, Descriptor, FileLayer, LayerFormat, LayerPlan};
 use crate::store::Store;
@@ -310,6 +310,7 @@ impl Ctx<'_> {
                         relative: layer.path.clone(),
                         mode: file_mode(layer),
                         placement,
+                        digest: Some(desc.digest.clone()),
                     }]
                 }
                 format => {
@@ -390,7 +391,16 @@ async fn already_in_place(path: &Path, digest: &Digest, size: u64) -> bool {
     }
     let path = path.to_path_buf();
     let digest = digest.clone();
-    tokio::task::spawn_blocking(move || Digest::of_file(&path).is_ok_and(|d| d == digest))
-        .await
-        .unwrap_or(false)
+    tokio::task::spawn_blocking(move || {
+        if marker::is_marked(&path, &digest) {
+            return true; // verified by an earlier pull and unchanged since
+        }
+        let same = Digest::of_file(&path).is_ok_and(|d| d == digest);
+        if same {
+            marker::mark(&path, &digest);
+        }
+        same
+    })
+    .await
+    .unwrap_or(false)
 }

@@ -1,0 +1,192 @@
+//! Authentication: the distribution spec's challenge flow and where credentials come from.
+//!
+//! A request goes out with what we already know (nothing, Basic credentials, or a cached
+//! bearer token for its scope). A 401 carries a `WWW-Authenticate` challenge: `Basic` means
+//! send the credentials; `Bearer realm,service,scope` means get a token for the scope from
+//! the realm — with the credentials, so the password only ever goes to the token service —
+//! and send that. Tokens are cached per scope until they expire and refreshed on a 401.
+//!
+//! Hand-written: no maintained Rust crate does the registry token dance against arbitrary
+//! registries (the OCI client crates bundle it with their own HTTP and types).
+
+mod challenge;
+pub mod config;
+mod token;
+
+pub use challenge::Challenge;
+pub use config::{resolve, CredentialOptions};
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use base64::Engine as _;
+use reqwest::header::HeaderValue;
+
+use super::RegistryError;
+
+/// A secret for one registry.
+#[derive(Clone)]
+pub enum Credential {
+    Password {
+        username: String,
+        password: String,
+    },
+    /// An OAuth2 refresh token (`identitytoken` in Docker config; ACR uses it).
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Credential {
+    // Secrets never reach logs or errors, not even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password { username, .. } => write!(
+                f,
+                "Password {{ username: {username:?}, password: <redacted> }}"
+            ),
+            Credential::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+/// What a request needs: pull, or pull and push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Pull,
+    Push,
+}
+
+impl Action {
+    fn scope(self, repository: &str) -> String {
+        match self {
+            Action::Pull => format!("repository:{repository}:pull"),
+            Action::Push => format!("repository:{repository}:pull,push"),
+        }
+    }
+}
+
+/// Credentials plus what the registry told us, shared by all requests to one registry.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    credential: Option<Credential>,
+    /// Where the credential came from, for error messages (`~/.docker/config.json`, ...).
+    pub source: Option<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    challenge: Option<Challenge>,
+    tokens: HashMap<String, (String, Instant)>,
+}
+
+impl Credentials {
+    pub fn anonymous() -> Self {
+        Self::default()
+    }
+
+    pub fn new(credential: Credential, source: impl Into<String>) -> Self {
+        Credentials {
+            credential: Some(credential),
+            source: Some(source.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn has_credential(&self) -> bool {
+        self.credential.is_some()
+    }
+
+    /// The `Authorization` header for a request, fetching a token if the registry asked for
+    /// bearer tokens and none is cached for this scope.
+    pub(crate) async fn header(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        repository: &str,
+        action: Action,
+    ) -> Result<Option<HeaderValue>, RegistryError> {
+        let challenge = self.state.lock().expect("auth lock").challenge.clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.basic()),
+            Some(Challenge::Bearer { realm, service }) => {
+                let scope = if repository.is_empty() {
+                    None
+                } else {
+                    Some(action.scope(repository))
+                };
+                let key = scope.clone().unwrap_or_default();
+                if let Some((token, expires)) =
+                    self.state.lock().expect("auth lock").tokens.get(&key)
+                {
+                    if *expires > Instant::now() {
+                        return Ok(Some(bearer(token)));
+                    }
+                }
+                let (token, expires) = token::fetch(
+                    http,
+                    registry,
+                    &realm,
+                    service.as_deref(),
+                    scope.as_deref(),
+                    self.credential.as_ref(),
+                    self.source.as_deref(),
+                )
+                .await?;
+                let header = bearer(&token);
+                self.state
+                    .lock()
+                    .expect("auth lock")
+                    .tokens
+                    .insert(key, (token, expires));
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Learn from a 401: remember the scheme and drop the token that was refused. Returns
+    /// whether one retry could succeed: the request went out without authorization and we now
+    /// have some to send, or its bearer token was refused (it may just have expired).
+    pub(crate) fn on_unauthorized(
+        &self,
+        www_authenticate: Option<&str>,
+        repository: &str,
+        action: Action,
+        authorized: bool,
+    ) -> bool {
+        let Some(challenge) = www_authenticate.and_then(Challenge::parse) else {
+            return false;
+        };
+        let mut state = self.state.lock().expect("auth lock");
+        state.tokens.remove(&action.scope(repository));
+        let retry = match challenge {
+            Challenge::Basic => !authorized && self.credential.is_some(),
+            // Without a token, or with a refused one (it may have expired): one fresh token.
+            // The caller retries once, so a fresh token refused again ends it.
+            Challenge::Bearer { .. } => true,
+        };
+        state.challenge = Some(challenge);
+        retry
+    }
+
+    fn basic(&self) -> Option<HeaderValue> {
+        match &self.credential {
+            Some(Credential::Password { username, password }) => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn bearer(token: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}

@@ -1,0 +1,116 @@
+//! Getting a bearer token from a registry's token service (the realm of its challenge):
+//! `GET realm?service=…&scope=…` with Basic credentials (or none, for anonymous pulls), or the
+//! OAuth2 `POST` with `grant_type=refresh_token` for an identity token.
+
+use std::time::{Duration, Instant};
+
+use super::Credential;
+use crate::registry::RegistryError;
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// A token and when to stop using it (10 s before it expires, so no request carries a token
+/// that dies on the way).
+pub async fn fetch(
+    http: &reqwest::Client,
+    registry: &str,
+    realm: &str,
+    service: Option<&str>,
+    scope: Option<&str>,
+    credential: Option<&Credential>,
+    source: Option<&str>,
+) -> Result<(String, Instant), RegistryError> {
+    let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::TokenService {
+        registry: registry.to_string(),
+        realm: realm.to_string(),
+        detail: format!("the realm is not a URL: {e}"),
+    })?;
+    let request = match credential {
+        Some(Credential::IdentityToken(refresh)) => {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+                ("client_id", "hoist"),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s));
+            }
+            if let Some(s) = scope {
+                form.push(("scope", s));
+            }
+            http.post(url).form(&form)
+        }
+        other => {
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(s) = service {
+                    q.append_pair("service", s);
+                }
+                if let Some(s) = scope {
+                    q.append_pair("scope", s);
+                }
+            }
+            let req = http.get(url);
+            match other {
+                Some(Credential::Password { username, password }) => {
+                    req.basic_auth(username, Some(password))
+                }
+                _ => req,
+            }
+        }
+    };
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| RegistryError::TokenService {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail: crate::registry::error_chain(&e),
+        })?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(RegistryError::Unauthorized {
+            registry: registry.to_string(),
+            repository: scope.unwrap_or("the registry").to_string(),
+            credential_source: source.map(str::to_string),
+        });
+    }
+    if !status.is_success() {
+        return Err(RegistryError::TokenService {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail: format!("HTTP {}", status.as_u16()),
+        });
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| RegistryError::TokenService {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail: crate::registry::error_chain(&e),
+        })?;
+    let body: TokenResponse =
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::TokenService {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail: format!("the answer is not a token: {e}"),
+        })?;
+    let token = body
+        .token
+        .or(body.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| RegistryError::TokenService {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail: "the answer holds no token".into(),
+        })?;
+    // The spec's default lifetime is 60 s; refresh 10 s early.
+    let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(11) - 10);
+    Ok((token, Instant::now() + lifetime))
+}
