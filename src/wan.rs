@@ -60,6 +60,8 @@ pub struct Stats {
     pub connections: AtomicUsize,
     /// Bytes forwarded from the upstream to clients.
     pub bytes_down: AtomicU64,
+    /// Requests that carried `Authorization: Basic` (a password) to the upstream.
+    pub basic_auth_requests: AtomicUsize,
 }
 
 /// A running proxy; it stops when dropped.
@@ -142,6 +144,9 @@ async fn serve(
             if link.strip_range {
                 hide_range(&mut buf[..n]);
             }
+            stats
+                .basic_auth_requests
+                .fetch_add(count_basic_auth(&buf[..n]), Ordering::Relaxed);
             server_tx.write_all(&buf[..n]).await?;
         }
     };
@@ -205,6 +210,14 @@ async fn pace(rate: u64, total: u64, started: Instant) {
     if due > elapsed {
         tokio::time::sleep(due - elapsed).await;
     }
+}
+
+/// How many `Authorization: Basic` headers a chunk of requests holds.
+fn count_basic_auth(buf: &[u8]) -> usize {
+    const NEEDLE: &[u8] = b"authorization: basic ";
+    buf.windows(NEEDLE.len())
+        .filter(|w| w.eq_ignore_ascii_case(NEEDLE))
+        .count()
 }
 
 /// Rename `Range:` request headers to a header of the same length that servers ignore.
