@@ -16,6 +16,7 @@
 //! | [`registry`]    | the distribution API client                                        |
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
+//! | [`serve`]       | `hoist serve`: the distribution API over the store                 |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
 //! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
 
@@ -27,6 +28,7 @@ pub mod oci;
 pub mod pack;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod transfer;
 pub mod wan;

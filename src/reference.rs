@@ -184,7 +184,7 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 /// The distribution spec's `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/…)*`.
-fn valid_repository(repo: &str) -> bool {
+pub fn valid_repository(repo: &str) -> bool {
     !repo.is_empty()
         && repo.len() <= 255
         && repo.split('/').all(|component| {

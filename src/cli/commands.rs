@@ -75,6 +75,16 @@ pub struct CopyArgs {
 }
 
 #[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: std::net::SocketAddr,
+    /// The store to serve (default: the local store, --store / $HOIST_HOME).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct LoginArgs {
     /// The registry host, e.g. registry.example.com or localhost:5000.
     registry: String,
@@ -119,6 +129,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::List => list(global),
         Command::WanProxy(args) => wan_proxy(args).await,
         Command::Login(args) => login(args, global).await,
+        Command::Serve(args) => serve(args, global).await,
         Command::Logout(args) => logout(args, global),
     }
 }
@@ -518,4 +529,26 @@ fn logout(args: LogoutArgs, global: &GlobalArgs) -> Result<(), Error> {
         println!("Not logged in to {registry}");
     }
     Ok(())
+}
+
+async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = match args.root {
+        Some(root) => Store::open(root)?,
+        None => store(global)?,
+    };
+    let root = store.root().to_path_buf();
+    let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
+        addr: args.addr,
+        store,
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
+    // The first line says where to connect, so scripts can start it on port 0.
+    println!(
+        "hoist serve: listening on {addr}, serving {}",
+        root.display()
+    );
+    server
+        .await
+        .map_err(|e| Error::Usage(format!("server failed: {e}")))
 }

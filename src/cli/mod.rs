@@ -95,6 +95,8 @@ enum Command {
     Copy(commands::CopyArgs),
     /// List what the local store holds.
     List,
+    /// Serve the local store as an OCI registry (distribution spec v1.1).
+    Serve(commands::ServeArgs),
     /// Log in to a registry: check the credentials, then save them in the Docker config
     /// (through its credential helper if one is configured).
     Login(commands::LoginArgs),

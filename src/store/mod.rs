@@ -230,26 +230,102 @@ impl Store {
         manifest: &Descriptor,
     ) -> Result<(), StoreError> {
         let name = format!("{repository}:{tag}");
+        self.update_index(|index| {
+            index
+                .manifests
+                .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
+            let mut entry = manifest.clone();
+            entry.annotations.clear();
+            entry
+                .annotations
+                .insert(media::ANNOTATION_REF_NAME.into(), name);
+            index.manifests.push(entry);
+            index.manifests.sort_by(|a, b| {
+                a.annotation(media::ANNOTATION_REF_NAME)
+                    .cmp(&b.annotation(media::ANNOTATION_REF_NAME))
+            });
+        })
+    }
+
+    /// Remove `repo:tag`; whether it existed.
+    pub fn untag(&self, repository: &str, tag: &str) -> Result<bool, StoreError> {
+        let name = format!("{repository}:{tag}");
+        self.update_index(|index| {
+            let before = index.manifests.len();
+            index
+                .manifests
+                .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
+            before != index.manifests.len()
+        })
+    }
+
+    /// Remove every tag of `repo` that points at `digest`; how many there were.
+    pub fn untag_digest(&self, repository: &str, digest: &Digest) -> Result<usize, StoreError> {
+        let prefix = format!("{repository}:");
+        self.update_index(|index| {
+            let before = index.manifests.len();
+            index.manifests.retain(|d| {
+                !(d.digest == *digest
+                    && d.annotation(media::ANNOTATION_REF_NAME)
+                        .is_some_and(|n| n.starts_with(&prefix)))
+            });
+            before - index.manifests.len()
+        })
+    }
+
+    /// Delete a blob; whether it existed. (No reference check: that is the caller's call.)
+    pub fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Record that `referrer` (a manifest descriptor) has `subject` as its subject.
+    pub fn add_referrer(&self, subject: &Digest, referrer: &Descriptor) -> Result<(), StoreError> {
+        let dir = self.root.join("referrers");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let _lock = self.lock_index()?;
+        let mut list = self.referrers(subject)?;
+        if !list.iter().any(|d| d.digest == referrer.digest) {
+            list.push(referrer.clone());
+        }
+        let bytes = serde_json::to_vec_pretty(&list).expect("descriptors serialise");
+        write_atomic(&dir.join(format!("{}.json", subject.hex())), &bytes)
+    }
+
+    /// The manifests that name `subject` as their subject.
+    pub fn referrers(&self, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
+        let path = self
+            .root
+            .join("referrers")
+            .join(format!("{}.json", subject.hex()));
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::CorruptIndex { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Serialises changes to the index and referrer lists across processes (released on drop).
+    fn lock_index(&self) -> Result<File, StoreError> {
         let lock_path = self.root.join("index.json.lock");
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
+        Ok(lock)
+    }
+
+    /// Read-modify-write `index.json` under the lock.
+    fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T, StoreError> {
+        let _lock = self.lock_index()?;
         let mut index = self.read_index()?;
-        index
-            .manifests
-            .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
-        let mut entry = manifest.clone();
-        entry.annotations.clear();
-        entry
-            .annotations
-            .insert(media::ANNOTATION_REF_NAME.into(), name);
-        index.manifests.push(entry);
-        index.manifests.sort_by(|a, b| {
-            a.annotation(media::ANNOTATION_REF_NAME)
-                .cmp(&b.annotation(media::ANNOTATION_REF_NAME))
-        });
+        let result = change(&mut index);
         let bytes = serde_json::to_vec_pretty(&index).expect("index serialises");
-        write_atomic(&self.root.join("index.json"), &bytes)
-        // The lock is released when `lock` is dropped.
+        write_atomic(&self.root.join("index.json"), &bytes)?;
+        Ok(result)
     }
 
     /// Every tagged manifest: (`repo:tag`, descriptor).

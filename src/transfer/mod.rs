@@ -11,6 +11,7 @@ mod target;
 pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PullOptions, PullReport};
 pub use push::{push, PushOptions, PushReport};
+pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};
 
 use std::path::PathBuf;

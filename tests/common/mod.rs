@@ -384,3 +384,85 @@ pub fn visible_entries(dir: &Path) -> Vec<String> {
         .filter(|e| !e.starts_with('.'))
         .collect()
 }
+
+/// `hoist serve` on a free loopback port over its own store, stopped when dropped.
+pub struct Served {
+    pub addr: String,
+    pub root: tempfile::TempDir,
+    child: Child,
+}
+
+impl Served {
+    pub fn start() -> Served {
+        let root = tempfile::tempdir().unwrap();
+        Self::start_on(root, free_port())
+    }
+
+    pub fn start_on(root: tempfile::TempDir, port: u16) -> Served {
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+            .args(["serve", "--addr", &addr, "--root"])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "hoist serve did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Served { addr, root, child }
+    }
+
+    /// Stop the server, keeping its store (to restart it on the same port).
+    pub fn stop(mut self) -> (tempfile::TempDir, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        (root, port)
+    }
+
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl -s -i` with extra arguments: (status, headers in lower case, body).
+pub fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-i"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Skip interim `100 Continue` answers to `Expect: 100-continue`.
+    while text.starts_with("HTTP/1.1 100") {
+        text = text
+            .split_once("\r\n\r\n")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default();
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}

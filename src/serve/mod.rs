@@ -1,0 +1,50 @@
+//! `hoist serve`: an OCI distribution-spec v1.1 registry over the local store, so what
+//! `hoist push ./m my-model:v1` stores is what `localhost:5000/my-model:v1` serves.
+//!
+//! Hand-written because it is the product's core: the Rust registries that exist buffer
+//! whole blobs in memory or skip Range and chunked uploads. Here every blob streams from
+//! disk (with Range), uploads stream to disk and are verified before they become visible,
+//! and upload sessions live on disk so they survive a restart.
+//!
+//! Simplification, said plainly: blobs form one pool shared by all repositories (as in an
+//! OCI layout), so a blob pushed to one repository can be read or mounted from any other.
+
+mod error;
+mod routes;
+mod uploads;
+
+pub use error::ApiError;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::store::Store;
+
+/// What the server needs to run.
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub store: Store,
+}
+
+pub(crate) struct AppState {
+    pub store: Store,
+    pub uploads: uploads::Uploads,
+}
+
+/// Bind and serve until the process ends. Prints nothing; the caller reports the address.
+pub async fn bind(
+    opts: ServeOptions,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(opts.addr).await?;
+    let addr = listener.local_addr()?;
+    let uploads = uploads::Uploads::open(&opts.store)?;
+    let state = Arc::new(AppState {
+        store: opts.store,
+        uploads,
+    });
+    let app = routes::router(state);
+    Ok((addr, async move { axum::serve(listener, app).await }))
+}

@@ -1,0 +1,574 @@
+//! The distribution API's routes. Repository names hold slashes, so paths are parsed by hand
+//! from the end (`…/manifests/<ref>`, `…/blobs/<digest>`, `…/blobs/uploads/<id>`, …).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{ApiError, AppState};
+use crate::digest::Digest;
+use crate::oci::{media, Descriptor, ManifestKind, MAX_MANIFEST_BYTES};
+
+type Shared = Arc<AppState>;
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Chunks smaller than this (but the last) are accepted; clients are told to prefer more.
+const CHUNK_MIN: u64 = 64 * 1024;
+
+pub fn router(state: Shared) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+enum Route {
+    Base,
+    Manifest(String, String),
+    Blob(String, String),
+    UploadStart(String),
+    Upload(String, String),
+    Tags(String),
+    Referrers(String, String),
+    Health,
+}
+
+fn parse(path: &str) -> Option<Route> {
+    if path == "/healthz" || path == "/readyz" {
+        return Some(Route::Health);
+    }
+    let rest = path.strip_prefix("/v2")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::Base);
+    }
+    let rest = rest.strip_prefix('/')?;
+    let owned = |a: &str, b: &str| (a.to_string(), b.to_string());
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        return Some(Route::Manifest(
+            owned(name, reference).0,
+            reference.to_string(),
+        ));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart(name.to_string()));
+    }
+    if let Some((name, id)) = rest.rsplit_once("/blobs/uploads/") {
+        return Some(Route::Upload(name.to_string(), id.to_string()));
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        return Some(Route::Blob(name.to_string(), digest.to_string()));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name.to_string()));
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        return Some(Route::Referrers(name.to_string(), digest.to_string()));
+    }
+    None
+}
+
+async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let started = std::time::Instant::now();
+    let result = route(&state, request, &path, &query).await;
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    tracing::info!(
+        target: "hoist::serve::access",
+        "{method} {path} {} {:.1}ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
+async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Result<Response> {
+    let method = request.method().clone();
+    let Some(route) = parse(path) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no route {path}"),
+        ));
+    };
+    let name = match &route {
+        Route::Manifest(n, _)
+        | Route::Blob(n, _)
+        | Route::UploadStart(n)
+        | Route::Upload(n, _)
+        | Route::Tags(n)
+        | Route::Referrers(n, _) => Some(n.clone()),
+        Route::Base | Route::Health => None,
+    };
+    if let Some(name) = &name {
+        if !crate::reference::valid_repository(name) {
+            return Err(ApiError::name_invalid(name));
+        }
+    }
+    let params = query_params(query);
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    match (route, method) {
+        (Route::Health, _) => Ok((StatusCode::OK, "ok\n").into_response()),
+        (Route::Base, Method::GET | Method::HEAD) => Ok((
+            StatusCode::OK,
+            [
+                ("Docker-Distribution-API-Version", "registry/2.0"),
+                ("Content-Type", "application/json"),
+            ],
+            "{}",
+        )
+            .into_response()),
+        (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
+            get_manifest(state, &n, &r, m == Method::HEAD)
+        }
+        (Route::Manifest(n, r), Method::PUT) => put_manifest(state, &n, &r, &headers, body).await,
+        (Route::Manifest(n, r), Method::DELETE) => delete_manifest(state, &n, &r),
+        (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
+            get_blob(state, &d, &headers, m == Method::HEAD).await
+        }
+        (Route::Blob(_, d), Method::DELETE) => {
+            let digest = parse_digest(&d)?;
+            if state.store.delete_blob(&digest)? {
+                Ok(StatusCode::ACCEPTED.into_response())
+            } else {
+                Err(ApiError::blob_unknown(&d))
+            }
+        }
+        (Route::UploadStart(n), Method::POST) => start_upload(state, &n, &params, body).await,
+        (Route::Upload(n, id), Method::PATCH) => {
+            let start = content_range_start(&headers)?;
+            let len = state.uploads.append(&id, start, body).await?;
+            Ok(upload_status(StatusCode::ACCEPTED, &n, &id, len))
+        }
+        (Route::Upload(n, id), Method::PUT) => {
+            let digest = parse_digest(
+                param(&params, "digest")
+                    .ok_or_else(|| ApiError::digest_invalid("PUT needs ?digest="))?,
+            )?;
+            let start = content_range_start(&headers)?;
+            state.uploads.append(&id, start, body).await?;
+            state.uploads.finish(&id, &digest, &state.store).await?;
+            Ok(blob_created(&n, &digest))
+        }
+        (Route::Upload(n, id), Method::GET) => {
+            let len = state.uploads.len(&id)?;
+            Ok(upload_status(StatusCode::NO_CONTENT, &n, &id, len))
+        }
+        (Route::Upload(_, id), Method::DELETE) => {
+            state.uploads.cancel(&id)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        (Route::Tags(n), Method::GET) => list_tags(state, &n, &params),
+        (Route::Referrers(_, d), Method::GET) => referrers(state, &d, &params),
+        (_, m) => Err(ApiError::unsupported(format!(
+            "{m} is not supported on {path}"
+        ))),
+    }
+}
+
+fn query_params(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|e: crate::digest::DigestError| ApiError::digest_invalid(e.to_string()))
+}
+
+fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("");
+    let text = text.strip_prefix("bytes ").unwrap_or(text);
+    let start = text
+        .split(['-', '/'])
+        .next()
+        .and_then(|s| s.trim().parse().ok());
+    start.map(Some).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UPLOAD_INVALID",
+            format!("bad Content-Range {text:?}"),
+        )
+    })
+}
+
+fn upload_status(status: StatusCode, name: &str, id: &str, len: u64) -> Response {
+    let range = format!("0-{}", len.saturating_sub(1));
+    (
+        status,
+        [
+            (
+                header::LOCATION.as_str(),
+                format!("/v2/{name}/blobs/uploads/{id}"),
+            ),
+            ("Range", range),
+            ("Docker-Upload-UUID", id.to_string()),
+            ("OCI-Chunk-Min-Length", CHUNK_MIN.to_string()),
+            (header::CONTENT_LENGTH.as_str(), "0".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+fn blob_created(name: &str, digest: &Digest) -> Response {
+    (
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION.as_str(),
+                format!("/v2/{name}/blobs/{digest}"),
+            ),
+            ("Docker-Content-Digest", digest.to_string()),
+            (header::CONTENT_LENGTH.as_str(), "0".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+async fn start_upload(
+    state: &Shared,
+    name: &str,
+    params: &[(String, String)],
+    body: Body,
+) -> Result<Response> {
+    if let Some(mount) = param(params, "mount") {
+        let digest = parse_digest(mount)?;
+        if state.store.blob_size(&digest).is_some() {
+            return Ok(blob_created(name, &digest));
+        }
+        // Not here: fall back to a normal upload session, as the spec allows.
+    }
+    let id = state.uploads.create()?;
+    if let Some(d) = param(params, "digest") {
+        let digest = parse_digest(d)?;
+        state.uploads.append(&id, None, body).await?;
+        state.uploads.finish(&id, &digest, &state.store).await?;
+        return Ok(blob_created(name, &digest));
+    }
+    Ok(upload_status(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+/// Find a manifest by tag or digest: (descriptor, bytes).
+fn find_manifest(state: &Shared, name: &str, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
+    let desc = match reference.parse::<Digest>() {
+        Ok(digest) => {
+            let size = state
+                .store
+                .blob_size(&digest)
+                .ok_or_else(|| ApiError::manifest_unknown(reference))?;
+            Descriptor::new("", digest, size)
+        }
+        Err(_) => state
+            .store
+            .resolve(name, reference)
+            .map_err(|_| ApiError::manifest_unknown(reference))?,
+    };
+    let bytes = state
+        .store
+        .read_blob(&desc.digest, MAX_MANIFEST_BYTES)
+        .map_err(|_| ApiError::manifest_unknown(reference))?;
+    let media_type = if desc.media_type.is_empty() {
+        crate::transfer::manifest_media_type("", &bytes)
+    } else {
+        desc.media_type.clone()
+    };
+    Ok((Descriptor { media_type, ..desc }, bytes))
+}
+
+fn get_manifest(state: &Shared, name: &str, reference: &str, head: bool) -> Result<Response> {
+    let (desc, bytes) = find_manifest(state, name, reference)?;
+    let headers = [
+        (header::CONTENT_TYPE.as_str(), desc.media_type.clone()),
+        ("Docker-Content-Digest", desc.digest.to_string()),
+        (header::CONTENT_LENGTH.as_str(), bytes.len().to_string()),
+    ];
+    Ok(if head {
+        (StatusCode::OK, headers).into_response()
+    } else {
+        (StatusCode::OK, headers, bytes).into_response()
+    })
+}
+
+async fn put_manifest(
+    state: &Shared,
+    name: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES as usize)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MANIFEST_INVALID",
+                format!("manifests over {MAX_MANIFEST_BYTES} bytes are refused"),
+            )
+        })?;
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", why);
+    let parsed = ManifestKind::parse(Some(declared), &bytes).map_err(|e| invalid(e.to_string()))?;
+    let media_type = if declared.is_empty() {
+        crate::transfer::manifest_media_type("", &bytes)
+    } else {
+        declared.to_string()
+    };
+    let digest = Digest::of_bytes(&bytes);
+    if let Ok(expected) = reference.parse::<Digest>() {
+        if expected != digest {
+            return Err(ApiError::digest_invalid(format!(
+                "the manifest hashes to {digest}, not {expected}"
+            )));
+        }
+    }
+    // Every blob a manifest names must already be here.
+    let missing = match &parsed {
+        ManifestKind::Image(m) => m
+            .blobs()
+            .find(|d| state.store.blob_size(&d.digest).is_none())
+            .map(|d| d.digest.to_string()),
+        ManifestKind::Index(i) => i
+            .manifests
+            .iter()
+            .find(|d| state.store.blob_size(&d.digest).is_none())
+            .map(|d| d.digest.to_string()),
+    };
+    if let Some(missing) = missing {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_BLOB_UNKNOWN",
+            format!("blob {missing} is not here; push it first"),
+        ));
+    }
+    let desc = Descriptor::new(media_type.clone(), digest.clone(), bytes.len() as u64);
+    if state.store.blob_size(&digest).is_none() {
+        state.store.put_bytes(&desc, &bytes)?;
+    }
+    if reference.parse::<Digest>().is_err() {
+        state.store.tag(name, reference, &desc)?;
+    }
+    let mut response = blob_created(name, &digest);
+    *response
+        .headers_mut()
+        .get_mut(header::LOCATION)
+        .expect("location") =
+        HeaderValue::from_str(&format!("/v2/{name}/manifests/{digest}")).expect("ascii");
+    if let ManifestKind::Image(m) = &parsed {
+        if let Some(subject) = &m.subject {
+            let mut referrer = desc.clone();
+            referrer.artifact_type = Some(
+                m.artifact_type
+                    .clone()
+                    .unwrap_or_else(|| m.config.media_type.clone()),
+            );
+            referrer.annotations = m.annotations.clone();
+            state.store.add_referrer(&subject.digest, &referrer)?;
+            response.headers_mut().insert(
+                "OCI-Subject",
+                HeaderValue::from_str(subject.digest.as_str()).expect("ascii"),
+            );
+        }
+    }
+    Ok(response)
+}
+
+fn delete_manifest(state: &Shared, name: &str, reference: &str) -> Result<Response> {
+    let removed = match reference.parse::<Digest>() {
+        Ok(digest) => state.store.untag_digest(name, &digest)? > 0,
+        Err(_) => state.store.untag(name, reference)?,
+    };
+    if removed {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(ApiError::manifest_unknown(reference))
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive (start, end); `None` if unsatisfiable.
+fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (size.checked_sub(n.min(size))?, size.checked_sub(1)?)
+        }
+        (a, "") => (a.parse().ok()?, size.checked_sub(1)?),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.min(size.saturating_sub(1)),
+        ),
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+async fn get_blob(
+    state: &Shared,
+    digest: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    let digest = parse_digest(digest)?;
+    let size = state
+        .store
+        .blob_size(&digest)
+        .ok_or_else(|| ApiError::blob_unknown(digest.as_str()))?;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(h) => match byte_range(h, size) {
+            Some(r) => Some(r),
+            None => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE.as_str(), format!("bytes */{size}")), ("Content-Type", "application/json".into())],
+                    serde_json::json!({"errors": [{"code": "RANGE_INVALID", "message": format!("range {h:?} is outside 0-{size}")}]}).to_string(),
+                )
+                    .into_response())
+            }
+        },
+    };
+    let (status, start, len) = match range {
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut response_headers = vec![
+        (
+            header::CONTENT_TYPE.as_str(),
+            "application/octet-stream".to_string(),
+        ),
+        (header::CONTENT_LENGTH.as_str(), len.to_string()),
+        (header::ACCEPT_RANGES.as_str(), "bytes".to_string()),
+        ("Docker-Content-Digest", digest.to_string()),
+    ];
+    if range.is_some() {
+        response_headers.push((
+            header::CONTENT_RANGE.as_str(),
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        ));
+    }
+    let mut builder = Response::builder().status(status);
+    for (k, v) in response_headers {
+        builder = builder.header(k, v);
+    }
+    if head {
+        return Ok(builder.body(Body::empty()).expect("response"));
+    }
+    let mut file = tokio::fs::File::open(state.store.blob_path(&digest)).await?;
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
+    Ok(builder.body(body).expect("response"))
+}
+
+fn list_tags(state: &Shared, name: &str, params: &[(String, String)]) -> Result<Response> {
+    let prefix = format!("{name}:");
+    let mut tags: Vec<String> = state
+        .store
+        .list()?
+        .into_iter()
+        .filter_map(|(r, _)| r.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    if tags.is_empty() {
+        return Err(ApiError::name_unknown(name));
+    }
+    tags.sort();
+    if let Some(last) = param(params, "last") {
+        tags.retain(|t| t.as_str() > last);
+    }
+    let mut link = None;
+    if let Some(n) = param(params, "n").and_then(|n| n.parse::<usize>().ok()) {
+        if tags.len() > n {
+            tags.truncate(n);
+            if let Some(last) = tags.last() {
+                link = Some(format!(
+                    "</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\""
+                ));
+            }
+        }
+    }
+    let body = serde_json::json!({"name": name, "tags": tags}).to_string();
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if let Some(link) = link {
+        response
+            .headers_mut()
+            .insert(header::LINK, HeaderValue::from_str(&link).expect("ascii"));
+    }
+    Ok(response)
+}
+
+fn referrers(state: &Shared, digest: &str, params: &[(String, String)]) -> Result<Response> {
+    let subject = parse_digest(digest)?;
+    let mut list = state.store.referrers(&subject)?;
+    let filter = param(params, "artifactType");
+    if let Some(t) = filter {
+        list.retain(|d| d.artifact_type.as_deref() == Some(t));
+    }
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": list});
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, media::OCI_INDEX)],
+        index.to_string(),
+    )
+        .into_response();
+    if filter.is_some() {
+        response.headers_mut().insert(
+            "OCI-Filters-Applied",
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(byte_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(byte_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(byte_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(byte_range("bytes=95-200", 100), Some((95, 99)));
+        assert_eq!(byte_range("bytes=100-", 100), None);
+        assert_eq!(byte_range("bytes=5-1", 100), None);
+    }
+
+    #[test]
+    fn routes_with_slashes_in_names() {
+        assert!(
+            matches!(parse("/v2/a/b/manifests/v1"), Some(Route::Manifest(n, r)) if n == "a/b" && r == "v1")
+        );
+        assert!(matches!(parse("/v2/a/blobs/uploads/"), Some(Route::UploadStart(n)) if n == "a"));
+        assert!(
+            matches!(parse("/v2/a/blobs/uploads/x"), Some(Route::Upload(n, id)) if n == "a" && id == "x")
+        );
+        assert!(matches!(parse("/v2/"), Some(Route::Base)));
+    }
+}
