@@ -453,3 +453,170 @@ fn manifests_tags_referrers_and_errors() {
         "every tag pointed at the deleted manifest: {body}"
     );
 }
+
+/// `hoist serve --upstream …` on a free port over a fresh store.
+fn pull_through(
+    upstream: &str,
+    extra: &[&str],
+) -> (std::process::Child, String, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
+        .args(["serve", "--addr", &addr, "--upstream", upstream, "--root"])
+        .arg(root.path())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hoist serve did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, addr, root)
+}
+
+#[test]
+fn pull_through_fetches_each_blob_once_and_serves_from_cache_when_upstream_is_down() {
+    let upstream = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    large_model(src.path(), 16);
+    small_model(&src.path().join("extra"));
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &upstream.reference("cached/model:v1"),
+    ])
+    .ok();
+    // A slow link between the cache and its upstream, so the two pulls overlap.
+    let wan = Wan::start(
+        &upstream.addr,
+        hoist::wan::Link {
+            rate: 20_000_000,
+            ..Default::default()
+        },
+    );
+    let (mut server, addr, root) = pull_through(&wan.addr(), &[]);
+    let reference = format!("{addr}/cached/model:v1");
+    let gets_before = upstream.blob_get_count();
+    let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut pulls: Vec<_> = outs
+        .iter()
+        .map(|o| {
+            h.cmd()
+                .args(["pull", &reference, "-o", o.path().to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in &mut pulls {
+        assert!(p.wait().unwrap().success());
+    }
+    for o in &outs {
+        assert_eq!(tree(src.path(), false), tree(o.path(), false));
+    }
+    // Distinct non-empty files (pulls never fetch the config; empty files need no request).
+    let blobs = tree(src.path(), false)
+        .values()
+        .filter(|b| !b.is_empty())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let fetched = upstream.blob_get_count() - gets_before;
+    assert_eq!(
+        fetched,
+        blobs,
+        "each blob is fetched from upstream once for two concurrent pulls:\n{}",
+        upstream
+            .log()
+            .lines()
+            .filter(|l| l.contains("/blobs/sha256:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // The upstream goes away: the cache still serves everything (tags served stale).
+    drop(wan);
+    drop(upstream);
+    let third = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", third.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(tree(src.path(), false), tree(third.path(), false));
+    let (_, _, metrics) = curl(&[&format!("http://{addr}/metrics")]);
+    assert!(
+        metrics.contains("hoist_serve_cache_hits_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("hoist_serve_cache_misses_total 0"),
+        "{metrics}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(root);
+}
+
+#[test]
+fn the_cache_size_cap_evicts_least_recently_used_blobs() {
+    let upstream = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &upstream.reference("capped:v1"),
+    ])
+    .ok();
+    let (mut server, addr, root) = pull_through(&upstream.addr, &["--cache-size", "1MiB"]);
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &format!("{addr}/capped:v1"),
+        "-o",
+        out.path().to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    let store = hoist::store::Store::open(root.path()).unwrap();
+    let largest = 3 * 1024 * 1024 + 17;
+    assert!(
+        store.total_blob_bytes() <= (1 << 20) + largest,
+        "the store grew past its cap: {}",
+        store.total_blob_bytes()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn gc_spares_a_push_in_progress_and_removes_what_no_tag_reaches() {
+    let h = Hoist::new();
+    let a = tempfile::tempdir().unwrap();
+    small_model(a.path());
+    let b = tempfile::tempdir().unwrap();
+    std::fs::write(b.path().join("other.bin"), noise(500_000, 11)).unwrap();
+    h.run(&["push", a.path().to_str().unwrap(), "kept:v1"]).ok();
+    h.run(&["push", b.path().to_str().unwrap(), "gone:v1"]).ok();
+    let store = hoist::store::Store::open(h.home.path()).unwrap();
+    assert!(store.untag("gone", "v1").unwrap());
+    // Just pushed: the unreferenced blobs are young, as a push under way would be.
+    let r = h.run(&["gc"]).ok();
+    assert!(r.stdout.contains("Removed 0"), "{}", r.stdout);
+    let r = h.run(&["gc", "--grace", "0"]).ok();
+    assert!(
+        r.stdout.contains("Removed 3"),
+        "manifest, config and other.bin: {}",
+        r.stdout
+    );
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", "kept:v1", "-o", out.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(tree(a.path(), false), tree(out.path(), false));
+}

@@ -82,6 +82,23 @@ pub struct ServeArgs {
     /// The store to serve (default: the local store, --store / $HOIST_HOME).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Pull-through cache: fetch misses from this registry. `NS=HOST` applies when a client
+    /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
+    #[arg(long, value_name = "[NS=]HOST")]
+    upstream: Vec<String>,
+    /// Seconds a manifest fetched by tag is served before it is checked upstream again.
+    #[arg(long, default_value_t = 60)]
+    manifest_ttl: u64,
+    /// Cap the store at this size, evicting least recently used blobs (pull-through).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    cache_size: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
+    #[arg(long, default_value_t = 3600)]
+    grace: u64,
 }
 
 #[derive(Args)]
@@ -130,6 +147,19 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::WanProxy(args) => wan_proxy(args).await,
         Command::Login(args) => login(args, global).await,
         Command::Serve(args) => serve(args, global).await,
+        Command::Gc(args) => {
+            let store = store(global)?;
+            let report = store.gc(std::time::Duration::from_secs(args.grace))?;
+            println!(
+                "Removed {} unreferenced blobs ({}); kept {}, spared {} younger than {}s",
+                report.removed,
+                human_bytes(report.removed_bytes),
+                report.kept,
+                report.spared,
+                args.grace
+            );
+            Ok(())
+        }
         Command::Logout(args) => logout(args, global),
     }
 }
@@ -537,7 +567,30 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         None => store(global)?,
     };
     let root = store.root().to_path_buf();
+    let mut default = None;
+    let mut by_namespace = std::collections::HashMap::new();
+    for spec in &args.upstream {
+        let (ns, host) = match spec.split_once('=') {
+            Some((ns, host)) => (Some(ns.to_string()), host),
+            None => (None, spec.as_str()),
+        };
+        let host = auth::config::normalize(host);
+        let client = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
+        match ns {
+            Some(ns) => {
+                by_namespace.insert(ns, client);
+            }
+            None => default = Some(client),
+        }
+    }
+    let upstreams = hoist::serve::Upstreams::new(
+        default,
+        by_namespace,
+        std::time::Duration::from_secs(args.manifest_ttl),
+        args.cache_size,
+    );
     let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
+        upstreams,
         addr: args.addr,
         store,
     })

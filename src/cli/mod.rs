@@ -95,8 +95,11 @@ enum Command {
     Copy(commands::CopyArgs),
     /// List what the local store holds.
     List,
-    /// Serve the local store as an OCI registry (distribution spec v1.1).
+    /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
+    /// pull-through cache of another registry.
     Serve(commands::ServeArgs),
+    /// Delete blobs of the local store that no tag reaches.
+    Gc(commands::GcArgs),
     /// Log in to a registry: check the credentials, then save them in the Docker config
     /// (through its credential helper if one is configured).
     Login(commands::LoginArgs),

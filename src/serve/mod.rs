@@ -6,12 +6,17 @@
 //! disk (with Range), uploads stream to disk and are verified before they become visible,
 //! and upload sessions live on disk so they survive a restart.
 //!
+//! With `--upstream` it is also a pull-through cache (see `upstream`), the node-local
+//! cache a DaemonSet runs.
+//!
 //! Simplification, said plainly: blobs form one pool shared by all repositories (as in an
 //! OCI layout), so a blob pushed to one repository can be read or mounted from any other.
 
 mod error;
+mod metrics;
 mod routes;
 mod uploads;
+mod upstream;
 
 pub use error::ApiError;
 
@@ -20,15 +25,21 @@ use std::sync::Arc;
 
 use crate::store::Store;
 
+pub use upstream::Upstreams;
+
 /// What the server needs to run.
 pub struct ServeOptions {
     pub addr: SocketAddr,
     pub store: Store,
+    /// Pull-through: where misses are fetched from.
+    pub upstreams: Upstreams,
 }
 
 pub(crate) struct AppState {
     pub store: Store,
     pub uploads: uploads::Uploads,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: metrics::ServeMetrics,
 }
 
 /// Bind and serve until the process ends. Prints nothing; the caller reports the address.
@@ -44,6 +55,8 @@ pub async fn bind(
     let state = Arc::new(AppState {
         store: opts.store,
         uploads,
+        upstreams: Arc::new(opts.upstreams),
+        metrics: metrics::ServeMetrics::default(),
     });
     let app = routes::router(state);
     Ok((addr, async move { axum::serve(listener, app).await }))

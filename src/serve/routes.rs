@@ -34,11 +34,31 @@ enum Route {
     Tags(String),
     Referrers(String, String),
     Health,
+    Metrics,
+}
+
+impl Route {
+    /// The `route` label of `/metrics`.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest(..) => "manifest",
+            Route::Blob(..) => "blob",
+            Route::UploadStart(_) | Route::Upload(..) => "upload",
+            Route::Tags(_) => "tags",
+            Route::Referrers(..) => "referrers",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+        }
+    }
 }
 
 fn parse(path: &str) -> Option<Route> {
     if path == "/healthz" || path == "/readyz" {
         return Some(Route::Health);
+    }
+    if path == "/metrics" {
+        return Some(Route::Metrics);
     }
     let rest = path.strip_prefix("/v2")?;
     if rest.is_empty() || rest == "/" {
@@ -80,6 +100,8 @@ async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
     let started = std::time::Instant::now();
     let result = route(&state, request, &path, &query).await;
     let response = result.unwrap_or_else(IntoResponse::into_response);
+    let label = parse(&path).map_or("unknown", |r| r.label());
+    state.metrics.request(label, response.status().as_u16());
     tracing::info!(
         target: "hoist::serve::access",
         "{method} {path} {} {:.1}ms",
@@ -105,7 +127,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
         | Route::Upload(n, _)
         | Route::Tags(n)
         | Route::Referrers(n, _) => Some(n.clone()),
-        Route::Base | Route::Health => None,
+        Route::Base | Route::Health | Route::Metrics => None,
     };
     if let Some(name) = &name {
         if !crate::reference::valid_repository(name) {
@@ -117,6 +139,12 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
     let headers = parts.headers;
     match (route, method) {
         (Route::Health, _) => Ok((StatusCode::OK, "ok\n").into_response()),
+        (Route::Metrics, Method::GET) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            state.metrics.render(&state.store),
+        )
+            .into_response()),
         (Route::Base, Method::GET | Method::HEAD) => Ok((
             StatusCode::OK,
             [
@@ -127,12 +155,20 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
         )
             .into_response()),
         (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
-            get_manifest(state, &n, &r, m == Method::HEAD)
+            get_manifest(state, &n, &r, m == Method::HEAD, param(&params, "ns")).await
         }
         (Route::Manifest(n, r), Method::PUT) => put_manifest(state, &n, &r, &headers, body).await,
         (Route::Manifest(n, r), Method::DELETE) => delete_manifest(state, &n, &r),
-        (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
-            get_blob(state, &d, &headers, m == Method::HEAD).await
+        (Route::Blob(n, d), m @ (Method::GET | Method::HEAD)) => {
+            get_blob(
+                state,
+                &n,
+                &d,
+                &headers,
+                m == Method::HEAD,
+                param(&params, "ns"),
+            )
+            .await
         }
         (Route::Blob(_, d), Method::DELETE) => {
             let digest = parse_digest(&d)?;
@@ -294,7 +330,42 @@ fn find_manifest(state: &Shared, name: &str, reference: &str) -> Result<(Descrip
     Ok((Descriptor { media_type, ..desc }, bytes))
 }
 
-fn get_manifest(state: &Shared, name: &str, reference: &str, head: bool) -> Result<Response> {
+async fn get_manifest(
+    state: &Shared,
+    name: &str,
+    reference: &str,
+    head: bool,
+    ns: Option<&str>,
+) -> Result<Response> {
+    if let Some(upstream) = state.upstreams.pick(ns) {
+        let by_digest = reference.parse::<Digest>().is_ok();
+        let cached = find_manifest(state, name, reference).is_ok();
+        // Digests never change: cached is final. Tags are revalidated after the TTL.
+        if !(cached && (by_digest || state.upstreams.fresh(name, reference))) {
+            let started = std::time::Instant::now();
+            let fetched = state
+                .upstreams
+                .fetch_manifest(upstream, &state.store, name, reference)
+                .await;
+            state.metrics.upstream(started.elapsed());
+            match fetched {
+                Ok(()) => {}
+                Err(e) if cached => tracing::warn!(
+                    "upstream failed for {name}:{reference} ({e}); serving the cached manifest"
+                ),
+                Err(crate::registry::RegistryError::NotFound { .. }) => {
+                    return Err(ApiError::manifest_unknown(reference))
+                }
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "UNKNOWN",
+                        format!("upstream: {e}"),
+                    ))
+                }
+            }
+        }
+    }
     let (desc, bytes) = find_manifest(state, name, reference)?;
     let headers = [
         (header::CONTENT_TYPE.as_str(), desc.media_type.clone()),
@@ -426,15 +497,53 @@ fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
 
 async fn get_blob(
     state: &Shared,
+    name: &str,
     digest: &str,
     headers: &HeaderMap,
     head: bool,
+    ns: Option<&str>,
 ) -> Result<Response> {
     let digest = parse_digest(digest)?;
-    let size = state
-        .store
-        .blob_size(&digest)
-        .ok_or_else(|| ApiError::blob_unknown(digest.as_str()))?;
+    let size = match (state.store.blob_size(&digest), state.upstreams.pick(ns)) {
+        (Some(size), upstream) => {
+            if upstream.is_some() {
+                state
+                    .metrics
+                    .cache_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            size
+        }
+        (None, Some(upstream)) => {
+            state
+                .metrics
+                .cache_misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let (size, body) = state
+                .upstreams
+                .blob(upstream, &state.store, name, &digest)
+                .await?;
+            state.metrics.upstream(started.elapsed());
+            state
+                .metrics
+                .bytes_served
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+            // A miss is streamed whole, as the bytes arrive (Range is for cached blobs).
+            let builder = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_LENGTH, size)
+                .header("Docker-Content-Digest", digest.as_str());
+            return Ok(builder
+                .body(if head { Body::empty() } else { body })
+                .expect("response"));
+        }
+        (None, None) => return Err(ApiError::blob_unknown(digest.as_str())),
+    };
+    if !head {
+        state.store.touch(&digest);
+    }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(h) => match byte_range(h, size) {
@@ -477,6 +586,10 @@ async fn get_blob(
     }
     let mut file = tokio::fs::File::open(state.store.blob_path(&digest)).await?;
     file.seek(std::io::SeekFrom::Start(start)).await?;
+    state
+        .metrics
+        .bytes_served
+        .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
     Ok(builder.body(body).expect("response"))
 }

@@ -6,6 +6,10 @@
 //! their digest and size are checked, and tag updates are serialised by a file lock so that
 //! concurrent `hoist` processes on one node cannot lose each other's tags.
 
+mod gc;
+
+pub use gc::GcReport;
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -316,6 +320,39 @@ impl Store {
         let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
         Ok(lock)
+    }
+
+    /// Every verified blob with its size and last use (mtime; readers touch it), oldest first.
+    pub fn blobs_by_age(&self) -> Vec<(Digest, u64, std::time::SystemTime)> {
+        let mut blobs: Vec<_> = fs::read_dir(self.root.join("blobs/sha256"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let digest = format!("sha256:{}", e.file_name().to_string_lossy())
+                    .parse()
+                    .ok()?;
+                let meta = e.metadata().ok()?;
+                Some((digest, meta.len(), meta.modified().ok()?))
+            })
+            .collect();
+        blobs.sort_by_key(|(_, _, t)| *t);
+        blobs
+    }
+
+    pub fn total_blob_bytes(&self) -> u64 {
+        self.blobs_by_age().iter().map(|(_, n, _)| n).sum()
+    }
+
+    /// Mark a blob as just used (for least-recently-used eviction).
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(f) = File::options()
+            .write(true)
+            .open(self.blob_path(digest))
+            .or_else(|_| File::open(self.blob_path(digest)))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
     }
 
     /// Read-modify-write `index.json` under the lock.

@@ -1,0 +1,83 @@
+//! `/metrics` of the server, in the Prometheus text format: requests by route and status,
+//! bytes served, pull-through cache hits and misses, upstream latency, store size.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::store::Store;
+
+#[derive(Default)]
+pub struct ServeMetrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    pub bytes_served: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    upstream_micros: AtomicU64,
+    upstream_requests: AtomicU64,
+}
+
+impl ServeMetrics {
+    pub fn request(&self, route: &'static str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .expect("metrics lock")
+            .entry((route, status))
+            .or_default() += 1;
+    }
+
+    pub fn upstream(&self, took: std::time::Duration) {
+        self.upstream_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.upstream_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, store: &Store) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# HELP hoist_serve_requests_total Requests by route and status.\n# TYPE hoist_serve_requests_total counter");
+        for ((route, status), n) in self.requests.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                s,
+                "hoist_serve_requests_total{{route=\"{route}\",code=\"{status}\"}} {n}"
+            );
+        }
+        let counters = [
+            (
+                "hoist_serve_bytes_served_total",
+                "Blob bytes sent to clients.",
+                &self.bytes_served,
+            ),
+            (
+                "hoist_serve_cache_hits_total",
+                "Pull-through requests served from the store.",
+                &self.cache_hits,
+            ),
+            (
+                "hoist_serve_cache_misses_total",
+                "Pull-through requests fetched from upstream.",
+                &self.cache_misses,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP hoist_serve_upstream_seconds Time to first byte of upstream requests.\n# TYPE hoist_serve_upstream_seconds summary\nhoist_serve_upstream_seconds_sum {}\nhoist_serve_upstream_seconds_count {}",
+            self.upstream_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.upstream_requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP hoist_serve_store_bytes Bytes of blobs in the store.\n# TYPE hoist_serve_store_bytes gauge\nhoist_serve_store_bytes {}",
+            store.total_blob_bytes()
+        );
+        s
+    }
+}

@@ -1,0 +1,58 @@
+//! Garbage collection: delete blobs that no tag reaches (through manifests, indexes and
+//! referrers), sparing blobs younger than a grace period so that a push in progress — whose
+//! blobs arrive before the manifest that names them — loses nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use super::{Store, StoreError};
+use crate::digest::Digest;
+use crate::oci::{ManifestKind, MAX_MANIFEST_BYTES};
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub kept: usize,
+    pub removed: usize,
+    pub removed_bytes: u64,
+    /// Unreferenced, but younger than the grace period.
+    pub spared: usize,
+}
+
+impl Store {
+    pub fn gc(&self, grace: Duration) -> Result<GcReport, StoreError> {
+        let mut live = BTreeSet::new();
+        let mut todo: Vec<Digest> = self.list()?.into_iter().map(|(_, d)| d.digest).collect();
+        while let Some(digest) = todo.pop() {
+            if !live.insert(digest.clone()) {
+                continue;
+            }
+            // Manifests keep what they name; referrers of a live manifest stay live too.
+            for referrer in self.referrers(&digest)? {
+                todo.push(referrer.digest);
+            }
+            let Ok(bytes) = self.read_blob(&digest, MAX_MANIFEST_BYTES) else {
+                continue;
+            };
+            match ManifestKind::parse(None, &bytes) {
+                Ok(ManifestKind::Image(m)) => todo.extend(m.blobs().map(|d| d.digest.clone())),
+                Ok(ManifestKind::Index(i)) => {
+                    todo.extend(i.manifests.iter().map(|d| d.digest.clone()))
+                }
+                Err(_) => {}
+            }
+        }
+        let now = SystemTime::now();
+        let mut report = GcReport::default();
+        for (digest, size, modified) in self.blobs_by_age() {
+            if live.contains(&digest) {
+                report.kept += 1;
+            } else if now.duration_since(modified).unwrap_or_default() < grace {
+                report.spared += 1;
+            } else if self.delete_blob(&digest)? {
+                report.removed += 1;
+                report.removed_bytes += size;
+            }
+        }
+        Ok(report)
+    }
+}
