@@ -620,3 +620,71 @@ fn gc_spares_a_push_in_progress_and_removes_what_no_tag_reaches() {
         .ok();
     assert_eq!(tree(a.path(), false), tree(out.path(), false));
 }
+
+#[test]
+fn access_control_with_basic_auth_tokens_and_anonymous_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let out = std::process::Command::new("htpasswd")
+        .args(["-Bbn", "bob", "hunter22"])
+        .output()
+        .expect("htpasswd");
+    std::fs::write(&htpasswd, out.stdout).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    for mode in ["basic", "token"] {
+        let served = Served::start_with(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            &[
+                "--htpasswd",
+                htpasswd.to_str().unwrap(),
+                "--auth",
+                mode,
+                "--anonymous-read",
+            ],
+        );
+        let h = Hoist::new();
+        let reference = served.reference("secure/model:v1");
+        let anon = |args: &[&str]| {
+            run(h
+                .cmd()
+                .env("DOCKER_CONFIG", dir.path())
+                .env_remove("HOIST_USERNAME")
+                .args(args))
+        };
+        // Anonymous: no push, but reads are allowed.
+        anon(&["push", src.path().to_str().unwrap(), &reference]).fails_with(3, "");
+        let bob = |args: &[&str]| {
+            run(h
+                .cmd()
+                .env("DOCKER_CONFIG", dir.path())
+                .env("HOIST_USERNAME", "bob")
+                .env("HOIST_PASSWORD", "hunter22")
+                .args(args))
+        };
+        bob(&["push", src.path().to_str().unwrap(), &reference]).ok();
+        let o = tempfile::tempdir().unwrap();
+        anon(&["pull", &reference, "-o", o.path().to_str().unwrap()]).ok();
+        assert_eq!(tree(src.path(), false), tree(o.path(), false), "{mode}");
+        let wrong = run(h
+            .cmd()
+            .env("DOCKER_CONFIG", dir.path())
+            .env("HOIST_USERNAME", "bob")
+            .env("HOIST_PASSWORD", "nope")
+            .args(["push", src.path().to_str().unwrap(), &reference]));
+        wrong.fails_with(
+            3,
+            "rejected the credentials from HOIST_USERNAME/HOIST_PASSWORD",
+        );
+        let (status, headers, _) =
+            curl(&["-X", "POST", &served.url("/v2/secure/model/blobs/uploads/")]);
+        assert_eq!(status, 401);
+        let expected = if mode == "basic" {
+            "www-authenticate: basic"
+        } else {
+            "www-authenticate: bearer realm="
+        };
+        assert!(headers.contains(expected), "{mode}: {headers}");
+    }
+}

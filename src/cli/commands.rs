@@ -92,6 +92,16 @@ pub struct ServeArgs {
     /// Cap the store at this size, evicting least recently used blobs (pull-through).
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
     cache_size: Option<u64>,
+    /// Require users from this htpasswd file (bcrypt: `htpasswd -B`).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// With --htpasswd: `basic` checks every request's password; `token` has clients get
+    /// bearer tokens per repository and action from this server's /token.
+    #[arg(long, default_value = "basic", value_parser = ["basic", "token"])]
+    auth: String,
+    /// With --htpasswd: let anyone pull without credentials.
+    #[arg(long)]
+    anonymous_read: bool,
 }
 
 #[derive(Args)]
@@ -589,8 +599,24 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         std::time::Duration::from_secs(args.manifest_ttl),
         args.cache_size,
     );
+    let access = match &args.htpasswd {
+        Some(path) => {
+            let mode = if args.auth == "token" {
+                hoist::serve::AccessMode::Token
+            } else {
+                hoist::serve::AccessMode::Basic
+            };
+            Some(
+                hoist::serve::Access::from_htpasswd(path, mode, args.anonymous_read).map_err(
+                    |e| Error::Usage(format!("cannot read --htpasswd {}: {e}", path.display())),
+                )?,
+            )
+        }
+        None => None,
+    };
     let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
         upstreams,
+        access,
         addr: args.addr,
         store,
     })

@@ -12,6 +12,7 @@
 //! Simplification, said plainly: blobs form one pool shared by all repositories (as in an
 //! OCI layout), so a blob pushed to one repository can be read or mounted from any other.
 
+mod access;
 mod error;
 mod metrics;
 mod routes;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use crate::store::Store;
 
+pub use access::{Access, Mode as AccessMode};
 pub use upstream::Upstreams;
 
 /// What the server needs to run.
@@ -33,6 +35,8 @@ pub struct ServeOptions {
     pub store: Store,
     /// Pull-through: where misses are fetched from.
     pub upstreams: Upstreams,
+    /// Users and how they authenticate; `None` serves everyone.
+    pub access: Option<Access>,
 }
 
 pub(crate) struct AppState {
@@ -40,6 +44,7 @@ pub(crate) struct AppState {
     pub uploads: uploads::Uploads,
     pub upstreams: Arc<Upstreams>,
     pub metrics: metrics::ServeMetrics,
+    pub access: Option<Access>,
 }
 
 /// Bind and serve until the process ends. Prints nothing; the caller reports the address.
@@ -57,6 +62,7 @@ pub async fn bind(
         uploads,
         upstreams: Arc::new(opts.upstreams),
         metrics: metrics::ServeMetrics::default(),
+        access: opts.access,
     });
     let app = routes::router(state);
     Ok((addr, async move { axum::serve(listener, app).await }))

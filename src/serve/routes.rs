@@ -35,6 +35,7 @@ enum Route {
     Referrers(String, String),
     Health,
     Metrics,
+    Token,
 }
 
 impl Route {
@@ -49,6 +50,7 @@ impl Route {
             Route::Referrers(..) => "referrers",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Token => "token",
         }
     }
 }
@@ -59,6 +61,9 @@ fn parse(path: &str) -> Option<Route> {
     }
     if path == "/metrics" {
         return Some(Route::Metrics);
+    }
+    if path == "/token" {
+        return Some(Route::Token);
     }
     let rest = path.strip_prefix("/v2")?;
     if rest.is_empty() || rest == "/" {
@@ -127,7 +132,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
         | Route::Upload(n, _)
         | Route::Tags(n)
         | Route::Referrers(n, _) => Some(n.clone()),
-        Route::Base | Route::Health | Route::Metrics => None,
+        Route::Base | Route::Health | Route::Metrics | Route::Token => None,
     };
     if let Some(name) = &name {
         if !crate::reference::valid_repository(name) {
@@ -137,6 +142,29 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
     let params = query_params(query);
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
+    if let Some(access) = &state.access {
+        match &route {
+            Route::Health | Route::Metrics => {}
+            Route::Token => {
+                let scopes: Vec<String> = params
+                    .iter()
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                return Ok(access.issue(&headers, &scopes));
+            }
+            _ => {
+                let action = if method == Method::GET || method == Method::HEAD {
+                    "pull"
+                } else {
+                    "push"
+                };
+                if let Err(denied) = access.authorize(&headers, name.as_deref(), action) {
+                    return Ok(denied);
+                }
+            }
+        }
+    }
     match (route, method) {
         (Route::Health, _) => Ok((StatusCode::OK, "ok\n").into_response()),
         (Route::Metrics, Method::GET) => Ok((

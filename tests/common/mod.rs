@@ -399,10 +399,15 @@ impl Served {
     }
 
     pub fn start_on(root: tempfile::TempDir, port: u16) -> Served {
+        Self::start_with(root, port, &[])
+    }
+
+    pub fn start_with(root: tempfile::TempDir, port: u16, extra: &[&str]) -> Served {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_hoist"))
             .args(["serve", "--addr", &addr, "--root"])
             .arg(root.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
