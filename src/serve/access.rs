@@ -92,12 +92,13 @@ impl Access {
     }
 
     /// May this request `action` (`pull`/`push`) on `repository` (None: the `/v2/` ping)?
+    /// `None` if so, else the refusal to send.
     pub fn authorize(
         &self,
         headers: &HeaderMap,
         repository: Option<&str>,
         action: &str,
-    ) -> Result<(), Response> {
+    ) -> Option<Response> {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -112,15 +113,15 @@ impl Access {
                     .parse()
                     .expect("ascii"),
             );
-            Err(response)
+            Some(response)
         };
         let has_auth = headers.contains_key(header::AUTHORIZATION);
         if !has_auth && self.anonymous_read && action == "pull" {
-            return Ok(());
+            return None;
         }
         match self.mode {
             Mode::Basic => match self.basic_user(headers) {
-                Some(Ok(_)) => Ok(()),
+                Some(Ok(_)) => None,
                 _ => deny("UNAUTHORIZED", "authentication required"),
             },
             Mode::Token => {
@@ -132,21 +133,23 @@ impl Access {
                     return deny("UNAUTHORIZED", "a valid bearer token is required");
                 };
                 let Some(repository) = repository else {
-                    return Ok(());
+                    return None;
                 };
                 let allowed = claims
                     .access
                     .iter()
                     .any(|(r, actions)| r == repository && actions.iter().any(|a| a == action));
                 if allowed {
-                    Ok(())
+                    None
                 } else {
-                    Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "DENIED",
-                        format!("the token does not allow {action} on {repository}"),
+                    Some(
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "DENIED",
+                            format!("the token does not allow {action} on {repository}"),
+                        )
+                        .into_response(),
                     )
-                    .into_response())
                 }
             }
         }

@@ -159,7 +159,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
                 } else {
                     "push"
                 };
-                if let Err(denied) = access.authorize(&headers, name.as_deref(), action) {
+                if let Some(denied) = access.authorize(&headers, name.as_deref(), action) {
                     return Ok(denied);
                 }
             }
