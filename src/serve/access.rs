@@ -132,9 +132,8 @@ impl Access {
                 let Some(claims) = token.and_then(|t| self.verify(t)) else {
                     return deny("UNAUTHORIZED", "a valid bearer token is required");
                 };
-                let Some(repository) = repository else {
-                    return None;
-                };
+                // The `/v2/` ping needs a valid token, no scope.
+                let repository = repository?;
                 let allowed = claims
                     .access
                     .iter()
