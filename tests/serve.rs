@@ -688,3 +688,73 @@ fn access_control_with_basic_auth_tokens_and_anonymous_reads() {
         assert!(headers.contains(expected), "{mode}: {headers}");
     }
 }
+
+#[test]
+fn tls_with_a_ca_file_or_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    // A CA, and a server certificate for 127.0.0.1 signed by it.
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; cd {d}; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=hoist-test-ca -keyout ca.key -out ca.pem; \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr; \
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem"
+    );
+    let made = run(std::process::Command::new("sh").args(["-c", &script]));
+    assert_eq!(made.code, 0, "openssl: {}", made.stderr);
+    let served = Served::start_with(
+        tempfile::tempdir().unwrap(),
+        free_port(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = served.reference("tls/model:v1");
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &reference,
+        "--ca-file",
+        ca.to_str().unwrap(),
+    ])
+    .ok();
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &reference,
+        "-o",
+        out.path().to_str().unwrap(),
+        "--insecure",
+    ])
+    .ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    // Plain HTTP to a TLS server fails clearly, and writes nothing.
+    let parent = tempfile::tempdir().unwrap();
+    let o = parent.path().join("o");
+    let r = h.run(&[
+        "pull",
+        &reference,
+        "-o",
+        o.to_str().unwrap(),
+        "--retries",
+        "1",
+    ]);
+    assert_ne!(r.code, 0);
+    r.error_line();
+    assert!(!o.exists());
+}

@@ -102,6 +102,12 @@ pub struct ServeArgs {
     /// With --htpasswd: let anyone pull without credentials.
     #[arg(long)]
     anonymous_read: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -617,14 +623,20 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
     let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
         upstreams,
         access,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         addr: args.addr,
         store,
     })
     .await
     .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
     // The first line says where to connect, so scripts can start it on port 0.
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!(
-        "hoist serve: listening on {addr}, serving {}",
+        "hoist serve: listening on {scheme}://{addr}, serving {}",
         root.display()
     );
     server

@@ -140,6 +140,13 @@ impl RegistryClient {
     }
 
     pub(crate) fn transport_error(&self, e: &reqwest::Error, context: &str) -> RegistryError {
+        let detail = chain(e);
+        if detail.contains("certificate") {
+            return RegistryError::Tls(format!(
+                "{} presented a certificate we do not trust ({detail}); pass --ca-file with its CA, or --insecure",
+                self.registry
+            ));
+        }
         if e.is_connect() {
             RegistryError::Connect {
                 registry: self.registry.clone(),

@@ -49,7 +49,7 @@ pub enum RegistryError {
         context: String,
         detail: String,
     },
-    #[error("TLS setup failed: {0}")]
+    #[error("TLS: {0}")]
     Tls(String),
 }
 

@@ -7,7 +7,8 @@ use super::RegistryError;
 
 #[derive(Debug, Clone, Default)]
 pub struct TransportOptions {
-    /// `Some(true)` forces http://; `None` picks it for loopback hosts, as ORAS does.
+    /// `Some(true)` forces http://; `None` picks it for loopback hosts, as ORAS does, unless
+    /// `insecure` or `ca_file` ask for TLS.
     pub plain_http: Option<bool>,
     /// Accept any TLS certificate.
     pub insecure: bool,
@@ -19,7 +20,11 @@ pub struct TransportOptions {
 
 impl TransportOptions {
     pub fn scheme_for(&self, host: &str) -> &'static str {
-        let plain = self.plain_http.unwrap_or_else(|| is_loopback(host));
+        // Loopback registries speak plain HTTP unless TLS options say otherwise.
+        let tls_asked = self.insecure || self.ca_file.is_some();
+        let plain = self
+            .plain_http
+            .unwrap_or_else(|| is_loopback(host) && !tls_asked);
         if plain {
             "http"
         } else {

@@ -16,6 +16,7 @@ mod access;
 mod error;
 mod metrics;
 mod routes;
+mod tls;
 mod uploads;
 mod upstream;
 
@@ -37,6 +38,8 @@ pub struct ServeOptions {
     pub upstreams: Upstreams,
     /// Users and how they authenticate; `None` serves everyone.
     pub access: Option<Access>,
+    /// Certificate and key (PEM) to serve HTTPS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 pub(crate) struct AppState {
@@ -65,5 +68,12 @@ pub async fn bind(
         access: opts.access,
     });
     let app = routes::router(state);
-    Ok((addr, async move { axum::serve(listener, app).await }))
+    let server: futures_util::future::BoxFuture<'static, std::io::Result<()>> = match &opts.tls {
+        Some((cert, key)) => {
+            let listener = tls::TlsListener::new(listener, cert, key)?;
+            Box::pin(async move { axum::serve(listener, app).await })
+        }
+        None => Box::pin(async move { axum::serve(listener, app).await }),
+    };
+    Ok((addr, server))
 }
