@@ -23,6 +23,8 @@ pub enum Error {
     Registry(#[from] RegistryError),
     #[error("{0}")]
     Usage(String),
+    #[error("verification failed: {0}")]
+    Verify(String),
 }
 
 /// Process exit codes, one per failure class.
@@ -61,6 +63,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Reference(_) | Error::Usage(_) => ExitCode::Usage,
+            Error::Verify(_) => ExitCode::Verification,
             Error::Pack(e) => pack_code(e),
             Error::Store(e) => store_code(e),
             Error::Registry(e) => registry_code(e),

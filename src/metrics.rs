@@ -24,6 +24,8 @@ pub struct PullMetrics {
     pub bytes_downloaded: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// From the init container's start to the ready marker, when one was written.
+    pub ready_seconds: Option<f64>,
 }
 
 impl PullMetrics {
@@ -101,6 +103,13 @@ impl PullMetrics {
         ];
         for (name, help, value) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{repository=\"{repo}\"}} {value}");
+        }
+        if let Some(ready) = self.ready_seconds {
+            let name = "kaito_pod_ready_duration_seconds";
+            let _ = writeln!(
+                s,
+                "# HELP {name} From the init container's start to its ready marker.\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {ready:.3}"
+            );
         }
         let throughput = if self.seconds > 0.0 {
             self.bytes_downloaded as f64 / self.seconds
@@ -188,6 +197,7 @@ mod tests {
             bytes_downloaded: 10,
             cache_hits: 0,
             cache_misses: 1,
+            ready_seconds: None,
         };
         let text = m.render();
         assert!(text

@@ -111,6 +111,19 @@ pub struct ServeArgs {
 }
 
 #[derive(Args)]
+pub struct VerifyArgs {
+    /// The folder the files were pulled into.
+    #[arg(default_value = ".", env = "HOIST_OUTPUT")]
+    dir: PathBuf,
+    /// The ready marker `hoist pull --ready-marker` wrote.
+    #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE")]
+    marker: PathBuf,
+    /// Hash every file even if it carries a valid verified mark.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Args)]
 pub struct GcArgs {
     /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
     #[arg(long, default_value_t = 3600)]
@@ -163,6 +176,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::WanProxy(args) => wan_proxy(args).await,
         Command::Login(args) => login(args, global).await,
         Command::Serve(args) => serve(args, global).await,
+        Command::Verify(args) => verify(args),
         Command::Gc(args) => {
             let store = store(global)?;
             let report = store.gc(std::time::Duration::from_secs(args.grace))?;
@@ -642,4 +656,46 @@ async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
     server
         .await
         .map_err(|e| Error::Usage(format!("server failed: {e}")))
+}
+
+/// Check a pulled folder against its ready marker, offline: every single-file layer must be
+/// there with its digest.
+fn verify(args: VerifyArgs) -> Result<(), Error> {
+    let text = std::fs::read(&args.marker).map_err(|e| {
+        Error::Usage(format!(
+            "no ready marker at {} ({e}): the pull has not finished",
+            args.marker.display()
+        ))
+    })?;
+    let marker: super::pull::ReadyMarker = serde_json::from_slice(&text).map_err(|e| {
+        Error::Usage(format!(
+            "{} is not a hoist ready marker: {e}",
+            args.marker.display()
+        ))
+    })?;
+    let mut checked = 0;
+    for file in &marker.files {
+        let Some(digest) = &file.digest else { continue };
+        let path = args.dir.join(&file.path);
+        let fast = !args.full && hoist::materialize::marker::is_marked(&path, digest);
+        if !fast {
+            let actual = hoist::digest::Digest::of_file(&path).map_err(|e| {
+                Error::Verify(format!("{} is missing or unreadable: {e}", path.display()))
+            })?;
+            if actual != *digest {
+                return Err(Error::Verify(format!(
+                    "{} does not match: expected {digest}, found {actual}",
+                    path.display()
+                )));
+            }
+        }
+        checked += 1;
+    }
+    println!(
+        "Verified {checked} files of {} ({}) in {}",
+        marker.reference,
+        marker.digest,
+        args.dir.display()
+    );
+    Ok(())
 }

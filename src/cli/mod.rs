@@ -98,6 +98,9 @@ enum Command {
     /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
     /// pull-through cache of another registry.
     Serve(commands::ServeArgs),
+    /// Check a pulled folder against the ready marker of its pull (offline; for a main
+    /// container or a readiness probe).
+    Verify(commands::VerifyArgs),
     /// Delete blobs of the local store that no tag reaches.
     Gc(commands::GcArgs),
     /// Log in to a registry: check the credentials, then save them in the Docker config

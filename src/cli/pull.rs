@@ -19,10 +19,16 @@ use super::GlobalArgs;
 #[derive(Args)]
 pub struct PullArgs {
     /// What to pull.
+    #[arg(env = "HOIST_REF")]
     reference: String,
     /// The folder to write files into (created if missing).
-    #[arg(short, long, default_value = ".")]
+    #[arg(short, long, default_value = ".", env = "HOIST_OUTPUT")]
     output: PathBuf,
+    /// Write this file last, once every file is verified in place (JSON: reference, digest,
+    /// files with their digests, timings); removed when a pull starts. An init container's
+    /// main container or readiness probe waits on it; `hoist verify --marker` checks it.
+    #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE")]
+    ready_marker: Option<PathBuf>,
     /// Blobs fetched at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -72,7 +78,24 @@ pub struct PullArgs {
 pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let repository = args.reference.clone();
-    let result = run(&args, global).await;
+    if let Some(marker) = &args.ready_marker {
+        // Not ready until this pull says so.
+        let _ = std::fs::remove_file(marker);
+    }
+    let mut result = run(&args, global).await;
+    if let (Ok(report), Some(marker)) = (&result, &args.ready_marker) {
+        if let Err(e) = write_marker(
+            marker,
+            &args.reference,
+            report,
+            started.elapsed().as_secs_f64(),
+        ) {
+            result = Err(Error::Usage(format!(
+                "cannot write the ready marker {}: {e}",
+                marker.display()
+            )));
+        }
+    }
     if args.metrics_file.is_some() || args.pushgateway.is_some() {
         let (report, failure) = match &result {
             Ok(r) => (Some(r), None),
@@ -86,6 +109,8 @@ pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
             bytes_downloaded: report.map_or(0, |r| r.downloaded_bytes),
             cache_hits: report.map_or(0, |r| r.cache_hits as u64),
             cache_misses: report.map_or(0, |r| r.cache_misses as u64),
+            ready_seconds: (result.is_ok() && args.ready_marker.is_some())
+                .then(|| process_age(started)),
         };
         if let Some(path) = &args.metrics_file {
             if let Err(e) = metrics.write_file(path) {
@@ -193,4 +218,71 @@ fn parse_kind(s: &str) -> Result<LayerKind, String> {
             ))
         }
     })
+}
+
+/// The ready marker: what is in the folder, so the main container can check it offline.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct ReadyMarker {
+    pub reference: String,
+    pub digest: hoist::digest::Digest,
+    pub completed_at: String,
+    pub pull_seconds: f64,
+    pub files: Vec<hoist::transfer::PlacedFile>,
+}
+
+fn write_marker(
+    path: &std::path::Path,
+    reference: &str,
+    report: &transfer::PullReport,
+    seconds: f64,
+) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let marker = ReadyMarker {
+        reference: reference.to_string(),
+        digest: report.digest.clone(),
+        completed_at: hoist::pack::rfc3339(now),
+        pull_seconds: (seconds * 1000.0).round() / 1000.0,
+        files: report.placed.clone(),
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(
+        &mut tmp,
+        &serde_json::to_vec_pretty(&marker).expect("marker serialises"),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Seconds since this process started (the init container's start, for
+/// `kaito_pod_ready_duration_seconds`), from /proc, falling back to the pull's own time.
+fn process_age(pull_started: std::time::Instant) -> f64 {
+    let from_proc = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let start_ticks: f64 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(uptime - start_ticks / hz)
+    };
+    from_proc()
+        .filter(|s| *s >= 0.0)
+        .unwrap_or_else(|| pull_started.elapsed().as_secs_f64())
 }

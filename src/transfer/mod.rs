@@ -9,7 +9,7 @@ mod push;
 mod target;
 
 pub use copy::{copy, CopyReport};
-pub use pull::{pull, LayerFilter, PullOptions, PullReport};
+pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, PushOptions, PushReport};
 pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};

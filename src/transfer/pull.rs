@@ -80,6 +80,16 @@ pub struct PullReport {
     /// Blobs taken from the local store instead of the network.
     pub cache_hits: usize,
     pub cache_misses: usize,
+    /// Every file placed: its path and, for single-file layers, its digest.
+    pub placed: Vec<PlacedFile>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlacedFile {
+    pub path: PathBuf,
+    pub size: u64,
+    /// The file's own digest (raw layers); `None` for files unpacked from tar layers.
+    pub digest: Option<Digest>,
 }
 
 /// One distinct blob and the files that come from it.
@@ -200,6 +210,15 @@ pub async fn pull(
         skipped: results.iter().map(|r| r.skipped_files).sum(),
         cache_hits: count(Action::Linked),
         cache_misses: count(Action::Downloaded),
+        placed: plan
+            .layers
+            .iter()
+            .map(|l| PlacedFile {
+                path: l.path.clone(),
+                size: l.descriptor.size,
+                digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
+            })
+            .collect(),
     })
 }
 
