@@ -6,6 +6,19 @@ mod common;
 
 use common::*;
 
+/// `PUT` a manifest file with curl: (status, headers, body).
+fn put_manifest(file: &std::path::Path, url: &str) -> (u16, String, String) {
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        url,
+    ])
+}
+
 fn digest_of(bytes: &[u8]) -> String {
     hoist::digest::Digest::of_bytes(bytes).to_string()
 }
@@ -353,15 +366,10 @@ fn manifests_tags_referrers_and_errors() {
     .to_string();
     std::fs::write(f.path(), &sbom).unwrap();
     let sbom_digest = digest_of(sbom.as_bytes());
-    let (status, headers, _) = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", f.path().display()),
+    let (status, headers, _) = put_manifest(
+        f.path(),
         &served.url(&format!("/v2/m/manifests/{sbom_digest}")),
-    ]);
+    );
     assert_eq!(status, 201);
     assert!(
         headers.contains(&format!("oci-subject: {subject}")),
@@ -387,39 +395,18 @@ fn manifests_tags_referrers_and_errors() {
     // manifest, a name with `..`.
     let missing = sbom.replace(&cfg_digest, &digest_of(b"absent"));
     std::fs::write(f.path(), &missing).unwrap();
-    let (status, _, body) = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", f.path().display()),
-        &served.url("/v2/m/manifests/x"),
-    ]);
+    let (status, _, body) = put_manifest(f.path(), &served.url("/v2/m/manifests/x"));
     assert_eq!(status, 400);
     assert!(body.contains("MANIFEST_BLOB_UNKNOWN"));
     std::fs::write(f.path(), &sbom).unwrap();
-    let (status, _, body) = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", f.path().display()),
+    let (status, _, body) = put_manifest(
+        f.path(),
         &served.url(&format!("/v2/m/manifests/{cfg_digest}")),
-    ]);
+    );
     assert_eq!(status, 400);
     assert!(body.contains("DIGEST_INVALID"));
     std::fs::write(f.path(), vec![b' '; 5 * 1024 * 1024]).unwrap();
-    let (status, _, body) = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/vnd.oci.image.manifest.v1+json",
-        "--data-binary",
-        &format!("@{}", f.path().display()),
-        &served.url("/v2/m/manifests/huge"),
-    ]);
+    let (status, _, body) = put_manifest(f.path(), &served.url("/v2/m/manifests/huge"));
     assert_eq!(status, 413);
     assert!(body.contains("MANIFEST_INVALID"));
     let (status, _, body) = curl(&["--path-as-is", &served.url("/v2/a/../b/tags/list")]);

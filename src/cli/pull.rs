@@ -30,19 +30,19 @@ pub struct PullArgs {
     #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE")]
     ready_marker: Option<PathBuf>,
     /// Blobs fetched at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "HOIST_CONCURRENCY")]
     concurrency: usize,
     /// HTTP connections open at once; large blobs are split into byte ranges fetched in parallel.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, env = "HOIST_RANGE_SIZE")]
     range_size: Option<u64>,
     /// Attempts per range before giving up (backoff with jitter between them).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
     retries: u32,
     /// Seconds without a byte before a connection is dropped and its range retried.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, env = "HOIST_STALL_TIMEOUT")]
     stall_timeout: u64,
     /// Use the local store as a node cache: blobs found there are not downloaded, and
     /// downloaded blobs are kept there (concurrent pulls download each blob once).
@@ -50,7 +50,7 @@ pub struct PullArgs {
     cache: bool,
     /// How files are made from cached blobs: auto (reflink, else copy), reflink, hardlink
     /// (read-only files sharing the cache's inode), copy.
-    #[arg(long, default_value = "auto", value_parser = parse_link_mode)]
+    #[arg(long, default_value = "auto", value_parser = parse_link_mode, env = "HOIST_LINK_MODE")]
     link_mode: LinkMode,
     /// Only files whose path matches this glob (repeatable).
     #[arg(long, value_name = "GLOB")]
@@ -59,7 +59,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
     /// Only these ModelPack kinds: weight, config (weight.config), doc, code, dataset.
-    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind, env = "HOIST_KIND")]
     kind: Vec<LayerKind>,
     /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
     #[arg(long)]
@@ -227,6 +227,8 @@ pub(super) struct ReadyMarker {
     pub digest: hoist::digest::Digest,
     pub completed_at: String,
     pub pull_seconds: f64,
+    /// Bytes reused from an interrupted earlier pull.
+    pub resumed_bytes: u64,
     pub files: Vec<hoist::transfer::PlacedFile>,
 }
 
@@ -244,6 +246,7 @@ fn write_marker(
         digest: report.digest.clone(),
         completed_at: hoist::pack::rfc3339(now),
         pull_seconds: (seconds * 1000.0).round() / 1000.0,
+        resumed_bytes: report.resumed_bytes,
         files: report.placed.clone(),
     };
     let dir = path

@@ -38,6 +38,9 @@ impl TransportOptions {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
+            // A resolver of our own (reads /etc/resolv.conf and /etc/hosts), so a static
+            // binary in a scratch image resolves names without glibc NSS.
+            .hickory_dns(true)
             .pool_max_idle_per_host(self.max_connections.max(8))
             .redirect(reqwest::redirect::Policy::limited(10));
         if self.insecure {

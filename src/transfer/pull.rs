@@ -80,6 +80,8 @@ pub struct PullReport {
     /// Blobs taken from the local store instead of the network.
     pub cache_hits: usize,
     pub cache_misses: usize,
+    /// Bytes an interrupted earlier pull had already downloaded and this one reused.
+    pub resumed_bytes: u64,
     /// Every file placed: its path and, for single-file layers, its digest.
     pub placed: Vec<PlacedFile>,
 }
@@ -210,6 +212,7 @@ pub async fn pull(
         skipped: results.iter().map(|r| r.skipped_files).sum(),
         cache_hits: count(Action::Linked),
         cache_misses: count(Action::Downloaded),
+        resumed_bytes: fetcher.resumed_bytes(),
         placed: plan
             .layers
             .iter()

@@ -25,11 +25,13 @@ pub async fn fetch(
     credential: Option<&Credential>,
     source: Option<&str>,
 ) -> Result<(String, Instant), RegistryError> {
-    let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::TokenService {
+    let failed = |detail: String| RegistryError::TokenService {
         registry: registry.to_string(),
         realm: realm.to_string(),
-        detail: format!("the realm is not a URL: {e}"),
-    })?;
+        detail,
+    };
+    let mut url =
+        reqwest::Url::parse(realm).map_err(|e| failed(format!("the realm is not a URL: {e}")))?;
     let request = match credential {
         Some(Credential::IdentityToken(refresh)) => {
             let mut form = vec![
@@ -67,11 +69,7 @@ pub async fn fetch(
     let resp = request
         .send()
         .await
-        .map_err(|e| RegistryError::TokenService {
-            registry: registry.to_string(),
-            realm: realm.to_string(),
-            detail: crate::registry::error_chain(&e),
-        })?;
+        .map_err(|e| failed(crate::registry::error_chain(&e)))?;
     let status = resp.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(RegistryError::Unauthorized {
@@ -81,35 +79,19 @@ pub async fn fetch(
         });
     }
     if !status.is_success() {
-        return Err(RegistryError::TokenService {
-            registry: registry.to_string(),
-            realm: realm.to_string(),
-            detail: format!("HTTP {}", status.as_u16()),
-        });
+        return Err(failed(format!("HTTP {}", status.as_u16())));
     }
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| RegistryError::TokenService {
-            registry: registry.to_string(),
-            realm: realm.to_string(),
-            detail: crate::registry::error_chain(&e),
-        })?;
-    let body: TokenResponse =
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::TokenService {
-            registry: registry.to_string(),
-            realm: realm.to_string(),
-            detail: format!("the answer is not a token: {e}"),
-        })?;
+        .map_err(|e| failed(crate::registry::error_chain(&e)))?;
+    let body: TokenResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| failed(format!("the answer is not a token: {e}")))?;
     let token = body
         .token
         .or(body.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| RegistryError::TokenService {
-            registry: registry.to_string(),
-            realm: realm.to_string(),
-            detail: "the answer holds no token".into(),
-        })?;
+        .ok_or_else(|| failed("the answer holds no token".into()))?;
     // The spec's default lifetime is 60 s; refresh 10 s early.
     let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(11) - 10);
     Ok((token, Instant::now() + lifetime))

@@ -80,6 +80,8 @@ pub struct Fetcher {
     observer: Observer,
     /// Bytes received, sampled by the connection controller.
     received: Arc<AtomicU64>,
+    /// Bytes found already downloaded by an interrupted earlier run.
+    resumed: AtomicU64,
     controller: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,8 +114,14 @@ impl Fetcher {
             opts,
             observer,
             received,
+            resumed: AtomicU64::new(0),
             controller,
         }
+    }
+
+    /// Bytes this pull did not download again because an earlier run had.
+    pub fn resumed_bytes(&self) -> u64 {
+        self.resumed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_received(&self, n: u64) {
@@ -170,9 +178,11 @@ impl Fetcher {
         let mut state = state::RangeState::load_or_new(&state_path, part, desc, range_size)
             .map_err(TransferError::io(part))?;
         let resumed = state.done_bytes();
+        self.resumed.fetch_add(resumed, Ordering::Relaxed);
         if resumed > 0 {
-            tracing::info!(
-                "{name}: resuming, {resumed} of {} bytes already here",
+            // Said at the default log level: a restarted init container's log should show it.
+            tracing::warn!(
+                "{name}: resuming an interrupted download, {resumed} of {} bytes already here",
                 desc.size
             );
             (self.observer)(&Event::Progress {
