@@ -6,14 +6,13 @@ use clap::Args;
 use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
-use hoist::registry::auth::{self, CredentialOptions};
 use hoist::registry::mirrors::MirrorConfig;
-use hoist::registry::{Credential, Credentials, RegistryClient, TransportOptions};
+use hoist::registry::RegistryClient;
 use hoist::store::Store;
 use hoist::transfer::{self, PushOptions, Target};
 use hoist::Error;
-use std::io::IsTerminal;
 
+use super::login::{credentials, transport};
 use super::output::{human_bytes, observer, print_json};
 use super::{Command, GlobalArgs};
 
@@ -75,42 +74,6 @@ pub struct CopyArgs {
 }
 
 #[derive(Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    addr: std::net::SocketAddr,
-    /// The store to serve (default: the local store, --store / $HOIST_HOME).
-    #[arg(long, value_name = "DIR")]
-    root: Option<PathBuf>,
-    /// Pull-through cache: fetch misses from this registry. `NS=HOST` applies when a client
-    /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
-    #[arg(long, value_name = "[NS=]HOST")]
-    upstream: Vec<String>,
-    /// Seconds a manifest fetched by tag is served before it is checked upstream again.
-    #[arg(long, default_value_t = 60)]
-    manifest_ttl: u64,
-    /// Cap the store at this size, evicting least recently used blobs (pull-through).
-    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
-    cache_size: Option<u64>,
-    /// Require users from this htpasswd file (bcrypt: `htpasswd -B`).
-    #[arg(long, value_name = "FILE")]
-    htpasswd: Option<PathBuf>,
-    /// With --htpasswd: `basic` checks every request's password; `token` has clients get
-    /// bearer tokens per repository and action from this server's /token.
-    #[arg(long, default_value = "basic", value_parser = ["basic", "token"])]
-    auth: String,
-    /// With --htpasswd: let anyone pull without credentials.
-    #[arg(long)]
-    anonymous_read: bool,
-    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Args)]
 pub struct VerifyArgs {
     /// The folder the files were pulled into.
     #[arg(default_value = ".", env = "HOIST_OUTPUT")]
@@ -123,49 +86,6 @@ pub struct VerifyArgs {
     full: bool,
 }
 
-#[derive(Args)]
-pub struct GcArgs {
-    /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
-    #[arg(long, default_value_t = 3600)]
-    grace: u64,
-}
-
-#[derive(Args)]
-pub struct LoginArgs {
-    /// The registry host, e.g. registry.example.com or localhost:5000.
-    registry: String,
-}
-
-#[derive(Args)]
-pub struct LogoutArgs {
-    registry: String,
-}
-
-#[derive(Args)]
-pub struct WanProxyArgs {
-    /// Address to listen on (loopback).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
-    /// The registry to forward to, e.g. 127.0.0.1:5000.
-    #[arg(long)]
-    upstream: std::net::SocketAddr,
-    /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
-    #[arg(long, default_value = "0", value_parser = parse_size)]
-    rate: u64,
-    /// Added before each request, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
-    /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503.
-    #[arg(long, default_value = "none", value_parser = hoist::wan::parse_fault)]
-    fault: hoist::wan::Fault,
-    /// How many connections get the fault.
-    #[arg(long, default_value_t = usize::MAX)]
-    faulty: usize,
-    /// Hide Range headers from the upstream (a registry without range support).
-    #[arg(long)]
-    strip_range: bool,
-}
-
 pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
@@ -173,24 +93,12 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::Inspect(args) => inspect(args, global).await,
         Command::Copy(args) => copy(args, global).await,
         Command::List => list(global),
-        Command::WanProxy(args) => wan_proxy(args).await,
-        Command::Login(args) => login(args, global).await,
-        Command::Serve(args) => serve(args, global).await,
+        Command::WanProxy(args) => super::serve::wan_proxy(args).await,
+        Command::Login(args) => super::login::login(args, global).await,
+        Command::Serve(args) => super::serve::serve(args, global).await,
         Command::Verify(args) => verify(args),
-        Command::Gc(args) => {
-            let store = store(global)?;
-            let report = store.gc(std::time::Duration::from_secs(args.grace))?;
-            println!(
-                "Removed {} unreferenced blobs ({}); kept {}, spared {} younger than {}s",
-                report.removed,
-                human_bytes(report.removed_bytes),
-                report.kept,
-                report.spared,
-                args.grace
-            );
-            Ok(())
-        }
-        Command::Logout(args) => logout(args, global),
+        Command::Gc(args) => super::serve::gc(args, global),
+        Command::Logout(args) => super::login::logout(args, global),
     }
 }
 
@@ -208,12 +116,7 @@ pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Targe
             repository,
         }),
         Some(registry) => {
-            let opts = TransportOptions {
-                plain_http: global.plain_http.then_some(true),
-                insecure: global.insecure,
-                ca_file: global.ca_file.clone(),
-                max_connections: 16,
-            };
+            let opts = transport(global);
             let client = RegistryClient::new(registry, &opts, credentials(registry, global)?)?;
             let mut hosts: Vec<String> = global.mirror.clone();
             if let Some(path) = &global.mirrors_config {
@@ -474,188 +377,6 @@ pub(super) fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?} has an unknown unit (use KiB, MiB or GiB)")),
     };
     Ok(n * mult)
-}
-
-async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
-    let link = hoist::wan::Link {
-        rate: args.rate,
-        latency: std::time::Duration::from_millis(args.latency_ms),
-        fault: args.fault,
-        faulty_connections: args.faulty,
-        strip_range: args.strip_range,
-    };
-    let proxy = hoist::wan::Proxy::start(&args.listen, args.upstream, link)
-        .await
-        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    // The first line says where to connect, so scripts can start it on port 0.
-    println!("{}", proxy.addr);
-    tokio::signal::ctrl_c().await.ok();
-    Ok(())
-}
-
-/// The credential options the global flags give (the password read from stdin once).
-fn credential_options(global: &GlobalArgs) -> Result<CredentialOptions, Error> {
-    static PASSWORD: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let password = PASSWORD.get_or_init(|| {
-        if !global.password_stdin {
-            return None;
-        }
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).ok()?;
-        Some(line.trim_end_matches(['\r', '\n']).to_string())
-    });
-    if global.password_stdin && password.as_deref().is_none_or(str::is_empty) {
-        return Err(Error::Usage(
-            "--password-stdin read no password from standard input".into(),
-        ));
-    }
-    Ok(CredentialOptions {
-        username: global.username.clone(),
-        password: password.clone(),
-        registry_config: global.registry_config.clone(),
-    })
-}
-
-fn credentials(registry: &str, global: &GlobalArgs) -> Result<Credentials, Error> {
-    auth::resolve(registry, &credential_options(global)?).map_err(|e| Error::Usage(e.to_string()))
-}
-
-fn transport(global: &GlobalArgs) -> TransportOptions {
-    TransportOptions {
-        plain_http: global.plain_http.then_some(true),
-        insecure: global.insecure,
-        ca_file: global.ca_file.clone(),
-        max_connections: 16,
-    }
-}
-
-async fn login(args: LoginArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let registry = auth::config::normalize(&args.registry);
-    let mut opts = credential_options(global)?;
-    let interactive = std::io::stdin().is_terminal();
-    let username = match opts.username.clone() {
-        Some(u) => u,
-        None if interactive => {
-            eprint!("Username: ");
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .map_err(|e| Error::Usage(e.to_string()))?;
-            line.trim().to_string()
-        }
-        None => {
-            return Err(Error::Usage(
-                "no username: pass --username (and --password-stdin)".into(),
-            ))
-        }
-    };
-    let password = match opts.password.clone() {
-        Some(p) => p,
-        None if interactive => {
-            rpassword::prompt_password("Password: ").map_err(|e| Error::Usage(e.to_string()))?
-        }
-        None => {
-            return Err(Error::Usage(
-                "no password: pass it on standard input with --password-stdin".into(),
-            ))
-        }
-    };
-    let credential = Credential::Password {
-        username: username.clone(),
-        password: password.clone(),
-    };
-    let client = RegistryClient::new(
-        &registry,
-        &transport(global),
-        Credentials::new(credential, "the given username and password"),
-    )?;
-    client.ping().await?;
-    opts.username = Some(username.clone());
-    let saved = auth::config::save(&opts, &registry, &username, &password)
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    println!("Login Succeeded: credentials for {registry} saved in {saved}");
-    Ok(())
-}
-
-fn logout(args: LogoutArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let registry = auth::config::normalize(&args.registry);
-    let opts = CredentialOptions {
-        registry_config: global.registry_config.clone(),
-        ..Default::default()
-    };
-    if auth::config::erase(&opts, &registry).map_err(|e| Error::Usage(e.to_string()))? {
-        println!("Removed the credentials for {registry}");
-    } else {
-        println!("Not logged in to {registry}");
-    }
-    Ok(())
-}
-
-async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let store = match args.root {
-        Some(root) => Store::open(root)?,
-        None => store(global)?,
-    };
-    let root = store.root().to_path_buf();
-    let mut default = None;
-    let mut by_namespace = std::collections::HashMap::new();
-    for spec in &args.upstream {
-        let (ns, host) = match spec.split_once('=') {
-            Some((ns, host)) => (Some(ns.to_string()), host),
-            None => (None, spec.as_str()),
-        };
-        let host = auth::config::normalize(host);
-        let client = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
-        match ns {
-            Some(ns) => {
-                by_namespace.insert(ns, client);
-            }
-            None => default = Some(client),
-        }
-    }
-    let upstreams = hoist::serve::Upstreams::new(
-        default,
-        by_namespace,
-        std::time::Duration::from_secs(args.manifest_ttl),
-        args.cache_size,
-    );
-    let access = match &args.htpasswd {
-        Some(path) => {
-            let mode = if args.auth == "token" {
-                hoist::serve::AccessMode::Token
-            } else {
-                hoist::serve::AccessMode::Basic
-            };
-            Some(
-                hoist::serve::Access::from_htpasswd(path, mode, args.anonymous_read).map_err(
-                    |e| Error::Usage(format!("cannot read --htpasswd {}: {e}", path.display())),
-                )?,
-            )
-        }
-        None => None,
-    };
-    let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
-        upstreams,
-        access,
-        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
-        addr: args.addr,
-        store,
-    })
-    .await
-    .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
-    // The first line says where to connect, so scripts can start it on port 0.
-    let scheme = if args.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    println!(
-        "hoist serve: listening on {scheme}://{addr}, serving {}",
-        root.display()
-    );
-    server
-        .await
-        .map_err(|e| Error::Usage(format!("server failed: {e}")))
 }
 
 /// Check a pulled folder against its ready marker, offline: every single-file layer must be

@@ -2,8 +2,10 @@
 //! Nothing here moves bytes itself.
 
 mod commands;
+mod login;
 mod output;
 mod pull;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -97,20 +99,20 @@ enum Command {
     List,
     /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
     /// pull-through cache of another registry.
-    Serve(commands::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Check a pulled folder against the ready marker of its pull (offline; for a main
     /// container or a readiness probe).
     Verify(commands::VerifyArgs),
     /// Delete blobs of the local store that no tag reaches.
-    Gc(commands::GcArgs),
+    Gc(serve::GcArgs),
     /// Log in to a registry: check the credentials, then save them in the Docker config
     /// (through its credential helper if one is configured).
-    Login(commands::LoginArgs),
+    Login(login::LoginArgs),
     /// Remove a registry's saved credentials.
-    Logout(commands::LogoutArgs),
+    Logout(login::LogoutArgs),
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
-    WanProxy(commands::WanProxyArgs),
+    WanProxy(serve::WanProxyArgs),
 }
 
 pub fn main() -> std::process::ExitCode {

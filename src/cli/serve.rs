@@ -1,0 +1,181 @@
+//! `hoist serve`, `hoist gc` and `hoist wan-proxy`: the long-running and store-keeping
+//! commands.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hoist::registry::auth;
+use hoist::registry::RegistryClient;
+use hoist::store::Store;
+use hoist::Error;
+
+use super::commands::{parse_size, store};
+use super::login::{credentials, transport};
+use super::output::human_bytes;
+use super::GlobalArgs;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: std::net::SocketAddr,
+    /// The store to serve (default: the local store, --store / $HOIST_HOME).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Pull-through cache: fetch misses from this registry. `NS=HOST` applies when a client
+    /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
+    #[arg(long, value_name = "[NS=]HOST")]
+    upstream: Vec<String>,
+    /// Seconds a manifest fetched by tag is served before it is checked upstream again.
+    #[arg(long, default_value_t = 60)]
+    manifest_ttl: u64,
+    /// Cap the store at this size, evicting least recently used blobs (pull-through).
+    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    cache_size: Option<u64>,
+    /// Require users from this htpasswd file (bcrypt: `htpasswd -B`).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// With --htpasswd: `basic` checks every request's password; `token` has clients get
+    /// bearer tokens per repository and action from this server's /token.
+    #[arg(long, default_value = "basic", value_parser = ["basic", "token"])]
+    auth: String,
+    /// With --htpasswd: let anyone pull without credentials.
+    #[arg(long)]
+    anonymous_read: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
+    #[arg(long, default_value_t = 3600)]
+    grace: u64,
+}
+
+#[derive(Args)]
+pub struct WanProxyArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The registry to forward to, e.g. 127.0.0.1:5000.
+    #[arg(long)]
+    upstream: std::net::SocketAddr,
+    /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    rate: u64,
+    /// Added before each request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503.
+    #[arg(long, default_value = "none", value_parser = hoist::wan::parse_fault)]
+    fault: hoist::wan::Fault,
+    /// How many connections get the fault.
+    #[arg(long, default_value_t = usize::MAX)]
+    faulty: usize,
+    /// Hide Range headers from the upstream (a registry without range support).
+    #[arg(long)]
+    strip_range: bool,
+}
+
+pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
+    let link = hoist::wan::Link {
+        rate: args.rate,
+        latency: std::time::Duration::from_millis(args.latency_ms),
+        fault: args.fault,
+        faulty_connections: args.faulty,
+        strip_range: args.strip_range,
+    };
+    let proxy = hoist::wan::Proxy::start(&args.listen, args.upstream, link)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    // The first line says where to connect, so scripts can start it on port 0.
+    println!("{}", proxy.addr);
+    tokio::signal::ctrl_c().await.ok();
+    Ok(())
+}
+
+pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = match args.root {
+        Some(root) => Store::open(root)?,
+        None => store(global)?,
+    };
+    let root = store.root().to_path_buf();
+    let mut default = None;
+    let mut by_namespace = std::collections::HashMap::new();
+    for spec in &args.upstream {
+        let (ns, host) = match spec.split_once('=') {
+            Some((ns, host)) => (Some(ns.to_string()), host),
+            None => (None, spec.as_str()),
+        };
+        let host = auth::config::normalize(host);
+        let client = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
+        match ns {
+            Some(ns) => {
+                by_namespace.insert(ns, client);
+            }
+            None => default = Some(client),
+        }
+    }
+    let upstreams = hoist::serve::Upstreams::new(
+        default,
+        by_namespace,
+        std::time::Duration::from_secs(args.manifest_ttl),
+        args.cache_size,
+    );
+    let access = match &args.htpasswd {
+        Some(path) => {
+            let mode = if args.auth == "token" {
+                hoist::serve::AccessMode::Token
+            } else {
+                hoist::serve::AccessMode::Basic
+            };
+            Some(
+                hoist::serve::Access::from_htpasswd(path, mode, args.anonymous_read).map_err(
+                    |e| Error::Usage(format!("cannot read --htpasswd {}: {e}", path.display())),
+                )?,
+            )
+        }
+        None => None,
+    };
+    let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
+        upstreams,
+        access,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        addr: args.addr,
+        store,
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
+    // The first line says where to connect, so scripts can start it on port 0.
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "hoist serve: listening on {scheme}://{addr}, serving {}",
+        root.display()
+    );
+    server
+        .await
+        .map_err(|e| Error::Usage(format!("server failed: {e}")))
+}
+
+pub(super) fn gc(args: GcArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = store(global)?;
+    let report = store.gc(std::time::Duration::from_secs(args.grace))?;
+    println!(
+        "Removed {} unreferenced blobs ({}); kept {}, spared {} younger than {}s",
+        report.removed,
+        human_bytes(report.removed_bytes),
+        report.kept,
+        report.spared,
+        args.grace
+    );
+    Ok(())
+}
