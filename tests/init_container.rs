@@ -10,14 +10,7 @@ use common::*;
 fn env_configured_pull_writes_a_ready_marker_that_verify_checks() {
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    small_model(src.path());
-    h.run(&[
-        "push",
-        src.path().to_str().unwrap(),
-        &reg.reference("init/model:v1"),
-    ])
-    .ok();
+    let src = push_small(&h, &reg.reference("init/model:v1"));
     let volume = tempfile::tempdir().unwrap();
     let out = volume.path().join("model");
     let marker = volume.path().join("ready.json");

@@ -12,23 +12,11 @@ use hoist::wan::{Fault, Link};
 const NETWORK: i32 = 5;
 const DISK: i32 = 7;
 
-fn pushed_small(reg: &Registry, h: &Hoist, repo: &str) -> tempfile::TempDir {
-    let src = tempfile::tempdir().unwrap();
-    small_model(src.path());
-    h.run(&[
-        "push",
-        src.path().to_str().unwrap(),
-        &reg.reference(&format!("{repo}:v1")),
-    ])
-    .ok();
-    src
-}
-
 #[test]
 fn each_fault_is_retried_and_the_pull_completes() {
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = pushed_small(&reg, &h, "faults");
+    let src = push_small(&h, &reg.reference("faults:v1"));
     let faults = [
         ("reset", Fault::ResetAfter(300_000)),
         ("truncate", Fault::TruncateAfter(300_000)),
@@ -72,7 +60,7 @@ fn each_fault_is_retried_and_the_pull_completes() {
 fn persistent_faults_fail_cleanly_and_the_next_run_resumes() {
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = pushed_small(&reg, &h, "broken");
+    let src = push_small(&h, &reg.reference("broken:v1"));
     let wan = Wan::start(
         &reg.addr,
         Link {
@@ -212,7 +200,7 @@ fn a_full_disk_is_a_clear_error() {
     }
     let reg = Registry::start();
     let h = Hoist::new();
-    pushed_small(&reg, &h, "full");
+    push_small(&h, &reg.reference("full:v1"));
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path().to_str().unwrap();
     assert!(
@@ -300,7 +288,7 @@ fn node_cache_serves_repulls_and_hardlinks_are_read_only() {
     use std::os::unix::fs::MetadataExt;
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = pushed_small(&reg, &h, "cached");
+    let src = push_small(&h, &reg.reference("cached:v1"));
     let reference = reg.reference("cached:v1");
     let a = tempfile::tempdir().unwrap();
     h.run(&[
@@ -362,7 +350,7 @@ fn node_cache_serves_repulls_and_hardlinks_are_read_only() {
 fn partial_pulls_fetch_only_what_is_asked() {
     let reg = Registry::start();
     let h = Hoist::new();
-    pushed_small(&reg, &h, "partial");
+    push_small(&h, &reg.reference("partial:v1"));
     let reference = reg.reference("partial:v1");
     let cases: [(&[&str], &[&str]); 3] = [
         (&["--include", "*.json"], &["1_Pooling", "config.json"]),
@@ -411,7 +399,7 @@ fn partial_pulls_fetch_only_what_is_asked() {
 fn a_registry_without_range_support_gets_one_stream() {
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = pushed_small(&reg, &h, "norange");
+    let src = push_small(&h, &reg.reference("norange:v1"));
     let wan = Wan::start(
         &reg.addr,
         Link {
@@ -441,7 +429,7 @@ fn mirrors_fail_over_and_cannot_substitute_content() {
     let origin = Registry::start();
     let mirror = Registry::start();
     let h = Hoist::new();
-    let src = pushed_small(&origin, &h, "mirrored");
+    let src = push_small(&h, &origin.reference("mirrored:v1"));
     h.run(&[
         "push",
         src.path().to_str().unwrap(),
@@ -497,7 +485,7 @@ fn mirrors_fail_over_and_cannot_substitute_content() {
 fn metrics_pass_promtool_and_reach_a_real_pushgateway() {
     let reg = Registry::start();
     let h = Hoist::new();
-    pushed_small(&reg, &h, "metered");
+    push_small(&h, &reg.reference("metered:v1"));
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("hoist.prom");
     let out = dir.path().join("out");

@@ -6,6 +6,19 @@ mod common;
 
 use common::*;
 
+/// Open an upload session on repository `r`; its Location. Checks the spec's 202 answer.
+fn start_upload(served: &Served) -> String {
+    let (status, headers, _) = curl(&["-X", "POST", &served.url("/v2/r/blobs/uploads/")]);
+    assert_eq!(status, 202);
+    assert!(headers.contains("oci-chunk-min-length"), "{headers}");
+    headers
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("a Location")
+        .trim()
+        .to_string()
+}
+
 /// `PUT` a manifest file with curl: (status, headers, body).
 fn put_manifest(file: &std::path::Path, url: &str) -> (u16, String, String) {
     curl(&[
@@ -154,15 +167,7 @@ fn blobs_ranges_and_chunked_uploads_follow_the_spec() {
     assert!(headers.contains("content-length: 300000") && headers.contains("accept-ranges: bytes"));
 
     // Chunked upload: in order works, out of order is 416, status and cancel work.
-    let (status, headers, _) = curl(&["-X", "POST", &served.url("/v2/r/blobs/uploads/")]);
-    assert_eq!(status, 202);
-    assert!(headers.contains("oci-chunk-min-length"));
-    let location = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let location = start_upload(&served);
     let first = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(first.path(), &data[..100_000]).unwrap();
     let rest = tempfile::NamedTempFile::new().unwrap();
@@ -197,13 +202,7 @@ fn blobs_ranges_and_chunked_uploads_follow_the_spec() {
     assert_eq!(status, 201);
 
     // A wrong digest is refused and nothing is stored under it.
-    let (_, headers, _) = curl(&["-X", "POST", &served.url("/v2/r/blobs/uploads/")]);
-    let location = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let location = start_upload(&served);
     let wrong = digest_of(b"something else");
     let (status, _, body) = curl(&[
         "-X",
@@ -219,13 +218,7 @@ fn blobs_ranges_and_chunked_uploads_follow_the_spec() {
         404
     );
     // Cancel.
-    let (_, headers, _) = curl(&["-X", "POST", &served.url("/v2/r/blobs/uploads/")]);
-    let location = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let location = start_upload(&served);
     assert_eq!(curl(&["-X", "DELETE", &served.url(&location)]).0, 204);
     assert_eq!(curl(&[&served.url(&location)]).0, 404);
     // Cross-repository mount of a blob that is here.
@@ -248,13 +241,7 @@ fn an_upload_survives_a_server_restart() {
     let served = Served::start();
     let data = noise(200_000, 7);
     let digest = digest_of(&data);
-    let (_, headers, _) = curl(&["-X", "POST", &served.url("/v2/r/blobs/uploads/")]);
-    let location = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let location = start_upload(&served);
     let part = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(part.path(), &data[..50_000]).unwrap();
     assert_eq!(

@@ -225,6 +225,15 @@ pub fn small_model(dir: &Path) {
     std::fs::write(dir.join(".hidden"), b"skip me").unwrap();
 }
 
+/// Make a [`small_model`] and push it to `reference`; the folder, to compare pulls with.
+pub fn push_small(h: &Hoist, reference: &str) -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    h.run(&["push", src.path().to_str().unwrap(), reference])
+        .ok();
+    src
+}
+
 /// Every regular file under `dir` (relative path → bytes), skipping names starting with `.`
 /// unless `hidden`.
 pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<u8>> {

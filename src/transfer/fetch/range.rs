@@ -104,6 +104,15 @@ impl Job<'_> {
         }
     }
 
+    /// One of the pull's connections, held for the duration of a request.
+    async fn connection(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.fetcher
+            .connections
+            .acquire()
+            .await
+            .expect("semaphore open")
+    }
+
     fn mark_done(&self, index: usize) -> Result<(), Failure> {
         self.state
             .lock()
@@ -201,12 +210,7 @@ impl Job<'_> {
         is_probe: bool,
         written: &mut u64,
     ) -> Result<(), Failure> {
-        let _permit = self
-            .fetcher
-            .connections
-            .acquire()
-            .await
-            .expect("semaphore open");
+        let _permit = self.connection().await;
         let client = &self.source.client;
         let blob = client
             .get_blob_at(
@@ -291,12 +295,7 @@ impl Job<'_> {
         let mut attempt = 1;
         loop {
             let result = async {
-                let _permit = self
-                    .fetcher
-                    .connections
-                    .acquire()
-                    .await
-                    .expect("semaphore open");
+                let _permit = self.connection().await;
                 let blob = self
                     .source
                     .client
