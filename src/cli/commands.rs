@@ -98,6 +98,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::Serve(args) => super::serve::serve(args, global).await,
         Command::Verify(args) => verify(args),
         Command::Gc(args) => super::serve::gc(args, global),
+        Command::Attach(args) => super::graph::attach(args, global).await,
+        Command::Discover(args) => super::graph::discover(args, global).await,
         Command::Logout(args) => super::login::logout(args, global),
     }
 }

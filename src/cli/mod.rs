@@ -2,6 +2,7 @@
 //! Nothing here moves bytes itself.
 
 mod commands;
+mod graph;
 mod login;
 mod output;
 mod pull;
@@ -97,6 +98,10 @@ enum Command {
     Copy(commands::CopyArgs),
     /// List what the local store holds.
     List,
+    /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.
+    Attach(graph::AttachArgs),
+    /// Show what is attached to an artifact, as a tree (referrers API or tag fallback).
+    Discover(graph::DiscoverArgs),
     /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
     /// pull-through cache of another registry.
     Serve(serve::ServeArgs),

@@ -7,6 +7,7 @@ pub mod auth;
 mod client;
 mod error;
 pub mod mirrors;
+mod referrers;
 mod retry;
 mod transport;
 mod upload;

@@ -6,11 +6,13 @@ mod copy;
 pub mod fetch;
 mod pull;
 mod push;
+mod referrers;
 mod target;
 
 pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, PushOptions, PushReport};
+pub use referrers::{attach, discover, Referrer};
 pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};
 

@@ -1,0 +1,188 @@
+//! The artifact graph: attach an artifact (signature, SBOM, evaluation report) to a model by
+//! its `subject`, and discover what is attached. Registries with the referrers API index
+//! attachments themselves; for the others (distribution 2.8) we keep the spec's tag fallback,
+//! an OCI index tagged `sha256-<hex of the subject>`, as ORAS does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use super::{Target, TransferError};
+use crate::digest::Digest;
+use crate::oci::{media, Descriptor, Index, Manifest, ManifestKind};
+use crate::pack::BlobSource;
+
+/// A referrer and what refers to it in turn.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Referrer {
+    #[serde(flatten)]
+    pub descriptor: Descriptor,
+    pub referrers: Vec<Referrer>,
+}
+
+/// Push `files` as an artifact whose subject is the manifest `subject_ref` names.
+pub async fn attach(
+    target: &Target,
+    subject_ref: &str,
+    files: &[PathBuf],
+    artifact_type: &str,
+    annotations: BTreeMap<String, String>,
+) -> Result<Digest, TransferError> {
+    let (subject_type, subject_bytes, subject_digest) = target.fetch_manifest(subject_ref).await?;
+    let subject = Descriptor::new(
+        super::target::manifest_media_type(&subject_type, &subject_bytes),
+        subject_digest.clone(),
+        subject_bytes.len() as u64,
+    );
+    let empty = Bytes::from_static(b"{}");
+    let config = Descriptor::new(media::OCI_EMPTY, Digest::of_bytes(&empty), 2);
+    target
+        .put_blob(&config, &BlobSource::Bytes(empty), None)
+        .await?;
+    let mut layers = Vec::new();
+    for file in files {
+        let digest = Digest::of_file(file).map_err(TransferError::io(file))?;
+        let size = std::fs::metadata(file)
+            .map_err(TransferError::io(file))?
+            .len();
+        let mut layer = Descriptor::new("application/octet-stream", digest, size);
+        let title = file
+            .file_name()
+            .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+        layer
+            .annotations
+            .insert(media::ANNOTATION_TITLE.into(), title);
+        if !target.has_blob(&layer).await? {
+            target
+                .put_blob(&layer, &BlobSource::File(file.clone()), None)
+                .await?;
+        }
+        layers.push(layer);
+    }
+    if layers.is_empty() {
+        // The spec's empty layer, so the manifest stays valid for every registry.
+        layers.push(config.clone());
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: Some(artifact_type.to_string()),
+        config,
+        layers,
+        subject: Some(subject),
+        annotations,
+    };
+    let bytes = Bytes::from(manifest.to_bytes());
+    let digest = Digest::of_bytes(&bytes);
+    target
+        .put_manifest(None, media::OCI_MANIFEST, &bytes)
+        .await?;
+    let mut entry = Descriptor::new(media::OCI_MANIFEST, digest.clone(), bytes.len() as u64);
+    entry.artifact_type = manifest.artifact_type.clone();
+    entry.annotations = manifest.annotations.clone();
+    match target {
+        Target::Local { store, .. } => store.add_referrer(&subject_digest, &entry)?,
+        Target::Remote {
+            client, repository, ..
+        } => {
+            if client
+                .referrers(repository, &subject_digest, None)
+                .await?
+                .is_none()
+            {
+                update_fallback_tag(target, &subject_digest, entry).await?;
+            }
+        }
+    }
+    Ok(digest)
+}
+
+/// The tag fallback of registries without the referrers API: add `entry` to the index.
+async fn update_fallback_tag(
+    target: &Target,
+    subject: &Digest,
+    entry: Descriptor,
+) -> Result<(), TransferError> {
+    let tag = format!("sha256-{}", subject.hex());
+    let mut index = match target.fetch_manifest(&tag).await {
+        Ok((mt, bytes, _)) => match ManifestKind::parse(Some(&mt), &bytes)? {
+            ManifestKind::Index(i) => i,
+            ManifestKind::Image(_) => empty_index(),
+        },
+        Err(TransferError::Registry(crate::registry::RegistryError::NotFound { .. })) => {
+            empty_index()
+        }
+        Err(e) => return Err(e),
+    };
+    index.manifests.retain(|d| d.digest != entry.digest);
+    index.manifests.push(entry);
+    let bytes = Bytes::from(serde_json::to_vec(&index).expect("index serialises"));
+    target
+        .put_manifest(Some(&tag), media::OCI_INDEX, &bytes)
+        .await
+}
+
+fn empty_index() -> Index {
+    Index {
+        schema_version: 2,
+        media_type: Some(media::OCI_INDEX.into()),
+        manifests: Vec::new(),
+        annotations: Default::default(),
+    }
+}
+
+/// What refers to `subject`, through the API or the tag fallback, recursively up to `depth`.
+pub async fn discover(
+    target: &Target,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+    depth: usize,
+) -> Result<Vec<Referrer>, TransferError> {
+    let direct = list(target, subject, artifact_type).await?;
+    let mut out = Vec::with_capacity(direct.len());
+    for descriptor in direct {
+        let referrers = if depth > 1 {
+            Box::pin(discover(target, &descriptor.digest, None, depth - 1)).await?
+        } else {
+            Vec::new()
+        };
+        out.push(Referrer {
+            descriptor,
+            referrers,
+        });
+    }
+    Ok(out)
+}
+
+async fn list(
+    target: &Target,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Vec<Descriptor>, TransferError> {
+    let mut list = match target {
+        Target::Local { store, .. } => store.referrers(subject)?,
+        Target::Remote {
+            client, repository, ..
+        } => match client.referrers(repository, subject, artifact_type).await? {
+            Some(list) => list,
+            None => match target
+                .fetch_manifest(&format!("sha256-{}", subject.hex()))
+                .await
+            {
+                Ok((mt, bytes, _)) => match ManifestKind::parse(Some(&mt), &bytes)? {
+                    ManifestKind::Index(i) => i.manifests,
+                    ManifestKind::Image(_) => Vec::new(),
+                },
+                Err(TransferError::Registry(crate::registry::RegistryError::NotFound {
+                    ..
+                })) => Vec::new(),
+                Err(e) => return Err(e),
+            },
+        },
+    };
+    if let Some(t) = artifact_type {
+        list.retain(|d| d.artifact_type.as_deref() == Some(t));
+    }
+    Ok(list)
+}
