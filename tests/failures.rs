@@ -17,7 +17,7 @@ const VERIFICATION: i32 = 6;
 const DISK: i32 = 7;
 const INVALID_CONTENT: i32 = 8;
 
-/// Push a hand-made manifest whose layers carry the given titles (or tar bytes).
+/// Push a hand-made manifest whose layers carry the given titles (none when empty).
 fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)>) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -36,7 +36,9 @@ fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)
         let mut descs = Vec::new();
         for (title, media_type, bytes) in layers {
             let mut d = Descriptor::new(media_type, Digest::of_bytes(&bytes), bytes.len() as u64);
-            d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
+            if !title.is_empty() {
+                d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
+            }
             client
                 .upload_blob(repo, &d, UploadBody::Bytes(bytes.into()), None)
                 .await
@@ -325,5 +327,54 @@ fn oversized_manifest_is_refused() {
         ])
         .fails_with(INVALID_CONTENT, "over the 4194304-byte limit");
         assert!(!out.exists());
+    }
+}
+
+/// Ollama and Docker Model Runner name their layers by media type only; hoist gives them the
+/// file names those tools use.
+#[test]
+fn ollama_and_model_runner_layouts_get_sensible_file_names() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let gguf = noise(300_000, 21);
+    // (repository, layers as (media type, bytes), the files expected)
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, Vec<&'a str>);
+    let cases: [Case; 2] = [
+        (
+            "ollama",
+            vec![
+                ("application/vnd.ollama.image.model", gguf.clone()),
+                (
+                    "application/vnd.ollama.image.template",
+                    b"{{ .Prompt }}".to_vec(),
+                ),
+                (
+                    "application/vnd.ollama.image.params",
+                    br#"{"stop":["<|end|>"]}"#.to_vec(),
+                ),
+                ("application/vnd.ollama.image.license", b"MIT".to_vec()),
+            ],
+            vec!["LICENSE", "model.gguf", "params.json", "template"],
+        ),
+        (
+            "dmr",
+            vec![
+                ("application/vnd.docker.ai.gguf.v3", gguf.clone()),
+                ("application/vnd.docker.ai.license", b"Apache-2.0".to_vec()),
+            ],
+            vec!["LICENSE", "model.gguf"],
+        ),
+    ];
+    for (repo, layers, files) in cases {
+        let untitled = layers
+            .into_iter()
+            .map(|(mt, bytes)| (String::new(), mt, bytes))
+            .collect();
+        let reference = push_manifest(&reg, repo, untitled);
+        let out = tempfile::tempdir().unwrap();
+        h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+            .ok();
+        assert_eq!(visible_entries(out.path()), files, "{repo}");
+        assert_eq!(std::fs::read(out.path().join("model.gguf")).unwrap(), gguf);
     }
 }

@@ -64,6 +64,7 @@ impl LayerPlan {
             let Some(name) = desc
                 .annotation(media::ANNOTATION_TITLE)
                 .or_else(|| desc.annotation(media::ANNOTATION_FILEPATH))
+                .or_else(|| known_file_name(&desc.media_type, &manifest.layers))
             else {
                 continue;
             };
@@ -106,6 +107,30 @@ impl LayerPlan {
     pub fn total_size(&self) -> u64 {
         self.layers.iter().map(|l| l.descriptor.size).sum()
     }
+}
+
+/// File names for formats whose layers carry no name: Ollama models and Docker Model Runner
+/// (config v0.1) name their layers by media type only. `None` for anything else (skipped).
+fn known_file_name(media_type: &str, layers: &[Descriptor]) -> Option<&'static str> {
+    // Several weight layers of one kind cannot share a name: leave those to an error later.
+    let only_one = layers.iter().filter(|d| d.media_type == media_type).count() == 1;
+    let name = match media_type {
+        "application/vnd.ollama.image.model" => "model.gguf",
+        "application/vnd.ollama.image.adapter" => "adapter.gguf",
+        "application/vnd.ollama.image.projector" => "projector.gguf",
+        "application/vnd.ollama.image.template" => "template",
+        "application/vnd.ollama.image.system" => "system",
+        "application/vnd.ollama.image.params" => "params.json",
+        "application/vnd.ollama.image.license" => "LICENSE",
+        "application/vnd.ollama.image.messages" => "messages.json",
+        "application/vnd.docker.ai.gguf.v3" => "model.gguf",
+        "application/vnd.docker.ai.safetensors" => "model.safetensors",
+        "application/vnd.docker.ai.license" => "LICENSE",
+        "application/vnd.docker.ai.chat.template.jinja" => "template.jinja",
+        "application/vnd.docker.ai.mmproj" => "mmproj.gguf",
+        _ => return None,
+    };
+    only_one.then_some(name)
 }
 
 fn layer_format(desc: &Descriptor) -> LayerFormat {
