@@ -253,26 +253,22 @@ fn concurrent_pulls_into_one_cache_download_once() {
     // Two pulls at once, sharing one node cache (store), each into its own folder.
     let fresh = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let node = Hoist::new();
-    let mut running: Vec<_> = fresh
-        .iter()
-        .map(|o| {
-            node.cmd()
-                .args([
+    run_at_once(
+        fresh
+            .iter()
+            .map(|o| {
+                let mut c = node.cmd();
+                c.args([
                     "pull",
                     &wan.reference("shared:v1"),
                     "-o",
                     o.path().to_str().unwrap(),
                     "--cache",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in &mut running {
-        assert!(c.wait().unwrap().success());
-    }
+                ]);
+                c
+            })
+            .collect(),
+    );
     let fetched = wan.bytes_down() - before;
     for o in &fresh {
         assert_eq!(tree(src.path(), false), tree(o.path(), false));

@@ -479,20 +479,15 @@ fn pull_through_fetches_each_blob_once_and_serves_from_cache_when_upstream_is_do
     let reference = format!("{addr}/cached/model:v1");
     let gets_before = upstream.blob_get_count();
     let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut pulls: Vec<_> = outs
-        .iter()
-        .map(|o| {
-            h.cmd()
-                .args(["pull", &reference, "-o", o.path().to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for p in &mut pulls {
-        assert!(p.wait().unwrap().success());
-    }
+    run_at_once(
+        outs.iter()
+            .map(|o| {
+                let mut c = h.cmd();
+                c.args(["pull", &reference, "-o", o.path().to_str().unwrap()]);
+                c
+            })
+            .collect(),
+    );
     for o in &outs {
         assert_eq!(tree(src.path(), false), tree(o.path(), false));
     }

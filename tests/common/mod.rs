@@ -179,6 +179,25 @@ impl Hoist {
     }
 }
 
+/// Start every command at once (output discarded) and require each to succeed.
+pub fn run_at_once(commands: Vec<Command>) {
+    let mut children: Vec<Child> = commands
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in &mut children {
+        assert!(
+            child.wait().unwrap().success(),
+            "a concurrent command failed"
+        );
+    }
+}
+
 pub fn run(cmd: &mut Command) -> Run {
     let Output {
         status,
