@@ -19,6 +19,16 @@ const INVALID_CONTENT: i32 = 8;
 
 /// Push a hand-made manifest whose layers carry the given titles (none when empty).
 fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)>) -> String {
+    push_manifest_with(reg, repo, media::OCI_EMPTY, layers)
+}
+
+/// The same with a config of the given media type (`{}` as its bytes).
+fn push_manifest_with(
+    reg: &Registry,
+    repo: &str,
+    config_type: &str,
+    layers: Vec<(String, &str, Vec<u8>)>,
+) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = RegistryClient::new(
@@ -28,7 +38,7 @@ fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)
         )
         .unwrap();
         let config = bytes::Bytes::from_static(b"{}");
-        let config_desc = Descriptor::new(media::OCI_EMPTY, Digest::of_bytes(&config), 2);
+        let config_desc = Descriptor::new(config_type, Digest::of_bytes(&config), 2);
         client
             .upload_blob(repo, &config_desc, UploadBody::Bytes(config), None)
             .await
@@ -377,4 +387,69 @@ fn ollama_and_model_runner_layouts_get_sensible_file_names() {
         assert_eq!(visible_entries(out.path()), files, "{repo}");
         assert_eq!(std::fs::read(out.path().join("model.gguf")).unwrap(), gguf);
     }
+}
+
+/// A gzip'd tar layer from (path, kind, bytes) entries.
+fn image_layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(if *kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_path(path).unwrap();
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A plain container image (the seed's baseline) is unpacked layer by layer, honouring
+/// whiteouts and opaque folders.
+#[test]
+fn container_images_are_unpacked_in_order_with_whiteouts() {
+    use tar::EntryType::{Directory, Regular};
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let lower = image_layer(&[
+        ("bin/", Directory, b""),
+        ("bin/a", Regular, b"old tool"),
+        ("etc/conf", Regular, b"v1"),
+        ("models/x/old.bin", Regular, b"old weights"),
+    ]);
+    let upper = image_layer(&[
+        ("bin/.wh.a", Regular, b""),
+        ("etc/conf", Regular, b"v2"),
+        ("models/.wh..wh..opq", Regular, b""),
+        ("models/new.bin", Regular, b"new weights"),
+    ]);
+    let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let reference = push_manifest_with(
+        &reg,
+        "image",
+        "application/vnd.oci.image.config.v1+json",
+        vec![(String::new(), gz, lower), (String::new(), gz, upper)],
+    );
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
+    let files = tree(out.path(), false);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["etc/conf", "models/new.bin"],
+        "whiteouts and the opaque folder applied"
+    );
+    assert_eq!(files["etc/conf"], b"v2");
+    assert!(
+        out.path().join("bin").is_dir(),
+        "the folder stays, its whited-out file goes"
+    );
 }

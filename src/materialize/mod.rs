@@ -73,6 +73,14 @@ pub enum Staged {
     Dir {
         relative: PathBuf,
     },
+    /// An image layer's whiteout: what lower layers put at `relative` goes.
+    Remove {
+        relative: PathBuf,
+    },
+    /// An image layer's opaque folder: what lower layers put inside `relative` goes.
+    Opaque {
+        relative: PathBuf,
+    },
 }
 
 /// The state folder inside the output folder: downloads in progress (`<hex>.part` and their
@@ -148,6 +156,17 @@ impl Staging {
         for (n, item) in items.iter().enumerate() {
             match item {
                 Staged::Dir { relative } => ensure_dirs(&self.out, relative)?,
+                Staged::Remove { relative } => remove_below(&self.out, relative)?,
+                Staged::Opaque { relative } => {
+                    let dir = self.out.join(relative);
+                    if !relative.as_os_str().is_empty()
+                        && fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+                    {
+                        for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                            remove_below(&self.out, &relative.join(entry.file_name()))?;
+                        }
+                    }
+                }
                 Staged::File {
                     from,
                     relative,
@@ -287,6 +306,26 @@ pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<(), Materializ
         }
     }
     Ok(())
+}
+
+/// Remove `relative` under `root` (a file, a symlink itself, or a whole folder), never going
+/// through a symlink on the way.
+fn remove_below(root: &Path, relative: &Path) -> Result<(), MaterializeError> {
+    if let Some(parent) = relative.parent() {
+        let mut current = root.to_path_buf();
+        for part in parent.components() {
+            current.push(part);
+            if !fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
+                return Ok(()); // nothing of that path exists as folders: nothing to remove
+            }
+        }
+    }
+    let target = root.join(relative);
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&target).map_err(io_err(&target)),
+        Ok(_) => fs::remove_file(&target).map_err(io_err(&target)),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Would a symlink at `relative` pointing to `target` stay inside the root? Checked lexically.

@@ -39,6 +39,7 @@ pub fn extract(
     };
     let mut archive = tar::Archive::new(reader);
     let mut staged = Vec::new();
+    let mut removals = Vec::new();
     for entry in archive.entries().map_err(bad_archive)? {
         let mut entry = entry.map_err(bad_archive)?;
         let raw_path = entry
@@ -55,6 +56,22 @@ pub fn extract(
         }
         let relative = safe_relative_path(raw_path.trim_end_matches('/'))
             .map_err(|why| refuse(&raw_path, why))?;
+        // Image whiteouts (`.wh.<name>`, `.wh..wh..opq`) remove what lower layers placed.
+        if let Some(name) = relative
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(".wh."))
+        {
+            let parent = relative.parent().map(Path::to_path_buf).unwrap_or_default();
+            removals.push(if name == ".wh..opq" {
+                Staged::Opaque { relative: parent }
+            } else {
+                Staged::Remove {
+                    relative: parent.join(name),
+                }
+            });
+            continue;
+        }
         let dest = tree.join(&relative);
         match entry_type {
             tar::EntryType::Directory => {
@@ -116,7 +133,9 @@ pub fn extract(
             }
         }
     }
-    Ok(staged)
+    // A layer's removals apply to the layers below it, so before its own files.
+    removals.extend(staged);
+    Ok(removals)
 }
 
 fn remove_if_symlink(path: &Path) -> Result<(), MaterializeError> {

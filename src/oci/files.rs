@@ -60,12 +60,21 @@ impl LayerPlan {
     pub fn from_manifest(manifest: &Manifest, allow_unsafe: bool) -> Result<LayerPlan, OciError> {
         let mut layers = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for desc in &manifest.layers {
-            let Some(name) = desc
+        let is_image = IMAGE_CONFIGS.contains(&manifest.config.media_type.as_str());
+        for (index, desc) in manifest.layers.iter().enumerate() {
+            let title = desc
                 .annotation(media::ANNOTATION_TITLE)
                 .or_else(|| desc.annotation(media::ANNOTATION_FILEPATH))
-                .or_else(|| known_file_name(&desc.media_type, &manifest.layers))
-            else {
+                .or_else(|| known_file_name(&desc.media_type, &manifest.layers));
+            let Some(name) = title else {
+                // A container image's layers are unpacked in order at the root.
+                if let Some(format) = image_layer_format(&desc.media_type).filter(|_| is_image) {
+                    layers.push(FileLayer {
+                        descriptor: desc.clone(),
+                        path: PathBuf::from(format!("layer-{index}")),
+                        format,
+                    });
+                }
                 continue;
             };
             let path = if allow_unsafe {
@@ -107,6 +116,24 @@ impl LayerPlan {
     pub fn total_size(&self) -> u64 {
         self.layers.iter().map(|l| l.descriptor.size).sum()
     }
+}
+
+/// Config media types that make a manifest a container image.
+const IMAGE_CONFIGS: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// How an image layer is encoded, by media type.
+fn image_layer_format(media_type: &str) -> Option<LayerFormat> {
+    Some(match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => LayerFormat::Tar,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => LayerFormat::TarGzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd" => LayerFormat::TarZstd,
+        _ => return None,
+    })
 }
 
 /// File names for formats whose layers carry no name: Ollama models and Docker Model Runner
