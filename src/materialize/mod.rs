@@ -91,7 +91,8 @@ pub struct Staging {
     dir: PathBuf,
     lock: Option<fs::File>,
     created_out: bool,
-    done: bool,
+    /// Committed or aborted: nothing left for `Drop` to do.
+    done: std::sync::atomic::AtomicBool,
 }
 
 pub const STAGING_DIR: &str = ".hoist-partial";
@@ -117,7 +118,7 @@ impl Staging {
             dir,
             lock: Some(lock),
             created_out,
-            done: false,
+            done: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -215,16 +216,19 @@ impl Staging {
                 }
             }
         }
-        self.done = true;
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(self.lock.take());
         fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
     }
 
     /// Give up. Unpacked trees go; downloads stay for the next run to resume, unless `wipe`
     /// (the source sent bad bytes), which removes the state folder and, if this pull created
-    /// the output folder, that too.
-    pub fn abort(mut self, wipe: bool) {
-        self.done = true;
+    /// the output folder, that too. Takes `&self`: a failed pull may still have unpacking
+    /// tasks holding the staging when it gives up; only the first call acts.
+    pub fn abort(&self, wipe: bool) {
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if wipe {
             let _ = fs::remove_dir_all(&self.dir);
             if self.created_out {
@@ -254,17 +258,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.done {
-            let me = Staging {
-                out: self.out.clone(),
-                dir: self.dir.clone(),
-                lock: self.lock.take(),
-                created_out: self.created_out,
-                done: false,
-            };
-            self.done = true;
-            me.abort(false);
-        }
+        self.abort(false);
     }
 }
 

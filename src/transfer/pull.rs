@@ -177,10 +177,11 @@ pub async fn pull(
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect()
         .await;
-    let staging = Arc::into_inner(staging).expect("all blob tasks finished");
     let results = match result {
         Ok(r) => r,
         Err(e) => {
+            // Unpacking tasks of other layers may still hold the staging: abort through the
+            // shared handle rather than waiting for them.
             let wipe = !e.is_resumable();
             tokio::task::spawn_blocking(move || staging.abort(wipe))
                 .await
@@ -189,6 +190,8 @@ pub async fn pull(
         }
     };
 
+    // Every blob task finished (each awaited its unpacking), so this is the last handle.
+    let staging = Arc::into_inner(staging).expect("all blob tasks finished");
     let mut items: Vec<(usize, Vec<Staged>)> = results
         .iter()
         .flat_map(|r| r.items.iter().cloned())
