@@ -110,3 +110,48 @@ fn attach_and_discover_on_hoist_serve_use_the_referrers_api() {
 fn attach_and_discover_in_the_local_store() {
     graph_round(&Hoist::new(), "graph/model", None, false);
 }
+
+#[test]
+fn copy_recursive_carries_attachments_between_registries() {
+    let from = Registry::start();
+    let to = Served::start();
+    let h = Hoist::new();
+    let base = from.reference("graph/model");
+    graph_round(&h, &base, None, true);
+    h.run(&[
+        "copy",
+        "-r",
+        &format!("{base}:v1"),
+        &to.reference("copied/model:v1"),
+    ])
+    .ok();
+    let tree = h
+        .run(&["discover", &to.reference("copied/model:v1")])
+        .ok()
+        .stdout;
+    assert_eq!(tree.matches("application/spdx+json").count(), 1, "{tree}");
+    assert_eq!(
+        tree.matches("application/vnd.dev.sigstore.bundle+json")
+            .count(),
+        2,
+        "nested ones too: {tree}"
+    );
+    // And into a registry without the referrers API (the tag fallback).
+    let plain = Registry::start();
+    h.run(&[
+        "copy",
+        "--recursive",
+        &format!("{base}:v1"),
+        &plain.reference("copied/model:v1"),
+    ])
+    .ok();
+    let tree = h
+        .run(&["discover", &plain.reference("copied/model:v1")])
+        .ok()
+        .stdout;
+    assert_eq!(
+        tree.matches("sha256:").count(),
+        4,
+        "subject + 3 referrers: {tree}"
+    );
+}

@@ -71,6 +71,9 @@ pub struct CopyArgs {
     destination: String,
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Also copy what is attached to the artifact (signatures, SBOMs), recursively.
+    #[arg(long, short = 'r')]
+    recursive: bool,
 }
 
 #[derive(Args)]
@@ -316,6 +319,10 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         observer(global),
     )
     .await?;
+    if args.recursive {
+        let n = transfer::copy_referrers(&src, &dst, &report.digest, args.concurrency).await?;
+        println!("Copied {n} attached artifacts");
+    }
     println!(
         "Copied {src_ref} to {} as {}: {} blobs copied ({}), {} already there",
         dst.describe(),

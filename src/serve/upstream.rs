@@ -197,6 +197,11 @@ impl Upstreams {
                 .lock()
                 .expect("upstream lock")
                 .remove(&digest_owned);
+            // The blob is in the store (or the fetch failed): no starter lock is needed now.
+            me.starting
+                .lock()
+                .expect("upstream lock")
+                .remove(&digest_owned);
             let _ = tx.send(result);
         });
         Ok((size, follow(reader, size, rx)))

@@ -81,20 +81,7 @@ pub async fn attach(
     let mut entry = Descriptor::new(media::OCI_MANIFEST, digest.clone(), bytes.len() as u64);
     entry.artifact_type = manifest.artifact_type.clone();
     entry.annotations = manifest.annotations.clone();
-    match target {
-        Target::Local { store, .. } => store.add_referrer(&subject_digest, &entry)?,
-        Target::Remote {
-            client, repository, ..
-        } => {
-            if client
-                .referrers(repository, &subject_digest, None)
-                .await?
-                .is_none()
-            {
-                update_fallback_tag(target, &subject_digest, entry).await?;
-            }
-        }
-    }
+    register(target, &subject_digest, entry).await?;
     Ok(digest)
 }
 
@@ -185,4 +172,42 @@ async fn list(
         list.retain(|d| d.artifact_type.as_deref() == Some(t));
     }
     Ok(list)
+}
+
+/// Copy everything attached to `subject` (recursively) from `src` to `dst`, indexing it there
+/// as `dst` needs (its referrers API, the tag fallback, or the local store). Returns how many
+/// referrers were copied.
+pub async fn copy_referrers(
+    src: &Target,
+    dst: &Target,
+    subject: &Digest,
+    concurrency: usize,
+) -> Result<usize, TransferError> {
+    let tree = discover(src, subject, None, 8).await?;
+    let mut copied = 0;
+    let mut todo: Vec<(Digest, Referrer)> =
+        tree.into_iter().map(|r| (subject.clone(), r)).collect();
+    while let Some((parent, node)) = todo.pop() {
+        let digest = node.descriptor.digest.clone();
+        super::copy(src, digest.as_str(), dst, &[], concurrency, super::silent()).await?;
+        register(dst, &parent, node.descriptor.clone()).await?;
+        copied += 1;
+        todo.extend(node.referrers.into_iter().map(|r| (digest.clone(), r)));
+    }
+    Ok(copied)
+}
+
+/// Make `dst` list `entry` as a referrer of `subject`, if it does not index subjects itself.
+async fn register(dst: &Target, subject: &Digest, entry: Descriptor) -> Result<(), TransferError> {
+    match dst {
+        Target::Local { store, .. } => Ok(store.add_referrer(subject, &entry)?),
+        Target::Remote {
+            client, repository, ..
+        } => {
+            if client.referrers(repository, subject, None).await?.is_none() {
+                update_fallback_tag(dst, subject, entry).await?;
+            }
+            Ok(())
+        }
+    }
 }
