@@ -55,17 +55,7 @@ fn pull_and_push_with_hoist_oras_py_and_skopeo() {
         .ok()
         .stdout,
     );
-    let out = tempfile::tempdir().unwrap();
-    h.run(&[
-        "pull",
-        &reference,
-        "-o",
-        out.path().to_str().unwrap(),
-        "--range-size",
-        "1MiB",
-    ])
-    .ok();
-    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    pull_same(&h, &reference, src.path(), &["--range-size", "1MiB"]);
     // The store it serves is the local store: the same artifact under the same name.
     let local = Hoist {
         home: tempfile::tempdir().unwrap(),
@@ -544,15 +534,7 @@ fn the_cache_size_cap_evicts_least_recently_used_blobs() {
     ])
     .ok();
     let (mut server, addr, root) = pull_through(&upstream.addr, &["--cache-size", "1MiB"]);
-    let out = tempfile::tempdir().unwrap();
-    h.run(&[
-        "pull",
-        &format!("{addr}/capped:v1"),
-        "-o",
-        out.path().to_str().unwrap(),
-    ])
-    .ok();
-    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    pull_same(&h, &format!("{addr}/capped:v1"), src.path(), &[]);
     let store = hoist::store::Store::open(root.path()).unwrap();
     let largest = 3 * 1024 * 1024 + 17;
     assert!(
@@ -584,10 +566,7 @@ fn gc_spares_a_push_in_progress_and_removes_what_no_tag_reaches() {
         "manifest, config and other.bin: {}",
         r.stdout
     );
-    let out = tempfile::tempdir().unwrap();
-    h.run(&["pull", "kept:v1", "-o", out.path().to_str().unwrap()])
-        .ok();
-    assert_eq!(tree(a.path(), false), tree(out.path(), false));
+    pull_same(&h, "kept:v1", a.path(), &[]);
 }
 
 #[test]
@@ -702,16 +681,7 @@ fn tls_with_a_ca_file_or_insecure() {
         ca.to_str().unwrap(),
     ])
     .ok();
-    let out = tempfile::tempdir().unwrap();
-    h.run(&[
-        "pull",
-        &reference,
-        "-o",
-        out.path().to_str().unwrap(),
-        "--insecure",
-    ])
-    .ok();
-    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    pull_same(&h, &reference, src.path(), &["--insecure"]);
     // Plain HTTP to a TLS server fails clearly, and writes nothing.
     let parent = tempfile::tempdir().unwrap();
     let o = parent.path().join("o");

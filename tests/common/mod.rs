@@ -253,6 +253,21 @@ pub fn push_small(h: &Hoist, reference: &str) -> tempfile::TempDir {
     src
 }
 
+/// Pull `reference` into a new folder with `extra` flags and require the same files as `src`
+/// (dot-files aside); the folder, for further checks.
+pub fn pull_same(h: &Hoist, reference: &str, src: &Path, extra: &[&str]) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec!["pull", reference, "-o", out.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    h.run(&args).ok();
+    assert_eq!(
+        tree(src, false),
+        tree(out.path(), false),
+        "pulling {reference} {extra:?}"
+    );
+    out
+}
+
 /// Every regular file under `dir` (relative path → bytes), skipping names starting with `.`
 /// unless `hidden`.
 pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<u8>> {
