@@ -418,30 +418,11 @@ fn manifests_tags_referrers_and_errors() {
     );
 }
 
-/// `hoist serve --upstream …` on a free port over a fresh store.
-fn pull_through(
-    upstream: &str,
-    extra: &[&str],
-) -> (std::process::Child, String, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hoist"))
-        .args(["serve", "--addr", &addr, "--upstream", upstream, "--root"])
-        .arg(root.path())
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hoist serve did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    (child, addr, root)
+/// `hoist serve --upstream …` on a free port over a fresh store (stopped when dropped).
+fn pull_through(upstream: &str, extra: &[&str]) -> Served {
+    let mut args = vec!["--upstream", upstream];
+    args.extend_from_slice(extra);
+    Served::start_with(tempfile::tempdir().unwrap(), free_port(), &args)
 }
 
 #[test]
@@ -465,7 +446,8 @@ fn pull_through_fetches_each_blob_once_and_serves_from_cache_when_upstream_is_do
             ..Default::default()
         },
     );
-    let (mut server, addr, root) = pull_through(&wan.addr(), &[]);
+    let server = pull_through(&wan.addr(), &[]);
+    let addr = server.addr.clone();
     let reference = format!("{addr}/cached/model:v1");
     let gets_before = upstream.blob_get_count();
     let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -516,9 +498,6 @@ fn pull_through_fetches_each_blob_once_and_serves_from_cache_when_upstream_is_do
         !metrics.contains("hoist_serve_cache_misses_total 0"),
         "{metrics}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
-    drop(root);
 }
 
 #[test]
@@ -533,17 +512,16 @@ fn the_cache_size_cap_evicts_least_recently_used_blobs() {
         &upstream.reference("capped:v1"),
     ])
     .ok();
-    let (mut server, addr, root) = pull_through(&upstream.addr, &["--cache-size", "1MiB"]);
+    let server = pull_through(&upstream.addr, &["--cache-size", "1MiB"]);
+    let addr = server.addr.clone();
     pull_same(&h, &format!("{addr}/capped:v1"), src.path(), &[]);
-    let store = hoist::store::Store::open(root.path()).unwrap();
+    let store = hoist::store::Store::open(server.root.path()).unwrap();
     let largest = 3 * 1024 * 1024 + 17;
     assert!(
         store.total_blob_bytes() <= (1 << 20) + largest,
         "the store grew past its cap: {}",
         store.total_blob_bytes()
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]
