@@ -4,7 +4,7 @@
 //! malicious manifest from steering us to an algorithm we would not verify.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -109,33 +109,6 @@ impl Write for Hasher {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A reader that hashes what passes through it (used when encoding or decoding layers).
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Hasher::new(),
-        }
-    }
-    pub fn finish(self) -> (R, Digest, u64) {
-        let len = self.hasher.len();
-        (self.inner, self.hasher.finish(), len)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 

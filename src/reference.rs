@@ -126,14 +126,6 @@ impl Reference {
             (None, None) => "latest".into(),
         }
     }
-
-    pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference {
-            tag: Some(tag.to_string()),
-            digest: None,
-            ..self.clone()
-        }
-    }
 }
 
 impl fmt::Display for Reference {

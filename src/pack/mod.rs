@@ -12,9 +12,7 @@ pub use walk::{walk, ModelFile, WalkOptions};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::oci::modelpack::{
-    layer_media_type, FileMetadata, LayerKind, ModelConfig, ModelDescriptor,
-};
+use crate::oci::modelpack::{layer_media_type, FileMetadata, ModelConfig, ModelDescriptor};
 use crate::oci::{media, Descriptor, LayerFormat, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -211,11 +209,6 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         blobs,
         _scratch: scratch,
     })
-}
-
-/// The kind each file is packed as, for callers that report it.
-pub fn kind_name(kind: LayerKind) -> &'static str {
-    kind.as_str()
 }
 
 fn folder_name(dir: &Path) -> String {

@@ -93,10 +93,6 @@ impl Credentials {
         }
     }
 
-    pub fn has_credential(&self) -> bool {
-        self.credential.is_some()
-    }
-
     /// The `Authorization` header for a request, fetching a token if the registry asked for
     /// bearer tokens and none is cached for this scope.
     pub(crate) async fn header(

@@ -16,7 +16,7 @@ mod state;
 
 pub use crate::registry::RetryPolicy;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,9 +247,4 @@ async fn grow_connections(
             rate / 1e6
         );
     }
-}
-
-/// The state file that belongs to a part file.
-pub fn state_path(part: &Path) -> PathBuf {
-    state::path_for(part)
 }
