@@ -97,12 +97,13 @@ impl LayerPlan {
             });
         }
         if layers.is_empty() {
-            let mut types: Vec<&str> = manifest
-                .layers
-                .iter()
-                .map(|d| d.media_type.as_str())
-                .collect();
-            types.dedup();
+            // Each media type once, in manifest order (`dedup` alone misses non-adjacent ones).
+            let mut types: Vec<&str> = Vec::new();
+            for d in &manifest.layers {
+                if !types.contains(&d.media_type.as_str()) {
+                    types.push(&d.media_type);
+                }
+            }
             let found = if types.is_empty() {
                 "none".to_string()
             } else {
