@@ -2,6 +2,7 @@
 //! CLI's contract (an init container acts on them) and are listed in the README.
 
 use crate::materialize::MaterializeError;
+use crate::mount::MountError;
 use crate::oci::OciError;
 use crate::pack::PackError;
 use crate::reference::ReferenceError;
@@ -21,6 +22,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
     #[error("{0}")]
     Usage(String),
     #[error("verification failed: {0}")]
@@ -67,18 +70,28 @@ impl Error {
             Error::Pack(e) => pack_code(e),
             Error::Store(e) => store_code(e),
             Error::Registry(e) => registry_code(e),
-            Error::Transfer(e) => match e {
-                TransferError::Registry(e) => registry_code(e),
-                TransferError::Store(e) => store_code(e),
-                TransferError::Oci(e) => oci_code(e),
-                TransferError::Materialize(e) => materialize_code(e),
-                TransferError::DigestMismatch { .. } => ExitCode::Verification,
-                TransferError::Io { .. } => ExitCode::Disk,
-                TransferError::NoPlatform(_) => ExitCode::NotFound,
-                TransferError::GaveUp { .. } => ExitCode::Network,
-                TransferError::NothingSelected(_) => ExitCode::Usage,
+            Error::Mount(e) => match e {
+                MountError::Transfer(e) => transfer_code(e),
+                MountError::NotRaw { .. } | MountError::PathClash(_) => ExitCode::InvalidContent,
+                MountError::Fuse { .. } | MountError::Unmount { .. } => ExitCode::Failure,
+                MountError::Io { .. } => ExitCode::Disk,
             },
+            Error::Transfer(e) => transfer_code(e),
         }
+    }
+}
+
+fn transfer_code(e: &TransferError) -> ExitCode {
+    match e {
+        TransferError::Registry(e) => registry_code(e),
+        TransferError::Store(e) => store_code(e),
+        TransferError::Oci(e) => oci_code(e),
+        TransferError::Materialize(e) => materialize_code(e),
+        TransferError::DigestMismatch { .. } => ExitCode::Verification,
+        TransferError::Io { .. } => ExitCode::Disk,
+        TransferError::NoPlatform(_) => ExitCode::NotFound,
+        TransferError::GaveUp { .. } => ExitCode::Network,
+        TransferError::NothingSelected(_) => ExitCode::Usage,
     }
 }
 

@@ -16,6 +16,7 @@
 //! | [`registry`]    | the distribution API client                                        |
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
+//! | [`mount`]       | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
 //! | [`serve`]       | `hoist serve`: the distribution API over the store                 |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
 //! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
@@ -24,6 +25,7 @@ pub mod digest;
 pub mod error;
 pub mod materialize;
 pub mod metrics;
+pub mod mount;
 pub mod oci;
 pub mod pack;
 pub mod reference;

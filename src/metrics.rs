@@ -126,14 +126,7 @@ impl PullMetrics {
 
     /// Replace the file atomically, so a collector never reads half of it.
     pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut tmp, self.render().as_bytes())?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        write_atomic(path, &self.render())
     }
 
     /// `PUT` to a Pushgateway under `job/<job>/instance/<instance>`, replacing the group.
@@ -209,4 +202,16 @@ mod tests {
             "kaito_model_download_failures_total{repository=\"r\",reason=\"network\"} 0"
         ));
     }
+}
+
+/// Replace a metrics file atomically, so a collector never reads half of it.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

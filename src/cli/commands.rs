@@ -93,6 +93,8 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
         Command::Pull(args) => super::pull::pull(args, global).await,
+        Command::Mount(args) => super::mount::mount(args, global).await,
+        Command::Umount(args) => super::mount::umount(args),
         Command::Inspect(args) => inspect(args, global).await,
         Command::Copy(args) => copy(args, global).await,
         Command::List => list(global),

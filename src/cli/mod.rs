@@ -4,6 +4,7 @@
 mod commands;
 mod graph;
 mod login;
+mod mount;
 mod output;
 mod pull;
 mod serve;
@@ -92,6 +93,11 @@ enum Command {
     Push(commands::PushArgs),
     /// Pull an artifact into a folder; files appear only once all are verified.
     Pull(pull::PullArgs),
+    /// Mount an artifact read-only (FUSE): files are there at once, bytes are fetched as they
+    /// are read and prefetched in the background, every blob verified as it completes.
+    Mount(mount::MountArgs),
+    /// Unmount a `hoist mount` (lazily: open files do not keep it busy).
+    Umount(mount::UmountArgs),
     /// Show an artifact's files, sizes and media types.
     Inspect(commands::InspectArgs),
     /// Copy an artifact between registries and the local store.

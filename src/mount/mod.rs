@@ -1,0 +1,313 @@
+//! `hoist mount`: a read-only FUSE view of an artifact that a server can start reading before
+//! the download ends. The tree comes from the manifest at once; reads are served from the node
+//! cache, or fetched with `Range` requests in aligned chunks (a miss jumps the queue), while
+//! the whole artifact is prefetched in loader order. Every blob is hashed as it completes and
+//! only verified blobs enter the cache; a mismatch makes every later read of it EIO.
+//!
+//! | file          | owns                                                       |
+//! |---------------|------------------------------------------------------------|
+//! | `tree.rs`     | inodes, folders and files from the manifest                |
+//! | `chunks.rs`   | per-blob chunk states, the part file, hashing, promotion   |
+//! | `prefetch.rs` | the ordered fetch queue and its connection pool            |
+//! | `fs.rs`       | the FUSE callbacks                                         |
+//! | `stats.rs`    | what the mount counts (log line, Prometheus text)          |
+
+mod chunks;
+mod fs;
+mod prefetch;
+mod stats;
+mod tree;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use chunks::BlobStatus;
+pub use prefetch::SchedulerOptions;
+pub use stats::Stats;
+
+use crate::oci::{media, LayerFormat, LayerPlan};
+use crate::registry::RetryPolicy;
+use crate::store::Store;
+use crate::transfer::{Target, TransferError};
+use chunks::Blob;
+use prefetch::Scheduler;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error("cannot mount {layer}: it is a {format} layer; hoist mount serves one file per raw layer (hoist's default push); use `hoist pull` for this artifact")]
+    NotRaw { layer: String, format: String },
+    #[error("{0} appears twice or runs through a file; the manifest's paths do not form a tree")]
+    PathClash(String),
+    #[error("mounting at {path} failed: {source}; the mount point must be an existing empty folder and /dev/fuse usable (in a container: the device and CAP_SYS_ADMIN)")]
+    Fuse {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unmounting {path} failed: {detail}")]
+    Unmount { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The node cache (a hoist store): verified blobs are read from and kept in it.
+    pub cache: Store,
+    /// Reads wait until their blob is verified.
+    pub verify_before_read: bool,
+    /// Chunk size of the chunk store (and of a read's fetch).
+    pub chunk_size: u64,
+    pub scheduler: SchedulerOptions,
+    /// A read waits this long for its chunks before failing with EIO.
+    pub read_timeout: Duration,
+    /// Let other users (the inference server's uid) read the mount.
+    pub allow_other: bool,
+}
+
+impl MountOptions {
+    pub fn new(cache: Store) -> MountOptions {
+        MountOptions {
+            cache,
+            verify_before_read: false,
+            chunk_size: 4 << 20,
+            scheduler: SchedulerOptions {
+                connections: 8,
+                span: 4,
+                retry: RetryPolicy::default(),
+                stall_timeout: Duration::from_secs(30),
+                prefetch: true,
+            },
+            read_timeout: Duration::from_secs(300),
+            allow_other: false,
+        }
+    }
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    scheduler: Arc<Scheduler>,
+    pub mountpoint: PathBuf,
+    pub files: usize,
+    pub total_bytes: u64,
+}
+
+/// Resolve `reference` on `target` and mount its files at `mountpoint` (must be called in a
+/// tokio runtime: the fetch workers run on it).
+pub async fn mount(
+    target: &Target,
+    reference: &str,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<Mounted, MountError> {
+    let resolved = target.resolve(reference).await?;
+    let plan = LayerPlan::from_manifest(&resolved.manifest, false)
+        .map_err(TransferError::from)?;
+    let local_store = match target {
+        Target::Local { store, .. } => Some(store.clone()),
+        Target::Remote { .. } => None,
+    };
+    let mut tree = tree::Tree::new();
+    let mut blobs: Vec<Arc<Blob>> = Vec::new();
+    let mut kinds = Vec::new();
+    let mut by_digest: HashMap<String, usize> = HashMap::new();
+    for layer in &plan.layers {
+        if layer.format != LayerFormat::Raw {
+            return Err(MountError::NotRaw {
+                layer: layer.path.display().to_string(),
+                format: layer.format.suffix().into(),
+            });
+        }
+        let desc = &layer.descriptor;
+        let index = match by_digest.get(desc.digest.as_str()) {
+            Some(&i) => i,
+            None => {
+                let name = layer.path.display().to_string();
+                let blob = open_blob(desc, name, local_store.as_ref(), &opts)?;
+                blobs.push(Arc::new(blob));
+                kinds.push(crate::oci::modelpack::kind_of_media_type(&desc.media_type));
+                by_digest.insert(desc.digest.to_string(), blobs.len() - 1);
+                blobs.len() - 1
+            }
+        };
+        if !tree.add_file(&layer.path, index, desc.size, file_mode(desc)) {
+            return Err(MountError::PathClash(layer.path.display().to_string()));
+        }
+    }
+    let stats = Arc::new(Stats::new());
+    let order = prefetch::loader_order(&blobs, &kinds);
+    let scheduler = Arc::new(Scheduler::new(
+        blobs,
+        target.sources(),
+        Some(opts.cache.clone()),
+        stats,
+        opts.scheduler.clone(),
+    ));
+    scheduler.start();
+    scheduler.queue_background(order);
+
+    let fs = fs::ModelFs::new(
+        tree,
+        scheduler.clone(),
+        opts.verify_before_read,
+        opts.read_timeout,
+    );
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("hoist:{reference}")),
+        fuser::MountOption::Subtype("hoist".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    // Several kernel requests at once: one blocked read must not hold up the others.
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| {
+        MountError::Fuse {
+            path: mountpoint.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(Mounted {
+        session: Some(session),
+        files: plan.layers.len(),
+        total_bytes: scheduler.blobs.iter().map(|b| b.desc.size).sum(),
+        scheduler,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// A blob from the cache (verified earlier) or a fresh part file to fill.
+fn open_blob(
+    desc: &crate::oci::Descriptor,
+    name: String,
+    local: Option<&Store>,
+    opts: &MountOptions,
+) -> Result<Blob, MountError> {
+    for store in local.into_iter().chain(std::iter::once(&opts.cache)) {
+        if store.blob_size(&desc.digest) == Some(desc.size) {
+            let path = store.blob_path(&desc.digest);
+            let file = std::fs::File::open(&path).map_err(|source| MountError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            store.touch(&desc.digest);
+            return Ok(Blob::cached(desc.clone(), name, file, opts.chunk_size));
+        }
+    }
+    let part = chunks::part_path(&opts.cache, &desc.digest);
+    Blob::filling(desc.clone(), name, part.clone(), opts.chunk_size)
+        .map_err(|source| MountError::Io { path: part, source })
+}
+
+/// The file's mode from its ModelPack metadata annotation, else read-only for all.
+fn file_mode(desc: &crate::oci::Descriptor) -> u32 {
+    desc.annotation(media::ANNOTATION_FILE_METADATA)
+        .and_then(|m| serde_json::from_str::<crate::oci::modelpack::FileMetadata>(m).ok())
+        .map(|m| (m.mode & 0o777) | 0o444)
+        .unwrap_or(0o444)
+}
+
+impl Mounted {
+    pub fn stats(&self) -> &Stats {
+        &self.scheduler.stats
+    }
+
+    /// Every blob is verified or poisoned: nothing is left to fetch.
+    pub fn settled(&self) -> bool {
+        self.scheduler.settled()
+    }
+
+    /// Status of each blob (by the name it is known by).
+    pub fn blob_statuses(&self) -> Vec<(String, BlobStatus)> {
+        self.scheduler
+            .blobs
+            .iter()
+            .map(|b| (b.name.clone(), b.status()))
+            .collect()
+    }
+
+    /// The session ended without us (someone ran `hoist umount` or `fusermount -u`).
+    pub fn is_finished(&self) -> bool {
+        self.session
+            .as_ref()
+            .map(|s| s.guard.is_finished())
+            .unwrap_or(true)
+    }
+
+    /// Unmount (lazily when busy, so readers never leave a stuck mount) and drop unverified
+    /// part files.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), MountError> {
+        let result = match self.session.take() {
+            Some(session) => {
+                if session.guard.is_finished() {
+                    let _ = session.join();
+                    Ok(())
+                } else {
+                    session.umount_and_join().map_err(|e| MountError::Unmount {
+                        path: self.mountpoint.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+            None => Ok(()),
+        };
+        for blob in &self.scheduler.blobs {
+            blob.discard_partial();
+        }
+        result
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Unmount a hoist mount from outside (`hoist umount`): a lazy detach, so open files do not
+/// keep it busy; the serving process then sees its session end and exits.
+pub fn unmount(path: &Path) -> Result<(), MountError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        MountError::Unmount {
+            path: path.to_path_buf(),
+            detail: "the path contains a NUL byte".into(),
+        }
+    })?;
+    // SAFETY: a valid C string; umount2 only reads it.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let direct = std::io::Error::last_os_error();
+    // Without CAP_SYS_ADMIN, the setuid helper unmounts what this user mounted.
+    for helper in ["fusermount3", "fusermount"] {
+        if let Ok(out) = std::process::Command::new(helper)
+            .args(["-u", "-z"])
+            .arg(path)
+            .output()
+        {
+            if out.status.success() {
+                return Ok(());
+            }
+        }
+    }
+    Err(MountError::Unmount {
+        path: path.to_path_buf(),
+        detail: format!("{direct}; is it a mount point?"),
+    })
+}
