@@ -17,6 +17,9 @@ use crate::store::Store;
 pub enum ChunkState {
     Missing,
     Fetching,
+    /// On disk but not yet readable: the hash check runs first, so the chunk that completes
+    /// a blob is only served once the blob is verified.
+    Landed,
     Present,
     /// The last fetch failed after its retries; a new read asks again.
     Failed,
@@ -158,7 +161,7 @@ impl Blob {
                 st.chunks[index] = ChunkState::Fetching;
                 true
             }
-            ChunkState::Fetching | ChunkState::Present => false,
+            ChunkState::Fetching | ChunkState::Landed | ChunkState::Present => false,
         }
     }
 
@@ -167,11 +170,18 @@ impl Blob {
         self.file.write_all_at(bytes, offset)
     }
 
-    /// A claimed chunk is complete on disk: wake its readers and advance the hash.
-    pub fn chunk_done(&self, index: usize) {
+    /// A claimed chunk is complete on disk; readers see it after [`Blob::publish`].
+    pub fn chunk_landed(&self, index: usize) {
+        self.state.lock().expect("blob state").chunks[index] = ChunkState::Landed;
+    }
+
+    /// Make a landed chunk readable (after the hash has advanced over it) and wake readers.
+    pub fn publish(&self, index: usize) {
         {
             let mut st = self.state.lock().expect("blob state");
-            st.chunks[index] = ChunkState::Present;
+            if st.chunks[index] == ChunkState::Landed {
+                st.chunks[index] = ChunkState::Present;
+            }
         }
         self.changed.notify_all();
     }
@@ -197,7 +207,12 @@ impl Blob {
             return None;
         }
         let mut buf = vec![0u8; self.chunk_size as usize];
-        while hashing.0 < total && self.chunk_state(hashing.0) == ChunkState::Present {
+        while hashing.0 < total
+            && matches!(
+                self.chunk_state(hashing.0),
+                ChunkState::Landed | ChunkState::Present
+            )
+        {
             let (start, end) = self.bounds(hashing.0);
             let slice = &mut buf[..(end - start) as usize];
             if let Err(e) = self.file.read_exact_at(slice, start) {
@@ -336,8 +351,9 @@ mod tests {
             assert!(blob.claim(i));
             let (s, e) = blob.bounds(i);
             blob.write_at(&data[s as usize..e as usize], s).unwrap();
-            blob.chunk_done(i);
+            blob.chunk_landed(i);
             let status = blob.advance_hash(None);
+            blob.publish(i);
             assert_eq!(status.is_some(), i == 1, "verified only when the prefix is complete");
         }
         assert!(blob.is_verified());
@@ -352,7 +368,7 @@ mod tests {
             assert!(blob.claim(i));
             let (s, e) = blob.bounds(i);
             blob.write_at(&vec![8u8; (e - s) as usize], s).unwrap();
-            blob.chunk_done(i);
+            blob.chunk_landed(i);
         }
         assert!(matches!(blob.advance_hash(None), Some(BlobStatus::Corrupt(_))));
         let r = blob.wait_chunk(0, false, Duration::from_secs(1), || {});

@@ -172,12 +172,16 @@ impl Filesystem for ModelFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.tree.get(ino.0).map(|n| &n.kind) {
-            Some(NodeKind::File { .. }) => {
+            Some(NodeKind::File { blob, .. }) => {
                 if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
                     reply.error(Errno::EROFS);
-                } else {
-                    // The bytes never change: keep the kernel's page cache across opens.
+                } else if self.scheduler.blobs[*blob].is_verified() {
+                    // Verified bytes never change: keep the page cache across opens.
                     reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+                } else {
+                    // Not verified yet: each open drops cached pages, so once a blob turns
+                    // out corrupt no new open is served from the kernel's cache.
+                    reply.opened(FileHandle(0), FopenFlags::empty());
                 }
             }
             Some(NodeKind::Dir { .. }) => reply.error(Errno::EISDIR),

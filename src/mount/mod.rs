@@ -254,23 +254,49 @@ impl Mounted {
 
     fn finish(&mut self) -> Result<(), MountError> {
         let result = match self.session.take() {
-            Some(session) => {
-                if session.guard.is_finished() {
-                    let _ = session.join();
-                    Ok(())
-                } else {
-                    session.umount_and_join().map_err(|e| MountError::Unmount {
-                        path: self.mountpoint.clone(),
-                        detail: e.to_string(),
-                    })
-                }
+            Some(session) if session.guard.is_finished() => {
+                let _ = session.join();
+                Ok(())
             }
+            Some(session) => self.detach(session),
             None => Ok(()),
         };
         for blob in &self.scheduler.blobs {
             blob.discard_partial();
         }
         result
+    }
+
+    /// Unmount even while readers hold files open: detach the mount lazily (no new opens),
+    /// then end the FUSE connection so blocked readers get an error instead of waiting.
+    fn detach(&self, session: fuser::BackgroundSession) -> Result<(), MountError> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(&self.mountpoint).map(|m| m.dev()).ok();
+        unmount(&self.mountpoint)?;
+        let wait = |secs: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+            while !session.guard.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            session.guard.is_finished()
+        };
+        if !wait(1) {
+            // fusectl's abort file ends the connection at once where it is mounted.
+            if let Some(dev) = dev {
+                let minor = libc::minor(dev);
+                let abort = format!("/sys/fs/fuse/connections/{minor}/abort");
+                let _ = std::fs::write(abort, b"1");
+            }
+        }
+        if wait(2) {
+            let _ = session.join();
+        } else {
+            // Still in use: the connection ends when this process exits and closes
+            // /dev/fuse; the mount point is already gone from the namespace.
+            tracing::debug!("mount: FUSE session still busy after the detach");
+            std::mem::forget(session);
+        }
+        Ok(())
     }
 }
 

@@ -252,8 +252,10 @@ impl Scheduler {
     }
 
     fn chunk_complete(&self, blob: &Arc<Blob>, chunk: usize) {
-        blob.chunk_done(chunk);
-        match blob.advance_hash(self.cache.as_ref()) {
+        blob.chunk_landed(chunk);
+        let status = blob.advance_hash(self.cache.as_ref());
+        blob.publish(chunk);
+        match status {
             Some(BlobStatus::Verified) => {
                 self.stats.verified_blobs.fetch_add(1, Ordering::Relaxed);
             }
