@@ -33,7 +33,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     chunk_size: u64,
     /// Requests in flight at once.
-    #[arg(long, env = "HOIST_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(long, env = "HOIST_MAX_CONNECTIONS", default_value_t = 16)]
     max_connections: usize,
     /// Seconds a read waits for its bytes before failing with EIO.
     #[arg(long, default_value_t = 300)]

@@ -78,7 +78,7 @@ impl MountOptions {
             verify_before_read: false,
             chunk_size: 4 << 20,
             scheduler: SchedulerOptions {
-                connections: 8,
+                connections: 16,
                 span: 4,
                 retry: RetryPolicy::default(),
                 stall_timeout: Duration::from_secs(30),
