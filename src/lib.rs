@@ -19,8 +19,10 @@
 //! | [`mount`]       | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
 //! | [`serve`]       | `hoist serve`: the distribution API over the store                 |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
+//! | [`bench`]       | `hoist bench`: images vs artifacts, built, pushed and pulled       |
 //! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
 
+pub mod bench;
 pub mod digest;
 pub mod error;
 pub mod materialize;

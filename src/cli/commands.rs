@@ -93,6 +93,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
         Command::Pull(args) => super::pull::pull(args, global).await,
+        Command::Bench(args) => super::bench::bench(args, global).await,
         Command::Mount(args) => super::mount::mount(args, global).await,
         Command::Umount(args) => super::mount::umount(args),
         Command::Inspect(args) => inspect(args, global).await,

@@ -1,6 +1,7 @@
 //! The command line: flags and environment in, library calls, human or JSON output out.
 //! Nothing here moves bytes itself.
 
+mod bench;
 mod commands;
 mod graph;
 mod login;
@@ -121,6 +122,9 @@ enum Command {
     Login(login::LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(login::LogoutArgs),
+    /// Reproduce the seed's evaluation: the model as a single-layer gzip image, multi-layer
+    /// images and artifacts; build, push and pull times side by side, with a chart.
+    Bench(bench::BenchArgs),
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
     WanProxy(serve::WanProxyArgs),
