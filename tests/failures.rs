@@ -453,3 +453,34 @@ fn container_images_are_unpacked_in_order_with_whiteouts() {
         "the folder stays, its whited-out file goes"
     );
 }
+
+/// A KitOps ModelKit: its layers are tars of the Kitfile's paths, without title annotations;
+/// each is unpacked at the root so the files land where the Kitfile puts them.
+#[test]
+fn kitops_modelkits_unpack_to_the_kitfile_paths() {
+    use tar::EntryType::Regular;
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let gguf = noise(200_000, 5);
+    let model = image_layer(&[("models/model.gguf", Regular, &gguf)]);
+    let docs = image_layer(&[("README.md", Regular, b"# kit")]);
+    let code = image_layer(&[("src/train.py", Regular, b"print(1)")]);
+    let kit = "application/vnd.kitops.modelkit.";
+    let reference = push_manifest_with(
+        &reg,
+        "kit",
+        "application/vnd.kitops.modelkit.config.v1+json",
+        vec![
+            (String::new(), &format!("{kit}model.v1.tar+gzip"), model),
+            (String::new(), &format!("{kit}code.v1.tar+gzip"), code),
+            (String::new(), &format!("{kit}docs.v1.tar+gzip"), docs),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
+    let files = tree(out.path(), false);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["README.md", "models/model.gguf", "src/train.py"]);
+    assert_eq!(files["models/model.gguf"], gguf);
+}

@@ -50,9 +50,23 @@ pub struct PushArgs {
     /// Upload in chunks of this many bytes (PATCH) instead of one streaming PUT.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     chunk_size: Option<u64>,
+    /// A manifest annotation `KEY=VALUE` (repeatable).
+    #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    annotations: Vec<(String, String)>,
+    /// A JSON file with a partial ModelPack config (e.g. `{"descriptor": {"licenses":
+    /// ["mit"]}, "config": {"paramSize": "8b"}}`) merged over what hoist reads from the model.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_annotation(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Args)]
@@ -194,6 +208,16 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
         temp_dir: match &target {
             Target::Local { store, .. } => Some(store.root().join("ingest")),
             Target::Remote { .. } => None,
+        },
+        annotations: args.annotations.into_iter().collect(),
+        config_override: match &args.config_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    .map_err(|e| Error::Usage(format!("--config-file {}: {e}", path.display())))?,
+            ),
+            None => None,
         },
         ..Default::default()
     };

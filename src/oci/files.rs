@@ -67,8 +67,12 @@ impl LayerPlan {
                 .or_else(|| desc.annotation(media::ANNOTATION_FILEPATH))
                 .or_else(|| known_file_name(&desc.media_type, &manifest.layers));
             let Some(name) = title else {
-                // A container image's layers are unpacked in order at the root.
-                if let Some(format) = image_layer_format(&desc.media_type).filter(|_| is_image) {
+                // A container image's layers, and a KitOps ModelKit's (tars that hold the
+                // Kitfile's paths), are unpacked in order at the root.
+                let format = image_layer_format(&desc.media_type)
+                    .filter(|_| is_image)
+                    .or_else(|| kitops_layer_format(&desc.media_type));
+                if let Some(format) = format {
                     layers.push(FileLayer {
                         descriptor: desc.clone(),
                         path: PathBuf::from(format!("layer-{index}")),
@@ -135,6 +139,21 @@ fn image_layer_format(media_type: &str) -> Option<LayerFormat> {
         "application/vnd.oci.image.layer.v1.tar+zstd" => LayerFormat::TarZstd,
         _ => return None,
     })
+}
+
+/// KitOps ModelKit layers (`application/vnd.kitops.modelkit.<kind>.v1.tar[+gzip|+zstd]`):
+/// each is a tar of the Kitfile path it packs (the model, a part, code, a dataset, docs), so
+/// unpacking at the root puts every file where the Kitfile says.
+fn kitops_layer_format(media_type: &str) -> Option<LayerFormat> {
+    let rest = media_type.strip_prefix("application/vnd.kitops.modelkit.")?;
+    let (kind, format) = rest.split_once(".v1.")?;
+    if !matches!(kind, "model" | "modelpart" | "code" | "dataset" | "docs" | "prompts") {
+        return None;
+    }
+    match LayerFormat::parse(format)? {
+        LayerFormat::Raw => None,
+        f => Some(f),
+    }
 }
 
 /// File names for formats whose layers carry no name: Ollama models and Docker Model Runner

@@ -3,16 +3,21 @@
 //! encoded once into a temporary folder. Nothing here knows about registries.
 
 mod classify;
+mod describe;
 mod encode;
+mod gguf;
 mod walk;
 
 pub use classify::classify;
+pub use describe::front_matter_licenses;
 pub use walk::{walk, ModelFile, WalkOptions};
 
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::oci::modelpack::{layer_media_type, FileMetadata, ModelConfig, ModelDescriptor};
+use crate::oci::modelpack::{
+    layer_media_type, FileMetadata, ModelConfig, ModelDescriptor, ModelProperties,
+};
 use crate::oci::{media, Descriptor, LayerFormat, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum PackError {
     },
     #[error("file name {0:?} is not valid UTF-8; rename it")]
     NonUtf8(PathBuf),
+    #[error("the config override does not give a valid ModelPack config: {0}")]
+    BadConfigOverride(String),
 }
 
 /// Choices that change the packed bytes.
@@ -53,6 +60,10 @@ pub struct PackOptions {
     /// Where tar layers are encoded; the system temp dir when `None`.
     pub temp_dir: Option<PathBuf>,
     pub threads: usize,
+    /// Manifest annotations (`--annotation k=v`).
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// A partial ModelPack config merged over the computed one (`--config-file`).
+    pub config_override: Option<serde_json::Value>,
 }
 
 impl Default for PackOptions {
@@ -65,6 +76,8 @@ impl Default for PackOptions {
             timestamp: None,
             temp_dir: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            annotations: Default::default(),
+            config_override: None,
         }
     }
 }
@@ -126,8 +139,8 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         created_at: opts.timestamp.map(rfc3339),
         ..Default::default()
     };
-    let (properties, family) = classify::describe_model(&files);
-    descriptor.family = family;
+    let mut properties = ModelProperties::default();
+    describe::describe_model(&files, &mut properties, &mut descriptor);
     let config = ModelConfig {
         descriptor,
         config: properties,
@@ -135,6 +148,10 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
             diff_ids: layers.iter().map(|l| l.diff_id.clone()).collect(),
             ..Default::default()
         },
+    };
+    let config = match &opts.config_override {
+        Some(over) => apply_override(&config, over)?,
+        None => config,
     };
     let config_bytes = bytes::Bytes::from(serde_json::to_vec(&config).expect("config serialises"));
     let config_desc = Descriptor::new(
@@ -201,6 +218,7 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
             .annotations
             .insert(media::ANNOTATION_CREATED.into(), rfc3339(ts));
     }
+    manifest.annotations.extend(opts.annotations.clone());
     let manifest_bytes = bytes::Bytes::from(manifest.to_bytes());
     Ok(Packed {
         manifest_digest: Digest::of_bytes(&manifest_bytes),
@@ -209,6 +227,43 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         blobs,
         _scratch: scratch,
     })
+}
+
+/// Merge a partial config over the computed one, object by object (the override wins); the
+/// result must still be a ModelPack config.
+fn apply_override(config: &ModelConfig, over: &serde_json::Value) -> Result<ModelConfig, PackError> {
+    fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
+        match (base, over) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+                for (k, v) in o {
+                    merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, o) => *b = o.clone(),
+        }
+    }
+    /// The first path of `over` that `kept` lost (a field the config does not have).
+    fn dropped(kept: &serde_json::Value, over: &serde_json::Value, at: &str) -> Option<String> {
+        let serde_json::Value::Object(o) = over else {
+            return None;
+        };
+        o.iter().find_map(|(k, v)| match kept.get(k) {
+            None if !v.is_null() => Some(format!("{at}{k}")),
+            None => None,
+            Some(inner) => dropped(inner, v, &format!("{at}{k}.")),
+        })
+    }
+    let mut value = serde_json::to_value(config).expect("config serialises");
+    merge(&mut value, over);
+    let merged: ModelConfig = serde_json::from_value(value)
+        .map_err(|e| PackError::BadConfigOverride(e.to_string()))?;
+    let kept = serde_json::to_value(&merged).expect("config serialises");
+    if let Some(path) = dropped(&kept, over, "") {
+        return Err(PackError::BadConfigOverride(format!(
+            "unknown field {path} (see the ModelPack config spec)"
+        )));
+    }
+    Ok(merged)
 }
 
 fn folder_name(dir: &Path) -> String {

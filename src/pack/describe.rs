@@ -1,0 +1,215 @@
+//! The ModelPack config from what the model says about itself, never from tensor data:
+//! `config.json` (architectures, model_type, torch_dtype, transformer sizes), safetensors
+//! headers (dtypes → precision, shapes → parameter count), GGUF metadata (architecture,
+//! quantization, parameter count) and the licence in the model card's front matter.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::ModelFile;
+use crate::oci::modelpack::{
+    LayerKind, ModelDescriptor, ModelProperties, TransformerConfig,
+};
+
+/// Fill `props` and the descriptor's family and licences from the files.
+pub fn describe_model(files: &[ModelFile], props: &mut ModelProperties, desc: &mut ModelDescriptor) {
+    let weights: Vec<&ModelFile> = files
+        .iter()
+        .filter(|f| f.kind == LayerKind::Weight)
+        .collect();
+    props.format = weights
+        .iter()
+        .filter_map(|f| {
+            f.relative
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+        })
+        .max_by_key(|e| if e == "safetensors" { 2 } else { 1 });
+
+    let mut params: u64 = 0;
+    let mut dtype_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for f in weights.iter().filter(|f| f.relative.ends_with(".safetensors")) {
+        if let Some(tensors) = safetensors_header(&f.source) {
+            for (dtype, count) in tensors {
+                params += count;
+                *dtype_counts.entry(dtype).or_default() += count;
+            }
+        }
+    }
+    for f in weights.iter().filter(|f| f.relative.ends_with(".gguf")) {
+        if let Some(meta) = super::gguf::read(&f.source) {
+            params += meta.parameters;
+            props.architecture = props.architecture.take().or(meta.architecture);
+            props.quantization = props.quantization.take().or(meta.quantization);
+        }
+    }
+    if params > 0 {
+        props.param_size = Some(human_params(params));
+    }
+    props.precision = dtype_counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(d, _)| precision_name(&d));
+
+    let hf = root_json(files, "config.json");
+    if let Some(hf) = &hf {
+        let text = |k: &str| hf.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let count = |k: &str| hf.get(k).and_then(|v| v.as_u64()).filter(|n| *n > 0);
+        desc.family = text("model_type");
+        if let Some(arch) = hf
+            .get("architectures")
+            .and_then(|a| a.as_array()?.first()?.as_str())
+        {
+            props.architecture = Some(arch.to_string());
+        }
+        if props.precision.is_none() {
+            props.precision = text("torch_dtype").map(|d| torch_precision(&d));
+        }
+        let tc = TransformerConfig {
+            num_layers: count("num_hidden_layers"),
+            num_attention_heads: count("num_attention_heads"),
+            num_kv_heads: count("num_key_value_heads"),
+            hidden_size: count("hidden_size"),
+            intermediate_size: count("intermediate_size"),
+        };
+        if tc != TransformerConfig::default() {
+            props.transformer_config = Some(tc);
+        }
+    }
+    desc.licenses = files
+        .iter()
+        .find(|f| f.relative.eq_ignore_ascii_case("README.md"))
+        .and_then(|f| std::fs::read_to_string(&f.source).ok())
+        .map(|card| front_matter_licenses(&card))
+        .unwrap_or_default();
+}
+
+fn root_json(files: &[ModelFile], name: &str) -> Option<serde_json::Value> {
+    let f = files.iter().find(|f| f.relative == name)?;
+    if f.size > 16 << 20 {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(&f.source).ok()?).ok()
+}
+
+/// `license:` in a Hugging Face model card's YAML front matter (a value or a list).
+pub fn front_matter_licenses(card: &str) -> Vec<String> {
+    let mut lines = card.lines();
+    if lines.next().map(str::trim) != Some("---") {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut in_list = false;
+    for line in lines {
+        if line.trim() == "---" {
+            break;
+        }
+        if in_list {
+            match line.trim().strip_prefix("- ") {
+                Some(item) => {
+                    found.push(unquote(item));
+                    continue;
+                }
+                None => in_list = false,
+            }
+        }
+        if let Some(value) = line.strip_prefix("license:") {
+            let value = value.trim();
+            if value.is_empty() {
+                in_list = true;
+            } else {
+                found.push(unquote(value));
+            }
+        }
+    }
+    found.retain(|l| !l.is_empty());
+    found
+}
+
+fn unquote(s: &str) -> String {
+    s.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
+}
+
+/// (dtype, element count) per tensor from a safetensors header; `None` if it is not one.
+fn safetensors_header(path: &std::path::Path) -> Option<Vec<(String, u64)>> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 * 1024 * 1024 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    Some(
+        map.iter()
+            .filter(|(k, _)| k.as_str() != "__metadata__")
+            .filter_map(|(_, v)| {
+                let dtype = v.get("dtype")?.as_str()?.to_string();
+                let count = v
+                    .get("shape")?
+                    .as_array()?
+                    .iter()
+                    .map(|d| d.as_u64().unwrap_or(0))
+                    .product();
+                Some((dtype, count))
+            })
+            .collect(),
+    )
+}
+
+fn precision_name(dtype: &str) -> String {
+    match dtype {
+        "F32" => "fp32".into(),
+        "F16" => "fp16".into(),
+        "F64" => "fp64".into(),
+        "BF16" => "bf16".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+fn torch_precision(dtype: &str) -> String {
+    match dtype {
+        "float32" => "fp32".into(),
+        "float16" => "fp16".into(),
+        "bfloat16" => "bf16".into(),
+        other => other.to_string(),
+    }
+}
+
+/// 22_713_216 → "22.7m"; 8e9 → "8b".
+pub fn human_params(n: u64) -> String {
+    let (value, unit) = match n {
+        n if n >= 1_000_000_000 => (n as f64 / 1e9, "b"),
+        n if n >= 1_000_000 => (n as f64 / 1e6, "m"),
+        n if n >= 1_000 => (n as f64 / 1e3, "k"),
+        n => (n as f64, ""),
+    };
+    let s = format!("{value:.1}");
+    format!("{}{unit}", s.trim_end_matches(".0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_sizes() {
+        assert_eq!(human_params(22_713_216), "22.7m");
+        assert_eq!(human_params(8_000_000_000), "8b");
+    }
+
+    #[test]
+    fn licences_from_front_matter() {
+        assert_eq!(
+            front_matter_licenses("---\nlanguage: en\nlicense: apache-2.0\n---\n# x"),
+            ["apache-2.0"]
+        );
+        assert_eq!(
+            front_matter_licenses("---\nlicense:\n- mit\n- 'cc-by-4.0'\ntags: []\n---\n"),
+            ["mit", "cc-by-4.0"]
+        );
+        assert!(front_matter_licenses("# no front matter\nlicense: mit\n").is_empty());
+    }
+}
