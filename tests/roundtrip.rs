@@ -337,3 +337,29 @@ fn copy_between_registry_and_local_store() {
         "copy skips blobs the registry has"
     );
 }
+
+#[test]
+fn verify_against_the_manifest_lists_every_differing_file() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("v:1");
+    let src = push_small(&h, &reference);
+    let out = pull_same(&h, &reference, src.path(), &[]);
+    let dir = out.path().to_str().unwrap();
+    let run = h.run(&["verify", dir, &reference]).ok();
+    assert!(run.stdout.contains("Verified 6 files"), "{}", run.stdout);
+    // One file changed (same size), one shortened, one gone.
+    let weights = out.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::remove_file(&weights).unwrap(); // a fresh inode: no verified mark
+    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::remove_file(out.path().join("README.md")).unwrap();
+    std::fs::remove_file(out.path().join("train.py")).unwrap();
+    std::fs::write(out.path().join("train.py"), b"x").unwrap();
+    let run = h.run(&["verify", dir, &reference]).fails_with(6, "3 of 6 files");
+    let line = run.error_line();
+    for needle in ["model.safetensors (digest", "README.md (missing)", "train.py (1 bytes"] {
+        assert!(line.contains(needle), "{line} lacks {needle}");
+    }
+}

@@ -95,9 +95,12 @@ pub struct VerifyArgs {
     /// The folder the files were pulled into.
     #[arg(default_value = ".", env = "HOIST_OUTPUT")]
     dir: PathBuf,
-    /// The ready marker `hoist pull --ready-marker` wrote.
-    #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE")]
-    marker: PathBuf,
+    /// Check against this artifact's manifest (sizes and digests of its files).
+    #[arg(value_name = "REFERENCE", required_unless_present = "marker")]
+    reference: Option<String>,
+    /// Check offline against the ready marker `hoist pull --ready-marker` wrote.
+    #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE", conflicts_with = "reference")]
+    marker: Option<PathBuf>,
     /// Hash every file even if it carries a valid verified mark.
     #[arg(long)]
     full: bool,
@@ -116,7 +119,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
         Command::WanProxy(args) => super::serve::wan_proxy(args).await,
         Command::Login(args) => super::login::login(args, global).await,
         Command::Serve(args) => super::serve::serve(args, global).await,
-        Command::Verify(args) => verify(args),
+        Command::Verify(args) => verify(args, global).await,
         Command::Gc(args) => super::serve::gc(args, global),
         Command::Attach(args) => super::graph::attach(args, global).await,
         Command::Discover(args) => super::graph::discover(args, global).await,
@@ -415,19 +418,24 @@ pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     Ok(n * mult)
 }
 
-/// Check a pulled folder against its ready marker, offline: every single-file layer must be
-/// there with its digest.
-fn verify(args: VerifyArgs) -> Result<(), Error> {
-    let text = std::fs::read(&args.marker).map_err(|e| {
+/// Check a pulled folder: against a manifest (every differing file listed), or offline
+/// against its ready marker (every single-file layer there with its digest).
+async fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let marker_path = match (&args.reference, &args.marker) {
+        (Some(reference), _) => return verify_against(&args, reference, global).await,
+        (None, Some(marker)) => marker.clone(),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let text = std::fs::read(&marker_path).map_err(|e| {
         Error::Usage(format!(
             "no ready marker at {} ({e}): the pull has not finished",
-            args.marker.display()
+            marker_path.display()
         ))
     })?;
     let marker: super::pull::ReadyMarker = serde_json::from_slice(&text).map_err(|e| {
         Error::Usage(format!(
             "{} is not a hoist ready marker: {e}",
-            args.marker.display()
+            marker_path.display()
         ))
     })?;
     let mut checked = 0;
@@ -453,6 +461,63 @@ fn verify(args: VerifyArgs) -> Result<(), Error> {
         marker.reference,
         marker.digest,
         args.dir.display()
+    );
+    Ok(())
+}
+
+/// Compare the folder with the files `reference` holds: each raw layer's file must exist with
+/// its size and digest. All differences are listed in one error.
+async fn verify_against(args: &VerifyArgs, reference: &str, global: &GlobalArgs) -> Result<(), Error> {
+    let parsed = Reference::parse(reference)?;
+    let source = target(&parsed, global)?;
+    let resolved = source.resolve(&parsed.target()).await?;
+    let plan = LayerPlan::from_manifest(&resolved.manifest, false)
+        .map_err(hoist::transfer::TransferError::from)?;
+    let mut differ = Vec::new();
+    let (mut checked, mut unchecked) = (0, 0);
+    for layer in &plan.layers {
+        if layer.format != LayerFormat::Raw {
+            unchecked += 1; // a tar layer's files carry no digest of their own
+            continue;
+        }
+        let path = args.dir.join(&layer.path);
+        let want = &layer.descriptor;
+        let name = layer.path.display();
+        match std::fs::metadata(&path) {
+            Err(_) => differ.push(format!("{name} (missing)")),
+            Ok(m) if m.len() != want.size => {
+                differ.push(format!("{name} ({} bytes, expected {})", m.len(), want.size))
+            }
+            Ok(_) => {
+                let fast = !args.full && hoist::materialize::marker::is_marked(&path, &want.digest);
+                if !fast {
+                    match hoist::digest::Digest::of_file(&path) {
+                        Ok(d) if d == want.digest => {}
+                        Ok(d) => differ.push(format!("{name} (digest {d}, expected {})", want.digest)),
+                        Err(e) => differ.push(format!("{name} (unreadable: {e})")),
+                    }
+                }
+            }
+        }
+        checked += 1;
+    }
+    if !differ.is_empty() {
+        return Err(Error::Verify(format!(
+            "{} of {checked} files in {} differ from {reference}: {}",
+            differ.len(),
+            args.dir.display(),
+            differ.join("; ")
+        )));
+    }
+    println!(
+        "Verified {checked} files of {reference} ({}) in {}{}",
+        resolved.digest,
+        args.dir.display(),
+        if unchecked > 0 {
+            format!("; {unchecked} tar layers have no per-file digests and were not checked")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
