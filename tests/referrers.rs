@@ -74,6 +74,28 @@ fn graph_round(h: &Hoist, base: &str, tags_url: Option<String>, expect_fallback_
         referrers[0]["referrers"][0]["artifactType"], "application/vnd.dev.sigstore.bundle+json",
         "nested signature"
     );
+    // pull --include-referrers brings the attachments beside the model, out of its way.
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &subject_ref,
+        "-o",
+        out.path().to_str().unwrap(),
+        "--include-referrers",
+    ])
+    .ok();
+    assert!(out.path().join("model.safetensors").is_file());
+    let pulled = out.path().join(".referrers");
+    let folders: Vec<_> = std::fs::read_dir(&pulled).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(folders.len(), 3, "two attachments and the SBOM's signature");
+    let sbom_dir = pulled.join(sbom_digest.trim_start_matches("sha256:"));
+    assert_eq!(
+        std::fs::read(sbom_dir.join("sbom.spdx.json")).unwrap(),
+        br#"{"spdxVersion":"SPDX-2.3"}"#
+    );
+    let about: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sbom_dir.join(".descriptor.json")).unwrap()).unwrap();
+    assert_eq!(about["artifactType"], "application/spdx+json");
     if let Some(url) = tags_url {
         let (_, _, body) = curl(&[&url]);
         let has_fallback = body.contains("sha256-");

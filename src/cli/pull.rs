@@ -48,6 +48,10 @@ pub struct PullArgs {
     /// downloaded blobs are kept there (concurrent pulls download each blob once).
     #[arg(long, env = "HOIST_CACHE")]
     cache: bool,
+    /// Also pull what is attached to the artifact (signatures, SBOMs, reports), recursively,
+    /// into OUTPUT/.referrers/<digest>/ (each with a .descriptor.json).
+    #[arg(long)]
+    include_referrers: bool,
     /// How files are made from cached blobs: auto (reflink, else copy), reflink, hardlink
     /// (read-only files sharing the cache's inode), copy.
     #[arg(long, default_value = "auto", value_parser = parse_link_mode, env = "HOIST_LINK_MODE")]
@@ -174,14 +178,26 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
             kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         },
     };
-    Ok(transfer::pull(
+    let report = transfer::pull(
         &source,
         &reference.target(),
         &args.output,
         &opts,
         observer(global),
     )
-    .await?)
+    .await?;
+    if args.include_referrers {
+        let dir = args.output.join(".referrers");
+        let opts = PullOptions {
+            filter: Default::default(),
+            ..opts
+        };
+        let n = transfer::pull_referrers(&source, &report.digest, &dir, &opts).await?;
+        if !global.quiet {
+            eprintln!("Pulled {n} attached artifacts into {}", dir.display());
+        }
+    }
+    Ok(report)
 }
 
 fn globs(patterns: &[String]) -> Result<Option<globset::GlobSet>, Error> {

@@ -211,3 +211,41 @@ async fn register(dst: &Target, subject: &Digest, entry: Descriptor) -> Result<(
         }
     }
 }
+
+/// Pull every artifact attached to `subject` (recursively) into `dir/<digest hex>/`, each
+/// beside a `descriptor.json` naming its type and annotations. Returns how many were pulled.
+pub async fn pull_referrers(
+    target: &Target,
+    subject: &Digest,
+    dir: &std::path::Path,
+    opts: &super::PullOptions,
+) -> Result<usize, TransferError> {
+    let tree = discover(target, subject, None, 8).await?;
+    let mut stack: Vec<&Referrer> = tree.iter().collect();
+    let mut pulled = 0;
+    while let Some(r) = stack.pop() {
+        stack.extend(r.referrers.iter());
+        let out = dir.join(r.descriptor.digest.hex());
+        let digest = r.descriptor.digest.as_str();
+        match super::pull(target, digest, &out, opts, super::silent()).await {
+            Ok(_) => {}
+            // A signature or attestation without file names: keep its manifest, which is
+            // what verifiers read.
+            Err(TransferError::Oci(crate::oci::OciError::NoFiles(_))) => {
+                let (_, bytes, _) = target.fetch_manifest(digest).await?;
+                std::fs::create_dir_all(&out).map_err(TransferError::io(&out))?;
+                let path = out.join("manifest.json");
+                std::fs::write(&path, &bytes).map_err(TransferError::io(&path))?;
+            }
+            Err(e) => return Err(e),
+        }
+        let about = out.join(".descriptor.json");
+        std::fs::write(
+            &about,
+            serde_json::to_vec_pretty(&r.descriptor).expect("descriptor serialises"),
+        )
+        .map_err(TransferError::io(&about))?;
+        pulled += 1;
+    }
+    Ok(pulled)
+}
