@@ -87,6 +87,7 @@ fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::Store(e) => store_code(e),
         TransferError::Oci(e) => oci_code(e),
         TransferError::Materialize(e) => materialize_code(e),
+        TransferError::Pack(e) => pack_code(e),
         TransferError::DigestMismatch { .. } => ExitCode::Verification,
         TransferError::Io { .. } => ExitCode::Disk,
         TransferError::NoPlatform(_) => ExitCode::NotFound,

@@ -386,6 +386,16 @@ fn ollama_and_model_runner_layouts_get_sensible_file_names() {
             .ok();
         assert_eq!(visible_entries(out.path()), files, "{repo}");
         assert_eq!(std::fs::read(out.path().join("model.gguf")).unwrap(), gguf);
+        // convert: the same files as a ModelPack artifact (weights typed as weights).
+        let converted = reg.reference(&format!("{repo}-modelpack:v1"));
+        h.run(&["convert", &reference, &converted]).ok();
+        let again = tempfile::tempdir().unwrap();
+        h.run(&["pull", &converted, "-o", again.path().to_str().unwrap()])
+            .ok();
+        assert_eq!(tree(again.path(), false), tree(out.path(), false), "{repo}");
+        let doc: serde_json::Value =
+            serde_json::from_str(&h.run(&["inspect", &converted, "--json"]).ok().stdout).unwrap();
+        assert_eq!(doc["config"]["config"]["format"], "gguf", "{repo}");
     }
 }
 

@@ -126,3 +126,57 @@ fn skopeo_copies_what_hoist_pushes_unchanged() {
     );
     pull_same(&h, &copied, src.path(), &[]);
 }
+
+/// convert: an ORAS artifact pushed by oras-py becomes ModelPack, and back to ORAS; the
+/// files' blobs are reused (uploaded once), and each result pulls to the same files.
+#[test]
+fn convert_between_oras_and_modelpack_reuses_blobs() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    // oras-py titles layers by base name: a flat folder.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("model.safetensors"), noise(3_000_000, 3)).unwrap();
+    std::fs::write(src.path().join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
+    std::fs::write(src.path().join("README.md"), b"# m").unwrap();
+    std::fs::write(src.path().join("empty.txt"), b"").unwrap();
+    let oras_ref = reg.reference("conv/model:oras");
+    python(&format!(
+        r#"
+import os, oras.client
+os.chdir({:?})
+files = [os.path.join(dp, f)[2:] for dp, _, fs in os.walk(".") for f in fs if not f.startswith(".")]
+oras.client.OrasClient(insecure=True).push(target={oras_ref:?}, files=files, disable_path_validation=True)
+"#,
+        src.path()
+    ));
+    let uploads = reg.upload_count();
+    let mp_ref = reg.reference("conv/model:modelpack");
+    h.run(&["convert", &oras_ref, &mp_ref]).ok();
+    assert_eq!(
+        reg.upload_count() - uploads,
+        1,
+        "only the ModelPack config is new: every file blob was already there"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", &mp_ref, "--json"]).ok().stdout).unwrap();
+    assert_eq!(
+        doc["manifest"]["artifactType"],
+        "application/vnd.cncf.model.manifest.v1+json"
+    );
+    assert_eq!(doc["config"]["descriptor"]["name"], "model");
+    pull_same(&h, &mp_ref, src.path(), &[]);
+
+    // Back to ORAS, read by oras-py itself.
+    let back = reg.reference("conv/model:back");
+    h.run(&["convert", &mp_ref, &back, "--to", "oras"]).ok();
+    let out = tempfile::tempdir().unwrap();
+    python(&format!(
+        "import oras.client; oras.client.OrasClient(insecure=True).pull(target={back:?}, outdir={:?})",
+        out.path()
+    ));
+    assert_eq!(tree(out.path(), false), tree(src.path(), false));
+    // To ModelPack with tar+zstd layers, which pulls to the same files.
+    let zst = reg.reference("conv/model:zstd");
+    h.run(&["convert", &oras_ref, &zst, "--layer-format", "tar+zstd"]).ok();
+    pull_same(&h, &zst, src.path(), &[]);
+}

@@ -91,6 +91,26 @@ pub struct CopyArgs {
 }
 
 #[derive(Args)]
+pub struct ConvertArgs {
+    /// The artifact to convert (any shape hoist pulls).
+    source: String,
+    /// Where to push the converted artifact (`repo:v1,latest` tags twice).
+    destination: String,
+    /// The shape to convert to.
+    #[arg(long, value_enum, default_value_t = ConvertShape::Modelpack)]
+    to: ConvertShape,
+    /// Layer encoding for --to modelpack: raw (default), tar, tar+gzip, tar+zstd.
+    #[arg(long, default_value = "raw", value_parser = parse_layer_format)]
+    layer_format: LayerFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ConvertShape {
+    Modelpack,
+    Oras,
+}
+
+#[derive(Args)]
 pub struct VerifyArgs {
     /// The folder the files were pulled into.
     #[arg(default_value = ".", env = "HOIST_OUTPUT")]
@@ -110,6 +130,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<(), Error> {
     match command {
         Command::Push(args) => push(args, global).await,
         Command::Pull(args) => super::pull::pull(args, global).await,
+        Command::Convert(args) => convert(args, global).await,
         Command::Bench(args) => super::bench::bench(args, global).await,
         Command::Mount(args) => super::mount::mount(args, global).await,
         Command::Umount(args) => super::mount::umount(args),
@@ -519,5 +540,46 @@ async fn verify_against(args: &VerifyArgs, reference: &str, global: &GlobalArgs)
             String::new()
         }
     );
+    Ok(())
+}
+
+/// Repack an artifact in another shape: pull (verified) into a scratch folder, pack, push.
+async fn convert(args: ConvertArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let src = Reference::parse(&args.source)?;
+    let (dst, tags) = all_tags(&args.destination, &[])?;
+    let source = target(&src, global)?;
+    let dest = target(&dst, global)?;
+    let scratch_root = store(global)?.root().join("ingest");
+    let scratch = tempfile::Builder::new()
+        .prefix("hoist-convert-")
+        .tempdir_in(&scratch_root)
+        .map_err(|e| Error::Usage(format!("scratch folder in {}: {e}", scratch_root.display())))?;
+    let to = match args.to {
+        ConvertShape::Modelpack => transfer::ConvertTo::ModelPack,
+        ConvertShape::Oras => transfer::ConvertTo::Oras,
+    };
+    let opts = PackOptions {
+        layer_format: args.layer_format,
+        name: Some(src.repository.rsplit('/').next().unwrap_or("model").to_string()),
+        ..Default::default()
+    };
+    let report = transfer::convert(
+        &source,
+        &src.target(),
+        &dest,
+        &tags,
+        to,
+        &opts,
+        scratch.path(),
+        observer(global),
+    )
+    .await?;
+    if !global.quiet {
+        eprintln!(
+            "Converted {} to {}: {} of {} blobs uploaded, {} already there",
+            args.source, args.destination, report.uploaded, report.blobs, report.skipped
+        );
+    }
+    println!("Digest: {}", report.digest);
     Ok(())
 }

@@ -103,6 +103,9 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Copy an artifact between registries and the local store.
     Copy(commands::CopyArgs),
+    /// Repack an artifact (ORAS, ModelPack, KitOps, Ollama, Model Runner, an image) as a
+    /// ModelPack or ORAS artifact; files whose bytes do not change keep their blobs.
+    Convert(commands::ConvertArgs),
     /// List what the local store holds.
     List,
     /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.

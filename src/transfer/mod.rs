@@ -2,6 +2,7 @@
 //! registries. The engines here schedule work and verify bytes; they print nothing and report
 //! through [`Event`]s that the CLI renders as progress or JSON lines.
 
+mod convert;
 mod copy;
 pub mod fetch;
 mod pull;
@@ -9,6 +10,7 @@ mod push;
 mod referrers;
 mod target;
 
+pub use convert::{convert, ConvertTo};
 pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, PushOptions, PushReport};
@@ -35,6 +37,8 @@ pub enum TransferError {
     Oci(#[from] OciError),
     #[error(transparent)]
     Materialize(#[from] MaterializeError),
+    #[error(transparent)]
+    Pack(#[from] crate::pack::PackError),
     #[error("verification failed for {what}: expected {expected}, got {actual} ({size} bytes); the registry's copy is corrupt or was tampered with, nothing was written")]
     DigestMismatch {
         what: String,

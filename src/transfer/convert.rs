@@ -1,0 +1,99 @@
+//! Convert an artifact from any shape hoist reads (ORAS, ModelPack in any layer format,
+//! KitOps, Docker Model Runner, Ollama, a plain image) into a ModelPack artifact or an ORAS
+//! one. The files are materialized once through the pull engine (verified), then packed and
+//! pushed; a raw layer's blob is the file's own bytes in every shape, so unchanged files keep
+//! their digests and the destination skips blobs it already has.
+
+use std::path::Path;
+
+use super::{Observer, PullOptions, PushOptions, PushReport, Target, TransferError};
+use crate::digest::Digest;
+use crate::oci::{media, Descriptor};
+use crate::pack::{self, BlobSource, PackOptions, Packed, PackedBlob};
+
+/// The shape to convert to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertTo {
+    /// A CNCF ModelPack artifact, in the layer format of the pack options.
+    ModelPack,
+    /// ORAS files: raw layers titled by path, empty config, `application/vnd.unknown.artifact.v1`.
+    Oras,
+}
+
+/// Pull `source_ref` from `source` into `scratch`, repack it and push it to `dest` under `tags`.
+#[allow(clippy::too_many_arguments)]
+pub async fn convert(
+    source: &Target,
+    source_ref: &str,
+    dest: &Target,
+    tags: &[String],
+    to: ConvertTo,
+    pack_opts: &PackOptions,
+    scratch: &Path,
+    observer: Observer,
+) -> Result<PushReport, TransferError> {
+    let folder = scratch.join("files");
+    super::pull(
+        source,
+        source_ref,
+        &folder,
+        &PullOptions::default(),
+        super::silent(),
+    )
+    .await?;
+    let mut opts = pack_opts.clone();
+    if to == ConvertTo::Oras {
+        opts.layer_format = crate::oci::LayerFormat::Raw;
+    }
+    opts.temp_dir = Some(scratch.join("encoded"));
+    let folder_for_pack = folder.clone();
+    let packed = tokio::task::spawn_blocking(move || pack::pack(&folder_for_pack, &opts))
+        .await
+        .expect("pack task")?;
+    let packed = match to {
+        ConvertTo::ModelPack => packed,
+        ConvertTo::Oras => as_oras(packed),
+    };
+    super::push(&packed, dest, tags, &PushOptions::default(), observer).await
+}
+
+/// The same files as ORAS writes them: titled `application/vnd.oci.image.layer.v1.tar` layers
+/// (ORAS's default type for files) and the empty config.
+fn as_oras(packed: Packed) -> Packed {
+    let empty = bytes::Bytes::from_static(b"{}");
+    let config = Descriptor::new(media::OCI_EMPTY, Digest::of_bytes(&empty), 2);
+    let mut manifest = packed.manifest;
+    manifest.artifact_type = Some(media::ORAS_UNKNOWN_ARTIFACT.into());
+    manifest.config = config.clone();
+    for layer in &mut manifest.layers {
+        layer.media_type = "application/vnd.oci.image.layer.v1.tar".into();
+        layer
+            .annotations
+            .retain(|k, _| k == media::ANNOTATION_TITLE);
+    }
+    let mut blobs: Vec<PackedBlob> = packed
+        .blobs
+        .into_iter()
+        .skip(1) // the ModelPack config
+        .zip(&manifest.layers)
+        .map(|(blob, layer)| PackedBlob {
+            descriptor: layer.clone(),
+            source: blob.source,
+        })
+        .collect();
+    blobs.insert(
+        0,
+        PackedBlob {
+            descriptor: config,
+            source: BlobSource::Bytes(empty),
+        },
+    );
+    let manifest_bytes = bytes::Bytes::from(manifest.to_bytes());
+    Packed {
+        manifest_digest: Digest::of_bytes(&manifest_bytes),
+        manifest,
+        manifest_bytes,
+        blobs,
+        _scratch: packed._scratch,
+    }
+}
