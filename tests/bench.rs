@@ -27,7 +27,11 @@ fn smoke_bench_writes_table_json_and_chart() {
         "artifact, raw layers",
         "artifact, tar+zstd layers",
     ] {
-        assert!(run.stdout.contains(shape), "{shape} missing:\n{}", run.stdout);
+        assert!(
+            run.stdout.contains(shape),
+            "{shape} missing:\n{}",
+            run.stdout
+        );
     }
     let md = std::fs::read_to_string(out.path().join("bench.md")).unwrap();
     assert_eq!(md, run.stdout, "bench.md is the printed table");
@@ -36,7 +40,12 @@ fn smoke_bench_writes_table_json_and_chart() {
     let shapes = json["shapes"].as_array().unwrap();
     assert_eq!(shapes.len(), 6);
     for s in shapes {
-        for key in ["build_seconds", "pull_cold_seconds", "pull_warm_seconds", "pull_link_seconds"] {
+        for key in [
+            "build_seconds",
+            "pull_cold_seconds",
+            "pull_warm_seconds",
+            "pull_link_seconds",
+        ] {
             assert!(s[key].as_f64().unwrap() > 0.0, "{key} of {s}");
         }
         assert!(s["stored_bytes"].as_u64().unwrap() > 0);
@@ -51,7 +60,10 @@ fn smoke_bench_writes_table_json_and_chart() {
     assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
     assert!(json["model_bytes"].as_u64().unwrap() >= 24 << 20);
     let svg = std::fs::read_to_string(out.path().join("bench.svg")).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("artifact,"), "chart without labels");
+    assert!(
+        svg.contains("<svg") && svg.contains("artifact,"),
+        "chart without labels"
+    );
     let png = std::fs::read(out.path().join("bench.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

@@ -177,6 +177,7 @@ oras.client.OrasClient(insecure=True).push(target={oras_ref:?}, files=files, dis
     assert_eq!(tree(out.path(), false), tree(src.path(), false));
     // To ModelPack with tar+zstd layers, which pulls to the same files.
     let zst = reg.reference("conv/model:zstd");
-    h.run(&["convert", &oras_ref, &zst, "--layer-format", "tar+zstd"]).ok();
+    h.run(&["convert", &oras_ref, &zst, "--layer-format", "tar+zstd"])
+        .ok();
     pull_same(&h, &zst, src.path(), &[]);
 }

@@ -14,7 +14,10 @@ fn config_of(h: &Hoist, reference: &str) -> serde_json::Value {
 }
 
 fn validate(config: &serde_json::Value) {
-    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/modelpack-config.schema.json");
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/modelpack-config.schema.json"
+    );
     python(&format!(
         r#"
 import json, jsonschema
@@ -69,7 +72,10 @@ print(json.dumps({{"params": n, "dtype": max(by_dtype, key=by_dtype.get), "arch"
         expected["layers"]
     );
     assert_eq!(config["descriptor"]["family"], "bert");
-    assert_eq!(config["descriptor"]["licenses"], serde_json::json!(["apache-2.0"]));
+    assert_eq!(
+        config["descriptor"]["licenses"],
+        serde_json::json!(["apache-2.0"])
+    );
 }
 
 /// A tiny GGUF v3 file: architecture, file type and two tensors.
@@ -88,7 +94,10 @@ fn gguf() -> Vec<u8> {
     s(&mut b, "general.file_type");
     b.extend(4u32.to_le_bytes());
     b.extend(7u32.to_le_bytes());
-    for (name, dims) in [("token_embd.weight", [896u64, 151_936]), ("output.weight", [896, 151_936])] {
+    for (name, dims) in [
+        ("token_embd.weight", [896u64, 151_936]),
+        ("output.weight", [896, 151_936]),
+    ] {
         s(&mut b, name);
         b.extend(2u32.to_le_bytes());
         for d in dims {
@@ -111,7 +120,8 @@ fn gguf_metadata_and_overrides_fill_the_config() {
         "---\nlicense:\n  - mit\n---\n# tiny\n",
     )
     .unwrap();
-    h.run(&["push", src.path().to_str().unwrap(), "tiny:v1"]).ok();
+    h.run(&["push", src.path().to_str().unwrap(), "tiny:v1"])
+        .ok();
     let config = config_of(&h, "tiny:v1");
     validate(&config);
     assert_eq!(config["config"]["architecture"], "qwen2");
@@ -139,9 +149,15 @@ fn gguf_metadata_and_overrides_fill_the_config() {
     let config = config_of(&h, "tiny:v2");
     validate(&config);
     assert_eq!(config["descriptor"]["vendor"], "acme");
-    assert_eq!(config["descriptor"]["licenses"], serde_json::json!(["apache-2.0"]));
+    assert_eq!(
+        config["descriptor"]["licenses"],
+        serde_json::json!(["apache-2.0"])
+    );
     assert_eq!(config["config"]["paramSize"], "0.5b");
-    assert_eq!(config["config"]["architecture"], "qwen2", "the rest is kept");
+    assert_eq!(
+        config["config"]["architecture"], "qwen2",
+        "the rest is kept"
+    );
     let doc: serde_json::Value =
         serde_json::from_str(&h.run(&["inspect", "tiny:v2", "--json"]).ok().stdout).unwrap();
     assert_eq!(

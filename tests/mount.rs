@@ -130,7 +130,9 @@ fn real_model_loads_from_the_mount() {
     );
     let point = m.point();
     // The tree is there before any weight byte was fetched.
-    let size = std::fs::metadata(point.join("model.safetensors")).unwrap().len();
+    let size = std::fs::metadata(point.join("model.safetensors"))
+        .unwrap()
+        .len();
     assert_eq!(size, 90_868_376);
     assert!(point.join("1_Pooling/config.json").is_file());
     assert_eq!(reg.blob_get_count(), 0, "listing the tree fetched blobs");
@@ -178,13 +180,19 @@ print(len(a))
     assert_eq!(code, 0, "{log}");
     assert!(!mounted(&point), "still mounted after SIGTERM");
     let metrics = std::fs::read_to_string(&m.metrics).unwrap();
-    assert!(metrics.contains("hoist_mount_read_stalls_total"), "{metrics}");
+    assert!(
+        metrics.contains("hoist_mount_read_stalls_total"),
+        "{metrics}"
+    );
     let stalls: f64 = metrics
         .lines()
         .find(|l| l.starts_with("hoist_mount_read_stalls_total{"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap();
-    assert!(stalls >= 1.0, "reads without prefetch must have waited: {metrics}");
+    assert!(
+        stalls >= 1.0,
+        "reads without prefetch must have waited: {metrics}"
+    );
 
     // Blobs read completely were verified and kept in the cache: a second mount reads the
     // weights without fetching a byte.
@@ -198,7 +206,11 @@ print(len(a))
         std::fs::read(again.point().join("model.safetensors")).unwrap(),
         std::fs::read(src.join("model.safetensors")).unwrap()
     );
-    assert_eq!(reg.blob_get_count(), gets, "a cached blob was fetched again");
+    assert_eq!(
+        reg.blob_get_count(),
+        gets,
+        "a cached blob was fetched again"
+    );
 }
 
 /// Processes killed when the test ends, pass or fail.
@@ -301,19 +313,21 @@ fn sigterm_under_load_leaves_no_stuck_mount() {
     );
     let mut m = Mount::start(&h, &wan.reference("busy:v1"), &[]);
     let file = m.point().join("model.safetensors");
-    let _readers = Children((0..3)
-        .map(|i| {
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "while true; do dd if='{}' of=/dev/null bs=1M skip={} 2>/dev/null; done",
-                    file.display(),
-                    i * 20
-                ))
-                .spawn()
-                .unwrap()
-        })
-        .collect());
+    let _readers = Children(
+        (0..3)
+            .map(|i| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "while true; do dd if='{}' of=/dev/null bs=1M skip={} 2>/dev/null; done",
+                        file.display(),
+                        i * 20
+                    ))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let started = Instant::now();
     let (_code, log) = m.stop();

@@ -86,7 +86,10 @@ fn graph_round(h: &Hoist, base: &str, tags_url: Option<String>, expect_fallback_
     .ok();
     assert!(out.path().join("model.safetensors").is_file());
     let pulled = out.path().join(".referrers");
-    let folders: Vec<_> = std::fs::read_dir(&pulled).unwrap().map(|e| e.unwrap().path()).collect();
+    let folders: Vec<_> = std::fs::read_dir(&pulled)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(folders.len(), 3, "two attachments and the SBOM's signature");
     let sbom_dir = pulled.join(sbom_digest.trim_start_matches("sha256:"));
     assert_eq!(

@@ -357,9 +357,15 @@ fn verify_against_the_manifest_lists_every_differing_file() {
     std::fs::remove_file(out.path().join("README.md")).unwrap();
     std::fs::remove_file(out.path().join("train.py")).unwrap();
     std::fs::write(out.path().join("train.py"), b"x").unwrap();
-    let run = h.run(&["verify", dir, &reference]).fails_with(6, "3 of 6 files");
+    let run = h
+        .run(&["verify", dir, &reference])
+        .fails_with(6, "3 of 6 files");
     let line = run.error_line();
-    for needle in ["model.safetensors (digest", "README.md (missing)", "train.py (1 bytes"] {
+    for needle in [
+        "model.safetensors (digest",
+        "README.md (missing)",
+        "train.py (1 bytes",
+    ] {
         assert!(line.contains(needle), "{line} lacks {needle}");
     }
 }

@@ -55,11 +55,7 @@ pub fn pack_image(
         "config": {"WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))?;
-    let config_desc = Descriptor::new(
-        IMAGE_CONFIG,
-        Digest::of_bytes(&config),
-        config.len() as u64,
-    );
+    let config_desc = Descriptor::new(IMAGE_CONFIG, Digest::of_bytes(&config), config.len() as u64);
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(crate::oci::media::OCI_MANIFEST.into()),

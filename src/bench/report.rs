@@ -105,7 +105,10 @@ impl Report {
             out.push_str("---|");
         }
         out.push_str("---|\n");
-        let base = self.baseline().map(|b| b.pull_cold_seconds).unwrap_or(f64::NAN);
+        let base = self
+            .baseline()
+            .map(|b| b.pull_cold_seconds)
+            .unwrap_or(f64::NAN);
         for r in &self.shapes {
             out.push_str(&format!(
                 "| {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
@@ -129,7 +132,10 @@ impl Report {
         if !self.peers.is_empty() {
             out.push_str("\nThe raw-layer artifact pulled by other clients:\n\n| client | link | pull (s) |\n|---|---|---|\n");
             for p in &self.peers {
-                out.push_str(&format!("| {} | {} | {:.2} |\n", p.client, p.link, p.seconds));
+                out.push_str(&format!(
+                    "| {} | {} | {:.2} |\n",
+                    p.client, p.link, p.seconds
+                ));
             }
         }
         if let (Some(base), Some(art)) = (
@@ -168,12 +174,17 @@ impl Report {
                 written.push(png);
                 None
             }
-            None => Some("no TrueType font found (install fonts-dejavu-core): chart skipped".into()),
+            None => {
+                Some("no TrueType font found (install fonts-dejavu-core): chart skipped".into())
+            }
         };
         Ok((written, note))
     }
 
-    fn chart<DB: DrawingBackend>(&self, root: DrawingArea<DB, plotters::coord::Shift>) -> Result<(), String>
+    fn chart<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+    ) -> Result<(), String>
     where
         DB::ErrorType: 'static,
     {
@@ -210,13 +221,22 @@ impl Report {
             .map_err(err)?;
         let build = RGBColor(120, 144, 156);
         let pull = RGBColor(30, 136, 229);
-        let base = self.baseline().map(|b| b.pull_cold_seconds).unwrap_or(f64::NAN);
+        let base = self
+            .baseline()
+            .map(|b| b.pull_cold_seconds)
+            .unwrap_or(f64::NAN);
         for (i, s) in self.shapes.iter().enumerate() {
             let x = i as f64;
             chart
                 .draw_series([
-                    Rectangle::new([(x + 0.12, 0.0), (x + 0.48, s.build_seconds)], build.filled()),
-                    Rectangle::new([(x + 0.52, 0.0), (x + 0.88, s.pull_cold_seconds)], pull.filled()),
+                    Rectangle::new(
+                        [(x + 0.12, 0.0), (x + 0.48, s.build_seconds)],
+                        build.filled(),
+                    ),
+                    Rectangle::new(
+                        [(x + 0.52, 0.0), (x + 0.88, s.pull_cold_seconds)],
+                        pull.filled(),
+                    ),
                 ])
                 .map_err(err)?;
             chart
@@ -244,10 +264,17 @@ impl Report {
         {
             let (px, py) = chart.backend_coord(&(n as f64 * 0.72, top * 0.97));
             let y = py + 20 * j as i32;
-            root.draw(&Rectangle::new([(px, y), (px + 14, y + 14)], color.filled()))
-                .map_err(err)?;
-            root.draw(&Text::new(name, (px + 20, y), ("sans-serif", 14).into_font()))
-                .map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(px, y), (px + 14, y + 14)],
+                color.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Text::new(
+                name,
+                (px + 20, y),
+                ("sans-serif", 14).into_font(),
+            ))
+            .map_err(err)?;
         }
         root.present().map_err(err)?;
         Ok(())

@@ -185,7 +185,14 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
                 |out| hoist_pull(&via, out, &[]),
             )?);
         }
-        if opts.peers && matches!(shape, Shape::Artifact { format: crate::oci::LayerFormat::Raw }) {
+        if opts.peers
+            && matches!(
+                shape,
+                Shape::Artifact {
+                    format: crate::oci::LayerFormat::Raw
+                }
+            )
+        {
             let mut hosts = vec![("loopback", reference.clone())];
             if let Some(proxy) = &proxy {
                 hosts.push((
@@ -194,7 +201,9 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
                 ));
             }
             for (link, reference) in hosts {
-                pulls.extend(peer_pulls(opts, &reference, link, &pulls_dir, &expected, progress)?);
+                pulls.extend(peer_pulls(
+                    opts, &reference, link, &pulls_dir, &expected, progress,
+                )?);
             }
         }
         shapes.push(row);
@@ -206,9 +215,13 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
         model_bytes,
         files: files.len(),
         runs: opts.runs,
-        link: opts
-            .link
-            .map(|(rate, lat)| format!("{} MB/s per connection, {} ms", rate / 1_000_000, lat.as_millis())),
+        link: opts.link.map(|(rate, lat)| {
+            format!(
+                "{} MB/s per connection, {} ms",
+                rate / 1_000_000,
+                lat.as_millis()
+            )
+        }),
         shapes,
         peers: pulls,
     })
@@ -293,6 +306,10 @@ fn check_folder(out: &Path, expected: &BTreeMap<String, Digest>) -> Result<(), S
     Ok(())
 }
 
+/// A peer client: its name, its command for an output folder, and whether that folder holds
+/// the model's files (skopeo writes an OCI layout, checked by skopeo itself).
+struct Peer(&'static str, Box<dyn Fn(&Path) -> Command>, bool);
+
 /// The artifact pulled by the peers that are installed: oras-py, the ORAS CLI, skopeo.
 fn peer_pulls(
     opts: &BenchOptions,
@@ -308,10 +325,10 @@ fn peer_pulls(
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let mut peers: Vec<(&str, Box<dyn Fn(&Path) -> Command>, bool)> = Vec::new();
+    let mut peers: Vec<Peer> = Vec::new();
     if has_oras_py {
         let r = reference.to_string();
-        peers.push((
+        peers.push(Peer(
             "oras-py",
             Box::new(move |out: &Path| {
                 let mut c = Command::new("python3");
@@ -329,7 +346,7 @@ fn peer_pulls(
     }
     if which("oras") {
         let r = reference.to_string();
-        peers.push((
+        peers.push(Peer(
             "oras CLI",
             Box::new(move |out: &Path| {
                 let mut c = Command::new("oras");
@@ -341,23 +358,26 @@ fn peer_pulls(
     }
     if which("skopeo") {
         let r = reference.to_string();
-        peers.push((
+        peers.push(Peer(
             "skopeo (blobs only, no folder)",
             Box::new(move |out: &Path| {
                 let mut c = Command::new("skopeo");
-                c.args(["copy", "-q", "--src-tls-verify=false", &format!("docker://{r}")])
-                    .arg(format!("oci:{}:v1", out.display()));
+                c.args([
+                    "copy",
+                    "-q",
+                    "--src-tls-verify=false",
+                    &format!("docker://{r}"),
+                ])
+                .arg(format!("oci:{}:v1", out.display()));
                 c
             }),
             false,
         ));
     }
-    for (name, make, folder) in peers {
+    for Peer(name, make, makes_folder) in peers {
         progress(&format!("pulling the artifact with {name} ({link})"));
-        let none = BTreeMap::new();
-        let check = if folder { expected } else { &none };
-        let secs = if folder {
-            median_of(opts.runs, dir, name, check, &make)?
+        let secs = if makes_folder {
+            median_of(opts.runs, dir, name, expected, &make)?
         } else {
             median_of_unchecked(opts.runs, dir, name, &make)?
         };

@@ -38,7 +38,11 @@ pub fn generate(dir: &Path, bytes: u64, shards: usize, seed: u64) -> std::io::Re
         let mut left = elements;
         while left > 0 {
             let cols = (left / TENSOR_ROWS).clamp(1, TENSOR_COLS);
-            let rows = if left < TENSOR_ROWS { left } else { TENSOR_ROWS };
+            let rows = if left < TENSOR_ROWS {
+                left
+            } else {
+                TENSOR_ROWS
+            };
             shapes.push((format!("model.layers.{tensor}.mlp.weight"), rows, cols));
             left -= rows * cols;
             tensor += 1;
@@ -54,10 +58,7 @@ pub fn generate(dir: &Path, bytes: u64, shards: usize, seed: u64) -> std::io::Re
             weight_map.insert(tname.clone(), name.clone().into());
             offset += len;
         }
-        header.insert(
-            "__metadata__".into(),
-            serde_json::json!({"format": "pt"}),
-        );
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
         let mut json = serde_json::to_vec(&header)?;
         while json.len() % 8 != 0 {
             json.push(b' ');
@@ -100,7 +101,9 @@ pub fn generate(dir: &Path, bytes: u64, shards: usize, seed: u64) -> std::io::Re
         .collect();
     std::fs::write(
         dir.join("tokenizer.json"),
-        serde_json::to_vec(&serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": vocab}}))?,
+        serde_json::to_vec(
+            &serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": vocab}}),
+        )?,
     )?;
     std::fs::write(
         dir.join("tokenizer_config.json"),

@@ -51,12 +51,20 @@ pub async fn bench(args: BenchArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         None => None,
     };
-    let link = args.link.as_deref().map(parse_link).transpose().map_err(Error::Usage)?;
+    let link = args
+        .link
+        .as_deref()
+        .map(parse_link)
+        .transpose()
+        .map_err(Error::Usage)?;
     let scratch = match &args.work_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("hoist-bench-").tempdir().map_err(|e| {
-            Error::Usage(format!("cannot make a scratch folder: {e}"))
-        })?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("hoist-bench-")
+                .tempdir()
+                .map_err(|e| Error::Usage(format!("cannot make a scratch folder: {e}")))?,
+        ),
     };
     let work = args
         .work_dir

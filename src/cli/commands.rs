@@ -119,7 +119,12 @@ pub struct VerifyArgs {
     #[arg(value_name = "REFERENCE", required_unless_present = "marker")]
     reference: Option<String>,
     /// Check offline against the ready marker `hoist pull --ready-marker` wrote.
-    #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE", conflicts_with = "reference")]
+    #[arg(
+        long,
+        env = "HOIST_READY_MARKER",
+        value_name = "FILE",
+        conflicts_with = "reference"
+    )]
     marker: Option<PathBuf>,
     /// Hash every file even if it carries a valid verified mark.
     #[arg(long)]
@@ -488,7 +493,11 @@ async fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
 
 /// Compare the folder with the files `reference` holds: each raw layer's file must exist with
 /// its size and digest. All differences are listed in one error.
-async fn verify_against(args: &VerifyArgs, reference: &str, global: &GlobalArgs) -> Result<(), Error> {
+async fn verify_against(
+    args: &VerifyArgs,
+    reference: &str,
+    global: &GlobalArgs,
+) -> Result<(), Error> {
     let parsed = Reference::parse(reference)?;
     let source = target(&parsed, global)?;
     let resolved = source.resolve(&parsed.target()).await?;
@@ -506,15 +515,19 @@ async fn verify_against(args: &VerifyArgs, reference: &str, global: &GlobalArgs)
         let name = layer.path.display();
         match std::fs::metadata(&path) {
             Err(_) => differ.push(format!("{name} (missing)")),
-            Ok(m) if m.len() != want.size => {
-                differ.push(format!("{name} ({} bytes, expected {})", m.len(), want.size))
-            }
+            Ok(m) if m.len() != want.size => differ.push(format!(
+                "{name} ({} bytes, expected {})",
+                m.len(),
+                want.size
+            )),
             Ok(_) => {
                 let fast = !args.full && hoist::materialize::marker::is_marked(&path, &want.digest);
                 if !fast {
                     match hoist::digest::Digest::of_file(&path) {
                         Ok(d) if d == want.digest => {}
-                        Ok(d) => differ.push(format!("{name} (digest {d}, expected {})", want.digest)),
+                        Ok(d) => {
+                            differ.push(format!("{name} (digest {d}, expected {})", want.digest))
+                        }
                         Err(e) => differ.push(format!("{name} (unreadable: {e})")),
                     }
                 }
@@ -560,7 +573,13 @@ async fn convert(args: ConvertArgs, global: &GlobalArgs) -> Result<(), Error> {
     };
     let opts = PackOptions {
         layer_format: args.layer_format,
-        name: Some(src.repository.rsplit('/').next().unwrap_or("model").to_string()),
+        name: Some(
+            src.repository
+                .rsplit('/')
+                .next()
+                .unwrap_or("model")
+                .to_string(),
+        ),
         ..Default::default()
     };
     let report = transfer::convert(

@@ -90,8 +90,7 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let write_metrics = |m: &mount::Mounted| {
         if let Some(path) = &args.metrics_file {
-            if let Err(e) = hoist::metrics::write_atomic(path, &m.stats().render(&args.reference))
-            {
+            if let Err(e) = hoist::metrics::write_atomic(path, &m.stats().render(&args.reference)) {
                 tracing::warn!("writing {}: {e}", path.display());
             }
         }
@@ -116,7 +115,7 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
                         eprintln!("All blobs fetched: {}", mounted.stats().summary());
                     }
                 }
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     write_metrics(&mounted);
                 }
             }

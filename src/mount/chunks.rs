@@ -277,7 +277,9 @@ impl Blob {
             match st.chunks[index] {
                 ChunkState::Failed if asked => {
                     return Err(ReadFailure::Fetch(
-                        st.last_error.clone().unwrap_or_else(|| "fetch failed".into()),
+                        st.last_error
+                            .clone()
+                            .unwrap_or_else(|| "fetch failed".into()),
                     ))
                 }
                 ChunkState::Missing | ChunkState::Failed if !asked => {
@@ -338,7 +340,11 @@ mod tests {
 
     fn blob_of(bytes: &[u8], chunk: u64) -> (tempfile::TempDir, Blob) {
         let dir = tempfile::tempdir().unwrap();
-        let desc = Descriptor::new("application/octet-stream", Digest::of_bytes(bytes), bytes.len() as u64);
+        let desc = Descriptor::new(
+            "application/octet-stream",
+            Digest::of_bytes(bytes),
+            bytes.len() as u64,
+        );
         let blob = Blob::filling(desc, "f".into(), dir.path().join("p"), chunk).unwrap();
         (dir, blob)
     }
@@ -354,7 +360,11 @@ mod tests {
             blob.chunk_landed(i);
             let status = blob.advance_hash(None);
             blob.publish(i);
-            assert_eq!(status.is_some(), i == 1, "verified only when the prefix is complete");
+            assert_eq!(
+                status.is_some(),
+                i == 1,
+                "verified only when the prefix is complete"
+            );
         }
         assert!(blob.is_verified());
         assert_eq!(blob.read_at(4000, 200).unwrap(), &data[4000..4200]);
@@ -370,7 +380,10 @@ mod tests {
             blob.write_at(&vec![8u8; (e - s) as usize], s).unwrap();
             blob.chunk_landed(i);
         }
-        assert!(matches!(blob.advance_hash(None), Some(BlobStatus::Corrupt(_))));
+        assert!(matches!(
+            blob.advance_hash(None),
+            Some(BlobStatus::Corrupt(_))
+        ));
         let r = blob.wait_chunk(0, false, Duration::from_secs(1), || {});
         assert!(matches!(r, Err(ReadFailure::Corrupt(_))));
         assert!(!blob.claim(0));

@@ -56,12 +56,9 @@ impl ModelFs {
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let node = self.tree.get(ino)?;
         let (kind, size, perm, nlink) = match &node.kind {
-            NodeKind::Dir { children } => (
-                FileType::Directory,
-                0,
-                0o555,
-                2 + children.len() as u32,
-            ),
+            NodeKind::Dir { children } => {
+                (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
+            }
             NodeKind::File { size, mode, .. } => {
                 (FileType::RegularFile, *size, (*mode & 0o555) as u16, 1)
             }
@@ -125,13 +122,7 @@ impl ModelFs {
             Errno::EIO
         })?;
         let verified = blob.is_verified();
-        if !verified
-            && self
-                .warned_unverified
-                .lock()
-                .expect("warned set")
-                .insert(b)
-        {
+        if !verified && self.warned_unverified.lock().expect("warned set").insert(b) {
             tracing::warn!(
                 "mount: serving {} before its digest is verified (it is checked as soon as the blob is complete; --verify-before-read waits for that)",
                 blob.name

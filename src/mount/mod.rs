@@ -108,8 +108,7 @@ pub async fn mount(
     opts: MountOptions,
 ) -> Result<Mounted, MountError> {
     let resolved = target.resolve(reference).await?;
-    let plan = LayerPlan::from_manifest(&resolved.manifest, false)
-        .map_err(TransferError::from)?;
+    let plan = LayerPlan::from_manifest(&resolved.manifest, false).map_err(TransferError::from)?;
     let local_store = match target {
         Target::Local { store, .. } => Some(store.clone()),
         Target::Remote { .. } => None,
@@ -173,12 +172,11 @@ pub async fn mount(
     }
     // Several kernel requests at once: one blocked read must not hold up the others.
     config.n_threads = Some(4);
-    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| {
-        MountError::Fuse {
+    let session =
+        fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Fuse {
             path: mountpoint.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     Ok(Mounted {
         session: Some(session),
         files: plan.layers.len(),

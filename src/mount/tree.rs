@@ -110,7 +110,11 @@ mod tests {
         let file = t.child(pooling, "config.json").unwrap();
         assert!(matches!(
             t.get(file).unwrap().kind,
-            NodeKind::File { blob: 1, size: 20, .. }
+            NodeKind::File {
+                blob: 1,
+                size: 20,
+                ..
+            }
         ));
         assert_eq!(t.get(pooling).unwrap().parent, ROOT);
     }

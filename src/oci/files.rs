@@ -147,7 +147,10 @@ fn image_layer_format(media_type: &str) -> Option<LayerFormat> {
 fn kitops_layer_format(media_type: &str) -> Option<LayerFormat> {
     let rest = media_type.strip_prefix("application/vnd.kitops.modelkit.")?;
     let (kind, format) = rest.split_once(".v1.")?;
-    if !matches!(kind, "model" | "modelpart" | "code" | "dataset" | "docs" | "prompts") {
+    if !matches!(
+        kind,
+        "model" | "modelpart" | "code" | "dataset" | "docs" | "prompts"
+    ) {
         return None;
     }
     match LayerFormat::parse(format)? {

@@ -91,7 +91,11 @@ pub struct TransformerConfig {
     pub num_layers: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_attention_heads: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "numKVHeads")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "numKVHeads"
+    )]
     pub num_kv_heads: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_size: Option<u64>,

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use super::ModelFile;
-use crate::oci::modelpack::{
-    LayerKind, ModelDescriptor, ModelProperties, TransformerConfig,
-};
+use crate::oci::modelpack::{LayerKind, ModelDescriptor, ModelProperties, TransformerConfig};
 
 /// Fill `props` and the descriptor's family and licences from the files.
-pub fn describe_model(files: &[ModelFile], props: &mut ModelProperties, desc: &mut ModelDescriptor) {
+pub fn describe_model(
+    files: &[ModelFile],
+    props: &mut ModelProperties,
+    desc: &mut ModelDescriptor,
+) {
     let weights: Vec<&ModelFile> = files
         .iter()
         .filter(|f| f.kind == LayerKind::Weight)
@@ -28,7 +30,10 @@ pub fn describe_model(files: &[ModelFile], props: &mut ModelProperties, desc: &m
 
     let mut params: u64 = 0;
     let mut dtype_counts: BTreeMap<String, u64> = BTreeMap::new();
-    for f in weights.iter().filter(|f| f.relative.ends_with(".safetensors")) {
+    for f in weights
+        .iter()
+        .filter(|f| f.relative.ends_with(".safetensors"))
+    {
         if let Some(tensors) = safetensors_header(&f.source) {
             for (dtype, count) in tensors {
                 params += count;

@@ -231,7 +231,10 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
 
 /// Merge a partial config over the computed one, object by object (the override wins); the
 /// result must still be a ModelPack config.
-fn apply_override(config: &ModelConfig, over: &serde_json::Value) -> Result<ModelConfig, PackError> {
+fn apply_override(
+    config: &ModelConfig,
+    over: &serde_json::Value,
+) -> Result<ModelConfig, PackError> {
     fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
         match (base, over) {
             (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
@@ -255,8 +258,8 @@ fn apply_override(config: &ModelConfig, over: &serde_json::Value) -> Result<Mode
     }
     let mut value = serde_json::to_value(config).expect("config serialises");
     merge(&mut value, over);
-    let merged: ModelConfig = serde_json::from_value(value)
-        .map_err(|e| PackError::BadConfigOverride(e.to_string()))?;
+    let merged: ModelConfig =
+        serde_json::from_value(value).map_err(|e| PackError::BadConfigOverride(e.to_string()))?;
     let kept = serde_json::to_value(&merged).expect("config serialises");
     if let Some(path) = dropped(&kept, over, "") {
         return Err(PackError::BadConfigOverride(format!(
