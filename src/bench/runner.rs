@@ -158,7 +158,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
             cmd
         };
         progress(&format!("pulling {label} (cold, {} runs)", opts.runs));
-        row.pull_cold_seconds = median_of(opts.runs, &pulls_dir, &label, &expected, |out| {
+        row.pull_cold_seconds = median_of(opts.runs, &pulls_dir, &label, Some(&expected), |out| {
             hoist_pull(&reference, out, &[])
         })?;
         // Warm: the node cache holds the blobs; the folder is made anew from it.
@@ -170,7 +170,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
         )?;
         let _ = std::fs::remove_dir_all(pulls_dir.join("seed"));
         progress(&format!("pulling {label} (warm node cache)"));
-        row.pull_warm_seconds = median_of(opts.runs, &pulls_dir, &label, &expected, |out| {
+        row.pull_warm_seconds = median_of(opts.runs, &pulls_dir, &label, Some(&expected), |out| {
             hoist_pull(&reference, out, &["--cache", "--link-mode", "hardlink"])
         })?;
         let _ = std::fs::remove_dir_all(&cache);
@@ -181,7 +181,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
                 opts.runs,
                 &pulls_dir,
                 &label,
-                &expected,
+                Some(&expected),
                 |out| hoist_pull(&via, out, &[]),
             )?);
         }
@@ -235,12 +235,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run `make(out)` `runs` times into a fresh folder, check the folder, return the median.
+/// Run `make(out)` `runs` times into a fresh folder, check the first folder against
+/// `expected` (when the client makes one), return the median time.
 fn median_of(
     runs: usize,
     dir: &Path,
     what: &str,
-    expected: &BTreeMap<String, Digest>,
+    expected: Option<&BTreeMap<String, Digest>>,
     make: impl Fn(&Path) -> Command,
 ) -> Result<f64, BenchError> {
     let mut times = Vec::new();
@@ -248,7 +249,7 @@ fn median_of(
         let out = dir.join("out");
         let _ = std::fs::remove_dir_all(&out);
         let secs = timed(&mut make(&out), what)?;
-        if i == 0 {
+        if let (0, Some(expected)) = (i, expected) {
             check_folder(&out, expected).map_err(|detail| BenchError::Mismatch {
                 config: what.to_string(),
                 detail,
@@ -376,11 +377,8 @@ fn peer_pulls(
     }
     for Peer(name, make, makes_folder) in peers {
         progress(&format!("pulling the artifact with {name} ({link})"));
-        let secs = if makes_folder {
-            median_of(opts.runs, dir, name, expected, &make)?
-        } else {
-            median_of_unchecked(opts.runs, dir, name, &make)?
-        };
+        let check = makes_folder.then_some(expected);
+        let secs = median_of(opts.runs, dir, name, check, &make)?;
         rows.push(PullRow {
             client: name.to_string(),
             link: link.to_string(),
@@ -388,23 +386,6 @@ fn peer_pulls(
         });
     }
     Ok(rows)
-}
-
-fn median_of_unchecked(
-    runs: usize,
-    dir: &Path,
-    what: &str,
-    make: &dyn Fn(&Path) -> Command,
-) -> Result<f64, BenchError> {
-    let mut times = Vec::new();
-    for _ in 0..runs.max(1) {
-        let out = dir.join("out");
-        let _ = std::fs::remove_dir_all(&out);
-        times.push(timed(&mut make(&out), what)?);
-        let _ = std::fs::remove_dir_all(&out);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 fn which(program: &str) -> bool {

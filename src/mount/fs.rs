@@ -57,7 +57,14 @@ impl ModelFs {
         let node = self.tree.get(ino)?;
         let (kind, size, perm, nlink) = match &node.kind {
             NodeKind::Dir { children } => {
-                (FileType::Directory, 0, 0o555, 2 + children.len() as u32)
+                let is_dir = |c: &u64| {
+                    matches!(
+                        self.tree.get(*c).map(|n| &n.kind),
+                        Some(NodeKind::Dir { .. })
+                    )
+                };
+                let subdirs = children.values().filter(|c| is_dir(c)).count();
+                (FileType::Directory, 0, 0o555, 2 + subdirs as u32)
             }
             NodeKind::File { size, mode, .. } => {
                 (FileType::RegularFile, *size, (*mode & 0o555) as u16, 1)
