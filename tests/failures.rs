@@ -494,3 +494,49 @@ fn kitops_modelkits_unpack_to_the_kitfile_paths() {
     assert_eq!(names, ["README.md", "models/model.gguf", "src/train.py"]);
     assert_eq!(files["models/model.gguf"], gguf);
 }
+
+/// Layers hoist cannot name: one error line listing the media types (each once), and
+/// `--raw` saves the verified blobs by digest instead.
+#[test]
+fn unknown_layers_are_listed_and_raw_saves_them_by_digest() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let a = noise(70_000, 1);
+    let b = noise(50, 2);
+    let reference = push_manifest(
+        &reg,
+        "odd",
+        vec![
+            (String::new(), "application/vnd.example.weights", a.clone()),
+            (String::new(), "application/vnd.example.notes", b.clone()),
+            (String::new(), "application/vnd.example.weights", a.clone()),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("o");
+    let run = h
+        .run(&["pull", &reference, "-o", dir.to_str().unwrap()])
+        .fails_with(
+            INVALID_CONTENT,
+            "application/vnd.example.weights, application/vnd.example.notes",
+        );
+    assert!(run.error_line().contains("--raw"));
+    assert!(!dir.exists(), "nothing written on failure");
+    h.run(&["pull", &reference, "-o", dir.to_str().unwrap(), "--raw"])
+        .ok();
+    let files = tree(&dir, false);
+    let name = |bytes: &[u8]| {
+        format!(
+            "blobs/sha256/{}",
+            hoist::digest::Digest::of_bytes(bytes).hex()
+        )
+    };
+    assert_eq!(
+        files.len(),
+        2,
+        "one file per distinct blob: {:?}",
+        files.keys()
+    );
+    assert_eq!(files[&name(&a)], a);
+    assert_eq!(files[&name(&b)], b);
+}

@@ -68,6 +68,10 @@ pub struct PullArgs {
     /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
     #[arg(long)]
     allow_path_traversal: bool,
+    /// Save each layer's blob, verified, as OUTPUT/blobs/sha256/<hex> instead of as files
+    /// (for artifacts whose layers hoist cannot name).
+    #[arg(long)]
+    raw: bool,
     /// Write Prometheus metrics of this pull to FILE (node-exporter textfile collector).
     #[arg(long, env = "HOIST_METRICS_FILE", value_name = "FILE")]
     metrics_file: Option<PathBuf>,
@@ -157,6 +161,7 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
     let opts = PullOptions {
         concurrency: args.concurrency,
         allow_path_traversal: args.allow_path_traversal,
+        raw: args.raw,
         fetch: FetchOptions {
             max_connections: args.max_connections.max(1),
             range_size: args.range_size,

@@ -118,6 +118,23 @@ impl LayerPlan {
         Ok(LayerPlan { layers })
     }
 
+    /// Every distinct layer as a file named by its digest (`blobs/sha256/<hex>`), for
+    /// artifacts whose layers are not files hoist knows how to name.
+    pub fn by_digest(manifest: &Manifest) -> LayerPlan {
+        let mut seen = std::collections::BTreeSet::new();
+        let layers = manifest
+            .layers
+            .iter()
+            .filter(|d| seen.insert(d.digest.clone()))
+            .map(|d| FileLayer {
+                descriptor: d.clone(),
+                path: Path::new("blobs").join("sha256").join(d.digest.hex()),
+                format: LayerFormat::Raw,
+            })
+            .collect();
+        LayerPlan { layers }
+    }
+
     pub fn total_size(&self) -> u64 {
         self.layers.iter().map(|l| l.descriptor.size).sum()
     }

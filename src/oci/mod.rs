@@ -32,7 +32,7 @@ pub enum OciError {
         path: String,
         why: &'static str,
     },
-    #[error("no files to pull: none of the layers has a file name (media types found: {0})")]
+    #[error("no files to pull: none of the layers has a file name (media types found: {0}); pass --raw to save the blobs by digest")]
     NoFiles(String),
     #[error("two layers write the same path {0:?}")]
     DuplicatePath(String),

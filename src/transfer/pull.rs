@@ -31,6 +31,8 @@ pub struct PullOptions {
     /// How files are made from cached blobs.
     pub link_mode: LinkMode,
     pub filter: LayerFilter,
+    /// Save every layer blob as `blobs/sha256/<hex>` instead of mapping layers to files.
+    pub raw: bool,
 }
 
 impl Default for PullOptions {
@@ -42,6 +44,7 @@ impl Default for PullOptions {
             cache: None,
             link_mode: LinkMode::Auto,
             filter: LayerFilter::default(),
+            raw: false,
         }
     }
 }
@@ -108,7 +111,11 @@ pub async fn pull(
     observer: Observer,
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
-    let mut plan = LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?;
+    let mut plan = if opts.raw {
+        LayerPlan::by_digest(&resolved.manifest)
+    } else {
+        LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?
+    };
     if !opts.filter.is_empty() {
         let all: Vec<String> = plan
             .layers
