@@ -46,7 +46,11 @@ fn push_manifest_with(
         let mut descs = Vec::new();
         for (title, media_type, bytes) in layers {
             let mut d = Descriptor::new(media_type, Digest::of_bytes(&bytes), bytes.len() as u64);
-            if !title.is_empty() {
+            // "filepath:NAME" gives the ModelPack path annotation instead of a title.
+            if let Some(path) = title.strip_prefix("filepath:") {
+                d.annotations
+                    .insert(media::ANNOTATION_FILEPATH.into(), path.to_string());
+            } else if !title.is_empty() {
                 d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
             }
             client
@@ -539,4 +543,44 @@ fn unknown_layers_are_listed_and_raw_saves_them_by_digest() {
     );
     assert_eq!(files[&name(&a)], a);
     assert_eq!(files[&name(&b)], b);
+}
+
+/// Docker Model Runner config v0.2 names each file with `org.cncf.model.filepath` (several
+/// safetensors shards of one media type, which v0.1's naming by type cannot tell apart).
+#[test]
+fn model_runner_v0_2_files_are_named_by_their_filepath() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let (one, two) = (noise(90_000, 7), noise(80_000, 8));
+    let st = "application/vnd.docker.ai.safetensors";
+    let reference = push_manifest_with(
+        &reg,
+        "dmr2",
+        "application/vnd.docker.ai.model.config.v0.2+json",
+        vec![
+            (
+                "filepath:model-00001-of-00002.safetensors".into(),
+                st,
+                one.clone(),
+            ),
+            (
+                "filepath:model-00002-of-00002.safetensors".into(),
+                st,
+                two.clone(),
+            ),
+            (
+                "filepath:LICENSE".into(),
+                "application/vnd.docker.ai.license",
+                b"MIT".to_vec(),
+            ),
+        ],
+    );
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", out.path().to_str().unwrap()])
+        .ok();
+    let files = tree(out.path(), false);
+    assert_eq!(files["model-00001-of-00002.safetensors"], one);
+    assert_eq!(files["model-00002-of-00002.safetensors"], two);
+    assert_eq!(files["LICENSE"], b"MIT");
+    assert_eq!(files.len(), 3);
 }
