@@ -378,3 +378,61 @@ fn registry_gone_mid_read_cached_chunks_still_read_others_fail() {
         started.elapsed()
     );
 }
+
+#[test]
+fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
+    if !fuse_usable() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    let reference = reg.reference("daemon:v1");
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let point = dir.path().join("m");
+    std::fs::create_dir(&point).unwrap();
+    let log = dir.path().join("log");
+    let run = h
+        .run(&[
+            "mount",
+            &reference,
+            point.to_str().unwrap(),
+            "--daemon",
+            "--log-file",
+            log.to_str().unwrap(),
+        ])
+        .ok();
+    let pid: i32 = run.stdout.trim().parse().expect("the server's pid");
+    assert!(mounted(&point), "--daemon returned before the mount was up");
+    assert_eq!(
+        std::fs::read(point.join("1_Pooling/config.json")).unwrap(),
+        std::fs::read(src.path().join("1_Pooling/config.json")).unwrap()
+    );
+    h.run(&["umount", point.to_str().unwrap()]).ok();
+    assert!(!mounted(&point));
+    // The background server notices and exits on its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Gone, or a zombie (where nothing reaps orphans, e.g. in a container).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    while alive() {
+        assert!(Instant::now() < deadline, "the mount server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&log).unwrap().contains("Unmounted"));
+    // Unmounting what is not a mount is a clear error.
+    h.run(&["umount", point.to_str().unwrap()])
+        .fails_with(1, "is it a mount point?");
+}
