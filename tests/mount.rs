@@ -436,3 +436,57 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
     h.run(&["umount", point.to_str().unwrap()])
         .fails_with(1, "is it a mount point?");
 }
+
+/// With --verify-before-read and no prefetch, a small read still completes: the read asks
+/// for its whole blob, and no byte reaches it unverified.
+#[test]
+fn verify_before_read_fetches_the_whole_blob_even_without_prefetch() {
+    if !fuse_usable() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    common::large_model(src.path(), 12);
+    let reference = reg.reference("vbr:v1");
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(
+        &h,
+        &reference,
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--no-prefetch",
+            "--verify-before-read",
+            "--chunk-size",
+            "1MiB",
+            "--read-timeout",
+            "30",
+        ],
+    );
+    let f = std::fs::File::open(m.point().join("model.safetensors")).unwrap();
+    let mut buf = vec![0u8; 100];
+    f.read_exact_at(&mut buf, 5 << 20).unwrap();
+    let source = std::fs::read(src.path().join("model.safetensors")).unwrap();
+    assert_eq!(buf, source[5 << 20..(5 << 20) + 100]);
+    drop(f);
+    let (code, log) = m.stop();
+    assert_eq!(code, 0, "{log}");
+    let metrics = std::fs::read_to_string(&m.metrics).unwrap();
+    assert!(
+        metrics.contains("hoist_mount_unverified_read_bytes_total{reference=\"")
+            && metrics.lines().any(
+                |l| l.starts_with("hoist_mount_unverified_read_bytes_total{") && l.ends_with(" 0")
+            ),
+        "{metrics}"
+    );
+    let hex = weights_digest(src.path())
+        .trim_start_matches("sha256:")
+        .to_string();
+    assert!(
+        cache.path().join("blobs/sha256").join(hex).is_file(),
+        "the verified blob was cached"
+    );
+}

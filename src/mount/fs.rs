@@ -12,7 +12,7 @@ use fuser::{
     ReplyOpen, Request,
 };
 
-use super::chunks::ReadFailure;
+use super::chunks::{ChunkState, ReadFailure};
 use super::prefetch::Scheduler;
 use super::tree::{NodeKind, Tree};
 
@@ -100,6 +100,18 @@ impl ModelFs {
         let last = ((end - 1) / blob.chunk_size) as usize;
         let started = Instant::now();
         let mut waited = false;
+        if self.verify_before_read && !blob.is_verified() {
+            // The read waits for the whole blob: ask for all of it, not only its own chunks
+            // (without prefetch nobody else would).
+            for c in 0..blob.chunks() {
+                if matches!(
+                    blob.chunk_state(c),
+                    ChunkState::Missing | ChunkState::Failed
+                ) {
+                    self.scheduler.urgent(b, c);
+                }
+            }
+        }
         for c in first..=last {
             let ask = || self.scheduler.urgent(b, c);
             match blob.wait_chunk(c, self.verify_before_read, self.read_timeout, ask) {

@@ -172,11 +172,19 @@ pub async fn mount(
     }
     // Several kernel requests at once: one blocked read must not hold up the others.
     config.n_threads = Some(4);
-    let session =
-        fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Fuse {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
+    let session = match fuser::spawn_mount(fs, mountpoint, &config) {
+        Ok(session) => session,
+        Err(source) => {
+            scheduler.stop();
+            for blob in &scheduler.blobs {
+                blob.discard_partial();
+            }
+            return Err(MountError::Fuse {
+                path: mountpoint.to_path_buf(),
+                source,
+            });
+        }
+    };
     Ok(Mounted {
         session: Some(session),
         files: plan.layers.len(),
@@ -259,6 +267,7 @@ impl Mounted {
             Some(session) => self.detach(session),
             None => Ok(()),
         };
+        self.scheduler.stop();
         for blob in &self.scheduler.blobs {
             blob.discard_partial();
         }

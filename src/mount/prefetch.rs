@@ -47,6 +47,7 @@ pub struct Scheduler {
     pub stats: Arc<Stats>,
     cache: Option<Store>,
     opts: SchedulerOptions,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The background order: small non-weight files, then every weight's first chunk (a
@@ -83,6 +84,7 @@ impl Scheduler {
             stats,
             cache,
             opts,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -144,8 +146,14 @@ impl Scheduler {
         }
     }
 
+    /// End the workers (the mount is going away); requests in flight finish first.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+
     async fn worker(self: Arc<Self>) {
-        loop {
+        while !self.stopped.load(Ordering::Relaxed) {
             let notified = self.wake.notified();
             match self.next() {
                 Some((b, first, last)) => self.fetch(b, first, last).await,
