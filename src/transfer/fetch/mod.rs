@@ -239,7 +239,9 @@ async fn grow_connections(
             return;
         }
         best = rate;
-        last_step = 2.min(max - granted);
+        // Double while it pays: under per-connection caps the useful count is reached in a
+        // second or two, not after many small steps.
+        last_step = granted.min(max - granted);
         permits.add_permits(last_step);
         granted += last_step;
         tracing::debug!(
