@@ -113,9 +113,10 @@ pub async fn mount(
         Target::Local { store, .. } => Some(store.clone()),
         Target::Remote { .. } => None,
     };
+    // The tree first, from the manifest alone: nothing is created on disk for a manifest
+    // that cannot be mounted.
     let mut tree = tree::Tree::new();
-    let mut blobs: Vec<Arc<Blob>> = Vec::new();
-    let mut kinds = Vec::new();
+    let mut unique: Vec<(&crate::oci::Descriptor, String)> = Vec::new();
     let mut by_digest: HashMap<String, usize> = HashMap::new();
     for layer in &plan.layers {
         if layer.format != LayerFormat::Raw {
@@ -125,21 +126,28 @@ pub async fn mount(
             });
         }
         let desc = &layer.descriptor;
-        let index = match by_digest.get(desc.digest.as_str()) {
-            Some(&i) => i,
-            None => {
-                let name = layer.path.display().to_string();
-                let blob = open_blob(desc, name, local_store.as_ref(), &opts)?;
-                blobs.push(Arc::new(blob));
-                kinds.push(crate::oci::modelpack::kind_of_media_type(&desc.media_type));
-                by_digest.insert(desc.digest.to_string(), blobs.len() - 1);
-                blobs.len() - 1
-            }
-        };
+        let index = *by_digest.entry(desc.digest.to_string()).or_insert_with(|| {
+            unique.push((desc, layer.path.display().to_string()));
+            unique.len() - 1
+        });
         if !tree.add_file(&layer.path, index, desc.size, file_mode(desc)) {
             return Err(MountError::PathClash(layer.path.display().to_string()));
         }
     }
+    let mut blobs: Vec<Arc<Blob>> = Vec::with_capacity(unique.len());
+    for (desc, name) in &unique {
+        match open_blob(desc, name.clone(), local_store.as_ref(), &opts) {
+            Ok(blob) => blobs.push(Arc::new(blob)),
+            Err(e) => {
+                blobs.iter().for_each(|b| b.discard_partial());
+                return Err(e);
+            }
+        }
+    }
+    let kinds: Vec<_> = unique
+        .iter()
+        .map(|(d, _)| crate::oci::modelpack::kind_of_media_type(&d.media_type))
+        .collect();
     let stats = Arc::new(Stats::new());
     let order = prefetch::loader_order(&blobs, &kinds);
     let scheduler = Arc::new(Scheduler::new(

@@ -259,19 +259,24 @@ impl Scheduler {
         Ok(())
     }
 
+    /// A chunk is on disk: hash and publish it on a blocking thread, so the runtime's few
+    /// worker threads keep reading sockets (hashing is the heaviest work of a mount).
     fn chunk_complete(&self, blob: &Arc<Blob>, chunk: usize) {
         blob.chunk_landed(chunk);
-        let status = blob.advance_hash(self.cache.as_ref());
-        blob.publish(chunk);
-        match status {
-            Some(BlobStatus::Verified) => {
-                self.stats.verified_blobs.fetch_add(1, Ordering::Relaxed);
+        let (blob, cache, stats) = (blob.clone(), self.cache.clone(), self.stats.clone());
+        tokio::task::spawn_blocking(move || {
+            let status = blob.advance_hash(cache.as_ref());
+            blob.publish(chunk);
+            match status {
+                Some(BlobStatus::Verified) => {
+                    stats.verified_blobs.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(BlobStatus::Corrupt(_)) => {
+                    stats.corrupt_blobs.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
-            Some(BlobStatus::Corrupt(_)) => {
-                self.stats.corrupt_blobs.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
+        });
     }
 
     /// Every blob verified (or poisoned): the background work is over.
