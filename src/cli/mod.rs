@@ -115,8 +115,8 @@ enum Command {
     /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
     /// pull-through cache of another registry.
     Serve(serve::ServeArgs),
-    /// Check a pulled folder against the ready marker of its pull (offline; for a main
-    /// container or a readiness probe).
+    /// Check a pulled folder against an artifact's manifest (`verify DIR REF`, listing every
+    /// differing file), or offline against its pull's ready marker (`--marker`).
     Verify(commands::VerifyArgs),
     /// Delete blobs of the local store that no tag reaches.
     Gc(serve::GcArgs),
