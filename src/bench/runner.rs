@@ -132,16 +132,15 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
         let build = started.elapsed();
         drop(packed);
         drop(scratch);
-        let stored: u64 = {
-            let resolved = target.resolve("v1").await?;
-            resolved.manifest.blobs().map(|d| d.size).sum::<u64>()
-                + resolved.manifest_bytes.len() as u64
-        };
+        // What the registry holds for it, read back from the registry.
+        let pushed = target.resolve("v1").await?;
+        let stored = pushed.manifest.blobs().map(|d| d.size).sum::<u64>()
+            + pushed.manifest_bytes.len() as u64;
         let reference = format!("{}/{repository}:v1", client.registry());
         let mut row = ShapeRow {
             shape: shape.label(),
             slug: shape.slug(),
-            layers: target.resolve("v1").await?.manifest.layers.len(),
+            layers: pushed.manifest.layers.len(),
             build_seconds: build.as_secs_f64(),
             stored_bytes: stored,
             pull_cold_seconds: 0.0,
