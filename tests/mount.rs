@@ -225,6 +225,22 @@ impl Drop for Children {
     }
 }
 
+/// A [`common::large_model`] of `mib` MiB pushed to `reg` as `repo_tag`: the folder (to
+/// compare with) and the reference.
+fn push_large(
+    h: &Hoist,
+    reg: &Registry,
+    repo_tag: &str,
+    mib: usize,
+) -> (tempfile::TempDir, String) {
+    let src = tempfile::tempdir().unwrap();
+    common::large_model(src.path(), mib);
+    let reference = reg.reference(repo_tag);
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    (src, reference)
+}
+
 fn weights_digest(dir: &Path) -> String {
     hoist::digest::Digest::of_file(&dir.join("model.safetensors"))
         .unwrap()
@@ -238,11 +254,7 @@ fn corrupted_blob_fails_with_eio_and_never_enters_the_cache() {
     }
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    common::large_model(src.path(), 24);
-    let reference = reg.reference("bad:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    let (src, reference) = push_large(&h, &reg, "bad:v1", 24);
     let digest = weights_digest(src.path());
     // Same size, other bytes: the registry serves them without noticing.
     let data = reg.blob_data(&digest);
@@ -297,12 +309,8 @@ fn sigterm_under_load_leaves_no_stuck_mount() {
         return;
     }
     let reg = Registry::start();
-    let src = tempfile::tempdir().unwrap();
-    common::large_model(src.path(), 64);
     let h = Hoist::new();
-    let reference = reg.reference("busy:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    let _pushed = push_large(&h, &reg, "busy:v1", 64);
     // Slow link, so readers are mid-read when the signal comes.
     let wan = common::Wan::start(
         &reg.addr,
@@ -347,12 +355,8 @@ fn registry_gone_mid_read_cached_chunks_still_read_others_fail() {
         return;
     }
     let reg = Registry::start();
-    let src = tempfile::tempdir().unwrap();
-    common::large_model(src.path(), 16);
     let h = Hoist::new();
-    let reference = reg.reference("gone:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    let (src, reference) = push_large(&h, &reg, "gone:v1", 16);
     let m = Mount::start(&h, &reference, &["--no-prefetch", "--chunk-size", "1MiB"]);
     let file = std::fs::File::open(m.point().join("model.safetensors")).unwrap();
     let source = std::fs::read(src.path().join("model.safetensors")).unwrap();
@@ -386,11 +390,8 @@ fn daemon_mode_returns_once_mounted_and_umount_ends_it() {
     }
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    common::small_model(src.path());
     let reference = reg.reference("daemon:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    let src = common::push_small(&h, &reference);
     let dir = tempfile::tempdir().unwrap();
     let point = dir.path().join("m");
     std::fs::create_dir(&point).unwrap();
@@ -446,11 +447,7 @@ fn verify_before_read_fetches_the_whole_blob_even_without_prefetch() {
     }
     let reg = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    common::large_model(src.path(), 12);
-    let reference = reg.reference("vbr:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    let (src, reference) = push_large(&h, &reg, "vbr:v1", 12);
     let cache = tempfile::tempdir().unwrap();
     let mut m = Mount::start(
         &h,
