@@ -115,7 +115,11 @@ fn registry_code(e: &RegistryError) -> ExitCode {
     match e {
         RegistryError::Unauthorized { .. } | RegistryError::Denied { .. } => ExitCode::Auth,
         RegistryError::NotFound { .. } => ExitCode::NotFound,
-        RegistryError::ManifestTooLarge { .. } => ExitCode::InvalidContent,
+        RegistryError::ManifestTooLarge { .. } | RegistryError::BodyTooLarge { .. } => {
+            ExitCode::InvalidContent
+        }
+        RegistryError::ManifestDigest { .. } => ExitCode::Verification,
+        RegistryError::UnsafeRealm { .. } => ExitCode::Auth,
         RegistryError::Tls(_) => ExitCode::Usage,
         RegistryError::Status { status, .. } if *status < 500 && *status != 429 => {
             ExitCode::Failure
@@ -135,6 +139,7 @@ fn oci_code(_: &OciError) -> ExitCode {
 fn materialize_code(e: &MaterializeError) -> ExitCode {
     match e {
         MaterializeError::Io { .. } => ExitCode::Disk,
+        MaterializeError::WouldOverwrite { .. } => ExitCode::Usage,
         _ => ExitCode::InvalidContent,
     }
 }

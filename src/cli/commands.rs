@@ -1,8 +1,9 @@
 //! One function per subcommand: turn flags into library options, call, print the result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
+use hoist::materialize::verify::{check_folder, Expected, FolderCheck};
 use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
@@ -349,7 +350,8 @@ async fn fetch_config(source: &Target, manifest: &hoist::oci::Manifest) -> serde
             .get_blob(repository, &manifest.config.digest, None)
             .await
         {
-            Ok(b) => b.response.bytes().await.ok().map(|b| b.to_vec()),
+            // At most the size the manifest declares: a server may send more.
+            Ok(b) => client.read_content(b.response, manifest.config.size).await,
             Err(_) => None,
         },
     };
@@ -445,7 +447,7 @@ pub(super) fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Check a pulled folder: against a manifest (every differing file listed), or offline
-/// against its ready marker (every single-file layer there with its digest).
+/// against its ready marker. Either way files nobody expects are listed too.
 async fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
     let marker_path = match (&args.reference, &args.marker) {
         (Some(reference), _) => return verify_against(&args, reference, global).await,
@@ -464,26 +466,26 @@ async fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
             marker_path.display()
         ))
     })?;
-    let mut checked = 0;
-    for file in &marker.files {
-        let Some(digest) = &file.digest else { continue };
-        let path = args.dir.join(&file.path);
-        let fast = !args.full && hoist::materialize::marker::is_marked(&path, digest);
-        if !fast {
-            let actual = hoist::digest::Digest::of_file(&path).map_err(|e| {
-                Error::Verify(format!("{} is missing or unreadable: {e}", path.display()))
-            })?;
-            if actual != *digest {
-                return Err(Error::Verify(format!(
-                    "{} does not match: expected {digest}, found {actual}",
-                    path.display()
-                )));
-            }
-        }
-        checked += 1;
-    }
+    let expected: Vec<Expected> = marker
+        .files
+        .iter()
+        .filter(|f| f.digest.is_some())
+        .map(|f| Expected {
+            path: f.path.clone(),
+            size: f.size,
+            digest: f.digest.clone(),
+        })
+        .collect();
+    let all_raw = expected.len() == marker.files.len();
+    let ignore: Vec<PathBuf> = marker_path
+        .strip_prefix(&args.dir)
+        .map(|p| vec![p.to_path_buf()])
+        .unwrap_or_default();
+    let check = check_folder(&args.dir, &expected, args.full, all_raw, &ignore);
+    report_check(&check, &args.dir, &marker.reference)?;
     println!(
-        "Verified {checked} files of {} ({}) in {}",
+        "Verified {} files of {} ({}) in {}",
+        check.checked,
         marker.reference,
         marker.digest,
         args.dir.display()
@@ -492,7 +494,7 @@ async fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
 }
 
 /// Compare the folder with the files `reference` holds: each raw layer's file must exist with
-/// its size and digest. All differences are listed in one error.
+/// its size and digest, and nothing else may be there. All differences are listed in one error.
 async fn verify_against(
     args: &VerifyArgs,
     reference: &str,
@@ -503,48 +505,23 @@ async fn verify_against(
     let resolved = source.resolve(&parsed.target()).await?;
     let plan = LayerPlan::from_manifest(&resolved.manifest, false)
         .map_err(hoist::transfer::TransferError::from)?;
-    let mut differ = Vec::new();
-    let (mut checked, mut unchecked) = (0, 0);
-    for layer in &plan.layers {
-        if layer.format != LayerFormat::Raw {
-            unchecked += 1; // a tar layer's files carry no digest of their own
-            continue;
-        }
-        let path = args.dir.join(&layer.path);
-        let want = &layer.descriptor;
-        let name = layer.path.display();
-        match std::fs::metadata(&path) {
-            Err(_) => differ.push(format!("{name} (missing)")),
-            Ok(m) if m.len() != want.size => differ.push(format!(
-                "{name} ({} bytes, expected {})",
-                m.len(),
-                want.size
-            )),
-            Ok(_) => {
-                let fast = !args.full && hoist::materialize::marker::is_marked(&path, &want.digest);
-                if !fast {
-                    match hoist::digest::Digest::of_file(&path) {
-                        Ok(d) if d == want.digest => {}
-                        Ok(d) => {
-                            differ.push(format!("{name} (digest {d}, expected {})", want.digest))
-                        }
-                        Err(e) => differ.push(format!("{name} (unreadable: {e})")),
-                    }
-                }
-            }
-        }
-        checked += 1;
-    }
-    if !differ.is_empty() {
-        return Err(Error::Verify(format!(
-            "{} of {checked} files in {} differ from {reference}: {}",
-            differ.len(),
-            args.dir.display(),
-            differ.join("; ")
-        )));
-    }
+    let expected: Vec<Expected> = plan
+        .layers
+        .iter()
+        .filter(|l| l.format == LayerFormat::Raw)
+        .map(|l| Expected {
+            path: l.path.clone(),
+            size: l.descriptor.size,
+            digest: Some(l.descriptor.digest.clone()),
+        })
+        .collect();
+    // A tar layer's files carry no digest of their own and are not listed in the manifest.
+    let unchecked = plan.layers.len() - expected.len();
+    let check = check_folder(&args.dir, &expected, args.full, unchecked == 0, &[]);
+    report_check(&check, &args.dir, reference)?;
     println!(
-        "Verified {checked} files of {reference} ({}) in {}{}",
+        "Verified {} files of {reference} ({}) in {}{}",
+        check.checked,
         resolved.digest,
         args.dir.display(),
         if unchecked > 0 {
@@ -554,6 +531,32 @@ async fn verify_against(
         }
     );
     Ok(())
+}
+
+/// One error listing every differing and every unexpected file.
+fn report_check(check: &FolderCheck, dir: &Path, what: &str) -> Result<(), Error> {
+    if check.is_clean() {
+        return Ok(());
+    }
+    let mut parts = Vec::new();
+    if !check.differ.is_empty() {
+        parts.push(format!(
+            "{} of {} files in {} differ from {what}: {}",
+            check.differ.len(),
+            check.checked,
+            dir.display(),
+            check.differ.join("; ")
+        ));
+    }
+    if !check.extra.is_empty() {
+        parts.push(format!(
+            "{} holds {} files that {what} does not: {}",
+            dir.display(),
+            check.extra.len(),
+            check.extra.join(", ")
+        ));
+    }
+    Err(Error::Verify(parts.join("; ")))
 }
 
 /// Repack an artifact in another shape: pull (verified) into a scratch folder, pack, push.

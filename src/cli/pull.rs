@@ -72,6 +72,19 @@ pub struct PullArgs {
     /// (for artifacts whose layers hoist cannot name).
     #[arg(long)]
     raw: bool,
+    /// Replace files in the output folder that no earlier hoist pull placed (without it, such
+    /// files are listed and the pull is refused before anything changes).
+    #[arg(long, env = "HOIST_OVERWRITE")]
+    overwrite: bool,
+    /// A tar layer may unpack to at most this many times its compressed size (at least
+    /// 256 MiB), and never to more than the free space: a bound on decompression bombs.
+    #[arg(
+        long,
+        default_value_t = 64,
+        value_name = "N",
+        env = "HOIST_MAX_UNPACK_RATIO"
+    )]
+    max_unpack_ratio: u64,
     /// Write Prometheus metrics of this pull to FILE (node-exporter textfile collector).
     #[arg(long, env = "HOIST_METRICS_FILE", value_name = "FILE")]
     metrics_file: Option<PathBuf>,
@@ -182,6 +195,11 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
             exclude: globs(&args.exclude)?,
             kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         },
+        overwrite: args.overwrite,
+        unpack: hoist::materialize::UnpackLimits {
+            ratio: args.max_unpack_ratio.max(1),
+            ..Default::default()
+        },
     };
     let report = transfer::pull(
         &source,
@@ -192,14 +210,18 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
     )
     .await?;
     if args.include_referrers {
-        let dir = args.output.join(".referrers");
         let opts = PullOptions {
             filter: Default::default(),
             ..opts
         };
-        let n = transfer::pull_referrers(&source, &report.digest, &dir, &opts).await?;
+        let n =
+            transfer::pull_referrers(&source, &report.digest, &args.output, ".referrers", &opts)
+                .await?;
         if !global.quiet {
-            eprintln!("Pulled {n} attached artifacts into {}", dir.display());
+            eprintln!(
+                "Pulled {n} attached artifacts into {}",
+                args.output.join(".referrers").display()
+            );
         }
     }
     Ok(report)

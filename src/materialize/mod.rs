@@ -1,20 +1,27 @@
 //! Materialize: verified blobs become files in the output folder, and only all at once.
 //!
 //! Every layer is first staged in a hidden folder inside the output folder (same filesystem,
-//! so the final step is a rename). Only when every layer has been verified and staged are the
-//! files renamed into place; on any failure the staging folder is removed and nothing partial
-//! is visible. Paths are checked twice: names when the manifest is read, and every parent
-//! folder when a file is placed, so a symlink cannot carry a write outside the output folder.
+//! so the final step is a rename). When every layer has been verified and staged, the whole
+//! plan is validated (see `plan`: names, file/folder clashes, links resolved through each
+//! other, files no pull placed) before the first file moves; then files are renamed into
+//! place, and a failure half-way puts back what was there. On any failure the staging folder
+//! is removed and nothing partial is visible. Writes never pass through a symlink: every
+//! parent folder is checked when it is created or entered.
 
 mod link;
-pub mod marker;
+mod plan;
+pub mod record;
 mod tar_layer;
+pub mod verify;
 
 pub use link::LinkMode;
+pub use plan::{NAME_MAX, PATH_MAX};
+pub use record::{Record, RECORD_FILE};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::digest::Digest;
 use crate::oci::LayerFormat;
@@ -40,6 +47,14 @@ pub enum MaterializeError {
         format: &'static str,
         source: std::io::Error,
     },
+    #[error("layer {layer} unpacks to more than {limit} bytes ({why}); refused as a decompression bomb, nothing was kept")]
+    UnpackLimit {
+        layer: String,
+        limit: u64,
+        why: &'static str,
+    },
+    #[error("{} already holds files that no hoist pull placed, and the pull would replace them: {}; move them away or pass --overwrite", out.display(), files.join(", "))]
+    WouldOverwrite { out: PathBuf, files: Vec<String> },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError + '_ {
@@ -64,33 +79,57 @@ pub enum Staged {
     File {
         from: PathBuf,
         relative: PathBuf,
-        /// Permission bits to set (not for hard links, which share the store's inode).
+        /// Permission bits asked for; group and other write bits are always dropped.
         mode: u32,
         placement: Placement,
-        /// The file's digest, for raw layers: recorded in the verified mark.
+        /// The file's digest, for raw layers: recorded so a re-pull can trust the file.
         digest: Option<Digest>,
+        /// For a symlink: where it points (checked against the whole plan before placing).
+        link_target: Option<PathBuf>,
     },
     Dir {
         relative: PathBuf,
     },
-    /// An image layer's whiteout: what lower layers put at `relative` goes.
+    /// An image layer's whiteout: what lower layers of this pull staged at `relative` goes.
     Remove {
         relative: PathBuf,
     },
-    /// An image layer's opaque folder: what lower layers put inside `relative` goes.
+    /// An image layer's opaque folder: what lower layers staged inside `relative` goes.
     Opaque {
         relative: PathBuf,
     },
 }
 
+/// Limits on what a tar layer may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct UnpackLimits {
+    /// Unpacked bytes per compressed byte of the layer (with a floor of `min_bytes`).
+    pub ratio: u64,
+    pub min_bytes: u64,
+    /// Entries per layer.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            ratio: 64,
+            min_bytes: 256 << 20,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
 /// The state folder inside the output folder: downloads in progress (`<hex>.part` and their
-/// `.state`), verified blobs (`<hex>.blob`), unpacked tar trees, and a lock so two pulls into
-/// one folder take turns. It survives a failed pull so the next one resumes.
+/// `.state`), verified blobs (`<hex>.blob`) and unpacked tar trees. It survives a failed pull
+/// so the next one resumes. Two pulls into one folder take turns: the lock is held on the
+/// output folder itself, which outlives the state folder.
 pub struct Staging {
     out: PathBuf,
     dir: PathBuf,
     lock: Option<fs::File>,
     created_out: bool,
+    record: Mutex<Record>,
     /// Committed or aborted: nothing left for `Drop` to do.
     done: std::sync::atomic::AtomicBool,
 }
@@ -100,7 +139,7 @@ pub const STAGING_DIR: &str = ".hoist-partial";
 impl Staging {
     /// Open the state folder, waiting for any other pull into the same folder to finish.
     pub fn open(out: &Path) -> Result<Staging, MaterializeError> {
-        let created_out = !out.exists();
+        let created_out = fs::symlink_metadata(out).is_err();
         fs::create_dir_all(out).map_err(io_err(out))?;
         if !fs::metadata(out).map_err(io_err(out))?.is_dir() {
             return Err(MaterializeError::Blocked {
@@ -108,22 +147,51 @@ impl Staging {
                 why: "it is not a folder",
             });
         }
+        let lock = fs::File::open(out).map_err(io_err(out))?;
+        lock.lock().map_err(io_err(out))?;
         let dir = out.join(STAGING_DIR);
         ensure_dirs(out, Path::new(STAGING_DIR))?;
-        let lock_path = dir.join("lock");
-        let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
         Ok(Staging {
             out: out.to_path_buf(),
             dir,
             lock: Some(lock),
             created_out,
+            record: Mutex::new(Record::load(out)),
             done: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn out(&self) -> &Path {
         &self.out
+    }
+
+    /// Is the file at `rel` already there with exactly `digest`'s bytes? Trusted from the
+    /// record while its stamp matches; otherwise hashed (and the record refreshed).
+    pub fn holds(&self, rel: &Path, digest: &Digest, size: u64) -> bool {
+        let path = self.out.join(rel);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return false;
+        };
+        if !meta.is_file() || meta.len() != size {
+            return false;
+        }
+        if self
+            .record
+            .lock()
+            .expect("record")
+            .vouches(&self.out, rel, digest)
+        {
+            return true;
+        }
+        let placed = self.record.lock().expect("record").placed(rel);
+        let same = Digest::of_file(&path).is_ok_and(|d| d == *digest);
+        if same && placed {
+            self.record
+                .lock()
+                .expect("record")
+                .note(&self.out, rel, Some(digest.clone()));
+        }
+        same
     }
 
     /// Where a download of `digest` keeps its bytes until verified.
@@ -137,88 +205,114 @@ impl Staging {
     }
 
     /// Unpack a verified tar layer into its own tree; the returned items move into place.
+    /// `image`: the layer belongs to a container image, whose whiteouts are honoured.
     pub fn stage_tar(
         &self,
         index: usize,
         blob: &Path,
         format: LayerFormat,
         layer: &str,
+        image: bool,
+        limits: UnpackLimits,
     ) -> Result<Vec<Staged>, MaterializeError> {
         let tree = self.dir.join(format!("t-{index}"));
-        if tree.exists() {
+        if fs::symlink_metadata(&tree).is_ok() {
             fs::remove_dir_all(&tree).map_err(io_err(&tree))?;
         }
         fs::create_dir(&tree).map_err(io_err(&tree))?;
-        tar_layer::extract(blob, format, &tree, layer)
+        let compressed = fs::metadata(blob).map_err(io_err(blob))?.len();
+        let by_ratio = compressed
+            .saturating_mul(limits.ratio)
+            .max(limits.min_bytes);
+        let free = free_bytes(&tree).map_err(io_err(&tree))?;
+        let budget = tar_layer::Budget {
+            bytes: by_ratio.min(free),
+            bytes_why: if by_ratio <= free {
+                "the limit for its compressed size; raise it with --max-unpack-ratio"
+            } else {
+                "the free space left on the output filesystem"
+            },
+            entries: limits.max_entries,
+        };
+        let result = tar_layer::extract(blob, format, &tree, layer, image, budget);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&tree);
+        }
+        result
     }
 
-    /// Place everything, in order, then remove the state folder.
-    pub fn commit(mut self, items: &[Staged]) -> Result<(), MaterializeError> {
+    /// Validate the whole plan, place everything in order, record what was placed, then
+    /// remove the state folder. `overwrite`: files no earlier pull placed may be replaced.
+    pub fn commit(mut self, items: &[Staged], overwrite: bool) -> Result<(), MaterializeError> {
+        let items = plan::apply_whiteouts(items);
+        {
+            let record = self.record.lock().expect("record");
+            plan::validate(&self.out, &items, &record, overwrite)?;
+        }
+        let mut undo = Undo::default();
+        if let Err(e) = self.place_all(&items, &mut undo) {
+            undo.roll_back(&self.out);
+            return Err(e);
+        }
+        let mut record = std::mem::take(&mut *self.record.lock().expect("record"));
+        for item in &items {
+            if let Staged::File {
+                relative, digest, ..
+            } = item
+            {
+                record.note(&self.out, relative, digest.clone());
+            }
+        }
+        record.prune(&self.out);
+        record.save(&self.out).map_err(io_err(&self.out))?;
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let result = fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir));
+        drop(self.lock.take());
+        result
+    }
+
+    fn place_all(&self, items: &[Staged], undo: &mut Undo) -> Result<(), MaterializeError> {
         for (n, item) in items.iter().enumerate() {
             match item {
-                Staged::Dir { relative } => ensure_dirs(&self.out, relative)?,
-                Staged::Remove { relative } => remove_below(&self.out, relative)?,
-                Staged::Opaque { relative } => {
-                    let dir = self.out.join(relative);
-                    if !relative.as_os_str().is_empty()
-                        && fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
-                    {
-                        for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-                            remove_below(&self.out, &relative.join(entry.file_name()))?;
-                        }
-                    }
-                }
+                Staged::Dir { relative } => undo.dirs(ensure_dirs(&self.out, relative)?),
+                Staged::Remove { .. } | Staged::Opaque { .. } => {} // applied to the plan
                 Staged::File {
                     from,
                     relative,
                     mode,
                     placement,
-                    digest,
+                    link_target,
+                    ..
                 } => {
                     if let Some(parent) = relative.parent() {
-                        ensure_dirs(&self.out, parent)?;
+                        undo.dirs(ensure_dirs(&self.out, parent)?);
                     }
                     let target = self.out.join(relative);
-                    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                        return Err(MaterializeError::Blocked {
-                            path: target,
-                            why: "a folder is in the way of a file",
-                        });
-                    }
                     let source = match placement {
                         Placement::Move => from.clone(),
                         Placement::Link(how) => {
                             let tmp = self.dir.join(format!("link-{n}"));
                             let _ = fs::remove_file(&tmp);
-                            if link::place(from, &tmp, *how)? == link::Linked::Hard {
-                                fs::rename(&tmp, &target).map_err(io_err(&target))?;
-                                if let Some(d) = digest {
-                                    marker::mark(&target, d);
-                                }
-                                continue;
-                            }
+                            link::place(from, &tmp, *how)?;
                             tmp
                         }
                     };
-                    let is_symlink =
-                        fs::symlink_metadata(&source).is_ok_and(|m| m.file_type().is_symlink());
-                    if !is_symlink {
-                        fs::set_permissions(
-                            &source,
-                            fs::Permissions::from_mode((mode & 0o777) | 0o600),
-                        )
-                        .map_err(io_err(&source))?;
+                    let hard = matches!(placement, Placement::Link(LinkMode::Hardlink));
+                    if link_target.is_none() && !hard {
+                        fs::set_permissions(&source, fs::Permissions::from_mode(safe_mode(*mode)))
+                            .map_err(io_err(&source))?;
+                    }
+                    if fs::symlink_metadata(&target).is_ok() {
+                        let old = self.dir.join(format!("old-{n}"));
+                        fs::rename(&target, &old).map_err(io_err(&target))?;
+                        undo.replaced.push((old, target.clone()));
                     }
                     fs::rename(&source, &target).map_err(io_err(&target))?;
-                    if let Some(d) = digest {
-                        marker::mark(&target, d);
-                    }
+                    undo.placed.push(target);
                 }
             }
         }
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(self.lock.take());
-        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
+        Ok(())
     }
 
     /// Give up. Unpacked trees go; downloads stay for the next run to resume, unless `wipe`
@@ -229,30 +323,37 @@ impl Staging {
         if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        if wipe {
-            let _ = fs::remove_dir_all(&self.dir);
-            if self.created_out {
-                let _ = fs::remove_dir(&self.out);
-            }
-            return;
-        }
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("t-") || name.starts_with("link-") {
-                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+        if !wipe {
+            if let Ok(entries) = fs::read_dir(&self.dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("t-") || name.starts_with("link-") {
+                        let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                    }
                 }
             }
         }
-        let keeps_something = fs::read_dir(&self.dir)
-            .map(|d| d.flatten().any(|e| e.file_name() != "lock"))
-            .unwrap_or(false);
+        let keeps_something = !wipe
+            && fs::read_dir(&self.dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false);
         if !keeps_something {
             let _ = fs::remove_dir_all(&self.dir);
             if self.created_out {
                 let _ = fs::remove_dir(&self.out);
             }
         }
+    }
+
+    /// What a failed pull keeps for its resume: the state folder and its size in bytes.
+    pub fn kept(&self) -> Option<(PathBuf, u64)> {
+        let entries = fs::read_dir(&self.dir).ok()?;
+        let bytes = entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .sum();
+        Some((self.dir.clone(), bytes))
     }
 }
 
@@ -262,9 +363,56 @@ impl Drop for Staging {
     }
 }
 
+/// What a commit changed, to put back if it fails half-way.
+#[derive(Default)]
+struct Undo {
+    created_dirs: Vec<PathBuf>,
+    placed: Vec<PathBuf>,
+    /// (where the old file waits, where it was)
+    replaced: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Undo {
+    fn dirs(&mut self, created: Vec<PathBuf>) {
+        self.created_dirs.extend(created);
+    }
+
+    fn roll_back(self, _out: &Path) {
+        for p in self.placed.iter().rev() {
+            let _ = fs::remove_file(p);
+        }
+        for (old, at) in self.replaced.iter().rev() {
+            let _ = fs::rename(old, at);
+        }
+        for d in self.created_dirs.iter().rev() {
+            let _ = fs::remove_dir(d); // only if still empty
+        }
+    }
+}
+
+/// Permission bits as placed: what the artifact asks, minus group/other write and the
+/// setuid/setgid/sticky bits, plus owner read/write (hoist must be able to replace it).
+pub fn safe_mode(mode: u32) -> u32 {
+    (mode & 0o755) | 0o600
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path and a zeroed struct for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 /// Create `relative` under `root` one folder at a time, refusing to pass through anything that
-/// is not a real folder (a symlink planted by an earlier entry, or a file).
-pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<(), MaterializeError> {
+/// is not a real folder (a symlink planted by an earlier entry, or a file). Returns the
+/// folders it created.
+pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<Vec<PathBuf>, MaterializeError> {
+    let mut created = Vec::new();
     let mut current = root.to_path_buf();
     for component in relative.components() {
         let Component::Normal(part) = component else {
@@ -289,7 +437,8 @@ pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<(), Materializ
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&current).map_err(io_err(&current))?
+                fs::create_dir(&current).map_err(io_err(&current))?;
+                created.push(current.clone());
             }
             Err(e) => {
                 return Err(MaterializeError::Io {
@@ -299,30 +448,11 @@ pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<(), Materializ
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
-/// Remove `relative` under `root` (a file, a symlink itself, or a whole folder), never going
-/// through a symlink on the way.
-fn remove_below(root: &Path, relative: &Path) -> Result<(), MaterializeError> {
-    if let Some(parent) = relative.parent() {
-        let mut current = root.to_path_buf();
-        for part in parent.components() {
-            current.push(part);
-            if !fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
-                return Ok(()); // nothing of that path exists as folders: nothing to remove
-            }
-        }
-    }
-    let target = root.join(relative);
-    match fs::symlink_metadata(&target) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(&target).map_err(io_err(&target)),
-        Ok(_) => fs::remove_file(&target).map_err(io_err(&target)),
-        Err(_) => Ok(()),
-    }
-}
-
-/// Would a symlink at `relative` pointing to `target` stay inside the root? Checked lexically.
+/// A first, lexical check of one symlink on its own (the whole plan is checked again with
+/// every link resolved through the others before anything is placed).
 pub(crate) fn symlink_stays_inside(relative: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;

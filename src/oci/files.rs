@@ -140,6 +140,11 @@ impl LayerPlan {
     }
 }
 
+/// Is a manifest with this config media type a container image?
+pub fn is_image_config(media_type: &str) -> bool {
+    IMAGE_CONFIGS.contains(&media_type)
+}
+
 /// Config media types that make a manifest a container image.
 const IMAGE_CONFIGS: &[&str] = &[
     "application/vnd.oci.image.config.v1+json",
@@ -239,6 +244,12 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, &'static str> {
     }
     if clean.as_os_str().is_empty() {
         return Err("names no file");
+    }
+    let first = clean.components().next().map(|c| c.as_os_str());
+    if first.is_some_and(|f| {
+        f == crate::materialize::STAGING_DIR || f == crate::materialize::RECORD_FILE
+    }) {
+        return Err("is reserved for hoist's own state in the output folder");
     }
     Ok(clean)
 }

@@ -36,4 +36,6 @@ pub enum OciError {
     NoFiles(String),
     #[error("two layers write the same path {0:?}")]
     DuplicatePath(String),
+    #[error("the referrer graph has more than {0} manifests; refusing to walk further")]
+    TooManyReferrers(usize),
 }

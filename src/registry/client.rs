@@ -74,7 +74,9 @@ impl RegistryClient {
         let request = req.build().map_err(|e| self.transport_error(&e, context))?;
         let retry = request.try_clone();
         let (mut resp, authorized) = self.send_once(request, repository, action, context).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        // A challenge counts only when the registry itself sent it: a redirect target (blob
+        // storage) that answers 401 never learns where our credentials go.
+        if resp.status() == StatusCode::UNAUTHORIZED && self.is_registry_url(resp.url()) {
             let challenge = resp
                 .headers()
                 .get(header::WWW_AUTHENTICATE)
@@ -110,6 +112,13 @@ impl RegistryClient {
         }
     }
 
+    /// Is `url` on the registry's own scheme, host and port?
+    fn is_registry_url(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
     async fn send_once(
         &self,
         mut request: reqwest::Request,
@@ -117,14 +126,12 @@ impl RegistryClient {
         action: Action,
         context: &str,
     ) -> Result<(reqwest::Response, bool), RegistryError> {
-        let url = request.url();
-        let same_host = url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default();
+        let same_host = self.is_registry_url(request.url());
         let mut authorized = false;
         if same_host {
             if let Some(value) = self
                 .credentials
-                .header(&self.http, &self.registry, repository, action)
+                .header(&self.http, &self.registry, &self.base, repository, action)
                 .await?
             {
                 request.headers_mut().insert(header::AUTHORIZATION, value);
@@ -170,7 +177,10 @@ impl RegistryClient {
         let status = resp.status().as_u16();
         let mut url = resp.url().clone();
         url.set_query(None);
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_capped(resp, MAX_ERROR_BODY)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let message = registry_message(&body)
             .map(|m| format!(": {m}"))
             .unwrap_or_default();
@@ -258,6 +268,17 @@ impl RegistryClient {
             }
         }
         let digest = Digest::of_bytes(&body);
+        // Fetched by digest: the bytes must be that digest, whoever serves them.
+        if let Ok(expected) = reference.parse::<Digest>() {
+            if expected != digest {
+                return Err(RegistryError::ManifestDigest {
+                    registry: self.registry.clone(),
+                    what: format!("{repository}@{expected}"),
+                    expected: expected.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
         Ok((media_type, Bytes::from(body), digest))
     }
 
@@ -347,6 +368,11 @@ impl RegistryClient {
         }
     }
 
+    /// A small blob's body, read up to its declared size and no further (`None` if longer).
+    pub async fn read_content(&self, resp: reqwest::Response, size: u64) -> Option<Vec<u8>> {
+        read_capped(resp, size).await
+    }
+
     /// `PUT` a manifest under a tag or its digest.
     pub async fn put_manifest(
         &self,
@@ -369,6 +395,29 @@ impl RegistryClient {
             Err(self.status_error("PUT", resp).await)
         }
     }
+}
+
+/// Error bodies read for their message: at most this much.
+pub(crate) const MAX_ERROR_BODY: u64 = 64 << 10;
+/// JSON answers (token responses, referrers lists): at most this much.
+pub(crate) const MAX_JSON_BODY: u64 = 4 << 20;
+
+/// Read a body, but never more than `limit` bytes (a hostile server may send gigabytes where
+/// a few hundred are expected). `None` when it is longer or the read fails.
+pub(crate) async fn read_capped(resp: reqwest::Response, limit: u64) -> Option<Vec<u8>> {
+    if resp.content_length().is_some_and(|l| l > limit) {
+        return None;
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }
 
 /// The first message of a distribution error envelope, or a short raw body.

@@ -51,6 +51,25 @@ pub enum RegistryError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("verification failed for manifest {what} on {registry}: asked for {expected}, the registry sent {actual}; refusing it")]
+    ManifestDigest {
+        registry: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{registry} sent a {what} over the {limit}-byte limit; refusing it")]
+    BodyTooLarge {
+        registry: String,
+        what: &'static str,
+        limit: u64,
+    },
+    #[error("refusing to send credentials for {registry} to {realm}: {why}")]
+    UnsafeRealm {
+        registry: String,
+        realm: String,
+        why: &'static str,
+    },
 }
 
 impl RegistryError {

@@ -14,7 +14,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::fetch::{FetchOptions, Fetcher, Source};
 use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
-use crate::materialize::{marker, LinkMode, Placement, Staged, Staging};
+use crate::materialize::{LinkMode, Placement, Staged, Staging, UnpackLimits};
 use crate::oci::modelpack::{kind_of_media_type, FileMetadata, LayerKind};
 use crate::oci::{media, Descriptor, FileLayer, LayerFormat, LayerPlan};
 use crate::store::Store;
@@ -33,6 +33,10 @@ pub struct PullOptions {
     pub filter: LayerFilter,
     /// Save every layer blob as `blobs/sha256/<hex>` instead of mapping layers to files.
     pub raw: bool,
+    /// Replace files in the output folder that no earlier pull placed.
+    pub overwrite: bool,
+    /// What a tar layer may unpack to.
+    pub unpack: UnpackLimits,
 }
 
 impl Default for PullOptions {
@@ -45,6 +49,8 @@ impl Default for PullOptions {
             link_mode: LinkMode::Auto,
             filter: LayerFilter::default(),
             raw: false,
+            overwrite: false,
+            unpack: UnpackLimits::default(),
         }
     }
 }
@@ -129,7 +135,12 @@ pub async fn pull(
     }
     if opts.allow_path_traversal {
         for layer in &plan.layers {
-            if layer.path.is_absolute()
+            let reserved = layer.path.components().next().is_some_and(|c| {
+                c.as_os_str() == crate::materialize::STAGING_DIR
+                    || c.as_os_str() == crate::materialize::RECORD_FILE
+            });
+            if reserved
+                || layer.path.is_absolute()
                 || layer
                     .path
                     .components()
@@ -173,6 +184,7 @@ pub async fn pull(
     }
 
     let ctx = Ctx {
+        image: crate::oci::files::is_image_config(&resolved.manifest.config.media_type),
         source,
         staging: &staging,
         fetcher: &fetcher,
@@ -205,7 +217,8 @@ pub async fn pull(
         .collect();
     items.sort_by_key(|(index, _)| *index);
     let items: Vec<Staged> = items.into_iter().flat_map(|(_, s)| s).collect();
-    tokio::task::spawn_blocking(move || staging.commit(&items))
+    let overwrite = opts.overwrite;
+    tokio::task::spawn_blocking(move || staging.commit(&items, overwrite))
         .await
         .expect("commit task does not panic")?;
 
@@ -243,6 +256,8 @@ struct JobResult {
 }
 
 struct Ctx<'a> {
+    /// The artifact is a container image (whiteouts in its layers are honoured).
+    image: bool,
     source: &'a Target,
     staging: &'a Arc<Staging>,
     fetcher: &'a Fetcher,
@@ -258,12 +273,7 @@ impl Ctx<'_> {
         let mut skipped_files = 0;
         for &(index, layer) in &job.layers {
             if layer.format == LayerFormat::Raw
-                && already_in_place(
-                    &self.staging.out().join(&layer.path),
-                    &desc.digest,
-                    desc.size,
-                )
-                .await
+                && already_in_place(self.staging, &layer.path, &desc.digest, desc.size).await
             {
                 skipped_files += 1;
                 self.done(layer, Action::Skipped);
@@ -310,7 +320,9 @@ impl Ctx<'_> {
             }
             (Target::Remote { .. }, None) => {
                 let verified = self.staging.blob_path(&desc.digest);
-                if !verified.exists() {
+                // A blob verified by an interrupted earlier run is a file on disk like any
+                // other: checked again before it is used.
+                if !staged_blob_is_good(&verified, &desc.digest).await {
                     let part = self.staging.part_path(&desc.digest);
                     self.fetcher
                         .download(&self.source.sources(), desc, &part, &name)
@@ -343,6 +355,7 @@ impl Ctx<'_> {
                         mode: file_mode(layer),
                         placement,
                         digest: Some(desc.digest.clone()),
+                        link_target: None,
                     }]
                 }
                 format => {
@@ -351,8 +364,9 @@ impl Ctx<'_> {
                         blob.clone(),
                         layer.path.display().to_string(),
                     );
+                    let (image, limits) = (self.image, self.opts.unpack);
                     tokio::task::spawn_blocking(move || {
-                        staging.stage_tar(index, &blob, format, &layer_name)
+                        staging.stage_tar(index, &blob, format, &layer_name, image, limits)
                     })
                     .await
                     .expect("unpack task does not panic")?
@@ -414,24 +428,27 @@ fn file_mode(layer: &FileLayer) -> u32 {
 }
 
 /// Is the file already there, a regular file with these exact bytes?
-async fn already_in_place(path: &Path, digest: &Digest, size: u64) -> bool {
-    let Ok(meta) = tokio::fs::symlink_metadata(path).await else {
-        return false;
-    };
-    if !meta.is_file() || meta.len() != size {
-        return false;
-    }
-    let path = path.to_path_buf();
-    let digest = digest.clone();
+async fn already_in_place(staging: &Arc<Staging>, rel: &Path, digest: &Digest, size: u64) -> bool {
+    let (staging, rel, digest) = (staging.clone(), rel.to_path_buf(), digest.clone());
+    tokio::task::spawn_blocking(move || staging.holds(&rel, &digest, size))
+        .await
+        .unwrap_or(false)
+}
+
+/// Does the staged blob exist and hash to `digest`? A bad one is removed.
+async fn staged_blob_is_good(path: &Path, digest: &Digest) -> bool {
+    let (path, digest) = (path.to_path_buf(), digest.clone());
     tokio::task::spawn_blocking(move || {
-        if marker::is_marked(&path, &digest) {
-            return true; // verified by an earlier pull and unchanged since
+        let meta = std::fs::symlink_metadata(&path);
+        if !meta.is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(&path);
+            return false;
         }
-        let same = Digest::of_file(&path).is_ok_and(|d| d == digest);
-        if same {
-            marker::mark(&path, &digest);
+        let good = Digest::of_file(&path).is_ok_and(|d| d == digest);
+        if !good {
+            let _ = std::fs::remove_file(&path);
         }
-        same
+        good
     })
     .await
     .unwrap_or(false)

@@ -119,18 +119,41 @@ fn empty_index() -> Index {
     }
 }
 
+/// Most referrers one walk of the graph visits: a hostile registry can make the graph as
+/// large (or as cyclic) as it likes.
+pub const MAX_REFERRER_NODES: usize = 10_000;
+
 /// What refers to `subject`, through the API or the tag fallback, recursively up to `depth`.
+/// Each manifest is visited once (a cycle A→B→A ends at the second A) and the walk stops
+/// with an error past [`MAX_REFERRER_NODES`].
 pub async fn discover(
     target: &Target,
     subject: &Digest,
     artifact_type: Option<&str>,
     depth: usize,
 ) -> Result<Vec<Referrer>, TransferError> {
+    let mut seen = std::collections::HashSet::from([subject.clone()]);
+    walk(target, subject, artifact_type, depth, &mut seen).await
+}
+
+async fn walk(
+    target: &Target,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+    depth: usize,
+    seen: &mut std::collections::HashSet<Digest>,
+) -> Result<Vec<Referrer>, TransferError> {
     let direct = list(target, subject, artifact_type).await?;
-    let mut out = Vec::with_capacity(direct.len());
+    let mut out = Vec::with_capacity(direct.len().min(MAX_REFERRER_NODES));
     for descriptor in direct {
+        if !seen.insert(descriptor.digest.clone()) {
+            continue; // already in the tree: a cycle or a repeat
+        }
+        if seen.len() > MAX_REFERRER_NODES {
+            return Err(crate::oci::OciError::TooManyReferrers(MAX_REFERRER_NODES).into());
+        }
         let referrers = if depth > 1 {
-            Box::pin(discover(target, &descriptor.digest, None, depth - 1)).await?
+            Box::pin(walk(target, &descriptor.digest, None, depth - 1, seen)).await?
         } else {
             Vec::new()
         };
@@ -213,19 +236,25 @@ async fn register(dst: &Target, subject: &Digest, entry: Descriptor) -> Result<(
 }
 
 /// Pull every artifact attached to `subject` (recursively) into `dir/<digest hex>/`, each
-/// beside a `descriptor.json` naming its type and annotations. Returns how many were pulled.
+/// beside a `.descriptor.json` naming its type and annotations. Returns how many were pulled.
+/// `dir` lies inside a pulled folder whose content came from the registry: no write here
+/// goes through a symlink, whatever the pulled artifacts placed.
 pub async fn pull_referrers(
     target: &Target,
     subject: &Digest,
-    dir: &std::path::Path,
+    root: &std::path::Path,
+    dir_name: &str,
     opts: &super::PullOptions,
 ) -> Result<usize, TransferError> {
     let tree = discover(target, subject, None, 8).await?;
+    crate::materialize::ensure_dirs(root, std::path::Path::new(dir_name))?;
+    let dir = root.join(dir_name);
     let mut stack: Vec<&Referrer> = tree.iter().collect();
     let mut pulled = 0;
     while let Some(r) = stack.pop() {
         stack.extend(r.referrers.iter());
-        let out = dir.join(r.descriptor.digest.hex());
+        let hex = r.descriptor.digest.hex();
+        let out = dir.join(hex);
         let digest = r.descriptor.digest.as_str();
         match super::pull(target, digest, &out, opts, super::silent()).await {
             Ok(_) => {}
@@ -233,19 +262,31 @@ pub async fn pull_referrers(
             // what verifiers read.
             Err(TransferError::Oci(crate::oci::OciError::NoFiles(_))) => {
                 let (_, bytes, _) = target.fetch_manifest(digest).await?;
-                std::fs::create_dir_all(&out).map_err(TransferError::io(&out))?;
-                let path = out.join("manifest.json");
-                std::fs::write(&path, &bytes).map_err(TransferError::io(&path))?;
+                crate::materialize::ensure_dirs(&dir, std::path::Path::new(hex))?;
+                write_inside(&out, "manifest.json", &bytes)?;
             }
             Err(e) => return Err(e),
         }
-        let about = out.join(".descriptor.json");
-        std::fs::write(
-            &about,
-            serde_json::to_vec_pretty(&r.descriptor).expect("descriptor serialises"),
-        )
-        .map_err(TransferError::io(&about))?;
+        write_inside(
+            &out,
+            ".descriptor.json",
+            &serde_json::to_vec_pretty(&r.descriptor).expect("descriptor serialises"),
+        )?;
         pulled += 1;
     }
     Ok(pulled)
+}
+
+/// Write `name` in `dir` by a temporary file and a rename, which replaces whatever is at the
+/// name (a planted symlink included) instead of writing through it.
+fn write_inside(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), TransferError> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".hoist-write.")
+        .tempfile_in(dir)
+        .map_err(TransferError::io(dir))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(TransferError::io(dir))?;
+    let path = dir.join(name);
+    tmp.persist(&path)
+        .map_err(|e| TransferError::io(&path)(e.error))?;
+    Ok(())
 }

@@ -99,6 +99,7 @@ impl Credentials {
         &self,
         http: &reqwest::Client,
         registry: &str,
+        base: &reqwest::Url,
         repository: &str,
         action: Action,
     ) -> Result<Option<HeaderValue>, RegistryError> {
@@ -120,6 +121,7 @@ impl Credentials {
                         return Ok(Some(bearer(token)));
                     }
                 }
+                check_realm(registry, base, &realm, self.credential.is_some())?;
                 let (token, expires) = token::fetch(
                     http,
                     registry,
@@ -178,6 +180,34 @@ impl Credentials {
             _ => None,
         }
     }
+}
+
+/// Credentials go to a token service only over TLS when the registry itself was reached
+/// over TLS (a loopback realm aside): a challenge must not downgrade where the password goes.
+fn check_realm(
+    registry: &str,
+    base: &reqwest::Url,
+    realm: &str,
+    sends_secret: bool,
+) -> Result<(), RegistryError> {
+    let refuse = |why| RegistryError::UnsafeRealm {
+        registry: registry.to_string(),
+        realm: realm.to_string(),
+        why,
+    };
+    let url = reqwest::Url::parse(realm).map_err(|_| refuse("the realm is not a URL"))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(refuse("the realm is not an http(s) URL"));
+    }
+    let loopback = url
+        .host_str()
+        .is_some_and(|h| crate::registry::transport::is_loopback(h.trim_matches(['[', ']'])));
+    if sends_secret && base.scheme() == "https" && url.scheme() != "https" && !loopback {
+        return Err(refuse(
+            "the registry is reached over HTTPS but its token service is plain HTTP",
+        ));
+    }
+    Ok(())
 }
 
 fn bearer(token: &str) -> HeaderValue {

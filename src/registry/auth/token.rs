@@ -81,10 +81,9 @@ pub async fn fetch(
     if !status.is_success() {
         return Err(failed(format!("HTTP {}", status.as_u16())));
     }
-    let bytes = resp
-        .bytes()
+    let bytes = crate::registry::client::read_capped(resp, crate::registry::client::MAX_JSON_BODY)
         .await
-        .map_err(|e| failed(crate::registry::error_chain(&e)))?;
+        .ok_or_else(|| failed("the answer is over the 4 MiB limit or was cut off".into()))?;
     let body: TokenResponse = serde_json::from_slice(&bytes)
         .map_err(|e| failed(format!("the answer is not a token: {e}")))?;
     let token = body

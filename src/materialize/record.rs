@@ -1,0 +1,164 @@
+//! The record of what pulls placed in an output folder (`OUTPUT/.hoist-record.json`): each
+//! file's path, its digest (single-file layers) and a stamp of its inode.
+//!
+//! Two uses: a re-pull (a restarted init container) trusts a file without reading it again
+//! only while its stamp still matches, and a pull never replaces a file that no earlier pull
+//! placed unless asked to.
+//!
+//! Why a file beside the model and not an extended attribute on each file: the stamp must
+//! include the inode's change time (ctime), which every write, `chmod` or `touch` moves and
+//! which no unprivileged call can set back — size and mtime alone are restored by `touch -d`
+//! after a same-size edit. Writing an xattr itself moves the ctime, so the stamp cannot live
+//! on the file it describes. The record is a hint, never a proof: a stamp that does not match
+//! means "hash the file again", and `verify --full` always hashes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// Records larger than this are ignored (and rewritten): a folder does not hold millions of
+/// placed files, and the file is read whole.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub digest: Option<Digest>,
+    pub size: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of a regular file as it is now (`None` for anything else).
+    pub fn of(path: &Path, digest: Option<Digest>) -> Option<Stamp> {
+        let m = fs::symlink_metadata(path).ok()?;
+        (m.is_file() || m.file_type().is_symlink()).then(|| Stamp {
+            digest,
+            size: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub files: BTreeMap<PathBuf, Stamp>,
+}
+
+pub const RECORD_FILE: &str = ".hoist-record.json";
+
+impl Record {
+    /// The folder's record; an absent, oversized or unreadable one is empty (nothing trusted).
+    pub fn load(out: &Path) -> Record {
+        let path = out.join(RECORD_FILE);
+        let Ok(m) = fs::symlink_metadata(&path) else {
+            return Record::default();
+        };
+        if !m.is_file() || m.len() > MAX_RECORD_BYTES {
+            return Record::default();
+        }
+        fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Did an earlier pull place a file at `rel`?
+    pub fn placed(&self, rel: &Path) -> bool {
+        self.files.contains_key(rel)
+    }
+
+    /// Is the file at `rel` (under `out`) still exactly what a pull placed with `digest`?
+    pub fn vouches(&self, out: &Path, rel: &Path, digest: &Digest) -> bool {
+        let Some(recorded) = self.files.get(rel) else {
+            return false;
+        };
+        recorded.digest.as_ref() == Some(digest)
+            && Stamp::of(&out.join(rel), Some(digest.clone())).as_ref() == Some(recorded)
+    }
+
+    /// Note the file now at `rel` (after it was placed or re-hashed).
+    pub fn note(&mut self, out: &Path, rel: &Path, digest: Option<Digest>) {
+        match Stamp::of(&out.join(rel), digest) {
+            Some(s) => self.files.insert(rel.to_path_buf(), s),
+            None => self.files.remove(rel),
+        };
+    }
+
+    /// Forget entries whose files are gone.
+    pub fn prune(&mut self, out: &Path) {
+        self.files
+            .retain(|rel, _| fs::symlink_metadata(out.join(rel)).is_ok());
+    }
+
+    /// Write the record atomically (temporary file in `out`, then rename).
+    ///
+    /// File times come from the kernel's coarse clock (one tick, up to 10 ms): an edit in the
+    /// same tick as the stamp would leave the ctime unchanged. So the record is written only
+    /// once the clock has moved past every stamped ctime; any later edit then moves it.
+    pub fn save(&self, out: &Path) -> std::io::Result<()> {
+        let newest = self.files.values().map(|s| s.ctime_ns).max().unwrap_or(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+        while coarse_now_ns() <= newest && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".hoist-record.")
+            .tempfile_in(out)?;
+        std::io::Write::write_all(
+            &mut tmp,
+            &serde_json::to_vec(self).expect("record serialises"),
+        )?;
+        tmp.persist(out.join(RECORD_FILE)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The kernel's coarse wall clock, the one it stamps file times with.
+fn coarse_now_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a live timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_same_size_edit_with_the_mtime_restored_is_not_vouched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, b"abc").unwrap();
+        let d = Digest::of_bytes(b"abc");
+        let mut r = Record::default();
+        r.note(dir.path(), Path::new("f"), Some(d.clone()));
+        assert!(r.vouches(dir.path(), Path::new("f"), &d));
+        assert!(!r.vouches(dir.path(), Path::new("f"), &Digest::of_bytes(b"x")));
+        r.save(dir.path()).unwrap(); // waits out the clock tick of the stamp
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        fs::write(&p, b"abd").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        assert!(!r.vouches(dir.path(), Path::new("f"), &d));
+        assert!(Record::load(dir.path()).placed(Path::new("f")));
+    }
+}
