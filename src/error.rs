@@ -93,6 +93,7 @@ fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::NoPlatform(_) => ExitCode::NotFound,
         TransferError::GaveUp { .. } => ExitCode::Network,
         TransferError::NothingSelected(_) => ExitCode::Usage,
+        TransferError::Interrupted { source, .. } => transfer_code(source),
     }
 }
 

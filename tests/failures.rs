@@ -6,9 +6,7 @@ mod common;
 use std::io::{Read, Write};
 
 use common::*;
-use hoist::digest::Digest;
-use hoist::oci::{media, Descriptor, Manifest};
-use hoist::registry::{Credentials, RegistryClient, TransportOptions, UploadBody};
+use hoist::oci::media;
 
 const USAGE: i32 = 2;
 const NOT_FOUND: i32 = 4;
@@ -16,65 +14,6 @@ const NETWORK: i32 = 5;
 const VERIFICATION: i32 = 6;
 const DISK: i32 = 7;
 const INVALID_CONTENT: i32 = 8;
-
-/// Push a hand-made manifest whose layers carry the given titles (none when empty).
-fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)>) -> String {
-    push_manifest_with(reg, repo, media::OCI_EMPTY, layers)
-}
-
-/// The same with a config of the given media type (`{}` as its bytes).
-fn push_manifest_with(
-    reg: &Registry,
-    repo: &str,
-    config_type: &str,
-    layers: Vec<(String, &str, Vec<u8>)>,
-) -> String {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = RegistryClient::new(
-            &reg.addr,
-            &TransportOptions::default(),
-            Credentials::anonymous(),
-        )
-        .unwrap();
-        let config = bytes::Bytes::from_static(b"{}");
-        let config_desc = Descriptor::new(config_type, Digest::of_bytes(&config), 2);
-        client
-            .upload_blob(repo, &config_desc, UploadBody::Bytes(config), None)
-            .await
-            .unwrap();
-        let mut descs = Vec::new();
-        for (title, media_type, bytes) in layers {
-            let mut d = Descriptor::new(media_type, Digest::of_bytes(&bytes), bytes.len() as u64);
-            // "filepath:NAME" gives the ModelPack path annotation instead of a title.
-            if let Some(path) = title.strip_prefix("filepath:") {
-                d.annotations
-                    .insert(media::ANNOTATION_FILEPATH.into(), path.to_string());
-            } else if !title.is_empty() {
-                d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
-            }
-            client
-                .upload_blob(repo, &d, UploadBody::Bytes(bytes.into()), None)
-                .await
-                .unwrap();
-            descs.push(d);
-        }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(media::OCI_MANIFEST.into()),
-            artifact_type: Some("application/vnd.test".into()),
-            config: config_desc,
-            layers: descs,
-            subject: None,
-            annotations: Default::default(),
-        };
-        client
-            .put_manifest(repo, "v1", media::OCI_MANIFEST, manifest.to_bytes().into())
-            .await
-            .unwrap();
-    });
-    reg.reference(&format!("{repo}:v1"))
-}
 
 #[test]
 fn missing_empty_and_unreadable_folders() {
@@ -192,25 +131,6 @@ fn unsafe_titles_are_refused_before_download() {
     assert!(!parent.path().join("escape").exists());
     assert!(!std::path::Path::new("/etc/x-hoist-test").exists());
     assert!(!out.exists());
-}
-
-/// A tar with one entry whose raw header name is `name` (the `tar` crate refuses to write `..`).
-fn tar_with(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, kind, link, data) in entries {
-        let mut header = tar::Header::new_old();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        header.set_entry_type(*kind);
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    out
 }
 
 #[test]
@@ -401,28 +321,6 @@ fn ollama_and_model_runner_layouts_get_sensible_file_names() {
             serde_json::from_str(&h.run(&["inspect", &converted, "--json"]).ok().stdout).unwrap();
         assert_eq!(doc["config"]["config"]["format"], "gguf", "{repo}");
     }
-}
-
-/// A gzip'd tar layer from (path, kind, bytes) entries.
-fn image_layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (path, kind, data) in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(*kind);
-        header.set_size(data.len() as u64);
-        header.set_mode(if *kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        header.set_path(path).unwrap();
-        header.set_cksum();
-        builder.append(&header, *data).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
 }
 
 /// A plain container image (the seed's baseline) is unpacked layer by layer, honouring

@@ -41,7 +41,7 @@ fn env_configured_pull_writes_a_ready_marker_that_verify_checks() {
     std::fs::write(out.join("config.json"), b"{\"tampered\":1}").unwrap();
     let mut verify = h.cmd();
     env(&mut verify, "unused");
-    run(verify.arg("verify")).fails_with(6, "config.json (digest");
+    run(verify.arg("verify")).fails_with(6, "config.json (14 bytes, expected 21)");
 
     // A restarted init container repairs the folder; a wrong reference removes the marker.
     let mut again = h.cmd();

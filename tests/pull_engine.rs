@@ -46,11 +46,8 @@ fn each_fault_is_retried_and_the_pull_completes() {
         assert_eq!(r.code, 0, "{label}: {}", r.stderr);
         assert_eq!(tree(src.path(), false), tree(out.path(), false), "{label}");
         assert_eq!(
-            all_entries(out.path())
-                .iter()
-                .filter(|e| e.starts_with('.'))
-                .count(),
-            0,
+            state_left(out.path()),
+            Vec::<String>::new(),
             "{label}: state left"
         );
     }
@@ -96,13 +93,7 @@ fn persistent_faults_fail_cleanly_and_the_next_run_resumes() {
     // The registry is fine again: the next pull completes from where the first stopped.
     h.run(&["pull", &reg.reference("broken:v1"), "-o", o]).ok();
     assert_eq!(tree(src.path(), false), tree(&out, false));
-    assert_eq!(
-        all_entries(&out)
-            .iter()
-            .filter(|e| e.starts_with('.'))
-            .count(),
-        0
-    );
+    assert_eq!(state_left(&out), Vec::<String>::new());
 }
 
 #[test]

@@ -64,11 +64,8 @@ fn registry_round_trip_in_every_layer_format() {
             "format {format}"
         );
         assert_eq!(
-            all_entries(out.path())
-                .iter()
-                .filter(|e| e.starts_with(".hoist"))
-                .count(),
-            0,
+            state_left(out.path()),
+            Vec::<String>::new(),
             "staging left behind"
         );
     }

@@ -127,7 +127,8 @@ impl Default for UnpackLimits {
 pub struct Staging {
     out: PathBuf,
     dir: PathBuf,
-    lock: Option<fs::File>,
+    /// Held (flock) for the life of the staging; released when it is dropped.
+    _lock: fs::File,
     created_out: bool,
     record: Mutex<Record>,
     /// Committed or aborted: nothing left for `Drop` to do.
@@ -154,7 +155,7 @@ impl Staging {
         Ok(Staging {
             out: out.to_path_buf(),
             dir,
-            lock: Some(lock),
+            _lock: lock,
             created_out,
             record: Mutex::new(Record::load(out)),
             done: std::sync::atomic::AtomicBool::new(false),
@@ -243,7 +244,7 @@ impl Staging {
 
     /// Validate the whole plan, place everything in order, record what was placed, then
     /// remove the state folder. `overwrite`: files no earlier pull placed may be replaced.
-    pub fn commit(mut self, items: &[Staged], overwrite: bool) -> Result<(), MaterializeError> {
+    pub fn commit(&self, items: &[Staged], overwrite: bool) -> Result<(), MaterializeError> {
         let items = plan::apply_whiteouts(items);
         {
             let record = self.record.lock().expect("record");
@@ -266,9 +267,12 @@ impl Staging {
         record.prune(&self.out);
         record.save(&self.out).map_err(io_err(&self.out))?;
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let result = fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir));
-        drop(self.lock.take());
-        result
+        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn place_all(&self, items: &[Staged], undo: &mut Undo) -> Result<(), MaterializeError> {
@@ -347,7 +351,8 @@ impl Staging {
 
     /// What a failed pull keeps for its resume: the state folder and its size in bytes.
     pub fn kept(&self) -> Option<(PathBuf, u64)> {
-        let entries = fs::read_dir(&self.dir).ok()?;
+        let mut entries = fs::read_dir(&self.dir).ok()?.peekable();
+        entries.peek()?;
         let bytes = entries
             .flatten()
             .filter_map(|e| e.metadata().ok())

