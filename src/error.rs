@@ -107,7 +107,7 @@ fn pack_code(e: &PackError) -> ExitCode {
 fn store_code(e: &StoreError) -> ExitCode {
     match e {
         StoreError::NotFound { .. } => ExitCode::NotFound,
-        StoreError::DigestMismatch { .. } => ExitCode::Verification,
+        StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => ExitCode::Verification,
         StoreError::Io { .. } | StoreError::CorruptIndex { .. } => ExitCode::Disk,
     }
 }

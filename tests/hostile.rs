@@ -721,3 +721,72 @@ fn files_no_pull_placed_are_not_overwritten() {
     h.run(&["pull", &reference, "-o", s(out.path())]).ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
 }
+
+/// Edit a file in place, same size, and put its modification time back.
+fn sneaky_edit(path: &Path, at: usize) {
+    let meta = std::fs::metadata(path).unwrap();
+    let mtime = meta.modified().unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x55;
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(mtime).unwrap();
+    std::fs::set_permissions(path, meta.permissions()).unwrap();
+}
+
+/// Finding 12 (store): a hard-linked cache file edited in place corrupted later pulls.
+#[test]
+fn an_edited_cache_blob_is_detected_and_fetched_again() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("cached:v1");
+    let src = push_small(&h, &reference);
+    let pull = |extra: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec!["pull", &reference, "-o", s(out.path()), "--cache"];
+        args.extend_from_slice(extra);
+        let r = h.run(&args);
+        (out, r)
+    };
+    let (first, r) = pull(&["--link-mode", "hardlink"]);
+    r.ok();
+    sneaky_edit(&first.path().join("model.safetensors"), 100);
+    let gets = reg.blob_get_count();
+    // The store's copy is the same inode: the next pull notices and fetches it again.
+    let (second, r) = pull(&["--link-mode", "copy"]);
+    r.ok();
+    assert_eq!(tree(src.path(), false), tree(second.path(), false));
+    assert!(
+        reg.blob_get_count() > gets,
+        "the corrupt blob was fetched again"
+    );
+    // A warm pull with nothing changed fetches nothing.
+    let gets = reg.blob_get_count();
+    let (third, r) = pull(&["--link-mode", "hardlink"]);
+    r.ok();
+    assert_eq!(tree(src.path(), false), tree(third.path(), false));
+    assert_eq!(reg.blob_get_count(), gets);
+
+    // The local store as the source: no remote to fetch from, so a clear error and the fix.
+    let local = tempfile::tempdir().unwrap();
+    small_model(local.path());
+    h.run(&["push", s(local.path()), "tiny:v1"]).ok();
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        "tiny:v1",
+        "-o",
+        s(out.path()),
+        "--link-mode",
+        "hardlink",
+    ])
+    .ok();
+    sneaky_edit(&out.path().join("model.safetensors"), 7);
+    let again = tempfile::tempdir().unwrap();
+    h.run(&["pull", "tiny:v1", "-o", s(again.path())])
+        .fails_with(VERIFICATION, "is corrupt");
+    assert!(visible_entries(again.path()).is_empty());
+    let gc = h.run(&["gc", "--verify"]).ok();
+    assert!(gc.stdout.contains("Checked"), "{}", gc.stdout);
+}

@@ -55,6 +55,9 @@ pub struct GcArgs {
     /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
     #[arg(long, default_value_t = 3600)]
     grace: u64,
+    /// First hash every blob and remove those whose bytes no longer match their digest.
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Args)]
@@ -168,6 +171,19 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
 
 pub(super) fn gc(args: GcArgs, global: &GlobalArgs) -> Result<(), Error> {
     let store = store(global)?;
+    if args.verify {
+        let checked = store.verify_all()?;
+        println!(
+            "Checked {} blobs; removed {} corrupt{}",
+            checked.checked,
+            checked.corrupt.len(),
+            checked
+                .corrupt
+                .iter()
+                .map(|d| format!(" {d}"))
+                .collect::<String>()
+        );
+    }
     let report = store.gc(std::time::Duration::from_secs(args.grace))?;
     println!(
         "Removed {} unreferenced blobs ({}); kept {}, spared {} younger than {}s",

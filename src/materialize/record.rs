@@ -32,6 +32,10 @@ pub struct Stamp {
     pub ino: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+    /// The file clock when the stamp was taken: a stamp taken in the same clock tick as the
+    /// file's last change is "racy" (a change in that tick would not show) and not trusted.
+    #[serde(default)]
+    pub stamped_ns: i128,
 }
 
 impl Stamp {
@@ -45,7 +49,29 @@ impl Stamp {
             ino: m.ino(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            stamped_ns: coarse_now_ns(),
         })
+    }
+
+    /// Does `now` (a fresh stamp of the file) show the same, unchanged file, and was this
+    /// stamp taken after the clock had moved past the file's last change?
+    pub fn still_holds(&self, now: &Stamp) -> bool {
+        self.stamped_ns > self.ctime_ns
+            && (
+                &self.digest,
+                self.size,
+                self.dev,
+                self.ino,
+                self.mtime_ns,
+                self.ctime_ns,
+            ) == (
+                &now.digest,
+                now.size,
+                now.dev,
+                now.ino,
+                now.mtime_ns,
+                now.ctime_ns,
+            )
     }
 }
 
@@ -83,7 +109,8 @@ impl Record {
             return false;
         };
         recorded.digest.as_ref() == Some(digest)
-            && Stamp::of(&out.join(rel), Some(digest.clone())).as_ref() == Some(recorded)
+            && Stamp::of(&out.join(rel), Some(digest.clone()))
+                .is_some_and(|now| recorded.still_holds(&now))
     }
 
     /// Note the file now at `rel` (after it was placed or re-hashed).
@@ -105,11 +132,11 @@ impl Record {
     /// File times come from the kernel's coarse clock (one tick, up to 10 ms): an edit in the
     /// same tick as the stamp would leave the ctime unchanged. So the record is written only
     /// once the clock has moved past every stamped ctime; any later edit then moves it.
-    pub fn save(&self, out: &Path) -> std::io::Result<()> {
-        let newest = self.files.values().map(|s| s.ctime_ns).max().unwrap_or(0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
-        while coarse_now_ns() <= newest && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+    pub fn save(&mut self, out: &Path) -> std::io::Result<()> {
+        wait_past(self.files.values().map(|s| s.ctime_ns).max().unwrap_or(0));
+        let now = coarse_now_ns();
+        for stamp in self.files.values_mut() {
+            stamp.stamped_ns = stamp.stamped_ns.max(now);
         }
         let mut tmp = tempfile::Builder::new()
             .prefix(".hoist-record.")
@@ -123,8 +150,17 @@ impl Record {
     }
 }
 
+/// Wait (at most 100 ms) until the kernel's file clock has moved past `ctime_ns`, so that
+/// any later change to a stamped file moves its ctime.
+pub fn wait_past(ctime_ns: i128) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(100);
+    while coarse_now_ns() <= ctime_ns && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// The kernel's coarse wall clock, the one it stamps file times with.
-fn coarse_now_ns() -> i128 {
+pub fn coarse_now_ns() -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

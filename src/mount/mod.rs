@@ -210,7 +210,7 @@ fn open_blob(
     opts: &MountOptions,
 ) -> Result<Blob, MountError> {
     for store in local.into_iter().chain(std::iter::once(&opts.cache)) {
-        if store.blob_size(&desc.digest) == Some(desc.size) {
+        if store.good_blob_size(&desc.digest) == Some(desc.size) {
             let path = store.blob_path(&desc.digest);
             let file = std::fs::File::open(&path).map_err(|source| MountError::Io {
                 path: path.clone(),

@@ -532,7 +532,14 @@ async fn get_blob(
     ns: Option<&str>,
 ) -> Result<Response> {
     let digest = parse_digest(digest)?;
-    let size = match (state.store.blob_size(&digest), state.upstreams.pick(ns)) {
+    // Checked before it is served: a cache file changed on disk is not served as good.
+    let local = {
+        let (store, digest) = (state.store.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || store.good_blob_size(&digest))
+            .await
+            .expect("check task does not panic")
+    };
+    let size = match (local, state.upstreams.pick(ns)) {
         (Some(size), upstream) => {
             if upstream.is_some() {
                 state

@@ -18,7 +18,33 @@ pub struct GcReport {
     pub spared: usize,
 }
 
+/// What `hoist gc --verify` found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub checked: usize,
+    /// Blobs whose bytes no longer matched their digest (removed).
+    pub corrupt: Vec<Digest>,
+}
+
 impl Store {
+    /// Hash every blob (stamps are not trusted here) and remove those that are corrupt.
+    pub fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for (digest, _, _) in self.blobs_by_age() {
+            let _ = std::fs::remove_file(self.stamp_path(&digest));
+            let size = std::fs::symlink_metadata(self.blob_path(&digest))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            report.checked += 1;
+            match self.check_blob(&digest, size) {
+                Err(StoreError::Corrupt { .. }) => report.corrupt.push(digest),
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+        Ok(report)
+    }
+
     pub fn gc(&self, grace: Duration) -> Result<GcReport, StoreError> {
         let mut live = BTreeSet::new();
         let mut todo: Vec<Digest> = self.list()?.into_iter().map(|(_, d)| d.digest).collect();

@@ -8,7 +8,7 @@
 
 mod gc;
 
-pub use gc::GcReport;
+pub use gc::{GcReport, VerifyReport};
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -36,6 +36,20 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("blob {digest} in the local store is corrupt: its bytes hash to {actual} (a file placed with --link-mode hardlink may have been edited); it was removed from {root}, pull or push it again (`hoist gc --verify` checks every blob)")]
+    Corrupt {
+        digest: Digest,
+        actual: Digest,
+        root: PathBuf,
+    },
+}
+
+/// What [`Store::check_blob`] found.
+#[derive(Debug)]
+pub enum BlobCheck {
+    /// Present with the expected size and bytes known to be good.
+    Good(PathBuf),
+    Missing,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -90,6 +104,99 @@ impl Store {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// Where a blob's stamp lives: the inode, size and change time seen when its bytes were
+    /// last verified. A blob whose stamp still matches needs no re-hash before use.
+    pub(crate) fn stamp_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("stamps").join(digest.hex())
+    }
+
+    fn write_stamp(&self, digest: &Digest) {
+        let path = self.blob_path(digest);
+        if let Some(stamp) = crate::materialize::record::Stamp::of(&path, Some(digest.clone())) {
+            let _ = fs::create_dir_all(self.root.join("stamps"));
+            let _ = write_atomic(
+                &self.stamp_path(digest),
+                &serde_json::to_vec(&stamp).expect("stamp serialises"),
+            );
+        }
+    }
+
+    fn stamp_matches(&self, digest: &Digest) -> bool {
+        let Ok(bytes) = fs::read(self.stamp_path(digest)) else {
+            return false;
+        };
+        let Ok(saved) = serde_json::from_slice::<crate::materialize::record::Stamp>(&bytes) else {
+            return false;
+        };
+        crate::materialize::record::Stamp::of(&self.blob_path(digest), Some(digest.clone()))
+            .is_some_and(|now| saved.still_holds(&now))
+    }
+
+    /// Renew a blob's stamp after it was hard-linked (which moves its change time), but only
+    /// if nothing else about the file changed since it was stamped (same inode, size and
+    /// modification time).
+    pub fn restamp_after_link(&self, digest: &Digest) {
+        use crate::materialize::record::Stamp;
+        let saved = fs::read(self.stamp_path(digest))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Stamp>(&b).ok());
+        let now = Stamp::of(&self.blob_path(digest), Some(digest.clone()));
+        if let (Some(saved), Some(now)) = (saved, now) {
+            if (saved.dev, saved.ino, saved.size, saved.mtime_ns)
+                == (now.dev, now.ino, now.size, now.mtime_ns)
+            {
+                self.write_stamp(digest);
+            }
+        }
+    }
+
+    /// Is the blob there with `size` bytes that are still `digest`? Trusted from its stamp;
+    /// otherwise re-hashed (and re-stamped). A corrupt blob is removed and reported, so the
+    /// caller can fetch it again or tell the user.
+    pub fn check_blob(&self, digest: &Digest, size: u64) -> Result<BlobCheck, StoreError> {
+        let path = self.blob_path(digest);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() == size => {}
+            Ok(m) if m.is_file() => return Ok(BlobCheck::Missing),
+            Ok(_) => {
+                let _ = fs::remove_file(&path); // a link or a folder is not a blob
+                return Ok(BlobCheck::Missing);
+            }
+            Err(_) => return Ok(BlobCheck::Missing),
+        }
+        if self.stamp_matches(digest) {
+            return Ok(BlobCheck::Good(path));
+        }
+        let actual = Digest::of_file(&path).map_err(io_err(&path))?;
+        if actual == *digest {
+            self.write_stamp(digest);
+            return Ok(BlobCheck::Good(path));
+        }
+        let _ = self.delete_blob(digest);
+        Err(StoreError::Corrupt {
+            digest: digest.clone(),
+            actual,
+            root: self.root.clone(),
+        })
+    }
+
+    /// The size of a blob that is present and good (checked as [`Store::check_blob`] does);
+    /// a corrupt one is removed, logged, and reported absent.
+    pub fn good_blob_size(&self, digest: &Digest) -> Option<u64> {
+        let size = fs::symlink_metadata(self.blob_path(digest))
+            .ok()
+            .filter(|m| m.is_file())?
+            .len();
+        match self.check_blob(digest, size) {
+            Ok(BlobCheck::Good(_)) => Some(size),
+            Ok(BlobCheck::Missing) => None,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
+    }
+
     /// Size of a verified blob, if present.
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         fs::metadata(self.blob_path(digest))
@@ -132,6 +239,7 @@ impl Store {
             path: target.clone(),
             source: e.error,
         })?;
+        self.write_stamp(&expected.digest);
         Ok(target)
     }
 
@@ -169,6 +277,7 @@ impl Store {
         let target = self.blob_path(digest);
         fs::set_permissions(part, fs::Permissions::from_mode(0o444)).map_err(io_err(part))?;
         fs::rename(part, &target).map_err(io_err(&target))?;
+        self.write_stamp(digest);
         Ok(target)
     }
 
@@ -280,6 +389,7 @@ impl Store {
     /// Delete a blob; whether it existed. (No reference check: that is the caller's call.)
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
         let path = self.blob_path(digest);
+        let _ = fs::remove_file(self.stamp_path(digest));
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -344,14 +454,19 @@ impl Store {
         self.blobs_by_age().iter().map(|(_, n, _)| n).sum()
     }
 
-    /// Mark a blob as just used (for least-recently-used eviction).
+    /// Mark a blob as just used (for least-recently-used eviction). Its stamp is renewed only
+    /// if it matched before: touching never blesses changed bytes.
     pub fn touch(&self, digest: &Digest) {
+        let was_good = self.stamp_matches(digest);
         if let Ok(f) = File::options()
             .write(true)
             .open(self.blob_path(digest))
             .or_else(|_| File::open(self.blob_path(digest)))
         {
             let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        if was_good {
+            self.write_stamp(digest);
         }
     }
 

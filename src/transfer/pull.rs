@@ -17,7 +17,7 @@ use crate::digest::Digest;
 use crate::materialize::{LinkMode, Placement, Staged, Staging, UnpackLimits};
 use crate::oci::modelpack::{kind_of_media_type, FileMetadata, LayerKind};
 use crate::oci::{media, Descriptor, FileLayer, LayerFormat, LayerPlan};
-use crate::store::Store;
+use crate::store::{BlobCheck, Store};
 
 #[derive(Clone)]
 pub struct PullOptions {
@@ -220,6 +220,27 @@ pub async fn pull(
     if let Err(e) = committed {
         return Err(give_up(staging, e.into()).await);
     }
+    // A hard link moves the store blob's change time; its bytes were checked just before.
+    if opts.link_mode == LinkMode::Hardlink {
+        let store = match (source, &opts.cache) {
+            (Target::Local { store, .. }, _) | (_, Some(store)) => Some(store.clone()),
+            _ => None,
+        };
+        if let Some(store) = store {
+            let linked: Vec<Digest> = results
+                .iter()
+                .filter(|r| r.action != Action::Skipped)
+                .map(|r| r.digest.clone())
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                // Past the clock tick of the links, so the new stamps are not racy.
+                crate::materialize::record::wait_past(crate::materialize::record::coarse_now_ns());
+                linked.iter().for_each(|d| store.restamp_after_link(d))
+            })
+            .await
+            .expect("restamp task does not panic");
+        }
+    }
 
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     Ok(PullReport {
@@ -270,6 +291,7 @@ async fn give_up(staging: Arc<Staging>, e: TransferError) -> TransferError {
 }
 
 struct JobResult {
+    digest: Digest,
     action: Action,
     size: u64,
     skipped_files: usize,
@@ -304,6 +326,7 @@ impl Ctx<'_> {
         }
         if needed.is_empty() {
             return Ok(JobResult {
+                digest: desc.digest.clone(),
                 action: Action::Skipped,
                 size: desc.size,
                 skipped_files,
@@ -313,11 +336,9 @@ impl Ctx<'_> {
 
         // Where the verified bytes are, whether we own that file, and how we got them.
         let (blob, owned, action) = match (self.source, &self.opts.cache) {
-            (Target::Local { store, repository }, _) => match store.blob_size(&desc.digest) {
-                Some(size) if size == desc.size => {
-                    (store.blob_path(&desc.digest), false, Action::Linked)
-                }
-                _ => {
+            (Target::Local { store, repository }, _) => match checked(store, desc).await? {
+                BlobCheck::Good(path) => (path, false, Action::Linked),
+                BlobCheck::Missing => {
                     return Err(crate::store::StoreError::NotFound {
                         reference: format!("{repository} blob {} ({name})", desc.digest),
                         root: store.root().to_path_buf(),
@@ -400,6 +421,7 @@ impl Ctx<'_> {
             let _ = std::fs::remove_file(&blob); // only tar layers used it, and they are unpacked
         }
         Ok(JobResult {
+            digest: desc.digest.clone(),
             action,
             size: desc.size,
             skipped_files,
@@ -427,16 +449,44 @@ pub(crate) async fn fetch_into_store(
     desc: &Descriptor,
     name: &str,
 ) -> Result<(PathBuf, bool), TransferError> {
-    if store.blob_size(&desc.digest) == Some(desc.size) {
-        return Ok((store.blob_path(&desc.digest), false));
+    if let Some(path) = good_or_refetch(store, desc).await? {
+        return Ok((path, false));
     }
     let _lock = store.lock_blob(&desc.digest).await?;
-    if store.blob_size(&desc.digest) == Some(desc.size) {
-        return Ok((store.blob_path(&desc.digest), false)); // another pull fetched it meanwhile
+    if let Some(path) = good_or_refetch(store, desc).await? {
+        return Ok((path, false)); // another pull fetched it meanwhile
     }
     let part = store.part_path(&desc.digest);
     fetcher.download(sources, desc, &part, name).await?;
     Ok((store.commit_verified(&part, &desc.digest)?, true))
+}
+
+/// Check a store blob before its bytes are used (see [`Store::check_blob`]), off the async
+/// workers since it may hash.
+pub(crate) async fn checked(store: &Store, desc: &Descriptor) -> Result<BlobCheck, TransferError> {
+    let (store, digest, size) = (store.clone(), desc.digest.clone(), desc.size);
+    Ok(
+        tokio::task::spawn_blocking(move || store.check_blob(&digest, size))
+            .await
+            .expect("check task does not panic")?,
+    )
+}
+
+/// A good cached blob's path; `None` when it must be fetched (absent, or found corrupt and
+/// removed: the remote is known, so it is fetched again).
+async fn good_or_refetch(
+    store: &Store,
+    desc: &Descriptor,
+) -> Result<Option<PathBuf>, TransferError> {
+    match checked(store, desc).await {
+        Ok(BlobCheck::Good(path)) => Ok(Some(path)),
+        Ok(BlobCheck::Missing) => Ok(None),
+        Err(TransferError::Store(e @ crate::store::StoreError::Corrupt { .. })) => {
+            tracing::warn!("{e}; fetching it again");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The permission bits recorded by the packer, else 0644.

@@ -159,6 +159,14 @@ impl Run {
     }
 }
 
+/// The binary under test: this build's, or `HOIST_TEST_BIN` (to show that a regression test
+/// fails against an older release).
+pub fn hoist_bin() -> PathBuf {
+    std::env::var_os("HOIST_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hoist")))
+}
+
 /// A private hoist home (local store) for one test.
 pub struct Hoist {
     pub home: tempfile::TempDir,
@@ -172,7 +180,7 @@ impl Hoist {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hoist"));
+        let mut cmd = Command::new(hoist_bin());
         cmd.env("HOIST_HOME", self.home.path())
             .env_remove("SOURCE_DATE_EPOCH")
             .arg("--progress")
@@ -462,7 +470,7 @@ impl Served {
 
     pub fn start_with(root: tempfile::TempDir, port: u16, extra: &[&str]) -> Served {
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_hoist"))
+        let child = Command::new(hoist_bin())
             .args(["serve", "--addr", &addr, "--root"])
             .arg(root.path())
             .args(extra)
