@@ -121,7 +121,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         }
         RegistryError::ManifestDigest { .. } => ExitCode::Verification,
         RegistryError::UnsafeRealm { .. } => ExitCode::Auth,
-        RegistryError::Tls(_) => ExitCode::Usage,
+        RegistryError::Tls(_) | RegistryError::InvalidName(_) => ExitCode::Usage,
         RegistryError::Status { status, .. } if *status < 500 && *status != 429 => {
             ExitCode::Failure
         }

@@ -166,13 +166,19 @@ fn valid_host(host: &str) -> bool {
     name_ok && port_ok
 }
 
-fn valid_tag(tag: &str) -> bool {
+/// The distribution spec's tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A manifest reference: a tag or a digest.
+pub fn valid_reference(reference: &str) -> bool {
+    valid_tag(reference) || reference.parse::<crate::digest::Digest>().is_ok()
 }
 
 /// The distribution spec's `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/…)*`.

@@ -57,6 +57,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
                 ),
                 access: None,
                 tls: None,
+                limits: Default::default(),
             })
             .await
             .map_err(io("starting the embedded registry"))?;

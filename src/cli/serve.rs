@@ -42,12 +42,28 @@ pub struct ServeArgs {
     /// With --htpasswd: let anyone pull without credentials.
     #[arg(long)]
     anonymous_read: bool,
+    /// With --htpasswd: who may pull, push and delete where (TOML: `[groups]` and `[[rule]]`
+    /// with `who`, `repositories`, `actions`; see the README). Without it, every user may
+    /// pull and push everywhere and nobody may delete.
+    #[arg(long, value_name = "FILE", requires = "htpasswd")]
+    access_policy: Option<PathBuf>,
+    /// With --auth token: the token realm to announce (default: this server's /token, over
+    /// https when --tls-cert is given).
+    #[arg(long, value_name = "URL")]
+    token_realm: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Connections open at once; more are closed when accepted.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a connection may move no byte (a half-sent request, an idle keep-alive)
+    /// before it is closed; headers must arrive within the same time (at most 30 s).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    idle_timeout: u64,
 }
 
 #[derive(Args)]
@@ -138,9 +154,17 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
                 hoist::serve::AccessMode::Basic
             };
             Some(
-                hoist::serve::Access::from_htpasswd(path, mode, args.anonymous_read).map_err(
-                    |e| Error::Usage(format!("cannot read --htpasswd {}: {e}", path.display())),
-                )?,
+                hoist::serve::Access::from_htpasswd(
+                    path,
+                    mode,
+                    args.anonymous_read,
+                    args.access_policy.as_deref(),
+                    args.token_realm.clone(),
+                    args.tls_cert.is_some(),
+                )
+                .map_err(|e| {
+                    Error::Usage(format!("cannot read --htpasswd {}: {e}", path.display()))
+                })?,
             )
         }
         None => None,
@@ -149,6 +173,12 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
         upstreams,
         access,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        limits: hoist::serve::ConnLimits {
+            max_connections: args.max_connections.max(1),
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout.max(1)),
+            header_timeout: std::time::Duration::from_secs(args.idle_timeout.clamp(1, 30)),
+            ..Default::default()
+        },
         addr: args.addr,
         store,
     })

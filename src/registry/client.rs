@@ -56,6 +56,38 @@ impl RegistryClient {
         self.base.join(path).expect("registry paths are valid URLs")
     }
 
+    /// `/v2/<repository>/<parts…>`, built segment by segment from a repository name that
+    /// matches the spec's grammar and parts that are plain segments: no name or tag can
+    /// steer a request to another path (`..`, `/`, `?`, `#`).
+    pub(crate) fn api_url(&self, repository: &str, parts: &[&str]) -> Result<Url, RegistryError> {
+        if !crate::reference::valid_repository(repository) {
+            return Err(RegistryError::InvalidName(repository.to_string()));
+        }
+        let plain = |p: &&str| !matches!(*p, "." | "..") && !p.contains(['/', '?', '#', '\\', '%']);
+        if let Some(bad) = parts.iter().find(|p| !plain(p)) {
+            return Err(RegistryError::InvalidName(bad.to_string()));
+        }
+        let mut url = self.base.clone();
+        url.set_query(None);
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| RegistryError::InvalidName(self.base.to_string()))?;
+            segments.clear().push("v2");
+            segments.extend(repository.split('/'));
+            segments.extend(parts);
+        }
+        Ok(url)
+    }
+
+    /// The manifest URL of `reference`, which must be a tag or a digest.
+    fn manifest_url(&self, repository: &str, reference: &str) -> Result<Url, RegistryError> {
+        if !crate::reference::valid_reference(reference) {
+            return Err(RegistryError::InvalidName(reference.to_string()));
+        }
+        self.api_url(repository, &["manifests", reference])
+    }
+
     pub(crate) fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
         self.http.request(method, url)
     }
@@ -224,7 +256,7 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<(String, Bytes, Digest), RegistryError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
+        let url = self.manifest_url(repository, reference)?;
         let req = self
             .request(Method::GET, url)
             .header(header::ACCEPT, media::MANIFEST_ACCEPT);
@@ -297,7 +329,7 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
+        let url = self.blob_url(repository, digest)?;
         let resp = self
             .send(
                 self.request(Method::HEAD, url),
@@ -320,12 +352,12 @@ impl RegistryClient {
         digest: &Digest,
         range: Option<(u64, u64)>,
     ) -> Result<BlobResponse, RegistryError> {
-        let url = self.blob_url(repository, digest);
+        let url = self.blob_url(repository, digest)?;
         self.get_blob_at(url, repository, digest, range).await
     }
 
-    pub fn blob_url(&self, repository: &str, digest: &Digest) -> Url {
-        self.url(&format!("v2/{repository}/blobs/{digest}"))
+    pub fn blob_url(&self, repository: &str, digest: &Digest) -> Result<Url, RegistryError> {
+        self.api_url(repository, &["blobs", digest.as_str()])
     }
 
     /// Download from a known URL: the registry's, or the blob-storage URL a first request was
@@ -381,7 +413,7 @@ impl RegistryClient {
         media_type: &str,
         bytes: Bytes,
     ) -> Result<(), RegistryError> {
-        let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
+        let url = self.manifest_url(repository, reference)?;
         let req = self
             .request(Method::PUT, url)
             .header(header::CONTENT_TYPE, media_type)

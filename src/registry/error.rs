@@ -51,6 +51,8 @@ pub enum RegistryError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0} is not a valid repository name, tag or digest (distribution spec grammar)")]
+    InvalidName(String),
     #[error("verification failed for manifest {what} on {registry}: asked for {expected}, the registry sent {actual}; refusing it")]
     ManifestDigest {
         registry: String,

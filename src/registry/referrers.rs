@@ -17,7 +17,7 @@ impl RegistryClient {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
-        let mut url = self.url(&format!("v2/{repository}/referrers/{subject}"));
+        let mut url = self.api_url(repository, &["referrers", subject.as_str()])?;
         if let Some(t) = artifact_type {
             url.query_pairs_mut().append_pair("artifactType", t);
         }

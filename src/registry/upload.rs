@@ -74,7 +74,7 @@ impl RegistryClient {
 
     /// `POST /v2/<name>/blobs/uploads/`: the session URL and the registry's minimum chunk.
     async fn start_upload(&self, repository: &str) -> Result<(Url, u64), RegistryError> {
-        let url = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let url = self.api_url(repository, &["blobs", "uploads", ""])?;
         let req = self
             .request(Method::POST, url)
             .header(header::CONTENT_LENGTH, 0);

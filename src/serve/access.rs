@@ -5,12 +5,23 @@
 //!
 //! Tokens are `base64url(claims).base64url(HMAC-SHA256(claims))` with a key made at start:
 //! only this server issues and checks them, so no key distribution is needed.
+//!
+//! Who may do what comes from an access policy (`--access-policy`, TOML): users and groups,
+//! repository patterns, and the actions `pull`, `push`, `delete`, applied alike to Basic and
+//! token auth. Without a policy, every known user may pull and push everywhere and nobody may
+//! delete. `/metrics` needs a known user.
+//!
+//! Password checks (bcrypt, ~50 ms of CPU) run on the blocking pool, at most two at a time,
+//! never on the async workers; an unknown user costs the same check against a dummy hash (no
+//! user enumeration by timing); a password that passed is remembered (by its SHA-256, for a
+//! minute) so Basic clients do not pay bcrypt on every request.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -27,10 +38,114 @@ pub enum Mode {
 }
 
 pub struct Access {
-    users: HashMap<String, String>,
+    users: std::sync::Arc<HashMap<String, String>>,
     mode: Mode,
     anonymous_read: bool,
     key: [u8; 32],
+    policy: Policy,
+    /// Where clients get tokens; `None`: this server's `/token` on the request's host, with
+    /// the scheme the server speaks.
+    realm: Option<String>,
+    tls: bool,
+    /// SHA-256 of `user:password` pairs that passed, and when.
+    passed: Mutex<HashMap<[u8; 32], Instant>>,
+    bcrypt_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// A bcrypt hash of a random password at the users' cost, checked for unknown users so
+    /// that they cost the same as known ones.
+    dummy: std::sync::Arc<String>,
+}
+
+/// An action a rule may grant.
+pub const ACTIONS: [&str; 3] = ["pull", "push", "delete"];
+
+const PASSED_TTL: Duration = Duration::from_secs(60);
+
+/// The access policy file.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub groups: HashMap<String, Vec<String>>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// User names, `group:NAME`, `*` (any known user) or `anonymous`.
+    pub who: Vec<String>,
+    /// Repository patterns: `team/*` (one level), `team/**` (any depth), `*` matches one.
+    pub repositories: Vec<String>,
+    pub actions: Vec<String>,
+}
+
+struct Rule {
+    who: Vec<String>,
+    repositories: globset::GlobSet,
+    actions: Vec<String>,
+}
+
+struct Policy {
+    groups: HashMap<String, Vec<String>>,
+    /// `None`: the default (known users pull and push).
+    rules: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    fn parse(file: PolicyFile) -> Result<Policy, String> {
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            let mut set = globset::GlobSetBuilder::new();
+            for pattern in &r.repositories {
+                set.add(
+                    globset::GlobBuilder::new(pattern)
+                        .literal_separator(true)
+                        .build()
+                        .map_err(|e| format!("rule {}: pattern {pattern:?}: {e}", i + 1))?,
+                );
+            }
+            if let Some(bad) = r.actions.iter().find(|a| !ACTIONS.contains(&a.as_str())) {
+                return Err(format!(
+                    "rule {}: unknown action {bad:?} (pull, push, delete)",
+                    i + 1
+                ));
+            }
+            rules.push(Rule {
+                who: r.who,
+                repositories: set.build().map_err(|e| e.to_string())?,
+                actions: r.actions,
+            });
+        }
+        Ok(Policy {
+            groups: file.groups,
+            rules: Some(rules),
+        })
+    }
+
+    /// May `user` (`None`: anonymous) do `action` on `repository`?
+    fn allows(&self, user: Option<&str>, repository: &str, action: &str) -> bool {
+        let Some(rules) = &self.rules else {
+            return user.is_some() && matches!(action, "pull" | "push");
+        };
+        rules.iter().any(|r| {
+            r.actions.iter().any(|a| a == action)
+                && r.repositories.is_match(repository)
+                && r.who.iter().any(|w| self.names(w, user))
+        })
+    }
+
+    fn names(&self, who: &str, user: Option<&str>) -> bool {
+        match (who, user) {
+            ("anonymous", _) => true,
+            ("*", Some(_)) => true,
+            (w, Some(u)) => match w.strip_prefix("group:") {
+                Some(g) => self.groups.get(g).is_some_and(|m| m.iter().any(|x| x == u)),
+                None => w == u,
+            },
+            (_, None) => false,
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -42,9 +157,31 @@ struct Claims {
 }
 
 impl Access {
-    pub fn from_htpasswd(path: &Path, mode: Mode, anonymous_read: bool) -> std::io::Result<Access> {
+    pub fn from_htpasswd(
+        path: &Path,
+        mode: Mode,
+        anonymous_read: bool,
+        policy: Option<&Path>,
+        realm: Option<String>,
+        tls: bool,
+    ) -> std::io::Result<Access> {
+        let policy = match policy {
+            None => Policy {
+                groups: HashMap::new(),
+                rules: None,
+            },
+            Some(p) => {
+                let text = std::fs::read_to_string(p)?;
+                let file: PolicyFile = toml::from_str(&text).map_err(|e| {
+                    std::io::Error::other(format!("access policy {}: {e}", p.display()))
+                })?;
+                Policy::parse(file).map_err(|e| {
+                    std::io::Error::other(format!("access policy {}: {e}", p.display()))
+                })?
+            }
+        };
         let text = std::fs::read_to_string(path)?;
-        let users = text
+        let users: HashMap<String, String> = text
             .lines()
             .filter_map(|l| l.trim().split_once(':'))
             .map(|(u, h)| (u.to_string(), h.to_string()))
@@ -53,28 +190,75 @@ impl Access {
         // Per-process key: uuid v4 comes from the OS RNG.
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let cost = users
+            .values()
+            .find_map(|h: &String| h.split('$').nth(2)?.parse::<u32>().ok())
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
+            .map_err(|e| std::io::Error::other(format!("bcrypt: {e}")))?;
         Ok(Access {
-            users,
+            dummy: std::sync::Arc::new(dummy),
+            users: std::sync::Arc::new(users),
             mode,
             anonymous_read,
             key,
+            policy,
+            realm,
+            tls,
+            passed: Mutex::new(HashMap::new()),
+            bcrypt_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
         })
     }
 
-    fn check_password(&self, user: &str, password: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false))
+    /// Check a password off the async workers; unknown users cost one dummy check.
+    async fn check_password(&self, user: &str, password: &str) -> bool {
+        let key: [u8; 32] = {
+            use sha2::Digest as _;
+            let mut h = Sha256::new();
+            h.update(&self.key);
+            h.update(user.as_bytes());
+            h.update([0]);
+            h.update(password.as_bytes());
+            h.finalize().into()
+        };
+        {
+            let mut passed = self.passed.lock().expect("auth cache");
+            passed.retain(|_, at| at.elapsed() < PASSED_TTL);
+            if passed.contains_key(&key) {
+                return true;
+            }
+        }
+        let Ok(_slot) = self.bcrypt_slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let (users, user, password) = (self.users.clone(), user.to_string(), password.to_string());
+        let dummy = self.dummy.clone();
+        let ok = tokio::task::spawn_blocking(move || match users.get(&user) {
+            Some(hash) => bcrypt::verify(&password, hash).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(&password, &dummy);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            self.passed
+                .lock()
+                .expect("auth cache")
+                .insert(key, Instant::now());
+        }
+        ok
     }
 
-    fn basic_user(&self, headers: &HeaderMap) -> Option<Result<String, ()>> {
+    async fn basic_user(&self, headers: &HeaderMap) -> Option<Result<String, ()>> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let encoded = value.strip_prefix("Basic ")?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .ok()?;
         let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        Some(if self.check_password(user, password) {
+        Some(if self.check_password(user, password).await {
             Ok(user.to_string())
         } else {
             Err(())
@@ -86,14 +270,46 @@ impl Access {
             Mode::Basic => "Basic realm=\"hoist\"".to_string(),
             Mode::Token => {
                 let scope = scope.map(|s| format!(",scope=\"{s}\"")).unwrap_or_default();
-                format!("Bearer realm=\"http://{host}/token\",service=\"hoist\"{scope}")
+                let realm = self.realm.clone().unwrap_or_else(|| {
+                    let scheme = if self.tls { "https" } else { "http" };
+                    format!("{scheme}://{host}/token")
+                });
+                format!("Bearer realm=\"{realm}\",service=\"hoist\"{scope}")
             }
         }
     }
 
+    /// `/metrics` needs a known user (Basic, or a valid token).
+    pub async fn authorize_metrics(&self, headers: &HeaderMap) -> Option<Response> {
+        let known = match headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(v) if v.starts_with("Bearer ") => self
+                .verify(&v["Bearer ".len()..])
+                .is_some_and(|c| !c.sub.is_empty()),
+            Some(_) => matches!(self.basic_user(headers).await, Some(Ok(_))),
+            None => false,
+        };
+        if known {
+            return None;
+        }
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "metrics need a user",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"hoist\""),
+        );
+        Some(response)
+    }
+
     /// May this request `action` (`pull`/`push`) on `repository` (None: the `/v2/` ping)?
     /// `None` if so, else the refusal to send.
-    pub fn authorize(
+    pub async fn authorize(
         &self,
         headers: &HeaderMap,
         repository: Option<&str>,
@@ -116,12 +332,35 @@ impl Access {
             Some(response)
         };
         let has_auth = headers.contains_key(header::AUTHORIZATION);
-        if !has_auth && self.anonymous_read && action == "pull" {
-            return None;
+        let denied = |who: &str, repository: &str| {
+            Some(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    format!("{who} may not {action} {repository}"),
+                )
+                .into_response(),
+            )
+        };
+        if !has_auth {
+            let anonymous_ok = match repository {
+                Some(r) => {
+                    (self.anonymous_read && action == "pull") || self.policy.allows(None, r, action)
+                }
+                None => self.anonymous_read,
+            };
+            if anonymous_ok {
+                return None;
+            }
+            return deny("UNAUTHORIZED", "authentication required");
         }
         match self.mode {
-            Mode::Basic => match self.basic_user(headers) {
-                Some(Ok(_)) => None,
+            Mode::Basic => match self.basic_user(headers).await {
+                Some(Ok(user)) => match repository {
+                    None => None,
+                    Some(r) if self.policy.allows(Some(&user), r, action) => None,
+                    Some(r) => denied(&user, r),
+                },
                 _ => deny("UNAUTHORIZED", "authentication required"),
             },
             Mode::Token => {
@@ -141,14 +380,7 @@ impl Access {
                 if allowed {
                     None
                 } else {
-                    Some(
-                        ApiError::new(
-                            StatusCode::FORBIDDEN,
-                            "DENIED",
-                            format!("the token does not allow {action} on {repository}"),
-                        )
-                        .into_response(),
-                    )
+                    denied("the token", repository)
                 }
             }
         }
@@ -156,8 +388,8 @@ impl Access {
 
     /// `GET /token?service=…&scope=repository:<name>:<actions>`: a token for a known user
     /// (Basic auth), or an anonymous one carrying only what anonymous users may do.
-    pub fn issue(&self, headers: &HeaderMap, scopes: &[String]) -> Response {
-        let user = match self.basic_user(headers) {
+    pub async fn issue(&self, headers: &HeaderMap, scopes: &[String]) -> Response {
+        let user = match self.basic_user(headers).await {
             Some(Ok(user)) => Some(user),
             Some(Err(())) => {
                 return ApiError::new(
@@ -177,10 +409,16 @@ impl Access {
             else {
                 continue;
             };
+            if !crate::reference::valid_repository(name) {
+                continue;
+            }
             let granted: Vec<String> = actions
                 .split(',')
-                .filter(|a| matches!(*a, "pull" | "push"))
-                .filter(|a| user.is_some() || (self.anonymous_read && *a == "pull"))
+                .filter(|a| ACTIONS.contains(a))
+                .filter(|a| {
+                    self.policy.allows(user.as_deref(), name, a)
+                        || (user.is_none() && self.anonymous_read && *a == "pull")
+                })
                 .map(str::to_string)
                 .collect();
             access.push((name.to_string(), granted));

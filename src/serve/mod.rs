@@ -13,6 +13,7 @@
 //! OCI layout), so a blob pushed to one repository can be read or mounted from any other.
 
 mod access;
+mod conn;
 mod error;
 mod metrics;
 mod routes;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use crate::store::Store;
 
 pub use access::{Access, Mode as AccessMode};
+pub use conn::ConnLimits;
 pub use upstream::Upstreams;
 
 /// What the server needs to run.
@@ -40,6 +42,7 @@ pub struct ServeOptions {
     pub access: Option<Access>,
     /// Certificate and key (PEM) to serve HTTPS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub limits: ConnLimits,
 }
 
 pub(crate) struct AppState {
@@ -68,12 +71,10 @@ pub async fn bind(
         access: opts.access,
     });
     let app = routes::router(state);
-    let server: futures_util::future::BoxFuture<'static, std::io::Result<()>> = match &opts.tls {
-        Some((cert, key)) => {
-            let listener = tls::TlsListener::new(listener, cert, key)?;
-            Box::pin(async move { axum::serve(listener, app).await })
-        }
-        None => Box::pin(async move { axum::serve(listener, app).await }),
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
     };
+    let server = conn::serve(listener, tls, app, opts.limits);
     Ok((addr, server))
 }

@@ -98,13 +98,39 @@ fn parse(path: &str) -> Option<Route> {
     None
 }
 
+/// Request bodies a handler left unread are read and dropped, up to this much, so the
+/// connection can carry the client's next request.
+const MAX_DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type SharedBody = Arc<tokio::sync::Mutex<axum::body::BodyDataStream>>;
+
 async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let started = std::time::Instant::now();
+    // The handler reads the body through a shared handle, so what it leaves unread (an
+    // early 416, 401, 413 or a blob that exists) can be drained after it answers.
+    let (parts, body) = request.into_parts();
+    let shared: SharedBody = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let stream = futures_util::stream::unfold(shared.clone(), |s| async move {
+        let next = futures_util::StreamExt::next(&mut *s.lock().await).await;
+        next.map(|item| (item, s))
+    });
+    let request = Request::from_parts(parts, Body::from_stream(stream));
     let result = route(&state, request, &path, &query).await;
-    let response = result.unwrap_or_else(IntoResponse::into_response);
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    if !drain(&shared).await {
+        // Unread bytes are still on the way: this connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        tracing::warn!(
+            target: "hoist::serve::access",
+            "{method} {path}: closing the connection (request body left unread: over {MAX_DRAIN_BYTES} bytes, too slow, or broken)"
+        );
+    }
     let label = parse(&path).map_or("unknown", |r| r.label());
     state.metrics.request(label, response.status().as_u16());
     tracing::info!(
@@ -114,6 +140,29 @@ async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
         started.elapsed().as_secs_f64() * 1e3
     );
     response
+}
+
+/// Read what is left of a request body; `false` if it is too large, too slow or broken.
+async fn drain(body: &SharedBody) -> bool {
+    let read_rest = async {
+        let mut stream = body.lock().await;
+        let mut drained = 0usize;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut *stream).await {
+            match chunk {
+                Ok(bytes) => {
+                    drained += bytes.len();
+                    if drained > MAX_DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, read_rest)
+        .await
+        .unwrap_or(false)
 }
 
 async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Result<Response> {
@@ -139,27 +188,55 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             return Err(ApiError::name_invalid(name));
         }
     }
+    // Every reference in a path must match the spec's grammar before anything uses it (a
+    // tag like `../../x` must never reach a file name or an upstream URL).
+    match &route {
+        // A reference outside the grammar names nothing that can exist (404, as the
+        // conformance suite expects), and cannot be written (400).
+        Route::Manifest(_, r) if !crate::reference::valid_reference(r) => {
+            return Err(if method == Method::PUT {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "TAG_INVALID",
+                    format!("{r:?} is not a valid tag or digest"),
+                )
+            } else {
+                ApiError::manifest_unknown(r)
+            });
+        }
+        Route::Blob(_, d) | Route::Referrers(_, d) if d.parse::<Digest>().is_err() => {
+            return Err(ApiError::digest_invalid(format!(
+                "{d:?} is not a valid digest"
+            )));
+        }
+        _ => {}
+    }
     let params = query_params(query);
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     if let Some(access) = &state.access {
         match &route {
-            Route::Health | Route::Metrics => {}
+            Route::Health => {}
+            Route::Metrics => {
+                if let Some(denied) = access.authorize_metrics(&headers).await {
+                    return Ok(denied);
+                }
+            }
             Route::Token => {
                 let scopes: Vec<String> = params
                     .iter()
                     .filter(|(k, _)| k == "scope")
                     .map(|(_, v)| v.clone())
                     .collect();
-                return Ok(access.issue(&headers, &scopes));
+                return Ok(access.issue(&headers, &scopes).await);
             }
             _ => {
-                let action = if method == Method::GET || method == Method::HEAD {
-                    "pull"
-                } else {
-                    "push"
+                let action = match method {
+                    Method::GET | Method::HEAD => "pull",
+                    Method::DELETE => "delete",
+                    _ => "push",
                 };
-                if let Some(denied) = access.authorize(&headers, name.as_deref(), action) {
+                if let Some(denied) = access.authorize(&headers, name.as_deref(), action).await {
                     return Ok(denied);
                 }
             }

@@ -133,6 +133,7 @@ impl Job<'_> {
                 self.source
                     .client
                     .blob_url(&self.source.repository, &self.desc.digest)
+                    .map_err(TransferError::from)?
             } else {
                 let mut rx = self.probe.subscribe();
                 let probe = match rx.wait_for(|p| p.is_some()).await {
