@@ -13,6 +13,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{ApiError, AppState};
 use crate::digest::Digest;
+use crate::store::LinkKind;
 use crate::oci::{media, Descriptor, ManifestKind, MAX_MANIFEST_BYTES};
 
 type Shared = Arc<AppState>;
@@ -275,15 +276,19 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             )
             .await
         }
-        (Route::Blob(_, d), Method::DELETE) => {
+        (Route::Blob(n, d), Method::DELETE) => {
+            // Only this repository's link goes; the content stays for the repositories that
+            // still hold it (and `gc` removes what none does).
             let digest = parse_digest(&d)?;
-            if state.store.delete_blob(&digest)? {
+            if state.store.unlink(&n, LinkKind::Blob, &digest)? {
                 Ok(StatusCode::ACCEPTED.into_response())
             } else {
                 Err(ApiError::blob_unknown(&d))
             }
         }
-        (Route::UploadStart(n), Method::POST) => start_upload(state, &n, &params, body).await,
+        (Route::UploadStart(n), Method::POST) => {
+            start_upload(state, &n, &params, &headers, body).await
+        }
         (Route::Upload(n, id), Method::PATCH) => {
             let start = content_range_start(&headers)?;
             let len = state.uploads.append(&id, start, body).await?;
@@ -297,6 +302,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             let start = content_range_start(&headers)?;
             state.uploads.append(&id, start, body).await?;
             state.uploads.finish(&id, &digest, &state.store).await?;
+            state.store.link(&n, LinkKind::Blob, &digest)?;
             Ok(blob_created(&n, &digest))
         }
         (Route::Upload(n, id), Method::GET) => {
@@ -308,7 +314,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         (Route::Tags(n), Method::GET) => list_tags(state, &n, &params),
-        (Route::Referrers(_, d), Method::GET) => referrers(state, &d, &params),
+        (Route::Referrers(n, d), Method::GET) => referrers(state, &n, &d, &params),
         (_, m) => Err(ApiError::unsupported(format!(
             "{m} is not supported on {path}"
         ))),
@@ -389,29 +395,49 @@ async fn start_upload(
     state: &Shared,
     name: &str,
     params: &[(String, String)],
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
     if let Some(mount) = param(params, "mount") {
         let digest = parse_digest(mount)?;
-        if state.store.blob_size(&digest).is_some() {
+        if may_mount(state, headers, param(params, "from"), &digest).await {
+            state.store.link(name, LinkKind::Blob, &digest)?;
             return Ok(blob_created(name, &digest));
         }
-        // Not here: fall back to a normal upload session, as the spec allows.
+        // Not mountable: fall back to a normal upload session, as the spec allows.
     }
     let id = state.uploads.create()?;
     if let Some(d) = param(params, "digest") {
         let digest = parse_digest(d)?;
         state.uploads.append(&id, None, body).await?;
         state.uploads.finish(&id, &digest, &state.store).await?;
+        state.store.link(name, LinkKind::Blob, &digest)?;
         return Ok(blob_created(name, &digest));
     }
     Ok(upload_status(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+/// A cross-repository mount: `from` holds the blob and the client may read `from`.
+async fn may_mount(state: &Shared, headers: &HeaderMap, from: Option<&str>, digest: &Digest) -> bool {
+    let Some(from) = from.filter(|f| crate::reference::valid_repository(f)) else {
+        return false;
+    };
+    if !state.store.is_linked(from, LinkKind::Blob, digest) || state.store.blob_size(digest).is_none() {
+        return false;
+    }
+    match &state.access {
+        Some(access) => access.authorize(headers, Some(from), "pull").await.is_none(),
+        None => true,
+    }
 }
 
 /// Find a manifest by tag or digest: (descriptor, bytes).
 fn find_manifest(state: &Shared, name: &str, reference: &str) -> Result<(Descriptor, Vec<u8>)> {
     let desc = match reference.parse::<Digest>() {
         Ok(digest) => {
+            if !state.store.is_linked(name, LinkKind::Manifest, &digest) {
+                return Err(ApiError::manifest_unknown(reference));
+            }
             let size = state
                 .store
                 .blob_size(&digest)
@@ -519,16 +545,19 @@ async fn put_manifest(
             )));
         }
     }
-    // Every blob a manifest names must already be here.
+    // Every blob a manifest names must already be in this repository.
+    let held = |kind, d: &Descriptor| {
+        state.store.is_linked(name, kind, &d.digest) && state.store.blob_size(&d.digest).is_some()
+    };
     let missing = match &parsed {
         ManifestKind::Image(m) => m
             .blobs()
-            .find(|d| state.store.blob_size(&d.digest).is_none())
+            .find(|d| !held(LinkKind::Blob, d))
             .map(|d| d.digest.to_string()),
         ManifestKind::Index(i) => i
             .manifests
             .iter()
-            .find(|d| state.store.blob_size(&d.digest).is_none())
+            .find(|d| !held(LinkKind::Manifest, d))
             .map(|d| d.digest.to_string()),
     };
     if let Some(missing) = missing {
@@ -542,6 +571,7 @@ async fn put_manifest(
     if state.store.blob_size(&digest).is_none() {
         state.store.put_bytes(&desc, &bytes)?;
     }
+    state.store.link(name, LinkKind::Manifest, &digest)?;
     if reference.parse::<Digest>().is_err() {
         state.store.tag(name, reference, &desc)?;
     }
@@ -551,28 +581,45 @@ async fn put_manifest(
         .get_mut(header::LOCATION)
         .expect("location") =
         HeaderValue::from_str(&format!("/v2/{name}/manifests/{digest}")).expect("ascii");
-    if let ManifestKind::Image(m) = &parsed {
-        if let Some(subject) = &m.subject {
-            let mut referrer = desc.clone();
-            referrer.artifact_type = Some(
+    // Images and indexes alike may name a subject: index them as its referrers.
+    let about = match &parsed {
+        ManifestKind::Image(m) => m.subject.as_ref().map(|s| {
+            (
+                s,
                 m.artifact_type
                     .clone()
                     .unwrap_or_else(|| m.config.media_type.clone()),
-            );
-            referrer.annotations = m.annotations.clone();
-            state.store.add_referrer(&subject.digest, &referrer)?;
-            response.headers_mut().insert(
-                "OCI-Subject",
-                HeaderValue::from_str(subject.digest.as_str()).expect("ascii"),
-            );
-        }
+                m.annotations.clone(),
+            )
+        }),
+        ManifestKind::Index(i) => i.subject.as_ref().map(|s| {
+            (
+                s,
+                i.artifact_type.clone().unwrap_or_default(),
+                i.annotations.clone(),
+            )
+        }),
+    };
+    if let Some((subject, artifact_type, annotations)) = about {
+        let mut referrer = desc.clone();
+        referrer.artifact_type = (!artifact_type.is_empty()).then_some(artifact_type);
+        referrer.annotations = annotations;
+        state.store.add_referrer(&subject.digest, &referrer)?;
+        response.headers_mut().insert(
+            "OCI-Subject",
+            HeaderValue::from_str(subject.digest.as_str()).expect("ascii"),
+        );
     }
     Ok(response)
 }
 
 fn delete_manifest(state: &Shared, name: &str, reference: &str) -> Result<Response> {
     let removed = match reference.parse::<Digest>() {
-        Ok(digest) => state.store.untag_digest(name, &digest)? > 0,
+        // By digest: the manifest leaves the repository, with every tag pointing at it.
+        Ok(digest) => {
+            let tags = state.store.untag_digest(name, &digest)?;
+            state.store.unlink(name, LinkKind::Manifest, &digest)? || tags > 0
+        }
         Err(_) => state.store.untag(name, reference)?,
     };
     if removed {
@@ -609,14 +656,30 @@ async fn get_blob(
     ns: Option<&str>,
 ) -> Result<Response> {
     let digest = parse_digest(digest)?;
+    let upstream = state.upstreams.pick(ns);
+    // A repository serves only what it holds: its own blobs, and its manifests (which the
+    // blobs endpoint also serves). Through a pull-through cache, a blob cached for another
+    // repository is served once the upstream confirms this repository has it.
+    let mut held = state.store.is_linked(name, LinkKind::Blob, &digest)
+        || state.store.is_linked(name, LinkKind::Manifest, &digest);
+    if !held && state.store.blob_size(&digest).is_some() {
+        if let Some(client) = upstream {
+            if matches!(client.blob_exists(name, &digest).await, Ok(Some(_))) {
+                state.store.link(name, LinkKind::Blob, &digest)?;
+                held = true;
+            }
+        }
+    }
     // Checked before it is served: a cache file changed on disk is not served as good.
-    let local = {
+    let local = if held {
         let (store, digest) = (state.store.clone(), digest.clone());
         tokio::task::spawn_blocking(move || store.good_blob_size(&digest))
             .await
             .expect("check task does not panic")
+    } else {
+        None
     };
-    let size = match (local, state.upstreams.pick(ns)) {
+    let size = match (local, upstream) {
         (Some(size), upstream) => {
             if upstream.is_some() {
                 state
@@ -636,6 +699,7 @@ async fn get_blob(
                 .upstreams
                 .blob(upstream, &state.store, name, &digest)
                 .await?;
+            state.store.link(name, LinkKind::Blob, &digest)?;
             state.metrics.upstream(started.elapsed());
             state
                 .metrics
@@ -747,9 +811,16 @@ fn list_tags(state: &Shared, name: &str, params: &[(String, String)]) -> Result<
     Ok(response)
 }
 
-fn referrers(state: &Shared, digest: &str, params: &[(String, String)]) -> Result<Response> {
+fn referrers(
+    state: &Shared,
+    name: &str,
+    digest: &str,
+    params: &[(String, String)],
+) -> Result<Response> {
     let subject = parse_digest(digest)?;
     let mut list = state.store.referrers(&subject)?;
+    // Only what this repository holds.
+    list.retain(|d| state.store.is_linked(name, LinkKind::Manifest, &d.digest));
     let filter = param(params, "artifactType");
     if let Some(t) = filter {
         list.retain(|d| d.artifact_type.as_deref() == Some(t));

@@ -106,6 +106,9 @@ impl Upstreams {
         if store.blob_size(&desc.digest).is_none() {
             store.put_bytes(&desc, &bytes).map_err(store_err)?;
         }
+        store
+            .link(name, crate::store::LinkKind::Manifest, &desc.digest)
+            .map_err(store_err)?;
         if reference.parse::<Digest>().is_err() {
             store.tag(name, reference, &desc).map_err(store_err)?;
             self.fetched

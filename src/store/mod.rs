@@ -44,6 +44,13 @@ pub enum StoreError {
     },
 }
 
+/// What a repository link points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    Blob,
+    Manifest,
+}
+
 /// What [`Store::check_blob`] found.
 #[derive(Debug)]
 pub enum BlobCheck {
@@ -82,8 +89,21 @@ impl Store {
     /// Open (creating if needed) a store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
+        let linked = root.join("repositories").is_dir();
         for dir in [root.join("blobs/sha256"), root.join("ingest")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        if !linked {
+            // A store from before per-repository links: link what its tags reach.
+            fs::create_dir_all(root.join("repositories")).map_err(io_err(&root))?;
+            let store = Store { root: root.clone() };
+            if let Ok(tags) = store.list() {
+                for (name, desc) in tags {
+                    if let Some((repo, _)) = name.rsplit_once(':') {
+                        let _ = store.link_closure(repo, &desc.digest);
+                    }
+                }
+            }
         }
         let layout = root.join("oci-layout");
         if !layout.exists() {
@@ -102,6 +122,81 @@ impl Store {
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The link that says `repository` holds blob or manifest `digest`. Content is stored
+    /// once (deduplicated); what a repository may read, mount or delete is its own links.
+    fn link_path(&self, repository: &str, kind: LinkKind, digest: &Digest) -> PathBuf {
+        let kind = match kind {
+            LinkKind::Blob => "_blobs",
+            LinkKind::Manifest => "_manifests",
+        };
+        let mut p = self.root.join("repositories");
+        p.extend(repository.split('/'));
+        p.join(kind).join(digest.hex())
+    }
+
+    /// Record that `repository` holds `digest`.
+    pub fn link(&self, repository: &str, kind: LinkKind, digest: &Digest) -> Result<(), StoreError> {
+        if !crate::reference::valid_repository(repository) {
+            return Err(StoreError::Io {
+                path: self.root.join("repositories"),
+                source: io::Error::other(format!("{repository:?} is not a repository name")),
+            });
+        }
+        let path = self.link_path(repository, kind, digest);
+        let dir = path.parent().expect("link has a folder");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        File::create(&path).map_err(io_err(&path))?;
+        Ok(())
+    }
+
+    /// Does `repository` hold `digest`?
+    pub fn is_linked(&self, repository: &str, kind: LinkKind, digest: &Digest) -> bool {
+        crate::reference::valid_repository(repository)
+            && self.link_path(repository, kind, digest).is_file()
+    }
+
+    /// Remove `repository`'s link to `digest`; whether there was one.
+    pub fn unlink(&self, repository: &str, kind: LinkKind, digest: &Digest) -> Result<bool, StoreError> {
+        if !crate::reference::valid_repository(repository) {
+            return Ok(false);
+        }
+        let path = self.link_path(repository, kind, digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Link a manifest and everything it names (children of an index, config and layers)
+    /// into `repository`: what a local push or a migration needs.
+    pub fn link_closure(&self, repository: &str, manifest: &Digest) -> Result<(), StoreError> {
+        let mut todo = vec![manifest.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(d) = todo.pop() {
+            if !seen.insert(d.clone()) || seen.len() > 100_000 {
+                continue;
+            }
+            let Ok(bytes) = self.read_blob(&d, crate::oci::MAX_MANIFEST_BYTES) else {
+                continue;
+            };
+            match crate::oci::ManifestKind::parse(None, &bytes) {
+                Ok(crate::oci::ManifestKind::Image(m)) => {
+                    self.link(repository, LinkKind::Manifest, &d)?;
+                    for b in m.blobs() {
+                        self.link(repository, LinkKind::Blob, &b.digest)?;
+                    }
+                }
+                Ok(crate::oci::ManifestKind::Index(i)) => {
+                    self.link(repository, LinkKind::Manifest, &d)?;
+                    todo.extend(i.manifests.iter().map(|c| c.digest.clone()));
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Where a blob's stamp lives: the inode, size and change time seen when its bytes were

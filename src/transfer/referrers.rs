@@ -115,6 +115,8 @@ fn empty_index() -> Index {
         schema_version: 2,
         media_type: Some(media::OCI_INDEX.into()),
         manifests: Vec::new(),
+        artifact_type: None,
+        subject: None,
         annotations: Default::default(),
     }
 }

@@ -222,6 +222,9 @@ impl Target {
                 if let Some(tag) = tag {
                     store.tag(repository, tag, &desc)?;
                 }
+                // The repository now holds the manifest and what it names (`hoist serve`
+                // serves a repository only what it holds).
+                store.link_closure(repository, &desc.digest)?;
                 Ok(())
             }
         }

@@ -283,7 +283,8 @@ pub fn pull_same(h: &Hoist, reference: &str, src: &Path, extra: &[&str]) -> temp
 }
 
 /// Every regular file under `dir` (relative path → bytes), skipping names starting with `.`
-/// unless `hidden`.
+/// unless `hidden`, and always skipping the pull's record of placed files (hoist's, not the
+/// model's).
 pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<u8>> {
     fn walk(
         root: &Path,
@@ -294,7 +295,7 @@ pub fn tree(dir: &Path, hidden: bool) -> std::collections::BTreeMap<String, Vec<
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            if !hidden && name.starts_with('.') {
+            if (!hidden && name.starts_with('.')) || name == ".hoist-record.json" {
                 continue;
             }
             let p = e.path();
