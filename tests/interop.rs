@@ -28,7 +28,10 @@ fn real_model_round_trips_and_loads_with_safetensors() {
         "the real model has 13 files: {:?}",
         want.keys()
     );
-    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
     assert!(want == got, "byte-identical round trip");
     assert!(got.contains_key("1_Pooling/config.json"));
     let loaded = python(&format!(

@@ -11,7 +11,7 @@
 //! token auth. Without a policy, every known user may pull and push everywhere and nobody may
 //! delete. `/metrics` needs a known user.
 //!
-//! Password checks (bcrypt, ~50 ms of CPU) run on the blocking pool, at most two at a time,
+//! Password checks (bcrypt, ~50 ms of CPU) run on the blocking pool, on at most half the cores,
 //! never on the async workers; an unknown user costs the same check against a dummy hash (no
 //! user enumeration by timing); a password that passed is remembered (by its SHA-256, for a
 //! minute) so Basic clients do not pay bcrypt on every request.
@@ -206,7 +206,11 @@ impl Access {
             realm,
             tls,
             passed: Mutex::new(HashMap::new()),
-            bcrypt_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(2)),
+            // At most half the cores hash passwords: wrong passwords queue up instead of
+            // taking the CPU from every other request.
+            bcrypt_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
         })
     }
 

@@ -13,8 +13,8 @@ use tokio_util::io::ReaderStream;
 
 use super::{ApiError, AppState};
 use crate::digest::Digest;
-use crate::store::LinkKind;
 use crate::oci::{media, Descriptor, ManifestKind, MAX_MANIFEST_BYTES};
+use crate::store::LinkKind;
 
 type Shared = Arc<AppState>;
 type Result<T> = std::result::Result<T, ApiError>;
@@ -418,15 +418,25 @@ async fn start_upload(
 }
 
 /// A cross-repository mount: `from` holds the blob and the client may read `from`.
-async fn may_mount(state: &Shared, headers: &HeaderMap, from: Option<&str>, digest: &Digest) -> bool {
+async fn may_mount(
+    state: &Shared,
+    headers: &HeaderMap,
+    from: Option<&str>,
+    digest: &Digest,
+) -> bool {
     let Some(from) = from.filter(|f| crate::reference::valid_repository(f)) else {
         return false;
     };
-    if !state.store.is_linked(from, LinkKind::Blob, digest) || state.store.blob_size(digest).is_none() {
+    if !state.store.is_linked(from, LinkKind::Blob, digest)
+        || state.store.blob_size(digest).is_none()
+    {
         return false;
     }
     match &state.access {
-        Some(access) => access.authorize(headers, Some(from), "pull").await.is_none(),
+        Some(access) => access
+            .authorize(headers, Some(from), "pull")
+            .await
+            .is_none(),
         None => true,
     }
 }

@@ -137,7 +137,12 @@ impl Store {
     }
 
     /// Record that `repository` holds `digest`.
-    pub fn link(&self, repository: &str, kind: LinkKind, digest: &Digest) -> Result<(), StoreError> {
+    pub fn link(
+        &self,
+        repository: &str,
+        kind: LinkKind,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
         if !crate::reference::valid_repository(repository) {
             return Err(StoreError::Io {
                 path: self.root.join("repositories"),
@@ -158,7 +163,12 @@ impl Store {
     }
 
     /// Remove `repository`'s link to `digest`; whether there was one.
-    pub fn unlink(&self, repository: &str, kind: LinkKind, digest: &Digest) -> Result<bool, StoreError> {
+    pub fn unlink(
+        &self,
+        repository: &str,
+        kind: LinkKind,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
         if !crate::reference::valid_repository(repository) {
             return Ok(false);
         }
