@@ -182,9 +182,9 @@ mod tests {
         let d = Digest::of_bytes(b"abc");
         let mut r = Record::default();
         r.note(dir.path(), Path::new("f"), Some(d.clone()));
+        r.save(dir.path()).unwrap(); // waits out the clock tick of the stamp
         assert!(r.vouches(dir.path(), Path::new("f"), &d));
         assert!(!r.vouches(dir.path(), Path::new("f"), &Digest::of_bytes(b"x")));
-        r.save(dir.path()).unwrap(); // waits out the clock tick of the stamp
         let mtime = fs::metadata(&p).unwrap().modified().unwrap();
         fs::write(&p, b"abd").unwrap();
         fs::File::options()

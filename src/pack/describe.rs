@@ -138,10 +138,12 @@ fn unquote(s: &str) -> String {
 /// (dtype, element count) per tensor from a safetensors header; `None` if it is not one.
 fn safetensors_header(path: &std::path::Path) -> Option<Vec<(String, u64)>> {
     let mut f = std::fs::File::open(path).ok()?;
+    let file_len = f.metadata().ok()?.len();
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;
     let len = u64::from_le_bytes(len);
-    if len > 100 * 1024 * 1024 {
+    // Never allocate more than the file can hold (a hostile header may claim anything).
+    if len > 100 * 1024 * 1024 || len > file_len.saturating_sub(8) {
         return None;
     }
     let mut header = vec![0u8; len as usize];
@@ -157,7 +159,7 @@ fn safetensors_header(path: &std::path::Path) -> Option<Vec<(String, u64)>> {
                     .as_array()?
                     .iter()
                     .map(|d| d.as_u64().unwrap_or(0))
-                    .product();
+                    .fold(1u64, u64::saturating_mul);
                 Some((dtype, count))
             })
             .collect(),
@@ -216,5 +218,38 @@ mod tests {
             ["mit", "cc-by-4.0"]
         );
         assert!(front_matter_licenses("# no front matter\nlicense: mit\n").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: no panic, no allocation beyond the file.
+        #[test]
+        fn safetensors_headers_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), claim in any::<u64>(), use_claim in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.safetensors");
+            let mut data = bytes.clone();
+            if use_claim && data.len() >= 8 {
+                data[..8].copy_from_slice(&claim.to_le_bytes());
+            }
+            std::fs::write(&p, &data).unwrap();
+            let _ = super::safetensors_header(&p);
+        }
+
+        /// A real header with arbitrary shapes: counts saturate instead of overflowing.
+        #[test]
+        fn safetensors_shapes(shape in proptest::collection::vec(any::<u64>(), 0..6)) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.safetensors");
+            let header = serde_json::json!({"t": {"dtype": "F16", "shape": shape, "data_offsets": [0, 0]}}).to_string();
+            let mut data = (header.len() as u64).to_le_bytes().to_vec();
+            data.extend(header.as_bytes());
+            std::fs::write(&p, &data).unwrap();
+            let got = super::safetensors_header(&p).unwrap();
+            prop_assert_eq!(got.len(), 1);
+        }
     }
 }

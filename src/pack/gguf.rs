@@ -189,3 +189,35 @@ pub(crate) mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes after a valid magic and version: no panic, bounded allocation (strings
+        /// and arrays are capped before anything is allocated).
+        #[test]
+        fn gguf_headers_on_arbitrary_bytes(tail in proptest::collection::vec(any::<u8>(), 0..1024), version in 2u32..4) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.gguf");
+            let mut data = b"GGUF".to_vec();
+            data.extend(version.to_le_bytes());
+            data.extend(tail);
+            std::fs::write(&p, &data).unwrap();
+            let _ = super::read(&p);
+        }
+
+        /// The sample file with bytes flipped anywhere: no panic.
+        #[test]
+        fn gguf_sample_mutated(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut data = super::tests::sample();
+            let i = at.index(data.len());
+            data[i] = byte;
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.gguf");
+            std::fs::write(&p, &data).unwrap();
+            let _ = super::read(&p);
+        }
+    }
+}

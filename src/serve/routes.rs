@@ -264,7 +264,12 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             get_manifest(state, &n, &r, m == Method::HEAD, param(&params, "ns")).await
         }
         (Route::Manifest(n, r), Method::PUT) => put_manifest(state, &n, &r, &headers, body).await,
-        (Route::Manifest(n, r), Method::DELETE) => delete_manifest(state, &n, &r),
+        (Route::Manifest(n, r), Method::DELETE) => {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || delete_manifest(&state, &n, &r))
+                .await
+                .map_err(ApiError::internal)?
+        }
         (Route::Blob(n, d), m @ (Method::GET | Method::HEAD)) => {
             get_blob(
                 state,
@@ -540,6 +545,27 @@ async fn put_manifest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Storing writes and fsyncs files and the tag index: off the async workers.
+    let (state, name, reference, declared) = (
+        state.clone(),
+        name.to_string(),
+        reference.to_string(),
+        declared.to_string(),
+    );
+    tokio::task::spawn_blocking(move || store_manifest(&state, &name, &reference, &declared, bytes))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Check and store a pushed manifest: its digest, the blobs it names (held by this
+/// repository), the link, the tag, and its subject's referrers list.
+fn store_manifest(
+    state: &Shared,
+    name: &str,
+    reference: &str,
+    declared: &str,
+    bytes: bytes::Bytes,
+) -> Result<Response> {
     let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", why);
     let parsed = ManifestKind::parse(Some(declared), &bytes).map_err(|e| invalid(e.to_string()))?;
     let media_type = if declared.is_empty() {
@@ -864,6 +890,48 @@ mod tests {
         assert_eq!(byte_range("bytes=95-200", 100), Some((95, 99)));
         assert_eq!(byte_range("bytes=100-", 100), None);
         assert_eq!(byte_range("bytes=5-1", 100), None);
+    }
+
+    /// The Range header against a plain model of RFC 9110 byte ranges (single range).
+    fn model(a: Option<u64>, b: Option<u64>, size: u64) -> Option<(u64, u64)> {
+        if size == 0 {
+            return None;
+        }
+        match (a, b) {
+            (None, Some(n)) => (n > 0).then(|| (size - n.min(size), size - 1)),
+            (Some(a), None) => (a < size).then_some((a, size - 1)),
+            (Some(a), Some(b)) => (a <= b && a < size).then_some((a, b.min(size - 1))),
+            (None, None) => None,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ranges_match_the_model(a in proptest::option::of(0u64..300), b in proptest::option::of(0u64..300), size in 0u64..256) {
+            let header = format!(
+                "bytes={}-{}",
+                a.map(|x| x.to_string()).unwrap_or_default(),
+                b.map(|x| x.to_string()).unwrap_or_default()
+            );
+            proptest::prop_assert_eq!(byte_range(&header, size), model(a, b, size), "{}", header);
+        }
+
+        #[test]
+        fn ranges_on_arbitrary_text(header in ".{0,40}", size in 0u64..u64::MAX) {
+            if let Some((start, end)) = byte_range(&header, size) {
+                proptest::prop_assert!(start <= end && end < size);
+            }
+        }
+
+        /// Routing never panics, and what it extracts is what the path holds.
+        #[test]
+        fn routes_on_arbitrary_paths(path in "/[a-z0-9/._:%-]{0,60}") {
+            if let Some(Route::Manifest(n, r)) = parse(&path) {
+                let manifests = format!("/manifests/{r}");
+                let tail = path.ends_with(&manifests);
+                proptest::prop_assert!(tail && path.contains(&n));
+            }
+        }
     }
 
     #[test]
