@@ -525,7 +525,8 @@ fn a_plan_that_cannot_be_placed_places_nothing() {
     let reg = Registry::start();
     let h = Hoist::new();
     let long = "n".repeat(300);
-    let cases: Vec<(&str, Vec<(String, &str, Vec<u8>)>, &str)> = vec![
+    type Layers<'a> = Vec<(String, &'a str, Vec<u8>)>;
+    let cases: Vec<(&str, Layers, &str)> = vec![
         (
             "clash",
             vec![

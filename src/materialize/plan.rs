@@ -131,10 +131,8 @@ pub(super) fn validate(
                     why: "a file is in the way of a folder",
                 })
             }
-            (Ok(m), Kind::File | Kind::Link(_)) if !m.is_dir() => {
-                if !overwrite && !record.placed(rel) {
-                    foreign.push(rel.display().to_string());
-                }
+            (Ok(_), Kind::File | Kind::Link(_)) if !overwrite && !record.placed(rel) => {
+                foreign.push(rel.display().to_string());
             }
             _ => {}
         }

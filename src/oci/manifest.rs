@@ -117,7 +117,7 @@ impl Index {
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
     Image(Box<Manifest>),
-    Index(Index),
+    Index(Box<Index>),
 }
 
 impl ManifestKind {

@@ -219,7 +219,7 @@ impl Access {
         let key: [u8; 32] = {
             use sha2::Digest as _;
             let mut h = Sha256::new();
-            h.update(&self.key);
+            h.update(self.key);
             h.update(user.as_bytes());
             h.update([0]);
             h.update(password.as_bytes());

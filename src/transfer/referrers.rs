@@ -94,7 +94,7 @@ async fn update_fallback_tag(
     let tag = format!("sha256-{}", subject.hex());
     let mut index = match target.fetch_manifest(&tag).await {
         Ok((mt, bytes, _)) => match ManifestKind::parse(Some(&mt), &bytes)? {
-            ManifestKind::Index(i) => i,
+            ManifestKind::Index(i) => *i,
             ManifestKind::Image(_) => empty_index(),
         },
         Err(TransferError::Registry(crate::registry::RegistryError::NotFound { .. })) => {
