@@ -9,8 +9,10 @@
 //! With `--upstream` it is also a pull-through cache (see `upstream`), the node-local
 //! cache a DaemonSet runs.
 //!
-//! Simplification, said plainly: blobs form one pool shared by all repositories (as in an
-//! OCI layout), so a blob pushed to one repository can be read or mounted from any other.
+//! Content is stored once (the OCI layout's blob pool), but each repository holds links to
+//! the blobs and manifests it has (`Store::link`): reads, mounts and deletes go through those
+//! links, so one repository's rights never reach another's blobs. Connections are served by
+//! `conn` (timeouts and limits), access by `access` (policy, off-worker password checks).
 
 mod access;
 mod conn;
