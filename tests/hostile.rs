@@ -791,3 +791,62 @@ fn an_edited_cache_blob_is_detected_and_fetched_again() {
     let gc = h.run(&["gc", "--verify"]).ok();
     assert!(gc.stdout.contains("Checked"), "{}", gc.stdout);
 }
+
+/// Finding 10 (resume state): a server that declared 2 GiB and sent 10 bytes left 2 GiB
+/// reserved on disk. What a failed pull keeps is what it downloaded, and the error says where.
+#[test]
+fn a_failed_pull_keeps_only_what_it_downloaded() {
+    let (cfg, small) = (b"{}".to_vec(), b"0123456789".to_vec());
+    let cd = Digest::of_bytes(&cfg);
+    let big = Digest::of_bytes(b"two gibibytes, supposedly");
+    let manifest = manifest_json((&cd, 2), &[(&big, 2 << 30, "big.bin")]);
+    let fake = FakeRegistry::start(move |r: &Request| {
+        if r.path == "/v2/" {
+            return Response::new(200);
+        }
+        if r.path.contains("/manifests/") {
+            return Response::json(200, media::OCI_MANIFEST, manifest.clone());
+        }
+        Response::new(200).body(small.clone())
+    });
+    let h = Hoist::new();
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("out");
+    let r = h.run(&[
+        "pull",
+        &format!("{}/x:v1", fake.addr),
+        "-o",
+        s(&out),
+        "--retries",
+        "1",
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let allocated = |dir: &Path| -> u64 {
+        let mut total = 0;
+        for e in walk_all(dir) {
+            total +=
+                std::os::unix::fs::MetadataExt::blocks(&std::fs::symlink_metadata(&e).unwrap())
+                    * 512;
+        }
+        total
+    };
+    assert!(
+        !out.exists() || allocated(&out) < 1 << 20,
+        "a failed pull left {} bytes allocated",
+        allocated(&out)
+    );
+}
+
+fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk_all(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}

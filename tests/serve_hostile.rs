@@ -468,7 +468,20 @@ fn early_answers_leave_the_connection_usable() {
         .unwrap()
         .trim()
         .to_string();
+    // A blob the repository already holds, sent again whole.
+    let existing = {
+        let digest = format!("sha256:{}", hoist::digest::Digest::of_bytes(&body).hex());
+        let mut first = format!(
+            "POST /v2/conn/m/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        first.extend_from_slice(&body);
+        assert_eq!(exchange(&mut c, &first).0, 201);
+        first
+    };
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("existing blob", existing, 201),
         (
             "out-of-order chunk",
             with_body(format!(

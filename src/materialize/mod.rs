@@ -427,33 +427,33 @@ pub(crate) fn ensure_dirs(root: &Path, relative: &Path) -> Result<Vec<PathBuf>, 
             });
         };
         current.push(part);
-        match fs::symlink_metadata(&current) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(MaterializeError::Blocked {
-                    path: current,
-                    why: "a symlink is in the path (it could lead outside the output folder)",
-                })
-            }
-            Ok(_) => {
-                return Err(MaterializeError::Blocked {
-                    path: current,
-                    why: "a file is in the way of a folder",
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&current).map_err(io_err(&current))?;
-                created.push(current.clone());
-            }
-            Err(e) => {
-                return Err(MaterializeError::Io {
-                    path: current,
-                    source: e,
-                })
-            }
+        if !is_real_folder(&current)? {
+            fs::create_dir(&current).map_err(io_err(&current))?;
+            created.push(current.clone());
         }
     }
     Ok(created)
+}
+
+/// Is `path` a real folder (`true`) or absent (`false`)? A symlink or a file there is an
+/// error: nothing may be created or entered through it.
+pub(crate) fn is_real_folder(path: &Path) -> Result<bool, MaterializeError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(m) if m.file_type().is_symlink() => Err(MaterializeError::Blocked {
+            path: path.to_path_buf(),
+            why: "a symlink is in the path (it could lead outside the output folder)",
+        }),
+        Ok(_) => Err(MaterializeError::Blocked {
+            path: path.to_path_buf(),
+            why: "a file is in the way of a folder",
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(MaterializeError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 /// A first, lexical check of one symlink on its own (the whole plan is checked again with

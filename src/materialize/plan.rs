@@ -198,21 +198,8 @@ fn check_disk_parents(out: &Path, rel: &Path) -> Result<(), MaterializeError> {
         .unwrap_or_default();
     for part in parents {
         current.push(part);
-        match fs::symlink_metadata(&current) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(MaterializeError::Blocked {
-                    path: current,
-                    why: "a symlink is in the path (it could lead outside the output folder)",
-                })
-            }
-            Ok(_) => {
-                return Err(MaterializeError::Blocked {
-                    path: current,
-                    why: "a file is in the way of a folder",
-                })
-            }
-            Err(_) => return Ok(()), // nothing deeper exists yet
+        if !super::is_real_folder(&current)? {
+            return Ok(()); // nothing deeper exists yet
         }
     }
     Ok(())

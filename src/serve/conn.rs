@@ -128,6 +128,23 @@ impl<S> Idle<S> {
         self.last_progress = Instant::now();
     }
 
+    /// Note progress of a write, or wait on the idle deadline if it is not ready.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check(cx).map(Err),
+        }
+    }
+
     /// Called when the inner stream is not ready: time out, or arrange to be woken then.
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
         let deadline = tokio::time::Instant::from_std(self.last_progress + self.timeout);
@@ -171,15 +188,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.check(cx).map(Err),
-        }
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -188,15 +198,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    this.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => this.check(cx).map(Err),
-        }
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
