@@ -32,6 +32,10 @@ pub struct Stamp {
     pub ino: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
+    /// Hard links to the inode: creating or removing one moves the change time, so a change
+    /// time that moved together with the link count (and nothing else) is explained.
+    #[serde(default)]
+    pub nlink: u64,
     /// The file clock when the stamp was taken: a stamp taken in the same clock tick as the
     /// file's last change is "racy" (a change in that tick would not show) and not trusted.
     #[serde(default)]
@@ -49,29 +53,22 @@ impl Stamp {
             ino: m.ino(),
             mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
             ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            nlink: m.nlink(),
             stamped_ns: coarse_now_ns(),
         })
     }
 
     /// Does `now` (a fresh stamp of the file) show the same, unchanged file, and was this
     /// stamp taken after the clock had moved past the file's last change?
+    ///
+    /// A change time that moved is accepted only when the link count moved too (a hard link
+    /// placed from the node cache, or removed with a pulled folder): an edit in place, even
+    /// with the modification time put back, keeps the link count and is caught.
     pub fn still_holds(&self, now: &Stamp) -> bool {
-        self.stamped_ns > self.ctime_ns
-            && (
-                &self.digest,
-                self.size,
-                self.dev,
-                self.ino,
-                self.mtime_ns,
-                self.ctime_ns,
-            ) == (
-                &now.digest,
-                now.size,
-                now.dev,
-                now.ino,
-                now.mtime_ns,
-                now.ctime_ns,
-            )
+        let same_content = (&self.digest, self.size, self.dev, self.ino, self.mtime_ns)
+            == (&now.digest, now.size, now.dev, now.ino, now.mtime_ns);
+        let ctime_explained = self.ctime_ns == now.ctime_ns || self.nlink != now.nlink;
+        self.stamped_ns > self.ctime_ns && same_content && ctime_explained
     }
 }
 
