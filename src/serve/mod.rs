@@ -65,8 +65,21 @@ pub async fn bind(
     let listener = tokio::net::TcpListener::bind(opts.addr).await?;
     let addr = listener.local_addr()?;
     let uploads = uploads::Uploads::open(&opts.store)?;
+    // Tag writes queue for index.json, flushed once a second (see `store::tags`).
+    let store = opts.store.defer_index_writes();
+    let flushing = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let store = flushing.clone();
+            let flushed = tokio::task::spawn_blocking(move || store.flush_index()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!("writing tag changes to index.json failed: {e}; retrying");
+            }
+        }
+    });
     let state = Arc::new(AppState {
-        store: opts.store,
+        store,
         uploads,
         upstreams: Arc::new(opts.upstreams),
         metrics: metrics::ServeMetrics::default(),

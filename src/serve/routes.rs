@@ -807,13 +807,7 @@ async fn get_blob(
 }
 
 fn list_tags(state: &Shared, name: &str, params: &[(String, String)]) -> Result<Response> {
-    let prefix = format!("{name}:");
-    let mut tags: Vec<String> = state
-        .store
-        .list()?
-        .into_iter()
-        .filter_map(|(r, _)| r.strip_prefix(&prefix).map(str::to_string))
-        .collect();
+    let mut tags: Vec<String> = state.store.tags(name)?;
     if tags.is_empty() {
         return Err(ApiError::name_unknown(name));
     }

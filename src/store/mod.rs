@@ -7,6 +7,7 @@
 //! concurrent `hoist` processes on one node cannot lose each other's tags.
 
 mod gc;
+mod tags;
 
 pub use gc::{GcReport, VerifyReport};
 
@@ -16,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, Hasher};
-use crate::oci::{media, Descriptor, Index};
+use crate::oci::{Descriptor, Index};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +70,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Tag changes not yet in `index.json` (see `tags`); `None`: written at once.
+    deferred: Option<tags::Pending>,
 }
 
 impl Store {
@@ -96,11 +99,15 @@ impl Store {
         if !linked {
             // A store from before per-repository links: link what its tags reach.
             fs::create_dir_all(root.join("repositories")).map_err(io_err(&root))?;
-            let store = Store { root: root.clone() };
+            let store = Store {
+                root: root.clone(),
+                deferred: None,
+            };
             if let Ok(tags) = store.list() {
                 for (name, desc) in tags {
-                    if let Some((repo, _)) = name.rsplit_once(':') {
+                    if let Some((repo, tag)) = name.rsplit_once(':') {
                         let _ = store.link_closure(repo, &desc.digest);
+                        let _ = tags::write_file(&store, repo, tag, &desc);
                     }
                 }
             }
@@ -113,7 +120,12 @@ impl Store {
         if !index.exists() {
             write_atomic(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
         }
-        Ok(Store { root })
+        let store = Store {
+            root,
+            deferred: None,
+        };
+        tags::recover(&store)?;
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -427,17 +439,9 @@ impl Store {
         fs::read(&path).map_err(io_err(&path))
     }
 
-    /// The manifest descriptor a `repo:tag` points at.
+    /// The manifest `repo:tag` points at.
     pub fn resolve(&self, repository: &str, tag: &str) -> Result<Descriptor, StoreError> {
-        let name = format!("{repository}:{tag}");
-        self.read_index()?
-            .manifests
-            .into_iter()
-            .find(|d| d.annotation(media::ANNOTATION_REF_NAME) == Some(name.as_str()))
-            .ok_or(StoreError::NotFound {
-                reference: name,
-                root: self.root.clone(),
-            })
+        tags::resolve(self, repository, tag)
     }
 
     /// Point `repo:tag` at a manifest already stored as a blob.
@@ -447,48 +451,42 @@ impl Store {
         tag: &str,
         manifest: &Descriptor,
     ) -> Result<(), StoreError> {
-        let name = format!("{repository}:{tag}");
-        self.update_index(|index| {
-            index
-                .manifests
-                .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
-            let mut entry = manifest.clone();
-            entry.annotations.clear();
-            entry
-                .annotations
-                .insert(media::ANNOTATION_REF_NAME.into(), name);
-            index.manifests.push(entry);
-            index.manifests.sort_by(|a, b| {
-                a.annotation(media::ANNOTATION_REF_NAME)
-                    .cmp(&b.annotation(media::ANNOTATION_REF_NAME))
-            });
-        })
+        tags::set(self, repository, tag, Some(manifest)).map(drop)
     }
 
     /// Remove `repo:tag`; whether it existed.
     pub fn untag(&self, repository: &str, tag: &str) -> Result<bool, StoreError> {
-        let name = format!("{repository}:{tag}");
-        self.update_index(|index| {
-            let before = index.manifests.len();
-            index
-                .manifests
-                .retain(|d| d.annotation(media::ANNOTATION_REF_NAME) != Some(name.as_str()));
-            before != index.manifests.len()
-        })
+        tags::set(self, repository, tag, None)
     }
 
     /// Remove every tag of `repo` that points at `digest`; how many there were.
     pub fn untag_digest(&self, repository: &str, digest: &Digest) -> Result<usize, StoreError> {
-        let prefix = format!("{repository}:");
-        self.update_index(|index| {
-            let before = index.manifests.len();
-            index.manifests.retain(|d| {
-                !(d.digest == *digest
-                    && d.annotation(media::ANNOTATION_REF_NAME)
-                        .is_some_and(|n| n.starts_with(&prefix)))
-            });
-            before - index.manifests.len()
-        })
+        let mut removed = 0;
+        for (tag, desc) in tags::of_repository(self, repository)? {
+            if desc.digest == *digest && self.untag(repository, &tag)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The tags of one repository, sorted.
+    pub fn tags(&self, repository: &str) -> Result<Vec<String>, StoreError> {
+        Ok(tags::of_repository(self, repository)?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    /// Write tag changes to `index.json` in batches (a long-running server): see `tags`.
+    pub fn defer_index_writes(mut self) -> Store {
+        self.deferred = Some(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+        self
+    }
+
+    /// Apply the deferred tag changes to `index.json` now.
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        tags::flush(self)
     }
 
     /// Delete a blob; whether it existed. (No reference check: that is the caller's call.)
@@ -576,7 +574,10 @@ impl Store {
     }
 
     /// Read-modify-write `index.json` under the lock.
-    fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T, StoreError> {
+    pub(crate) fn update_index<T>(
+        &self,
+        change: impl FnOnce(&mut Index) -> T,
+    ) -> Result<T, StoreError> {
         let _lock = self.lock_index()?;
         let mut index = self.read_index()?;
         let result = change(&mut index);
@@ -587,15 +588,10 @@ impl Store {
 
     /// Every tagged manifest: (`repo:tag`, descriptor).
     pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
-        Ok(self
-            .read_index()?
-            .manifests
-            .into_iter()
-            .filter_map(|d| Some((d.annotation(media::ANNOTATION_REF_NAME)?.to_string(), d)))
-            .collect())
+        tags::all(self)
     }
 
-    fn read_index(&self) -> Result<Index, StoreError> {
+    pub(crate) fn read_index(&self) -> Result<Index, StoreError> {
         let path = self.root.join("index.json");
         let bytes = fs::read(&path).map_err(io_err(&path))?;
         serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptIndex { path, source })
@@ -603,7 +599,7 @@ impl Store {
 }
 
 /// Write a small file by temp name + fsync + rename, so readers never see half of it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;
@@ -623,8 +619,8 @@ mod tests {
     fn commit_verifies_and_tags_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let desc = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"{}"), 2);
-        let bad = Descriptor::new(media::OCI_MANIFEST, Digest::of_bytes(b"x"), 2);
+        let desc = Descriptor::new(crate::oci::media::OCI_MANIFEST, Digest::of_bytes(b"{}"), 2);
+        let bad = Descriptor::new(crate::oci::media::OCI_MANIFEST, Digest::of_bytes(b"x"), 2);
         assert!(matches!(
             store.put_bytes(&bad, b"{}"),
             Err(StoreError::DigestMismatch { .. })
