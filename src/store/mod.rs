@@ -104,11 +104,19 @@ impl Store {
                 deferred: None,
             };
             if let Ok(tags) = store.list() {
+                let mut linked = std::collections::HashSet::new();
                 for (name, desc) in tags {
                     if let Some((repo, tag)) = name.rsplit_once(':') {
-                        let _ = store.link_closure(repo, &desc.digest);
-                        let _ = tags::write_file(&store, repo, tag, &desc);
+                        if linked.insert((repo.to_string(), desc.digest.clone())) {
+                            let _ = store.link_closure(repo, &desc.digest);
+                        }
+                        let _ = tags::write_file(&store, repo, tag, &desc, false);
                     }
+                }
+                // One sync for the whole migration instead of one per file.
+                if let Ok(dir) = File::open(&root) {
+                    // SAFETY: an open descriptor.
+                    unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
                 }
             }
         }

@@ -59,18 +59,25 @@ fn entry(name: &str, manifest: &Descriptor) -> Descriptor {
 }
 
 /// Write the tag file only (used when migrating a store that had tags in `index.json` alone).
+/// `durable`: synced before it is renamed into place (a migration syncs once at the end).
 pub(crate) fn write_file(
     store: &Store,
     repository: &str,
     tag: &str,
     manifest: &Descriptor,
+    durable: bool,
 ) -> Result<(), StoreError> {
     let path = tag_path(store, repository, tag)?;
     let dir = path.parent().expect("tag files live in a folder");
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let bytes = serde_json::to_vec(&entry(&format!("{repository}:{tag}"), manifest))
         .expect("descriptor serialises");
-    write_atomic(&path, &bytes)
+    if durable {
+        return write_atomic(&path, &bytes);
+    }
+    let tmp = dir.join(format!(".{tag}.tmp"));
+    fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))
 }
 
 /// Set (`Some`) or remove (`None`) `repo:tag`; whether it existed before.
@@ -84,7 +91,7 @@ pub(crate) fn set(
     let name = format!("{repository}:{tag}");
     let existed = path.is_file() || in_index(store, &name)?;
     match manifest {
-        Some(m) => write_file(store, repository, tag, m)?,
+        Some(m) => write_file(store, repository, tag, m, true)?,
         None => match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
