@@ -153,6 +153,47 @@ fn tls_handshakes_run_per_connection_and_the_realm_follows_the_scheme() {
     auth(&mut pull);
     run(pull.args(["pull", &reference, "-o", s(out.path()), "--ca-file", &ca])).ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    // `hoist login` over TLS gets its token from the https realm, then a pull uses the
+    // saved credentials.
+    let config = tempfile::tempdir().unwrap();
+    let mut login = h.cmd();
+    login
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("HOIST_USERNAME")
+        .env_remove("HOIST_PASSWORD")
+        .args([
+            "login",
+            &served.addr,
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--ca-file",
+            &ca,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"wonderland\n")
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let again = tempfile::tempdir().unwrap();
+    run(h
+        .cmd()
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("HOIST_USERNAME")
+        .env_remove("HOIST_PASSWORD")
+        .args(["pull", &reference, "-o", s(again.path()), "--ca-file", &ca]))
+    .ok();
 }
 
 /// Finding 16: half-sent requests were held for ever; many of them starved other clients.

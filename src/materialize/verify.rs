@@ -33,11 +33,17 @@ impl FolderCheck {
     }
 }
 
-/// Names in the folder's top level that are hoist's, not the model's.
+/// Names in the folder's top level that are hoist's, not the model's: its state
+/// (`.hoist-partial`, `.hoist-record.json`), what a pull writes beside the model by
+/// convention (`.hoist*`: a ready marker, a metrics file) and attachments (`.referrers`).
 fn is_own_state(rel: &Path, ignore: &[PathBuf]) -> bool {
-    let first = rel.components().next().map(|c| c.as_os_str());
-    first.is_some_and(|f| f == STAGING_DIR || f == RECORD_FILE || f == ".referrers")
-        || ignore.iter().any(|i| i == rel)
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy());
+    first.is_some_and(|f| {
+        f == STAGING_DIR || f == RECORD_FILE || f.starts_with(".hoist") || f == ".referrers"
+    }) || ignore.iter().any(|i| i == rel)
 }
 
 /// Check `dir` against `expected`. `extras`: also list files nobody expects (skip it when the

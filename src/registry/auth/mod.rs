@@ -216,3 +216,24 @@ fn bearer(token: &str) -> HeaderValue {
     value.set_sensitive(true);
     value
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_go_to_a_plain_http_realm_of_an_https_registry() {
+        let https = reqwest::Url::parse("https://registry.example.com/").unwrap();
+        let http = reqwest::Url::parse("http://registry.example.com/").unwrap();
+        let plain_realm = "http://auth.example.com/token";
+        let tls_realm = "https://auth.example.com/token";
+        assert!(check_realm("r", &https, plain_realm, true).is_err());
+        assert!(check_realm("r", &https, tls_realm, true).is_ok());
+        // Anonymous token requests carry no secret; loopback realms are local.
+        assert!(check_realm("r", &https, plain_realm, false).is_ok());
+        assert!(check_realm("r", &https, "http://127.0.0.1:5000/token", true).is_ok());
+        // A registry reached over plain HTTP was already chosen so by the user.
+        assert!(check_realm("r", &http, plain_realm, true).is_ok());
+        assert!(check_realm("r", &https, "file:///etc/passwd", true).is_err());
+    }
+}
