@@ -141,6 +141,8 @@ fn materialize_code(e: &MaterializeError) -> ExitCode {
     match e {
         MaterializeError::Io { .. } => ExitCode::Disk,
         MaterializeError::WouldOverwrite { .. } => ExitCode::Usage,
+        // Out of room is the disk's doing, not the content's.
+        MaterializeError::UnpackLimit { why, .. } if why.contains("free space") => ExitCode::Disk,
         _ => ExitCode::InvalidContent,
     }
 }

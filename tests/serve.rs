@@ -422,7 +422,7 @@ fn manifests_tags_referrers_and_errors() {
 fn pull_through(upstream: &str, extra: &[&str]) -> Served {
     let mut args = vec!["--upstream", upstream];
     args.extend_from_slice(extra);
-    Served::start_with(tempfile::tempdir().unwrap(), free_port(), &args)
+    Served::start_free(&args)
 }
 
 #[test]
@@ -559,17 +559,13 @@ fn access_control_with_basic_auth_tokens_and_anonymous_reads() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     for mode in ["basic", "token"] {
-        let served = Served::start_with(
-            tempfile::tempdir().unwrap(),
-            free_port(),
-            &[
-                "--htpasswd",
-                htpasswd.to_str().unwrap(),
-                "--auth",
-                mode,
-                "--anonymous-read",
-            ],
-        );
+        let served = Served::start_free(&[
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--auth",
+            mode,
+            "--anonymous-read",
+        ]);
         let h = Hoist::new();
         let reference = served.reference("secure/model:v1");
         let anon = |args: &[&str]| {
@@ -637,16 +633,12 @@ fn tls_with_a_ca_file_or_insecure() {
     );
     let made = run(std::process::Command::new("sh").args(["-c", &script]));
     assert_eq!(made.code, 0, "openssl: {}", made.stderr);
-    let served = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let served = Served::start_free(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
     let h = Hoist::new();
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());

@@ -103,20 +103,16 @@ fn tls_handshakes_run_per_connection_and_the_realm_follows_the_scheme() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, ca) = tls_files(dir.path());
     let users = htpasswd(dir.path(), &[("alice", "wonderland")]);
-    let served = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--htpasswd",
-            s(&users),
-            "--auth",
-            "token",
-        ],
-    );
+    let served = Served::start_free(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--htpasswd",
+        s(&users),
+        "--auth",
+        "token",
+    ]);
     // Idle connections that never start a handshake.
     let _idle: Vec<TcpStream> = (0..3).map(|_| connect(&served.addr)).collect();
     let (status, headers, _) = curl(&[
@@ -199,11 +195,7 @@ fn tls_handshakes_run_per_connection_and_the_realm_follows_the_scheme() {
 /// Finding 16: half-sent requests were held for ever; many of them starved other clients.
 #[test]
 fn half_sent_requests_are_cut_and_connections_are_bounded() {
-    let served = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &["--idle-timeout", "2", "--max-connections", "20"],
-    );
+    let served = Served::start_free(&["--idle-timeout", "2", "--max-connections", "20"]);
     let mut stalled: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut c = connect(&served.addr);
@@ -243,11 +235,7 @@ fn names_and_tags_follow_the_grammar_on_every_route() {
             r#"{"errors":[{"code":"NOT_FOUND"}]}"#,
         )
     });
-    let served = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &["--upstream", &upstream.addr],
-    );
+    let served = Served::start_free(&["--upstream", &upstream.addr]);
     for path in [
         "/v2/a/manifests/x/../../../secret/x/tags/list",
         "/v2/a/manifests/../../../../internal/admin",
@@ -367,18 +355,14 @@ actions = ["pull", "push", "delete"]
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     for mode in ["basic", "token"] {
-        let served = Served::start_with(
-            tempfile::tempdir().unwrap(),
-            free_port(),
-            &[
-                "--htpasswd",
-                s(&users),
-                "--auth",
-                mode,
-                "--access-policy",
-                s(&policy),
-            ],
-        );
+        let served = Served::start_free(&[
+            "--htpasswd",
+            s(&users),
+            "--auth",
+            mode,
+            "--access-policy",
+            s(&policy),
+        ]);
         let h = Hoist::new();
         let as_user = |user: &str, pass: &str, args: &[&str]| {
             run(h
@@ -429,11 +413,7 @@ actions = ["pull", "push", "delete"]
 fn password_checks_neither_stall_the_server_nor_reveal_users() {
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd_cost(dir.path(), &[("alice", "right")], 10);
-    let served = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &["--htpasswd", s(&users)],
-    );
+    let served = Served::start_free(&["--htpasswd", s(&users)]);
     let time_of = |user: &str| {
         let mut v: Vec<Duration> = (0..5)
             .map(|_| {
@@ -576,11 +556,7 @@ fn early_answers_leave_the_connection_usable() {
     // A 401 before the body is read, on a server with users.
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd(dir.path(), &[("alice", "pw")]);
-    let secured = Served::start_with(
-        tempfile::tempdir().unwrap(),
-        free_port(),
-        &["--htpasswd", s(&users)],
-    );
+    let secured = Served::start_free(&["--htpasswd", s(&users)]);
     let mut c = connect(&secured.addr);
     let request = with_body(format!(
         "POST /v2/conn/m/blobs/uploads/?digest=sha256:{} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",

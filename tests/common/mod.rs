@@ -461,8 +461,7 @@ pub struct Served {
 
 impl Served {
     pub fn start() -> Served {
-        let root = tempfile::tempdir().unwrap();
-        Self::start_on(root, free_port())
+        Self::start_free(&[])
     }
 
     pub fn start_on(root: tempfile::TempDir, port: u16) -> Served {
@@ -470,8 +469,34 @@ impl Served {
     }
 
     pub fn start_with(root: tempfile::TempDir, port: u16, extra: &[&str]) -> Served {
+        match Self::try_start(root, port, extra) {
+            Ok(served) => served,
+            Err((_, why)) => panic!("{why}"),
+        }
+    }
+
+    /// Start on a free port, and on another one if that port was taken meanwhile (tests in
+    /// one binary stop and restart servers on their own ports; a port just freed can be
+    /// handed out again).
+    pub fn start_free(extra: &[&str]) -> Served {
+        let mut root = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            match Self::try_start(root, free_port(), extra) {
+                Ok(served) => return served,
+                Err((r, _)) => root = r,
+            }
+        }
+        panic!("hoist serve did not start on any of 5 free ports");
+    }
+
+    /// Spawn `hoist serve` and wait until this very process answers `/healthz`.
+    fn try_start(
+        root: tempfile::TempDir,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Served, (tempfile::TempDir, String)> {
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(hoist_bin())
+        let mut child = Command::new(hoist_bin())
             .args(["serve", "--addr", &addr, "--root"])
             .arg(root.path())
             .args(extra)
@@ -480,14 +505,26 @@ impl Served {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "hoist serve did not start on {addr}"
-            );
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err((root, format!("hoist serve on {addr} exited: {status}")));
+            }
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                // Connected: make sure it is this process listening (not one that held
+                // the port a moment ago).
+                std::thread::sleep(Duration::from_millis(30));
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err((root, format!("hoist serve on {addr} exited: {status}")));
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err((root, format!("hoist serve did not start on {addr}")));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Served { addr, root, child }
+        Ok(Served { addr, root, child })
     }
 
     /// Stop the server, keeping its store (to restart it on the same port).
