@@ -366,3 +366,42 @@ fn verify_against_the_manifest_lists_every_differing_file() {
         assert!(line.contains(needle), "{line} lacks {needle}");
     }
 }
+
+/// `copy` within one registry mounts every blob from the source repository: no blob is
+/// downloaded or uploaded, on distribution and on `hoist serve` alike.
+#[test]
+fn copy_within_a_registry_mounts_instead_of_uploading() {
+    let h = Hoist::new();
+    // distribution
+    let reg = Registry::start();
+    let src = push_small(&h, &reg.reference("team/a:v1"));
+    let gets = reg.blob_get_count();
+    h.run(&[
+        "copy",
+        &reg.reference("team/a:v1"),
+        &reg.reference("team/b:v1"),
+    ])
+    .ok();
+    assert_eq!(
+        reg.blob_get_count(),
+        gets,
+        "a blob was downloaded to be copied"
+    );
+    let uploads_to_b = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/team/b/blobs/uploads/"))
+        .count();
+    assert_eq!(uploads_to_b, 0, "a blob was uploaded instead of mounted");
+    pull_same(&h, &reg.reference("team/b:v1"), src.path(), &[]);
+    // hoist serve: the mount links the blobs into the new repository, so they read back.
+    let served = Served::start();
+    let src = push_small(&h, &served.reference("team/a:v1"));
+    h.run(&[
+        "copy",
+        &served.reference("team/a:v1"),
+        &served.reference("team/b:v1"),
+    ])
+    .ok();
+    pull_same(&h, &served.reference("team/b:v1"), src.path(), &[]);
+}

@@ -22,6 +22,43 @@ pub enum UploadBody {
 }
 
 impl RegistryClient {
+    /// Mount a blob `from` another repository of this registry (`POST
+    /// …/blobs/uploads/?mount=D&from=R`): no byte is sent. `false` when the registry would
+    /// not (it opened an upload session instead, which is cancelled): upload it then.
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &crate::digest::Digest,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        if !crate::reference::valid_repository(from) || from == repository {
+            return Ok(false);
+        }
+        let mut url = self.api_url(repository, &["blobs", "uploads", ""])?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let req = self
+            .request(Method::POST, url)
+            .header(header::CONTENT_LENGTH, 0);
+        let resp = self
+            .send(req, repository, Action::Push, "mounting blob")
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(session) = self.location(&resp) {
+                    let cancel = self.request(Method::DELETE, session);
+                    let _ = self
+                        .send(cancel, repository, Action::Push, "cancelling upload")
+                        .await;
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Upload one blob. `chunk_size` asks for a chunked upload.
     pub async fn upload_blob(
         &self,

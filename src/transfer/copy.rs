@@ -141,6 +141,12 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
                 ..
             },
         ) => {
+            // Within one registry: mount it from the source repository, sending nothing.
+            if client.registry() == to.registry()
+                && to.mount_blob(to_repo, &desc.digest, repository).await?
+            {
+                return Ok(());
+            }
             // Registry to registry: the GET body streams straight into the PUT; the
             // destination registry checks the digest before accepting it.
             let blob = client.get_blob(repository, &desc.digest, None).await?;
