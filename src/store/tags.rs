@@ -89,7 +89,9 @@ pub(crate) fn set(
 ) -> Result<bool, StoreError> {
     let path = tag_path(store, repository, tag)?;
     let name = format!("{repository}:{tag}");
-    let existed = path.is_file() || in_index(store, &name)?;
+    // Whether it existed matters only for a removal; a tag another tool wrote into
+    // index.json alone is looked up there (a read of the whole index, so only then).
+    let existed = path.is_file() || (manifest.is_none() && in_index(store, &name)?);
     match manifest {
         Some(m) => write_file(store, repository, tag, m, true)?,
         None => match fs::remove_file(&path) {
