@@ -176,15 +176,14 @@ impl Staging {
         if !meta.is_file() || meta.len() != size {
             return false;
         }
-        if self
-            .record
-            .lock()
-            .expect("record")
-            .vouches(&self.out, rel, digest)
-        {
+        let (vouched, placed) = {
+            let record = self.record.lock().expect("record");
+            (record.vouches(&self.out, rel, digest), record.placed(rel))
+        };
+        if vouched {
             return true;
         }
-        let placed = self.record.lock().expect("record").placed(rel);
+        // Hashed without holding the record: other blobs' checks run meanwhile.
         let same = Digest::of_file(&path).is_ok_and(|d| d == *digest);
         if same && placed {
             self.record
@@ -252,7 +251,7 @@ impl Staging {
         }
         let mut undo = Undo::default();
         if let Err(e) = self.place_all(&items, &mut undo) {
-            undo.roll_back(&self.out);
+            undo.roll_back();
             return Err(e);
         }
         let mut record = std::mem::take(&mut *self.record.lock().expect("record"));
@@ -292,16 +291,16 @@ impl Staging {
                         undo.dirs(ensure_dirs(&self.out, parent)?);
                     }
                     let target = self.out.join(relative);
-                    let source = match placement {
-                        Placement::Move => from.clone(),
+                    // A hard link shares the store's inode: its mode is the store's.
+                    let (source, hard) = match placement {
+                        Placement::Move => (from.clone(), false),
                         Placement::Link(how) => {
                             let tmp = self.dir.join(format!("link-{n}"));
                             let _ = fs::remove_file(&tmp);
-                            link::place(from, &tmp, *how)?;
-                            tmp
+                            let linked = link::place(from, &tmp, *how)?;
+                            (tmp, linked == link::Linked::Hard)
                         }
                     };
-                    let hard = matches!(placement, Placement::Link(LinkMode::Hardlink));
                     if link_target.is_none() && !hard {
                         fs::set_permissions(&source, fs::Permissions::from_mode(safe_mode(*mode)))
                             .map_err(io_err(&source))?;
@@ -382,7 +381,7 @@ impl Undo {
         self.created_dirs.extend(created);
     }
 
-    fn roll_back(self, _out: &Path) {
+    fn roll_back(self) {
         for p in self.placed.iter().rev() {
             let _ = fs::remove_file(p);
         }

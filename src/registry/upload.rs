@@ -13,6 +13,14 @@ use crate::oci::Descriptor;
 /// Chunk size used when a monolithic PUT is refused as too large.
 const FALLBACK_CHUNK: u64 = 100 * 1024 * 1024;
 
+/// What a `POST …/blobs/uploads/` led to.
+enum Started {
+    /// The blob was mounted from another repository (201).
+    Mounted,
+    /// An upload session: its URL and the registry's minimum chunk size.
+    Session(Url, u64),
+}
+
 /// Where upload bytes come from.
 pub enum UploadBody {
     File(std::path::PathBuf),
@@ -34,28 +42,18 @@ impl RegistryClient {
         if !crate::reference::valid_repository(from) || from == repository {
             return Ok(false);
         }
-        let mut url = self.api_url(repository, &["blobs", "uploads", ""])?;
-        url.query_pairs_mut()
-            .append_pair("mount", digest.as_str())
-            .append_pair("from", from);
-        let req = self
-            .request(Method::POST, url)
-            .header(header::CONTENT_LENGTH, 0);
-        let resp = self
-            .send(req, repository, Action::Push, "mounting blob")
-            .await?;
-        match resp.status() {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => {
-                if let Ok(session) = self.location(&resp) {
-                    let cancel = self.request(Method::DELETE, session);
-                    let _ = self
-                        .send(cancel, repository, Action::Push, "cancelling upload")
-                        .await;
-                }
+        match self.start_upload(repository, Some((digest, from))).await {
+            Ok(Started::Mounted) => Ok(true),
+            Ok(Started::Session(session, _)) => {
+                let cancel = self.request(Method::DELETE, session);
+                let _ = self
+                    .send(cancel, repository, Action::Push, "cancelling upload")
+                    .await;
                 Ok(false)
             }
-            _ => Ok(false),
+            // Any other answer to the mount: a plain upload follows.
+            Err(RegistryError::Status { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -67,7 +65,7 @@ impl RegistryClient {
         body: UploadBody,
         chunk_size: Option<u64>,
     ) -> Result<(), RegistryError> {
-        let (location, min_chunk) = self.start_upload(repository).await?;
+        let (location, min_chunk) = self.open_session(repository).await?;
         match (chunk_size, body) {
             (Some(size), body @ (UploadBody::File(_) | UploadBody::Bytes(_))) => {
                 self.upload_chunks(repository, desc, location, &body, size.max(min_chunk))
@@ -93,7 +91,7 @@ impl RegistryClient {
                 match (resp.status(), retry_source) {
                     (s, _) if s.is_success() => Ok(()),
                     (StatusCode::PAYLOAD_TOO_LARGE, Some(source)) => {
-                        let (location, min_chunk) = self.start_upload(repository).await?;
+                        let (location, min_chunk) = self.open_session(repository).await?;
                         self.upload_chunks(
                             repository,
                             desc,
@@ -110,23 +108,46 @@ impl RegistryClient {
     }
 
     /// `POST /v2/<name>/blobs/uploads/`: the session URL and the registry's minimum chunk.
-    async fn start_upload(&self, repository: &str) -> Result<(Url, u64), RegistryError> {
-        let url = self.api_url(repository, &["blobs", "uploads", ""])?;
+    async fn open_session(&self, repository: &str) -> Result<(Url, u64), RegistryError> {
+        match self.start_upload(repository, None).await? {
+            Started::Session(url, min_chunk) => Ok((url, min_chunk)),
+            Started::Mounted => unreachable!("only a mount request answers 201"),
+        }
+    }
+
+    /// `POST /v2/<name>/blobs/uploads/`, with `?mount=D&from=R` when `mount` is given.
+    async fn start_upload(
+        &self,
+        repository: &str,
+        mount: Option<(&crate::digest::Digest, &str)>,
+    ) -> Result<Started, RegistryError> {
+        let mut url = self.api_url(repository, &["blobs", "uploads", ""])?;
+        if let Some((digest, from)) = mount {
+            url.query_pairs_mut()
+                .append_pair("mount", digest.as_str())
+                .append_pair("from", from);
+        }
         let req = self
             .request(Method::POST, url)
             .header(header::CONTENT_LENGTH, 0);
-        let resp = self
-            .send(req, repository, Action::Push, "upload start")
-            .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(self.status_error("POST", resp).await);
+        let context = if mount.is_some() {
+            "mounting blob"
+        } else {
+            "upload start"
+        };
+        let resp = self.send(req, repository, Action::Push, context).await?;
+        match resp.status() {
+            StatusCode::CREATED if mount.is_some() => Ok(Started::Mounted),
+            StatusCode::ACCEPTED => {
+                let min_chunk = resp
+                    .headers()
+                    .get("OCI-Chunk-Min-Length")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                Ok(Started::Session(self.location(&resp)?, min_chunk))
+            }
+            _ => Err(self.status_error("POST", resp).await),
         }
-        let min_chunk = resp
-            .headers()
-            .get("OCI-Chunk-Min-Length")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        Ok((self.location(&resp)?, min_chunk))
     }
 
     fn location(&self, resp: &reqwest::Response) -> Result<Url, RegistryError> {

@@ -246,11 +246,14 @@ impl Store {
         }
     }
 
+    /// The stamp written when the blob was last verified, if any (and readable).
+    fn saved_stamp(&self, digest: &Digest) -> Option<crate::materialize::record::Stamp> {
+        let bytes = read_small(&self.stamp_path(digest)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn stamp_matches(&self, digest: &Digest) -> bool {
-        let Ok(bytes) = fs::read(self.stamp_path(digest)) else {
-            return false;
-        };
-        let Ok(saved) = serde_json::from_slice::<crate::materialize::record::Stamp>(&bytes) else {
+        let Some(saved) = self.saved_stamp(digest) else {
             return false;
         };
         crate::materialize::record::Stamp::of(&self.blob_path(digest), Some(digest.clone()))
@@ -262,9 +265,7 @@ impl Store {
     /// modification time).
     pub fn restamp_after_link(&self, digest: &Digest) {
         use crate::materialize::record::Stamp;
-        let saved = fs::read(self.stamp_path(digest))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Stamp>(&b).ok());
+        let saved = self.saved_stamp(digest);
         let now = Stamp::of(&self.blob_path(digest), Some(digest.clone()));
         if let (Some(saved), Some(now)) = (saved, now) {
             if (saved.dev, saved.ino, saved.size, saved.mtime_ns)
@@ -607,6 +608,26 @@ impl Store {
 }
 
 /// Write a small file by temp name + fsync + rename, so readers never see half of it.
+/// The most a small file of the store's own (a stamp, a tag) may hold: they are a few
+/// hundred bytes, and a file on disk is read as if hostile.
+const SMALL_FILE_LIMIT: u64 = 64 << 10;
+
+/// Read a small file of the store's own whole, refusing one over [`SMALL_FILE_LIMIT`].
+pub(crate) fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(File::open(path)?, SMALL_FILE_LIMIT + 1),
+        &mut bytes,
+    )?;
+    if bytes.len() as u64 > SMALL_FILE_LIMIT {
+        return Err(io::Error::other(format!(
+            "{} is over the {SMALL_FILE_LIMIT} bytes a store file of this kind may hold",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{io_err, write_atomic, Store, StoreError};
+use super::{io_err, read_small, write_atomic, Store, StoreError};
 use crate::oci::{media, Descriptor};
 
 /// Changes (`repo:tag`, new descriptor or removal) not yet in `index.json`.
@@ -154,7 +154,7 @@ pub(crate) fn resolve(
     let Ok(path) = tag_path(store, repository, tag) else {
         return Err(not_found());
     };
-    match fs::read(&path) {
+    match read_small(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|source| StoreError::CorruptIndex { path, source }),
         // A tag another tool wrote into index.json only.
@@ -198,7 +198,7 @@ pub(crate) fn of_repository(
         if !crate::reference::valid_tag(&tag) {
             continue; // a temporary file of a write in progress
         }
-        if let Ok(bytes) = fs::read(e.path()) {
+        if let Ok(bytes) = read_small(&e.path()) {
             if let Ok(d) = serde_json::from_slice::<Descriptor>(&bytes) {
                 tags.push((tag, d));
             }
