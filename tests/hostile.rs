@@ -585,6 +585,11 @@ fn a_plan_that_cannot_be_placed_places_nothing() {
     assert_eq!(visible_entries(&out), vec!["notes.txt", "train.py"]);
 }
 
+/// The permission bits of a placed file.
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 /// Finding 11: modes were applied as given.
 #[test]
 fn modes_never_grant_group_or_world_write() {
@@ -604,11 +609,7 @@ fn modes_never_grant_group_or_world_write() {
     );
     let out = tempfile::tempdir().unwrap();
     h.run(&["pull", &reference, "-o", s(out.path())]).ok();
-    let mode = std::fs::metadata(out.path().join("run.sh"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777;
+    let mode = mode_of(&out.path().join("run.sh"));
     assert_eq!(mode, 0o755, "{mode:o}");
     // A raw layer whose file metadata asks for 0777.
     let src = tempfile::tempdir().unwrap();
@@ -622,11 +623,7 @@ fn modes_never_grant_group_or_world_write() {
     h.run(&["push", s(src.path()), &reference]).ok();
     let out = tempfile::tempdir().unwrap();
     h.run(&["pull", &reference, "-o", s(out.path())]).ok();
-    let mode = std::fs::metadata(out.path().join("tool.sh"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777;
+    let mode = mode_of(&out.path().join("tool.sh"));
     assert_eq!(mode & 0o022, 0, "{mode:o}");
 }
 

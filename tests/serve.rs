@@ -550,12 +550,7 @@ fn gc_spares_a_push_in_progress_and_removes_what_no_tag_reaches() {
 #[test]
 fn access_control_with_basic_auth_tokens_and_anonymous_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    let out = std::process::Command::new("htpasswd")
-        .args(["-Bbn", "bob", "hunter22"])
-        .output()
-        .expect("htpasswd");
-    std::fs::write(&htpasswd, out.stdout).unwrap();
+    let htpasswd = htpasswd(dir.path(), &[("bob", "hunter22")]);
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     for mode in ["basic", "token"] {
@@ -614,31 +609,8 @@ fn access_control_with_basic_auth_tokens_and_anonymous_reads() {
 #[test]
 fn tls_with_a_ca_file_or_insecure() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("ca.pem"),
-    );
-    // A CA, and a server certificate for 127.0.0.1 signed by it.
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let script = format!(
-        "set -e; cd {d}; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=hoist-test-ca -keyout ca.key -out ca.pem; \
-         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr; \
-         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem"
-    );
-    let made = run(std::process::Command::new("sh").args(["-c", &script]));
-    assert_eq!(made.code, 0, "openssl: {}", made.stderr);
-    let served = Served::start_free(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let (cert, key, ca) = tls_files(dir.path());
+    let served = Served::start_free(&["--tls-cert", &cert, "--tls-key", &key]);
     let h = Hoist::new();
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
@@ -648,7 +620,7 @@ fn tls_with_a_ca_file_or_insecure() {
         src.path().to_str().unwrap(),
         &reference,
         "--ca-file",
-        ca.to_str().unwrap(),
+        &ca,
     ])
     .ok();
     pull_same(&h, &reference, src.path(), &["--insecure"]);

@@ -16,48 +16,6 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// An htpasswd file (bcrypt) with these users.
-fn htpasswd(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
-    htpasswd_cost(dir, users, 5)
-}
-
-/// The same at a bcrypt cost (10 is what production files use: ~50 ms a check).
-fn htpasswd_cost(dir: &std::path::Path, users: &[(&str, &str)], cost: u32) -> std::path::PathBuf {
-    let path = dir.join("htpasswd");
-    let mut text = Vec::new();
-    for (u, p) in users {
-        let out = std::process::Command::new("htpasswd")
-            .args(["-Bbn", "-C", &cost.to_string(), u, p])
-            .output()
-            .expect("htpasswd (apache2-utils; scripts/setup installs it)");
-        text.extend(out.stdout.trim_ascii_end());
-        text.push(b'\n');
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A CA and a certificate for 127.0.0.1 it signed: (cert, key, ca).
-fn tls_files(dir: &std::path::Path) -> (String, String, String) {
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let script = format!(
-        "set -e; cd {}; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.pem 2>/dev/null; \
-         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr 2>/dev/null; \
-         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem 2>/dev/null",
-        dir.display()
-    );
-    assert_eq!(
-        run(std::process::Command::new("sh").args(["-c", &script])).code,
-        0
-    );
-    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    (p("cert.pem"), p("key.pem"), p("ca.pem"))
-}
-
 /// Send raw bytes on a connection and read one response: (status, headers, body).
 fn exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String, Vec<u8>) {
     stream.write_all(request).unwrap();

@@ -675,3 +675,49 @@ pub fn image_layer(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
     }
     builder.into_inner().unwrap().finish().unwrap()
 }
+
+/// An htpasswd file (bcrypt) with these users.
+pub fn htpasswd(dir: &std::path::Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    htpasswd_cost(dir, users, 5)
+}
+
+/// The same at a bcrypt cost (10 is what production files use: ~50 ms a check).
+pub fn htpasswd_cost(
+    dir: &std::path::Path,
+    users: &[(&str, &str)],
+    cost: u32,
+) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    let mut text = Vec::new();
+    for (u, p) in users {
+        let out = std::process::Command::new("htpasswd")
+            .args(["-Bbn", "-C", &cost.to_string(), u, p])
+            .output()
+            .expect("htpasswd (apache2-utils; scripts/setup installs it)");
+        text.extend(out.stdout.trim_ascii_end());
+        text.push(b'\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed: (cert, key, ca).
+pub fn tls_files(dir: &std::path::Path) -> (String, String, String) {
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; cd {}; openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.pem 2>/dev/null; \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr 2>/dev/null; \
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out cert.pem 2>/dev/null",
+        dir.display()
+    );
+    assert_eq!(
+        run(std::process::Command::new("sh").args(["-c", &script])).code,
+        0
+    );
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    (p("cert.pem"), p("key.pem"), p("ca.pem"))
+}
