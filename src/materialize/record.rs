@@ -157,7 +157,7 @@ pub fn wait_past(ctime_ns: i128) {
 }
 
 /// The kernel's coarse wall clock, the one it stamps file times with.
-pub fn coarse_now_ns() -> i128 {
+fn coarse_now_ns() -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

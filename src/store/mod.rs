@@ -271,6 +271,8 @@ impl Store {
             if (saved.dev, saved.ino, saved.size, saved.mtime_ns)
                 == (now.dev, now.ino, now.size, now.mtime_ns)
             {
+                // Past the link's clock tick (usually already so), or the stamp is racy.
+                crate::materialize::record::wait_past(now.ctime_ns);
                 self.write_stamp(digest);
             }
         }

@@ -233,8 +233,6 @@ pub async fn pull(
                 .map(|r| r.digest.clone())
                 .collect();
             tokio::task::spawn_blocking(move || {
-                // Past the clock tick of the links, so the new stamps are not racy.
-                crate::materialize::record::wait_past(crate::materialize::record::coarse_now_ns());
                 linked.iter().for_each(|d| store.restamp_after_link(d))
             })
             .await
