@@ -663,6 +663,20 @@ fn a_same_size_edit_with_the_mtime_restored_is_caught() {
     std::os::unix::fs::symlink(outside.path().join("w"), &weights).unwrap();
     h.run(&["verify", s(out.path()), &reference])
         .fails_with(VERIFICATION, "not a regular file");
+    // A folder swapped for a link to an identical copy elsewhere is not followed either.
+    let pooling = outside.path().join("1_Pooling");
+    std::fs::create_dir(&pooling).unwrap();
+    std::fs::copy(
+        out.path().join("1_Pooling/config.json"),
+        pooling.join("config.json"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(out.path().join("1_Pooling")).unwrap();
+    std::os::unix::fs::symlink(&pooling, out.path().join("1_Pooling")).unwrap();
+    h.run(&["verify", s(out.path()), &reference]).fails_with(
+        VERIFICATION,
+        "1_Pooling/config.json (a symlink is in the path",
+    );
 }
 
 /// Finding 13: a second pull into the same folder failed on the first one's lock.

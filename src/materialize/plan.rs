@@ -189,14 +189,11 @@ pub(crate) fn check_name(out: &Path, rel: &Path) -> Result<(), MaterializeError>
     Ok(())
 }
 
-/// Every parent of `rel` that exists on disk must be a real folder.
-fn check_disk_parents(out: &Path, rel: &Path) -> Result<(), MaterializeError> {
+/// Every parent of `rel` that exists on disk must be a real folder (not a symlink, not a
+/// file). Also what `verify` asks of each file it checks.
+pub(super) fn check_disk_parents(out: &Path, rel: &Path) -> Result<(), MaterializeError> {
     let mut current = out.to_path_buf();
-    let parents: Vec<_> = rel
-        .parent()
-        .map(|p| p.components().collect())
-        .unwrap_or_default();
-    for part in parents {
+    for part in rel.parent().into_iter().flat_map(Path::components) {
         current.push(part);
         if !super::is_real_folder(&current)? {
             return Ok(()); // nothing deeper exists yet

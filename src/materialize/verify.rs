@@ -113,19 +113,12 @@ pub fn check_folder(
     check
 }
 
-/// Is a parent folder of `rel` a symlink (or not a folder)?
+/// Why `rel` cannot be reached without passing a symlink or a file, if so.
 fn reached_through_link(dir: &Path, rel: &Path) -> Option<&'static str> {
-    let mut current = dir.to_path_buf();
-    for part in rel.parent()?.components() {
-        current.push(part);
-        match fs::symlink_metadata(&current) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => return Some("reached through a symlink"),
-            Ok(_) => return Some("a parent is not a folder"),
-            Err(_) => return None,
-        }
+    match super::plan::check_disk_parents(dir, rel) {
+        Err(super::MaterializeError::Blocked { why, .. }) => Some(why),
+        _ => None, // an unreadable parent shows as the file missing or unreadable
     }
-    None
 }
 
 /// Every non-folder entry below `dir` (links are listed, never followed). Depth and count

@@ -306,8 +306,7 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
             )?;
             let start = content_range_start(&headers)?;
             state.uploads.append(&id, start, body).await?;
-            state.uploads.finish(&id, &digest, &state.store).await?;
-            state.store.link(&n, LinkKind::Blob, &digest)?;
+            state.uploads.finish(&id, &digest, &state.store, &n).await?;
             Ok(blob_created(&n, &digest))
         }
         (Route::Upload(n, id), Method::GET) => {
@@ -415,8 +414,10 @@ async fn start_upload(
     if let Some(d) = param(params, "digest") {
         let digest = parse_digest(d)?;
         state.uploads.append(&id, None, body).await?;
-        state.uploads.finish(&id, &digest, &state.store).await?;
-        state.store.link(name, LinkKind::Blob, &digest)?;
+        state
+            .uploads
+            .finish(&id, &digest, &state.store, name)
+            .await?;
         return Ok(blob_created(name, &digest));
     }
     Ok(upload_status(StatusCode::ACCEPTED, name, &id, 0))

@@ -95,8 +95,15 @@ impl Uploads {
         Ok(std::fs::metadata(&path)?.len())
     }
 
-    /// Close the session: the bytes must hash to `digest`, then the blob joins the store.
-    pub async fn finish(&self, id: &str, digest: &Digest, store: &Store) -> Result<(), ApiError> {
+    /// Close the session: the bytes must hash to `digest`, then the blob joins the store and
+    /// `repository` holds it.
+    pub async fn finish(
+        &self,
+        id: &str,
+        digest: &Digest,
+        store: &Store,
+        repository: &str,
+    ) -> Result<(), ApiError> {
         let path = self.path(id)?;
         let lock = self.lock(id);
         let _guard = lock.lock().await;
@@ -115,6 +122,7 @@ impl Uploads {
         } else {
             store.commit_verified(&path, digest)?;
         }
+        store.link(repository, crate::store::LinkKind::Blob, digest)?;
         self.locks.lock().expect("uploads lock").remove(id);
         Ok(())
     }
