@@ -18,11 +18,14 @@ pub(crate) use state::trim_parts;
 pub use crate::registry::RetryPolicy;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// One of the pull's connections, held while a request runs.
+type Permit = OwnedSemaphorePermit;
 
 use super::{Event, Observer, TransferError};
 use crate::oci::Descriptor;
@@ -83,6 +86,8 @@ pub struct Fetcher {
     received: Arc<AtomicU64>,
     /// Bytes found already downloaded by an interrupted earlier run.
     resumed: AtomicU64,
+    /// Blobs waiting for their first connection: while any does, no blob takes a second.
+    starting: AtomicUsize,
     controller: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -116,6 +121,7 @@ impl Fetcher {
             observer,
             received,
             resumed: AtomicU64::new(0),
+            starting: AtomicUsize::new(0),
             controller,
         }
     }
@@ -127,6 +133,29 @@ impl Fetcher {
 
     pub(crate) fn count_received(&self, n: u64) {
         self.received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A blob's first connection, waiting in turn for one.
+    async fn first_connection(&self) -> Permit {
+        /// Counts the wait even when the download is cancelled during it.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.starting);
+        let permit = self.connections.clone().acquire_owned().await;
+        permit.expect("semaphore open")
+    }
+
+    /// Another connection for a blob that has one, if it is free now and no blob waits.
+    fn spare_connection(&self) -> Option<Permit> {
+        if self.starting.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.connections.clone().try_acquire_owned().ok()
     }
 
     /// Take one retry from the pull's total budget.
@@ -209,9 +238,10 @@ impl Fetcher {
     }
 }
 
-/// Open more connections while each step up raises the aggregate rate by more than 15%:
-/// a link that caps every connection (cloud blob storage) gets many, a local or CPU-bound
-/// one stays near the start, where extra connections only cost CPU.
+/// Open more connections while each step up raises the aggregate rate by more than 15% and
+/// the machine has idle CPU: a link that caps every connection (cloud blob storage) gets
+/// many, a local or CPU-bound one stays near the start, where extra connections only cost
+/// CPU and split blobs into interleaved ranges (slower to write, see `range`).
 async fn grow_connections(
     permits: Arc<Semaphore>,
     received: Arc<AtomicU64>,
@@ -221,8 +251,20 @@ async fn grow_connections(
     const TICK: Duration = Duration::from_millis(500);
     let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
     let mut last = received.load(Ordering::Relaxed);
+    let mut cpu = CpuTimes::read();
     while granted < max {
         tokio::time::sleep(TICK).await;
+        let now_cpu = CpuTimes::read();
+        let busy = cpu.zip(now_cpu).map(|(a, b)| b.busy_since(&a));
+        cpu = now_cpu;
+        if busy.is_some_and(|b| b > 0.85) {
+            // More connections cannot go faster than the processors; stay here.
+            tracing::debug!(
+                "CPU {:.0}% busy: staying at {granted} connections",
+                busy.unwrap_or(0.0) * 100.0
+            );
+            return;
+        }
         let now = received.load(Ordering::Relaxed);
         let rate = (now - last) as f64 / TICK.as_secs_f64();
         last = now;
@@ -249,5 +291,40 @@ async fn grow_connections(
             "{:.0} MB/s: opening up to {granted} connections",
             rate / 1e6
         );
+    }
+}
+
+/// The machine's CPU time from `/proc/stat` (all cores), to tell a CPU-bound pull from a
+/// network-bound one. `None` where it cannot be read (then only the rate decides).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn read() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal …
+        let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
+        let total: u64 = fields.iter().take(8).sum();
+        Some(CpuTimes {
+            busy: total.saturating_sub(idle),
+            total,
+        })
+    }
+
+    /// The share of CPU time spent busy between `earlier` and `self`.
+    fn busy_since(&self, earlier: &CpuTimes) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.busy.saturating_sub(earlier.busy) as f64 / total as f64
     }
 }
