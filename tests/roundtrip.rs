@@ -405,3 +405,147 @@ fn copy_within_a_registry_mounts_instead_of_uploading() {
     .ok();
     pull_same(&h, &served.reference("team/b:v1"), src.path(), &[]);
 }
+
+/// The bytes the registry accepted into `repo` through uploads (`PUT …/blobs/uploads/…`
+/// requests, with the size distribution logs for each).
+fn uploaded_to(reg: &Registry, repo: &str) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT /v2/{repo}/blobs/uploads/")))
+        .count()
+}
+
+/// `push` into another repository of the same registry mounts the files the registry holds
+/// (from `--mount-from`, or from where this machine pushed them before) and uploads only
+/// what is new; the report and the registry's own log agree.
+#[test]
+fn push_mounts_what_the_registry_already_holds() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let v1 = tempfile::tempdir().unwrap();
+    small_model(v1.path());
+    h.run(&[
+        "push",
+        v1.path().to_str().unwrap(),
+        &reg.reference("team/v1:1"),
+    ])
+    .ok();
+    // v2: the same files and one new one.
+    let v2 = tempfile::tempdir().unwrap();
+    small_model(v2.path());
+    std::fs::write(v2.path().join("extra.bin"), noise(200_000, 9)).unwrap();
+    // Remembered: this machine pushed those files to team/v1.
+    let out = h
+        .run(&[
+            "push",
+            v2.path().to_str().unwrap(),
+            &reg.reference("team/v2:1"),
+            "--json",
+        ])
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let blobs = report["blobs"].as_u64().unwrap();
+    assert_eq!(
+        report["uploaded"], 2,
+        "the new file and the config: {report}"
+    );
+    assert_eq!(report["mounted"], blobs - 2, "every other file: {report}");
+    let sent = report["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        (200_000..210_000).contains(&sent),
+        "only the new file's bytes: {report}"
+    );
+    assert_eq!(uploaded_to(&reg, "team/v2"), 2, "{}", reg.log());
+    pull_same(&h, &reg.reference("team/v2:1"), v2.path(), &[]);
+    // Another machine (empty store) names the source repository.
+    let other = Hoist::new();
+    let out = other
+        .run(&[
+            "push",
+            v2.path().to_str().unwrap(),
+            &reg.reference("team/v3:1"),
+            "--mount-from",
+            "team/v2",
+            "--json",
+        ])
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        report["mounted"], blobs,
+        "every blob, config included: {report}"
+    );
+    assert_eq!(report["uploaded"], 0, "{report}");
+    assert_eq!(uploaded_to(&reg, "team/v3"), 0);
+    pull_same(&other, &reg.reference("team/v3:1"), v2.path(), &[]);
+    // Without the hint, another empty store uploads everything (the mount is not free luck).
+    let third = Hoist::new();
+    let out = third
+        .run(&[
+            "push",
+            v2.path().to_str().unwrap(),
+            &reg.reference("team/v4:1"),
+            "--json",
+        ])
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["mounted"], 0, "{report}");
+    assert_eq!(uploaded_to(&reg, "team/v4") as u64, blobs);
+    // A name that is no repository is refused up front.
+    third
+        .run(&[
+            "push",
+            v2.path().to_str().unwrap(),
+            &reg.reference("team/v5:1"),
+            "--mount-from",
+            "../etc",
+        ])
+        .fails_with(2, "--mount-from");
+}
+
+/// Under bearer tokens a mount needs `pull` on the source repository in the same token:
+/// `copy` asks for both scopes, so the blobs are mounted, not sent again.
+#[test]
+fn mounts_under_bearer_tokens_ask_for_pull_on_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("bob", "hunter22")]);
+    let served = Served::start_free(&["--htpasswd", users.to_str().unwrap(), "--auth", "token"]);
+    let h = Hoist::new();
+    let bob = |args: &[&str]| {
+        run(h
+            .cmd()
+            .env("DOCKER_CONFIG", dir.path())
+            .env("HOIST_USERNAME", "bob")
+            .env("HOIST_PASSWORD", "hunter22")
+            .args(args))
+    };
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    bob(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &served.reference("t/a:v1"),
+    ])
+    .ok();
+    let out = bob(&[
+        "copy",
+        &served.reference("t/a:v1"),
+        &served.reference("t/b:v1"),
+    ])
+    .ok();
+    let mounted: usize = out
+        .stdout
+        .split("0 blobs copied (0 B), ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("a blob was sent, not mounted: {}", out.stdout));
+    assert!(mounted >= 3, "{}", out.stdout);
+    let o = tempfile::tempdir().unwrap();
+    bob(&[
+        "pull",
+        &served.reference("t/b:v1"),
+        "-o",
+        o.path().to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(tree(src.path(), false), tree(o.path(), false));
+}

@@ -51,6 +51,11 @@ pub struct PushArgs {
     /// Upload in chunks of this many bytes (PATCH) instead of one streaming PUT.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     chunk_size: Option<u64>,
+    /// A repository of the same registry that may already hold some of the files (e.g. the
+    /// previous version): they are mounted from it instead of uploaded (repeatable).
+    /// Repositories this machine pushed a file to before are tried too.
+    #[arg(long = "mount-from", value_name = "REPOSITORY")]
+    mount_from: Vec<String>,
     /// A manifest annotation `KEY=VALUE` (repeatable).
     #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE", value_parser = parse_annotation)]
     annotations: Vec<(String, String)>,
@@ -209,6 +214,15 @@ fn all_tags(reference: &str, extra: &[String]) -> Result<(Reference, Vec<String>
 
 async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
     let (reference, tags) = all_tags(&args.reference, &args.tags)?;
+    if let Some(bad) = args
+        .mount_from
+        .iter()
+        .find(|r| !hoist::reference::valid_repository(r))
+    {
+        return Err(Error::Usage(format!(
+            "--mount-from {bad:?} is not a repository name (e.g. team/model)"
+        )));
+    }
     let target = target(&reference, global)?;
     let timestamp = match std::env::var("SOURCE_DATE_EPOCH")
         .ok()
@@ -259,13 +273,19 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
     let push_opts = PushOptions {
         concurrency: args.concurrency,
         chunk_size: args.chunk_size,
+        mount_from: args.mount_from.clone(),
+        // Where earlier pushes went, as mount sources; a store that cannot open costs only that.
+        remember: match &target {
+            Target::Remote { .. } => store(global).ok(),
+            Target::Local { .. } => None,
+        },
     };
     let report = transfer::push(&packed, &target, &tags, &push_opts, observer(global)).await?;
     if args.json {
         print_json(&report);
     } else {
         println!(
-            "Pushed {} ({} files, {}) as {}: {} of {} blobs uploaded ({}), {} already there, in {:.1}s",
+            "Pushed {} ({} files, {}) as {}: {} of {} blobs uploaded ({}), {} mounted, {} already there, in {:.1}s",
             target.describe(),
             packed.manifest.layers.len(),
             human_bytes(packed.manifest.layers.iter().map(|l| l.size).sum()),
@@ -273,6 +293,7 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
             report.uploaded,
             report.blobs,
             human_bytes(report.uploaded_bytes),
+            report.mounted,
             report.skipped,
             started.elapsed().as_secs_f64()
         );
@@ -382,11 +403,12 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         println!("Copied {n} attached artifacts");
     }
     println!(
-        "Copied {src_ref} to {} as {}: {} blobs copied ({}), {} already there",
+        "Copied {src_ref} to {} as {}: {} blobs copied ({}), {} mounted, {} already there",
         dst.describe(),
         tags.join(", "),
         report.copied,
         human_bytes(report.copied_bytes),
+        report.mounted,
         report.skipped
     );
     println!("Digest: {}", report.digest);
@@ -598,8 +620,13 @@ async fn convert(args: ConvertArgs, global: &GlobalArgs) -> Result<(), Error> {
     .await?;
     if !global.quiet {
         eprintln!(
-            "Converted {} to {}: {} of {} blobs uploaded, {} already there",
-            args.source, args.destination, report.uploaded, report.blobs, report.skipped
+            "Converted {} to {}: {} of {} blobs uploaded, {} mounted, {} already there",
+            args.source,
+            args.destination,
+            report.uploaded,
+            report.blobs,
+            report.mounted,
+            report.skipped
         );
     }
     println!("Digest: {}", report.digest);

@@ -100,7 +100,7 @@ impl RegistryClient {
         &self,
         req: reqwest::RequestBuilder,
         repository: &str,
-        action: Action,
+        action: Action<'_>,
         context: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let request = req.build().map_err(|e| self.transport_error(&e, context))?;
@@ -136,7 +136,7 @@ impl RegistryClient {
                 registry: self.registry.clone(),
                 repository: repository.to_string(),
                 action: match action {
-                    Action::Push => "push to",
+                    Action::Push | Action::Mount { .. } => "push to",
                     Action::Pull => "read",
                 },
             }),
@@ -155,7 +155,7 @@ impl RegistryClient {
         &self,
         mut request: reqwest::Request,
         repository: &str,
-        action: Action,
+        action: Action<'_>,
         context: &str,
     ) -> Result<(reqwest::Response, bool), RegistryError> {
         let same_host = self.is_registry_url(request.url());

@@ -130,12 +130,11 @@ impl RegistryClient {
         let req = self
             .request(Method::POST, url)
             .header(header::CONTENT_LENGTH, 0);
-        let context = if mount.is_some() {
-            "mounting blob"
-        } else {
-            "upload start"
+        let (action, context) = match mount {
+            Some((_, from)) => (Action::Mount { from }, "mounting blob"),
+            None => (Action::Push, "upload start"),
         };
-        let resp = self.send(req, repository, Action::Push, context).await?;
+        let resp = self.send(req, repository, action, context).await?;
         match resp.status() {
             StatusCode::CREATED if mount.is_some() => Ok(Started::Mounted),
             StatusCode::ACCEPTED => {

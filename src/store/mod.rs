@@ -7,6 +7,7 @@
 //! concurrent `hoist` processes on one node cannot lose each other's tags.
 
 mod gc;
+mod pushed;
 mod tags;
 
 pub use gc::{GcReport, VerifyReport};

@@ -54,7 +54,22 @@ pub async fn convert(
         ConvertTo::ModelPack => packed,
         ConvertTo::Oras => as_oras(packed),
     };
-    super::push(&packed, dest, tags, &PushOptions::default(), observer).await
+    // Into the source's registry: unchanged files (raw layers keep their digests) are
+    // mounted from the source repository instead of uploaded again.
+    let mount_from = match (source, dest) {
+        (
+            Target::Remote {
+                client, repository, ..
+            },
+            Target::Remote { client: to, .. },
+        ) if client.registry() == to.registry() => vec![repository.clone()],
+        _ => Vec::new(),
+    };
+    let opts = PushOptions {
+        mount_from,
+        ..PushOptions::default()
+    };
+    super::push(&packed, dest, tags, &opts, observer).await
 }
 
 /// The same files as ORAS writes them: titled `application/vnd.oci.image.layer.v1.tar` layers

@@ -13,6 +13,8 @@ use crate::registry::UploadBody;
 pub struct CopyReport {
     pub digest: Digest,
     pub copied: usize,
+    /// Blobs mounted from the source repository (same registry) instead of copied.
+    pub mounted: usize,
     pub skipped: usize,
     pub copied_bytes: u64,
 }
@@ -30,6 +32,7 @@ pub async fn copy(
     let mut report = CopyReport {
         digest: digest.clone(),
         copied: 0,
+        mounted: 0,
         skipped: 0,
         copied_bytes: 0,
     };
@@ -97,8 +100,7 @@ async fn copy_blobs(
             let action = if dst.has_blob(&desc).await? {
                 Action::Skipped
             } else {
-                copy_blob(src, dst, &desc).await?;
-                Action::Uploaded
+                copy_blob(src, dst, &desc).await?
             };
             observer(&Event::Done {
                 name: desc
@@ -115,21 +117,25 @@ async fn copy_blobs(
         .try_collect()
         .await?;
     for (action, size) in actions {
-        if action == Action::Skipped {
-            report.skipped += 1;
-        } else {
-            report.copied += 1;
-            report.copied_bytes += size;
+        match action {
+            Action::Skipped => report.skipped += 1,
+            Action::Mounted => report.mounted += 1,
+            _ => {
+                report.copied += 1;
+                report.copied_bytes += size;
+            }
         }
     }
     Ok(())
 }
 
-async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), TransferError> {
+/// Copy one blob the destination lacks: mounted within one registry, else sent.
+async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Action, TransferError> {
     match (src, dst) {
         (Target::Local { store, .. }, _) => {
             let source = crate::pack::BlobSource::File(store.blob_path(&desc.digest));
-            dst.put_blob(desc, &source, None).await
+            dst.put_blob(desc, &source, None).await?;
+            Ok(Action::Uploaded)
         }
         (
             Target::Remote {
@@ -145,15 +151,15 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
             if client.registry() == to.registry()
                 && to.mount_blob(to_repo, &desc.digest, repository).await?
             {
-                return Ok(());
+                return Ok(Action::Mounted);
             }
             // Registry to registry: the GET body streams straight into the PUT; the
             // destination registry checks the digest before accepting it.
             let blob = client.get_blob(repository, &desc.digest, None).await?;
             let body = reqwest::Body::wrap_stream(blob.response.bytes_stream());
-            Ok(to
-                .upload_blob(to_repo, desc, UploadBody::Stream(body), None)
-                .await?)
+            to.upload_blob(to_repo, desc, UploadBody::Stream(body), None)
+                .await?;
+            Ok(Action::Uploaded)
         }
         (Target::Remote { .. }, Target::Local { store, .. }) => {
             let fetcher = super::fetch::Fetcher::new(Default::default(), super::silent());
@@ -162,7 +168,7 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<(), 
                 .unwrap_or("blob")
                 .to_string();
             super::pull::fetch_into_store(&fetcher, &src.sources(), store, desc, &name).await?;
-            Ok(())
+            Ok(Action::Downloaded)
         }
     }
 }

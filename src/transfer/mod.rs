@@ -102,6 +102,8 @@ pub enum Action {
     Skipped,
     /// Materialised from the local store without a download.
     Linked,
+    /// Mounted from another repository of the same registry: no byte sent.
+    Mounted,
 }
 
 /// Progress reports from the engines.

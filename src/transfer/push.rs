@@ -13,6 +13,13 @@ pub struct PushOptions {
     pub concurrency: usize,
     /// Upload in chunks of this size (PATCH) instead of one streaming PUT.
     pub chunk_size: Option<u64>,
+    /// Repositories of the destination registry that may hold the blobs already: a blob
+    /// the destination lacks is mounted from the first that has it, and only uploaded when
+    /// none does.
+    pub mount_from: Vec<String>,
+    /// A store that remembers which repositories each blob was pushed to, and offers those
+    /// of the destination registry as mount sources next time.
+    pub remember: Option<crate::store::Store>,
 }
 
 impl Default for PushOptions {
@@ -20,6 +27,8 @@ impl Default for PushOptions {
         PushOptions {
             concurrency: 4,
             chunk_size: None,
+            mount_from: Vec::new(),
+            remember: None,
         }
     }
 }
@@ -29,6 +38,8 @@ pub struct PushReport {
     pub digest: Digest,
     pub blobs: usize,
     pub uploaded: usize,
+    /// Blobs mounted from another repository of the registry instead of uploaded.
+    pub mounted: usize,
     pub skipped: usize,
     pub uploaded_bytes: u64,
     pub tags: Vec<String>,
@@ -53,10 +64,24 @@ pub async fn push(
                 let desc = &blob.descriptor;
                 let action = if target.has_blob(desc).await? {
                     Action::Skipped
+                } else if target
+                    .mount_from_any(desc, &mount_sources(opts, target, &desc.digest))
+                    .await?
+                {
+                    Action::Mounted
                 } else {
                     target.put_blob(desc, &blob.source, opts.chunk_size).await?;
                     Action::Uploaded
                 };
+                if let (
+                    Some(store),
+                    Target::Remote {
+                        client, repository, ..
+                    },
+                ) = (&opts.remember, target)
+                {
+                    store.remember_pushed(&desc.digest, client.registry(), repository);
+                }
                 observer(&Event::Done {
                     name: desc
                         .annotation(media::ANNOTATION_TITLE)
@@ -89,12 +114,28 @@ pub async fn push(
         .filter(|(a, _)| *a == Action::Uploaded)
         .map(|(_, s)| *s)
         .collect();
+    let count = |action: Action| actions.iter().filter(|(a, _)| *a == action).count();
     Ok(PushReport {
         digest: packed.manifest_digest.clone(),
         blobs: actions.len(),
         uploaded: uploaded.len(),
-        skipped: actions.len() - uploaded.len(),
+        mounted: count(Action::Mounted),
+        skipped: count(Action::Skipped),
         uploaded_bytes: uploaded.iter().sum(),
         tags: tags.to_vec(),
     })
+}
+
+/// Where a missing blob may be mounted from: the repositories given, then those the store
+/// remembers pushing it to on this registry.
+fn mount_sources(opts: &PushOptions, target: &Target, digest: &Digest) -> Vec<String> {
+    let mut from = opts.mount_from.clone();
+    if let (Some(store), Target::Remote { client, .. }) = (&opts.remember, target) {
+        for repo in store.pushed_to(digest, client.registry()) {
+            if !from.contains(&repo) {
+                from.push(repo);
+            }
+        }
+    }
+    from
 }

@@ -164,6 +164,27 @@ impl Target {
         }
     }
 
+    /// Mount `desc` into this repository from the first of `repositories` (of the same
+    /// registry) that holds it. `false` for a local store, or when none would.
+    pub async fn mount_from_any(
+        &self,
+        desc: &Descriptor,
+        repositories: &[String],
+    ) -> Result<bool, TransferError> {
+        let Target::Remote {
+            client, repository, ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        for from in repositories.iter().filter(|r| *r != repository) {
+            if client.mount_blob(repository, &desc.digest, from).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Store a blob whose bytes are in a local file or in memory.
     pub async fn put_blob(
         &self,

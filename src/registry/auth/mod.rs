@@ -49,19 +49,31 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// What a request needs: pull, or pull and push.
+/// What a request needs: pull, pull and push, or (a cross-repository mount) pull and push
+/// here plus pull on the repository the blob is mounted from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
+pub enum Action<'a> {
     Pull,
     Push,
+    Mount { from: &'a str },
 }
 
-impl Action {
-    fn scope(self, repository: &str) -> String {
+impl Action<'_> {
+    /// The token scopes, one per repository (sent as one `scope` parameter each).
+    fn scopes(self, repository: &str) -> Vec<String> {
         match self {
-            Action::Pull => format!("repository:{repository}:pull"),
-            Action::Push => format!("repository:{repository}:pull,push"),
+            Action::Pull => vec![format!("repository:{repository}:pull")],
+            Action::Push => vec![format!("repository:{repository}:pull,push")],
+            Action::Mount { from } => vec![
+                format!("repository:{repository}:pull,push"),
+                format!("repository:{from}:pull"),
+            ],
         }
+    }
+
+    /// The key a token for these scopes is cached under.
+    fn scope(self, repository: &str) -> String {
+        self.scopes(repository).join(" ")
     }
 }
 
@@ -101,19 +113,19 @@ impl Credentials {
         registry: &str,
         base: &reqwest::Url,
         repository: &str,
-        action: Action,
+        action: Action<'_>,
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let challenge = self.state.lock().expect("auth lock").challenge.clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.basic()),
             Some(Challenge::Bearer { realm, service }) => {
-                let scope = if repository.is_empty() {
-                    None
+                let scopes = if repository.is_empty() {
+                    Vec::new()
                 } else {
-                    Some(action.scope(repository))
+                    action.scopes(repository)
                 };
-                let key = scope.clone().unwrap_or_default();
+                let key = scopes.join(" ");
                 if let Some((token, expires)) =
                     self.state.lock().expect("auth lock").tokens.get(&key)
                 {
@@ -127,7 +139,7 @@ impl Credentials {
                     registry,
                     &realm,
                     service.as_deref(),
-                    scope.as_deref(),
+                    &scopes,
                     self.credential.as_ref(),
                     self.source.as_deref(),
                 )
@@ -150,7 +162,7 @@ impl Credentials {
         &self,
         www_authenticate: Option<&str>,
         repository: &str,
-        action: Action,
+        action: Action<'_>,
         authorized: bool,
     ) -> bool {
         let Some(challenge) = www_authenticate.and_then(Challenge::parse) else {

@@ -21,7 +21,7 @@ pub async fn fetch(
     registry: &str,
     realm: &str,
     service: Option<&str>,
-    scope: Option<&str>,
+    scopes: &[String],
     credential: Option<&Credential>,
     source: Option<&str>,
 ) -> Result<(String, Instant), RegistryError> {
@@ -42,8 +42,10 @@ pub async fn fetch(
             if let Some(s) = service {
                 form.push(("service", s));
             }
-            if let Some(s) = scope {
-                form.push(("scope", s));
+            // OAuth2 form: one space-separated `scope`.
+            let joined = scopes.join(" ");
+            if !scopes.is_empty() {
+                form.push(("scope", joined.as_str()));
             }
             http.post(url).form(&form)
         }
@@ -53,7 +55,8 @@ pub async fn fetch(
                 if let Some(s) = service {
                     q.append_pair("service", s);
                 }
-                if let Some(s) = scope {
+                // Docker's token protocol: one `scope` parameter per repository.
+                for s in scopes {
                     q.append_pair("scope", s);
                 }
             }
@@ -74,7 +77,11 @@ pub async fn fetch(
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(RegistryError::Unauthorized {
             registry: registry.to_string(),
-            repository: scope.unwrap_or("the registry").to_string(),
+            repository: if scopes.is_empty() {
+                "the registry".to_string()
+            } else {
+                scopes.join(" ")
+            },
             credential_source: source.map(str::to_string),
         });
     }

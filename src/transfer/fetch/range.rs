@@ -317,6 +317,12 @@ impl Job<'_> {
     ) -> Result<Option<usize>, Failure> {
         let from = self.bounds[run.index].0 + self.hasher.written(run.index);
         let to = self.bounds[run.end - 1].1;
+        tracing::debug!(
+            "{}: ranges {}..{} from byte {from}",
+            self.name,
+            run.index,
+            run.end
+        );
         let blob = self
             .source
             .client
