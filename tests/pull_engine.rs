@@ -305,7 +305,11 @@ fn node_cache_serves_repulls_and_hardlinks_are_read_only() {
         "a cached pull downloaded blobs: {}",
         r.stdout
     );
-    assert!(r.stdout.contains("6 from cache"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("6 from cache by hard link)"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(tree(src.path(), false), tree(b.path(), false));
     let file = std::fs::metadata(b.path().join("model.safetensors")).unwrap();
     let digest = hoist::digest::Digest::of_file(&src.path().join("model.safetensors")).unwrap();
@@ -318,16 +322,38 @@ fn node_cache_serves_repulls_and_hardlinks_are_read_only() {
     assert_eq!(file.mode() & 0o222, 0, "hard-linked files are read-only");
     // Copy mode gives independent, writable files.
     let c = tempfile::tempdir().unwrap();
-    h.run(&[
-        "pull",
-        &reference,
-        "-o",
-        c.path().to_str().unwrap(),
-        "--cache",
-        "--link-mode",
-        "copy",
-    ])
-    .ok();
+    let r = h
+        .run(&[
+            "pull",
+            &reference,
+            "-o",
+            c.path().to_str().unwrap(),
+            "--cache",
+            "--link-mode",
+            "copy",
+        ])
+        .ok();
+    assert!(r.stdout.contains("6 from cache by copy)"), "{}", r.stdout);
+    // The default (auto) says which it used: a reflink where the filesystem clones, else a copy.
+    let d = tempfile::tempdir().unwrap();
+    let r = h
+        .run(&[
+            "pull",
+            &reference,
+            "-o",
+            d.path().to_str().unwrap(),
+            "--cache",
+            "--json",
+        ])
+        .ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let by = &report["linked_by"];
+    assert_eq!(
+        by["reflink"].as_u64().unwrap() + by["copy"].as_u64().unwrap(),
+        6,
+        "{report}"
+    );
+    assert_eq!(by["hardlink"], 0);
     let copy = std::fs::metadata(c.path().join("model.safetensors")).unwrap();
     assert_ne!(copy.ino(), blob.ino());
     assert_ne!(copy.mode() & 0o200, 0);

@@ -152,8 +152,13 @@ pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
     if args.json {
         print_json(&report);
     } else {
+        let how = report
+            .linked_by
+            .describe()
+            .map(|how| format!(" by {how}"))
+            .unwrap_or_default();
         println!(
-            "Pulled {} into {}: {} files, {} ({} downloaded, {} already in place, {} from cache) in {:.1}s",
+            "Pulled {} into {}: {} files, {} ({} downloaded, {} already in place, {} from cache{how}) in {:.1}s",
             args.reference,
             args.output.display(),
             report.files,

@@ -243,17 +243,24 @@ impl Staging {
 
     /// Validate the whole plan, place everything in order, record what was placed, then
     /// remove the state folder. `overwrite`: files no earlier pull placed may be replaced.
-    pub fn commit(&self, items: &[Staged], overwrite: bool) -> Result<(), MaterializeError> {
+    pub fn commit(
+        &self,
+        items: &[Staged],
+        overwrite: bool,
+    ) -> Result<LinkCounts, MaterializeError> {
         let items = plan::apply_whiteouts(items);
         {
             let record = self.record.lock().expect("record");
             plan::validate(&self.out, &items, &record, overwrite)?;
         }
         let mut undo = Undo::default();
-        if let Err(e) = self.place_all(&items, &mut undo) {
-            undo.roll_back();
-            return Err(e);
-        }
+        let counts = match self.place_all(&items, &mut undo) {
+            Ok(counts) => counts,
+            Err(e) => {
+                undo.roll_back();
+                return Err(e);
+            }
+        };
         let mut record = std::mem::take(&mut *self.record.lock().expect("record"));
         for item in &items {
             if let Staged::File {
@@ -266,7 +273,8 @@ impl Staging {
         record.prune(&self.out);
         record.save(&self.out).map_err(io_err(&self.out))?;
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))
+        fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(counts)
     }
 
     /// The state folder.
@@ -274,7 +282,8 @@ impl Staging {
         &self.dir
     }
 
-    fn place_all(&self, items: &[Staged], undo: &mut Undo) -> Result<(), MaterializeError> {
+    fn place_all(&self, items: &[Staged], undo: &mut Undo) -> Result<LinkCounts, MaterializeError> {
+        let mut counts = LinkCounts::default();
         for (n, item) in items.iter().enumerate() {
             match item {
                 Staged::Dir { relative } => undo.dirs(ensure_dirs(&self.out, relative)?),
@@ -298,6 +307,7 @@ impl Staging {
                             let tmp = self.dir.join(format!("link-{n}"));
                             let _ = fs::remove_file(&tmp);
                             let linked = link::place(from, &tmp, *how)?;
+                            counts.add(&linked);
                             (tmp, linked == link::Linked::Hard)
                         }
                     };
@@ -315,7 +325,7 @@ impl Staging {
                 }
             }
         }
-        Ok(())
+        Ok(counts)
     }
 
     /// Give up. Unpacked trees go; downloads stay for the next run to resume, unless `wipe`
@@ -478,6 +488,48 @@ pub(crate) fn symlink_stays_inside(relative: &Path, target: &Path) -> bool {
         }
     }
     true
+}
+
+/// How the files taken from the local store were placed, so a pull can say it (a copy
+/// costs disk time and space; links and clones do not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkCounts {
+    pub hardlink: usize,
+    pub reflink: usize,
+    pub copy: usize,
+}
+
+impl LinkCounts {
+    fn add(&mut self, linked: &link::Linked) {
+        match linked {
+            link::Linked::Hard => self.hardlink += 1,
+            link::Linked::Clone => self.reflink += 1,
+            link::Linked::Copy => self.copy += 1,
+        }
+    }
+
+    /// "hard link", "reflink", "copy", or a mix such as "2 reflink, 1 copy"; `None` when
+    /// nothing came from the store.
+    pub fn describe(&self) -> Option<String> {
+        let parts: Vec<(usize, &str)> = [
+            (self.hardlink, "hard link"),
+            (self.reflink, "reflink"),
+            (self.copy, "copy"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .collect();
+        match parts.as_slice() {
+            [] => None,
+            [(_, how)] => Some(how.to_string()),
+            many => Some(
+                many.iter()
+                    .map(|(n, how)| format!("{n} {how}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

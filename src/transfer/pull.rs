@@ -91,6 +91,8 @@ pub struct PullReport {
     pub cache_misses: usize,
     /// Bytes an interrupted earlier pull had already downloaded and this one reused.
     pub resumed_bytes: u64,
+    /// How files from the local store were placed (hard link, reflink or copy).
+    pub linked_by: crate::materialize::LinkCounts,
     /// Every file placed: its path and, for single-file layers, its digest.
     pub placed: Vec<PlacedFile>,
 }
@@ -217,9 +219,10 @@ pub async fn pull(
     let committed = tokio::task::spawn_blocking(move || committing.commit(&items, overwrite))
         .await
         .expect("commit task does not panic");
-    if let Err(e) = committed {
-        return Err(give_up(staging, e.into()).await);
-    }
+    let linked_by = match committed {
+        Ok(counts) => counts,
+        Err(e) => return Err(give_up(staging, e.into()).await),
+    };
     // A hard link moves the store blob's change time; its bytes were checked just before.
     if opts.link_mode == LinkMode::Hardlink {
         let store = match (source, &opts.cache) {
@@ -254,6 +257,7 @@ pub async fn pull(
         cache_hits: count(Action::Linked),
         cache_misses: count(Action::Downloaded),
         resumed_bytes: fetcher.resumed_bytes(),
+        linked_by,
         placed: plan
             .layers
             .iter()

@@ -19,7 +19,7 @@ use crate::digest::{Digest, Hasher};
 
 /// Chunks in flight between the live connection and the hasher: bounds the memory a slow
 /// hasher can make the network hold (a few MiB), and slows that connection to its pace.
-const QUEUE: usize = 32;
+const QUEUE: usize = 8;
 
 /// What the connections and the hasher share about one range.
 #[derive(Default)]
@@ -146,7 +146,7 @@ fn read_back(
     hasher: &mut Hasher,
 ) -> std::io::Result<()> {
     if pos < to && buf.is_empty() {
-        buf.resize(4 << 20, 0);
+        buf.resize(1 << 20, 0);
     }
     while pos < to {
         let want = buf.len().min((to - pos) as usize);
