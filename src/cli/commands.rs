@@ -266,10 +266,6 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let dir = args.dir.clone();
-    let packed = tokio::task::spawn_blocking(move || hoist::pack::pack(&dir, &opts))
-        .await
-        .expect("pack task does not panic")?;
     let push_opts = PushOptions {
         concurrency: args.concurrency,
         chunk_size: args.chunk_size,
@@ -280,7 +276,15 @@ async fn push(args: PushArgs, global: &GlobalArgs) -> Result<(), Error> {
             Target::Local { .. } => None,
         },
     };
-    let report = transfer::push(&packed, &target, &tags, &push_opts, observer(global)).await?;
+    let (packed, report) = transfer::push_folder(
+        &args.dir,
+        &opts,
+        &target,
+        &tags,
+        &push_opts,
+        observer(global),
+    )
+    .await?;
     if args.json {
         print_json(&report);
     } else {

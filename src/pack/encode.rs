@@ -20,10 +20,13 @@ pub struct EncodedLayer {
     pub source: BlobSource,
 }
 
+/// Encode every file, a few at once; `on_done(i, layer)` is called from the worker thread as
+/// file `i`'s layer is ready.
 pub fn encode_all(
     files: &[ModelFile],
     opts: &PackOptions,
     scratch: Option<&Path>,
+    on_done: &(dyn Fn(usize, &EncodedLayer) + Sync),
 ) -> Result<Vec<EncodedLayer>, PackError> {
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<EncodedLayer, PackError>>>> =
@@ -40,6 +43,9 @@ pub fn encode_all(
                         tar_layer(file, format, opts, &dir.join(format!("{i}.layer")))
                     }
                 };
+                if let Ok(layer) = &result {
+                    on_done(i, layer);
+                }
                 *results[i].lock().expect("no poisoned lock") = Some(result);
             });
         }

@@ -109,6 +109,17 @@ pub struct Packed {
 
 /// Pack a model directory.
 pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
+    pack_with(dir, opts, &|_| {})
+}
+
+/// Pack a model directory, calling `on_layer` (from the packing threads) with each file's
+/// blob as soon as it is hashed, before the manifest exists: a push sends those blobs while
+/// later files are still being read.
+pub fn pack_with(
+    dir: &Path,
+    opts: &PackOptions,
+    on_layer: &(dyn Fn(&PackedBlob) + Sync),
+) -> Result<Packed, PackError> {
     let files = walk(dir, &opts.walk)?;
     if files.is_empty() {
         return Err(PackError::Empty(dir.to_path_buf()));
@@ -132,7 +143,13 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
             })?,
         ),
     };
-    let layers = encode::encode_all(&files, opts, scratch.as_ref().map(|t| t.path()))?;
+    let mtime = rfc3339(opts.timestamp.unwrap_or(0));
+    let layers = encode::encode_all(
+        &files,
+        opts,
+        scratch.as_ref().map(|t| t.path()),
+        &|i, layer| on_layer(&layer_blob(&files[i], layer, opts, &mtime)),
+    )?;
 
     let mut descriptor = ModelDescriptor {
         name: Some(opts.name.clone().unwrap_or_else(|| folder_name(dir))),
@@ -160,49 +177,15 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         config_bytes.len() as u64,
     );
 
-    let mtime = rfc3339(opts.timestamp.unwrap_or(0));
     let mut blobs = vec![PackedBlob {
         descriptor: config_desc.clone(),
         source: BlobSource::Bytes(config_bytes),
     }];
     let mut layer_descs = Vec::with_capacity(layers.len());
-    for (file, layer) in files.iter().zip(layers) {
-        let mut desc = Descriptor::new(
-            layer_media_type(file.kind, opts.layer_format),
-            layer.digest,
-            layer.size,
-        );
-        let meta = FileMetadata {
-            name: file
-                .relative
-                .rsplit('/')
-                .next()
-                .unwrap_or(&file.relative)
-                .to_string(),
-            mode: file.mode,
-            uid: 0,
-            gid: 0,
-            size: file.size,
-            mtime: mtime.clone(),
-            typeflag: b'0',
-        };
-        desc.annotations
-            .insert(media::ANNOTATION_TITLE.into(), file.relative.clone());
-        desc.annotations
-            .insert(media::ANNOTATION_FILEPATH.into(), file.relative.clone());
-        desc.annotations.insert(
-            media::ANNOTATION_FILE_METADATA.into(),
-            serde_json::to_string(&meta).expect("metadata serialises"),
-        );
-        if file.kind_untested {
-            desc.annotations
-                .insert(media::ANNOTATION_MEDIATYPE_UNTESTED.into(), "true".into());
-        }
-        layer_descs.push(desc.clone());
-        blobs.push(PackedBlob {
-            descriptor: desc,
-            source: layer.source,
-        });
+    for (file, layer) in files.iter().zip(&layers) {
+        let blob = layer_blob(file, layer, opts, &mtime);
+        layer_descs.push(blob.descriptor.clone());
+        blobs.push(blob);
     }
     let mut manifest = Manifest {
         schema_version: 2,
@@ -227,6 +210,51 @@ pub fn pack(dir: &Path, opts: &PackOptions) -> Result<Packed, PackError> {
         blobs,
         _scratch: scratch,
     })
+}
+
+/// A file's layer: its blob and the descriptor the manifest lists (title, file path and the
+/// file's metadata as annotations).
+fn layer_blob(
+    file: &ModelFile,
+    layer: &encode::EncodedLayer,
+    opts: &PackOptions,
+    mtime: &str,
+) -> PackedBlob {
+    let mut desc = Descriptor::new(
+        layer_media_type(file.kind, opts.layer_format),
+        layer.digest.clone(),
+        layer.size,
+    );
+    let meta = FileMetadata {
+        name: file
+            .relative
+            .rsplit('/')
+            .next()
+            .unwrap_or(&file.relative)
+            .to_string(),
+        mode: file.mode,
+        uid: 0,
+        gid: 0,
+        size: file.size,
+        mtime: mtime.to_string(),
+        typeflag: b'0',
+    };
+    desc.annotations
+        .insert(media::ANNOTATION_TITLE.into(), file.relative.clone());
+    desc.annotations
+        .insert(media::ANNOTATION_FILEPATH.into(), file.relative.clone());
+    desc.annotations.insert(
+        media::ANNOTATION_FILE_METADATA.into(),
+        serde_json::to_string(&meta).expect("metadata serialises"),
+    );
+    if file.kind_untested {
+        desc.annotations
+            .insert(media::ANNOTATION_MEDIATYPE_UNTESTED.into(), "true".into());
+    }
+    PackedBlob {
+        descriptor: desc,
+        source: layer.source.clone(),
+    }
 }
 
 /// Merge a partial config over the computed one, object by object (the override wins); the
@@ -307,5 +335,39 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    /// What a push starts sending early is exactly what the manifest lists, in every layer
+    /// format, and each layer is announced once, before the pack returns.
+    #[test]
+    fn layers_announced_early_are_the_manifest_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), vec![7u8; 300_000]).unwrap();
+        std::fs::write(dir.path().join("sub/tokenizer.json"), b"{\"a\":1}").unwrap();
+        for format in [LayerFormat::Raw, LayerFormat::Tar, LayerFormat::TarZstd] {
+            let opts = PackOptions {
+                layer_format: format,
+                ..Default::default()
+            };
+            let seen = std::sync::Mutex::new(Vec::new());
+            let packed = pack_with(dir.path(), &opts, &|blob| {
+                seen.lock().unwrap().push(blob.clone());
+            })
+            .unwrap();
+            let mut seen: Vec<Descriptor> = seen
+                .into_inner()
+                .unwrap()
+                .into_iter()
+                .map(|b| b.descriptor)
+                .collect();
+            seen.sort_by(|a, b| {
+                a.annotations
+                    .get(media::ANNOTATION_TITLE)
+                    .cmp(&b.annotations.get(media::ANNOTATION_TITLE))
+            });
+            assert_eq!(seen, packed.manifest.layers, "{format:?}");
+        }
     }
 }

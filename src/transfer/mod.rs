@@ -13,7 +13,7 @@ mod target;
 pub use convert::{convert, ConvertTo};
 pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
-pub use push::{push, PushOptions, PushReport};
+pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};

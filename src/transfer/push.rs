@@ -6,7 +6,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::media;
-use crate::pack::Packed;
+use crate::pack::{self, PackOptions, Packed, PackedBlob};
+use std::path::Path;
 
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -52,52 +53,112 @@ pub async fn push(
     opts: &PushOptions,
     observer: Observer,
 ) -> Result<PushReport, TransferError> {
-    observer(&Event::Start {
-        reference: target.describe(),
-        files: packed.manifest.layers.len(),
-        bytes: packed.manifest.layers.iter().map(|l| l.size).sum(),
-    });
-    let actions: Vec<(Action, u64)> = stream::iter(&packed.blobs)
-        .map(|blob| {
-            let observer = observer.clone();
-            async move {
-                let desc = &blob.descriptor;
-                let action = if target.has_blob(desc).await? {
-                    Action::Skipped
-                } else if target
-                    .mount_from_any(desc, &mount_sources(opts, target, &desc.digest))
-                    .await?
-                {
-                    Action::Mounted
-                } else {
-                    target.put_blob(desc, &blob.source, opts.chunk_size).await?;
-                    Action::Uploaded
-                };
-                if let (
-                    Some(store),
-                    Target::Remote {
-                        client, repository, ..
-                    },
-                ) = (&opts.remember, target)
-                {
-                    store.remember_pushed(&desc.digest, client.registry(), repository);
-                }
-                observer(&Event::Done {
-                    name: desc
-                        .annotation(media::ANNOTATION_TITLE)
-                        .unwrap_or("config")
-                        .to_string(),
-                    digest: desc.digest.clone(),
-                    size: desc.size,
-                    action,
-                });
-                Ok::<_, TransferError>((action, desc.size))
-            }
-        })
+    start_event(&observer, target, &packed.manifest.layers);
+    let actions: Vec<(Action, u64)> = stream::iter(packed.blobs.iter().cloned())
+        .map(|blob| push_blob(target, blob, opts, &observer))
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect()
         .await?;
+    finish(packed, target, tags, actions).await
+}
 
+/// Pack `dir` and push it, sending each file's blob as soon as it is hashed instead of
+/// after every file is: reading and hashing the later files overlaps the uploads of the
+/// earlier ones. The manifest goes last, as always, so a reader never sees a manifest whose
+/// blobs are not there.
+pub async fn push_folder(
+    dir: &Path,
+    pack_opts: &PackOptions,
+    target: &Target,
+    tags: &[String],
+    opts: &PushOptions,
+    observer: Observer,
+) -> Result<(Packed, PushReport), TransferError> {
+    // The totals for progress, from a walk of the folder (names and sizes only).
+    let (walk_dir, walk_opts) = (dir.to_path_buf(), pack_opts.walk.clone());
+    let files = tokio::task::spawn_blocking(move || pack::walk(&walk_dir, &walk_opts))
+        .await
+        .expect("walk task does not panic")?;
+    observer(&Event::Start {
+        reference: target.describe(),
+        files: files.len(),
+        bytes: files.iter().map(|f| f.size).sum(),
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PackedBlob>();
+    let (dir, pack_opts) = (dir.to_path_buf(), pack_opts.clone());
+    let packing = tokio::task::spawn_blocking(move || {
+        pack::pack_with(&dir, &pack_opts, &|blob| {
+            let _ = tx.send(blob.clone());
+        })
+    });
+    let layers = stream::poll_fn(|cx| rx.poll_recv(cx))
+        .map(|blob| push_blob(target, blob, opts, &observer))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<(Action, u64)>>();
+    let (layers, packed) = tokio::join!(layers, packing);
+    let packed = packed.expect("pack task does not panic")?;
+    let mut actions = layers?;
+    let config = packed.blobs[0].clone();
+    actions.push(push_blob(target, config, opts, &observer).await?);
+    let report = finish(&packed, target, tags, actions).await?;
+    Ok((packed, report))
+}
+
+fn start_event(observer: &Observer, target: &Target, layers: &[crate::oci::Descriptor]) {
+    observer(&Event::Start {
+        reference: target.describe(),
+        files: layers.len(),
+        bytes: layers.iter().map(|l| l.size).sum(),
+    });
+}
+
+/// Send one blob unless the destination has it, mounting it where it can.
+async fn push_blob(
+    target: &Target,
+    blob: PackedBlob,
+    opts: &PushOptions,
+    observer: &Observer,
+) -> Result<(Action, u64), TransferError> {
+    let desc = &blob.descriptor;
+    let action = if target.has_blob(desc).await? {
+        Action::Skipped
+    } else if target
+        .mount_from_any(desc, &mount_sources(opts, target, &desc.digest))
+        .await?
+    {
+        Action::Mounted
+    } else {
+        target.put_blob(desc, &blob.source, opts.chunk_size).await?;
+        Action::Uploaded
+    };
+    if let (
+        Some(store),
+        Target::Remote {
+            client, repository, ..
+        },
+    ) = (&opts.remember, target)
+    {
+        store.remember_pushed(&desc.digest, client.registry(), repository);
+    }
+    observer(&Event::Done {
+        name: desc
+            .annotation(media::ANNOTATION_TITLE)
+            .unwrap_or("config")
+            .to_string(),
+        digest: desc.digest.clone(),
+        size: desc.size,
+        action,
+    });
+    Ok((action, desc.size))
+}
+
+/// Every blob is there: the manifest, under each tag (or by digest alone).
+async fn finish(
+    packed: &Packed,
+    target: &Target,
+    tags: &[String],
+    actions: Vec<(Action, u64)>,
+) -> Result<PushReport, TransferError> {
     let media_type = packed.manifest.media_type().to_string();
     if tags.is_empty() {
         target
