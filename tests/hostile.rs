@@ -861,3 +861,50 @@ fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A 206 whose `Content-Range` starts at another byte than the one asked for is refused:
+/// its bytes never land at the wrong offset, the pull fails with a network error and
+/// nothing is placed.
+#[test]
+fn a_range_answered_from_another_offset_is_refused() {
+    let cfg = b"{}".to_vec();
+    let blob: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (cd, bd) = (Digest::of_bytes(&cfg), Digest::of_bytes(&blob));
+    let manifest = manifest_json((&cd, 2), &[(&bd, blob.len() as u64, "w.bin")]);
+    let bd_path = format!("/blobs/{bd}");
+    let fake = FakeRegistry::start(move |r: &Request| {
+        if r.path == "/v2/" {
+            return Response::new(200);
+        }
+        if r.path.contains("/manifests/v1") {
+            return Response::json(200, media::OCI_MANIFEST, manifest.clone());
+        }
+        if r.path.ends_with(&bd_path) {
+            // Whatever was asked: a range shifted by one byte.
+            let size = blob.len();
+            return Response::new(206)
+                .header("Content-Range", &format!("bytes 1-{}/{size}", size - 1))
+                .body(blob[1..].to_vec());
+        }
+        Response::json(200, "application/json", cfg.clone())
+    });
+    let h = Hoist::new();
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("o");
+    let r = h.run(&[
+        "pull",
+        &format!("{}/x:v1", fake.addr),
+        "-o",
+        out.to_str().unwrap(),
+        "--retries",
+        "2",
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.error_line().contains("answered a Range from byte")
+            && r.error_line().contains("with other bytes"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.join("w.bin").exists());
+}

@@ -236,9 +236,16 @@ impl Store {
         self.root.join("stamps").join(digest.hex())
     }
 
+    /// Stamp a blob just verified. The stamp is taken once the file clock has passed the
+    /// blob's last change (at most one tick, a few ms): a stamp taken in the same tick is
+    /// "racy", never trusted, and would cost a full re-hash at the blob's next use.
     fn write_stamp(&self, digest: &Digest) {
+        use crate::materialize::record::{wait_past, Stamp};
         let path = self.blob_path(digest);
-        if let Some(stamp) = crate::materialize::record::Stamp::of(&path, Some(digest.clone())) {
+        if let Some(before) = Stamp::of(&path, None) {
+            wait_past(before.ctime_ns);
+        }
+        if let Some(stamp) = Stamp::of(&path, Some(digest.clone())) {
             let _ = fs::create_dir_all(self.root.join("stamps"));
             let _ = write_atomic(
                 &self.stamp_path(digest),

@@ -460,7 +460,12 @@ pub(crate) async fn fetch_into_store(
     }
     let part = store.part_path(&desc.digest);
     fetcher.download(sources, desc, &part, name).await?;
-    Ok((store.commit_verified(&part, &desc.digest)?, true))
+    let (store, digest) = (store.clone(), desc.digest.clone());
+    // Off the async workers: the stamp waits for the file clock's next tick.
+    let path = tokio::task::spawn_blocking(move || store.commit_verified(&part, &digest))
+        .await
+        .expect("commit task does not panic")?;
+    Ok((path, true))
 }
 
 /// Check a store blob before its bytes are used (see [`Store::check_blob`]), off the async
