@@ -252,6 +252,11 @@ async fn grow_connections(
     let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
     let mut last = received.load(Ordering::Relaxed);
     let mut cpu = CpuTimes::read();
+    // The first half second holds the connection set-up, the manifest and the small files:
+    // its rate is low on any link and would make the first step look like it paid.
+    tokio::time::sleep(TICK).await;
+    last = received.load(Ordering::Relaxed).max(last);
+    cpu = CpuTimes::read().or(cpu);
     while granted < max {
         tokio::time::sleep(TICK).await;
         let now_cpu = CpuTimes::read();
