@@ -578,9 +578,11 @@ fn expired_tokens_are_refreshed_mid_pull() {
     let cfg = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     large_model(src.path(), 24);
+    // Fetched after the weights (files go in path order, one at a time below): each is a
+    // new request, made once the first token has expired.
     for i in 0..4 {
         std::fs::write(
-            src.path().join(format!("extra-{i}.json")),
+            src.path().join(format!("zz-extra-{i}.json")),
             format!("{{\"n\":{i}}}"),
         )
         .unwrap();
@@ -597,7 +599,9 @@ fn expired_tokens_are_refreshed_mid_pull() {
         &reg.reference("slow:v1"),
     ]))
     .ok();
-    // 4 MB/s per connection, 2 connections, 1 MiB ranges: the pull outlives several tokens.
+    // 4 MB/s per connection, 2 connections, one blob at a time: the 24 MiB of weights take
+    // about 3 s, so the pull outlives its first token. A request streams a run of ranges,
+    // so the new token is needed by the requests that start later.
     let wan = Wan::start(
         &reg.addr,
         hoist::wan::Link {
@@ -616,6 +620,8 @@ fn expired_tokens_are_refreshed_mid_pull() {
         out.path().to_str().unwrap(),
         "--max-connections",
         "2",
+        "--concurrency",
+        "1",
         "--range-size",
         "1MiB",
     ]));

@@ -191,7 +191,7 @@ impl Job<'_> {
         let first = self.claims().claim().expect("a free range");
         let permit = self.fetcher.first_connection().await;
         let mut running = FuturesUnordered::new();
-        running.push(self.connection(permit, first, true));
+        running.push(self.connection(permit, first));
         loop {
             if self.probe.get().is_some_and(|p| p.ranged) {
                 while self.claims().any_free() {
@@ -201,7 +201,7 @@ impl Job<'_> {
                     let Some(run) = self.claims().claim() else {
                         break;
                     };
-                    running.push(self.connection(spare, run, false));
+                    running.push(self.connection(spare, run));
                 }
             }
             let wait_for_spare = self.claims().any_free();
@@ -220,12 +220,10 @@ impl Job<'_> {
         &self,
         _permit: Permit,
         (index, end): (usize, usize),
-        mut is_probe: bool,
     ) -> Result<(), TransferError> {
         let mut run = Run { index, end };
         loop {
-            let next = self.fetch_run(&mut run, is_probe).await?;
-            is_probe = false;
+            let next = self.fetch_run(&mut run).await?;
             let claimed = match next {
                 Some(index) => Some((index, self.claims().run_end(index))),
                 None => self.claims().claim(),
@@ -239,22 +237,19 @@ impl Job<'_> {
 
     /// Fetch a run, retrying transient failures from the byte where it stopped. Returns the
     /// range this connection claimed next if its request did not cover it.
-    async fn fetch_run(
-        &self,
-        run: &mut Run,
-        is_probe: bool,
-    ) -> Result<Option<usize>, TransferError> {
+    async fn fetch_run(&self, run: &mut Run) -> Result<Option<usize>, TransferError> {
         let mut attempt = 1;
         loop {
+            // Where the first answer came from (a redirect's target), else the registry.
             let url = match self.probe.get() {
-                Some(probe) if !is_probe || attempt > 1 => probe.url.clone(),
-                _ => self
+                Some(probe) => probe.url.clone(),
+                None => self
                     .source
                     .client
                     .blob_url(&self.source.repository, &self.desc.digest)
                     .map_err(TransferError::from)?,
             };
-            match self.try_run(url, run, is_probe && attempt == 1).await {
+            match self.try_run(url, run).await {
                 Ok(next) => return Ok(next),
                 Err(failure) => {
                     let delay = self.after_failure(failure, attempt, Some(run.index))?;
@@ -308,13 +303,9 @@ impl Job<'_> {
         std::path::PathBuf::from(format!("part file of {}", self.name))
     }
 
-    /// One request for the rest of `run`.
-    async fn try_run(
-        &self,
-        url: Url,
-        run: &mut Run,
-        is_probe: bool,
-    ) -> Result<Option<usize>, Failure> {
+    /// One request for the rest of `run`. The blob's first answer is its probe: whether the
+    /// server honours `Range`, and the URL it finally came from.
+    async fn try_run(&self, url: Url, run: &mut Run) -> Result<Option<usize>, Failure> {
         let from = self.bounds[run.index].0 + self.hasher.written(run.index);
         let to = self.bounds[run.end - 1].1;
         tracing::debug!(
@@ -333,7 +324,8 @@ impl Job<'_> {
                 Some((from, to - 1)),
             )
             .await?;
-        if is_probe {
+        let first_answer = self.probe.get().is_none();
+        if first_answer {
             let probe = Probe {
                 ranged: blob.partial,
                 url: blob.response.url().clone(),
@@ -341,7 +333,7 @@ impl Job<'_> {
             let _ = self.probe.set(probe);
         }
         if !blob.partial {
-            if !is_probe && self.probe.get().is_some_and(|p| p.ranged) {
+            if !first_answer && self.probe.get().is_some_and(|p| p.ranged) {
                 return Err(self
                     .registry_error("the server stopped honouring Range requests".into())
                     .into());
