@@ -408,11 +408,43 @@ fn decompression_bombs_are_bounded_and_cleaned_up() {
 }
 
 /// Peak resident memory of the largest child process this test binary waited for, in bytes.
-fn children_peak_rss() -> u64 {
-    // SAFETY: getrusage fills the zeroed struct.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    u.ru_maxrss as u64 * 1024
+/// Run a hoist command and return its outcome with its own peak RSS in bytes (`wait4` on
+/// that child: other tests' processes running at the same time do not count).
+#[allow(clippy::zombie_processes)] // reaped by the wait4 below, which std cannot see
+fn run_peak(cmd: &mut std::process::Command) -> (Run, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let mut status = 0;
+    // SAFETY: waiting for our own child, with a zeroed struct for the kernel to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0, "wait4 failed");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let run = Run {
+        code,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (run, usage.ru_maxrss as u64 * 1024)
 }
 
 /// Finding 8: a config declared as 7 bytes but sent as 768 MiB, a referrers list, an error
@@ -446,13 +478,16 @@ fn bodies_are_read_up_to_a_bound() {
     });
     let h = Hoist::new();
     let started = Instant::now();
-    let inspect = h
-        .run(&["inspect", &format!("{}/x:v1", fake.addr), "--json"])
-        .ok();
+    let mut peak = 0;
+    let mut hoist = |args: &[&str]| {
+        let (run, rss) = run_peak(h.cmd().args(args));
+        peak = peak.max(rss);
+        run
+    };
+    let inspect = hoist(&["inspect", &format!("{}/x:v1", fake.addr), "--json"]).ok();
     assert!(inspect.stdout.contains("\"config\""), "{}", inspect.stdout);
-    h.run(&["discover", &format!("{}/x:v1", fake.addr)])
-        .fails_with(INVALID_CONTENT, "over the");
-    let missing = h.run(&["inspect", &format!("{}/x:missing", fake.addr)]);
+    hoist(&["discover", &format!("{}/x:v1", fake.addr)]).fails_with(INVALID_CONTENT, "over the");
+    let missing = hoist(&["inspect", &format!("{}/x:missing", fake.addr)]);
     assert_ne!(missing.code, 0);
     // The token answer: a registry asking for a token from an endless realm.
     let realm = fake.addr.clone();
@@ -462,9 +497,9 @@ fn bodies_are_read_up_to_a_bound() {
             &format!("Bearer realm=\"http://{realm}/token\",service=\"s\""),
         )
     });
-    let r = h.run(&["inspect", &format!("{}/x:v1", tokened.addr)]);
+    let r = hoist(&["inspect", &format!("{}/x:v1", tokened.addr)]);
     assert_ne!(r.code, 0);
-    let peak = children_peak_rss();
+    assert!(peak > 0, "no peak measured");
     assert!(
         peak < 256 << 20,
         "a hoist process peaked at {} MiB",
