@@ -528,3 +528,47 @@ fn early_answers_leave_the_connection_usable() {
         "the request after a 401 failed on the same connection"
     );
 }
+
+/// Clients that hang up in the middle of a blob (a pull whose other connection took over the
+/// rest of the range, a killed client) end their own connection only: the server keeps
+/// serving, and a pull that splits its ranges across connections completes.
+#[test]
+fn clients_hanging_up_mid_blob_do_not_stop_the_server() {
+    use std::io::{Read, Write};
+    let mut served = Served::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    large_model(src.path(), 48);
+    let reference = served.reference("hangup/model:v1");
+    h.run(&["push", src.path().to_str().unwrap(), &reference])
+        .ok();
+    let digest = hoist::digest::Digest::of_file(&src.path().join("model.safetensors")).unwrap();
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(&served.addr).unwrap();
+        write!(
+            s,
+            "GET /v2/hangup/model/blobs/{digest} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            served.addr
+        )
+        .unwrap();
+        let mut some = [0u8; 4096];
+        let _ = s.read(&mut some).unwrap();
+        drop(s); // mid-body: the server is still writing
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(served.alive(), "hoist serve died when clients hung up");
+    // Small ranges and many connections: runs are split, connections dropped mid-response.
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &reference,
+        "-o",
+        out.path().to_str().unwrap(),
+        "--range-size",
+        "1MiB",
+    ])
+    .ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    assert!(served.alive(), "hoist serve died during a pull");
+}

@@ -134,12 +134,11 @@ enum Command {
 }
 
 pub fn main() -> std::process::ExitCode {
-    // Die quietly when the reader of our output goes away (`hoist inspect … | head`), as
-    // command-line tools do, instead of panicking on a broken pipe.
-    // SAFETY: restoring the default disposition of a signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default). hoist is a network program: a peer that hangs
+    // up (a client of `hoist serve`, a response a pull stops reading when another connection
+    // takes over its ranges) must be an error on that socket, not the death of the process.
+    // Output piped into `head` still ends quietly, as with other command-line tools.
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let filter = if cli.global.debug {
         "hoist=debug"
@@ -165,4 +164,22 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// Printing to a stdout whose reader went away (`hoist inspect … | head`) ends the process
+/// quietly with the status a shell shows for SIGPIPE, instead of a panic message.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -460,6 +460,11 @@ pub struct Served {
 }
 
 impl Served {
+    /// The server is still running (it did not exit, nor die of a signal).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn start() -> Served {
         Self::start_free(&[])
     }
