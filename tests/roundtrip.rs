@@ -422,14 +422,7 @@ fn uploaded_to(reg: &Registry, repo: &str) -> usize {
 fn push_mounts_what_the_registry_already_holds() {
     let reg = Registry::start();
     let h = Hoist::new();
-    let v1 = tempfile::tempdir().unwrap();
-    small_model(v1.path());
-    h.run(&[
-        "push",
-        v1.path().to_str().unwrap(),
-        &reg.reference("team/v1:1"),
-    ])
-    .ok();
+    push_small(&h, &reg.reference("team/v1:1"));
     // v2: the same files and one new one.
     let v2 = tempfile::tempdir().unwrap();
     small_model(v2.path());
