@@ -120,7 +120,11 @@ impl Uploads {
         if store.blob_size(digest).is_some() {
             std::fs::remove_file(&path)?;
         } else {
-            store.commit_verified(&path, digest)?;
+            // Off the async workers: the stamp waits for the file clock's next tick.
+            let (committing, digest) = (store.clone(), digest.clone());
+            tokio::task::spawn_blocking(move || committing.commit_verified(&path, &digest))
+                .await
+                .expect("commit task does not panic")?;
         }
         store.link(repository, crate::store::LinkKind::Blob, digest)?;
         self.locks.lock().expect("uploads lock").remove(id);

@@ -181,15 +181,30 @@ impl Upstreams {
         tokio::spawn(async move {
             let ok = pump(resp.response, file, &tx, &digest_owned, size).await;
             let result = match ok {
-                Ok(()) => match store.commit_verified(&part_for_task, &digest_owned) {
-                    Ok(_) => {
-                        if let Some(cap) = me.cache_size {
-                            evict(&store, cap, &digest_owned);
+                Ok(()) => {
+                    // Off the async workers: the stamp waits for the file clock's next tick,
+                    // and eviction walks the store.
+                    let (store, part, digest, cap) = (
+                        store.clone(),
+                        part_for_task.clone(),
+                        digest_owned.clone(),
+                        me.cache_size,
+                    );
+                    let kept = tokio::task::spawn_blocking(move || {
+                        let kept = store.commit_verified(&part, &digest).is_ok();
+                        if let (true, Some(cap)) = (kept, cap) {
+                            evict(&store, cap, &digest);
                         }
+                        kept
+                    })
+                    .await
+                    .expect("commit task does not panic");
+                    if kept {
                         Progress::Done
+                    } else {
+                        Progress::Failed
                     }
-                    Err(_) => Progress::Failed,
-                },
+                }
                 Err(e) => {
                     tracing::warn!("pull-through of {digest_owned} failed: {e}");
                     let _ = std::fs::remove_file(&part_for_task);
