@@ -1,6 +1,8 @@
 //! A WAN emulator for tests and benchmarks: a loopback TCP proxy that caps each connection's
-//! bandwidth, adds latency to every request, and injects faults (resets, truncated bodies,
-//! stalls, 503 answers, registries that ignore `Range`).
+//! bandwidth and the link's as a whole (all connections together: an origin's egress, a
+//! node's NIC), adds latency to every request, and injects faults (resets, truncated
+//! bodies, stalls, 503 answers, a registry throttling with 429 for a while, registries that
+//! ignore `Range`).
 //!
 //! The kernels here have no traffic-control qdiscs (`tc` refuses netem/tbf), so this proxy is
 //! how hoist is measured against a cloud-like link. It counts what it forwards, so tests can
@@ -26,6 +28,9 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Answer `503 Service Unavailable` without contacting the upstream.
     Unavailable,
+    /// For this long after the proxy starts, answer `429 Too Many Requests` with
+    /// `Retry-After: secs` (and close) without contacting the upstream; then forward.
+    Throttle(Duration, u64),
 }
 
 /// The link's shape.
@@ -33,6 +38,8 @@ pub enum Fault {
 pub struct Link {
     /// Bytes per second per connection and direction; 0 for no cap.
     pub rate: u64,
+    /// Bytes per second towards the clients for all connections together; 0 for no cap.
+    pub link_rate: u64,
     /// Added before each request is forwarded.
     pub latency: Duration,
     pub fault: Fault,
@@ -46,6 +53,7 @@ impl Default for Link {
     fn default() -> Self {
         Link {
             rate: 0,
+            link_rate: 0,
             latency: Duration::ZERO,
             fault: Fault::None,
             faulty_connections: 0,
@@ -62,6 +70,32 @@ pub struct Stats {
     pub bytes_down: AtomicU64,
     /// Requests that carried `Authorization: Basic` (a password) to the upstream.
     pub basic_auth_requests: AtomicUsize,
+    /// Connections answered 429 by a `Throttle` fault.
+    pub throttled: AtomicUsize,
+}
+
+/// The link's shared cap: every chunk sent on any connection books its transmission time on
+/// one clock, first come first served, so N busy connections get 1/N of the link each (a
+/// FIFO queue, as a NIC's is). An idle link earns no credit for later bursts.
+struct LinkPacer {
+    rate: u64,
+    next_free: std::sync::Mutex<Instant>,
+}
+
+impl LinkPacer {
+    async fn send(&self, bytes: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        let done = {
+            let mut next = self.next_free.lock().expect("pacer lock");
+            let start = (*next).max(Instant::now());
+            *next = start + cost;
+            *next
+        };
+        tokio::time::sleep_until(done.into()).await;
+    }
 }
 
 /// A running proxy; it stops when dropped.
@@ -83,19 +117,24 @@ impl Proxy {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
+        let pacer = Arc::new(LinkPacer {
+            rate: link.link_rate,
+            next_free: std::sync::Mutex::new(Instant::now()),
+        });
         let link = Arc::new(link);
         let task_stats = stats.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let n = task_stats.connections.fetch_add(1, Ordering::Relaxed);
-                let fault = if n < link.faulty_connections {
-                    link.fault
-                } else {
-                    Fault::None
+                let fault = match link.fault {
+                    Fault::Throttle(window, _) if started.elapsed() >= window => Fault::None,
+                    fault if n < link.faulty_connections => fault,
+                    _ => Fault::None,
                 };
-                let (link, stats) = (link.clone(), task_stats.clone());
+                let (link, stats, pacer) = (link.clone(), task_stats.clone(), pacer.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, upstream, &link, fault, &stats).await;
+                    let _ = serve(client, upstream, &link, fault, &stats, &pacer).await;
                 });
             }
         });
@@ -113,14 +152,23 @@ async fn serve(
     link: &Link,
     fault: Fault,
     stats: &Stats,
+    pacer: &LinkPacer,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
-    if fault == Fault::Unavailable {
+    let refusal = match fault {
+        Fault::Unavailable => Some("503 Service Unavailable\r\n".to_string()),
+        Fault::Throttle(_, retry_after) => {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            Some(format!("429 Too Many Requests\r\nRetry-After: {retry_after}\r\n"))
+        }
+        _ => None,
+    };
+    if let Some(status) = refusal {
         let mut buf = [0u8; 4096];
         let _ = client.read(&mut buf).await?;
-        client
-            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
+        let answer =
+            format!("HTTP/1.1 {status}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        client.write_all(answer.as_bytes()).await?;
         return client.shutdown().await;
     }
     if matches!(fault, Fault::ResetAfter(_)) {
@@ -171,6 +219,7 @@ async fn serve(
                 chunk = &chunk[..(at - sent) as usize];
             }
             pace(link.rate, sent + chunk.len() as u64, started).await;
+            pacer.send(chunk.len()).await;
             client_tx.write_all(chunk).await?;
             sent += chunk.len() as u64;
             stats
@@ -234,7 +283,8 @@ fn hide_range(buf: &mut [u8]) {
     }
 }
 
-/// Parse `reset:N`, `truncate:N`, `stall:N:SECS`, `503` (N in bytes).
+/// Parse `reset:N`, `truncate:N`, `stall:N:SECS`, `503`, `throttle:SECS:RETRY_AFTER` (N in
+/// bytes).
 pub fn parse_fault(s: &str) -> Result<Fault, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let num = |i: usize| {
@@ -249,9 +299,10 @@ pub fn parse_fault(s: &str) -> Result<Fault, String> {
         "truncate" => Fault::TruncateAfter(num(1)?),
         "stall" => Fault::StallAfter(num(1)?, Duration::from_secs(num(2)?)),
         "503" => Fault::Unavailable,
+        "throttle" => Fault::Throttle(Duration::from_secs(num(1)?), num(2)?),
         _ => {
             return Err(format!(
-                "unknown fault {s:?}: use reset:N, truncate:N, stall:N:SECS or 503"
+                "unknown fault {s:?}: use reset:N, truncate:N, stall:N:SECS, 503 or throttle:SECS:RETRY_AFTER"
             ))
         }
     })

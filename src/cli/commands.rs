@@ -7,8 +7,8 @@ use hoist::materialize::verify::{check_folder, Expected, FolderCheck};
 use hoist::oci::{LayerFormat, LayerPlan, ManifestKind};
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
-use hoist::registry::mirrors::MirrorConfig;
-use hoist::registry::RegistryClient;
+use hoist::registry::mirrors::{replica_hosts, Mirror, MirrorConfig};
+use hoist::registry::{RegistryClient, TransportOptions, MIRROR_CONNECT};
 use hoist::store::Store;
 use hoist::transfer::{self, PushOptions, Target};
 use hoist::Error;
@@ -175,28 +175,43 @@ pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Targe
         Some(registry) => {
             let opts = transport(global);
             let client = RegistryClient::new(registry, &opts, credentials(registry, global)?)?;
-            let mut hosts: Vec<String> = global.mirror.clone();
-            if let Some(path) = &global.mirrors_config {
-                let config = MirrorConfig::load(path).map_err(Error::Usage)?;
-                hosts.extend(config.mirrors_for(registry).iter().cloned());
-            }
-            let mirrors = hosts
-                .iter()
-                .map(|host| {
-                    Ok(RegistryClient::new(
-                        host,
-                        &opts,
-                        credentials(host, global)?,
-                    )?)
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
             Ok(Target::Remote {
                 client,
                 repository,
-                mirrors,
+                mirrors: mirrors(registry, global)?,
             })
         }
     }
+}
+
+/// The mirrors of `registry` (`--mirror` first, then the mirrors file), each host a client
+/// that fails fast: the registry itself is behind them.
+pub(super) fn mirrors(registry: &str, global: &GlobalArgs) -> Result<Vec<Mirror>, Error> {
+    let mut specs: Vec<String> = global.mirror.clone();
+    if let Some(path) = &global.mirrors_config {
+        let config = MirrorConfig::load(path).map_err(Error::Usage)?;
+        specs.extend(config.mirrors_for(registry).iter().cloned());
+    }
+    let opts = TransportOptions {
+        connect_timeout: Some(MIRROR_CONNECT),
+        ..transport(global)
+    };
+    specs
+        .iter()
+        .map(|spec| {
+            let replicas = replica_hosts(spec)
+                .into_iter()
+                .map(|host| {
+                    let creds = credentials(host, global)?;
+                    Ok(RegistryClient::new(host, &opts, creds)?.fail_fast())
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            if replicas.is_empty() {
+                return Err(Error::Usage(format!("mirror {spec:?} names no host")));
+            }
+            Ok(Mirror::new(replicas))
+        })
+        .collect()
 }
 
 fn all_tags(reference: &str, extra: &[String]) -> Result<(Reference, Vec<String>), Error> {

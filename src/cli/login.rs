@@ -54,6 +54,7 @@ pub(super) fn transport(global: &GlobalArgs) -> TransportOptions {
         insecure: global.insecure,
         ca_file: global.ca_file.clone(),
         max_connections: 16,
+        connect_timeout: None,
     }
 }
 

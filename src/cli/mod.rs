@@ -69,8 +69,10 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     registry_config: Option<PathBuf>,
-    /// A mirror of the registry to try first for reads (repeatable, in order).
-    #[arg(long, global = true, value_name = "HOST[:PORT]")]
+    /// A mirror of the registry to try first for reads (repeatable, in order). Replicas of
+    /// one cache are joined by commas (`cache-0:5000,cache-1:5000`): each blob is read from
+    /// the replica its digest maps to. A mirror that cannot be reached is skipped at once.
+    #[arg(long, global = true, value_name = "HOST[:PORT][,HOST[:PORT]...]")]
     mirror: Vec<String>,
     /// TOML file mapping registries to mirrors (`[registries."host"] mirrors = [...]`).
     #[arg(long, global = true, env = "HOIST_MIRRORS_CONFIG", value_name = "FILE")]

@@ -9,7 +9,7 @@ use hoist::registry::RegistryClient;
 use hoist::store::Store;
 use hoist::Error;
 
-use super::commands::{parse_size, store};
+use super::commands::{mirrors, parse_size, store};
 use super::login::{credentials, transport};
 use super::output::human_bytes;
 use super::GlobalArgs;
@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
     #[arg(long, value_name = "[NS=]HOST")]
     upstream: Vec<String>,
+    /// Seconds an upstream may send nothing before its blob fetch moves on to the next
+    /// source (`--mirror`s of the upstream, then the upstream itself).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    stall_timeout: u64,
     /// Seconds a manifest fetched by tag is served before it is checked upstream again.
     #[arg(long, default_value_t = 60)]
     manifest_ttl: u64,
@@ -87,15 +91,24 @@ pub struct WanProxyArgs {
     /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
     #[arg(long, default_value = "0", value_parser = parse_size)]
     rate: u64,
+    /// Bandwidth cap of the whole link towards the clients, shared by all connections
+    /// (an origin's egress, a node's NIC), e.g. 100MB (0: none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    link_rate: u64,
     /// Added before each request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503.
+    /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503, or
+    /// throttle:SECS:RETRY_AFTER (429 for the first SECS after the start).
     #[arg(long, default_value = "none", value_parser = hoist::wan::parse_fault)]
     fault: hoist::wan::Fault,
-    /// How many connections get the fault.
-    #[arg(long, default_value_t = usize::MAX)]
+    /// How many connections get the fault (default: all).
+    #[arg(long, hide_default_value = true, default_value_t = usize::MAX)]
     faulty: usize,
+    /// Write what the link carried as JSON to this file (`bytes_down`, `connections`,
+    /// `throttled`) every half second and when stopped.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
     /// Hide Range headers from the upstream (a registry without range support).
     #[arg(long)]
     strip_range: bool,
@@ -104,6 +117,7 @@ pub struct WanProxyArgs {
 pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
     let link = hoist::wan::Link {
         rate: args.rate,
+        link_rate: args.link_rate,
         latency: std::time::Duration::from_millis(args.latency_ms),
         fault: args.fault,
         faulty_connections: args.faulty,
@@ -114,8 +128,34 @@ pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     // The first line says where to connect, so scripts can start it on port 0.
     println!("{}", proxy.addr);
-    tokio::signal::ctrl_c().await.ok();
-    Ok(())
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => write_stats(args.stats.as_deref(), &proxy.stats)?,
+        }
+    }
+    write_stats(args.stats.as_deref(), &proxy.stats)
+}
+
+/// The proxy's counters as JSON, replaced atomically (a reader never sees half a file).
+fn write_stats(path: Option<&std::path::Path>, stats: &hoist::wan::Stats) -> Result<(), Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let json = serde_json::json!({
+        "bytes_down": stats.bytes_down.load(Relaxed),
+        "connections": stats.connections.load(Relaxed),
+        "throttled": stats.throttled.load(Relaxed),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::Usage(format!("cannot write --stats {}: {e}", path.display())))
 }
 
 pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
@@ -132,7 +172,8 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
             None => (None, spec.as_str()),
         };
         let host = auth::config::normalize(host);
-        let client = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
+        let origin = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
+        let client = hoist::serve::Upstream::new(origin, mirrors(&host, global)?);
         match ns {
             Some(ns) => {
                 by_namespace.insert(ns, client);
@@ -140,12 +181,13 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
             None => default = Some(client),
         }
     }
-    let upstreams = hoist::serve::Upstreams::new(
+    let mut upstreams = hoist::serve::Upstreams::new(
         default,
         by_namespace,
         std::time::Duration::from_secs(args.manifest_ttl),
         args.cache_size,
     );
+    upstreams.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
     let access = match &args.htpasswd {
         Some(path) => {
             let mode = if args.auth == "token" {

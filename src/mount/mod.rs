@@ -152,7 +152,9 @@ pub async fn mount(
     let order = prefetch::loader_order(&blobs, &kinds);
     let scheduler = Arc::new(Scheduler::new(
         blobs,
-        target.sources(),
+        // One order for the whole mount (it fetches pieces of every file at once): the
+        // manifest's home replica first.
+        target.sources(resolved.manifest_digest.as_str()),
         Some(opts.cache.clone()),
         stats,
         opts.scheduler.clone(),

@@ -18,6 +18,9 @@ pub struct RegistryClient {
     /// The name users know (`docker.io`, `localhost:5000`), for messages.
     pub(crate) registry: String,
     pub(crate) credentials: std::sync::Arc<Credentials>,
+    /// A mirror with another source behind it: an unreachable host is left at once and
+    /// other failures get one retry (see `RetryPolicy::attempts_for`).
+    pub(crate) fail_fast: bool,
 }
 
 /// A blob download in progress.
@@ -45,7 +48,18 @@ impl RegistryClient {
             base,
             registry: registry.to_string(),
             credentials: std::sync::Arc::new(credentials),
+            fail_fast: false,
         })
+    }
+
+    /// This client as a mirror: failures send the caller to its next source quickly.
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
+    }
+
+    pub fn is_fail_fast(&self) -> bool {
+        self.fail_fast
     }
 
     pub fn registry(&self) -> &str {
@@ -394,7 +408,7 @@ impl RegistryClient {
                 retry_after: resp
                     .headers()
                     .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse().ok()),
+                    .and_then(|v| super::retry::parse_retry_after(v.to_str().ok()?)),
             }),
             _ => Err(self.status_error("GET", resp).await),
         }

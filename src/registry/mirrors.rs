@@ -8,9 +8,64 @@
 //! [registries."registry.example.com"]
 //! mirrors = ["127.0.0.1:5001", "mirror.internal:5000"]
 //! ```
+//!
+//! A mirror may be several replicas of one cache, written `a:5000,b:5000` (the pods of a
+//! StatefulSet). Each blob then has one home among them, chosen by rendezvous hashing of its
+//! digest: every node picks the same replica for the same blob without talking to the others,
+//! so the replicas together fetch each blob from the origin once, not once each (a Service
+//! in front of them would spread requests at random and multiply the origin's egress by the
+//! replica count). When a replica is lost, only its blobs move, each to its next replica in
+//! the same order.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use super::RegistryClient;
+
+/// One mirror: a host, or the replicas of one cache that share its blobs by digest.
+#[derive(Clone)]
+pub struct Mirror {
+    replicas: Vec<RegistryClient>,
+}
+
+impl Mirror {
+    pub fn new(replicas: Vec<RegistryClient>) -> Mirror {
+        assert!(!replicas.is_empty(), "a mirror has at least one host");
+        Mirror { replicas }
+    }
+
+    /// The replicas in the order to try for `key` (a digest or a reference): its home first.
+    pub fn order_for(&self, key: &str) -> Vec<&RegistryClient> {
+        let mut ranked: Vec<(_, &RegistryClient)> = self
+            .replicas
+            .iter()
+            .map(|r| (rendezvous_weight(r.registry(), key), r))
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// The hosts of a mirror spec: `a:5000` or `a:5000,b:5000` (replicas).
+pub fn replica_hosts(spec: &str) -> Vec<&str> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// Highest-random-weight hashing: the replica with the largest hash of (replica, key) is the
+/// key's home. SHA-256 rather than the std hasher, whose seeds differ between processes.
+fn rendezvous_weight(replica: &str, key: &str) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(replica.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    let out = h.finalize();
+    out[..8].try_into().expect("8 bytes")
+}
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct MirrorConfig {
@@ -37,6 +92,59 @@ impl MirrorConfig {
             .get(registry)
             .map_or(&[], |r| r.mirrors.as_slice())
     }
+}
+
+#[cfg(test)]
+fn group(hosts: &[&str]) -> Mirror {
+    let opts = super::TransportOptions::default();
+    Mirror::new(
+        hosts
+            .iter()
+            .map(|h| RegistryClient::new(h, &opts, super::Credentials::anonymous()).unwrap())
+            .collect(),
+    )
+}
+
+#[test]
+fn every_blob_has_one_home_and_homes_are_spread() {
+    let hosts = ["cache-0:5000", "cache-1:5000", "cache-2:5000"];
+    let m = group(&hosts);
+    let mut homes = std::collections::HashMap::new();
+    for i in 0..300 {
+        let key = format!("sha256:{i:064x}");
+        let order: Vec<&str> = m.order_for(&key).iter().map(|c| c.registry()).collect();
+        assert_eq!(order.len(), 3);
+        // Another process (another node) with the replicas listed in another order agrees.
+        let again = group(&[hosts[2], hosts[0], hosts[1]]);
+        assert_eq!(again.order_for(&key)[0].registry(), order[0]);
+        *homes.entry(order[0].to_string()).or_insert(0) += 1;
+    }
+    for h in hosts {
+        let n = homes[h];
+        assert!((60..=140).contains(&n), "{h} is home to {n} of 300");
+    }
+}
+
+#[test]
+fn losing_a_replica_moves_only_its_blobs() {
+    let all = group(&["cache-0:5000", "cache-1:5000", "cache-2:5000"]);
+    let two = group(&["cache-0:5000", "cache-2:5000"]);
+    for i in 0..200 {
+        let key = format!("sha256:{i:064x}");
+        let home = all.order_for(&key)[0].registry().to_string();
+        let after = two.order_for(&key)[0].registry().to_string();
+        if home != "cache-1:5000" {
+            assert_eq!(home, after, "a blob of a surviving replica moved");
+        } else {
+            assert_eq!(all.order_for(&key)[1].registry(), after, "not its next replica");
+        }
+    }
+}
+
+#[test]
+fn replica_specs_split_on_commas() {
+    assert_eq!(replica_hosts("a:1, b:2,"), ["a:1", "b:2"]);
+    assert_eq!(replica_hosts("a:1"), ["a:1"]);
 }
 
 #[test]

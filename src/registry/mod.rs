@@ -16,6 +16,6 @@ pub use auth::{Credential, Credentials};
 pub use client::{BlobResponse, RegistryClient};
 pub(crate) use error::chain as error_chain;
 pub use error::RegistryError;
-pub use retry::RetryPolicy;
-pub use transport::TransportOptions;
+pub use retry::{parse_retry_after, RetryPolicy, MAX_RETRY_AFTER};
+pub use transport::{TransportOptions, MIRROR_CONNECT};
 pub use upload::UploadBody;

@@ -3,6 +3,24 @@
 
 use std::time::Duration;
 
+/// The longest `Retry-After` honoured, in seconds: a registry asking for more is waited on
+/// this long and asked again.
+pub const MAX_RETRY_AFTER: u64 = 60;
+
+/// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3), as seconds
+/// from now. A date in the past means now.
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs);
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts per range (the first try included).
@@ -27,16 +45,30 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Wait before attempt `n` (1-based retry count): base·2ⁿ⁻¹ capped, times a jitter in
     /// [0.5, 1.5) so that many connections failing together do not retry together. A
-    /// server's `Retry-After` wins when it asks for longer.
+    /// server's `Retry-After` is a floor, and the jitter is added on top of it: every node
+    /// a throttling registry answered at once would otherwise come back in the same second.
     pub fn delay(&self, retry: u32, retry_after: Option<u64>) -> Duration {
         let exp = self
             .base
             .saturating_mul(1 << retry.saturating_sub(1).min(16));
         let capped = exp.min(self.max);
-        let jittered = capped.mul_f64(0.5 + jitter());
         match retry_after {
-            Some(secs) => jittered.max(Duration::from_secs(secs.min(60))),
-            None => jittered,
+            Some(secs) => {
+                Duration::from_secs(secs.min(MAX_RETRY_AFTER)) + capped.mul_f64(0.5 + jitter())
+            }
+            None => capped.mul_f64(0.5 + jitter()),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Attempts against one source: a mirror with another source behind it gets two, so a
+    /// dead cache tier costs one short backoff, not the whole schedule.
+    pub fn attempts_for(&self, fail_fast: bool) -> u32 {
+        if fail_fast {
+            self.attempts.min(2)
+        } else {
+            self.attempts
         }
     }
 }
@@ -55,7 +87,9 @@ impl super::RegistryClient {
         let mut attempt = 1;
         loop {
             match request().await {
-                Err(e) if e.is_transient() && attempt < policy.attempts => {
+                // A mirror that cannot be reached is left at once: the next source is there.
+                Err(e @ super::RegistryError::Connect { .. }) if self.fail_fast => return Err(e),
+                Err(e) if e.is_transient() && attempt < policy.attempts_for(self.fail_fast) => {
                     let retry_after = match &e {
                         super::RegistryError::Throttled { retry_after, .. } => *retry_after,
                         _ => None,
@@ -97,5 +131,31 @@ mod tests {
             assert!(d10 >= Duration::from_secs(5) && d10 < Duration::from_secs(15));
             assert!(p.delay(1, Some(3)) >= Duration::from_secs(3));
         }
+    }
+
+    #[test]
+    fn clients_told_to_wait_the_same_time_do_not_come_back_together() {
+        let p = RetryPolicy::default();
+        let delays: Vec<Duration> = (0..64).map(|_| p.delay(1, Some(2))).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_secs(2)));
+        assert!(delays.iter().all(|d| *d < Duration::from_secs(3)));
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        // Spread over at least a tenth of a second (the window is 100–300 ms wide).
+        assert!(*max - *min >= Duration::from_millis(100), "{min:?}..{max:?}");
+        assert_eq!(
+            p.delay(1, Some(3600)).as_secs(),
+            MAX_RETRY_AFTER,
+            "an hour is capped"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(parse_retry_after(" 7 "), Some(7));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let secs = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!((28..=30).contains(&secs), "{secs}");
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -16,7 +16,13 @@ pub struct TransportOptions {
     pub ca_file: Option<PathBuf>,
     /// Idle connections kept per host; bulk transfers use one connection each.
     pub max_connections: usize,
+    /// How long a TCP (and TLS) connect may take; `None`: 15 s. Mirrors in the cluster
+    /// answer in milliseconds or not at all, so they get a short one (`MIRROR_CONNECT`).
+    pub connect_timeout: Option<Duration>,
 }
+
+/// The connect timeout of a mirror with another source behind it.
+pub const MIRROR_CONNECT: Duration = Duration::from_secs(2);
 
 impl TransportOptions {
     pub fn scheme_for(&self, host: &str) -> &'static str {
@@ -35,7 +41,7 @@ impl TransportOptions {
     pub(crate) fn build_client(&self) -> Result<reqwest::Client, RegistryError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
+            .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(15)))
             .read_timeout(Duration::from_secs(120))
             .tcp_nodelay(true)
             // A resolver of our own (reads /etc/resolv.conf and /etc/hosts), so a static

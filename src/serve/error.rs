@@ -8,6 +8,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds a client should wait (`Retry-After`), for 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -16,6 +18,18 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// The upstream is throttling: the client is asked to wait as long as it was asked.
+    pub fn throttled(retry_after: Option<u64>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.unwrap_or(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "the upstream registry is throttling requests; retry later",
+            )
         }
     }
     pub fn blob_unknown(digest: &str) -> Self {
@@ -67,12 +81,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"errors": [{"code": self.code, "message": self.message}]});
-        (
+        let mut resp = (
             self.status,
             [("Content-Type", "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("Retry-After", secs.to_string().parse().expect("a number"));
+        }
+        resp
     }
 }
 

@@ -32,7 +32,7 @@ use crate::store::Store;
 
 pub use access::{Access, Mode as AccessMode};
 pub use conn::ConnLimits;
-pub use upstream::Upstreams;
+pub use upstream::{Upstream, Upstreams};
 
 /// What the server needs to run.
 pub struct ServeOptions {

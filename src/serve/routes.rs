@@ -503,6 +503,9 @@ async fn get_manifest(
                 Err(crate::registry::RegistryError::NotFound { .. }) => {
                     return Err(ApiError::manifest_unknown(reference))
                 }
+                Err(crate::registry::RegistryError::Throttled { retry_after, .. }) => {
+                    return Err(ApiError::throttled(retry_after))
+                }
                 Err(e) => {
                     return Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
@@ -700,8 +703,8 @@ async fn get_blob(
     let mut held = state.store.is_linked(name, LinkKind::Blob, &digest)
         || state.store.is_linked(name, LinkKind::Manifest, &digest);
     if !held && state.store.blob_size(&digest).is_some() {
-        if let Some(client) = upstream {
-            if matches!(client.blob_exists(name, &digest).await, Ok(Some(_))) {
+        if let Some(upstream) = upstream {
+            if upstream.blob_exists(name, &digest).await.is_some() {
                 state.store.link(name, LinkKind::Blob, &digest)?;
                 held = true;
             }

@@ -2,6 +2,12 @@
 //! client that asks meanwhile and into the store at the same time, and verified before it
 //! joins the store. Manifests by tag are revalidated after a TTL (and served stale if the
 //! upstream is down); by digest they are immutable and cached for good.
+//!
+//! An upstream may have mirrors in front of it (a node cache reads through the cluster
+//! cache, which reads from the origin). They are tried in order; one that cannot be reached,
+//! stalls or breaks mid-blob is left for the next, and a blob fetch that broke resumes at
+//! the byte it reached (`Range`) rather than starting again. A 429 from the upstream is
+//! passed on with its `Retry-After`, so the clients wait instead of hammering.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,17 +21,95 @@ use tokio::sync::watch;
 use super::ApiError;
 use crate::digest::{Digest, Hasher};
 use crate::oci::Descriptor;
+use crate::registry::mirrors::Mirror;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::store::Store;
+
+/// One upstream registry and the mirrors to read it through first.
+#[derive(Clone)]
+pub struct Upstream {
+    pub origin: RegistryClient,
+    /// Their clients fail fast (`RegistryClient::fail_fast`): the origin is behind them.
+    pub mirrors: Vec<Mirror>,
+}
+
+impl Upstream {
+    pub fn new(origin: RegistryClient, mirrors: Vec<Mirror>) -> Upstream {
+        Upstream { origin, mirrors }
+    }
+
+    /// Where `key` (a digest or reference) is read from, in order: each mirror's replicas,
+    /// the key's home first, then the origin.
+    fn sources(&self, key: &str) -> Vec<&RegistryClient> {
+        self.mirrors
+            .iter()
+            .flat_map(|m| m.order_for(key))
+            .chain(std::iter::once(&self.origin))
+            .collect()
+    }
+
+    /// Does `name` hold `digest` upstream? The first source that answers decides.
+    pub async fn blob_exists(&self, name: &str, digest: &Digest) -> Option<u64> {
+        for source in self.sources(digest.as_str()) {
+            match source.blob_exists(name, digest).await {
+                Ok(found) => return found,
+                Err(e) => tracing::debug!("{}: {e}; asking the next source", source.registry()),
+            }
+        }
+        None
+    }
+
+    /// Open `digest` (its `range`, or whole), trying the sources from `start`. Returns the
+    /// response, whether it is the range (206) or the whole blob (200), and the source's
+    /// index.
+    async fn open_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        start: usize,
+        stall: Duration,
+    ) -> Result<(reqwest::Response, bool, usize), RegistryError> {
+        let sources = self.sources(digest.as_str());
+        let mut last = None;
+        for (i, source) in sources.iter().enumerate().skip(start) {
+            let opened = tokio::time::timeout(stall, source.get_blob(name, digest, range))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RegistryError::Transfer {
+                        registry: source.registry().to_string(),
+                        context: format!("blob {digest}"),
+                        detail: format!("no answer for {stall:?} (stalled)"),
+                    })
+                });
+            match opened {
+                Ok(blob) => return Ok((blob.response, blob.partial, i)),
+                // Throttling is passed on to the client, not escaped by asking the origin.
+                Err(e @ RegistryError::Throttled { .. }) => return Err(e),
+                Err(e) if i + 1 < sources.len() => {
+                    tracing::warn!(
+                        "pull-through of {digest}: {} failed ({e}); trying the next source",
+                        source.registry()
+                    );
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("the origin is always a source"))
+    }
+}
 
 /// Upstream registries: a default one and ones chosen by the `ns` query parameter that
 /// containerd sends to mirrors.
 pub struct Upstreams {
-    pub default: Option<RegistryClient>,
-    pub by_namespace: HashMap<String, RegistryClient>,
+    pub default: Option<Upstream>,
+    pub by_namespace: HashMap<String, Upstream>,
     pub manifest_ttl: Duration,
     /// Evict least-recently-used blobs past this many bytes.
     pub cache_size: Option<u64>,
+    /// An upstream that sends no byte for this long is left for the next source.
+    pub stall_timeout: Duration,
     fetched: Mutex<HashMap<String, Instant>>,
     /// Fetches under way: the blob's size and its progress.
     inflight: Mutex<HashMap<Digest, (u64, watch::Receiver<Progress>)>>,
@@ -43,8 +127,8 @@ pub enum Progress {
 
 impl Upstreams {
     pub fn new(
-        default: Option<RegistryClient>,
-        by_namespace: HashMap<String, RegistryClient>,
+        default: Option<Upstream>,
+        by_namespace: HashMap<String, Upstream>,
         manifest_ttl: Duration,
         cache_size: Option<u64>,
     ) -> Self {
@@ -53,6 +137,7 @@ impl Upstreams {
             by_namespace,
             manifest_ttl,
             cache_size,
+            stall_timeout: Duration::from_secs(30),
             fetched: Mutex::default(),
             inflight: Mutex::default(),
             starting: Mutex::default(),
@@ -63,7 +148,7 @@ impl Upstreams {
         self.default.is_none() && self.by_namespace.is_empty()
     }
 
-    pub fn pick(&self, namespace: Option<&str>) -> Option<&RegistryClient> {
+    pub fn pick(&self, namespace: Option<&str>) -> Option<&Upstream> {
         namespace
             .and_then(|ns| self.by_namespace.get(ns))
             .or(self.default.as_ref())
@@ -81,16 +166,30 @@ impl Upstreams {
     /// Fetch a manifest from upstream into the store (and tag it locally when by tag).
     pub async fn fetch_manifest(
         &self,
-        client: &RegistryClient,
+        upstream: &Upstream,
         store: &Store,
         name: &str,
         reference: &str,
     ) -> Result<(), RegistryError> {
-        let (media_type, bytes, digest) = client.get_manifest(name, reference).await?;
+        let sources = upstream.sources(reference);
+        let mut fetched = None;
+        for (i, source) in sources.iter().enumerate() {
+            match source.get_manifest(name, reference).await {
+                Err(e) if i + 1 < sources.len() => tracing::warn!(
+                    "manifest {name}:{reference}: {} failed ({e}); trying the next source",
+                    source.registry()
+                ),
+                result => {
+                    fetched = Some((result?, source.registry()));
+                    break;
+                }
+            }
+        }
+        let ((media_type, bytes, digest), registry) = fetched.expect("the origin answered");
         if let Ok(expected) = reference.parse::<Digest>() {
             if expected != digest {
                 return Err(RegistryError::Transfer {
-                    registry: client.registry().to_string(),
+                    registry: registry.to_string(),
                     context: format!("manifest {name}@{reference}"),
                     detail: format!("upstream sent bytes hashing to {digest}"),
                 });
@@ -123,7 +222,7 @@ impl Upstreams {
     /// size and a body that follows the bytes as they land.
     pub async fn blob(
         self: &Arc<Self>,
-        client: &RegistryClient,
+        upstream: &Upstream,
         store: &Store,
         name: &str,
         digest: &Digest,
@@ -159,12 +258,11 @@ impl Upstreams {
             let size = file.metadata().await?.len();
             return Ok((size, follow(file, size, watch::channel(Progress::Done).1)));
         }
-        let resp = client
-            .get_blob(name, digest, None)
+        let (resp, _, source) = upstream
+            .open_blob(name, digest, None, 0, self.stall_timeout)
             .await
             .map_err(upstream_error)?;
         let size = resp
-            .response
             .content_length()
             .ok_or_else(|| ApiError::internal("upstream sent no Content-Length"))?;
         let file = tokio::fs::File::create(&part).await?;
@@ -177,9 +275,16 @@ impl Upstreams {
             .insert(digest.clone(), (size, rx.clone()));
         let (me, store, digest_owned) = (self.clone(), store.clone(), digest.clone());
         let part_for_task = part.clone();
+        let pump = Pump {
+            upstream: upstream.clone(),
+            name: name.to_string(),
+            digest: digest.clone(),
+            size,
+            stall: self.stall_timeout,
+        };
         // The fetch runs on its own: a client that goes away does not stop it.
         tokio::spawn(async move {
-            let ok = pump(resp.response, file, &tx, &digest_owned, size).await;
+            let ok = pump.run(resp, source, file, &tx).await;
             let result = match ok {
                 Ok(()) => {
                     // Off the async workers: the stamp waits for the file clock's next tick,
@@ -229,6 +334,7 @@ impl Upstreams {
 fn upstream_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::NotFound { what, .. } => ApiError::blob_unknown(&what),
+        RegistryError::Throttled { retry_after, .. } => ApiError::throttled(retry_after),
         other => ApiError::new(
             axum::http::StatusCode::BAD_GATEWAY,
             "UNKNOWN",
@@ -237,29 +343,101 @@ fn upstream_error(e: RegistryError) -> ApiError {
     }
 }
 
-/// Copy the upstream body into the part file, hashing it, announcing progress.
-async fn pump(
-    resp: reqwest::Response,
-    mut file: tokio::fs::File,
-    tx: &watch::Sender<Progress>,
-    digest: &Digest,
+/// One blob's fetch from the upstream into the part file.
+struct Pump {
+    upstream: Upstream,
+    name: String,
+    digest: Digest,
     size: u64,
-) -> Result<(), String> {
-    let mut hasher = Hasher::new();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        let _ = tx.send(Progress::Running(hasher.len()));
+    stall: Duration,
+}
+
+/// Times one fetch may move on to a source (or back to the same one) after a failure.
+const MAX_RESUMES: usize = 8;
+
+impl Pump {
+    /// Copy the upstream body into the part file, hashing it, announcing progress. A body
+    /// that breaks or stalls is resumed from the byte it reached, on the same source first
+    /// (a blip) and then on the next ones.
+    async fn run(
+        &self,
+        mut resp: reqwest::Response,
+        mut source: usize,
+        mut file: tokio::fs::File,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<(), String> {
+        let mut hasher = Hasher::new();
+        let mut skip = 0; // bytes of a 200 answer that are already here
+        let mut resumes = 0;
+        loop {
+            match self.copy(resp, skip, &mut hasher, &mut file, tx).await {
+                Ok(()) => break,
+                Err(e) if resumes < MAX_RESUMES && hasher.len() < self.size => {
+                    resumes += 1;
+                    let from = hasher.len();
+                    tracing::warn!(
+                        "pull-through of {}: {e} at byte {from}; resuming",
+                        self.digest
+                    );
+                    // The same source once more, then the next ones.
+                    let start = if resumes == 1 { source } else { source + 1 };
+                    let opened = self
+                        .upstream
+                        .open_blob(
+                            &self.name,
+                            &self.digest,
+                            Some((from, self.size - 1)),
+                            start,
+                            self.stall,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let partial;
+                    (resp, partial, source) = opened;
+                    skip = if partial { 0 } else { from };
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        let len = hasher.len();
+        let actual = hasher.finish();
+        if len != self.size || actual != self.digest {
+            return Err(format!("upstream sent {len} bytes hashing to {actual}"));
+        }
+        Ok(())
     }
-    file.flush().await.map_err(|e| e.to_string())?;
-    let len = hasher.len();
-    let actual = hasher.finish();
-    if len != size || actual != *digest {
-        return Err(format!("upstream sent {len} bytes hashing to {actual}"));
+
+    /// One response's body, its first `skip` bytes dropped, up to the blob's size.
+    async fn copy(
+        &self,
+        resp: reqwest::Response,
+        mut skip: u64,
+        hasher: &mut Hasher,
+        file: &mut tokio::fs::File,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<(), String> {
+        let mut body = resp.bytes_stream();
+        loop {
+            let next = tokio::time::timeout(self.stall, body.next())
+                .await
+                .map_err(|_| format!("no data for {:?} (stalled)", self.stall))?;
+            let Some(chunk) = next else {
+                return Ok(());
+            };
+            let mut chunk = chunk.map_err(|e| crate::registry::error_chain(&e))?;
+            let dropped = skip.min(chunk.len() as u64);
+            skip -= dropped;
+            let _ = chunk.split_to(dropped as usize);
+            let room = self.size.saturating_sub(hasher.len());
+            if chunk.len() as u64 > room {
+                return Err(format!("upstream sent more than the {} bytes", self.size));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            let _ = tx.send(Progress::Running(hasher.len()));
+        }
     }
-    Ok(())
 }
 
 /// A body that reads a part file as it grows, waiting for the fetch to bring more bytes. The

@@ -167,7 +167,13 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Acti
                 .annotation(crate::oci::media::ANNOTATION_TITLE)
                 .unwrap_or("blob")
                 .to_string();
-            super::pull::fetch_into_store(&fetcher, &src.sources(), store, desc, &name).await?;
+            super::pull::fetch_into_store(
+                &fetcher,
+                &src.sources(desc.digest.as_str()),
+                store,
+                desc,
+                &name,
+            ).await?;
             Ok(Action::Downloaded)
         }
     }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::TransferError;
 use crate::digest::Digest;
 use crate::oci::{media, Descriptor, Manifest, ManifestKind, MAX_MANIFEST_BYTES};
+use crate::registry::mirrors::Mirror;
 use crate::registry::{RegistryClient, UploadBody};
 use crate::store::Store;
 
@@ -18,8 +19,9 @@ pub enum Target {
     Remote {
         client: RegistryClient,
         repository: String,
-        /// Tried before `client` for reads, in order (`--mirror`, the mirrors file).
-        mirrors: Vec<RegistryClient>,
+        /// Tried before `client` for reads, in order (`--mirror`, the mirrors file). Their
+        /// clients fail fast (`RegistryClient::fail_fast`): `client` is behind them.
+        mirrors: Vec<Mirror>,
     },
 }
 
@@ -49,8 +51,9 @@ impl Target {
         }
     }
 
-    /// Where blobs can be read from: mirrors first, then the registry itself.
-    pub fn sources(&self) -> Vec<super::fetch::Source> {
+    /// Where the blob or manifest `key` (a digest) can be read from: mirrors first (each
+    /// mirror's replicas with the key's home first), then the registry itself.
+    pub fn sources(&self, key: &str) -> Vec<super::fetch::Source> {
         match self {
             Target::Local { .. } => Vec::new(),
             Target::Remote {
@@ -59,6 +62,7 @@ impl Target {
                 mirrors,
             } => mirrors
                 .iter()
+                .flat_map(|m| m.order_for(key))
                 .chain(std::iter::once(client))
                 .map(|c| super::fetch::Source {
                     client: c.clone(),
@@ -79,7 +83,7 @@ impl Target {
                 repository,
                 mirrors,
             } => {
-                for mirror in mirrors {
+                for mirror in mirrors.iter().flat_map(|m| m.order_for(reference)) {
                     match mirror.get_manifest(repository, reference).await {
                         Ok(found) => return Ok(found),
                         Err(e) => tracing::warn!(

@@ -17,10 +17,11 @@ pub(crate) use state::trim_parts;
 
 pub use crate::registry::RetryPolicy;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,7 +30,7 @@ type Permit = OwnedSemaphorePermit;
 
 use super::{Event, Observer, TransferError};
 use crate::oci::Descriptor;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryError};
 
 /// Knobs of the download engine.
 #[derive(Debug, Clone)]
@@ -88,6 +89,11 @@ pub struct Fetcher {
     resumed: AtomicU64,
     /// Blobs waiting for their first connection: while any does, no blob takes a second.
     starting: AtomicUsize,
+    /// Registries that answered 429, and until when nobody asks them again.
+    throttled: Mutex<HashMap<String, Instant>>,
+    /// Mirrors that failed this pull: the blobs after skip them (the last source, the
+    /// registry itself, is never skipped).
+    down: Mutex<HashSet<String>>,
     controller: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,6 +128,8 @@ impl Fetcher {
             received,
             resumed: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
+            throttled: Mutex::default(),
+            down: Mutex::default(),
             controller,
         }
     }
@@ -158,6 +166,33 @@ impl Fetcher {
         self.connections.clone().try_acquire_owned().ok()
     }
 
+    /// Hold every request to `host` for `delay` (it answered 429).
+    pub(crate) fn throttle(&self, host: &str, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut held = self.throttled.lock().expect("throttle lock");
+        let entry = held.entry(host.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Wait while `host` asked to be left alone, plus a little jitter: connections held
+    /// together are not released together.
+    pub(crate) async fn wait_out_throttle(&self, host: &str) {
+        let until = self
+            .throttled
+            .lock()
+            .expect("throttle lock")
+            .get(host)
+            .copied();
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            let spread = self.opts.retry.delay(1, None);
+            tokio::time::sleep_until((until + spread).into()).await;
+        }
+    }
+
+    fn is_down(&self, host: &str) -> bool {
+        self.down.lock().expect("down lock").contains(host)
+    }
+
     /// Take one retry from the pull's total budget.
     fn take_retry(&self) -> bool {
         self.retries_left
@@ -176,18 +211,30 @@ impl Fetcher {
         name: &str,
     ) -> Result<(), TransferError> {
         let mut last = None;
-        for source in sources {
-            match self.download_from(source, desc, part, name).await {
+        for (i, source) in sources.iter().enumerate() {
+            let host = source.client.registry();
+            let is_last = i + 1 == sources.len();
+            if !is_last && self.is_down(host) {
+                continue;
+            }
+            // Ranges a failed source delivered stay; only the first try counts them as resumed.
+            let first_try = last.is_none();
+            match self.download_from(source, desc, part, name, first_try).await {
                 Ok(()) => return Ok(()),
                 // A mirror that serves other bytes is skipped; the next source may be honest.
                 Err(e @ TransferError::DigestMismatch { .. }) => last = Some(e),
                 Err(e @ (TransferError::Registry(_) | TransferError::GaveUp { .. }))
-                    if sources.len() > 1 =>
+                    if !is_last =>
                 {
-                    tracing::warn!(
-                        "{name}: {} failed ({e}); trying the next source",
-                        source.client.registry()
+                    let unreachable = matches!(
+                        e,
+                        TransferError::GaveUp { .. }
+                            | TransferError::Registry(RegistryError::Connect { .. })
                     );
+                    if unreachable && source.client.is_fail_fast() {
+                        self.down.lock().expect("down lock").insert(host.to_string());
+                    }
+                    tracing::warn!("{name}: {host} failed ({e}); trying the next source");
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -202,14 +249,15 @@ impl Fetcher {
         desc: &Descriptor,
         part: &Path,
         name: &str,
+        first_try: bool,
     ) -> Result<(), TransferError> {
         let state_path = state::path_for(part);
         let range_size = self.opts.range_size_for(desc.size);
         let mut state = state::RangeState::load_or_new(&state_path, part, desc, range_size)
             .map_err(TransferError::io(part))?;
         let resumed = state.done_bytes();
-        self.resumed.fetch_add(resumed, Ordering::Relaxed);
-        if resumed > 0 {
+        if first_try && resumed > 0 {
+            self.resumed.fetch_add(resumed, Ordering::Relaxed);
             // Said at the default log level: a restarted init container's log should show it.
             tracing::warn!(
                 "{name}: resuming an interrupted download, {resumed} of {} bytes already here",

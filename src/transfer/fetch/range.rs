@@ -29,9 +29,11 @@ use crate::oci::Descriptor;
 use crate::registry::RegistryError;
 use crate::transfer::{Event, TransferError};
 
-/// Why an attempt failed: the network (maybe worth a retry) or the local disk (never).
+/// Why an attempt failed: the network (maybe worth a retry), a source that went quiet for
+/// the stall timeout, or the local disk (never worth a retry).
 enum Failure {
     Net(RegistryError),
+    Stalled(RegistryError),
     Disk(std::io::Error),
 }
 
@@ -240,6 +242,7 @@ impl Job<'_> {
     async fn fetch_run(&self, run: &mut Run) -> Result<Option<usize>, TransferError> {
         let mut attempt = 1;
         loop {
+            self.fetcher.wait_out_throttle(self.host()).await;
             // Where the first answer came from (a redirect's target), else the registry.
             let url = match self.probe.get() {
                 Some(probe) => probe.url.clone(),
@@ -252,21 +255,39 @@ impl Job<'_> {
             match self.try_run(url, run).await {
                 Ok(next) => return Ok(next),
                 Err(failure) => {
+                    // A 429 says "later", not "broken": it does not use up the range's
+                    // attempts (the pull's total budget still bounds it).
+                    let throttled =
+                        matches!(failure, Failure::Net(RegistryError::Throttled { .. }));
                     let delay = self.after_failure(failure, attempt, Some(run.index))?;
                     tokio::time::sleep(delay).await;
-                    attempt += 1;
+                    if !throttled {
+                        attempt += 1;
+                    }
                 }
             }
         }
     }
 
+    fn host(&self) -> &str {
+        self.source.client.registry()
+    }
+
     /// Decide what a failed attempt means: `Ok(delay)` to retry after it, or the final error.
+    /// A mirror with a source behind it (`fail_fast`) is left at once when it cannot be
+    /// reached or stalls, so a dead cache tier costs a node no more than one stall timeout.
     fn after_failure(
         &self,
         failure: Failure,
         attempt: u32,
         index: Option<usize>,
     ) -> Result<Duration, TransferError> {
+        let fail_fast = self.source.client.is_fail_fast();
+        let give_up = |e: RegistryError| TransferError::GaveUp {
+            what: self.name.to_string(),
+            attempts: attempt,
+            last: e.to_string(),
+        };
         let e = match failure {
             Failure::Disk(source) => {
                 return Err(TransferError::Io {
@@ -274,23 +295,29 @@ impl Job<'_> {
                     source,
                 })
             }
-            Failure::Net(e) => e,
+            Failure::Stalled(e) if fail_fast => return Err(give_up(e)),
+            Failure::Net(e @ RegistryError::Connect { .. }) if fail_fast => {
+                return Err(give_up(e))
+            }
+            Failure::Net(e) | Failure::Stalled(e) => e,
         };
         if !e.is_transient() {
             return Err(TransferError::Registry(e));
         }
-        if attempt >= self.fetcher.opts.retry.attempts || !self.fetcher.take_retry() {
-            return Err(TransferError::GaveUp {
-                what: self.name.to_string(),
-                attempts: attempt,
-                last: e.to_string(),
-            });
-        }
-        let retry_after = match &e {
-            RegistryError::Throttled { retry_after, .. } => *retry_after,
-            _ => None,
+        let (throttled, retry_after) = match &e {
+            RegistryError::Throttled { retry_after, .. } => (true, *retry_after),
+            _ => (false, None),
         };
+        let out_of_attempts =
+            !throttled && attempt >= self.fetcher.opts.retry.attempts_for(fail_fast);
+        if out_of_attempts || !self.fetcher.take_retry() {
+            return Err(give_up(e));
+        }
         let delay = self.fetcher.opts.retry.delay(attempt, retry_after);
+        if throttled {
+            // Every connection to this registry waits, not just the one that was told.
+            self.fetcher.throttle(self.host(), delay);
+        }
         let part = index.map_or_else(|| "download".to_string(), |i| format!("range {i}"));
         tracing::warn!(
             "{}: {part} attempt {attempt} failed ({e}); retrying in {delay:?}",
@@ -314,16 +341,19 @@ impl Job<'_> {
             run.index,
             run.end
         );
-        let blob = self
-            .source
-            .client
-            .get_blob_at(
-                url,
-                &self.source.repository,
-                &self.desc.digest,
-                Some((from, to - 1)),
-            )
-            .await?;
+        let stall = self.fetcher.opts.stall_timeout;
+        let request = self.source.client.get_blob_at(
+            url,
+            &self.source.repository,
+            &self.desc.digest,
+            Some((from, to - 1)),
+        );
+        // A server that accepts the connection and never answers is a stall too.
+        let blob = tokio::time::timeout(stall, request)
+            .await
+            .map_err(|_| {
+                Failure::Stalled(self.registry_error(format!("no answer for {stall:?} (stalled)")))
+            })??;
         let first_answer = self.probe.get().is_none();
         if first_answer {
             let probe = Probe {
@@ -406,9 +436,9 @@ impl Job<'_> {
     ) -> Result<Bytes, Failure> {
         let stall = self.fetcher.opts.stall_timeout;
         match tokio::time::timeout(stall, body.next()).await {
-            Err(_) => Err(self
-                .registry_error(format!("no data for {stall:?} (stalled)"))
-                .into()),
+            Err(_) => Err(Failure::Stalled(
+                self.registry_error(format!("no data for {stall:?} (stalled)")),
+            )),
             Ok(None) => Err(self
                 .registry_error(format!(
                     "connection closed at byte {pos} of {}",
