@@ -126,6 +126,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
             ExitCode::Failure
         }
         RegistryError::Connect { .. }
+        | RegistryError::TimedOut { .. }
         | RegistryError::Transfer { .. }
         | RegistryError::Throttled { .. }
         | RegistryError::TokenService { .. }

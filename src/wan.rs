@@ -28,8 +28,10 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Answer `503 Service Unavailable` without contacting the upstream.
     Unavailable,
-    /// For this long after the proxy starts, answer `429 Too Many Requests` with
-    /// `Retry-After: secs` (and close) without contacting the upstream; then forward.
+    /// Answer blob downloads with `429 Too Many Requests` and `Retry-After: secs` (then
+    /// close the connection, without contacting the upstream) for this long after the
+    /// first blob download was asked for: an origin throttling a rush of nodes. Manifests
+    /// and everything after the window pass.
     Throttle(Duration, u64),
 }
 
@@ -70,8 +72,31 @@ pub struct Stats {
     pub bytes_down: AtomicU64,
     /// Requests that carried `Authorization: Basic` (a password) to the upstream.
     pub basic_auth_requests: AtomicUsize,
-    /// Connections answered 429 by a `Throttle` fault.
+    /// Requests answered 429 by a `Throttle` fault.
     pub throttled: AtomicUsize,
+    /// When the first blob download was asked for (a `Throttle` window starts there).
+    first_blob_request: std::sync::OnceLock<Instant>,
+}
+
+impl Stats {
+    /// Should this request be answered 429 under `fault`?
+    fn throttles(&self, fault: Fault, request: &[u8]) -> Option<u64> {
+        let Fault::Throttle(window, retry_after) = fault else {
+            return None;
+        };
+        if !request.starts_with(b"GET ") || !contains(request, b"/blobs/sha256:") {
+            return None;
+        }
+        let first = *self.first_blob_request.get_or_init(Instant::now);
+        (first.elapsed() < window).then(|| {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            retry_after
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The link's shared cap: every chunk sent on any connection books its transmission time on
@@ -123,14 +148,13 @@ impl Proxy {
         });
         let link = Arc::new(link);
         let task_stats = stats.clone();
-        let started = Instant::now();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let n = task_stats.connections.fetch_add(1, Ordering::Relaxed);
-                let fault = match link.fault {
-                    Fault::Throttle(window, _) if started.elapsed() >= window => Fault::None,
-                    fault if n < link.faulty_connections => fault,
-                    _ => Fault::None,
+                let fault = if n < link.faulty_connections {
+                    link.fault
+                } else {
+                    Fault::None
                 };
                 let (link, stats, pacer) = (link.clone(), task_stats.clone(), pacer.clone());
                 tokio::spawn(async move {
@@ -155,20 +179,12 @@ async fn serve(
     pacer: &LinkPacer,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
-    let refusal = match fault {
-        Fault::Unavailable => Some("503 Service Unavailable\r\n".to_string()),
-        Fault::Throttle(_, retry_after) => {
-            stats.throttled.fetch_add(1, Ordering::Relaxed);
-            Some(format!("429 Too Many Requests\r\nRetry-After: {retry_after}\r\n"))
-        }
-        _ => None,
-    };
-    if let Some(status) = refusal {
+    if fault == Fault::Unavailable {
         let mut buf = [0u8; 4096];
         let _ = client.read(&mut buf).await?;
-        let answer =
-            format!("HTTP/1.1 {status}Content-Length: 0\r\nConnection: close\r\n\r\n");
-        client.write_all(answer.as_bytes()).await?;
+        client
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
         return client.shutdown().await;
     }
     if matches!(fault, Fault::ResetAfter(_)) {
@@ -179,12 +195,18 @@ async fn serve(
     server.set_nodelay(true)?;
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut server_rx, mut server_tx) = server.into_split();
+    // Ends with `Some(seconds)` when a request is to be answered 429 here.
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = client_rx.read(&mut buf).await?;
             if n == 0 {
-                return server_tx.shutdown().await;
+                return server_tx.shutdown().await.map(|()| None);
+            }
+            // Clients wait for each answer before the next request, so the connection is
+            // idle towards the client when a new request arrives: the 429 can go out now.
+            if let Some(retry_after) = stats.throttles(fault, &buf[..n]) {
+                return Ok(Some(retry_after));
             }
             if !link.latency.is_zero() {
                 tokio::time::sleep(link.latency).await;
@@ -243,10 +265,16 @@ async fn serve(
             }
         }
     };
-    tokio::select! {
-        r = up => r,
-        r = down => r,
+    let throttled = tokio::select! {
+        r = up => r?,
+        r = down => r.map(|()| None)?,
+    };
+    if let Some(retry_after) = throttled {
+        let answer = format!("HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        client_tx.write_all(answer.as_bytes()).await?;
+        client_tx.shutdown().await?;
     }
+    Ok(())
 }
 
 /// Sleep until `total` bytes are within the rate since `started`.

@@ -193,7 +193,8 @@ pub(super) fn mirrors(registry: &str, global: &GlobalArgs) -> Result<Vec<Mirror>
         specs.extend(config.mirrors_for(registry).iter().cloned());
     }
     let opts = TransportOptions {
-        connect_timeout: Some(MIRROR_CONNECT),
+        connect_timeout: Some(MIRROR_CONNECT.min(global.stall_timeout())),
+        read_timeout: Some(global.stall_timeout()),
         ..transport(global)
     };
     specs

@@ -55,6 +55,7 @@ pub(super) fn transport(global: &GlobalArgs) -> TransportOptions {
         ca_file: global.ca_file.clone(),
         max_connections: 16,
         connect_timeout: None,
+        read_timeout: None,
     }
 }
 

@@ -77,9 +77,25 @@ pub struct GlobalArgs {
     /// TOML file mapping registries to mirrors (`[registries."host"] mirrors = [...]`).
     #[arg(long, global = true, env = "HOIST_MIRRORS_CONFIG", value_name = "FILE")]
     mirrors_config: Option<PathBuf>,
+    /// Seconds a source may send nothing (no answer, no byte) before the connection is
+    /// dropped: its range is retried, and a mirror is left for the next source at once.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 30,
+        env = "HOIST_STALL_TIMEOUT",
+        value_name = "SECS"
+    )]
+    stall_timeout: u64,
     /// Log debug details to stderr (never secrets).
     #[arg(long, global = true)]
     debug: bool,
+}
+
+impl GlobalArgs {
+    pub(crate) fn stall_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stall_timeout.max(1))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,7 +1,6 @@
 //! `hoist pull`: flags for the pull engine, metrics out, exit code in.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use hoist::materialize::LinkMode;
@@ -41,9 +40,6 @@ pub struct PullArgs {
     /// Attempts per range before giving up (backoff with jitter between them).
     #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
     retries: u32,
-    /// Seconds without a byte before a connection is dropped and its range retried.
-    #[arg(long, default_value_t = 30, env = "HOIST_STALL_TIMEOUT")]
-    stall_timeout: u64,
     /// Use the local store as a node cache: blobs found there are not downloaded, and
     /// downloaded blobs are kept there (concurrent pulls download each blob once).
     #[arg(long, env = "HOIST_CACHE")]
@@ -187,7 +183,7 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
                 attempts: args.retries.max(1),
                 ..Default::default()
             },
-            stall_timeout: Duration::from_secs(args.stall_timeout.max(1)),
+            stall_timeout: global.stall_timeout(),
         },
         cache: if args.cache {
             Some(store(global)?)

@@ -26,10 +26,6 @@ pub struct ServeArgs {
     /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
     #[arg(long, value_name = "[NS=]HOST")]
     upstream: Vec<String>,
-    /// Seconds an upstream may send nothing before its blob fetch moves on to the next
-    /// source (`--mirror`s of the upstream, then the upstream itself).
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    stall_timeout: u64,
     /// Seconds a manifest fetched by tag is served before it is checked upstream again.
     #[arg(long, default_value_t = 60)]
     manifest_ttl: u64,
@@ -187,7 +183,7 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
         std::time::Duration::from_secs(args.manifest_ttl),
         args.cache_size,
     );
-    upstreams.stall_timeout = std::time::Duration::from_secs(args.stall_timeout.max(1));
+    upstreams.stall_timeout = global.stall_timeout();
     let access = match &args.htpasswd {
         Some(path) => {
             let mode = if args.auth == "token" {

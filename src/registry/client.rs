@@ -205,6 +205,12 @@ impl RegistryClient {
                 registry: self.registry.clone(),
                 detail: chain(e),
             }
+        } else if e.is_timeout() {
+            RegistryError::TimedOut {
+                registry: self.registry.clone(),
+                context: context.to_string(),
+                detail: chain(e),
+            }
         } else {
             RegistryError::Transfer {
                 registry: self.registry.clone(),
@@ -215,11 +221,25 @@ impl RegistryClient {
     }
 
     /// Turn an unexpected status into an error carrying the registry's own message.
+    /// A 429 answer, with the wait it asked for.
+    fn throttled(&self, resp: &reqwest::Response) -> RegistryError {
+        RegistryError::Throttled {
+            registry: self.registry.clone(),
+            retry_after: resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| super::retry::parse_retry_after(v.to_str().ok()?)),
+        }
+    }
+
     pub(crate) async fn status_error(
         &self,
         method: &'static str,
         resp: reqwest::Response,
     ) -> RegistryError {
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            return self.throttled(&resp);
+        }
         let status = resp.status().as_u16();
         let mut url = resp.url().clone();
         url.set_query(None);
@@ -402,13 +422,6 @@ impl RegistryClient {
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound {
                 registry: self.registry.clone(),
                 what: format!("blob {digest} in {repository}"),
-            }),
-            StatusCode::TOO_MANY_REQUESTS => Err(RegistryError::Throttled {
-                registry: self.registry.clone(),
-                retry_after: resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| super::retry::parse_retry_after(v.to_str().ok()?)),
             }),
             _ => Err(self.status_error("GET", resp).await),
         }

@@ -43,6 +43,12 @@ pub enum RegistryError {
         registry: String,
         retry_after: Option<u64>,
     },
+    #[error("{context} on {registry}: no answer within the time allowed ({detail})")]
+    TimedOut {
+        registry: String,
+        context: String,
+        detail: String,
+    },
     #[error("{context} on {registry}: {detail}")]
     Transfer {
         registry: String,
@@ -79,12 +85,22 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Connect { .. }
+            | RegistryError::TimedOut { .. }
             | RegistryError::Transfer { .. }
             | RegistryError::Throttled { .. }
             | RegistryError::TokenService { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
+    }
+
+    /// The host did not answer at all (refused, unreachable, or silent past a timeout):
+    /// a mirror in this state is left for the next source rather than retried.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Connect { .. } | RegistryError::TimedOut { .. }
+        )
     }
 }
 

@@ -43,7 +43,7 @@ impl Mirror {
             .iter()
             .map(|r| (rendezvous_weight(r.registry(), key), r))
             .collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
         ranked.into_iter().map(|(_, r)| r).collect()
     }
 }
@@ -136,7 +136,11 @@ fn losing_a_replica_moves_only_its_blobs() {
         if home != "cache-1:5000" {
             assert_eq!(home, after, "a blob of a surviving replica moved");
         } else {
-            assert_eq!(all.order_for(&key)[1].registry(), after, "not its next replica");
+            assert_eq!(
+                all.order_for(&key)[1].registry(),
+                after,
+                "not its next replica"
+            );
         }
     }
 }

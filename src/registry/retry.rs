@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// How long one request waits out a throttling registry before giving up.
+pub const MAX_THROTTLED: Duration = Duration::from_secs(300);
+
 /// The longest `Retry-After` honoured, in seconds: a registry asking for more is waited on
 /// this long and asked again.
 pub const MAX_RETRY_AFTER: u64 = 60;
@@ -85,16 +88,26 @@ impl super::RegistryClient {
     {
         let policy = RetryPolicy::default();
         let mut attempt = 1;
+        let mut throttled_for = Duration::ZERO;
         loop {
             match request().await {
                 // A mirror that cannot be reached is left at once: the next source is there.
-                Err(e @ super::RegistryError::Connect { .. }) if self.fail_fast => return Err(e),
-                Err(e) if e.is_transient() && attempt < policy.attempts_for(self.fail_fast) => {
-                    let retry_after = match &e {
-                        super::RegistryError::Throttled { retry_after, .. } => *retry_after,
-                        _ => None,
-                    };
+                Err(e) if e.is_unreachable() && self.fail_fast => return Err(e),
+                // A 429 says "later", not "broken": waited out (Retry-After plus jitter)
+                // without using up attempts, for up to MAX_THROTTLED in all.
+                Err(super::RegistryError::Throttled { retry_after, .. })
+                    if throttled_for < MAX_THROTTLED =>
+                {
                     let delay = policy.delay(attempt, retry_after);
+                    tracing::warn!(
+                        "{} is throttling requests (HTTP 429); asking again in {delay:?}",
+                        self.registry
+                    );
+                    tokio::time::sleep(delay).await;
+                    throttled_for += delay;
+                }
+                Err(e) if e.is_transient() && attempt < policy.attempts_for(self.fail_fast) => {
+                    let delay = policy.delay(attempt, None);
                     tracing::warn!("{e}; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
@@ -141,7 +154,10 @@ mod tests {
         assert!(delays.iter().all(|d| *d < Duration::from_secs(3)));
         let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
         // Spread over at least a tenth of a second (the window is 100–300 ms wide).
-        assert!(*max - *min >= Duration::from_millis(100), "{min:?}..{max:?}");
+        assert!(
+            *max - *min >= Duration::from_millis(100),
+            "{min:?}..{max:?}"
+        );
         assert_eq!(
             p.delay(1, Some(3600)).as_secs(),
             MAX_RETRY_AFTER,

@@ -19,6 +19,9 @@ pub struct TransportOptions {
     /// How long a TCP (and TLS) connect may take; `None`: 15 s. Mirrors in the cluster
     /// answer in milliseconds or not at all, so they get a short one (`MIRROR_CONNECT`).
     pub connect_timeout: Option<Duration>,
+    /// How long a read may wait for a byte; `None`: 120 s. Mirrors get the stall timeout,
+    /// so one that accepts and never answers is left as fast as one that is down.
+    pub read_timeout: Option<Duration>,
 }
 
 /// The connect timeout of a mirror with another source behind it.
@@ -42,7 +45,7 @@ impl TransportOptions {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(15)))
-            .read_timeout(Duration::from_secs(120))
+            .read_timeout(self.read_timeout.unwrap_or(Duration::from_secs(120)))
             .tcp_nodelay(true)
             // A resolver of our own (reads /etc/resolv.conf and /etc/hosts), so a static
             // binary in a scratch image resolves names without glibc NSS.

@@ -31,21 +31,54 @@ pub struct Upstream {
     pub origin: RegistryClient,
     /// Their clients fail fast (`RegistryClient::fail_fast`): the origin is behind them.
     pub mirrors: Vec<Mirror>,
+    /// Mirrors that could not be reached, and since when: skipped for `DOWN_FOR`, so each
+    /// new miss does not wait out the same dead host again.
+    down: Arc<Mutex<HashMap<String, Instant>>>,
 }
+
+/// How long a mirror that could not be reached is skipped before it is tried again.
+const DOWN_FOR: Duration = Duration::from_secs(30);
 
 impl Upstream {
     pub fn new(origin: RegistryClient, mirrors: Vec<Mirror>) -> Upstream {
-        Upstream { origin, mirrors }
+        Upstream {
+            origin,
+            mirrors,
+            down: Arc::default(),
+        }
     }
 
     /// Where `key` (a digest or reference) is read from, in order: each mirror's replicas,
-    /// the key's home first, then the origin.
+    /// the key's home first, then the origin. Mirrors recently found down are left out.
     fn sources(&self, key: &str) -> Vec<&RegistryClient> {
+        let down = self.down.lock().expect("down lock");
+        let up = |c: &&RegistryClient| {
+            down.get(c.registry())
+                .is_none_or(|since| since.elapsed() > DOWN_FOR)
+        };
         self.mirrors
             .iter()
             .flat_map(|m| m.order_for(key))
+            .filter(up)
             .chain(std::iter::once(&self.origin))
             .collect()
+    }
+
+    /// Remember that `source` did not answer, if it is a mirror.
+    fn mark_down(&self, source: &RegistryClient, e: &RegistryError) {
+        if e.is_unreachable() {
+            self.skip_mirror(source.registry());
+        }
+    }
+
+    /// Leave the mirror `host` out for a while (never the origin: it is the last resort).
+    fn skip_mirror(&self, host: &str) {
+        if host != self.origin.registry() {
+            self.down
+                .lock()
+                .expect("down lock")
+                .insert(host.to_string(), Instant::now());
+        }
     }
 
     /// Does `name` hold `digest` upstream? The first source that answers decides.
@@ -59,34 +92,33 @@ impl Upstream {
         None
     }
 
-    /// Open `digest` (its `range`, or whole), trying the sources from `start`. Returns the
-    /// response, whether it is the range (206) or the whole blob (200), and the source's
-    /// index.
+    /// Open `digest` (its `range`, or whole) on the first source that answers. Returns the
+    /// response, whether it is the range (206) or the whole blob (200), and the source.
     async fn open_blob(
         &self,
         name: &str,
         digest: &Digest,
         range: Option<(u64, u64)>,
-        start: usize,
         stall: Duration,
-    ) -> Result<(reqwest::Response, bool, usize), RegistryError> {
+    ) -> Result<(reqwest::Response, bool, String), RegistryError> {
         let sources = self.sources(digest.as_str());
         let mut last = None;
-        for (i, source) in sources.iter().enumerate().skip(start) {
+        for (i, source) in sources.iter().enumerate() {
             let opened = tokio::time::timeout(stall, source.get_blob(name, digest, range))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(RegistryError::Transfer {
+                    Err(RegistryError::TimedOut {
                         registry: source.registry().to_string(),
                         context: format!("blob {digest}"),
-                        detail: format!("no answer for {stall:?} (stalled)"),
+                        detail: format!("no answer for {stall:?}"),
                     })
                 });
             match opened {
-                Ok(blob) => return Ok((blob.response, blob.partial, i)),
+                Ok(blob) => return Ok((blob.response, blob.partial, source.registry().into())),
                 // Throttling is passed on to the client, not escaped by asking the origin.
                 Err(e @ RegistryError::Throttled { .. }) => return Err(e),
                 Err(e) if i + 1 < sources.len() => {
+                    self.mark_down(source, &e);
                     tracing::warn!(
                         "pull-through of {digest}: {} failed ({e}); trying the next source",
                         source.registry()
@@ -175,10 +207,13 @@ impl Upstreams {
         let mut fetched = None;
         for (i, source) in sources.iter().enumerate() {
             match source.get_manifest(name, reference).await {
-                Err(e) if i + 1 < sources.len() => tracing::warn!(
-                    "manifest {name}:{reference}: {} failed ({e}); trying the next source",
-                    source.registry()
-                ),
+                Err(e) if i + 1 < sources.len() => {
+                    upstream.mark_down(source, &e);
+                    tracing::warn!(
+                        "manifest {name}:{reference}: {} failed ({e}); trying the next source",
+                        source.registry()
+                    )
+                }
                 result => {
                     fetched = Some((result?, source.registry()));
                     break;
@@ -259,7 +294,7 @@ impl Upstreams {
             return Ok((size, follow(file, size, watch::channel(Progress::Done).1)));
         }
         let (resp, _, source) = upstream
-            .open_blob(name, digest, None, 0, self.stall_timeout)
+            .open_blob(name, digest, None, self.stall_timeout)
             .await
             .map_err(upstream_error)?;
         let size = resp
@@ -357,37 +392,38 @@ const MAX_RESUMES: usize = 8;
 
 impl Pump {
     /// Copy the upstream body into the part file, hashing it, announcing progress. A body
-    /// that breaks or stalls is resumed from the byte it reached, on the same source first
-    /// (a blip) and then on the next ones.
+    /// that breaks is resumed from the byte it reached: on the same source once (a blip),
+    /// and a mirror that stalls or breaks again is left for the next source.
     async fn run(
         &self,
         mut resp: reqwest::Response,
-        mut source: usize,
+        mut source: String,
         mut file: tokio::fs::File,
         tx: &watch::Sender<Progress>,
     ) -> Result<(), String> {
         let mut hasher = Hasher::new();
         let mut skip = 0; // bytes of a 200 answer that are already here
-        let mut resumes = 0;
+        let mut failed: Vec<String> = Vec::new();
         loop {
             match self.copy(resp, skip, &mut hasher, &mut file, tx).await {
                 Ok(()) => break,
-                Err(e) if resumes < MAX_RESUMES && hasher.len() < self.size => {
-                    resumes += 1;
+                Err(e) if failed.len() < MAX_RESUMES && hasher.len() < self.size => {
                     let from = hasher.len();
                     tracing::warn!(
-                        "pull-through of {}: {e} at byte {from}; resuming",
-                        self.digest
+                        "pull-through of {} from {source}: {} at byte {from}; resuming",
+                        self.digest,
+                        e.detail
                     );
-                    // The same source once more, then the next ones.
-                    let start = if resumes == 1 { source } else { source + 1 };
+                    if e.stalled || failed.contains(&source) {
+                        self.upstream.skip_mirror(&source);
+                    }
+                    failed.push(source);
                     let opened = self
                         .upstream
                         .open_blob(
                             &self.name,
                             &self.digest,
                             Some((from, self.size - 1)),
-                            start,
                             self.stall,
                         )
                         .await
@@ -396,7 +432,7 @@ impl Pump {
                     (resp, partial, source) = opened;
                     skip = if partial { 0 } else { from };
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.detail),
             }
         }
         file.flush().await.map_err(|e| e.to_string())?;
@@ -416,26 +452,53 @@ impl Pump {
         hasher: &mut Hasher,
         file: &mut tokio::fs::File,
         tx: &watch::Sender<Progress>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CopyError> {
         let mut body = resp.bytes_stream();
         loop {
             let next = tokio::time::timeout(self.stall, body.next())
                 .await
-                .map_err(|_| format!("no data for {:?} (stalled)", self.stall))?;
+                .map_err(|_| CopyError {
+                    stalled: true,
+                    detail: format!("no data for {:?} (stalled)", self.stall),
+                })?;
             let Some(chunk) = next else {
                 return Ok(());
             };
-            let mut chunk = chunk.map_err(|e| crate::registry::error_chain(&e))?;
+            let mut chunk = chunk.map_err(|e| CopyError {
+                // The client's read timeout is the stall timeout for mirrors.
+                stalled: e.is_timeout(),
+                detail: crate::registry::error_chain(&e),
+            })?;
             let dropped = skip.min(chunk.len() as u64);
             skip -= dropped;
             let _ = chunk.split_to(dropped as usize);
             let room = self.size.saturating_sub(hasher.len());
             if chunk.len() as u64 > room {
-                return Err(format!("upstream sent more than the {} bytes", self.size));
+                return Err(CopyError::other(format!(
+                    "upstream sent more than the {} bytes",
+                    self.size
+                )));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| CopyError::other(e.to_string()))?;
             let _ = tx.send(Progress::Running(hasher.len()));
+        }
+    }
+}
+
+/// Why a response's body stopped short.
+struct CopyError {
+    stalled: bool,
+    detail: String,
+}
+
+impl CopyError {
+    fn other(detail: String) -> CopyError {
+        CopyError {
+            stalled: false,
+            detail,
         }
     }
 }

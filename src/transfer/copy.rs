@@ -173,7 +173,8 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Acti
                 store,
                 desc,
                 &name,
-            ).await?;
+            )
+            .await?;
             Ok(Action::Downloaded)
         }
     }

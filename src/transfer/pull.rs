@@ -349,15 +349,14 @@ impl Ctx<'_> {
                 }
             },
             (Target::Remote { .. }, Some(cache)) => {
-                let (path, fresh) =
-                    fetch_into_store(
-                        self.fetcher,
-                        &self.source.sources(desc.digest.as_str()),
-                        cache,
-                        desc,
-                        &name,
-                    )
-                        .await?;
+                let (path, fresh) = fetch_into_store(
+                    self.fetcher,
+                    &self.source.sources(desc.digest.as_str()),
+                    cache,
+                    desc,
+                    &name,
+                )
+                .await?;
                 (
                     path,
                     false,
@@ -375,7 +374,12 @@ impl Ctx<'_> {
                 if !staged_blob_is_good(&verified, &desc.digest).await {
                     let part = self.staging.part_path(&desc.digest);
                     self.fetcher
-                        .download(&self.source.sources(desc.digest.as_str()), desc, &part, &name)
+                        .download(
+                            &self.source.sources(desc.digest.as_str()),
+                            desc,
+                            &part,
+                            &name,
+                        )
                         .await?;
                     std::fs::rename(&part, &verified).map_err(TransferError::io(&verified))?;
                 }

@@ -460,6 +460,10 @@ pub struct Served {
 }
 
 impl Served {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// The server is still running (it did not exit, nor die of a signal).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -30,7 +30,7 @@ type Permit = OwnedSemaphorePermit;
 
 use super::{Event, Observer, TransferError};
 use crate::oci::Descriptor;
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::RegistryClient;
 
 /// Knobs of the download engine.
 #[derive(Debug, Clone)]
@@ -219,20 +219,26 @@ impl Fetcher {
             }
             // Ranges a failed source delivered stay; only the first try counts them as resumed.
             let first_try = last.is_none();
-            match self.download_from(source, desc, part, name, first_try).await {
+            match self
+                .download_from(source, desc, part, name, first_try)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 // A mirror that serves other bytes is skipped; the next source may be honest.
                 Err(e @ TransferError::DigestMismatch { .. }) => last = Some(e),
                 Err(e @ (TransferError::Registry(_) | TransferError::GaveUp { .. }))
                     if !is_last =>
                 {
-                    let unreachable = matches!(
-                        e,
-                        TransferError::GaveUp { .. }
-                            | TransferError::Registry(RegistryError::Connect { .. })
-                    );
+                    let unreachable = match &e {
+                        TransferError::GaveUp { .. } => true,
+                        TransferError::Registry(e) => e.is_unreachable(),
+                        _ => false,
+                    };
                     if unreachable && source.client.is_fail_fast() {
-                        self.down.lock().expect("down lock").insert(host.to_string());
+                        self.down
+                            .lock()
+                            .expect("down lock")
+                            .insert(host.to_string());
                     }
                     tracing::warn!("{name}: {host} failed ({e}); trying the next source");
                     last = Some(e);

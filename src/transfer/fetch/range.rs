@@ -296,9 +296,7 @@ impl Job<'_> {
                 })
             }
             Failure::Stalled(e) if fail_fast => return Err(give_up(e)),
-            Failure::Net(e @ RegistryError::Connect { .. }) if fail_fast => {
-                return Err(give_up(e))
-            }
+            Failure::Net(e) if fail_fast && e.is_unreachable() => return Err(give_up(e)),
             Failure::Net(e) | Failure::Stalled(e) => e,
         };
         if !e.is_transient() {
@@ -349,11 +347,9 @@ impl Job<'_> {
             Some((from, to - 1)),
         );
         // A server that accepts the connection and never answers is a stall too.
-        let blob = tokio::time::timeout(stall, request)
-            .await
-            .map_err(|_| {
-                Failure::Stalled(self.registry_error(format!("no answer for {stall:?} (stalled)")))
-            })??;
+        let blob = tokio::time::timeout(stall, request).await.map_err(|_| {
+            Failure::Stalled(self.registry_error(format!("no answer for {stall:?} (stalled)")))
+        })??;
         let first_answer = self.probe.get().is_none();
         if first_answer {
             let probe = Probe {

@@ -1,0 +1,417 @@
+//! The cluster tiers under faults: an origin behind a capped link, a cluster cache
+//! (`hoist serve --upstream`, possibly several replicas) and node caches in front of it,
+//! init-container pulls with mirrors. What #15 promises: a cache tier that is down or silent
+//! is left within the stall timeout and every node still ends verified; an origin answering
+//! 429 for a while is waited out (Retry-After plus jitter) rather than failing the pulls or
+//! being escaped by asking elsewhere; replicas of the cluster cache fetch each blob from the
+//! origin once between them; the WAN emulator's link cap is shared by all connections.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A model of a few blobs: one large enough to still be downloading when a fault hits.
+fn model(dir: &std::path::Path, mib: usize) {
+    large_model(dir, mib);
+    small_model(&dir.join("extra"));
+}
+
+fn push(h: &Hoist, dir: &std::path::Path, reference: &str) {
+    h.run(&["push", dir.to_str().unwrap(), reference]).ok();
+}
+
+/// Distinct non-empty files: the blobs a pull downloads (never the config).
+fn blob_count(dir: &std::path::Path) -> usize {
+    tree(dir, false)
+        .values()
+        .filter(|b| !b.is_empty())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+fn spawn_pull(h: &Hoist, reference: &str, out: &std::path::Path, extra: &[&str]) -> Child {
+    let mut c = h.cmd();
+    c.args([
+        "pull",
+        reference,
+        "-o",
+        out.to_str().unwrap(),
+        "--progress",
+        "none",
+    ])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+/// Wait for a pull: (success, seconds, stderr).
+fn finish(child: Child, started: Instant) -> (bool, f64, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: a plain kill(2) of a child this test started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+#[test]
+fn a_cache_tier_that_is_down_or_silent_is_left_within_the_stall_timeout() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 8);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    // Down: nothing listens. Silent: the kernel accepts connections, nobody answers (a hung
+    // process, a frozen node).
+    let down = format!("127.0.0.1:{}", free_port());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let stall = 3.0;
+    for (what, mirror, limit) in [
+        // Refused at once: no retry schedule (6 attempts, about 6 s) for a mirror.
+        ("down", down.as_str(), 3.0),
+        // One stall timeout for the manifest and one for the blobs that were on it, which
+        // then skip it: not the 120 s read timeout, not a stall per range.
+        ("silent", silent_addr.as_str(), 2.0 * stall + 3.0),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let child = spawn_pull(
+            &h,
+            &origin.reference("tiers/model:v1"),
+            out.path(),
+            &["--mirror", mirror, "--stall-timeout", "3"],
+        );
+        let (ok, secs, stderr) = finish(child, started);
+        assert!(ok, "{what} mirror: the pull failed: {stderr}");
+        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+        assert!(
+            secs < limit,
+            "{what} mirror: the pull took {secs:.1} s (limit {limit} s): {stderr}"
+        );
+    }
+}
+
+/// The whole chain: origin behind a capped link ← cluster cache ← node caches ← pulls.
+struct Chain {
+    origin: Registry,
+    link: Wan,
+    cluster: Served,
+    nodes: Vec<Served>,
+}
+
+impl Chain {
+    fn start(nodes: usize, node_stall: &str) -> Chain {
+        let origin = Registry::start();
+        // The origin's egress: slow enough that a fault lands mid-blob.
+        let link = Wan::start(
+            &origin.addr,
+            hoist::wan::Link {
+                link_rate: 12_000_000,
+                ..Default::default()
+            },
+        );
+        let cluster = Served::start_free(&["--upstream", &link.addr()]);
+        let nodes = (0..nodes)
+            .map(|_| {
+                Served::start_free(&[
+                    "--upstream",
+                    &link.addr(),
+                    "--mirror",
+                    &cluster.addr,
+                    "--stall-timeout",
+                    node_stall,
+                ])
+            })
+            .collect();
+        Chain {
+            origin,
+            link,
+            cluster,
+            nodes,
+        }
+    }
+}
+
+fn chain_fault_run(sig: i32, what: &str) {
+    let h = Hoist::new();
+    let mut chain = Chain::start(3, "3");
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 24);
+    push(&h, src.path(), &chain.origin.reference("tiers/model:v1"));
+    let reference = chain.link.reference("tiers/model:v1");
+    let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let started = Instant::now();
+    let pulls: Vec<Child> = chain
+        .nodes
+        .iter()
+        .zip(&outs)
+        .map(|(node, out)| {
+            // The init container: node cache, then cluster cache, then the origin. Its own
+            // stall timeout is far longer than the caches' (3 s): a node that finishes in
+            // time was rescued by its cache's failover, not by its own.
+            spawn_pull(
+                &h,
+                &reference,
+                out.path(),
+                &[
+                    "--mirror",
+                    &node.addr,
+                    "--mirror",
+                    &chain.cluster.addr,
+                    "--stall-timeout",
+                    "60",
+                ],
+            )
+        })
+        .collect();
+    // Mid-run: part of the 24 MiB file has crossed the 12 MB/s link.
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = chain.link.bytes_down();
+    assert!(
+        before > 1 << 20 && before < 24 << 20,
+        "the fault must land mid-blob ({before} bytes had crossed)"
+    );
+    signal(chain.cluster.pid(), sig);
+    let faulted = started.elapsed().as_secs_f64();
+    let model_bytes: u64 = tree(src.path(), false)
+        .values()
+        .map(|b| b.len() as u64)
+        .sum();
+    // One cache stall timeout, then at worst the three nodes' whole models over the
+    // 12 MB/s origin link, and room for a loaded machine.
+    let limit = 3.0 + (3 * model_bytes) as f64 / 12e6 + 3.0;
+    for (pull, out) in pulls.into_iter().zip(&outs) {
+        let (ok, secs, stderr) = finish(pull, started);
+        assert!(ok, "{what}: a node's pull failed: {stderr}");
+        assert_eq!(
+            tree(src.path(), false),
+            tree(out.path(), false),
+            "{what}: a node ended with other files"
+        );
+        assert!(
+            secs - faulted < limit,
+            "{what}: a node needed {:.1} s after the fault: {stderr}",
+            secs - faulted
+        );
+    }
+    if sig == libc::SIGSTOP {
+        signal(chain.cluster.pid(), libc::SIGCONT);
+    }
+    // The origin sent each node cache what the cluster cache had not: never a whole model
+    // per node on top of the cluster cache's share.
+    let egress = chain.link.bytes_down();
+    assert!(
+        egress < model_bytes * 4,
+        "{what}: the origin sent {egress} bytes for a {model_bytes}-byte model and 3 nodes"
+    );
+    for node in &mut chain.nodes {
+        assert!(node.alive(), "{what}: a node cache died");
+    }
+}
+
+#[test]
+fn a_cluster_cache_killed_mid_run_leaves_every_node_verified() {
+    chain_fault_run(libc::SIGKILL, "killed");
+}
+
+#[test]
+fn a_cluster_cache_frozen_mid_run_costs_each_node_one_stall_timeout() {
+    chain_fault_run(libc::SIGSTOP, "frozen");
+}
+
+#[test]
+fn an_origin_throttling_for_a_while_is_waited_out_by_every_node() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 8);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    // 429 with Retry-After: 1 on every blob download for 10 s after the first: longer than
+    // the six attempts a range has for failures (about 8 s with these waits).
+    let window = 10.0;
+    let link = Wan::start(
+        &origin.addr,
+        hoist::wan::Link {
+            fault: hoist::wan::Fault::Throttle(Duration::from_secs(window as u64), 1),
+            faulty_connections: usize::MAX,
+            ..Default::default()
+        },
+    );
+    // Two nodes pull from the origin directly, two through a node cache that passes the
+    // 429 on (its clients wait; nobody escapes to another source).
+    let node = Served::start_free(&["--upstream", &link.addr()]);
+    let reference = link.reference("tiers/model:v1");
+    let outs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let started = Instant::now();
+    let pulls: Vec<Child> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            let extra: &[&str] = if i < 2 {
+                &[]
+            } else {
+                &["--mirror", &node.addr]
+            };
+            spawn_pull(&h, &reference, out.path(), extra)
+        })
+        .collect();
+    for (pull, out) in pulls.into_iter().zip(&outs) {
+        let (ok, secs, stderr) = finish(pull, started);
+        assert!(ok, "a node gave up on a throttling origin: {stderr}");
+        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+        assert!(
+            secs >= window - 1.0,
+            "finished in {secs:.1} s inside the window"
+        );
+        assert!(
+            stderr.contains("throttling") || stderr.contains("429"),
+            "the wait is said: {stderr}"
+        );
+    }
+    let throttled = link
+        .proxy
+        .as_ref()
+        .unwrap()
+        .stats
+        .throttled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Each waiting connection asks again after Retry-After (1 s) at the soonest: four
+    // nodes, a node cache, a few connections each, ten seconds.
+    assert!(throttled > 0, "the fault never fired");
+    assert!(
+        throttled < 5 * 8 * window as usize,
+        "{throttled} requests in {window} s: the nodes did not wait as asked"
+    );
+}
+
+#[test]
+fn cluster_cache_replicas_fetch_each_blob_from_the_origin_once_between_them() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 4);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let mut replicas: Vec<Served> = (0..2)
+        .map(|_| Served::start_free(&["--upstream", &origin.addr]))
+        .collect();
+    let group = format!("{},{}", replicas[0].addr, replicas[1].addr);
+    let gets_before = origin.blob_get_count();
+    let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    run_at_once(
+        outs.iter()
+            .map(|out| {
+                let mut c = h.cmd();
+                c.args([
+                    "pull",
+                    &origin.reference("tiers/model:v1"),
+                    "-o",
+                    out.path().to_str().unwrap(),
+                    "--mirror",
+                    &group,
+                ]);
+                c
+            })
+            .collect(),
+    );
+    for out in &outs {
+        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    }
+    let blobs = blob_count(src.path());
+    assert_eq!(
+        origin.blob_get_count() - gets_before,
+        blobs,
+        "two replicas and three nodes: each blob crossed the origin's link once"
+    );
+    // Each replica holds only the blobs whose home it is.
+    let held: Vec<usize> = replicas
+        .iter()
+        .map(|r| {
+            std::fs::read_dir(r.root.path().join("blobs/sha256"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(
+        held.iter().sum::<usize>() <= blobs + 2,
+        "blobs were cached twice: {held:?} for {blobs} blobs (plus manifests)"
+    );
+    // A replica lost: a new node still pulls, through the other one.
+    let lost = replicas.remove(0);
+    drop(lost);
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let child = spawn_pull(
+        &h,
+        &origin.reference("tiers/model:v1"),
+        out.path(),
+        &["--mirror", &group],
+    );
+    let (ok, secs, stderr) = finish(child, started);
+    assert!(ok, "{stderr}");
+    assert!(secs < 10.0, "the lost replica cost {secs:.1} s");
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+}
+
+#[test]
+fn the_link_cap_is_shared_by_every_connection_through_the_link() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 8);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let rate = 8_000_000u64;
+    let time_pulls = |link: hoist::wan::Link| {
+        let wan = Wan::start(&origin.addr, link);
+        let outs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let started = Instant::now();
+        let pulls: Vec<Child> = outs
+            .iter()
+            .map(|o| spawn_pull(&h, &wan.reference("tiers/model:v1"), o.path(), &[]))
+            .collect();
+        let secs: Vec<f64> = pulls
+            .into_iter()
+            .map(|p| {
+                let (ok, secs, stderr) = finish(p, started);
+                assert!(ok, "{stderr}");
+                secs
+            })
+            .collect();
+        (secs, wan.bytes_down())
+    };
+    // Per connection only: each pull's several connections each get the rate.
+    let (per_conn, _) = time_pulls(hoist::wan::Link {
+        rate,
+        ..Default::default()
+    });
+    // The link as a whole: both pulls together get the rate.
+    let (shared, bytes) = time_pulls(hoist::wan::Link {
+        link_rate: rate,
+        ..Default::default()
+    });
+    let floor = bytes as f64 / rate as f64;
+    let last = shared.iter().cloned().fold(0.0, f64::max);
+    let first = shared.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        last >= floor * 0.9,
+        "{bytes} bytes in {last:.2} s: faster than the {rate} B/s link"
+    );
+    assert!(
+        first >= last * 0.7,
+        "one pull took the link: {shared:?} (fair queueing shares it)"
+    );
+    let per_conn_last = per_conn.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        per_conn_last < last,
+        "a per-connection cap ({per_conn:?}) is looser than the link cap ({shared:?})"
+    );
+}
