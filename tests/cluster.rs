@@ -415,3 +415,50 @@ fn the_link_cap_is_shared_by_every_connection_through_the_link() {
         "a per-connection cap ({per_conn:?}) is looser than the link cap ({shared:?})"
     );
 }
+
+#[test]
+fn the_deployed_tier_settings_parse_and_unreachable_tiers_cost_nothing() {
+    // The init container's mirrors as deploy/overlays/cluster-tiers sets them, with the
+    // node's address put in as Kubernetes would: outside a cluster neither tier exists
+    // (no listener, no DNS name), so the pull must go straight on to the origin.
+    let patch = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/overlays/cluster-tiers/mirrors.yaml"),
+    )
+    .unwrap();
+    let value = |name: &str| -> String {
+        let at = patch.find(&format!("name: {name}")).unwrap();
+        let line = patch[at..].lines().nth(1).unwrap().trim();
+        let v = line.strip_prefix("value: ").unwrap();
+        v.trim_matches('"').to_string()
+    };
+    let mirrors = value("HOIST_MIRROR").replace("$(HOST_IP)", "127.0.0.1");
+    assert!(mirrors.contains(' ') && mirrors.contains(','), "{mirrors}");
+    let stall = value("HOIST_STALL_TIMEOUT");
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 2);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut cmd = h.cmd();
+    cmd.args([
+        "pull",
+        &origin.reference("tiers/model:v1"),
+        "-o",
+        out.path().to_str().unwrap(),
+    ])
+    .env("HOIST_MIRROR", &mirrors)
+    .env("HOIST_STALL_TIMEOUT", &stall);
+    let r = run(&mut cmd).ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        secs < 5.0,
+        "unreachable tiers cost {secs:.1} s: {}",
+        r.stderr
+    );
+    // Both tiers were tried (a typo in the setting would skip them silently).
+    assert!(r.stderr.contains("hoist-cluster-cache-"), "{}", r.stderr);
+}

@@ -184,6 +184,13 @@ pub(super) fn target(reference: &Reference, global: &GlobalArgs) -> Result<Targe
     }
 }
 
+fn plain(opts: &TransportOptions, http: bool) -> TransportOptions {
+    TransportOptions {
+        plain_http: Some(http),
+        ..opts.clone()
+    }
+}
+
 /// The mirrors of `registry` (`--mirror` first, then the mirrors file), each host a client
 /// that fails fast: the registry itself is behind them.
 pub(super) fn mirrors(registry: &str, global: &GlobalArgs) -> Result<Vec<Mirror>, Error> {
@@ -202,7 +209,19 @@ pub(super) fn mirrors(registry: &str, global: &GlobalArgs) -> Result<Vec<Mirror>
         .map(|spec| {
             let replicas = replica_hosts(spec)
                 .into_iter()
-                .map(|host| {
+                .map(|entry| {
+                    // `http://host` or `https://host` pins the scheme of one mirror (a node
+                    // cache on the node's address speaks plain HTTP; the origin may not).
+                    let (host, opts) = match entry.split_once("://") {
+                        Some(("http", host)) => (host, plain(&opts, true)),
+                        Some(("https", host)) => (host, plain(&opts, false)),
+                        Some((scheme, _)) => {
+                            return Err(Error::Usage(format!(
+                                "mirror {entry:?}: use http:// or https://, not {scheme}://"
+                            )))
+                        }
+                        None => (entry, opts.clone()),
+                    };
                     let creds = credentials(host, global)?;
                     Ok(RegistryClient::new(host, &opts, creds)?.fail_fast())
                 })

@@ -69,10 +69,18 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     registry_config: Option<PathBuf>,
-    /// A mirror of the registry to try first for reads (repeatable, in order). Replicas of
-    /// one cache are joined by commas (`cache-0:5000,cache-1:5000`): each blob is read from
-    /// the replica its digest maps to. A mirror that cannot be reached is skipped at once.
-    #[arg(long, global = true, value_name = "HOST[:PORT][,HOST[:PORT]...]")]
+    /// A mirror of the registry to try first for reads (repeatable, in order; in
+    /// $HOIST_MIRROR separated by spaces). Replicas of one cache are joined by commas
+    /// (`cache-0:5000,cache-1:5000`): each blob is read from the replica its digest maps
+    /// to. `http://` or `https://` before a host pins its scheme. A mirror that cannot be
+    /// reached or stalls is left for the next source at once.
+    #[arg(
+        long,
+        global = true,
+        env = "HOIST_MIRROR",
+        value_delimiter = ' ',
+        value_name = "HOST[:PORT][,HOST[:PORT]...]"
+    )]
     mirror: Vec<String>,
     /// TOML file mapping registries to mirrors (`[registries."host"] mirrors = [...]`).
     #[arg(long, global = true, env = "HOIST_MIRRORS_CONFIG", value_name = "FILE")]
