@@ -125,44 +125,65 @@ impl LinkPacer {
 
 /// A running proxy; it stops when dropped.
 pub struct Proxy {
+    /// Where the first route listens.
     pub addr: SocketAddr,
+    /// Where each route listens, in the order given.
+    pub addrs: Vec<SocketAddr>,
     pub stats: Arc<Stats>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.tasks.iter().for_each(|t| t.abort());
     }
 }
 
 impl Proxy {
     /// Listen on `listen` (use port 0 for any) and forward to `upstream`.
     pub async fn start(listen: &str, upstream: SocketAddr, link: Link) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+        Self::start_routes(&[(listen.to_string(), upstream)], link).await
+    }
+
+    /// One link with several routes (listen address → upstream), sharing its cap, its
+    /// faults and its counters: a node's NIC, which carries its traffic to every host.
+    pub async fn start_routes(
+        routes: &[(String, SocketAddr)],
+        link: Link,
+    ) -> std::io::Result<Proxy> {
         let stats = Arc::new(Stats::default());
         let pacer = Arc::new(LinkPacer {
             rate: link.link_rate,
             next_free: std::sync::Mutex::new(Instant::now()),
         });
         let link = Arc::new(link);
-        let task_stats = stats.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let n = task_stats.connections.fetch_add(1, Ordering::Relaxed);
-                let fault = if n < link.faulty_connections {
-                    link.fault
-                } else {
-                    Fault::None
-                };
-                let (link, stats, pacer) = (link.clone(), task_stats.clone(), pacer.clone());
-                tokio::spawn(async move {
-                    let _ = serve(client, upstream, &link, fault, &stats, &pacer).await;
-                });
-            }
-        });
-        Ok(Proxy { addr, stats, task })
+        let (mut addrs, mut tasks) = (Vec::new(), Vec::new());
+        for (listen, upstream) in routes {
+            let listener = TcpListener::bind(listen).await?;
+            addrs.push(listener.local_addr()?);
+            let (link, stats, pacer, upstream) =
+                (link.clone(), stats.clone(), pacer.clone(), *upstream);
+            tasks.push(tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let n = stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let fault = if n < link.faulty_connections {
+                        link.fault
+                    } else {
+                        Fault::None
+                    };
+                    let (link, stats, pacer) = (link.clone(), stats.clone(), pacer.clone());
+                    tokio::spawn(async move {
+                        let _ = serve(client, upstream, &link, fault, &stats, &pacer).await;
+                    });
+                }
+            }));
+        }
+        Ok(Proxy {
+            addr: addrs[0],
+            addrs,
+            stats,
+            tasks,
+        })
     }
 
     pub fn bytes_down(&self) -> u64 {

@@ -84,6 +84,10 @@ pub struct WanProxyArgs {
     /// The registry to forward to, e.g. 127.0.0.1:5000.
     #[arg(long)]
     upstream: std::net::SocketAddr,
+    /// More routes over the same link (its caps, faults and counters), `LISTEN=UPSTREAM`
+    /// (repeatable): a node's NIC carries its traffic to every host.
+    #[arg(long, value_name = "LISTEN=UPSTREAM", value_parser = parse_route)]
+    route: Vec<(String, std::net::SocketAddr)>,
     /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
     #[arg(long, default_value = "0", value_parser = parse_size)]
     rate: u64,
@@ -119,11 +123,15 @@ pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
         faulty_connections: args.faulty,
         strip_range: args.strip_range,
     };
-    let proxy = hoist::wan::Proxy::start(&args.listen, args.upstream, link)
+    let mut routes = vec![(args.listen.clone(), args.upstream)];
+    routes.extend(args.route.iter().cloned());
+    let proxy = hoist::wan::Proxy::start_routes(&routes, link)
         .await
-        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
-    // The first line says where to connect, so scripts can start it on port 0.
-    println!("{}", proxy.addr);
+        .map_err(|e| Error::Usage(format!("cannot listen: {e}")))?;
+    // One line per route says where to connect, so scripts can start it on port 0.
+    for addr in &proxy.addrs {
+        println!("{addr}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -135,6 +143,16 @@ pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
         }
     }
     write_stats(args.stats.as_deref(), &proxy.stats)
+}
+
+fn parse_route(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (listen, upstream) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=UPSTREAM"))?;
+    let upstream = upstream
+        .parse()
+        .map_err(|e| format!("{upstream:?} is not an address: {e}"))?;
+    Ok((listen.to_string(), upstream))
 }
 
 /// The proxy's counters as JSON, replaced atomically (a reader never sees half a file).
