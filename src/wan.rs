@@ -101,7 +101,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The link's shared cap: every chunk sent on any connection books its transmission time on
 /// one clock, first come first served, so N busy connections get 1/N of the link each (a
-/// FIFO queue, as a NIC's is). An idle link earns no credit for later bursts.
+/// FIFO queue, as a NIC's is). A sender wakes up to a timer tick (1 ms) late; the booking
+/// may start up to `SLACK` in the past so that lateness is not lost, which is all the credit
+/// an idle link earns.
 struct LinkPacer {
     rate: u64,
     next_free: std::sync::Mutex<Instant>,
@@ -112,10 +114,12 @@ impl LinkPacer {
         if self.rate == 0 {
             return;
         }
+        const SLACK: Duration = Duration::from_millis(10);
         let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
         let done = {
             let mut next = self.next_free.lock().expect("pacer lock");
-            let start = (*next).max(Instant::now());
+            let now = Instant::now();
+            let start = (*next).max(now.checked_sub(SLACK).unwrap_or(now));
             *next = start + cost;
             *next
         };
