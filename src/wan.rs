@@ -246,7 +246,9 @@ async fn serve(
         }
     };
     let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
+        // 64 KiB at a time: 1.3 ms at 50 MB/s, fine enough for pacing, and the hops behind
+        // the link do not pay their per-chunk costs on network-packet-sized pieces.
+        let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
         let started = Instant::now();
         let mut stalled = false;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::ApiError;
@@ -284,14 +284,17 @@ impl Upstreams {
                 Err(_) => tokio::fs::File::open(store.blob_path(digest)).await.ok(),
             };
             if let Some(file) = file {
-                return Ok((size, follow(file, size, rx)));
+                return Ok((size, follow(file.into_std().await, size, rx)));
             }
         }
         // Checked after the running fetches: a fetch commits its blob before it leaves them,
         // so a blob fetched since the caller looked is found here.
         if let Ok(file) = tokio::fs::File::open(store.blob_path(digest)).await {
             let size = file.metadata().await?.len();
-            return Ok((size, follow(file, size, watch::channel(Progress::Done).1)));
+            return Ok((
+                size,
+                follow(file.into_std().await, size, watch::channel(Progress::Done).1),
+            ));
         }
         let (resp, _, source) = upstream
             .open_blob(name, digest, None, self.stall_timeout)
@@ -362,7 +365,7 @@ impl Upstreams {
                 .remove(&digest_owned);
             let _ = tx.send(result);
         });
-        Ok((size, follow(reader, size, rx)))
+        Ok((size, follow(reader.into_std().await, size, rx)))
     }
 }
 
@@ -444,7 +447,9 @@ impl Pump {
         Ok(())
     }
 
-    /// One response's body, its first `skip` bytes dropped, up to the blob's size.
+    /// One response's body, its first `skip` bytes dropped, up to the blob's size. Bytes
+    /// are written and announced a megabyte at a time; what arrived before a failure is
+    /// written before the failure is returned, so the file always ends where the hash does.
     async fn copy(
         &self,
         resp: reqwest::Response,
@@ -454,38 +459,67 @@ impl Pump {
         tx: &watch::Sender<Progress>,
     ) -> Result<(), CopyError> {
         let mut body = resp.bytes_stream();
-        loop {
-            let next = tokio::time::timeout(self.stall, body.next())
-                .await
-                .map_err(|_| CopyError {
-                    stalled: true,
-                    detail: format!("no data for {:?} (stalled)", self.stall),
-                })?;
-            let Some(chunk) = next else {
-                return Ok(());
+        let mut pending = bytes::BytesMut::new();
+        let result = loop {
+            let next = match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    break Err(CopyError {
+                        stalled: true,
+                        detail: format!("no data for {:?} (stalled)", self.stall),
+                    })
+                }
+                Ok(None) => break Ok(()),
+                Ok(Some(Err(e))) => {
+                    break Err(CopyError {
+                        // The client's read timeout is the stall timeout for mirrors.
+                        stalled: e.is_timeout(),
+                        detail: crate::registry::error_chain(&e),
+                    })
+                }
+                Ok(Some(Ok(chunk))) => chunk,
             };
-            let mut chunk = chunk.map_err(|e| CopyError {
-                // The client's read timeout is the stall timeout for mirrors.
-                stalled: e.is_timeout(),
-                detail: crate::registry::error_chain(&e),
-            })?;
+            let mut chunk = next;
             let dropped = skip.min(chunk.len() as u64);
             skip -= dropped;
             let _ = chunk.split_to(dropped as usize);
             let room = self.size.saturating_sub(hasher.len());
             if chunk.len() as u64 > room {
-                return Err(CopyError::other(format!(
+                break Err(CopyError::other(format!(
                     "upstream sent more than the {} bytes",
                     self.size
                 )));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| CopyError::other(e.to_string()))?;
-            let _ = tx.send(Progress::Running(hasher.len()));
-        }
+            pending.extend_from_slice(&chunk);
+            if pending.len() as u64 >= FOLLOW_BATCH {
+                write_out(file, &mut pending, hasher.len(), tx).await?;
+            }
+        };
+        write_out(file, &mut pending, hasher.len(), tx).await?;
+        result
     }
+}
+
+/// Write what is pending and tell the followers the file now holds `total` bytes.
+async fn write_out(
+    file: &mut tokio::fs::File,
+    pending: &mut bytes::BytesMut,
+    total: u64,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), CopyError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    file.write_all(pending)
+        .await
+        .map_err(|e| CopyError::other(e.to_string()))?;
+    pending.clear();
+    // Flushed to the file (tokio's File writes in the background) before it is announced.
+    file.flush()
+        .await
+        .map_err(|e| CopyError::other(e.to_string()))?;
+    let _ = tx.send(Progress::Running(total));
+    Ok(())
 }
 
 /// Why a response's body stopped short.
@@ -503,41 +537,38 @@ impl CopyError {
     }
 }
 
+/// Bytes a follower waits for before it reads (unless the fetch ended): one read and one
+/// chunk per megabyte, not one per network packet.
+const FOLLOW_BATCH: u64 = 1 << 20;
+
 /// A body that reads a part file as it grows, waiting for the fetch to bring more bytes. The
 /// file is already open, so it stays readable after the fetch renames it into the store.
-fn follow(mut file: tokio::fs::File, size: u64, mut progress: watch::Receiver<Progress>) -> Body {
+fn follow(file: std::fs::File, size: u64, mut progress: watch::Receiver<Progress>) -> Body {
     let (tx, mut chunks) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let file = Arc::new(file);
     tokio::spawn(async move {
         let result: Result<(), String> = async {
             let mut pos = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
             while pos < size {
                 let available = match *progress.borrow_and_update() {
                     Progress::Running(n) => n,
                     Progress::Done => size,
                     Progress::Failed => return Err("the upstream fetch failed".into()),
                 };
-                if available <= pos {
+                if available < size && available < pos + FOLLOW_BATCH {
                     if progress.changed().await.is_err() && *progress.borrow() != Progress::Done {
                         return Err("the upstream fetch ended early".into());
                     }
                     continue;
                 }
-                file.seek(std::io::SeekFrom::Start(pos))
+                let want = (available - pos).min(4 * FOLLOW_BATCH) as usize;
+                let (file, at) = (file.clone(), pos);
+                let chunk = tokio::task::spawn_blocking(move || read_chunk(&file, at, want))
                     .await
+                    .expect("read task does not panic")
                     .map_err(|e| e.to_string())?;
-                let want = buf.len().min((available - pos) as usize);
-                let n = file
-                    .read(&mut buf[..want])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                pos += n as u64;
-                if n > 0
-                    && tx
-                        .send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                {
+                pos += chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
                     return Ok(()); // the client went away; the fetch goes on
                 }
             }
@@ -551,6 +582,25 @@ fn follow(mut file: tokio::fs::File, size: u64, mut progress: watch::Receiver<Pr
     Body::from_stream(futures_util::stream::poll_fn(move |cx| {
         chunks.poll_recv(cx)
     }))
+}
+
+/// `len` bytes of `file` from `at` (fewer only at its end), read into a buffer that becomes
+/// the chunk without another copy.
+fn read_chunk(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], at + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled == 0 {
+        return Err(std::io::Error::other("the part file is shorter than its progress"));
+    }
+    buf.truncate(filled);
+    Ok(bytes::Bytes::from(buf))
 }
 
 /// Delete the least recently used blobs until the store fits in `cap` bytes (never `keep`,
