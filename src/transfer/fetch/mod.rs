@@ -387,3 +387,31 @@ impl CpuTimes {
         self.busy.saturating_sub(earlier.busy) as f64 / total as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_throttled_registry_holds_every_connection_and_only_its_own() {
+        let fetcher = Fetcher::new(FetchOptions::default(), crate::transfer::silent());
+        fetcher.throttle("origin:5000", Duration::from_millis(300));
+        // A shorter hold never shortens a longer one.
+        fetcher.throttle("origin:5000", Duration::from_millis(10));
+        let started = Instant::now();
+        fetcher.wait_out_throttle("mirror:5000").await;
+        assert!(started.elapsed() < Duration::from_millis(50), "another host waited");
+        let waits: Vec<Duration> = futures_util::future::join_all((0..4).map(|_| async {
+            fetcher.wait_out_throttle("origin:5000").await;
+            started.elapsed()
+        }))
+        .await;
+        for w in &waits {
+            // The hold, plus the jitter of one backoff step (100–300 ms).
+            assert!(*w >= Duration::from_millis(400), "released early: {w:?}");
+            assert!(*w < Duration::from_millis(900), "held too long: {w:?}");
+        }
+        let spread = waits.iter().max().unwrap().saturating_sub(*waits.iter().min().unwrap());
+        assert!(spread > Duration::ZERO, "four connections released at the same instant");
+    }
+}
