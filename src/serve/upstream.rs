@@ -34,6 +34,10 @@ pub struct Upstream {
     /// Mirrors that could not be reached, and since when: skipped for `DOWN_FOR`, so each
     /// new miss does not wait out the same dead host again.
     down: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Sources that answered 429, and until when: every miss meanwhile is answered 429 here
+    /// without asking them again, so N clients waiting on one cache cost the throttling
+    /// registry one request per `Retry-After`, not N.
+    throttled: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// How long a mirror that could not be reached is skipped before it is tried again.
@@ -45,6 +49,32 @@ impl Upstream {
             origin,
             mirrors,
             down: Arc::default(),
+            throttled: Arc::default(),
+        }
+    }
+
+    /// `Err(Throttled)` while `source` asked to be left alone.
+    fn check_hold(&self, source: &RegistryClient) -> Result<(), RegistryError> {
+        let held = self.throttled.lock().expect("throttle lock");
+        match held.get(source.registry()) {
+            Some(until) if *until > Instant::now() => Err(RegistryError::Throttled {
+                registry: source.registry().to_string(),
+                retry_after: Some((*until - Instant::now()).as_secs_f64().ceil() as u64),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remember a 429 from `source` for as long as it asked (1 s if it did not say).
+    fn hold(&self, source: &RegistryClient, e: &RegistryError) {
+        if let RegistryError::Throttled { retry_after, .. } = e {
+            let secs = retry_after
+                .unwrap_or(1)
+                .min(crate::registry::MAX_RETRY_AFTER);
+            self.throttled.lock().expect("throttle lock").insert(
+                source.registry().to_string(),
+                Instant::now() + Duration::from_secs(secs),
+            );
         }
     }
 
@@ -104,6 +134,7 @@ impl Upstream {
         let sources = self.sources(digest.as_str());
         let mut last = None;
         for (i, source) in sources.iter().enumerate() {
+            self.check_hold(source)?;
             let opened = tokio::time::timeout(stall, source.get_blob(name, digest, range))
                 .await
                 .unwrap_or_else(|_| {
@@ -116,7 +147,10 @@ impl Upstream {
             match opened {
                 Ok(blob) => return Ok((blob.response, blob.partial, source.registry().into())),
                 // Throttling is passed on to the client, not escaped by asking the origin.
-                Err(e @ RegistryError::Throttled { .. }) => return Err(e),
+                Err(e @ RegistryError::Throttled { .. }) => {
+                    self.hold(source, &e);
+                    return Err(e);
+                }
                 Err(e) if i + 1 < sources.len() => {
                     self.mark_down(source, &e);
                     tracing::warn!(
@@ -206,7 +240,12 @@ impl Upstreams {
         let sources = upstream.sources(reference);
         let mut fetched = None;
         for (i, source) in sources.iter().enumerate() {
-            match source.get_manifest(name, reference).await {
+            upstream.check_hold(source)?;
+            let fetched_here = source.get_manifest(name, reference).await;
+            if let Err(e) = &fetched_here {
+                upstream.hold(source, e);
+            }
+            match fetched_here {
                 Err(e) if i + 1 < sources.len() => {
                     upstream.mark_down(source, &e);
                     tracing::warn!(
@@ -293,7 +332,11 @@ impl Upstreams {
             let size = file.metadata().await?.len();
             return Ok((
                 size,
-                follow(file.into_std().await, size, watch::channel(Progress::Done).1),
+                follow(
+                    file.into_std().await,
+                    size,
+                    watch::channel(Progress::Done).1,
+                ),
             ));
         }
         let (resp, _, source) = upstream
@@ -474,7 +517,7 @@ impl Pump {
                         // The client's read timeout is the stall timeout for mirrors.
                         stalled: e.is_timeout(),
                         detail: crate::registry::error_chain(&e),
-                    })
+                    });
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
@@ -597,7 +640,9 @@ fn read_chunk(file: &std::fs::File, at: u64, len: usize) -> std::io::Result<byte
         }
     }
     if filled == 0 {
-        return Err(std::io::Error::other("the part file is shorter than its progress"));
+        return Err(std::io::Error::other(
+            "the part file is shorter than its progress",
+        ));
     }
     buf.truncate(filled);
     Ok(bytes::Bytes::from(buf))

@@ -400,7 +400,10 @@ mod tests {
         fetcher.throttle("origin:5000", Duration::from_millis(10));
         let started = Instant::now();
         fetcher.wait_out_throttle("mirror:5000").await;
-        assert!(started.elapsed() < Duration::from_millis(50), "another host waited");
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "another host waited"
+        );
         let waits: Vec<Duration> = futures_util::future::join_all((0..4).map(|_| async {
             fetcher.wait_out_throttle("origin:5000").await;
             started.elapsed()
@@ -411,7 +414,14 @@ mod tests {
             assert!(*w >= Duration::from_millis(400), "released early: {w:?}");
             assert!(*w < Duration::from_millis(900), "held too long: {w:?}");
         }
-        let spread = waits.iter().max().unwrap().saturating_sub(*waits.iter().min().unwrap());
-        assert!(spread > Duration::ZERO, "four connections released at the same instant");
+        let spread = waits
+            .iter()
+            .max()
+            .unwrap()
+            .saturating_sub(*waits.iter().min().unwrap());
+        assert!(
+            spread > Duration::ZERO,
+            "four connections released at the same instant"
+        );
     }
 }
