@@ -471,4 +471,16 @@ fn the_deployed_tier_settings_parse_and_unreachable_tiers_cost_nothing() {
     );
     // Both tiers were tried (a typo in the setting would skip them silently).
     assert!(r.stderr.contains("hoist-cluster-cache-"), "{}", r.stderr);
+    // An empty setting (a manifest that clears it) means no mirror, not an error.
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = h.cmd();
+    cmd.args([
+        "pull",
+        &origin.reference("tiers/model:v1"),
+        "-o",
+        out.path().to_str().unwrap(),
+    ])
+    .env("HOIST_MIRROR", "");
+    run(&mut cmd).ok();
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
 }

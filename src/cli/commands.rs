@@ -206,6 +206,8 @@ pub(super) fn mirrors(registry: &str, global: &GlobalArgs) -> Result<Vec<Mirror>
     };
     specs
         .iter()
+        // An empty entry (HOIST_MIRROR="" in a manifest) means no mirror.
+        .filter(|spec| !spec.trim().is_empty())
         .map(|spec| {
             let replicas = replica_hosts(spec)
                 .into_iter()
