@@ -441,6 +441,10 @@ impl Job<'_> {
                     self.desc.size
                 ))
                 .into()),
+            // A mirror's read timeout is the stall timeout: the same stall, seen first.
+            Ok(Some(Err(e))) if e.is_timeout() => Err(Failure::Stalled(
+                self.registry_error(crate::registry::error_chain(&e)),
+            )),
             Ok(Some(Err(e))) => Err(self.registry_error(crate::registry::error_chain(&e)).into()),
             Ok(Some(Ok(chunk))) => Ok(chunk),
         }
