@@ -562,3 +562,46 @@ fn clients_hanging_up_mid_blob_do_not_stop_the_server() {
     pull_same(&h, &reference, src.path(), &["--range-size", "1MiB"]);
     assert!(served.alive(), "hoist serve died during a pull");
 }
+
+/// A pull-through cache held one pool of blobs for all repositories: a blob fetched for one
+/// repository was served through any other repository's path, without the upstream saying
+/// that repository has it.
+#[test]
+fn a_pull_through_cache_serves_a_blob_only_where_the_upstream_has_it() {
+    let upstream = Registry::start();
+    let h = Hoist::new();
+    push_small(&h, &upstream.reference("team/a:v1"));
+    let cache = Served::start_free(&["--upstream", &upstream.addr]);
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &cache.reference("team/a:v1"),
+        "-o",
+        out.path().to_str().unwrap(),
+    ])
+    .ok();
+    let doc: serde_json::Value = serde_json::from_str(
+        &h.run(&["inspect", &upstream.reference("team/a:v1"), "--json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let blob = doc["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let get = |repo: &str| curl(&[&cache.url(&format!("/v2/{repo}/blobs/{blob}"))]).0;
+    assert_eq!(get("team/a"), 200);
+    assert_eq!(
+        get("other/b"),
+        404,
+        "a cached blob was served through a repository the upstream does not hold it in"
+    );
+    // Once the upstream holds it there too, the cache serves it there.
+    push_small(&h, &upstream.reference("other/b:v1"));
+    assert_eq!(get("other/b"), 200);
+    // With the upstream down, nothing new is confirmed: still refused elsewhere.
+    drop(upstream);
+    assert_eq!(get("third/c"), 404);
+    assert_eq!(get("team/a"), 200, "what was confirmed stays served");
+}

@@ -698,16 +698,18 @@ async fn get_blob(
     let digest = parse_digest(digest)?;
     let upstream = state.upstreams.pick(ns);
     // A repository serves only what it holds: its own blobs, and its manifests (which the
-    // blobs endpoint also serves). Through a pull-through cache, a blob cached for another
-    // repository is served once the upstream confirms this repository has it.
+    // blobs endpoint also serves). Through a pull-through cache, nothing reaches a repository
+    // that does not hold the blob before the upstream confirms this repository has it: the
+    // cache's blobs, and the fetches running for other repositories, are shared by all.
     let mut held = state.store.is_linked(name, LinkKind::Blob, &digest)
         || state.store.is_linked(name, LinkKind::Manifest, &digest);
-    if !held && state.store.blob_size(&digest).is_some() {
-        if let Some(upstream) = upstream {
-            if upstream.blob_exists(name, &digest).await.is_some() {
-                state.store.link(name, LinkKind::Blob, &digest)?;
-                held = true;
-            }
+    if let (false, Some(upstream)) = (held, upstream) {
+        if upstream.blob_exists(name, &digest).await.is_none() {
+            return Err(ApiError::blob_unknown(digest.as_str()));
+        }
+        if state.store.blob_size(&digest).is_some() {
+            state.store.link(name, LinkKind::Blob, &digest)?;
+            held = true;
         }
     }
     // Checked before it is served: a cache file changed on disk is not served as good.
