@@ -484,3 +484,48 @@ fn the_deployed_tier_settings_parse_and_unreachable_tiers_cost_nothing() {
     run(&mut cmd).ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
 }
+
+#[test]
+fn a_node_cache_answers_for_a_throttling_origin_until_its_wait_is_over() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 4);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let window = 6;
+    let link = Wan::start(
+        &origin.addr,
+        hoist::wan::Link {
+            fault: hoist::wan::Fault::Throttle(Duration::from_secs(window), 1),
+            faulty_connections: usize::MAX,
+            ..Default::default()
+        },
+    );
+    let node = Served::start_free(&["--upstream", &link.addr()]);
+    let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let started = Instant::now();
+    let pulls: Vec<Child> = outs
+        .iter()
+        .map(|out| spawn_pull(&h, &node.reference("tiers/model:v1"), out.path(), &[]))
+        .collect();
+    for (pull, out) in pulls.into_iter().zip(&outs) {
+        let (ok, _, stderr) = finish(pull, started);
+        assert!(ok, "{stderr}");
+        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    }
+    let throttled = link
+        .proxy
+        .as_ref()
+        .unwrap()
+        .stats
+        .throttled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Three pulls, several blobs each, asking again every second or so: without the cache
+    // answering for the origin while it waits, the origin would see dozens of requests a
+    // second. With it: the requests in flight when a wait began, then one per wait.
+    assert!(throttled > 0, "the fault never fired");
+    assert!(
+        throttled <= 4 * window as usize,
+        "the origin answered {throttled} requests with 429 in {window} s"
+    );
+}
