@@ -64,6 +64,48 @@ fn signal(pid: i32, sig: i32) {
 }
 
 #[test]
+fn a_failing_mirror_gets_two_tries_and_the_rest_of_the_pull_skips_it() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    // Eight blobs of 1 MiB and more, so the pull has blobs after the first wave.
+    for i in 0..8 {
+        std::fs::write(
+            src.path().join(format!("shard-{i}.bin")),
+            noise((1 << 20) + i, i as u64),
+        )
+        .unwrap();
+    }
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    // A mirror that answers every request with 503: up, and useless.
+    let broken = common::fake::FakeRegistry::start(|_| common::fake::Response::new(503));
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let child = spawn_pull(
+        &h,
+        &origin.reference("tiers/model:v1"),
+        out.path(),
+        &["--mirror", &broken.addr, "--concurrency", "2"],
+    );
+    let (ok, secs, stderr) = finish(child, started);
+    assert!(ok, "{stderr}");
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    let blob_requests = broken
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .count();
+    // Two tries for each blob that asked it before it was known to be failing (at most the
+    // two connections' first blobs); none for the six after.
+    assert!(
+        blob_requests <= 2 * 2,
+        "the mirror was asked {blob_requests} times for blobs"
+    );
+    // Two short backoffs, not six attempts of up to 10 s for every blob.
+    assert!(secs < 5.0, "the failing mirror cost {secs:.1} s");
+}
+
+#[test]
 fn a_cache_tier_that_is_down_or_silent_is_left_within_the_stall_timeout() {
     let origin = Registry::start();
     let h = Hoist::new();
