@@ -28,10 +28,10 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Answer `503 Service Unavailable` without contacting the upstream.
     Unavailable,
-    /// Answer blob downloads with `429 Too Many Requests` and `Retry-After: secs` (then
-    /// close the connection, without contacting the upstream) for this long after the
-    /// first blob download was asked for: an origin throttling a rush of nodes. Manifests
-    /// and everything after the window pass.
+    /// Answer manifest and blob downloads with `429 Too Many Requests` and
+    /// `Retry-After: secs` (then close the connection, without contacting the upstream) for
+    /// this long after the first one was asked for: an origin throttling a rush of nodes.
+    /// Other requests, and everything after the window, pass.
     Throttle(Duration, u64),
 }
 
@@ -74,7 +74,7 @@ pub struct Stats {
     pub basic_auth_requests: AtomicUsize,
     /// Requests answered 429 by a `Throttle` fault.
     pub throttled: AtomicUsize,
-    /// When the first blob download was asked for (a `Throttle` window starts there).
+    /// When the first download was asked for (a `Throttle` window starts there).
     first_blob_request: std::sync::OnceLock<Instant>,
 }
 
@@ -84,7 +84,8 @@ impl Stats {
         let Fault::Throttle(window, retry_after) = fault else {
             return None;
         };
-        if !request.starts_with(b"GET ") || !contains(request, b"/blobs/sha256:") {
+        let content = contains(request, b"/blobs/sha256:") || contains(request, b"/manifests/");
+        if !request.starts_with(b"GET ") || !content {
             return None;
         }
         let first = *self.first_blob_request.get_or_init(Instant::now);

@@ -99,7 +99,7 @@ pub struct WanProxyArgs {
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Fault for the first --faulty connections: reset:N, truncate:N, stall:N:SECS, 503, or
-    /// throttle:SECS:RETRY_AFTER (429 for the first SECS after the start).
+    /// throttle:SECS:RETRY_AFTER (429 to manifest and blob downloads for SECS after the first).
     #[arg(long, default_value = "none", value_parser = hoist::wan::parse_fault)]
     fault: hoist::wan::Fault,
     /// How many connections get the fault (default: all).
@@ -186,8 +186,14 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
             None => (None, spec.as_str()),
         };
         let host = auth::config::normalize(host);
-        let origin = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?;
-        let client = hoist::serve::Upstream::new(origin, mirrors(&host, global)?);
+        // 429s are passed on to the clients (who wait), not waited out here.
+        let origin = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?
+            .pass_throttling();
+        let mirrors = mirrors(&host, global)?
+            .into_iter()
+            .map(|m| m.map(RegistryClient::pass_throttling))
+            .collect();
+        let client = hoist::serve::Upstream::new(origin, mirrors);
         match ns {
             Some(ns) => {
                 by_namespace.insert(ns, client);

@@ -21,6 +21,8 @@ pub struct RegistryClient {
     /// A mirror with another source behind it: an unreachable host is left at once and
     /// other failures get one retry (see `RetryPolicy::attempts_for`).
     pub(crate) fail_fast: bool,
+    /// Wait out a 429 (`false`: return it at once, for a cache that passes it on).
+    pub(crate) wait_when_throttled: bool,
 }
 
 /// A blob download in progress.
@@ -49,7 +51,15 @@ impl RegistryClient {
             registry: registry.to_string(),
             credentials: std::sync::Arc::new(credentials),
             fail_fast: false,
+            wait_when_throttled: true,
         })
+    }
+
+    /// This client returns a 429 at once instead of waiting it out: `hoist serve` passes it
+    /// on to its clients, who wait, rather than holding their requests open meanwhile.
+    pub fn pass_throttling(mut self) -> Self {
+        self.wait_when_throttled = false;
+        self
     }
 
     /// This client as a mirror: failures send the caller to its next source quickly.

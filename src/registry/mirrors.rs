@@ -41,6 +41,11 @@ impl Mirror {
         Mirror { replicas }
     }
 
+    /// The same replicas, each client changed by `f`.
+    pub fn map(self, f: impl Fn(RegistryClient) -> RegistryClient) -> Mirror {
+        Mirror::new(self.replicas.into_iter().map(f).collect())
+    }
+
     /// The replicas in the order to try for `key` (a digest or a reference): its home first.
     pub fn order_for(&self, key: &str) -> Vec<&RegistryClient> {
         let mut ranked: Vec<(_, &RegistryClient)> = self

@@ -96,7 +96,7 @@ impl super::RegistryClient {
                 // A 429 says "later", not "broken": waited out (Retry-After plus jitter)
                 // without using up attempts, for up to MAX_THROTTLED in all.
                 Err(super::RegistryError::Throttled { retry_after, .. })
-                    if throttled_for < MAX_THROTTLED =>
+                    if self.wait_when_throttled && throttled_for < MAX_THROTTLED =>
                 {
                     let delay = policy.delay(attempt, retry_after);
                     tracing::warn!(
