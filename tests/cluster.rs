@@ -571,3 +571,61 @@ fn a_node_cache_answers_for_a_throttling_origin_until_its_wait_is_over() {
         "the origin answered {throttled} requests with 429 in {window} s"
     );
 }
+
+#[test]
+fn a_throttling_origin_behind_both_tiers_is_waited_for_on_its_tier() {
+    let origin = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), 4);
+    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let throttled = || hoist::wan::Link {
+        fault: hoist::wan::Fault::Throttle(Duration::from_secs(4), 1),
+        faulty_connections: usize::MAX,
+        ..Default::default()
+    };
+    // The origin throttles everybody: the cluster cache, and the node cache should it come
+    // to the origin itself (its own link, so what it takes from there is counted apart).
+    let cluster_link = Wan::start(&origin.addr, throttled());
+    let node_link = Wan::start(&origin.addr, throttled());
+    let cluster = Served::start_free(&["--upstream", &cluster_link.addr()]);
+    // The node cache's stall timeout is shorter than the time a cache waiting out the 429s
+    // itself would keep its request open: passing them on is what keeps it on its tier.
+    let node = Served::start_free(&[
+        "--upstream",
+        &node_link.addr(),
+        "--mirror",
+        &cluster.addr,
+        "--stall-timeout",
+        "3",
+    ]);
+    let outs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let started = Instant::now();
+    let pulls: Vec<Child> = outs
+        .iter()
+        .map(|out| {
+            let node_mirror = format!("http://{}", node.addr);
+            let mirrors = ["--mirror", &node_mirror, "--mirror", &cluster.addr];
+            spawn_pull(
+                &h,
+                &node_link.reference("tiers/model:v1"),
+                out.path(),
+                &mirrors,
+            )
+        })
+        .collect();
+    for (pull, out) in pulls.into_iter().zip(&outs) {
+        let (ok, _, stderr) = finish(pull, started);
+        assert!(ok, "{stderr}");
+        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    }
+    assert!(
+        node_link.bytes_down() < 1 << 20,
+        "the node cache went around the throttled cluster cache: {} bytes straight from the origin",
+        node_link.bytes_down()
+    );
+    assert!(
+        cluster_link.bytes_down() >= 7 << 20,
+        "the model came through the cluster cache"
+    );
+}

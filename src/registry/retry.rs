@@ -93,10 +93,14 @@ impl super::RegistryClient {
             match request().await {
                 // A mirror that cannot be reached is left at once: the next source is there.
                 Err(e) if e.is_unreachable() && self.fail_fast => return Err(e),
+                // A cache passing 429s on to its clients returns them at once.
+                Err(e @ super::RegistryError::Throttled { .. }) if !self.wait_when_throttled => {
+                    return Err(e)
+                }
                 // A 429 says "later", not "broken": waited out (Retry-After plus jitter)
                 // without using up attempts, for up to MAX_THROTTLED in all.
                 Err(super::RegistryError::Throttled { retry_after, .. })
-                    if self.wait_when_throttled && throttled_for < MAX_THROTTLED =>
+                    if throttled_for < MAX_THROTTLED =>
                 {
                     let delay = policy.delay(attempt, retry_after);
                     tracing::warn!(
