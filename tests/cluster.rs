@@ -23,6 +23,51 @@ fn push(h: &Hoist, dir: &std::path::Path, reference: &str) {
     h.run(&["push", dir.to_str().unwrap(), reference]).ok();
 }
 
+/// An origin registry holding a [`model`] of `mib` MiB as `tiers/model:v1`; the folder, to
+/// compare pulls with.
+fn published(h: &Hoist, mib: usize) -> (Registry, tempfile::TempDir) {
+    let origin = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    model(src.path(), mib);
+    push(h, src.path(), &origin.reference("tiers/model:v1"));
+    (origin, src)
+}
+
+/// A link whose far end answers every manifest and blob download with 429 (Retry-After:
+/// 1 s) for `secs` after the first one.
+fn throttling(secs: u64) -> hoist::wan::Link {
+    hoist::wan::Link {
+        fault: hoist::wan::Fault::Throttle(Duration::from_secs(secs), 1),
+        faulty_connections: usize::MAX,
+        ..Default::default()
+    }
+}
+
+/// Wait for every pull, each of which must succeed with exactly `src`'s files; their
+/// (seconds since `started`, stderr), for further checks.
+fn verified(
+    pulls: Vec<Child>,
+    outs: &[tempfile::TempDir],
+    src: &std::path::Path,
+    started: Instant,
+    what: &str,
+) -> Vec<(f64, String)> {
+    pulls
+        .into_iter()
+        .zip(outs)
+        .map(|(pull, out)| {
+            let (ok, secs, stderr) = finish(pull, started);
+            assert!(ok, "{what}: a node's pull failed: {stderr}");
+            assert_eq!(
+                tree(src, false),
+                tree(out.path(), false),
+                "{what}: a node ended with other files"
+            );
+            (secs, stderr)
+        })
+        .collect()
+}
+
 /// Distinct non-empty files: the blobs a pull downloads (never the config).
 fn blob_count(dir: &std::path::Path) -> usize {
     tree(dir, false)
@@ -58,6 +103,21 @@ fn finish(child: Child, started: Instant) -> (bool, f64, String) {
     )
 }
 
+/// One pull of `tiers/model:v1` into a new folder, verified as [`verified`] does.
+fn pull_verified(
+    h: &Hoist,
+    registry: &str,
+    src: &std::path::Path,
+    extra: &[&str],
+    what: &str,
+) -> (f64, String) {
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let reference = format!("{registry}/tiers/model:v1");
+    let child = spawn_pull(h, &reference, out.path(), extra);
+    verified(vec![child], &[out], src, started, what).remove(0)
+}
+
 fn signal(pid: i32, sig: i32) {
     // SAFETY: a plain kill(2) of a child this test started.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
@@ -79,17 +139,8 @@ fn a_failing_mirror_gets_two_tries_and_the_rest_of_the_pull_skips_it() {
     push(&h, src.path(), &origin.reference("tiers/model:v1"));
     // A mirror that answers every request with 503: up, and useless.
     let broken = common::fake::FakeRegistry::start(|_| common::fake::Response::new(503));
-    let out = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let child = spawn_pull(
-        &h,
-        &origin.reference("tiers/model:v1"),
-        out.path(),
-        &["--mirror", &broken.addr, "--concurrency", "2"],
-    );
-    let (ok, secs, stderr) = finish(child, started);
-    assert!(ok, "{stderr}");
-    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    let mirror = ["--mirror", &broken.addr, "--concurrency", "2"];
+    let (secs, _) = pull_verified(&h, &origin.addr, src.path(), &mirror, "503 mirror");
     let blob_requests = broken
         .requests()
         .iter()
@@ -107,11 +158,8 @@ fn a_failing_mirror_gets_two_tries_and_the_rest_of_the_pull_skips_it() {
 
 #[test]
 fn a_cache_tier_that_is_down_or_silent_is_left_within_the_stall_timeout() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 8);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 8);
     // Down: nothing listens. Silent: the kernel accepts connections, nobody answers (a hung
     // process, a frozen node).
     let down = format!("127.0.0.1:{}", free_port());
@@ -125,17 +173,8 @@ fn a_cache_tier_that_is_down_or_silent_is_left_within_the_stall_timeout() {
         // then skip it: not the 120 s read timeout, not a stall per range.
         ("silent", silent_addr.as_str(), 2.0 * stall + 3.0),
     ] {
-        let out = tempfile::tempdir().unwrap();
-        let started = Instant::now();
-        let child = spawn_pull(
-            &h,
-            &origin.reference("tiers/model:v1"),
-            out.path(),
-            &["--mirror", mirror, "--stall-timeout", "3"],
-        );
-        let (ok, secs, stderr) = finish(child, started);
-        assert!(ok, "{what} mirror: the pull failed: {stderr}");
-        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+        let extra = ["--mirror", mirror, "--stall-timeout", "3"];
+        let (secs, stderr) = pull_verified(&h, &origin.addr, src.path(), &extra, what);
         assert!(
             secs < limit,
             "{what} mirror: the pull took {secs:.1} s (limit {limit} s): {stderr}"
@@ -232,14 +271,7 @@ fn chain_fault_run(sig: i32, what: &str) {
     // One cache stall timeout, then at worst the three nodes' whole models over the
     // 12 MB/s origin link, and room for a loaded machine.
     let limit = 3.0 + (3 * model_bytes) as f64 / 12e6 + 3.0;
-    for (pull, out) in pulls.into_iter().zip(&outs) {
-        let (ok, secs, stderr) = finish(pull, started);
-        assert!(ok, "{what}: a node's pull failed: {stderr}");
-        assert_eq!(
-            tree(src.path(), false),
-            tree(out.path(), false),
-            "{what}: a node ended with other files"
-        );
+    for (secs, stderr) in verified(pulls, &outs, src.path(), started, what) {
         assert!(
             secs - faulted < limit,
             "{what}: a node needed {:.1} s after the fault: {stderr}",
@@ -277,22 +309,12 @@ fn a_cluster_cache_frozen_mid_run_costs_each_node_one_stall_timeout() {
 
 #[test]
 fn an_origin_throttling_for_a_while_is_waited_out_by_every_node() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 8);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 8);
     // 429 with Retry-After: 1 on every blob download for 10 s after the first: longer than
     // the six attempts a range has for failures (about 8 s with these waits).
     let window = 10.0;
-    let link = Wan::start(
-        &origin.addr,
-        hoist::wan::Link {
-            fault: hoist::wan::Fault::Throttle(Duration::from_secs(window as u64), 1),
-            faulty_connections: usize::MAX,
-            ..Default::default()
-        },
-    );
+    let link = Wan::start(&origin.addr, throttling(window as u64));
     // Two nodes pull from the origin directly, two through a node cache that passes the
     // 429 on (its clients wait; nobody escapes to another source).
     let node = Served::start_free(&["--upstream", &link.addr()]);
@@ -311,10 +333,7 @@ fn an_origin_throttling_for_a_while_is_waited_out_by_every_node() {
             spawn_pull(&h, &reference, out.path(), extra)
         })
         .collect();
-    for (pull, out) in pulls.into_iter().zip(&outs) {
-        let (ok, secs, stderr) = finish(pull, started);
-        assert!(ok, "a node gave up on a throttling origin: {stderr}");
-        assert_eq!(tree(src.path(), false), tree(out.path(), false));
+    for (secs, stderr) in verified(pulls, &outs, src.path(), started, "throttled origin") {
         assert!(
             secs >= window - 1.0,
             "finished in {secs:.1} s inside the window"
@@ -330,13 +349,7 @@ fn an_origin_throttling_for_a_while_is_waited_out_by_every_node() {
             "a node left its cache for the origin: {stderr}"
         );
     }
-    let throttled = link
-        .proxy
-        .as_ref()
-        .unwrap()
-        .stats
-        .throttled
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let throttled = link.throttled();
     // Each waiting connection asks again after Retry-After (1 s) at the soonest: four
     // nodes, a node cache, a few connections each, ten seconds.
     assert!(throttled > 0, "the fault never fired");
@@ -348,11 +361,8 @@ fn an_origin_throttling_for_a_while_is_waited_out_by_every_node() {
 
 #[test]
 fn cluster_cache_replicas_fetch_each_blob_from_the_origin_once_between_them() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 4);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 4);
     let mut replicas: Vec<Served> = (0..2)
         .map(|_| Served::start_free(&["--upstream", &origin.addr]))
         .collect();
@@ -400,27 +410,15 @@ fn cluster_cache_replicas_fetch_each_blob_from_the_origin_once_between_them() {
     // A replica lost: a new node still pulls, through the other one.
     let lost = replicas.remove(0);
     drop(lost);
-    let out = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let child = spawn_pull(
-        &h,
-        &origin.reference("tiers/model:v1"),
-        out.path(),
-        &["--mirror", &group],
-    );
-    let (ok, secs, stderr) = finish(child, started);
-    assert!(ok, "{stderr}");
+    let extra = ["--mirror", group.as_str()];
+    let (secs, _) = pull_verified(&h, &origin.addr, src.path(), &extra, "a replica lost");
     assert!(secs < 10.0, "the lost replica cost {secs:.1} s");
-    assert_eq!(tree(src.path(), false), tree(out.path(), false));
 }
 
 #[test]
 fn the_link_cap_is_shared_by_every_connection_through_the_link() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 8);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 8);
     let rate = 8_000_000u64;
     let time_pulls = |link: hoist::wan::Link| {
         let wan = Wan::start(&origin.addr, link);
@@ -430,13 +428,9 @@ fn the_link_cap_is_shared_by_every_connection_through_the_link() {
             .iter()
             .map(|o| spawn_pull(&h, &wan.reference("tiers/model:v1"), o.path(), &[]))
             .collect();
-        let secs: Vec<f64> = pulls
+        let secs: Vec<f64> = verified(pulls, &outs, src.path(), started, "capped link")
             .into_iter()
-            .map(|p| {
-                let (ok, secs, stderr) = finish(p, started);
-                assert!(ok, "{stderr}");
-                secs
-            })
+            .map(|(secs, _)| secs)
             .collect();
         (secs, wan.bytes_down())
     };
@@ -487,11 +481,8 @@ fn the_deployed_tier_settings_parse_and_unreachable_tiers_cost_nothing() {
     let mirrors = value("HOIST_MIRROR").replace("$(HOST_IP)", "127.0.0.1");
     assert!(mirrors.contains(' ') && mirrors.contains(','), "{mirrors}");
     let stall = value("HOIST_STALL_TIMEOUT");
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 2);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 2);
     let out = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut cmd = h.cmd();
@@ -529,20 +520,10 @@ fn the_deployed_tier_settings_parse_and_unreachable_tiers_cost_nothing() {
 
 #[test]
 fn a_node_cache_answers_for_a_throttling_origin_until_its_wait_is_over() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 4);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
+    let (origin, src) = published(&h, 4);
     let window = 6;
-    let link = Wan::start(
-        &origin.addr,
-        hoist::wan::Link {
-            fault: hoist::wan::Fault::Throttle(Duration::from_secs(window), 1),
-            faulty_connections: usize::MAX,
-            ..Default::default()
-        },
-    );
+    let link = Wan::start(&origin.addr, throttling(window));
     let node = Served::start_free(&["--upstream", &link.addr()]);
     let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let started = Instant::now();
@@ -550,18 +531,8 @@ fn a_node_cache_answers_for_a_throttling_origin_until_its_wait_is_over() {
         .iter()
         .map(|out| spawn_pull(&h, &node.reference("tiers/model:v1"), out.path(), &[]))
         .collect();
-    for (pull, out) in pulls.into_iter().zip(&outs) {
-        let (ok, _, stderr) = finish(pull, started);
-        assert!(ok, "{stderr}");
-        assert_eq!(tree(src.path(), false), tree(out.path(), false));
-    }
-    let throttled = link
-        .proxy
-        .as_ref()
-        .unwrap()
-        .stats
-        .throttled
-        .load(std::sync::atomic::Ordering::Relaxed);
+    verified(pulls, &outs, src.path(), started, "throttled origin");
+    let throttled = link.throttled();
     // Three pulls, several blobs each, asking again every second or so: without the cache
     // answering for the origin while it waits, the origin would see dozens of requests a
     // second. With it: the requests in flight when a wait began, then one per wait.
@@ -574,20 +545,12 @@ fn a_node_cache_answers_for_a_throttling_origin_until_its_wait_is_over() {
 
 #[test]
 fn a_throttling_origin_behind_both_tiers_is_waited_for_on_its_tier() {
-    let origin = Registry::start();
     let h = Hoist::new();
-    let src = tempfile::tempdir().unwrap();
-    model(src.path(), 4);
-    push(&h, src.path(), &origin.reference("tiers/model:v1"));
-    let throttled = || hoist::wan::Link {
-        fault: hoist::wan::Fault::Throttle(Duration::from_secs(4), 1),
-        faulty_connections: usize::MAX,
-        ..Default::default()
-    };
+    let (origin, src) = published(&h, 4);
     // The origin throttles everybody: the cluster cache, and the node cache should it come
     // to the origin itself (its own link, so what it takes from there is counted apart).
-    let cluster_link = Wan::start(&origin.addr, throttled());
-    let node_link = Wan::start(&origin.addr, throttled());
+    let cluster_link = Wan::start(&origin.addr, throttling(4));
+    let node_link = Wan::start(&origin.addr, throttling(4));
     let cluster = Served::start_free(&["--upstream", &cluster_link.addr()]);
     // The node cache's stall timeout is shorter than the time a cache waiting out the 429s
     // itself would keep its request open: passing them on is what keeps it on its tier.
@@ -614,11 +577,7 @@ fn a_throttling_origin_behind_both_tiers_is_waited_for_on_its_tier() {
             )
         })
         .collect();
-    for (pull, out) in pulls.into_iter().zip(&outs) {
-        let (ok, _, stderr) = finish(pull, started);
-        assert!(ok, "{stderr}");
-        assert_eq!(tree(src.path(), false), tree(out.path(), false));
-    }
+    verified(pulls, &outs, src.path(), started, "throttled origin");
     assert!(
         node_link.bytes_down() < 1 << 20,
         "the node cache went around the throttled cluster cache: {} bytes straight from the origin",

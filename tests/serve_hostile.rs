@@ -230,6 +230,16 @@ fn names_and_tags_follow_the_grammar_on_every_route() {
     assert!(!tags.contains("nul") && !tags.contains("a:b@c"), "{tags}");
 }
 
+/// The digest of the first layer of `reference`'s manifest (`hoist inspect --json`).
+fn first_layer(h: &Hoist, reference: &str) -> String {
+    let doc: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", reference, "--json"]).ok().stdout).unwrap();
+    doc["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Finding 20: one blob pool for all repositories (delete, mount, read across repositories).
 #[test]
 fn blobs_belong_to_the_repositories_that_hold_them() {
@@ -237,16 +247,7 @@ fn blobs_belong_to_the_repositories_that_hold_them() {
     let h = Hoist::new();
     let src = push_small(&h, &served.reference("team/a:v1"));
     drop(src);
-    let doc: serde_json::Value = serde_json::from_str(
-        &h.run(&["inspect", &served.reference("team/a:v1"), "--json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
-    let blob = doc["manifest"]["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let blob = first_layer(&h, &served.reference("team/a:v1"));
     let get = |repo: &str| curl(&["-I", &served.url(&format!("/v2/{repo}/blobs/{blob}"))]).0;
     assert_eq!(get("team/a"), 200);
     assert_eq!(
@@ -580,16 +581,7 @@ fn a_pull_through_cache_serves_a_blob_only_where_the_upstream_has_it() {
         out.path().to_str().unwrap(),
     ])
     .ok();
-    let doc: serde_json::Value = serde_json::from_str(
-        &h.run(&["inspect", &upstream.reference("team/a:v1"), "--json"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
-    let blob = doc["manifest"]["layers"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let blob = first_layer(&h, &upstream.reference("team/a:v1"));
     let get = |repo: &str| curl(&[&cache.url(&format!("/v2/{repo}/blobs/{blob}"))]).0;
     assert_eq!(get("team/a"), 200);
     assert_eq!(

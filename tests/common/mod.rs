@@ -415,6 +415,11 @@ impl Wan {
     pub fn bytes_down(&self) -> u64 {
         self.proxy.as_ref().unwrap().bytes_down()
     }
+    /// Requests a `Throttle` fault answered with 429.
+    pub fn throttled(&self) -> usize {
+        let stats = &self.proxy.as_ref().unwrap().stats;
+        stats.throttled.load(std::sync::atomic::Ordering::Relaxed)
+    }
     pub fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.addr())
     }
