@@ -578,6 +578,13 @@ fn a_throttling_origin_behind_both_tiers_is_waited_for_on_its_tier() {
         })
         .collect();
     verified(pulls, &outs, src.path(), started, "throttled origin");
+    // Not even a manifest: a 429 from the cluster cache is passed on, never taken as a
+    // reason to ask the origin.
+    assert_eq!(
+        node_link.throttled(),
+        0,
+        "the node cache asked the throttling origin itself"
+    );
     assert!(
         node_link.bytes_down() < 1 << 20,
         "the node cache went around the throttled cluster cache: {} bytes straight from the origin",

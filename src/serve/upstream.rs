@@ -122,6 +122,43 @@ impl Upstream {
         None
     }
 
+    /// Ask the sources of `key` in turn until one answers. A source that fails is left for
+    /// the next (and marked down when it did not answer at all); a 429 ends the search and
+    /// is held for its `Retry-After`, so it is passed on rather than gone around. Returns
+    /// the answer and the source that gave it.
+    async fn first_answer<T, F, Fut>(
+        &self,
+        key: &str,
+        what: &str,
+        mut ask: F,
+    ) -> Result<(T, String), RegistryError>
+    where
+        F: FnMut(RegistryClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let sources: Vec<RegistryClient> = self.sources(key).into_iter().cloned().collect();
+        let last = sources.len() - 1;
+        for (i, source) in sources.into_iter().enumerate() {
+            self.check_hold(&source)?;
+            match ask(source.clone()).await {
+                Ok(answer) => return Ok((answer, source.registry().to_string())),
+                Err(e @ RegistryError::Throttled { .. }) => {
+                    self.hold(&source, &e);
+                    return Err(e);
+                }
+                Err(e) if i < last => {
+                    self.mark_down(&source, &e);
+                    tracing::warn!(
+                        "{what}: {} failed ({e}); trying the next source",
+                        source.registry()
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the origin is always the last source")
+    }
+
     /// Open `digest` (its `range`, or whole) on the first source that answers. Returns the
     /// response, whether it is the range (206) or the whole blob (200), and the source.
     async fn open_blob(
@@ -131,38 +168,21 @@ impl Upstream {
         range: Option<(u64, u64)>,
         stall: Duration,
     ) -> Result<(reqwest::Response, bool, String), RegistryError> {
-        let sources = self.sources(digest.as_str());
-        let mut last = None;
-        for (i, source) in sources.iter().enumerate() {
-            self.check_hold(source)?;
-            let opened = tokio::time::timeout(stall, source.get_blob(name, digest, range))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(RegistryError::TimedOut {
+        let what = format!("pull-through of {digest}");
+        let ((response, partial), source) = self
+            .first_answer(digest.as_str(), &what, |source| async move {
+                // A source that accepts and never answers is left after the stall timeout.
+                match tokio::time::timeout(stall, source.get_blob(name, digest, range)).await {
+                    Ok(opened) => opened.map(|blob| (blob.response, blob.partial)),
+                    Err(_) => Err(RegistryError::TimedOut {
                         registry: source.registry().to_string(),
                         context: format!("blob {digest}"),
                         detail: format!("no answer for {stall:?}"),
-                    })
-                });
-            match opened {
-                Ok(blob) => return Ok((blob.response, blob.partial, source.registry().into())),
-                // Throttling is passed on to the client, not escaped by asking the origin.
-                Err(e @ RegistryError::Throttled { .. }) => {
-                    self.hold(source, &e);
-                    return Err(e);
+                    }),
                 }
-                Err(e) if i + 1 < sources.len() => {
-                    self.mark_down(source, &e);
-                    tracing::warn!(
-                        "pull-through of {digest}: {} failed ({e}); trying the next source",
-                        source.registry()
-                    );
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("the origin is always a source"))
+            })
+            .await?;
+        Ok((response, partial, source))
     }
 }
 
@@ -237,29 +257,12 @@ impl Upstreams {
         name: &str,
         reference: &str,
     ) -> Result<(), RegistryError> {
-        let sources = upstream.sources(reference);
-        let mut fetched = None;
-        for (i, source) in sources.iter().enumerate() {
-            upstream.check_hold(source)?;
-            let fetched_here = source.get_manifest(name, reference).await;
-            if let Err(e) = &fetched_here {
-                upstream.hold(source, e);
-            }
-            match fetched_here {
-                Err(e) if i + 1 < sources.len() => {
-                    upstream.mark_down(source, &e);
-                    tracing::warn!(
-                        "manifest {name}:{reference}: {} failed ({e}); trying the next source",
-                        source.registry()
-                    )
-                }
-                result => {
-                    fetched = Some((result?, source.registry()));
-                    break;
-                }
-            }
-        }
-        let ((media_type, bytes, digest), registry) = fetched.expect("the origin answered");
+        let what = format!("manifest {name}:{reference}");
+        let ((media_type, bytes, digest), registry) = upstream
+            .first_answer(reference, &what, |source| async move {
+                source.get_manifest(name, reference).await
+            })
+            .await?;
         if let Ok(expected) = reference.parse::<Digest>() {
             if expected != digest {
                 return Err(RegistryError::Transfer {
