@@ -6,9 +6,11 @@ use crate::mount::MountError;
 use crate::oci::OciError;
 use crate::pack::PackError;
 use crate::reference::ReferenceError;
+use crate::registry::auth::config::ConfigError;
+use crate::registry::mirrors::MirrorError;
 use crate::registry::RegistryError;
 use crate::store::StoreError;
-use crate::transfer::TransferError;
+use crate::transfer::{TransferError, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,10 +26,49 @@ pub enum Error {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[error("bench failed: {0}")]
+    Bench(#[from] crate::bench::BenchError),
+    /// Credentials could not be read, or a credential helper failed.
+    #[error(transparent)]
+    Credentials(#[from] ConfigError),
+    /// A mirror setting or mirrors file that cannot be used.
+    #[error(transparent)]
+    Mirrors(#[from] MirrorError),
+    /// A file hoist writes for the user (a ready marker, a statistics file, a log) could not
+    /// be written.
+    #[error("cannot write {what} {}: {source}", path.display())]
+    Write {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// `hoist serve` or the WAN emulator could not listen, or stopped on an error.
+    #[error("{what}: {source}")]
+    Server {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A background process hoist started (`mount --daemon`) failed with this exit code.
+    #[error("{what}")]
+    Child { what: String, code: u8 },
+    /// The user stopped the command (Ctrl-C or SIGTERM).
+    #[error("interrupted; run the same command again to continue{}", resume_hint(.kept))]
+    Interrupted { kept: Option<String> },
+    /// Flags or arguments that cannot work together, or a value hoist cannot use.
     #[error("{0}")]
     Usage(String),
-    #[error("verification failed: {0}")]
-    Verify(String),
+}
+
+fn resume_hint(kept: &Option<String>) -> String {
+    kept.as_ref()
+        .map(|k| format!(" (it resumes from {k})"))
+        .unwrap_or_default()
+}
+
+impl From<VerifyError> for Error {
+    fn from(e: VerifyError) -> Error {
+        Error::Transfer(e.into())
+    }
 }
 
 /// Process exit codes, one per failure class.
@@ -43,6 +84,8 @@ pub enum ExitCode {
     Verification = 6,
     Disk = 7,
     InvalidContent = 8,
+    /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+    Interrupted = 130,
 }
 
 impl ExitCode {
@@ -58,15 +101,41 @@ impl ExitCode {
             ExitCode::Verification => "verification",
             ExitCode::Disk => "disk",
             ExitCode::InvalidContent => "invalid_content",
+            ExitCode::Interrupted => "interrupted",
         }
+    }
+
+    /// The class of a numeric exit code (a child process's), `Failure` for unknown codes.
+    pub fn from_code(code: i32) -> ExitCode {
+        [
+            ExitCode::Ok,
+            ExitCode::Failure,
+            ExitCode::Usage,
+            ExitCode::Auth,
+            ExitCode::NotFound,
+            ExitCode::Network,
+            ExitCode::Verification,
+            ExitCode::Disk,
+            ExitCode::InvalidContent,
+            ExitCode::Interrupted,
+        ]
+        .into_iter()
+        .find(|c| *c as i32 == code)
+        .unwrap_or(ExitCode::Failure)
     }
 }
 
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Reference(_) | Error::Usage(_) => ExitCode::Usage,
-            Error::Verify(_) => ExitCode::Verification,
+            Error::Reference(_) | Error::Usage(_) | Error::Mirrors(_) => ExitCode::Usage,
+            Error::Credentials(ConfigError::Incomplete(_)) => ExitCode::Usage,
+            Error::Credentials(_) => ExitCode::Auth,
+            Error::Write { .. } => ExitCode::Disk,
+            Error::Bench(e) => bench_code(e),
+            Error::Server { .. } => ExitCode::Failure,
+            Error::Child { code, .. } => ExitCode::from_code(i32::from(*code)),
+            Error::Interrupted { .. } => ExitCode::Interrupted,
             Error::Pack(e) => pack_code(e),
             Error::Store(e) => store_code(e),
             Error::Registry(e) => registry_code(e),
@@ -75,6 +144,7 @@ impl Error {
                 MountError::NotRaw { .. } | MountError::PathClash(_) => ExitCode::InvalidContent,
                 MountError::Fuse { .. } | MountError::Unmount { .. } => ExitCode::Failure,
                 MountError::Io { .. } => ExitCode::Disk,
+                MountError::Corrupt { .. } => ExitCode::Verification,
             },
             Error::Transfer(e) => transfer_code(e),
         }
@@ -93,6 +163,7 @@ fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::NoPlatform(_) => ExitCode::NotFound,
         TransferError::GaveUp { .. } => ExitCode::Network,
         TransferError::NothingSelected(_) => ExitCode::Usage,
+        TransferError::Verify(e) => verify_code(e),
         TransferError::Interrupted { source, .. } => transfer_code(source),
     }
 }
@@ -106,7 +177,7 @@ fn pack_code(e: &PackError) -> ExitCode {
 
 fn store_code(e: &StoreError) -> ExitCode {
     match e {
-        StoreError::NotFound { .. } => ExitCode::NotFound,
+        StoreError::NotFound { .. } | StoreError::Missing { .. } => ExitCode::NotFound,
         StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => ExitCode::Verification,
         StoreError::Io { .. } | StoreError::CorruptIndex { .. } => ExitCode::Disk,
     }
@@ -131,6 +202,25 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         | RegistryError::Throttled { .. }
         | RegistryError::TokenService { .. }
         | RegistryError::Status { .. } => ExitCode::Network,
+    }
+}
+
+fn bench_code(e: &crate::bench::BenchError) -> ExitCode {
+    use crate::bench::BenchError;
+    match e {
+        BenchError::Io { .. } => ExitCode::Disk,
+        BenchError::Pack(e) => pack_code(e),
+        BenchError::Transfer(e) => transfer_code(e),
+        BenchError::Command { .. } => ExitCode::Failure,
+        BenchError::Mismatch { .. } => ExitCode::Verification,
+    }
+}
+
+fn verify_code(e: &VerifyError) -> ExitCode {
+    match e {
+        // The pull has not finished, or the path given is not a marker: the caller's input.
+        VerifyError::NoMarker { .. } | VerifyError::BadMarker { .. } => ExitCode::Usage,
+        VerifyError::NoFolder { .. } | VerifyError::Differs { .. } => ExitCode::Verification,
     }
 }
 

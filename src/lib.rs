@@ -23,8 +23,10 @@
 //! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
 
 pub mod bench;
+pub mod context;
 pub mod digest;
 pub mod error;
+pub mod fsutil;
 pub mod materialize;
 pub mod metrics;
 pub mod mount;

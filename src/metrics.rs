@@ -178,14 +178,7 @@ fn escape(v: &str) -> String {
 
 /// Replace a metrics file atomically, so a collector never reads half of it.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::fsutil::write_atomic(path, text.as_bytes(), crate::fsutil::Replace::FAST)
 }
 
 #[cfg(test)]

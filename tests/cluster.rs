@@ -84,8 +84,9 @@ fn spawn_pull(h: &Hoist, reference: &str, out: &std::path::Path, extra: &[&str])
         reference,
         "-o",
         out.to_str().unwrap(),
+        // Plain lines: warnings (a wait, a source left) are printed; `none` silences them.
         "--progress",
-        "none",
+        "plain",
     ])
     .args(extra)
     .stdout(Stdio::piped())

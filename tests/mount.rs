@@ -126,7 +126,11 @@ fn real_model_loads_from_the_mount() {
     let mut m = Mount::start(
         &h,
         &reference,
-        &["--cache", cache.path().to_str().unwrap(), "--no-prefetch"],
+        &[
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--no-prefetch",
+        ],
     );
     let point = m.point();
     // The tree is there before any weight byte was fetched.
@@ -200,7 +204,11 @@ print(len(a))
     let again = Mount::start(
         &h,
         &reference,
-        &["--cache", cache.path().to_str().unwrap(), "--no-prefetch"],
+        &[
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--no-prefetch",
+        ],
     );
     assert_eq!(
         std::fs::read(again.point().join("model.safetensors")).unwrap(),
@@ -264,7 +272,7 @@ fn corrupted_blob_fails_with_eio_and_never_enters_the_cache() {
 
     for extra in [&[][..], &["--verify-before-read"][..]] {
         let cache = tempfile::tempdir().unwrap();
-        let mut args = vec!["--cache", cache.path().to_str().unwrap()];
+        let mut args = vec!["--cache-dir", cache.path().to_str().unwrap()];
         args.extend_from_slice(extra);
         let mut m = Mount::start(&h, &reference, &args);
         let file = m.point().join("model.safetensors");
@@ -453,7 +461,7 @@ fn verify_before_read_fetches_the_whole_blob_even_without_prefetch() {
         &h,
         &reference,
         &[
-            "--cache",
+            "--cache-dir",
             cache.path().to_str().unwrap(),
             "--no-prefetch",
             "--verify-before-read",

@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 use hoist::bench::{self, BenchOptions};
-use hoist::registry::RegistryClient;
 use hoist::Error;
 
-use super::commands::parse_size;
-use super::login::{credentials, transport};
-use super::GlobalArgs;
+use super::global::Env;
+use super::parse;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -18,7 +16,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "synthetic")]
     model: Option<PathBuf>,
     /// Size of the synthetic model.
-    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse::size)]
     synthetic: u64,
     /// Push to this registry and repository prefix (`host[:port]/prefix`) instead of an
     /// embedded `hoist serve`.
@@ -26,8 +24,8 @@ pub struct BenchArgs {
     registry: Option<String>,
     /// Also pull every shape through the WAN emulator: `RATE,LATENCY`, e.g. `50MB,20ms`
     /// (RATE per connection).
-    #[arg(long, value_name = "RATE,LATENCY")]
-    link: Option<String>,
+    #[arg(long, value_name = "RATE,LATENCY", value_parser = parse::link)]
+    link: Option<(u64, Duration)>,
     /// Repeat each pull this many times and report the median.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -42,28 +40,27 @@ pub struct BenchArgs {
     no_peers: bool,
 }
 
-pub async fn bench(args: BenchArgs, global: &GlobalArgs) -> Result<(), Error> {
+pub async fn bench(args: BenchArgs, env: &Env) -> Result<(), Error> {
     let registry = match &args.registry {
         Some(spec) => {
             let (host, prefix) = spec.split_once('/').unwrap_or((spec, "hoist-bench"));
-            let client = RegistryClient::new(host, &transport(global), credentials(host, global)?)?;
+            let client = env.ctx.client(host)?;
             Some((client, prefix.trim_end_matches('/').to_string()))
         }
         None => None,
     };
-    let link = args
-        .link
-        .as_deref()
-        .map(parse_link)
-        .transpose()
-        .map_err(Error::Usage)?;
+    let link = args.link;
     let scratch = match &args.work_dir {
         Some(_) => None,
         None => Some(
             tempfile::Builder::new()
                 .prefix("hoist-bench-")
                 .tempdir()
-                .map_err(|e| Error::Usage(format!("cannot make a scratch folder: {e}")))?,
+                .map_err(|source| Error::Write {
+                    what: "a scratch folder in",
+                    path: std::env::temp_dir(),
+                    source,
+                })?,
         ),
     };
     let work = args
@@ -77,22 +74,26 @@ pub async fn bench(args: BenchArgs, global: &GlobalArgs) -> Result<(), Error> {
         link,
         runs: args.runs.max(1),
         out: args.out.clone(),
-        hoist: std::env::current_exe().map_err(|e| Error::Usage(format!("own path: {e}")))?,
+        hoist: std::env::current_exe().map_err(|source| Error::Server {
+            what: "cannot find hoist's own executable".into(),
+            source,
+        })?,
         work,
         peers: !args.no_peers,
     };
-    let quiet = global.quiet;
+    let quiet = env.ui.quiet;
     let report = bench::run(&opts, &|step| {
         if !quiet {
             eprintln!("bench: {step}");
         }
     })
-    .await
-    .map_err(|e| Error::Usage(format!("bench failed: {e}")))?;
+    .await?;
     print!("{}", report.markdown());
-    let (written, note) = report
-        .write(&args.out)
-        .map_err(|e| Error::Usage(format!("writing {}: {e}", args.out.display())))?;
+    let (written, note) = report.write(&args.out).map_err(|source| Error::Write {
+        what: "the benchmark report in",
+        path: args.out.clone(),
+        source,
+    })?;
     if let Some(note) = note {
         eprintln!("bench: {note}");
     }
@@ -100,23 +101,4 @@ pub async fn bench(args: BenchArgs, global: &GlobalArgs) -> Result<(), Error> {
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())
-}
-
-/// `50MB,20ms` → (bytes per second, latency).
-fn parse_link(s: &str) -> Result<(u64, Duration), String> {
-    let (rate, latency) = s
-        .split_once(',')
-        .ok_or_else(|| format!("--link {s:?}: expected RATE,LATENCY like 50MB,20ms"))?;
-    let rate = rate.trim().to_ascii_lowercase();
-    let rate = match rate.strip_suffix("mb") {
-        Some(n) => n.trim().parse::<u64>().map(|n| n * 1_000_000),
-        None => rate.parse::<u64>(),
-    }
-    .map_err(|_| format!("--link rate {rate:?} is not a number of MB"))?;
-    let ms = latency
-        .trim()
-        .trim_end_matches("ms")
-        .parse::<u64>()
-        .map_err(|_| format!("--link latency {latency:?} is not a number of ms"))?;
-    Ok((rate, Duration::from_millis(ms)))
 }

@@ -8,8 +8,9 @@ use hoist::reference::Reference;
 use hoist::transfer::{self, Referrer};
 use hoist::Error;
 
-use super::commands::target;
-use super::GlobalArgs;
+use super::global::Env;
+use super::output::print_json;
+use super::parse;
 
 #[derive(Args)]
 pub struct AttachArgs {
@@ -20,35 +21,36 @@ pub struct AttachArgs {
     /// What the attachment is, e.g. application/spdx+json or application/vnd.dev.sigstore.bundle+json.
     #[arg(long)]
     artifact_type: String,
-    /// Manifest annotations, `key=value` (repeatable).
-    #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE")]
-    annotations: Vec<String>,
+    /// Manifest annotations, `KEY=VALUE` (repeatable).
+    #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE", value_parser = parse::annotation)]
+    annotations: Vec<(String, String)>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct DiscoverArgs {
+    /// The artifact whose attachments to show (tag or digest).
     reference: String,
     /// Only referrers of this artifact type.
     #[arg(long)]
     artifact_type: Option<String>,
-    /// `tree` (default) or `json`.
-    #[arg(long, default_value = "tree", value_parser = ["tree", "json"])]
-    format: String,
+    /// Print the tree as JSON.
+    #[arg(long)]
+    json: bool,
+    /// `--format json` is `--json` (kept for scripts that used it).
+    #[arg(long, hide = true, value_parser = ["tree", "json"])]
+    format: Option<String>,
     /// How many levels of referrers of referrers to follow.
     #[arg(long, default_value_t = 8)]
     depth: usize,
 }
 
-pub async fn attach(args: AttachArgs, global: &GlobalArgs) -> Result<(), Error> {
+pub async fn attach(args: AttachArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
-    let dest = target(&reference, global)?;
-    let mut annotations = BTreeMap::new();
-    for a in &args.annotations {
-        let (k, v) = a
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("annotation {a:?} is not key=value")))?;
-        annotations.insert(k.to_string(), v.to_string());
-    }
+    let dest = env.ctx.target(&reference)?;
+    let annotations: BTreeMap<String, String> = args.annotations.iter().cloned().collect();
     for f in &args.files {
         if !f.is_file() {
             return Err(Error::Usage(format!("{} is not a file", f.display())));
@@ -62,14 +64,22 @@ pub async fn attach(args: AttachArgs, global: &GlobalArgs) -> Result<(), Error> 
         annotations,
     )
     .await?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "reference": reference.to_string(),
+            "artifactType": args.artifact_type,
+            "digest": digest,
+        }));
+        return Ok(());
+    }
     println!("Attached {} to {reference}", args.artifact_type);
     println!("Digest: {digest}");
     Ok(())
 }
 
-pub async fn discover(args: DiscoverArgs, global: &GlobalArgs) -> Result<(), Error> {
+pub async fn discover(args: DiscoverArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
-    let source = target(&reference, global)?;
+    let source = env.ctx.target(&reference)?;
     let (_, _, subject) = source.fetch_manifest(&reference.target()).await?;
     let tree = transfer::discover(
         &source,
@@ -78,9 +88,12 @@ pub async fn discover(args: DiscoverArgs, global: &GlobalArgs) -> Result<(), Err
         args.depth.max(1),
     )
     .await?;
-    if args.format == "json" {
-        let doc = serde_json::json!({"reference": reference.to_string(), "digest": subject, "referrers": tree});
-        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    if args.json || args.format.as_deref() == Some("json") {
+        print_json(&serde_json::json!({
+            "reference": reference.to_string(),
+            "digest": subject,
+            "referrers": tree,
+        }));
         return Ok(());
     }
     println!("{reference}@{subject}");

@@ -3,16 +3,20 @@
 
 mod bench;
 mod commands;
+mod global;
 mod graph;
+mod logging;
 mod login;
 mod mount;
 mod output;
+mod parse;
 mod pull;
 mod serve;
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
+use hoist::Error;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use global::{Env, GlobalArgs};
 
 const AFTER_HELP: &str = "\
 References: [registry/]repository[:tag][@sha256:<digest>]. Without a registry host
@@ -21,7 +25,8 @@ References: [registry/]repository[:tag][@sha256:<digest>]. Without a registry ho
 localhost and 127.0.0.1 registries are spoken to over plain HTTP.
 
 Exit codes: 0 ok, 1 failure, 2 usage or bad input, 3 auth, 4 not found,
-5 network, 6 verification failed, 7 local disk, 8 invalid or unsafe content.";
+5 network, 6 verification failed, 7 local disk, 8 invalid or unsafe content,
+130 interrupted (a pull run again resumes).";
 
 #[derive(Parser)]
 #[command(name = "hoist", version, about = "Ship ML models as OCI artifacts: pack, push, pull, verified.", after_help = AFTER_HELP)]
@@ -30,88 +35,6 @@ pub struct Cli {
     command: Command,
     #[command(flatten)]
     global: GlobalArgs,
-}
-
-#[derive(Args, Clone)]
-pub struct GlobalArgs {
-    /// Local store folder (the embedded default registry).
-    #[arg(long, global = true, env = "HOIST_HOME", value_name = "DIR")]
-    store: Option<PathBuf>,
-    /// Speak plain HTTP to the registry (automatic for localhost and 127.0.0.1).
-    #[arg(long, global = true)]
-    plain_http: bool,
-    /// Accept any TLS certificate.
-    #[arg(long, global = true)]
-    insecure: bool,
-    /// An extra CA certificate (PEM) to trust.
-    #[arg(long, global = true, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-    /// Progress output: auto (bars on a terminal, JSON lines otherwise), json, plain or none.
-    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
-    progress: ProgressMode,
-    /// Print only the result.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-    /// Registry username (with --password-stdin); else HOIST_USERNAME/HOIST_PASSWORD, then
-    /// the Docker config (credential helpers included), then podman's auth.json.
-    #[arg(long, short = 'u', global = true, value_name = "USER")]
-    username: Option<String>,
-    /// Read the registry password (or token) from standard input.
-    #[arg(long, global = true)]
-    password_stdin: bool,
-    /// A Docker-config JSON file to take credentials from and save them to (e.g. a mounted
-    /// Kubernetes image pull secret's .dockerconfigjson); default $DOCKER_CONFIG/config.json
-    /// or ~/.docker/config.json.
-    #[arg(
-        long,
-        global = true,
-        env = "HOIST_REGISTRY_CONFIG",
-        value_name = "FILE"
-    )]
-    registry_config: Option<PathBuf>,
-    /// A mirror of the registry to try first for reads (repeatable, in order; in
-    /// $HOIST_MIRROR separated by spaces). Replicas of one cache are joined by commas
-    /// (`cache-0:5000,cache-1:5000`): each blob is read from the replica its digest maps
-    /// to. `http://` or `https://` before a host pins its scheme. A mirror that cannot be
-    /// reached or stalls is left for the next source at once.
-    #[arg(
-        long,
-        global = true,
-        env = "HOIST_MIRROR",
-        value_delimiter = ' ',
-        value_name = "HOST[:PORT][,HOST[:PORT]...]"
-    )]
-    mirror: Vec<String>,
-    /// TOML file mapping registries to mirrors (`[registries."host"] mirrors = [...]`).
-    #[arg(long, global = true, env = "HOIST_MIRRORS_CONFIG", value_name = "FILE")]
-    mirrors_config: Option<PathBuf>,
-    /// Seconds a source may send nothing (no answer, no byte) before the connection is
-    /// dropped: its range is retried, and a mirror is left for the next source at once.
-    #[arg(
-        long,
-        global = true,
-        default_value_t = 30,
-        env = "HOIST_STALL_TIMEOUT",
-        value_name = "SECS"
-    )]
-    stall_timeout: u64,
-    /// Log debug details to stderr (never secrets).
-    #[arg(long, global = true)]
-    debug: bool,
-}
-
-impl GlobalArgs {
-    pub(crate) fn stall_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.stall_timeout.max(1))
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressMode {
-    Auto,
-    Json,
-    Plain,
-    None,
 }
 
 #[derive(Subcommand)]
@@ -133,7 +56,11 @@ enum Command {
     /// ModelPack or ORAS artifact; files whose bytes do not change keep their blobs.
     Convert(commands::ConvertArgs),
     /// List what the local store holds.
-    List,
+    List(commands::ListArgs),
+    /// Remove a model from the local store: its tag, and the blobs no other tag uses.
+    Rm(commands::RmArgs),
+    /// Give a model in the local store another name (no bytes are copied).
+    Tag(commands::TagArgs),
     /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.
     Attach(graph::AttachArgs),
     /// Show what is attached to an artifact, as a tree (referrers API or tag fallback).
@@ -151,8 +78,8 @@ enum Command {
     Login(login::LoginArgs),
     /// Remove a registry's saved credentials.
     Logout(login::LogoutArgs),
-    /// Reproduce the seed's evaluation: the model as a single-layer gzip image, multi-layer
-    /// images and artifacts; build, push and pull times side by side, with a chart.
+    /// Compare ways to ship a model: as a single-layer gzip image, as multi-layer images and
+    /// as artifacts; build, push and pull times side by side, with a chart.
     Bench(bench::BenchArgs),
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
@@ -166,29 +93,78 @@ pub fn main() -> std::process::ExitCode {
     // Output piped into `head` still ends quietly, as with other command-line tools.
     quiet_on_closed_stdout();
     let cli = Cli::parse();
-    let filter = if cli.global.debug {
-        "hoist=debug"
-    } else {
-        "hoist=warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HOIST_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let server = matches!(
+        cli.command,
+        Command::Serve(_) | Command::Mount(_) | Command::WanProxy(_)
+    );
+    logging::Logging::choose(cli.global.debug(), server, cli.global.ui()).init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    let result = runtime.block_on(commands::run(cli.command, &cli.global));
+    let result = runtime.block_on(async {
+        let env = Env::try_from(&cli.global)?;
+        run(cli.command, &env).await
+    });
+    // Tasks still running (an interrupted pull's downloads) stop here, before the error line.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hoist: error: {e}");
             std::process::ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+async fn run(command: Command, env: &Env) -> Result<(), Error> {
+    match command {
+        Command::Push(args) => interruptible(commands::push(args, env), None).await,
+        Command::Pull(args) => {
+            let kept = args.partial_dir();
+            interruptible(pull::pull(args, env), Some(kept)).await
+        }
+        Command::Convert(args) => interruptible(commands::convert(args, env), None).await,
+        Command::Copy(args) => interruptible(commands::copy(args, env), None).await,
+        Command::Bench(args) => bench::bench(args, env).await,
+        Command::Mount(args) => mount::mount(args, env).await,
+        Command::Umount(args) => mount::umount(args),
+        Command::Inspect(args) => commands::inspect(args, env).await,
+        Command::List(args) => commands::list(args, env),
+        Command::Rm(args) => commands::rm(args, env),
+        Command::Tag(args) => commands::tag(args, env),
+        Command::WanProxy(args) => serve::wan_proxy(args).await,
+        Command::Login(args) => login::login(args, env).await,
+        Command::Serve(args) => serve::serve(args, env).await,
+        Command::Verify(args) => commands::verify(args, env).await,
+        Command::Gc(args) => serve::gc(args, env),
+        Command::Attach(args) => graph::attach(args, env).await,
+        Command::Discover(args) => graph::discover(args, env).await,
+        Command::Logout(args) => login::logout(args, env),
+    }
+}
+
+/// Run a transfer until it ends or the user stops it (Ctrl-C, SIGTERM). Dropping the future
+/// stops its work where it is; what was downloaded stays for the next run, which resumes.
+async fn interruptible(
+    work: impl std::future::Future<Output = Result<(), Error>>,
+    kept: Option<std::path::PathBuf>,
+) -> Result<(), Error> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Server {
+            what: "cannot watch SIGTERM".into(),
+            source,
+        })?;
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Err(interrupted(kept)),
+        _ = term.recv() => Err(interrupted(kept)),
+    }
+}
+
+fn interrupted(kept: Option<std::path::PathBuf>) -> Error {
+    Error::Interrupted {
+        kept: kept.filter(|k| k.exists()).map(|k| k.display().to_string()),
     }
 }
 

@@ -9,8 +9,9 @@ use hoist::reference::Reference;
 use hoist::store::Store;
 use hoist::Error;
 
-use super::commands::{parse_size, target};
-use super::GlobalArgs;
+use super::global::Env;
+use super::output::human_bytes;
+use super::parse;
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -21,7 +22,12 @@ pub struct MountArgs {
     mountpoint: PathBuf,
     /// Node cache (a hoist store) to read verified blobs from and keep them in; default the
     /// local store ($HOIST_HOME).
-    #[arg(long, env = "HOIST_CACHE", value_name = "DIR")]
+    #[arg(
+        long = "cache-dir",
+        alias = "cache",
+        env = "HOIST_CACHE_DIR",
+        value_name = "DIR"
+    )]
     cache: Option<PathBuf>,
     /// Make reads wait until their whole blob is verified (no byte is served unverified).
     #[arg(long)]
@@ -30,7 +36,7 @@ pub struct MountArgs {
     #[arg(long)]
     no_prefetch: bool,
     /// Chunk size of the chunk store and of a read's fetch.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = parse::size)]
     chunk_size: u64,
     /// Requests in flight at once.
     #[arg(long, env = "HOIST_MAX_CONNECTIONS", default_value_t = 16)]
@@ -47,27 +53,26 @@ pub struct MountArgs {
     /// Return once mounted, serving from a background process (its log goes to --log-file).
     #[arg(long)]
     daemon: bool,
-    /// With --daemon: where the background process logs.
+    /// With --daemon: where the background process logs (without it, what it says before
+    /// it is mounted is passed on, and nothing after).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct UmountArgs {
+    /// The folder a `hoist mount` is mounted on.
     mountpoint: PathBuf,
 }
 
-pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
+pub async fn mount(args: MountArgs, env: &Env) -> Result<(), Error> {
+    require_empty_folder(&args.mountpoint)?;
     if args.daemon {
         return daemonize(&args);
     }
     let reference = Reference::parse(&args.reference)?;
-    let target = target(&reference, global)?;
-    let cache_root = args
-        .cache
-        .clone()
-        .or_else(|| global.store.clone())
-        .unwrap_or_else(Store::default_root);
+    let target = env.ctx.target(&reference)?;
+    let cache_root = args.cache.clone().unwrap_or_else(|| env.ctx.store_root());
     let mut opts = MountOptions::new(Store::open(cache_root)?);
     opts.verify_before_read = args.verify_before_read;
     opts.chunk_size = args.chunk_size.clamp(64 << 10, 256 << 20);
@@ -78,13 +83,13 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
 
     let tag = reference.target();
     let mounted = mount::mount(&target, &tag, &args.mountpoint, opts).await?;
-    if !global.quiet {
+    if !env.ui.quiet {
         eprintln!(
-            "Mounted {} at {} ({} files, {}); fetching in the background. Stop with SIGTERM or `hoist umount {}`.",
+            "Mounted {} at {} ({}, {}); fetching in the background. Stop with SIGTERM or `hoist umount {}`.",
             args.reference,
             args.mountpoint.display(),
-            mounted.files,
-            super::output::human_bytes(mounted.total_bytes),
+            super::output::count(mounted.files, "file"),
+            human_bytes(mounted.total_bytes),
             args.mountpoint.display()
         );
     }
@@ -96,7 +101,10 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
+        .map_err(|source| Error::Server {
+            what: "cannot watch SIGTERM".into(),
+            source,
+        })?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut reported = false;
     let mut ticks = 0u64;
@@ -111,7 +119,7 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
                 }
                 if !reported && mounted.settled() {
                     reported = true;
-                    if !global.quiet {
+                    if !env.ui.quiet {
                         eprintln!("All blobs fetched: {}", mounted.stats().summary());
                     }
                 }
@@ -130,15 +138,11 @@ pub async fn mount(args: MountArgs, global: &GlobalArgs) -> Result<(), Error> {
         .collect();
     let summary = mounted.stats().summary();
     mounted.unmount()?;
-    if !global.quiet {
+    if !env.ui.quiet {
         eprintln!("Unmounted {}: {summary}", args.mountpoint.display());
     }
     if !corrupt.is_empty() {
-        return Err(Error::Verify(format!(
-            "{} did not match their digests and were never served after the check: {}",
-            corrupt.len(),
-            corrupt.join(", ")
-        )));
+        return Err(hoist::mount::MountError::Corrupt { files: corrupt }.into());
     }
     Ok(())
 }
@@ -148,24 +152,35 @@ pub fn umount(args: UmountArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// A mount hides what the folder holds, so it must be an empty folder.
+fn require_empty_folder(path: &Path) -> Result<(), Error> {
+    let why = match std::fs::read_dir(path).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => return Ok(()),
+        Ok(false) => "is not empty (a mount would hide its files)",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => "is not a folder",
+        Err(_) => "cannot be read",
+    };
+    Err(Error::Usage(format!(
+        "the mount point {} {why}",
+        path.display()
+    )))
+}
+
 /// Start this same command without `--daemon` in a new session and wait until the mount is
-/// up (or the child fails, whose error is then ours).
+/// up. If the child exits first, its error line is ours and so is its exit code: its stderr
+/// goes to `--log-file`, or else to a temporary file read back on failure.
 fn daemonize(args: &MountArgs) -> Result<(), Error> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| Error::Usage(format!("own path: {e}")))?;
+    let exe = std::env::current_exe().map_err(|source| Error::Server {
+        what: "cannot find hoist's own executable".into(),
+        source,
+    })?;
     let argv: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--daemon")
         .collect();
-    let log = match &args.log_file {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map(std::process::Stdio::from)
-            .map_err(|e| Error::Usage(format!("--log-file {}: {e}", path.display())))?,
-        None => std::process::Stdio::null(),
-    };
+    let (log, log_path, _scratch) = daemon_log(args.log_file.as_deref())?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(argv)
         .stdin(std::process::Stdio::null())
@@ -178,19 +193,14 @@ fn daemonize(args: &MountArgs) -> Result<(), Error> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::Usage(format!("starting the mount process: {e}")))?;
+    let mut child = cmd.spawn().map_err(|source| Error::Server {
+        what: "cannot start the mount process".into(),
+        source,
+    })?;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Usage(format!(
-                "the mount process exited ({status}) before mounting; see {}",
-                args.log_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "its log (--log-file)".into())
-            )));
+            return Err(child_failed(status, &log_path));
         }
         if is_mount_point(&args.mountpoint) {
             println!("{}", child.id());
@@ -198,10 +208,63 @@ fn daemonize(args: &MountArgs) -> Result<(), Error> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(Error::Usage(format!(
-        "{} was not mounted within 120 s",
-        args.mountpoint.display()
-    )))
+    let _ = child.kill();
+    Err(Error::Child {
+        what: format!("{} was not mounted within 120 s", args.mountpoint.display()),
+        code: hoist::ExitCode::Failure as u8,
+    })
+}
+
+/// Where the mount process's stderr goes: the user's log file, else a scratch file that is
+/// unlinked once the mount is up (kept open by the child, so nothing is left on disk).
+fn daemon_log(
+    log_file: Option<&Path>,
+) -> Result<(std::process::Stdio, PathBuf, Option<tempfile::TempPath>), Error> {
+    let open_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Write {
+            what: "the mount's log",
+            path,
+            source,
+        }
+    };
+    match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(open_err(path))?;
+            Ok((file.into(), path.to_path_buf(), None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("hoist-mount-")
+                .suffix(".log")
+                .tempfile()
+                .map_err(open_err(&std::env::temp_dir()))?;
+            let (file, path) = tmp.into_parts();
+            let shown = path.to_path_buf();
+            Ok((file.into(), shown, Some(path)))
+        }
+    }
+}
+
+/// The child's own error line and exit code (a usage error stays 2, a missing image 4).
+fn child_failed(status: std::process::ExitStatus, log: &Path) -> Error {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("hoist: error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the mount process exited ({status}) before mounting"));
+    Error::Child {
+        what: line,
+        code: status
+            .code()
+            .map_or(hoist::ExitCode::Failure as u8, |c| c as u8),
+    }
 }
 
 /// A mount point sits on another device than its parent folder.

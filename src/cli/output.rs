@@ -1,34 +1,90 @@
 //! Rendering engine events: progress bars on a terminal (one per active file plus a total
-//! with rate and ETA), periodic JSON lines otherwise (for logs and init containers).
+//! with rate and ETA), plain lines anywhere (a line per file, a total every few seconds), or
+//! JSON lines (for logs and init containers).
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hoist::transfer::{Event, Observer};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{GlobalArgs, ProgressMode};
+use super::global::{ProgressMode, Ui};
 
-pub fn observer(global: &GlobalArgs) -> Observer {
-    let mode = match (global.quiet, global.progress) {
-        (true, _) => ProgressMode::None,
-        (false, ProgressMode::Auto) if std::io::stderr().is_terminal() => ProgressMode::Plain,
-        (false, ProgressMode::Auto) => ProgressMode::Json,
-        (false, mode) => mode,
-    };
-    match mode {
+pub fn observer(ui: Ui) -> Observer {
+    match ui.progress {
         ProgressMode::None | ProgressMode::Auto => hoist::transfer::silent(),
         ProgressMode::Json => {
             let state = Mutex::new(JsonProgress::default());
             Arc::new(move |event: &Event| state.lock().expect("progress lock").on(event))
         }
         ProgressMode::Plain => {
+            let state = Mutex::new(PlainProgress::default());
+            Arc::new(move |event: &Event| state.lock().expect("progress lock").on(event))
+        }
+        ProgressMode::Bars => {
             let bars = Mutex::new(Bars::new());
             Arc::new(move |event: &Event| bars.lock().expect("progress lock").on(event))
         }
     }
+}
+
+/// Plain lines, for a terminal or a log: the start, each file as it is done, and the total
+/// with its rate at most every 5 seconds.
+#[derive(Default)]
+struct PlainProgress {
+    total: u64,
+    done: u64,
+    started: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl PlainProgress {
+    fn on(&mut self, event: &Event) {
+        match event {
+            Event::Start {
+                reference,
+                files,
+                bytes,
+            } => {
+                self.total = *bytes;
+                self.started = Some(Instant::now());
+                self.last = self.started;
+                eprintln!(
+                    "{reference}: {}, {}",
+                    count(*files, "file"),
+                    human_bytes(*bytes)
+                );
+            }
+            Event::Progress { bytes, .. } => {
+                self.done += bytes;
+                let now = Instant::now();
+                if self.last.is_none_or(|t| now - t >= Duration::from_secs(5)) {
+                    self.last = Some(now);
+                    let elapsed = self
+                        .started
+                        .map_or(1e-3, |s| (now - s).as_secs_f64().max(1e-3));
+                    eprintln!(
+                        "  {} of {} ({}/s)",
+                        human_bytes(self.done),
+                        human_bytes(self.total),
+                        human_bytes((self.done as f64 / elapsed) as u64)
+                    );
+                }
+            }
+            Event::Done {
+                name, size, action, ..
+            } => eprintln!(
+                "  {:<10} {:>10}  {name}",
+                action_word(*action),
+                human_bytes(*size)
+            ),
+        }
+    }
+}
+
+fn action_word(action: hoist::transfer::Action) -> String {
+    format!("{action:?}").to_lowercase()
 }
 
 /// JSON lines: start and per-file events as they happen, byte progress at most once a second.
@@ -146,7 +202,7 @@ impl Bars {
                 }
                 let _ = self.multi.println(format!(
                     "  {:<10} {:>10}  {name}",
-                    format!("{action:?}").to_lowercase(),
+                    action_word(*action),
                     human_bytes(*size)
                 ));
             }
@@ -154,11 +210,17 @@ impl Bars {
     }
 }
 
+/// Every bar is cleared when the command ends, interrupted or not: nothing stale is left on
+/// the terminal above the summary or the error line.
 impl Drop for Bars {
     fn drop(&mut self) {
+        for (_, bar) in self.files.drain() {
+            bar.finish_and_clear();
+        }
         if let Some(total) = &self.total {
             total.finish_and_clear();
         }
+        let _ = self.multi.clear();
     }
 }
 
@@ -169,17 +231,42 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     );
 }
 
+/// Sizes in binary units, as the progress bars show them (KiB, MiB, GiB).
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
         unit += 1;
     }
     if unit == 0 {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `1 file`, `3 files`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_counts_read_as_words() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(0, "file"), "0 files");
+        assert_eq!(count(2, "blob"), "2 blobs");
     }
 }

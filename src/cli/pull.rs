@@ -8,12 +8,12 @@ use hoist::metrics::PullMetrics;
 use hoist::oci::modelpack::LayerKind;
 use hoist::reference::Reference;
 use hoist::transfer::fetch::{FetchOptions, RetryPolicy};
-use hoist::transfer::{self, LayerFilter, PullOptions};
+use hoist::transfer::{self, LayerFilter, PullOptions, ReadyMarker};
 use hoist::Error;
 
-use super::commands::{parse_size, store, target};
-use super::output::{human_bytes, observer, print_json};
-use super::GlobalArgs;
+use super::global::Env;
+use super::output::{count, human_bytes, observer, print_json};
+use super::parse;
 
 #[derive(Args)]
 pub struct PullArgs {
@@ -35,7 +35,7 @@ pub struct PullArgs {
     #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, env = "HOIST_RANGE_SIZE")]
+    #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
     range_size: Option<u64>,
     /// Attempts per range before giving up (backoff with jitter between them).
     #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
@@ -50,7 +50,7 @@ pub struct PullArgs {
     include_referrers: bool,
     /// How files are made from cached blobs: auto (reflink, else copy), reflink, hardlink
     /// (read-only files sharing the cache's inode), copy.
-    #[arg(long, default_value = "auto", value_parser = parse_link_mode, env = "HOIST_LINK_MODE")]
+    #[arg(long, default_value = "auto", value_parser = parse::link_mode, env = "HOIST_LINK_MODE")]
     link_mode: LinkMode,
     /// Only files whose path matches this glob (repeatable).
     #[arg(long, value_name = "GLOB")]
@@ -59,7 +59,7 @@ pub struct PullArgs {
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
     /// Only these ModelPack kinds: weight, config (weight.config), doc, code, dataset.
-    #[arg(long, value_delimiter = ',', value_parser = parse_kind, env = "HOIST_KIND")]
+    #[arg(long, value_delimiter = ',', value_parser = parse::kind, env = "HOIST_KIND")]
     kind: Vec<LayerKind>,
     /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
     #[arg(long)]
@@ -92,25 +92,29 @@ pub struct PullArgs {
     json: bool,
 }
 
-pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
+impl PullArgs {
+    /// Where an interrupted pull keeps what it downloaded.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.output.join(hoist::materialize::STAGING_DIR)
+    }
+}
+
+pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let repository = args.reference.clone();
     if let Some(marker) = &args.ready_marker {
         // Not ready until this pull says so.
         let _ = std::fs::remove_file(marker);
     }
-    let mut result = run(&args, global).await;
+    let mut result = run(&args, env).await;
     if let (Ok(report), Some(marker)) = (&result, &args.ready_marker) {
-        if let Err(e) = write_marker(
-            marker,
-            &args.reference,
-            report,
-            started.elapsed().as_secs_f64(),
-        ) {
-            result = Err(Error::Usage(format!(
-                "cannot write the ready marker {}: {e}",
-                marker.display()
-            )));
+        let ready = ReadyMarker::new(&args.reference, report, started.elapsed().as_secs_f64());
+        if let Err(source) = ready.write(marker) {
+            result = Err(Error::Write {
+                what: "the ready marker",
+                path: marker.clone(),
+                source,
+            });
         }
     }
     if args.metrics_file.is_some() || args.pushgateway.is_some() {
@@ -153,11 +157,15 @@ pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
             .describe()
             .map(|how| format!(" by {how}"))
             .unwrap_or_default();
+        let resumed = match report.resumed_bytes {
+            0 => String::new(),
+            n => format!(", {} resumed from an earlier pull", human_bytes(n)),
+        };
         println!(
-            "Pulled {} into {}: {} files, {} ({} downloaded, {} already in place, {} from cache{how}) in {:.1}s",
+            "Pulled {} into {}: {}, {} ({} downloaded{resumed}, {} already in place, {} from cache{how}) in {:.1}s",
             args.reference,
             args.output.display(),
-            report.files,
+            count(report.files, "file"),
             human_bytes(report.bytes),
             human_bytes(report.downloaded_bytes),
             report.skipped,
@@ -169,9 +177,9 @@ pub async fn pull(args: PullArgs, global: &GlobalArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullReport, Error> {
+async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> {
     let reference = Reference::parse(&args.reference)?;
-    let source = target(&reference, global)?;
+    let source = env.ctx.target(&reference)?;
     let opts = PullOptions {
         concurrency: args.concurrency,
         allow_path_traversal: args.allow_path_traversal,
@@ -183,17 +191,17 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
                 attempts: args.retries.max(1),
                 ..Default::default()
             },
-            stall_timeout: global.stall_timeout(),
+            stall_timeout: env.ctx.settings().stall_timeout,
         },
         cache: if args.cache {
-            Some(store(global)?)
+            Some(env.ctx.store()?)
         } else {
             None
         },
         link_mode: args.link_mode,
         filter: LayerFilter {
-            include: globs(&args.include)?,
-            exclude: globs(&args.exclude)?,
+            include: parse::globs("--include", &args.include)?,
+            exclude: parse::globs("--exclude", &args.exclude)?,
             kinds: (!args.kind.is_empty()).then(|| args.kind.clone()),
         },
         overwrite: args.overwrite,
@@ -207,7 +215,7 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
         &reference.target(),
         &args.output,
         &opts,
-        observer(global),
+        observer(env.ui),
     )
     .await?;
     if args.include_referrers {
@@ -218,7 +226,7 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
         let n =
             transfer::pull_referrers(&source, &report.digest, &args.output, ".referrers", &opts)
                 .await?;
-        if !global.quiet {
+        if !env.ui.quiet {
             eprintln!(
                 "Pulled {n} attached artifacts into {}",
                 args.output.join(".referrers").display()
@@ -226,85 +234,6 @@ async fn run(args: &PullArgs, global: &GlobalArgs) -> Result<transfer::PullRepor
         }
     }
     Ok(report)
-}
-
-fn globs(patterns: &[String]) -> Result<Option<globset::GlobSet>, Error> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut set = globset::GlobSetBuilder::new();
-    for p in patterns {
-        let glob = globset::GlobBuilder::new(p)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| Error::Usage(format!("bad glob {p:?}: {e}")))?;
-        set.add(glob);
-    }
-    set.build()
-        .map(Some)
-        .map_err(|e| Error::Usage(e.to_string()))
-}
-
-fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
-    LinkMode::parse(s).ok_or_else(|| format!("{s:?} is not one of auto, reflink, hardlink, copy"))
-}
-
-fn parse_kind(s: &str) -> Result<LayerKind, String> {
-    Ok(match s {
-        "weight" | "weights" => LayerKind::Weight,
-        "config" | "weight.config" => LayerKind::WeightConfig,
-        "doc" | "docs" => LayerKind::Doc,
-        "code" => LayerKind::Code,
-        "dataset" => LayerKind::Dataset,
-        _ => {
-            return Err(format!(
-                "{s:?} is not one of weight, config, doc, code, dataset"
-            ))
-        }
-    })
-}
-
-/// The ready marker: what is in the folder, so the main container can check it offline.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(super) struct ReadyMarker {
-    pub reference: String,
-    pub digest: hoist::digest::Digest,
-    pub completed_at: String,
-    pub pull_seconds: f64,
-    /// Bytes reused from an interrupted earlier pull.
-    pub resumed_bytes: u64,
-    pub files: Vec<hoist::transfer::PlacedFile>,
-}
-
-fn write_marker(
-    path: &std::path::Path,
-    reference: &str,
-    report: &transfer::PullReport,
-    seconds: f64,
-) -> std::io::Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let marker = ReadyMarker {
-        reference: reference.to_string(),
-        digest: report.digest.clone(),
-        completed_at: hoist::pack::rfc3339(now),
-        pull_seconds: (seconds * 1000.0).round() / 1000.0,
-        resumed_bytes: report.resumed_bytes,
-        files: report.placed.clone(),
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(
-        &mut tmp,
-        &serde_json::to_vec_pretty(&marker).expect("marker serialises"),
-    )?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Seconds since this process started (the init container's start, for

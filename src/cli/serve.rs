@@ -4,20 +4,17 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use hoist::registry::auth;
-use hoist::registry::RegistryClient;
 use hoist::store::Store;
 use hoist::Error;
 
-use super::commands::{mirrors, parse_size, store};
-use super::login::{credentials, transport};
+use super::global::Env;
 use super::output::human_bytes;
-use super::GlobalArgs;
+use super::parse;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// Address to listen on, `IP:PORT` or `HOST:PORT`.
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = parse::listen_addr)]
     addr: std::net::SocketAddr,
     /// The store to serve (default: the local store, --store / $HOIST_HOME).
     #[arg(long, value_name = "DIR")]
@@ -30,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 60)]
     manifest_ttl: u64,
     /// Cap the store at this size, evicting least recently used blobs (pull-through).
-    #[arg(long, value_parser = parse_size, value_name = "BYTES")]
+    #[arg(long, value_parser = parse::size, value_name = "BYTES")]
     cache_size: Option<u64>,
     /// Require users from this htpasswd file (bcrypt: `htpasswd -B`).
     #[arg(long, value_name = "FILE")]
@@ -86,14 +83,14 @@ pub struct WanProxyArgs {
     upstream: std::net::SocketAddr,
     /// More routes over the same link (its caps, faults and counters), `LISTEN=UPSTREAM`
     /// (repeatable): a node's NIC carries its traffic to every host.
-    #[arg(long, value_name = "LISTEN=UPSTREAM", value_parser = parse_route)]
+    #[arg(long, value_name = "LISTEN=UPSTREAM", value_parser = parse::route)]
     route: Vec<(String, std::net::SocketAddr)>,
     /// Bandwidth cap per connection and direction, e.g. 50MB (0: none).
-    #[arg(long, default_value = "0", value_parser = parse_size)]
+    #[arg(long, default_value = "0", value_parser = parse::size)]
     rate: u64,
     /// Bandwidth cap of the whole link towards the clients, shared by all connections
     /// (an origin's egress, a node's NIC), e.g. 100MB (0: none).
-    #[arg(long, default_value = "0", value_parser = parse_size)]
+    #[arg(long, default_value = "0", value_parser = parse::size)]
     link_rate: u64,
     /// Added before each request, in milliseconds.
     #[arg(long, default_value_t = 0)]
@@ -127,13 +124,19 @@ pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
     routes.extend(args.route.iter().cloned());
     let proxy = hoist::wan::Proxy::start_routes(&routes, link)
         .await
-        .map_err(|e| Error::Usage(format!("cannot listen: {e}")))?;
+        .map_err(|source| Error::Server {
+            what: format!("the WAN emulator cannot listen on {}", args.listen),
+            source,
+        })?;
     // One line per route says where to connect, so scripts can start it on port 0.
     for addr in &proxy.addrs {
         println!("{addr}");
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Usage(format!("cannot watch SIGTERM: {e}")))?;
+        .map_err(|source| Error::Server {
+            what: "cannot watch SIGTERM".into(),
+            source,
+        })?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -143,16 +146,6 @@ pub(super) async fn wan_proxy(args: WanProxyArgs) -> Result<(), Error> {
         }
     }
     write_stats(args.stats.as_deref(), &proxy.stats)
-}
-
-fn parse_route(s: &str) -> Result<(String, std::net::SocketAddr), String> {
-    let (listen, upstream) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not LISTEN=UPSTREAM"))?;
-    let upstream = upstream
-        .parse()
-        .map_err(|e| format!("{upstream:?} is not an address: {e}"))?;
-    Ok((listen.to_string(), upstream))
 }
 
 /// The proxy's counters as JSON, replaced atomically (a reader never sees half a file).
@@ -166,48 +159,30 @@ fn write_stats(path: Option<&std::path::Path>, stats: &hoist::wan::Stats) -> Res
         "connections": stats.connections.load(Relaxed),
         "throttled": stats.throttled.load(Relaxed),
     });
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json.to_string())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::Usage(format!("cannot write --stats {}: {e}", path.display())))
+    hoist::fsutil::write_atomic(
+        path,
+        json.to_string().as_bytes(),
+        hoist::fsutil::Replace::FAST,
+    )
+    .map_err(|source| Error::Write {
+        what: "the link statistics",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
+pub(super) async fn serve(args: ServeArgs, env: &Env) -> Result<(), Error> {
     let store = match args.root {
         Some(root) => Store::open(root)?,
-        None => store(global)?,
+        None => env.ctx.store()?,
     };
     let root = store.root().to_path_buf();
-    let mut default = None;
-    let mut by_namespace = std::collections::HashMap::new();
-    for spec in &args.upstream {
-        let (ns, host) = match spec.split_once('=') {
-            Some((ns, host)) => (Some(ns.to_string()), host),
-            None => (None, spec.as_str()),
-        };
-        let host = auth::config::normalize(host);
-        // 429s are passed on to the clients (who wait), not waited out here.
-        let origin = RegistryClient::new(&host, &transport(global), credentials(&host, global)?)?
-            .pass_throttling();
-        let mirrors = mirrors(&host, global)?
-            .into_iter()
-            .map(|m| m.map(RegistryClient::pass_throttling))
-            .collect();
-        let client = hoist::serve::Upstream::new(origin, mirrors);
-        match ns {
-            Some(ns) => {
-                by_namespace.insert(ns, client);
-            }
-            None => default = Some(client),
-        }
-    }
-    let mut upstreams = hoist::serve::Upstreams::new(
-        default,
-        by_namespace,
+    let upstreams = hoist::serve::Upstreams::from_specs(
+        &env.ctx,
+        &args.upstream,
         std::time::Duration::from_secs(args.manifest_ttl),
         args.cache_size,
-    );
-    upstreams.stall_timeout = global.stall_timeout();
+    )?;
     let access = match &args.htpasswd {
         Some(path) => {
             let mode = if args.auth == "token" {
@@ -245,7 +220,10 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
         store,
     })
     .await
-    .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.addr)))?;
+    .map_err(|source| Error::Server {
+        what: format!("cannot listen on {}", args.addr),
+        source,
+    })?;
     // The first line says where to connect, so scripts can start it on port 0.
     let scheme = if args.tls_cert.is_some() {
         "https"
@@ -256,13 +234,14 @@ pub(super) async fn serve(args: ServeArgs, global: &GlobalArgs) -> Result<(), Er
         "hoist serve: listening on {scheme}://{addr}, serving {}",
         root.display()
     );
-    server
-        .await
-        .map_err(|e| Error::Usage(format!("server failed: {e}")))
+    server.await.map_err(|source| Error::Server {
+        what: "hoist serve stopped".into(),
+        source,
+    })
 }
 
-pub(super) fn gc(args: GcArgs, global: &GlobalArgs) -> Result<(), Error> {
-    let store = store(global)?;
+pub(super) fn gc(args: GcArgs, env: &Env) -> Result<(), Error> {
+    let store = env.ctx.existing_store()?;
     if args.verify {
         let checked = store.verify_all()?;
         println!(

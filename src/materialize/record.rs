@@ -135,15 +135,8 @@ impl Record {
         for stamp in self.files.values_mut() {
             stamp.stamped_ns = stamp.stamped_ns.max(now);
         }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".hoist-record.")
-            .tempfile_in(out)?;
-        std::io::Write::write_all(
-            &mut tmp,
-            &serde_json::to_vec(self).expect("record serialises"),
-        )?;
-        tmp.persist(out.join(RECORD_FILE)).map_err(|e| e.error)?;
-        Ok(())
+        let bytes = serde_json::to_vec(self).expect("record serialises");
+        crate::fsutil::write_atomic(&out.join(RECORD_FILE), &bytes, crate::fsutil::Replace::FAST)
     }
 }
 

@@ -54,6 +54,8 @@ pub enum MountError {
     },
     #[error("unmounting {path} failed: {detail}")]
     Unmount { path: PathBuf, detail: String },
+    #[error("verification failed: {} did not match their digests and were never served after the check: {}", files.len(), files.join(", "))]
+    Corrupt { files: Vec<String> },
 }
 
 #[derive(Debug, Clone)]

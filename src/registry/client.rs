@@ -214,6 +214,8 @@ impl RegistryClient {
             RegistryError::Connect {
                 registry: self.registry.clone(),
                 detail: chain(e),
+                refused: io_kind(e) == Some(std::io::ErrorKind::ConnectionRefused),
+                tls: self.base.scheme() == "https",
             }
         } else if e.is_timeout() {
             RegistryError::TimedOut {
@@ -514,4 +516,16 @@ fn registry_message(body: &str) -> Option<String> {
     }
     let trimmed = body.trim();
     (!trimmed.is_empty() && trimmed.len() < 200).then(|| trimmed.to_string())
+}
+
+/// The kind of the I/O error beneath a transport error, if there is one.
+fn io_kind(e: &reqwest::Error) -> Option<std::io::ErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
 }

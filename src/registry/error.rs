@@ -2,8 +2,16 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot reach registry {registry}: {detail}; check the address and that it is running (use --plain-http for a registry without TLS)")]
-    Connect { registry: String, detail: String },
+    #[error("cannot reach registry {registry}: {detail}; check the address and that it is running{}", if *.tls { " (use --plain-http for a registry without TLS)" } else { "" })]
+    Connect {
+        registry: String,
+        detail: String,
+        /// Nothing listens there (the host answered "refused"): asking again at once is
+        /// pointless, so the first contact fails fast instead of running the retry schedule.
+        refused: bool,
+        /// The connection was to be TLS (the plain-HTTP hint helps only then).
+        tls: bool,
+    },
     #[error("unauthorized: {registry} {} for {repository}; run `hoist login {registry}`", match credential_source {
         Some(source) => format!("rejected the credentials from {source}"),
         None => "requires credentials".to_string(),
@@ -82,6 +90,11 @@ pub enum RegistryError {
 
 impl RegistryError {
     /// Errors worth a retry on another connection or mirror.
+    /// The host refused the connection: nothing listens at that address.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, RegistryError::Connect { refused: true, .. })
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Connect { .. }

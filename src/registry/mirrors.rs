@@ -77,6 +77,25 @@ fn rendezvous_weight(place: usize, key: &str) -> [u8; 8] {
     out[..8].try_into().expect("8 bytes")
 }
 
+/// A mirror setting that cannot be used (exit 2: the user's input is wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("cannot read mirrors file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mirrors file {path} is not valid: {detail}")]
+    Invalid {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("mirror {0:?}: use http:// or https:// before the host, or no scheme")]
+    Scheme(String),
+    #[error("mirror {0:?} names no host")]
+    Empty(String),
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct MirrorConfig {
     #[serde(default)]
@@ -90,11 +109,15 @@ pub struct RegistryMirrors {
 }
 
 impl MirrorConfig {
-    pub fn load(path: &Path) -> Result<MirrorConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read mirrors file {}: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| format!("mirrors file {} is not valid: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<MirrorConfig, MirrorError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MirrorError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| MirrorError::Invalid {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
     }
 
     pub fn mirrors_for(&self, registry: &str) -> &[String] {

@@ -93,6 +93,8 @@ impl super::RegistryClient {
             match request().await {
                 // A mirror that cannot be reached is left at once: the next source is there.
                 Err(e) if e.is_unreachable() && self.fail_fast => return Err(e),
+                // Nothing listens at the address: one clear error now, not after the schedule.
+                Err(e) if e.is_refused() => return Err(e),
                 // A cache passing 429s on to its clients returns them at once.
                 Err(e @ super::RegistryError::Throttled { .. }) if !self.wait_when_throttled => {
                     return Err(e)

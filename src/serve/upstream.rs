@@ -230,6 +230,42 @@ impl Upstreams {
         }
     }
 
+    /// Upstreams from `[NS=]HOST` specs (a bare HOST is the default), each reached with the
+    /// context's credentials, transport and mirrors. 429s are passed on to the clients, who
+    /// wait, instead of being waited out here while a client's request hangs.
+    pub fn from_specs(
+        ctx: &crate::context::Context,
+        specs: &[String],
+        manifest_ttl: Duration,
+        cache_size: Option<u64>,
+    ) -> Result<Upstreams, crate::Error> {
+        let mut default = None;
+        let mut by_namespace = HashMap::new();
+        for spec in specs {
+            let (ns, host) = match spec.split_once('=') {
+                Some((ns, host)) => (Some(ns.to_string()), host),
+                None => (None, spec.as_str()),
+            };
+            let host = crate::registry::auth::config::normalize(host);
+            let origin = ctx.client(&host)?.pass_throttling();
+            let mirrors = ctx
+                .mirrors(&host)?
+                .into_iter()
+                .map(|m| m.map(RegistryClient::pass_throttling))
+                .collect();
+            let upstream = Upstream::new(origin, mirrors);
+            match ns {
+                Some(ns) => {
+                    by_namespace.insert(ns, upstream);
+                }
+                None => default = Some(upstream),
+            }
+        }
+        let mut upstreams = Upstreams::new(default, by_namespace, manifest_ttl, cache_size);
+        upstreams.stall_timeout = ctx.settings().stall_timeout;
+        Ok(upstreams)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.default.is_none() && self.by_namespace.is_empty()
     }

@@ -46,8 +46,27 @@ impl Store {
     }
 
     pub fn gc(&self, grace: Duration) -> Result<GcReport, StoreError> {
+        let roots: Vec<Digest> = self.list()?.into_iter().map(|(_, d)| d.digest).collect();
+        let live = self.closure(roots)?;
+        let now = SystemTime::now();
+        let mut report = GcReport::default();
+        for (digest, size, modified) in self.blobs_by_age() {
+            if live.contains(&digest) {
+                report.kept += 1;
+            } else if now.duration_since(modified).unwrap_or_default() < grace {
+                report.spared += 1;
+            } else if self.delete_blob(&digest)? {
+                report.removed += 1;
+                report.removed_bytes += size;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every blob the `roots` reach: what manifests and indexes name, and their referrers.
+    pub(crate) fn closure(&self, roots: Vec<Digest>) -> Result<BTreeSet<Digest>, StoreError> {
         let mut live = BTreeSet::new();
-        let mut todo: Vec<Digest> = self.list()?.into_iter().map(|(_, d)| d.digest).collect();
+        let mut todo = roots;
         while let Some(digest) = todo.pop() {
             if !live.insert(digest.clone()) {
                 continue;
@@ -67,18 +86,6 @@ impl Store {
                 Err(_) => {}
             }
         }
-        let now = SystemTime::now();
-        let mut report = GcReport::default();
-        for (digest, size, modified) in self.blobs_by_age() {
-            if live.contains(&digest) {
-                report.kept += 1;
-            } else if now.duration_since(modified).unwrap_or_default() < grace {
-                report.spared += 1;
-            } else if self.delete_blob(&digest)? {
-                report.removed += 1;
-                report.removed_bytes += size;
-            }
-        }
-        Ok(report)
+        Ok(live)
     }
 }

@@ -7,10 +7,12 @@
 //! concurrent `hoist` processes on one node cannot lose each other's tags.
 
 mod gc;
+mod manage;
 mod pushed;
 mod tags;
 
 pub use gc::{GcReport, VerifyReport};
+pub use manage::Removed;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -26,6 +28,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("{reference} is not in the local store {root} (see `hoist list`)")]
     NotFound { reference: String, root: PathBuf },
+    #[error("there is no hoist store at {root} (check --store or HOIST_HOME)")]
+    Missing { root: PathBuf },
     #[error("blob {expected} failed verification: got {actual} ({size} bytes, expected {expected_size}); the source is corrupt or was tampered with")]
     DigestMismatch {
         expected: Digest,
@@ -639,15 +643,7 @@ pub(crate) fn read_small(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(path))?;
-    tmp.as_file().sync_data().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    crate::fsutil::write_atomic(path, bytes, crate::fsutil::Replace::DURABLE).map_err(io_err(path))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{io_err, read_small, write_atomic, Store, StoreError};
+use super::{io_err, read_small, Store, StoreError};
 use crate::oci::{media, Descriptor};
 
 /// Changes (`repo:tag`, new descriptor or removal) not yet in `index.json`.
@@ -72,12 +72,12 @@ pub(crate) fn write_file(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let bytes = serde_json::to_vec(&entry(&format!("{repository}:{tag}"), manifest))
         .expect("descriptor serialises");
-    if durable {
-        return write_atomic(&path, &bytes);
-    }
-    let tmp = dir.join(format!(".{tag}.tmp"));
-    fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))
+    let how = if durable {
+        crate::fsutil::Replace::DURABLE
+    } else {
+        crate::fsutil::Replace::FAST
+    };
+    crate::fsutil::write_atomic(&path, &bytes, how).map_err(io_err(&path))
 }
 
 /// Set (`Some`) or remove (`None`) `repo:tag`; whether it existed before.

@@ -9,6 +9,7 @@ mod pull;
 mod push;
 mod referrers;
 mod target;
+pub mod verify;
 
 pub use convert::{convert, ConvertTo};
 pub use copy::{copy, CopyReport};
@@ -17,6 +18,7 @@ pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};
+pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub enum TransferError {
     },
     #[error("no file matches the --include/--exclude/--kind selection; the artifact has: {0}")]
     NothingSelected(String),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
     /// A pull that failed but kept its verified and partial downloads for the next run.

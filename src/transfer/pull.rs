@@ -83,6 +83,7 @@ pub struct PullReport {
     pub digest: Digest,
     pub files: usize,
     pub bytes: u64,
+    /// Bytes downloaded by this pull (not those an interrupted earlier pull had kept).
     pub downloaded_bytes: u64,
     /// Files already in place with the right bytes.
     pub skipped: usize,
@@ -248,11 +249,13 @@ pub async fn pull(
         digest: resolved.digest,
         files: plan.layers.len(),
         bytes: plan.total_size(),
+        // What came over the network this time: an earlier run's bytes are counted apart.
         downloaded_bytes: results
             .iter()
             .filter(|r| r.action == Action::Downloaded)
             .map(|r| r.size)
-            .sum(),
+            .sum::<u64>()
+            .saturating_sub(fetcher.resumed_bytes()),
         skipped: results.iter().map(|r| r.skipped_files).sum(),
         cache_hits: count(Action::Linked),
         cache_misses: count(Action::Downloaded),

@@ -282,13 +282,7 @@ pub async fn pull_referrers(
 /// Write `name` in `dir` by a temporary file and a rename, which replaces whatever is at the
 /// name (a planted symlink included) instead of writing through it.
 fn write_inside(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), TransferError> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hoist-write.")
-        .tempfile_in(dir)
-        .map_err(TransferError::io(dir))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(TransferError::io(dir))?;
     let path = dir.join(name);
-    tmp.persist(&path)
-        .map_err(|e| TransferError::io(&path)(e.error))?;
-    Ok(())
+    crate::fsutil::write_atomic(&path, bytes, crate::fsutil::Replace::FAST)
+        .map_err(TransferError::io(&path))
 }

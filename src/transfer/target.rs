@@ -36,6 +36,32 @@ pub struct Resolved {
 }
 
 impl Target {
+    /// The manifest's config as JSON when it is small (≤ 1 MiB) JSON whose bytes match its
+    /// digest; `null` otherwise (a model's config is informational: its absence is no error).
+    pub async fn config_json(&self, manifest: &Manifest) -> serde_json::Value {
+        const LIMIT: u64 = 1 << 20;
+        if manifest.config.size > LIMIT {
+            return serde_json::Value::Null;
+        }
+        let bytes = match self {
+            Target::Local { store, .. } => store.read_blob(&manifest.config.digest, LIMIT).ok(),
+            Target::Remote {
+                client, repository, ..
+            } => match client
+                .get_blob(repository, &manifest.config.digest, None)
+                .await
+            {
+                // At most the size the manifest declares: a server may send more.
+                Ok(b) => client.read_content(b.response, manifest.config.size).await,
+                Err(_) => None,
+            },
+        };
+        bytes
+            .filter(|b| Digest::of_bytes(b) == manifest.config.digest)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     pub fn repository(&self) -> &str {
         match self {
             Target::Local { repository, .. } | Target::Remote { repository, .. } => repository,

@@ -323,7 +323,6 @@ fn configured_helper(config: &Value, registry: &str) -> Option<String> {
 
 /// Write the config with mode 0600, atomically.
 fn write_private(path: &Path, config: &Value) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |e: std::io::Error| ConfigError::File {
         path: path.to_path_buf(),
         detail: e.to_string(),
@@ -333,18 +332,12 @@ fn write_private(path: &Path, config: &Value) -> Result<(), ConfigError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(err)?;
-    tmp.write_all(
-        serde_json::to_string_pretty(config)
-            .expect("json")
-            .as_bytes(),
-    )
-    .map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    let how = crate::fsutil::Replace {
+        durable: true,
+        mode: Some(0o600),
+    };
+    let text = serde_json::to_string_pretty(config).expect("json");
+    crate::fsutil::write_atomic(path, text.as_bytes(), how).map_err(err)
 }
 
 #[cfg(test)]

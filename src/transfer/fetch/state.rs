@@ -106,9 +106,8 @@ impl RangeState {
         let mut bytes = std::mem::take(&mut self.done).into_bytes();
         bytes[index] = b'1';
         self.done = String::from_utf8(bytes).expect("ascii");
-        let tmp = self.path.with_extension("state.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).expect("state serialises"))?;
-        std::fs::rename(&tmp, &self.path)
+        let bytes = serde_json::to_vec(self).expect("state serialises");
+        crate::fsutil::write_atomic(&self.path, &bytes, crate::fsutil::Replace::FAST)
     }
 }
 
