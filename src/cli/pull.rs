@@ -42,7 +42,8 @@ pub struct PullArgs {
     retries: u32,
     /// Use the local store as a node cache: blobs found there are not downloaded, and
     /// downloaded blobs are kept there (concurrent pulls download each blob once).
-    #[arg(long, env = "HOIST_CACHE")]
+    /// `HOIST_CACHE` takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "HOIST_CACHE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     cache: bool,
     /// Also pull what is attached to the artifact (signatures, SBOMs, reports), recursively,
     /// into OUTPUT/.referrers/<digest>/ (each with a .descriptor.json).
@@ -70,7 +71,7 @@ pub struct PullArgs {
     raw: bool,
     /// Replace files in the output folder that no earlier hoist pull placed (without it, such
     /// files are listed and the pull is refused before anything changes).
-    #[arg(long, env = "HOIST_OVERWRITE")]
+    #[arg(long, env = "HOIST_OVERWRITE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     overwrite: bool,
     /// A tar layer may unpack to at most this many times its compressed size (at least
     /// 256 MiB), and never to more than the free space: a bound on decompression bombs.

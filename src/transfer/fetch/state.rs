@@ -42,24 +42,30 @@ pub fn open_part(part: &Path, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
+const MIN_SAVED_RANGE: u64 = 4096;
+
 impl RangeState {
     /// The saved record if it describes this blob with this range size and its part file is
     /// there; otherwise a fresh one (and any stale part file is discarded).
+    /// A record with smaller ranges than this is not hoist's (it would be one character per
+    /// few bytes of the blob): it is started over.
     pub fn load_or_new(
         path: &Path,
         part: &Path,
         desc: &Descriptor,
         range_size: u64,
     ) -> io::Result<RangeState> {
-        let ranges = desc.size.div_ceil(range_size).max(1) as usize;
+        // A saved record keeps its own range size: a resume run with another --range-size
+        // (or another default) still reuses every range the first run finished.
         let saved = std::fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice::<RangeState>(&b).ok())
             .filter(|s| {
                 s.digest == desc.digest
                     && s.size == desc.size
-                    && s.range_size == range_size
-                    && s.done.len() == ranges
+                    && s.range_size >= MIN_SAVED_RANGE
+                    && s.done.len() as u64 == desc.size.div_ceil(s.range_size).max(1)
+                    && s.done.bytes().all(|b| b == b'0' || b == b'1')
             })
             .filter(|_| part.exists());
         match saved {
@@ -69,6 +75,7 @@ impl RangeState {
             }
             None => {
                 let _ = std::fs::remove_file(part);
+                let ranges = desc.size.div_ceil(range_size).max(1) as usize;
                 Ok(RangeState {
                     digest: desc.digest.clone(),
                     size: desc.size,

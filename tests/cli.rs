@@ -1,0 +1,379 @@
+//! The command line as a user meets it: every documented exit code, one error line without
+//! colour, progress that prints wherever it runs, an interrupt that says how to resume, and
+//! the local store's own verbs. Each test runs the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Each exit code the README lists, caused the way a user would cause it.
+#[test]
+fn every_documented_exit_code() {
+    let h = Hoist::new();
+    let src = push_small(&h, "m:v1"); // 0
+    let reg = Registry::start();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("o");
+
+    // 1: a failure of hoist's own (its server cannot listen: the port is taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    h.run(&["serve", "--addr", &addr])
+        .fails_with(1, "cannot listen on");
+
+    // 2: usage.
+    h.run(&["pull", "Bad/Ref:v1", "-o", s(&o)])
+        .fails_with(2, "invalid reference");
+
+    // 3: auth — a credential helper that fails is an auth problem, not a usage error.
+    let config = out.path().join("docker.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"credHelpers": {{"{}": "hoist-test-no-such-helper"}}}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    h.run(&[
+        "pull",
+        &reg.reference("m:v1"),
+        "-o",
+        s(&o),
+        "--registry-config",
+        s(&config),
+    ])
+    .fails_with(3, "credential helper");
+
+    // 4: not found.
+    h.run(&["pull", &reg.reference("nothing:here"), "-o", s(&o)])
+        .fails_with(4, "not found");
+
+    // 5: network, at once when nothing listens.
+    let started = Instant::now();
+    h.run(&[
+        "pull",
+        &format!("127.0.0.1:{}/m:v1", free_port()),
+        "-o",
+        s(&o),
+    ])
+    .fails_with(5, "Connection refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a refused connection took {:?} to report",
+        started.elapsed()
+    );
+
+    // 6: verification.
+    let pulled = pull_same(&h, "m:v1", src.path(), &[]);
+    std::fs::write(pulled.path().join("config.json"), b"{}").unwrap();
+    h.run(&["verify", s(pulled.path()), "m:v1"])
+        .fails_with(6, "config.json");
+
+    // 7: local disk — the ready marker cannot be written (its folder is a file).
+    let blocker = out.path().join("blocker");
+    std::fs::write(&blocker, b"").unwrap();
+    h.run(&[
+        "pull",
+        "m:v1",
+        "-o",
+        s(&out.path().join("o7")),
+        "--ready-marker",
+        s(&blocker.join("ready.json")),
+    ])
+    .fails_with(7, "cannot write the ready marker");
+
+    // 8: invalid or unsafe content.
+    let reference = push_manifest(
+        &reg,
+        "unsafe",
+        vec![(
+            "../escape".into(),
+            "application/octet-stream",
+            b"x".to_vec(),
+        )],
+    );
+    h.run(&["pull", &reference, "-o", s(&o)])
+        .fails_with(8, "unsafe path");
+    assert!(!o.exists(), "failed pulls created the output folder");
+    drop(taken);
+}
+
+/// Off a terminal: one error line, no ANSI colour, no timestamped log lines; `-q` and
+/// `--progress none` print nothing but that line.
+#[test]
+fn a_failure_is_one_plain_line() {
+    let h = Hoist::new();
+    let o = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["-q"][..], &["--progress", "none"][..]] {
+        let mut args = vec!["pull", "no-such-host.invalid/m:v1", "-o", s(o.path())];
+        args.extend_from_slice(extra);
+        let r = h.run(&args);
+        assert_eq!(r.code, 5);
+        assert!(
+            !r.stderr.contains('\u{1b}'),
+            "colour off a terminal: {:?}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains(" WARN "), "log lines: {}", r.stderr);
+        r.error_line();
+        if !extra.is_empty() {
+            assert_eq!(r.stderr.lines().count(), 1, "{extra:?}: {}", r.stderr);
+        }
+    }
+    // 127.0.0.1 is already plain HTTP: no advice to pass --plain-http.
+    let r = h.run(&[
+        "pull",
+        &format!("127.0.0.1:{}/m:v1", free_port()),
+        "-o",
+        s(o.path()),
+    ]);
+    assert!(!r.error_line().contains("--plain-http"), "{}", r.stderr);
+}
+
+/// `--progress plain` prints lines into a pipe (a log, CI), with words for counts.
+#[test]
+fn plain_progress_prints_anywhere() {
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("only.bin"), noise(4096, 3)).unwrap();
+    let r = h.run(&["push", s(src.path()), "one:v1"]).ok();
+    assert!(r.stdout.contains("(1 file,"), "{}", r.stdout);
+    let out = tempfile::tempdir().unwrap();
+    let r = run(h
+        .cmd()
+        .args(["pull", "one:v1", "-o", s(out.path()), "--progress", "plain"]))
+    .ok();
+    assert!(r.stderr.contains("1 file, 4.0 KiB"), "{}", r.stderr);
+    assert!(r.stderr.contains("only.bin"), "{}", r.stderr);
+    assert!(!r.stderr.contains('{'), "JSON in plain mode: {}", r.stderr);
+    assert!(r.stdout.contains(": 1 file, 4.0 KiB"), "{}", r.stdout);
+}
+
+/// Ctrl-C stops a pull with exit 130 and says that running it again resumes; the next run
+/// reuses what was downloaded and says so.
+#[test]
+fn an_interrupted_pull_says_how_to_resume_and_resumes() {
+    let h = Hoist::new();
+    let reg = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    large_model(src.path(), 24);
+    h.run(&["push", s(src.path()), &reg.reference("big:v1")])
+        .ok();
+    // 4 MB/s: the pull takes about 6 s, and is stopped after 10 MB (some ranges done).
+    let link = Wan::start(
+        &reg.addr,
+        hoist::wan::Link {
+            link_rate: 4_000_000,
+            ..Default::default()
+        },
+    );
+    let out = tempfile::tempdir().unwrap();
+    // 1 MiB ranges: a resume keeps every range that was finished.
+    let mut child = h
+        .cmd()
+        .args(["pull", &link.reference("big:v1"), "-o", s(out.path())])
+        .args(["--range-size", "1MiB"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while link.bytes_down() < 10_000_000 {
+        assert!(Instant::now() < deadline, "the pull did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "slow to stop");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("hoist: error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(line.contains("run the same command again"), "{line}");
+    assert!(line.contains(".hoist-partial"), "{line}");
+    assert!(
+        visible_entries(out.path()).is_empty(),
+        "files visible after an interrupt"
+    );
+
+    let r = h
+        .run(&["pull", &reg.reference("big:v1"), "-o", s(out.path())])
+        .ok();
+    assert!(
+        r.stdout.contains("resumed from an earlier pull"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(tree(src.path(), false), tree(out.path(), false));
+}
+
+/// `hoist tag` names a model again without copying; `hoist rm` removes one name and frees
+/// only the blobs no other name uses; both refuse a store that does not exist.
+#[test]
+fn rm_and_tag_manage_the_local_store() {
+    let h = Hoist::new();
+    let src = push_small(&h, "m:v1");
+    h.run(&["tag", "m:v1", "other:prod,latest"]).ok();
+    let list = h.run(&["list", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reference"].as_str().unwrap())
+        .collect();
+    for want in ["m:v1", "other:prod", "other:latest"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    let blobs = |h: &Hoist| {
+        std::fs::read_dir(h.home.path().join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = blobs(&h);
+    let r = h.run(&["rm", "m:v1"]).ok();
+    assert!(r.stdout.contains("freed 0 blobs"), "{}", r.stdout);
+    assert_eq!(blobs(&h), before, "blobs another name uses were removed");
+    pull_same(&h, "other:prod", src.path(), &[]);
+    h.run(&["rm", "m:v1"])
+        .fails_with(4, "not in the local store");
+    let r = h.run(&["rm", "other:prod", "--json"]).ok();
+    let removed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(removed["freed_blobs"], 0);
+    let r = h.run(&["rm", "other:latest"]).ok();
+    assert!(r.stdout.contains("freed 8 blobs"), "{}", r.stdout);
+    assert_eq!(blobs(&h), 0, "the last name's blobs are gone");
+    h.run(&["rm", "127.0.0.1:5000/m:v1"])
+        .fails_with(2, "works on the local store");
+    let typo = tempfile::tempdir().unwrap().path().join("typo");
+    for args in [
+        &["list"][..],
+        &["rm", "m:v1"][..],
+        &["tag", "m:v1", "n:v1"][..],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--store", s(&typo)]);
+        h.run(&args).fails_with(4, "no hoist store");
+        assert!(!typo.exists(), "{args:?} created a store");
+    }
+}
+
+/// `--json` prints one JSON document on stdout for every command that reports a result.
+#[test]
+fn json_output_everywhere() {
+    let h = Hoist::new();
+    let src = push_small(&h, "m:v1");
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", "m:v1", "-o", s(out.path())]).ok();
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["pull", "m:v1", "-o", s(out.path()), "--json"],
+        vec!["push", s(src.path()), "n:v1", "--json"],
+        vec!["copy", "m:v1", "c:v1", "--json"],
+        vec!["convert", "m:v1", "o:v1", "--to", "oras", "--json"],
+        vec!["verify", s(out.path()), "m:v1", "--json"],
+        vec!["list", "--json"],
+        vec!["inspect", "m:v1", "--json"],
+        vec!["discover", "m:v1", "--json"],
+    ];
+    for args in runs {
+        let r = h.run(&args).ok();
+        let doc: Result<serde_json::Value, _> = serde_json::from_str(r.stdout.trim());
+        assert!(doc.is_ok(), "{args:?} printed no JSON: {}", r.stdout);
+    }
+}
+
+/// Flags that cannot work together are refused, not ignored; hosts may be names.
+#[test]
+fn flags_mean_what_they_say() {
+    let h = Hoist::new();
+    push_small(&h, "m:v1");
+    h.run(&[
+        "convert",
+        "m:v1",
+        "o:v1",
+        "--to",
+        "oras",
+        "--layer-format",
+        "tar",
+    ])
+    .fails_with(2, "--layer-format applies to --to modelpack");
+    // A missing folder is one line, not every file listed as missing.
+    let r = h.run(&["verify", "/no/such/folder", "m:v1"]);
+    assert_eq!(r.code, 6);
+    assert!(r.error_line().contains("does not exist"), "{}", r.stderr);
+    assert!(!r.error_line().contains("missing"), "{}", r.stderr);
+    // HOIST_CACHE switches pull's node cache on and off; it is not a folder anywhere.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = h.cmd();
+    cmd.current_dir(cwd.path())
+        .env("HOIST_CACHE", "1")
+        .args(["pull", "m:v1", "-o", s(out.path())]);
+    run(&mut cmd).ok();
+    let mut cmd = h.cmd();
+    cmd.env("HOIST_CACHE", "maybe")
+        .args(["pull", "m:v1", "-o", s(out.path())]);
+    assert_eq!(
+        run(&mut cmd).code,
+        2,
+        "a value that is not on/off is refused"
+    );
+    let point = tempfile::tempdir().unwrap();
+    std::fs::write(point.path().join("keep"), b"x").unwrap();
+    let mut cmd = h.cmd();
+    cmd.current_dir(cwd.path())
+        .env("HOIST_CACHE", "1")
+        .args(["mount", "m:v1", s(point.path())]);
+    run(&mut cmd).fails_with(2, "is not empty");
+    assert!(
+        !cwd.path().join("1").exists(),
+        "HOIST_CACHE=1 made a store named 1"
+    );
+    // serve takes a host name.
+    let port = free_port();
+    let mut serve = std::process::Command::new(hoist_bin())
+        .args(["serve", "--addr", &format!("localhost:{port}"), "--root"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(first.contains(&format!("127.0.0.1:{port}")), "{first:?}");
+}
+
+/// `mount --daemon` without `--log-file` still says why the mount process failed, with its
+/// exit code (here: the model is not in the store, 4).
+#[test]
+fn a_daemon_mount_that_fails_says_why() {
+    let h = Hoist::new();
+    let point = tempfile::tempdir().unwrap();
+    let r = h.run(&["mount", "absent:v1", s(point.path()), "--daemon"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.error_line().contains("not in the local store"),
+        "{}",
+        r.stderr
+    );
+}
