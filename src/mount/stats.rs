@@ -2,7 +2,7 @@
 //! how long the first one took, how often a read had to wait for the network, and how many
 //! bytes reached a reader before their blob was verified (the trade-off of lazy loading).
 
-use std::fmt::Write;
+use crate::metrics::text::{Exposition, Kind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -98,33 +98,36 @@ impl Stats {
     /// Prometheus text exposition.
     pub fn render(&self, reference: &str) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let r = reference.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in lines {
-                let sep = if labels.is_empty() { "" } else { "," };
-                let _ = writeln!(out, "{name}{{reference=\"{r}\"{sep}{labels}}} {value}");
+        let mut out = Exposition::new();
+        let mut metric = |name: &str, kind: Kind, help: &str, lines: &[(&str, f64)]| {
+            out.family(name, kind, help);
+            for (source, value) in lines {
+                match source.is_empty() {
+                    true => out.sample(name, &[("reference", reference)], value),
+                    false => {
+                        out.sample(name, &[("reference", reference), ("source", source)], value)
+                    }
+                };
             }
         };
         metric(
             "hoist_mount_read_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes served to readers, by whether the chunk was local or had to be fetched first.",
             &[
-                ("source=\"cache\"", get(&self.read_local) as f64),
-                ("source=\"network\"", get(&self.read_network) as f64),
+                ("cache", get(&self.read_local) as f64),
+                ("network", get(&self.read_network) as f64),
             ],
         );
         metric(
             "hoist_mount_unverified_read_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes served before their blob's digest was verified.",
             &[("", get(&self.read_unverified) as f64)],
         );
         metric(
             "hoist_mount_time_to_first_byte_seconds",
-            "gauge",
+            Kind::Gauge,
             "Seconds from mount to the first byte served.",
             &[(
                 "",
@@ -135,41 +138,41 @@ impl Stats {
         );
         metric(
             "hoist_mount_read_stalls_total",
-            "counter",
+            Kind::Counter,
             "Reads that waited for the network.",
             &[("", get(&self.stalls) as f64)],
         );
         metric(
             "hoist_mount_read_stall_seconds_total",
-            "counter",
+            Kind::Counter,
             "Seconds readers spent waiting for the network.",
             &[("", self.stall_time().as_secs_f64())],
         );
         metric(
             "hoist_mount_read_errors_total",
-            "counter",
+            Kind::Counter,
             "Reads answered with EIO.",
             &[("", get(&self.read_errors) as f64)],
         );
         metric(
             "hoist_mount_fetched_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes downloaded from the registry.",
             &[("", get(&self.fetched_bytes) as f64)],
         );
         metric(
             "hoist_mount_blobs_verified_total",
-            "counter",
+            Kind::Counter,
             "Blobs whose digest matched.",
             &[("", get(&self.verified_blobs) as f64)],
         );
         metric(
             "hoist_mount_blobs_corrupt_total",
-            "counter",
+            Kind::Counter,
             "Blobs whose digest did not match (their reads fail with EIO).",
             &[("", get(&self.corrupt_blobs) as f64)],
         );
-        out
+        out.finish()
     }
 }
 

@@ -2,10 +2,10 @@
 //! bytes served, pull-through cache hits and misses, upstream latency, store size.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::metrics::text::{Exposition, Kind};
 use crate::store::Store;
 
 #[derive(Default)]
@@ -35,13 +35,12 @@ impl ServeMetrics {
     }
 
     pub fn render(&self, store: &Store) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "# HELP hoist_serve_requests_total Requests by route and status.\n# TYPE hoist_serve_requests_total counter");
+        let mut e = Exposition::new();
+        let name = "hoist_serve_requests_total";
+        e.family(name, Kind::Counter, "Requests by route and status.");
         for ((route, status), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                s,
-                "hoist_serve_requests_total{{route=\"{route}\",code=\"{status}\"}} {n}"
-            );
+            let code = status.to_string();
+            e.sample(name, &[("route", route), ("code", &code)], n);
         }
         let counters = [
             (
@@ -61,23 +60,37 @@ impl ServeMetrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
+            e.single(
+                name,
+                Kind::Counter,
+                help,
+                &[],
+                value.load(Ordering::Relaxed),
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP hoist_serve_upstream_seconds Time to first byte of upstream requests.\n# TYPE hoist_serve_upstream_seconds summary\nhoist_serve_upstream_seconds_sum {}\nhoist_serve_upstream_seconds_count {}",
+        let name = "hoist_serve_upstream_seconds";
+        e.family(
+            name,
+            Kind::Summary,
+            "Time to first byte of upstream requests.",
+        )
+        .sample(
+            &format!("{name}_sum"),
+            &[],
             self.upstream_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            self.upstream_requests.load(Ordering::Relaxed)
+        )
+        .sample(
+            &format!("{name}_count"),
+            &[],
+            self.upstream_requests.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            s,
-            "# HELP hoist_serve_store_bytes Bytes of blobs in the store.\n# TYPE hoist_serve_store_bytes gauge\nhoist_serve_store_bytes {}",
-            store.total_blob_bytes()
+        e.single(
+            "hoist_serve_store_bytes",
+            Kind::Gauge,
+            "Bytes of blobs in the store.",
+            &[],
+            store.total_blob_bytes(),
         );
-        s
+        e.finish()
     }
 }

@@ -1,17 +1,26 @@
 //! Metrics of a pull, in the Prometheus text format (0.0.4), for the node-exporter textfile
-//! collector (`--metrics-file`) or a Pushgateway (`--pushgateway`).
-//!
-//! Written by hand rather than with `prometheus-client`: that crate emits OpenMetrics, whose
-//! `_total`/`# EOF` conventions the textfile collector and Pushgateway read differently, and a
-//! one-shot process needs no registry, only these few lines.
+//! collector (`--metrics-file`) or a Pushgateway (`--pushgateway`). [`text`] writes them, and
+//! the server's and the mount's metrics too.
 
-use std::fmt::Write as _;
+pub mod text;
+
 use std::path::Path;
+
+use text::{Exposition, Kind};
 
 /// Upper bounds (seconds) for the download-duration histogram: seconds to an hour.
 const BUCKETS: [f64; 11] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
 ];
+
+/// A Pushgateway that could not take the metrics (a warning: the pull itself succeeded).
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("cannot push metrics to {url}: {detail}")]
+    Send { url: String, detail: String },
+    #[error("pushgateway {url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+}
 
 /// What one pull did.
 #[derive(Debug, Clone)]
@@ -30,54 +39,34 @@ pub struct PullMetrics {
 
 impl PullMetrics {
     pub fn render(&self) -> String {
-        let repo = escape(&self.repository);
-        let mut s = String::new();
-        let mut family = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            name.to_string()
-        };
-        let name = family(
-            "kaito_model_download_duration_seconds",
-            "histogram",
+        let repo = [("repository", self.repository.as_str())];
+        let mut e = Exposition::new();
+        let ok = self.failure.is_none();
+        let name = "kaito_model_download_duration_seconds";
+        e.family(
+            name,
+            Kind::Histogram,
             "Time to pull a model into its folder, verified, in seconds.",
         );
-        let mut lines = String::new();
-        let ok = self.failure.is_none();
+        let bucket = format!("{name}_bucket");
         for le in BUCKETS {
-            let n = u64::from(ok && self.seconds <= le);
-            let _ = writeln!(
-                lines,
-                "{name}_bucket{{repository=\"{repo}\",le=\"{le}\"}} {n}"
-            );
+            let le_text = le.to_string();
+            let labels = [repo[0], ("le", le_text.as_str())];
+            e.sample(&bucket, &labels, u64::from(ok && self.seconds <= le));
         }
-        let _ = writeln!(
-            lines,
-            "{name}_bucket{{repository=\"{repo}\",le=\"+Inf\"}} {}",
-            u64::from(ok)
+        e.sample(&bucket, &[repo[0], ("le", "+Inf")], u64::from(ok));
+        e.sample(
+            &format!("{name}_sum"),
+            &repo,
+            if ok { self.seconds } else { 0.0 },
         );
-        let _ = writeln!(
-            lines,
-            "{name}_sum{{repository=\"{repo}\"}} {}",
-            if ok { self.seconds } else { 0.0 }
-        );
-        let _ = writeln!(
-            lines,
-            "{name}_count{{repository=\"{repo}\"}} {}",
-            u64::from(ok)
-        );
-        s.push_str(&lines);
+        e.sample(&format!("{name}_count"), &repo, u64::from(ok));
 
         let failures = "kaito_model_download_failures_total";
-        let _ = writeln!(
-            s,
-            "# HELP {failures} Pulls that failed, by reason.\n# TYPE {failures} counter"
-        );
+        e.family(failures, Kind::Counter, "Pulls that failed, by reason.");
         for reason in REASONS {
             let n = u64::from(self.failure == Some(reason));
-            let _ = writeln!(
-                s,
-                "{failures}{{repository=\"{repo}\",reason=\"{reason}\"}} {n}"
-            );
+            e.sample(failures, &[repo[0], ("reason", reason)], n);
         }
         let counters = [
             (
@@ -102,13 +91,15 @@ impl PullMetrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{repository=\"{repo}\"}} {value}");
+            e.single(name, Kind::Counter, help, &repo, value);
         }
         if let Some(ready) = self.ready_seconds {
-            let name = "kaito_pod_ready_duration_seconds";
-            let _ = writeln!(
-                s,
-                "# HELP {name} From the init container's start to its ready marker.\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {ready:.3}"
+            e.single(
+                "kaito_pod_ready_duration_seconds",
+                Kind::Gauge,
+                "From the init container's start to its ready marker.",
+                &repo,
+                format!("{ready:.3}"),
             );
         }
         let throughput = if self.seconds > 0.0 {
@@ -116,12 +107,14 @@ impl PullMetrics {
         } else {
             0.0
         };
-        let name = "hoist_download_throughput_bytes_per_second";
-        let _ = writeln!(
-            s,
-            "# HELP {name} Download rate of the last pull.\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {throughput:.0}"
+        e.single(
+            "hoist_download_throughput_bytes_per_second",
+            Kind::Gauge,
+            "Download rate of the last pull.",
+            &repo,
+            format!("{throughput:.0}"),
         );
-        s
+        e.finish()
     }
 
     /// Replace the file atomically, so a collector never reads half of it.
@@ -130,7 +123,7 @@ impl PullMetrics {
     }
 
     /// `PUT` to a Pushgateway under `job/<job>/instance/<instance>`, replacing the group.
-    pub async fn push(&self, gateway: &str, job: &str, instance: &str) -> Result<(), String> {
+    pub async fn push(&self, gateway: &str, job: &str, instance: &str) -> Result<(), PushError> {
         let url = format!(
             "{}/metrics/job/{job}/instance/{instance}",
             gateway.trim_end_matches('/')
@@ -141,25 +134,23 @@ impl PullMetrics {
             .body(self.render())
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot push metrics to {url}: {}",
-                    crate::registry::error_chain(&e)
-                )
+            .map_err(|e| PushError::Send {
+                url: url.clone(),
+                detail: crate::registry::error_chain(&e),
             })?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!(
-                "pushgateway {url} answered HTTP {}",
-                resp.status().as_u16()
-            ))
+            Err(PushError::Status {
+                url,
+                status: resp.status().as_u16(),
+            })
         }
     }
 }
 
 /// Every failure reason, always exported (0 or 1) so rates and alerts see the series.
-pub const REASONS: [&str; 8] = [
+pub const REASONS: [&str; 9] = [
     "auth",
     "not_found",
     "network",
@@ -168,13 +159,8 @@ pub const REASONS: [&str; 8] = [
     "invalid_content",
     "usage",
     "other",
+    "interrupted",
 ];
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// Replace a metrics file atomically, so a collector never reads half of it.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
