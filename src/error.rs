@@ -2,6 +2,7 @@
 //! CLI's contract (an init container acts on them) and are listed in the README.
 
 use crate::materialize::MaterializeError;
+#[cfg(feature = "mount")]
 use crate::mount::MountError;
 use crate::oci::OciError;
 use crate::pack::PackError;
@@ -24,8 +25,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[cfg(feature = "mount")]
     #[error(transparent)]
     Mount(#[from] MountError),
+    #[cfg(feature = "bench")]
     #[error("bench failed: {0}")]
     Bench(#[from] crate::bench::BenchError),
     /// Credentials could not be read, or a credential helper failed.
@@ -132,6 +135,7 @@ impl Error {
             Error::Credentials(ConfigError::Incomplete(_)) => ExitCode::Usage,
             Error::Credentials(_) => ExitCode::Auth,
             Error::Write { .. } => ExitCode::Disk,
+            #[cfg(feature = "bench")]
             Error::Bench(e) => bench_code(e),
             Error::Server { .. } => ExitCode::Failure,
             Error::Child { code, .. } => ExitCode::from_code(i32::from(*code)),
@@ -139,6 +143,7 @@ impl Error {
             Error::Pack(e) => pack_code(e),
             Error::Store(e) => store_code(e),
             Error::Registry(e) => registry_code(e),
+            #[cfg(feature = "mount")]
             Error::Mount(e) => match e {
                 MountError::Transfer(e) => transfer_code(e),
                 MountError::NotRaw { .. } | MountError::PathClash(_) => ExitCode::InvalidContent,
@@ -205,6 +210,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
     }
 }
 
+#[cfg(feature = "bench")]
 fn bench_code(e: &crate::bench::BenchError) -> ExitCode {
     use crate::bench::BenchError;
     match e {

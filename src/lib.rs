@@ -1,5 +1,58 @@
 //! hoist: ship ML models as OCI artifacts.
 //!
+//! # Using the library
+//!
+//! Describe how to reach registries in [`Settings`], let a [`Context`] build the [`Target`]
+//! a [`Reference`] names (the local [`Store`] or a registry through a [`RegistryClient`]),
+//! then [`push_folder`], [`pull`], [`copy`] or [`verify_folder`]. Every pull verifies each
+//! byte against its digest before a file appears. Errors map to the CLI's exit codes through
+//! [`Error::exit_code`].
+//!
+//! ```
+//! use hoist::{pack::PackOptions, transfer, Context, PullOptions, PushOptions, Reference, Settings};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let work = tempfile::tempdir()?;
+//! let model = work.path().join("model");
+//! std::fs::create_dir(&model)?;
+//! std::fs::write(model.join("config.json"), br#"{"model_type":"bert"}"#)?;
+//! std::fs::write(model.join("model.safetensors"), vec![7u8; 4096])?;
+//!
+//! // `my-model:v1` has no registry host: it names the local store.
+//! let ctx = Context::new(Settings {
+//!     store: Some(work.path().join("store")),
+//!     ..Settings::default()
+//! });
+//! let reference = Reference::parse("my-model:v1")?;
+//! let target = ctx.target(&reference)?;
+//! let out = work.path().join("out");
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! let (pushed, pulled) = runtime.block_on(async {
+//!     let (_, pushed) = hoist::push_folder(
+//!         &model,
+//!         &PackOptions::default(),
+//!         &target,
+//!         &["v1".to_string()],
+//!         &PushOptions::default(),
+//!         transfer::silent(),
+//!     )
+//!     .await?;
+//!     let pulled = hoist::pull(&target, "v1", &out, &PullOptions::default(), transfer::silent())
+//!         .await?;
+//!     Ok::<_, hoist::Error>((pushed, pulled))
+//! })?;
+//! assert_eq!(pushed.digest, pulled.digest);
+//! assert_eq!(std::fs::read(out.join("config.json"))?, br#"{"model_type":"bert"}"#);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Cargo features: `serve` (the registry server), `mount` (the FUSE view) and `bench` are on
+//! by default; `default-features = false` leaves the push, pull and copy library without
+//! axum, fuser or plotters.
+//!
+//! # Modules
+//!
 //! The modules follow the data path:
 //!
 //! ```text
@@ -16,12 +69,14 @@
 //! | [`registry`]    | the distribution API client                                        |
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
-//! | [`mount`]       | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
-//! | [`serve`]       | `hoist serve`: the distribution API over the store                 |
+//! | `mount`         | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
+//! | `serve`         | `hoist serve`: the distribution API over the store                 |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
-//! | [`bench`]       | `hoist bench`: images vs artifacts, built, pushed and pulled       |
+//! | `bench`         | `hoist bench`: images vs artifacts, built, pushed and pulled       |
+//! | [`context`]     | settings → store, registry clients, mirrors, targets (one place)   |
 //! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod context;
 pub mod digest;
@@ -29,14 +84,24 @@ pub mod error;
 pub mod fsutil;
 pub mod materialize;
 pub mod metrics;
+#[cfg(feature = "mount")]
 pub mod mount;
 pub mod oci;
 pub mod pack;
 pub mod reference;
 pub mod registry;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod store;
 pub mod transfer;
 pub mod wan;
 
+pub use context::{Context, Settings};
 pub use error::{Error, ExitCode};
+pub use reference::Reference;
+pub use registry::RegistryClient;
+pub use store::Store;
+pub use transfer::{
+    copy, pull, push_folder, verify_folder, PullOptions, PullReport, PushOptions, PushReport,
+    Target,
+};
