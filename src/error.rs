@@ -185,6 +185,10 @@ fn store_code(e: &StoreError) -> ExitCode {
         StoreError::NotFound { .. } | StoreError::Missing { .. } => ExitCode::NotFound,
         StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => ExitCode::Verification,
         StoreError::Io { .. } | StoreError::CorruptIndex { .. } => ExitCode::Disk,
+        StoreError::Manifest(crate::store::ManifestRejected::Digest { .. }) => {
+            ExitCode::Verification
+        }
+        StoreError::Manifest(_) => ExitCode::InvalidContent,
     }
 }
 

@@ -13,8 +13,8 @@ use tokio_util::io::ReaderStream;
 
 use super::{ApiError, AppState};
 use crate::digest::Digest;
-use crate::oci::{media, Descriptor, ManifestKind, MAX_MANIFEST_BYTES};
-use crate::store::LinkKind;
+use crate::oci::{media, Descriptor, MAX_MANIFEST_BYTES};
+use crate::store::{Holding, LinkKind, ManifestRejected, StoreError};
 
 type Shared = Arc<AppState>;
 type Result<T> = std::result::Result<T, ApiError>;
@@ -470,7 +470,7 @@ fn find_manifest(state: &Shared, name: &str, reference: &str) -> Result<(Descrip
         .read_blob(&desc.digest, MAX_MANIFEST_BYTES)
         .map_err(|_| ApiError::manifest_unknown(reference))?;
     let media_type = if desc.media_type.is_empty() {
-        crate::transfer::manifest_media_type("", &bytes)
+        crate::store::manifest_media_type("", &bytes)
     } else {
         desc.media_type.clone()
     };
@@ -561,8 +561,8 @@ async fn put_manifest(
         .map_err(ApiError::internal)?
 }
 
-/// Check and store a pushed manifest: its digest, the blobs it names (held by this
-/// repository), the link, the tag, and its subject's referrers list.
+/// Check and store a pushed manifest (the store's one manifest path: its digest, the blobs
+/// it names held by this repository, the link, the tag, its subject's referrers list).
 fn store_manifest(
     state: &Shared,
     name: &str,
@@ -570,84 +570,34 @@ fn store_manifest(
     declared: &str,
     bytes: bytes::Bytes,
 ) -> Result<Response> {
-    let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", why);
-    let parsed = ManifestKind::parse(Some(declared), &bytes).map_err(|e| invalid(e.to_string()))?;
-    let media_type = if declared.is_empty() {
-        crate::transfer::manifest_media_type("", &bytes)
-    } else {
-        declared.to_string()
-    };
-    let digest = Digest::of_bytes(&bytes);
-    if let Ok(expected) = reference.parse::<Digest>() {
-        if expected != digest {
-            return Err(ApiError::digest_invalid(format!(
-                "the manifest hashes to {digest}, not {expected}"
-            )));
-        }
-    }
-    // Every blob a manifest names must already be in this repository.
-    let held = |kind, d: &Descriptor| {
-        state.store.is_linked(name, kind, &d.digest) && state.store.blob_size(&d.digest).is_some()
-    };
-    let missing = match &parsed {
-        ManifestKind::Image(m) => m
-            .blobs()
-            .find(|d| !held(LinkKind::Blob, d))
-            .map(|d| d.digest.to_string()),
-        ManifestKind::Index(i) => i
-            .manifests
-            .iter()
-            .find(|d| !held(LinkKind::Manifest, d))
-            .map(|d| d.digest.to_string()),
-    };
-    if let Some(missing) = missing {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "MANIFEST_BLOB_UNKNOWN",
-            format!("blob {missing} is not here; push it first"),
-        ));
-    }
-    let desc = Descriptor::new(media_type.clone(), digest.clone(), bytes.len() as u64);
-    if state.store.blob_size(&digest).is_none() {
-        state.store.put_bytes(&desc, &bytes)?;
-    }
-    state.store.link(name, LinkKind::Manifest, &digest)?;
-    if reference.parse::<Digest>().is_err() {
-        state.store.tag(name, reference, &desc)?;
-    }
-    let mut response = blob_created(name, &digest);
+    let put = state
+        .store
+        .put_manifest(name, reference, declared, &bytes, Holding::Linked)
+        .map_err(|e| match e {
+            StoreError::Manifest(ManifestRejected::Digest { .. }) => {
+                ApiError::digest_invalid(e.to_string())
+            }
+            StoreError::Manifest(ManifestRejected::BlobUnknown(_)) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                e.to_string(),
+            ),
+            StoreError::Manifest(ManifestRejected::Invalid(_)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string())
+            }
+            other => other.into(),
+        })?;
+    let digest = &put.descriptor.digest;
+    let mut response = blob_created(name, digest);
     *response
         .headers_mut()
         .get_mut(header::LOCATION)
         .expect("location") =
         HeaderValue::from_str(&format!("/v2/{name}/manifests/{digest}")).expect("ascii");
-    // Images and indexes alike may name a subject: index them as its referrers.
-    let about = match &parsed {
-        ManifestKind::Image(m) => m.subject.as_ref().map(|s| {
-            (
-                s,
-                m.artifact_type
-                    .clone()
-                    .unwrap_or_else(|| m.config.media_type.clone()),
-                m.annotations.clone(),
-            )
-        }),
-        ManifestKind::Index(i) => i.subject.as_ref().map(|s| {
-            (
-                s,
-                i.artifact_type.clone().unwrap_or_default(),
-                i.annotations.clone(),
-            )
-        }),
-    };
-    if let Some((subject, artifact_type, annotations)) = about {
-        let mut referrer = desc.clone();
-        referrer.artifact_type = (!artifact_type.is_empty()).then_some(artifact_type);
-        referrer.annotations = annotations;
-        state.store.add_referrer(&subject.digest, &referrer)?;
+    if let Some(subject) = &put.subject {
         response.headers_mut().insert(
             "OCI-Subject",
-            HeaderValue::from_str(subject.digest.as_str()).expect("ascii"),
+            HeaderValue::from_str(subject.as_str()).expect("ascii"),
         );
     }
     Ok(response)

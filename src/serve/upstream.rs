@@ -20,10 +20,9 @@ use tokio::sync::watch;
 
 use super::ApiError;
 use crate::digest::{Digest, Hasher};
-use crate::oci::Descriptor;
 use crate::registry::mirrors::Mirror;
 use crate::registry::{RegistryClient, RegistryError};
-use crate::store::Store;
+use crate::store::{Holding, Store};
 
 /// One upstream registry and the mirrors to read it through first.
 #[derive(Clone)]
@@ -308,21 +307,16 @@ impl Upstreams {
                 });
             }
         }
-        let media_type = crate::transfer::manifest_media_type(&media_type, &bytes);
-        let desc = Descriptor::new(media_type, digest, bytes.len() as u64);
         let store_err = |e: crate::store::StoreError| RegistryError::Transfer {
             registry: "local store".into(),
             context: "caching a manifest".into(),
             detail: e.to_string(),
         };
-        if store.blob_size(&desc.digest).is_none() {
-            store.put_bytes(&desc, &bytes).map_err(store_err)?;
-        }
+        // Its blobs come from the upstream when they are asked for.
         store
-            .link(name, crate::store::LinkKind::Manifest, &desc.digest)
+            .put_manifest(name, reference, &media_type, &bytes, Holding::Later)
             .map_err(store_err)?;
         if reference.parse::<Digest>().is_err() {
-            store.tag(name, reference, &desc).map_err(store_err)?;
             self.fetched
                 .lock()
                 .expect("upstream lock")

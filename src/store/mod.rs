@@ -8,11 +8,13 @@
 
 mod gc;
 mod manage;
+mod manifests;
 mod pushed;
 mod tags;
 
 pub use gc::{GcReport, VerifyReport};
 pub use manage::Removed;
+pub use manifests::{manifest_media_type, Holding, ManifestRejected, PutManifest};
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -30,6 +32,8 @@ pub enum StoreError {
     NotFound { reference: String, root: PathBuf },
     #[error("there is no hoist store at {root} (check --store or HOIST_HOME)")]
     Missing { root: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] ManifestRejected),
     #[error("blob {expected} failed verification: got {actual} ({size} bytes, expected {expected_size}); the source is corrupt or was tampered with")]
     DigestMismatch {
         expected: Digest,

@@ -3,11 +3,11 @@
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use super::target::manifest_media_type;
 use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ManifestKind};
 use crate::registry::UploadBody;
+use crate::store::manifest_media_type;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CopyReport {

@@ -16,8 +16,6 @@ pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
-#[cfg(feature = "serve")]
-pub(crate) use target::manifest_media_type;
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 

@@ -31,7 +31,7 @@ pub async fn attach(
 ) -> Result<Digest, TransferError> {
     let (subject_type, subject_bytes, subject_digest) = target.fetch_manifest(subject_ref).await?;
     let subject = Descriptor::new(
-        super::target::manifest_media_type(&subject_type, &subject_bytes),
+        crate::store::manifest_media_type(&subject_type, &subject_bytes),
         subject_digest.clone(),
         subject_bytes.len() as u64,
     );
@@ -225,7 +225,8 @@ pub async fn copy_referrers(
 /// Make `dst` list `entry` as a referrer of `subject`, if it does not index subjects itself.
 async fn register(dst: &Target, subject: &Digest, entry: Descriptor) -> Result<(), TransferError> {
     match dst {
-        Target::Local { store, .. } => Ok(store.add_referrer(subject, &entry)?),
+        // The store indexed it when its manifest was put.
+        Target::Local { .. } => Ok(()),
         Target::Remote {
             client, repository, ..
         } => {

@@ -5,10 +5,10 @@ use bytes::Bytes;
 
 use super::TransferError;
 use crate::digest::Digest;
-use crate::oci::{media, Descriptor, Manifest, ManifestKind, MAX_MANIFEST_BYTES};
+use crate::oci::{Descriptor, Manifest, ManifestKind, MAX_MANIFEST_BYTES};
 use crate::registry::mirrors::Mirror;
 use crate::registry::{RegistryClient, UploadBody};
-use crate::store::Store;
+use crate::store::{Holding, Store};
 
 #[derive(Clone)]
 pub enum Target {
@@ -266,16 +266,8 @@ impl Target {
                     .await?)
             }
             Target::Local { store, repository } => {
-                let desc = Descriptor::new(media_type, digest, bytes.len() as u64);
-                if store.blob_size(&desc.digest).is_none() {
-                    store.put_bytes(&desc, bytes)?;
-                }
-                if let Some(tag) = tag {
-                    store.tag(repository, tag, &desc)?;
-                }
-                // The repository now holds the manifest and what it names (`hoist serve`
-                // serves a repository only what it holds).
-                store.link_closure(repository, &desc.digest)?;
+                let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
+                store.put_manifest(repository, &reference, media_type, bytes, Holding::Stored)?;
                 Ok(())
             }
         }
@@ -292,16 +284,4 @@ fn verify_manifest(expected: &Digest, actual: &Digest) -> Result<(), TransferErr
         });
     }
     Ok(())
-}
-
-/// The media type to store a manifest document under.
-pub(crate) fn manifest_media_type(declared: &str, bytes: &[u8]) -> String {
-    if !declared.is_empty() {
-        return declared.to_string();
-    }
-    match ManifestKind::parse(None, bytes) {
-        Ok(ManifestKind::Index(i)) => i.media_type.unwrap_or_else(|| media::OCI_INDEX.into()),
-        Ok(ManifestKind::Image(m)) => m.media_type().to_string(),
-        Err(_) => media::OCI_MANIFEST.into(),
-    }
 }
