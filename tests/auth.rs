@@ -58,16 +58,15 @@ fn assert_no_secret(r: &Run) {
 }
 
 fn htpasswd_registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap().keep();
     let out = std::process::Command::new("htpasswd")
         .args(["-Bbn", "alice", PASSWORD])
         .output()
         .expect("htpasswd (apache2-utils)");
-    std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
-    Registry::start_with(&format!(
-        "auth:\n  htpasswd: {{realm: basic-realm, path: {}}}\n",
-        dir.join("htpasswd").display()
-    ))
+    // The password file lives in the registry's own folder and goes with it.
+    Registry::start_with_files(
+        &[("htpasswd", &out.stdout)],
+        "auth:\n  htpasswd: {realm: basic-realm, path: {root}/htpasswd}\n",
+    )
 }
 
 #[test]

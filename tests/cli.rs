@@ -345,9 +345,10 @@ fn flags_mean_what_they_say() {
     );
     // serve takes a host name.
     let port = free_port();
+    let root = tempfile::tempdir().unwrap();
     let mut serve = std::process::Command::new(hoist_bin())
         .args(["serve", "--addr", &format!("localhost:{port}"), "--root"])
-        .arg(tempfile::tempdir().unwrap().path())
+        .arg(root.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

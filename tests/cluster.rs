@@ -257,7 +257,11 @@ fn chain_fault_run(sig: i32, what: &str) {
         })
         .collect();
     // Mid-run: part of the 24 MiB file has crossed the 12 MB/s link.
-    std::thread::sleep(Duration::from_millis(1000));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while chain.link.bytes_down() < 4 << 20 {
+        assert!(Instant::now() < deadline, "nothing crossed the link");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = chain.link.bytes_down();
     assert!(
         before > 1 << 20 && before < 24 << 20,

@@ -23,9 +23,7 @@ fn suite() -> Option<PathBuf> {
 #[test]
 fn conformance_suite_passes_every_spec_three_runs_in_a_row() {
     let Some(suite) = suite() else {
-        let why = "the OCI conformance suite is not at ../shared/bin/oci-conformance (set OCI_CONFORMANCE)";
-        assert!(std::env::var_os("CI").is_none(), "{why}, and CI is set");
-        eprintln!("SKIPPED: {why}");
+        cannot_run("the OCI conformance suite is not at ../shared/bin/oci-conformance (set OCI_CONFORMANCE)");
         return;
     };
     let served = Served::start();

@@ -161,11 +161,23 @@ fn half_sent_requests_are_cut_and_connections_are_bounded() {
             c
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(4));
-    // Every stalled connection was closed by the server (limit at accept, or idle timeout).
+    // Every stalled connection is closed by the server (limit at accept, or idle timeout):
+    // each read waits for that, for at most 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
     for c in &mut stalled {
         let mut buf = [0u8; 64];
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
         match c.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("a half-sent request's connection was still open after 10 s")
+            }
             Ok(0) | Err(_) => {}
             Ok(n) => {
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
