@@ -18,193 +18,39 @@ use crate::transfer::{self, PushOptions, Target};
 /// Run the whole benchmark; `progress` gets one line per step.
 pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report, BenchError> {
     std::fs::create_dir_all(&opts.work).map_err(io("creating the work folder"))?;
-    let model = match &opts.model {
-        Some(dir) => dir.clone(),
-        None => {
-            let dir = opts.work.join("model");
-            progress(&format!(
-                "generating a {:.2} GiB synthetic model",
-                opts.synthetic_bytes as f64 / (1u64 << 30) as f64
-            ));
-            let shards = (opts.synthetic_bytes / (512 << 20)).clamp(2, 16) as usize;
-            synth::generate(&dir, opts.synthetic_bytes, shards, 42)
-                .map_err(io("generating the model"))?;
-            dir
-        }
-    };
+    let model = model_folder(opts, progress)?;
     let files = pack::walk(&model, &WalkOptions::default())?;
     let expected: BTreeMap<String, Digest> = files
         .iter()
         .map(|f| Ok((f.relative.clone(), Digest::of_file(&f.source)?)))
         .collect::<std::io::Result<_>>()
         .map_err(io("hashing the model"))?;
-    let model_bytes: u64 = files.iter().map(|f| f.size).sum();
-
-    // The registry: the one given, or an embedded `hoist serve` on a free loopback port.
-    let (client, prefix, _server) = match &opts.registry {
-        Some((client, prefix)) => (client.clone(), prefix.clone(), None),
-        None => {
-            let store =
-                Store::open(opts.work.join("registry")).map_err(transfer::TransferError::from)?;
-            let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
-                addr: "127.0.0.1:0".parse().expect("address"),
-                store,
-                upstreams: crate::serve::Upstreams::new(
-                    None,
-                    Default::default(),
-                    Duration::from_secs(60),
-                    None,
-                ),
-                access: None,
-                tls: None,
-                limits: Default::default(),
-            })
-            .await
-            .map_err(io("starting the embedded registry"))?;
-            let task = tokio::spawn(server);
-            let client = RegistryClient::new(
-                &addr.to_string(),
-                &TransportOptions::default(),
-                Credentials::default(),
-            )
-            .map_err(transfer::TransferError::from)?;
-            (client, "bench".to_string(), Some(AbortOnDrop(task)))
-        }
+    let (client, prefix, _server) = registry(opts).await?;
+    let proxy = wan_link(opts, &client).await?;
+    let bench = Bench {
+        opts,
+        client,
+        proxy,
+        expected,
+        pulls_dir: opts.work.join("pulls"),
+        progress,
     };
-    let proxy = match opts.link {
-        Some((rate, latency)) => {
-            let upstream = tokio::net::lookup_host(client.registry())
-                .await
-                .map_err(io("resolving the registry"))?
-                .next()
-                .ok_or_else(|| BenchError::Command {
-                    what: "resolving the registry".into(),
-                    detail: "no address".into(),
-                })?;
-            let link = crate::wan::Link {
-                rate,
-                latency,
-                ..Default::default()
-            };
-            Some(
-                crate::wan::Proxy::start("127.0.0.1:0", upstream, link)
-                    .await
-                    .map_err(io("starting the WAN emulator"))?,
-            )
-        }
-        None => None,
-    };
-
     let mut shapes = Vec::new();
     let mut pulls = Vec::new();
-    let pulls_dir = opts.work.join("pulls");
     for shape in Shape::all() {
-        let repository = format!("{prefix}/{}", shape.slug());
         let target = Target::Remote {
-            client: client.clone(),
-            repository: repository.clone(),
+            client: bench.client.clone(),
+            repository: format!("{prefix}/{}", shape.slug()),
             mirrors: Vec::new(),
         };
-        progress(&format!("building and pushing {}", shape.label()));
-        let scratch = tempfile::tempdir_in(&opts.work).map_err(io("scratch folder"))?;
-        let started = Instant::now();
-        let packed = match shape {
-            Shape::Image { per_weight, format } => {
-                images::pack_image(&files, format, per_weight, scratch.path())
-                    .map_err(io("packing the image"))?
-            }
-            Shape::Artifact { format } => pack::pack(
-                &model,
-                &PackOptions {
-                    layer_format: format,
-                    temp_dir: Some(scratch.path().to_path_buf()),
-                    ..Default::default()
-                },
-            )?,
+        let mut row = bench.build_and_push(shape, &model, &files, &target).await?;
+        let reference = format!("{}/{}:v1", bench.client.registry(), target.repository());
+        bench.time_pulls(&mut row, &reference)?;
+        let raw = Shape::Artifact {
+            format: crate::oci::LayerFormat::Raw,
         };
-        transfer::push(
-            &packed,
-            &target,
-            &["v1".to_string()],
-            &PushOptions::default(),
-            transfer::silent(),
-        )
-        .await?;
-        let build = started.elapsed();
-        drop(packed);
-        drop(scratch);
-        // What the registry holds for it, read back from the registry.
-        let pushed = target.resolve("v1").await?;
-        let stored = pushed.manifest.blobs().map(|d| d.size).sum::<u64>()
-            + pushed.manifest_bytes.len() as u64;
-        let reference = format!("{}/{repository}:v1", client.registry());
-        let mut row = ShapeRow {
-            shape: shape.label(),
-            slug: shape.slug(),
-            layers: pushed.manifest.layers.len(),
-            build_seconds: build.as_secs_f64(),
-            stored_bytes: stored,
-            pull_cold_seconds: 0.0,
-            pull_warm_seconds: 0.0,
-            pull_link_seconds: None,
-        };
-        let label = shape.label();
-        let hoist_pull = |reference: &str, out: &Path, extra: &[&str]| {
-            let mut cmd = Command::new(&opts.hoist);
-            cmd.args(["pull", reference, "-q", "--progress", "none", "-o"])
-                .arg(out)
-                .args(extra)
-                .env("HOIST_HOME", opts.work.join("node-cache"));
-            cmd
-        };
-        progress(&format!("pulling {label} (cold, {} runs)", opts.runs));
-        row.pull_cold_seconds = median_of(opts.runs, &pulls_dir, &label, Some(&expected), |out| {
-            hoist_pull(&reference, out, &[])
-        })?;
-        // Warm: the node cache holds the blobs; the folder is made anew from it.
-        let cache = opts.work.join("node-cache");
-        let _ = std::fs::remove_dir_all(&cache);
-        timed(
-            &mut hoist_pull(&reference, &pulls_dir.join("seed"), &["--cache"]),
-            "seeding the node cache",
-        )?;
-        let _ = std::fs::remove_dir_all(pulls_dir.join("seed"));
-        progress(&format!("pulling {label} (warm node cache)"));
-        row.pull_warm_seconds = median_of(opts.runs, &pulls_dir, &label, Some(&expected), |out| {
-            hoist_pull(&reference, out, &["--cache", "--link-mode", "hardlink"])
-        })?;
-        let _ = std::fs::remove_dir_all(&cache);
-        if let Some(proxy) = &proxy {
-            let via = reference.replacen(client.registry(), &proxy.addr.to_string(), 1);
-            progress(&format!("pulling {label} through the WAN emulator"));
-            row.pull_link_seconds = Some(median_of(
-                opts.runs,
-                &pulls_dir,
-                &label,
-                Some(&expected),
-                |out| hoist_pull(&via, out, &[]),
-            )?);
-        }
-        if opts.peers
-            && matches!(
-                shape,
-                Shape::Artifact {
-                    format: crate::oci::LayerFormat::Raw
-                }
-            )
-        {
-            let mut hosts = vec![("loopback", reference.clone())];
-            if let Some(proxy) = &proxy {
-                hosts.push((
-                    "wan",
-                    reference.replacen(client.registry(), &proxy.addr.to_string(), 1),
-                ));
-            }
-            for (link, reference) in hosts {
-                pulls.extend(peer_pulls(
-                    opts, &reference, link, &pulls_dir, &expected, progress,
-                )?);
-            }
+        if opts.peers && shape == raw {
+            pulls.extend(bench.peers(&reference)?);
         }
         shapes.push(row);
     }
@@ -212,7 +58,7 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
         machine: Machine::read(),
         model: model.display().to_string(),
         synthetic: opts.model.is_none(),
-        model_bytes,
+        model_bytes: files.iter().map(|f| f.size).sum(),
         files: files.len(),
         runs: opts.runs,
         link: opts.link.map(|(rate, lat)| {
@@ -225,6 +71,212 @@ pub async fn run(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<Report,
         shapes,
         peers: pulls,
     })
+}
+
+/// The model to measure: the one given, or a synthetic checkpoint of the asked size.
+fn model_folder(opts: &BenchOptions, progress: &dyn Fn(&str)) -> Result<PathBuf, BenchError> {
+    if let Some(dir) = &opts.model {
+        return Ok(dir.clone());
+    }
+    let dir = opts.work.join("model");
+    progress(&format!(
+        "generating a {:.2} GiB synthetic model",
+        opts.synthetic_bytes as f64 / (1u64 << 30) as f64
+    ));
+    let shards = (opts.synthetic_bytes / (512 << 20)).clamp(2, 16) as usize;
+    synth::generate(&dir, opts.synthetic_bytes, shards, 42).map_err(io("generating the model"))?;
+    Ok(dir)
+}
+
+/// The registry: the one given, or an embedded `hoist serve` on a free loopback port (kept
+/// running while the returned guard lives).
+async fn registry(
+    opts: &BenchOptions,
+) -> Result<(RegistryClient, String, Option<AbortOnDrop>), BenchError> {
+    if let Some((client, prefix)) = &opts.registry {
+        return Ok((client.clone(), prefix.clone(), None));
+    }
+    let store = Store::open(opts.work.join("registry")).map_err(transfer::TransferError::from)?;
+    let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().expect("address"),
+        store,
+        upstreams: crate::serve::Upstreams::new(
+            None,
+            Default::default(),
+            Duration::from_secs(60),
+            None,
+        ),
+        access: None,
+        tls: None,
+        limits: Default::default(),
+    })
+    .await
+    .map_err(io("starting the embedded registry"))?;
+    let task = tokio::spawn(server);
+    let client = RegistryClient::new(
+        &addr.to_string(),
+        &TransportOptions::default(),
+        Credentials::default(),
+    )
+    .map_err(transfer::TransferError::from)?;
+    Ok((client, "bench".to_string(), Some(AbortOnDrop(task))))
+}
+
+/// The WAN emulator in front of the registry, when `--link` asks for one.
+async fn wan_link(
+    opts: &BenchOptions,
+    client: &RegistryClient,
+) -> Result<Option<crate::wan::Proxy>, BenchError> {
+    let Some((rate, latency)) = opts.link else {
+        return Ok(None);
+    };
+    let upstream = tokio::net::lookup_host(client.registry())
+        .await
+        .map_err(io("resolving the registry"))?
+        .next()
+        .ok_or_else(|| BenchError::Command {
+            what: "resolving the registry".into(),
+            detail: "no address".into(),
+        })?;
+    let link = crate::wan::Link {
+        rate,
+        latency,
+        ..Default::default()
+    };
+    let proxy = crate::wan::Proxy::start("127.0.0.1:0", upstream, link)
+        .await
+        .map_err(io("starting the WAN emulator"))?;
+    Ok(Some(proxy))
+}
+
+/// What every step of one benchmark run shares.
+struct Bench<'a> {
+    opts: &'a BenchOptions,
+    client: RegistryClient,
+    proxy: Option<crate::wan::Proxy>,
+    /// Each file of the model and its digest: every pulled folder must match.
+    expected: BTreeMap<String, Digest>,
+    pulls_dir: PathBuf,
+    progress: &'a dyn Fn(&str),
+}
+
+impl Bench<'_> {
+    /// Pack `shape` and push it; its row with the build time and what the registry holds.
+    async fn build_and_push(
+        &self,
+        shape: Shape,
+        model: &Path,
+        files: &[pack::ModelFile],
+        target: &Target,
+    ) -> Result<ShapeRow, BenchError> {
+        (self.progress)(&format!("building and pushing {}", shape.label()));
+        let scratch = tempfile::tempdir_in(&self.opts.work).map_err(io("scratch folder"))?;
+        let started = Instant::now();
+        let packed = match shape {
+            Shape::Image { per_weight, format } => {
+                images::pack_image(files, format, per_weight, scratch.path())
+                    .map_err(io("packing the image"))?
+            }
+            Shape::Artifact { format } => pack::pack(
+                model,
+                &PackOptions {
+                    layer_format: format,
+                    temp_dir: Some(scratch.path().to_path_buf()),
+                    ..Default::default()
+                },
+            )?,
+        };
+        transfer::push(
+            &packed,
+            target,
+            &["v1".to_string()],
+            &PushOptions::default(),
+            transfer::silent(),
+        )
+        .await?;
+        let build = started.elapsed();
+        drop(packed);
+        drop(scratch);
+        // What the registry holds for it, read back from the registry.
+        let pushed = target.resolve("v1").await?;
+        let stored = pushed.manifest.blobs().map(|d| d.size).sum::<u64>()
+            + pushed.manifest_bytes.len() as u64;
+        Ok(ShapeRow {
+            shape: shape.label(),
+            slug: shape.slug(),
+            layers: pushed.manifest.layers.len(),
+            build_seconds: build.as_secs_f64(),
+            stored_bytes: stored,
+            pull_cold_seconds: 0.0,
+            pull_warm_seconds: 0.0,
+            pull_link_seconds: None,
+        })
+    }
+
+    /// `hoist pull` of `reference` into `out`, with the bench's node cache as its store.
+    fn hoist_pull(&self, reference: &str, out: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.opts.hoist);
+        cmd.args(["pull", reference, "-q", "--progress", "none", "-o"])
+            .arg(out)
+            .args(extra)
+            .env("HOIST_HOME", self.opts.work.join("node-cache"));
+        cmd
+    }
+
+    /// Cold, warm (from the node cache) and, with a link, WAN pull times of one shape.
+    fn time_pulls(&self, row: &mut ShapeRow, reference: &str) -> Result<(), BenchError> {
+        let (opts, label) = (self.opts, row.shape.clone());
+        let median = |f: &dyn Fn(&Path) -> Command| {
+            median_of(opts.runs, &self.pulls_dir, &label, Some(&self.expected), f)
+        };
+        (self.progress)(&format!("pulling {label} (cold, {} runs)", opts.runs));
+        row.pull_cold_seconds = median(&|out| self.hoist_pull(reference, out, &[]))?;
+        // Warm: the node cache holds the blobs; the folder is made anew from it.
+        let cache = opts.work.join("node-cache");
+        let _ = std::fs::remove_dir_all(&cache);
+        let seed = self.pulls_dir.join("seed");
+        timed(
+            &mut self.hoist_pull(reference, &seed, &["--cache"]),
+            "seeding the node cache",
+        )?;
+        let _ = std::fs::remove_dir_all(seed);
+        (self.progress)(&format!("pulling {label} (warm node cache)"));
+        row.pull_warm_seconds = median(&|out| {
+            self.hoist_pull(reference, out, &["--cache", "--link-mode", "hardlink"])
+        })?;
+        let _ = std::fs::remove_dir_all(&cache);
+        if let Some(via) = self.via_link(reference) {
+            (self.progress)(&format!("pulling {label} through the WAN emulator"));
+            row.pull_link_seconds = Some(median(&|out| self.hoist_pull(&via, out, &[]))?);
+        }
+        Ok(())
+    }
+
+    /// `reference` reached through the WAN emulator, when there is one.
+    fn via_link(&self, reference: &str) -> Option<String> {
+        let proxy = self.proxy.as_ref()?;
+        Some(reference.replacen(self.client.registry(), &proxy.addr.to_string(), 1))
+    }
+
+    /// The peers' pulls of the raw artifact, on loopback and through the link.
+    fn peers(&self, reference: &str) -> Result<Vec<PullRow>, BenchError> {
+        let mut hosts = vec![("loopback", reference.to_string())];
+        if let Some(via) = self.via_link(reference) {
+            hosts.push(("wan", via));
+        }
+        let mut rows = Vec::new();
+        for (link, reference) in hosts {
+            rows.extend(peer_pulls(
+                self.opts,
+                &reference,
+                link,
+                &self.pulls_dir,
+                &self.expected,
+                self.progress,
+            )?);
+        }
+        Ok(rows)
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);

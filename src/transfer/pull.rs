@@ -120,10 +120,79 @@ pub async fn pull(
     observer: Observer,
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
+    let plan = plan_for(&resolved.manifest, opts)?;
+    observer(&Event::Start {
+        reference: format!("{}:{reference}", source.describe()),
+        files: plan.layers.len(),
+        bytes: plan.total_size(),
+    });
+    let out_owned = out.to_path_buf();
+    let staging = tokio::task::spawn_blocking(move || Staging::open(&out_owned))
+        .await
+        .expect("staging task does not panic")?;
+    let staging = Arc::new(staging);
+    let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
+    let jobs = blob_jobs(&plan);
+    let ctx = Ctx {
+        image: crate::oci::files::is_image_config(&resolved.manifest.config.media_type),
+        source,
+        staging: &staging,
+        fetcher: &fetcher,
+        opts,
+        observer: &observer,
+    };
+    let result: Result<Vec<JobResult>, TransferError> = stream::iter(jobs.iter())
+        .map(|job| ctx.obtain(job))
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await;
+    let results = match result {
+        Ok(r) => r,
+        // Unpacking tasks of other layers may still hold the staging: abort through the
+        // shared handle rather than waiting for them.
+        Err(e) => return Err(give_up(staging, e).await),
+    };
+    let linked_by = commit(staging, &results, opts.overwrite).await?;
+    restamp_links(source, opts, &results).await;
+    let count = |a: Action| results.iter().filter(|r| r.action == a).count();
+    Ok(PullReport {
+        digest: resolved.digest,
+        files: plan.layers.len(),
+        bytes: plan.total_size(),
+        // What came over the network this time: an earlier run's bytes are counted apart.
+        downloaded_bytes: results
+            .iter()
+            .filter(|r| r.action == Action::Downloaded)
+            .map(|r| r.size)
+            .sum::<u64>()
+            .saturating_sub(fetcher.resumed_bytes()),
+        skipped: results.iter().map(|r| r.skipped_files).sum(),
+        cache_hits: count(Action::Linked),
+        cache_misses: count(Action::Downloaded),
+        resumed_bytes: fetcher.resumed_bytes(),
+        linked_by,
+        placed: plan
+            .layers
+            .iter()
+            .map(|l| PlacedFile {
+                path: l.path.clone(),
+                size: l.descriptor.size,
+                digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
+            })
+            .collect(),
+    })
+}
+
+/// The files to pull: every layer (by name, or by digest with `raw`), narrowed by the
+/// filter, with no name that could leave the folder or reach hoist's own state.
+fn plan_for(
+    manifest: &crate::oci::Manifest,
+    opts: &PullOptions,
+) -> Result<LayerPlan, TransferError> {
     let mut plan = if opts.raw {
-        LayerPlan::by_digest(&resolved.manifest)
+        LayerPlan::by_digest(manifest)
     } else {
-        LayerPlan::from_manifest(&resolved.manifest, opts.allow_path_traversal)?
+        LayerPlan::from_manifest(manifest, opts.allow_path_traversal)?
     };
     if !opts.filter.is_empty() {
         let all: Vec<String> = plan
@@ -158,19 +227,11 @@ pub async fn pull(
             }
         }
     }
-    observer(&Event::Start {
-        reference: format!("{}:{reference}", source.describe()),
-        files: plan.layers.len(),
-        bytes: plan.total_size(),
-    });
+    Ok(plan)
+}
 
-    let out_owned = out.to_path_buf();
-    let staging = tokio::task::spawn_blocking(move || Staging::open(&out_owned))
-        .await
-        .expect("staging task does not panic")?;
-    let staging = Arc::new(staging);
-    let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
-
+/// One job per distinct blob, with every file that comes from it.
+fn blob_jobs(plan: &LayerPlan) -> Vec<BlobJob<'_>> {
     let mut jobs: Vec<BlobJob> = Vec::new();
     let mut by_digest: BTreeMap<&Digest, usize> = BTreeMap::new();
     for (index, layer) in plan.layers.iter().enumerate() {
@@ -185,27 +246,15 @@ pub async fn pull(
             });
         jobs[slot].layers.push((index, layer));
     }
+    jobs
+}
 
-    let ctx = Ctx {
-        image: crate::oci::files::is_image_config(&resolved.manifest.config.media_type),
-        source,
-        staging: &staging,
-        fetcher: &fetcher,
-        opts,
-        observer: &observer,
-    };
-    let result: Result<Vec<JobResult>, TransferError> = stream::iter(jobs.iter())
-        .map(|job| ctx.obtain(job))
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect()
-        .await;
-    let results = match result {
-        Ok(r) => r,
-        // Unpacking tasks of other layers may still hold the staging: abort through the
-        // shared handle rather than waiting for them.
-        Err(e) => return Err(give_up(staging, e).await),
-    };
-
+/// Place everything staged, in the manifest's layer order, as one checked plan.
+async fn commit(
+    staging: Arc<Staging>,
+    results: &[JobResult],
+    overwrite: bool,
+) -> Result<crate::materialize::LinkCounts, TransferError> {
     // Every blob task finished (each awaited its unpacking), so this is the last handle.
     let staging = Arc::into_inner(staging).expect("all blob tasks finished");
     let mut items: Vec<(usize, Vec<Staged>)> = results
@@ -214,63 +263,35 @@ pub async fn pull(
         .collect();
     items.sort_by_key(|(index, _)| *index);
     let items: Vec<Staged> = items.into_iter().flat_map(|(_, s)| s).collect();
-    let overwrite = opts.overwrite;
     let staging = Arc::new(staging);
     let committing = staging.clone();
     let committed = tokio::task::spawn_blocking(move || committing.commit(&items, overwrite))
         .await
         .expect("commit task does not panic");
-    let linked_by = match committed {
-        Ok(counts) => counts,
-        Err(e) => return Err(give_up(staging, e.into()).await),
-    };
-    // A hard link moves the store blob's change time; its bytes were checked just before.
-    if opts.link_mode == LinkMode::Hardlink {
-        let store = match (source, &opts.cache) {
-            (Target::Local { store, .. }, _) | (_, Some(store)) => Some(store.clone()),
-            _ => None,
-        };
-        if let Some(store) = store {
-            let linked: Vec<Digest> = results
-                .iter()
-                .filter(|r| r.action != Action::Skipped)
-                .map(|r| r.digest.clone())
-                .collect();
-            tokio::task::spawn_blocking(move || {
-                linked.iter().for_each(|d| store.restamp_after_link(d))
-            })
-            .await
-            .expect("restamp task does not panic");
-        }
+    match committed {
+        Ok(counts) => Ok(counts),
+        Err(e) => Err(give_up(staging, e.into()).await),
     }
+}
 
-    let count = |a: Action| results.iter().filter(|r| r.action == a).count();
-    Ok(PullReport {
-        digest: resolved.digest,
-        files: plan.layers.len(),
-        bytes: plan.total_size(),
-        // What came over the network this time: an earlier run's bytes are counted apart.
-        downloaded_bytes: results
-            .iter()
-            .filter(|r| r.action == Action::Downloaded)
-            .map(|r| r.size)
-            .sum::<u64>()
-            .saturating_sub(fetcher.resumed_bytes()),
-        skipped: results.iter().map(|r| r.skipped_files).sum(),
-        cache_hits: count(Action::Linked),
-        cache_misses: count(Action::Downloaded),
-        resumed_bytes: fetcher.resumed_bytes(),
-        linked_by,
-        placed: plan
-            .layers
-            .iter()
-            .map(|l| PlacedFile {
-                path: l.path.clone(),
-                size: l.descriptor.size,
-                digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
-            })
-            .collect(),
-    })
+/// A hard link moves the store blob's change time; its bytes were checked just before, so
+/// its stamp is renewed.
+async fn restamp_links(source: &Target, opts: &PullOptions, results: &[JobResult]) {
+    if opts.link_mode != LinkMode::Hardlink {
+        return;
+    }
+    let store = match (source, &opts.cache) {
+        (Target::Local { store, .. }, _) | (_, Some(store)) => store.clone(),
+        _ => return,
+    };
+    let linked: Vec<Digest> = results
+        .iter()
+        .filter(|r| r.action != Action::Skipped)
+        .map(|r| r.digest.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || linked.iter().for_each(|d| store.restamp_after_link(d)))
+        .await
+        .expect("restamp task does not panic");
 }
 
 /// End a failed pull: bad content wipes the state folder (and `-o` if this pull made it);
@@ -314,21 +335,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// One blob: skip the files already in place, get the verified bytes (store, cache or
+    /// network), and stage every file that comes from it.
     async fn obtain(&self, job: &BlobJob<'_>) -> Result<JobResult, TransferError> {
         let desc = job.descriptor;
         let name = job.layers[0].1.path.display().to_string();
-        let mut needed = Vec::new();
-        let mut skipped_files = 0;
-        for &(index, layer) in &job.layers {
-            if layer.format == LayerFormat::Raw
-                && already_in_place(self.staging, &layer.path, &desc.digest, desc.size).await
-            {
-                skipped_files += 1;
-                self.done(layer, Action::Skipped);
-            } else {
-                needed.push((index, layer));
-            }
-        }
+        let (needed, skipped_files) = self.not_in_place(job).await;
         if needed.is_empty() {
             return Ok(JobResult {
                 digest: desc.digest.clone(),
@@ -338,37 +350,61 @@ impl Ctx<'_> {
                 items: Vec::new(),
             });
         }
+        let (blob, owned, action) = self.verified_blob(desc, &name).await?;
+        let items = self.stage(&needed, &blob, owned, action).await?;
+        Ok(JobResult {
+            digest: desc.digest.clone(),
+            action,
+            size: desc.size,
+            skipped_files,
+            items,
+        })
+    }
 
-        // Where the verified bytes are, whether we own that file, and how we got them.
-        let (blob, owned, action) = match (self.source, &self.opts.cache) {
+    /// The files of a blob that are not already in the folder with the right bytes, and how
+    /// many are.
+    async fn not_in_place<'j>(&self, job: &BlobJob<'j>) -> (Vec<(usize, &'j FileLayer)>, usize) {
+        let desc = job.descriptor;
+        let mut needed = Vec::new();
+        let mut skipped = 0;
+        for &(index, layer) in &job.layers {
+            if layer.format == LayerFormat::Raw
+                && already_in_place(self.staging, &layer.path, &desc.digest, desc.size).await
+            {
+                skipped += 1;
+                self.done(layer, Action::Skipped);
+            } else {
+                needed.push((index, layer));
+            }
+        }
+        (needed, skipped)
+    }
+
+    /// Where the verified bytes are, whether this pull owns that file, and how it got them.
+    async fn verified_blob(
+        &self,
+        desc: &Descriptor,
+        name: &str,
+    ) -> Result<(PathBuf, bool, Action), TransferError> {
+        match (self.source, &self.opts.cache) {
             (Target::Local { store, repository }, _) => match checked(store, desc).await? {
-                BlobCheck::Good(path) => (path, false, Action::Linked),
-                BlobCheck::Missing => {
-                    return Err(crate::store::StoreError::NotFound {
-                        reference: format!("{repository} blob {} ({name})", desc.digest),
-                        root: store.root().to_path_buf(),
-                    }
-                    .into())
+                BlobCheck::Good(path) => Ok((path, false, Action::Linked)),
+                BlobCheck::Missing => Err(crate::store::StoreError::NotFound {
+                    reference: format!("{repository} blob {} ({name})", desc.digest),
+                    root: store.root().to_path_buf(),
                 }
+                .into()),
             },
             (Target::Remote { .. }, Some(cache)) => {
-                let (path, fresh) = fetch_into_store(
-                    self.fetcher,
-                    &self.source.sources(desc.digest.as_str()),
-                    cache,
-                    desc,
-                    &name,
-                )
-                .await?;
-                (
-                    path,
-                    false,
-                    if fresh {
-                        Action::Downloaded
-                    } else {
-                        Action::Linked
-                    },
-                )
+                let sources = self.source.sources(desc.digest.as_str());
+                let (path, fresh) =
+                    fetch_into_store(self.fetcher, &sources, cache, desc, name).await?;
+                let action = if fresh {
+                    Action::Downloaded
+                } else {
+                    Action::Linked
+                };
+                Ok((path, false, action))
             }
             (Target::Remote { .. }, None) => {
                 let verified = self.staging.blob_path(&desc.digest);
@@ -376,29 +412,34 @@ impl Ctx<'_> {
                 // other: checked again before it is used.
                 if !staged_blob_is_good(&verified, &desc.digest).await {
                     let part = self.staging.part_path(&desc.digest);
-                    self.fetcher
-                        .download(
-                            &self.source.sources(desc.digest.as_str()),
-                            desc,
-                            &part,
-                            &name,
-                        )
-                        .await?;
+                    let sources = self.source.sources(desc.digest.as_str());
+                    self.fetcher.download(&sources, desc, &part, name).await?;
                     std::fs::rename(&part, &verified).map_err(TransferError::io(&verified))?;
                 }
-                (verified, true, Action::Downloaded)
+                Ok((verified, true, Action::Downloaded))
             }
-        };
+        }
+    }
 
+    /// Stage each needed file of a verified blob: a raw layer is the blob itself (moved or
+    /// linked), a tar layer is unpacked.
+    async fn stage(
+        &self,
+        needed: &[(usize, &FileLayer)],
+        blob: &Path,
+        owned: bool,
+        action: Action,
+    ) -> Result<Vec<(usize, Vec<Staged>)>, TransferError> {
         let mut items = Vec::new();
         let last_raw = needed
             .iter()
             .rev()
             .find(|(_, l)| l.format == LayerFormat::Raw)
             .map(|(i, _)| *i);
-        for &(index, layer) in &needed {
+        for &(index, layer) in needed {
             let staged = match layer.format {
                 LayerFormat::Raw => {
+                    // The pull's own download moves into the last file that uses it.
                     let placement = if owned && Some(index) == last_raw {
                         Placement::Move
                     } else if owned {
@@ -407,18 +448,18 @@ impl Ctx<'_> {
                         Placement::Link(self.opts.link_mode)
                     };
                     vec![Staged::File {
-                        from: blob.clone(),
+                        from: blob.to_path_buf(),
                         relative: layer.path.clone(),
                         mode: file_mode(layer),
                         placement,
-                        digest: Some(desc.digest.clone()),
+                        digest: Some(layer.descriptor.digest.clone()),
                         link_target: None,
                     }]
                 }
                 format => {
                     let (staging, blob, layer_name) = (
                         self.staging.clone(),
-                        blob.clone(),
+                        blob.to_path_buf(),
                         layer.path.display().to_string(),
                     );
                     let (image, limits) = (self.image, self.opts.unpack);
@@ -433,15 +474,9 @@ impl Ctx<'_> {
             self.done(layer, action);
         }
         if owned && last_raw.is_none() {
-            let _ = std::fs::remove_file(&blob); // only tar layers used it, and they are unpacked
+            let _ = std::fs::remove_file(blob); // only tar layers used it, and they are unpacked
         }
-        Ok(JobResult {
-            digest: desc.digest.clone(),
-            action,
-            size: desc.size,
-            skipped_files,
-            items,
-        })
+        Ok(items)
     }
 
     fn done(&self, layer: &FileLayer, action: Action) {
