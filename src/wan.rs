@@ -221,81 +221,9 @@ async fn serve(
     server.set_nodelay(true)?;
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut server_rx, mut server_tx) = server.into_split();
-    // Ends with `Some(seconds)` when a request is to be answered 429 here.
-    let up = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = client_rx.read(&mut buf).await?;
-            if n == 0 {
-                return server_tx.shutdown().await.map(|()| None);
-            }
-            // Clients wait for each answer before the next request, so the connection is
-            // idle towards the client when a new request arrives: the 429 can go out now.
-            if let Some(retry_after) = stats.throttles(fault, &buf[..n]) {
-                return Ok(Some(retry_after));
-            }
-            if !link.latency.is_zero() {
-                tokio::time::sleep(link.latency).await;
-            }
-            if link.strip_range {
-                hide_range(&mut buf[..n]);
-            }
-            stats
-                .basic_auth_requests
-                .fetch_add(count_basic_auth(&buf[..n]), Ordering::Relaxed);
-            server_tx.write_all(&buf[..n]).await?;
-        }
-    };
-    let down = async {
-        // 64 KiB at a time: 1.3 ms at 50 MB/s, fine enough for pacing, and the hops behind
-        // the link do not pay their per-chunk costs on network-packet-sized pieces.
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0u64;
-        let started = Instant::now();
-        let mut stalled = false;
-        loop {
-            let n = server_rx.read(&mut buf).await?;
-            if n == 0 {
-                return client_tx.shutdown().await;
-            }
-            let mut chunk = &buf[..n];
-            let limit = match fault {
-                Fault::ResetAfter(at) | Fault::TruncateAfter(at) => Some(at),
-                Fault::StallAfter(at, _) if !stalled => Some(at),
-                _ => None,
-            };
-            let cut = limit.filter(|at| sent + chunk.len() as u64 >= *at);
-            if let Some(at) = cut {
-                chunk = &chunk[..(at - sent) as usize];
-            }
-            pace(link.rate, sent + chunk.len() as u64, started).await;
-            pacer.send(chunk.len()).await;
-            client_tx.write_all(chunk).await?;
-            sent += chunk.len() as u64;
-            stats
-                .bytes_down
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            match (cut, fault) {
-                // Dropping the socket with linger 0 (set below) sends RST.
-                (Some(_), Fault::ResetAfter(_)) => return Err(std::io::Error::other("reset")),
-                (Some(_), Fault::TruncateAfter(_)) => return client_tx.shutdown().await,
-                (Some(_), Fault::StallAfter(_, pause)) => {
-                    stalled = true;
-                    tokio::time::sleep(pause).await;
-                    let rest = &buf[chunk.len()..n];
-                    client_tx.write_all(rest).await?;
-                    sent += rest.len() as u64;
-                    stats
-                        .bytes_down
-                        .fetch_add(rest.len() as u64, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-        }
-    };
     let throttled = tokio::select! {
-        r = up => r?,
-        r = down => r.map(|()| None)?,
+        r = forward_up(&mut client_rx, &mut server_tx, link, fault, stats) => r?,
+        r = forward_down(&mut server_rx, &mut client_tx, link, fault, stats, pacer) => r.map(|()| None)?,
     };
     if let Some(retry_after) = throttled {
         let answer = format!("HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -303,6 +231,95 @@ async fn serve(
         client_tx.shutdown().await?;
     }
     Ok(())
+}
+
+/// Requests towards the server, after the link's latency. Ends with `Some(seconds)` when a
+/// request is to be answered 429 here.
+async fn forward_up(
+    client_rx: &mut tokio::net::tcp::OwnedReadHalf,
+    server_tx: &mut tokio::net::tcp::OwnedWriteHalf,
+    link: &Link,
+    fault: Fault,
+    stats: &Stats,
+) -> std::io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = client_rx.read(&mut buf).await?;
+        if n == 0 {
+            return server_tx.shutdown().await.map(|()| None);
+        }
+        // Clients wait for each answer before the next request, so the connection is idle
+        // towards the client when a new request arrives: the 429 can go out now.
+        if let Some(retry_after) = stats.throttles(fault, &buf[..n]) {
+            return Ok(Some(retry_after));
+        }
+        if !link.latency.is_zero() {
+            tokio::time::sleep(link.latency).await;
+        }
+        if link.strip_range {
+            hide_range(&mut buf[..n]);
+        }
+        stats
+            .basic_auth_requests
+            .fetch_add(count_basic_auth(&buf[..n]), Ordering::Relaxed);
+        server_tx.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Answers towards the client, paced to the link's rates, with the fault applied.
+async fn forward_down(
+    server_rx: &mut tokio::net::tcp::OwnedReadHalf,
+    client_tx: &mut tokio::net::tcp::OwnedWriteHalf,
+    link: &Link,
+    fault: Fault,
+    stats: &Stats,
+    pacer: &LinkPacer,
+) -> std::io::Result<()> {
+    // 64 KiB at a time: 1.3 ms at 50 MB/s, fine enough for pacing, and the hops behind the
+    // link do not pay their per-chunk costs on network-packet-sized pieces.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    let started = Instant::now();
+    let mut stalled = false;
+    loop {
+        let n = server_rx.read(&mut buf).await?;
+        if n == 0 {
+            return client_tx.shutdown().await;
+        }
+        let mut chunk = &buf[..n];
+        let limit = match fault {
+            Fault::ResetAfter(at) | Fault::TruncateAfter(at) => Some(at),
+            Fault::StallAfter(at, _) if !stalled => Some(at),
+            _ => None,
+        };
+        let cut = limit.filter(|at| sent + chunk.len() as u64 >= *at);
+        if let Some(at) = cut {
+            chunk = &chunk[..(at - sent) as usize];
+        }
+        pace(link.rate, sent + chunk.len() as u64, started).await;
+        pacer.send(chunk.len()).await;
+        client_tx.write_all(chunk).await?;
+        sent += chunk.len() as u64;
+        stats
+            .bytes_down
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        match (cut, fault) {
+            // Dropping the socket with linger 0 (set on it) sends RST.
+            (Some(_), Fault::ResetAfter(_)) => return Err(std::io::Error::other("reset")),
+            (Some(_), Fault::TruncateAfter(_)) => return client_tx.shutdown().await,
+            (Some(_), Fault::StallAfter(_, pause)) => {
+                stalled = true;
+                tokio::time::sleep(pause).await;
+                let rest = &buf[chunk.len()..n];
+                client_tx.write_all(rest).await?;
+                sent += rest.len() as u64;
+                stats
+                    .bytes_down
+                    .fetch_add(rest.len() as u64, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Sleep until `total` bytes are within the rate since `started`.

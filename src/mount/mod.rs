@@ -117,35 +117,8 @@ pub async fn mount(
     };
     // The tree first, from the manifest alone: nothing is created on disk for a manifest
     // that cannot be mounted.
-    let mut tree = tree::Tree::new();
-    let mut unique: Vec<(&crate::oci::Descriptor, String)> = Vec::new();
-    let mut by_digest: HashMap<String, usize> = HashMap::new();
-    for layer in &plan.layers {
-        if layer.format != LayerFormat::Raw {
-            return Err(MountError::NotRaw {
-                layer: layer.path.display().to_string(),
-                format: layer.format.suffix().into(),
-            });
-        }
-        let desc = &layer.descriptor;
-        let index = *by_digest.entry(desc.digest.to_string()).or_insert_with(|| {
-            unique.push((desc, layer.path.display().to_string()));
-            unique.len() - 1
-        });
-        if !tree.add_file(&layer.path, index, desc.size, file_mode(desc)) {
-            return Err(MountError::PathClash(layer.path.display().to_string()));
-        }
-    }
-    let mut blobs: Vec<Arc<Blob>> = Vec::with_capacity(unique.len());
-    for (desc, name) in &unique {
-        match open_blob(desc, name.clone(), local_store.as_ref(), &opts) {
-            Ok(blob) => blobs.push(Arc::new(blob)),
-            Err(e) => {
-                blobs.iter().for_each(|b| b.discard_partial());
-                return Err(e);
-            }
-        }
-    }
+    let (tree, unique) = build_tree(&plan)?;
+    let blobs = open_blobs(&unique, local_store.as_ref(), &opts)?;
     let kinds: Vec<_> = unique
         .iter()
         .map(|(d, _)| crate::oci::modelpack::kind_of_media_type(&d.media_type))
@@ -170,20 +143,7 @@ pub async fn mount(
         opts.verify_before_read,
         opts.read_timeout,
     );
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::RO,
-        fuser::MountOption::FSName(format!("hoist:{reference}")),
-        fuser::MountOption::Subtype("hoist".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-    ];
-    if opts.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    // Several kernel requests at once: one blocked read must not hold up the others.
-    config.n_threads = Some(4);
+    let config = fuse_config(reference, opts.allow_other);
     let session = match fuser::spawn_mount(fs, mountpoint, &config) {
         Ok(session) => session,
         Err(source) => {
@@ -204,6 +164,71 @@ pub async fn mount(
         scheduler,
         mountpoint: mountpoint.to_path_buf(),
     })
+}
+
+/// Each distinct blob of a mount, with the name of its first file.
+type UniqueBlobs<'a> = Vec<(&'a crate::oci::Descriptor, String)>;
+
+/// The file tree of a plan of raw layers, and its distinct blobs.
+fn build_tree(plan: &LayerPlan) -> Result<(tree::Tree, UniqueBlobs<'_>), MountError> {
+    let mut tree = tree::Tree::new();
+    let mut unique: UniqueBlobs = Vec::new();
+    let mut by_digest: HashMap<String, usize> = HashMap::new();
+    for layer in &plan.layers {
+        if layer.format != LayerFormat::Raw {
+            return Err(MountError::NotRaw {
+                layer: layer.path.display().to_string(),
+                format: layer.format.suffix().into(),
+            });
+        }
+        let desc = &layer.descriptor;
+        let index = *by_digest.entry(desc.digest.to_string()).or_insert_with(|| {
+            unique.push((desc, layer.path.display().to_string()));
+            unique.len() - 1
+        });
+        if !tree.add_file(&layer.path, index, desc.size, file_mode(desc)) {
+            return Err(MountError::PathClash(layer.path.display().to_string()));
+        }
+    }
+    Ok((tree, unique))
+}
+
+/// Each blob from the cache or as a part file to fill; on failure none is left half-made.
+fn open_blobs(
+    unique: &[(&crate::oci::Descriptor, String)],
+    local_store: Option<&Store>,
+    opts: &MountOptions,
+) -> Result<Vec<Arc<Blob>>, MountError> {
+    let mut blobs: Vec<Arc<Blob>> = Vec::with_capacity(unique.len());
+    for (desc, name) in unique {
+        match open_blob(desc, name.clone(), local_store, opts) {
+            Ok(blob) => blobs.push(Arc::new(blob)),
+            Err(e) => {
+                blobs.iter().for_each(|b| b.discard_partial());
+                return Err(e);
+            }
+        }
+    }
+    Ok(blobs)
+}
+
+/// A read-only mount, named after the reference, with several kernel requests served at
+/// once (one blocked read must not hold up the others).
+fn fuse_config(reference: &str, allow_other: bool) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("hoist:{reference}")),
+        fuser::MountOption::Subtype("hoist".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    config
 }
 
 /// A blob from the cache (verified earlier) or a fresh part file to fill.

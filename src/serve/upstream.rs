@@ -334,7 +334,6 @@ impl Upstreams {
         name: &str,
         digest: &Digest,
     ) -> Result<(u64, Body), ApiError> {
-        let part = store.part_path(digest);
         let starter = self
             .starting
             .lock()
@@ -343,6 +342,14 @@ impl Upstreams {
             .or_default()
             .clone();
         let _starting = starter.lock().await;
+        if let Some(joined) = self.join(store, digest).await? {
+            return Ok(joined);
+        }
+        self.start(upstream, store, name, digest).await
+    }
+
+    /// Follow the running fetch of `digest`, or the blob it just committed.
+    async fn join(&self, store: &Store, digest: &Digest) -> Result<Option<(u64, Body)>, ApiError> {
         let existing = self
             .inflight
             .lock()
@@ -351,27 +358,34 @@ impl Upstreams {
             .cloned();
         if let Some((size, rx)) = existing {
             // Join the running fetch; if it just finished, the blob is in the store.
-            let file = match tokio::fs::File::open(&part).await {
+            let file = match tokio::fs::File::open(store.part_path(digest)).await {
                 Ok(f) => Some(f),
                 Err(_) => tokio::fs::File::open(store.blob_path(digest)).await.ok(),
             };
             if let Some(file) = file {
-                return Ok((size, follow(file.into_std().await, size, rx)));
+                return Ok(Some((size, follow(file.into_std().await, size, rx))));
             }
         }
         // Checked after the running fetches: a fetch commits its blob before it leaves them,
         // so a blob fetched since the caller looked is found here.
         if let Ok(file) = tokio::fs::File::open(store.blob_path(digest)).await {
             let size = file.metadata().await?.len();
-            return Ok((
-                size,
-                follow(
-                    file.into_std().await,
-                    size,
-                    watch::channel(Progress::Done).1,
-                ),
-            ));
+            let done = watch::channel(Progress::Done).1;
+            return Ok(Some((size, follow(file.into_std().await, size, done))));
         }
+        Ok(None)
+    }
+
+    /// Start the one fetch of `digest` from the upstream; it runs on its own (a client that
+    /// goes away does not stop it) and every client follows its part file.
+    async fn start(
+        self: &Arc<Self>,
+        upstream: &Upstream,
+        store: &Store,
+        name: &str,
+        digest: &Digest,
+    ) -> Result<(u64, Body), ApiError> {
+        let part = store.part_path(digest);
         let (resp, _, source) = upstream
             .open_blob(name, digest, None, self.stall_timeout)
             .await
@@ -387,8 +401,6 @@ impl Upstreams {
             .lock()
             .expect("upstream lock")
             .insert(digest.clone(), (size, rx.clone()));
-        let (me, store, digest_owned) = (self.clone(), store.clone(), digest.clone());
-        let part_for_task = part.clone();
         let pump = Pump {
             upstream: upstream.clone(),
             name: name.to_string(),
@@ -396,52 +408,42 @@ impl Upstreams {
             size,
             stall: self.stall_timeout,
         };
-        // The fetch runs on its own: a client that goes away does not stop it.
+        let (me, store, digest) = (self.clone(), store.clone(), digest.clone());
         tokio::spawn(async move {
-            let ok = pump.run(resp, source, file, &tx).await;
-            let result = match ok {
-                Ok(()) => {
-                    // Off the async workers: the stamp waits for the file clock's next tick,
-                    // and eviction walks the store.
-                    let (store, part, digest, cap) = (
-                        store.clone(),
-                        part_for_task.clone(),
-                        digest_owned.clone(),
-                        me.cache_size,
-                    );
-                    let kept = tokio::task::spawn_blocking(move || {
-                        let kept = store.commit_verified(&part, &digest).is_ok();
-                        if let (true, Some(cap)) = (kept, cap) {
-                            evict(&store, cap, &digest);
-                        }
-                        kept
-                    })
-                    .await
-                    .expect("commit task does not panic");
-                    if kept {
-                        Progress::Done
-                    } else {
-                        Progress::Failed
-                    }
-                }
+            let result = match pump.run(resp, source, file, &tx).await {
+                Ok(()) => me.keep(store, part, digest.clone()).await,
                 Err(e) => {
-                    tracing::warn!("pull-through of {digest_owned} failed: {e}");
-                    let _ = std::fs::remove_file(&part_for_task);
+                    tracing::warn!("pull-through of {digest} failed: {e}");
+                    let _ = std::fs::remove_file(&part);
                     Progress::Failed
                 }
             };
-            me.inflight
-                .lock()
-                .expect("upstream lock")
-                .remove(&digest_owned);
+            me.inflight.lock().expect("upstream lock").remove(&digest);
             // The blob is in the store (or the fetch failed): no starter lock is needed now.
-            me.starting
-                .lock()
-                .expect("upstream lock")
-                .remove(&digest_owned);
+            me.starting.lock().expect("upstream lock").remove(&digest);
             let _ = tx.send(result);
         });
         Ok((size, follow(reader.into_std().await, size, rx)))
+    }
+
+    /// Commit a fetched blob (verified) and evict past the cache size, off the async
+    /// workers: the stamp waits for the file clock's next tick, and eviction walks the store.
+    async fn keep(&self, store: Store, part: std::path::PathBuf, digest: Digest) -> Progress {
+        let cap = self.cache_size;
+        let kept = tokio::task::spawn_blocking(move || {
+            let kept = store.commit_verified(&part, &digest).is_ok();
+            if let (true, Some(cap)) = (kept, cap) {
+                evict(&store, cap, &digest);
+            }
+            kept
+        })
+        .await
+        .expect("commit task does not panic");
+        if kept {
+            Progress::Done
+        } else {
+            Progress::Failed
+        }
     }
 }
 
