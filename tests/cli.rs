@@ -378,3 +378,47 @@ fn a_daemon_mount_that_fails_says_why() {
         r.stderr
     );
 }
+
+/// `login -u USER` on a terminal asks for the password (here through `script`'s terminal),
+/// then uses it: the login goes on to the registry (refused here: exit 5).
+#[test]
+fn login_with_a_username_prompts_for_the_password() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+        && cannot_run("`script` (util-linux) gives the test a terminal and is missing")
+    {
+        return;
+    }
+    let h = Hoist::new();
+    let command = format!(
+        "{} login 127.0.0.1:{} -u alice",
+        hoist_bin().display(),
+        free_port()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("HOIST_HOME", h.home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Answer once the prompt is up.
+    let mut seen = Vec::new();
+    let mut stdout = child.stdout.take().unwrap();
+    while !String::from_utf8_lossy(&seen).contains("Password:") {
+        let mut byte = [0u8; 1];
+        match std::io::Read::read(&mut stdout, &mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => panic!("no password prompt: {}", String::from_utf8_lossy(&seen)),
+        }
+    }
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"secret\n").unwrap();
+    std::io::Read::read_to_end(&mut stdout, &mut seen).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(!text.contains("secret"), "the password was echoed: {text}");
+    assert_eq!(out.status.code(), Some(5), "{text}");
+}

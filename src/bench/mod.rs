@@ -1,4 +1,4 @@
-//! `hoist bench`: the seed's evaluation on this machine. The same model is shipped in five
+//! `hoist bench`: KAITO's published comparison (images against artifacts), on this machine. The same model is shipped in five
 //! shapes (a single-layer tar+gzip image; multi-layer tar+gzip, tar and tar+zstd images; an
 //! artifact with raw layers, and with tar+zstd layers), each built and pushed, then pulled to a
 //! ready folder the way its consumer does it, cold and warm, optionally again through the WAN
@@ -57,7 +57,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    /// The seed's five configurations (the artifact twice: raw and tar+zstd layers).
+    /// The published comparison's five configurations (the artifact twice: raw and tar+zstd layers).
     pub fn all() -> Vec<Shape> {
         vec![
             Shape::Image {

@@ -1,5 +1,5 @@
 //! The benchmark's outputs: a Markdown table, a JSON file with every figure and the machine,
-//! and a chart like the seed's (grouped bars of build and pull time per shape, the speed-up
+//! and a chart like the published one's (grouped bars of build and pull time per shape, the speed-up
 //! over the single-layer gzip image written above each pull bar), as SVG and PNG.
 
 use std::path::{Path, PathBuf};
