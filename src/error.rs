@@ -240,7 +240,8 @@ fn oci_code(_: &OciError) -> ExitCode {
 
 fn materialize_code(e: &MaterializeError) -> ExitCode {
     match e {
-        MaterializeError::Io { .. } => ExitCode::Disk,
+        MaterializeError::Io { .. } | MaterializeError::Output { .. } => ExitCode::Disk,
+        MaterializeError::NotAFolder { .. } => ExitCode::Usage,
         MaterializeError::WouldOverwrite { .. } => ExitCode::Usage,
         // Out of room is the disk's doing, not the content's.
         MaterializeError::UnpackLimit { why, .. } if why.contains("free space") => ExitCode::Disk,

@@ -14,6 +14,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A file where a folder is expected.
+fn cwd_file() -> tempfile::NamedTempFile {
+    tempfile::NamedTempFile::new().unwrap()
+}
+
 /// Each exit code the README lists, caused the way a user would cause it.
 #[test]
 fn every_documented_exit_code() {
@@ -311,6 +316,12 @@ fn flags_mean_what_they_say() {
         "tar",
     ])
     .fails_with(2, "--layer-format applies to --to modelpack");
+    // `-o` that is a file, or that cannot be made, says so (not a bare OS error).
+    let file = cwd_file();
+    h.run(&["pull", "m:v1", "-o", s(file.path())])
+        .fails_with(2, "is a file, not a folder");
+    h.run(&["pull", "m:v1", "-o", s(&file.path().join("under"))])
+        .fails_with(7, "cannot create or write the output folder");
     // A missing folder is one line, not every file listed as missing.
     let r = h.run(&["verify", "/no/such/folder", "m:v1"]);
     assert_eq!(r.code, 6);

@@ -256,9 +256,9 @@ fn chain_fault_run(sig: i32, what: &str) {
             )
         })
         .collect();
-    // Mid-run: part of the 24 MiB file has crossed the 12 MB/s link.
+    // Mid-run: part of the 24 MiB file (10 MiB, about a second) has crossed the 12 MB/s link.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while chain.link.bytes_down() < 4 << 20 {
+    while chain.link.bytes_down() < 10 << 20 {
         assert!(Instant::now() < deadline, "nothing crossed the link");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -212,7 +212,9 @@ fn a_full_disk_is_a_clear_error() {
         "-o",
         out.to_str().unwrap(),
     ])
-    .fails_with(DISK, "No space left on device");
+    .fails_with(DISK, "No space left on device")
+    // With what was needed and what was there.
+    .fails_with(DISK, "3145745 bytes and");
     assert!(visible_entries(&out).is_empty());
 }
 

@@ -317,8 +317,7 @@ fn median_of(
 /// Seconds a command took; its failure is an error with its last words.
 fn timed(cmd: &mut Command, what: &str) -> Result<f64, BenchError> {
     // Start every run with no dirty pages of the previous one left to write back.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
     let started = Instant::now();
     let out = cmd
         .stdin(Stdio::null())

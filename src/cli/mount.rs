@@ -189,7 +189,7 @@ fn daemonize(args: &MountArgs) -> Result<(), Error> {
     // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = rustix::process::setsid();
             Ok(())
         });
     }

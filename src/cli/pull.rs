@@ -255,8 +255,7 @@ fn process_age(pull_started: std::time::Instant) -> f64 {
             .next()?
             .parse()
             .ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = rustix::param::clock_ticks_per_second() as f64;
         Some(uptime - start_ticks / hz)
     };
     from_proc()

@@ -2,7 +2,6 @@
 //! and XFS), hard link (instant, shares the read-only store file), or a plain copy.
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::{io_err, MaterializeError};
@@ -70,20 +69,17 @@ pub fn place(from: &Path, to: &Path, mode: LinkMode) -> Result<Linked, Materiali
 
 /// `ioctl(FICLONE)`: the destination shares the source's extents until either is written.
 fn reflink(from: &Path, to: &Path) -> std::io::Result<()> {
-    const FICLONE: libc::c_ulong = 0x4004_9409;
     let src = fs::File::open(from)?;
     let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)?;
-    // SAFETY: both descriptors are open for the duration of the call.
-    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let err = std::io::Error::last_os_error();
-        drop(dst);
-        let _ = fs::remove_file(to);
-        Err(err)
+    match rustix::fs::ioctl_ficlone(&dst, &src) {
+        Ok(()) => Ok(()),
+        Err(errno) => {
+            drop(dst);
+            let _ = fs::remove_file(to);
+            Err(errno.into())
+        }
     }
 }

@@ -36,6 +36,15 @@ pub enum MaterializeError {
     },
     #[error("cannot place {path}: {why}")]
     Blocked { path: PathBuf, why: &'static str },
+    #[error(
+        "the output {path} is a file, not a folder: pass -o a folder (it is created if missing)"
+    )]
+    NotAFolder { path: PathBuf },
+    #[error("cannot create or write the output folder {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -141,13 +150,16 @@ impl Staging {
     /// Open the state folder, waiting for any other pull into the same folder to finish.
     pub fn open(out: &Path) -> Result<Staging, MaterializeError> {
         let created_out = fs::symlink_metadata(out).is_err();
-        fs::create_dir_all(out).map_err(io_err(out))?;
-        if !fs::metadata(out).map_err(io_err(out))?.is_dir() {
-            return Err(MaterializeError::Blocked {
+        if fs::metadata(out).is_ok_and(|m| !m.is_dir()) {
+            return Err(MaterializeError::NotAFolder {
                 path: out.to_path_buf(),
-                why: "it is not a folder",
             });
         }
+        let output = |source| MaterializeError::Output {
+            path: out.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(out).map_err(output)?;
         let lock = fs::File::open(out).map_err(io_err(out))?;
         lock.lock().map_err(io_err(out))?;
         let dir = out.join(STAGING_DIR);
@@ -412,14 +424,8 @@ pub fn safe_mode(mode: u32) -> u32 {
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`.
 fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
-        .map_err(|_| std::io::Error::other("path with a NUL byte"))?;
-    // SAFETY: a valid NUL-terminated path and a zeroed struct for the kernel to fill.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Create `relative` under `root` one folder at a time, refusing to pass through anything that

@@ -151,12 +151,7 @@ pub fn wait_past(ctime_ns: i128) {
 
 /// The kernel's coarse wall clock, the one it stamps file times with.
 fn coarse_now_ns() -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a live timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 

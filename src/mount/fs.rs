@@ -39,8 +39,10 @@ impl ModelFs {
         verify_before_read: bool,
         read_timeout: Duration,
     ) -> ModelFs {
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
         ModelFs {
             tree,
             scheduler,

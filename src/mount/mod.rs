@@ -353,17 +353,10 @@ impl Drop for Mounted {
 /// Unmount a hoist mount from outside (`hoist umount`): a lazy detach, so open files do not
 /// keep it busy; the serving process then sees its session end and exits.
 pub fn unmount(path: &Path) -> Result<(), MountError> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        MountError::Unmount {
-            path: path.to_path_buf(),
-            detail: "the path contains a NUL byte".into(),
-        }
-    })?;
-    // SAFETY: a valid C string; umount2 only reads it.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let direct = std::io::Error::last_os_error();
+    let direct = match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => return Ok(()),
+        Err(errno) => std::io::Error::from(errno),
+    };
     // Without CAP_SYS_ADMIN, the setuid helper unmounts what this user mounted.
     for helper in ["fusermount3", "fusermount"] {
         if let Ok(out) = std::process::Command::new(helper)

@@ -124,8 +124,7 @@ impl Store {
                 }
                 // One sync for the whole migration instead of one per file.
                 if let Ok(dir) = File::open(&root) {
-                    // SAFETY: an open descriptor.
-                    unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+                    let _ = rustix::fs::syncfs(&dir);
                 }
             }
         }

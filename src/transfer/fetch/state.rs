@@ -122,7 +122,6 @@ impl RangeState {
 /// reserved at full size), and remove parts with nothing done at all, so what is kept for a
 /// resume is what was downloaded. Returns the bytes kept.
 pub fn trim_parts(dir: &Path) -> u64 {
-    use std::os::fd::AsRawFd;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -147,15 +146,9 @@ pub fn trim_parts(dir: &Path) -> u64 {
         if let Ok(file) = OpenOptions::new().write(true).open(&part) {
             for i in (0..state.ranges()).filter(|i| !state.is_done(*i)) {
                 let (start, end) = state.bounds(i);
-                // SAFETY: an open descriptor and a range inside the file.
-                unsafe {
-                    libc::fallocate(
-                        file.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        start as libc::off_t,
-                        (end - start) as libc::off_t,
-                    )
-                };
+                use rustix::fs::FallocateFlags;
+                let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+                let _ = rustix::fs::fallocate(&file, punch, start, end - start);
             }
         }
         kept += done;
@@ -166,15 +159,24 @@ pub fn trim_parts(dir: &Path) -> u64 {
 /// Reserve the blocks up front (`posix_fallocate`), so a full disk is reported before the
 /// download rather than in the middle of it; filesystems without it get a sparse file.
 fn reserve(file: &File, size: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     file.set_len(size)?;
     if size == 0 {
         return Ok(());
     }
-    // SAFETY: the descriptor is open for writing for the duration of the call.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
-    match rc {
-        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        // A filesystem without fallocate gets the sparse file: writes will tell.
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => Ok(()),
+        Err(rustix::io::Errno::NOSPC) => {
+            let available = rustix::fs::fstatvfs(file)
+                .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+                .unwrap_or(0);
+            Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "No space left on device: the blob needs {size} bytes and {available} are available"
+                ),
+            ))
+        }
+        Err(errno) => Err(errno.into()),
     }
 }
