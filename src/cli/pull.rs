@@ -119,21 +119,13 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
         }
     }
     if args.metrics_file.is_some() || args.pushgateway.is_some() {
-        let (report, failure) = match &result {
-            Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(e.exit_code().reason())),
-        };
-        let metrics = PullMetrics {
-            repository: Reference::parse(&repository).map_or(repository, |r| r.repository),
-            seconds: started.elapsed().as_secs_f64(),
-            failure,
-            bytes_total: report.map_or(0, |r| r.bytes),
-            bytes_downloaded: report.map_or(0, |r| r.downloaded_bytes),
-            cache_hits: report.map_or(0, |r| r.cache_hits as u64),
-            cache_misses: report.map_or(0, |r| r.cache_misses as u64),
-            ready_seconds: (result.is_ok() && args.ready_marker.is_some())
-                .then(|| process_age(started)),
-        };
+        let repository = Reference::parse(&repository).map_or(repository, |r| r.repository);
+        let metrics = PullMetrics::of(
+            repository,
+            started,
+            result.as_ref(),
+            args.ready_marker.is_some(),
+        );
         if let Some(path) = &args.metrics_file {
             if let Err(e) = metrics.write_file(path) {
                 eprintln!(
@@ -235,30 +227,4 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
         }
     }
     Ok(report)
-}
-
-/// Seconds since this process started (the init container's start, for
-/// `kaito_pod_ready_duration_seconds`), from /proc, falling back to the pull's own time.
-fn process_age(pull_started: std::time::Instant) -> f64 {
-    let from_proc = || -> Option<f64> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let start_ticks: f64 = stat
-            .rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(19)?
-            .parse()
-            .ok()?;
-        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        let hz = rustix::param::clock_ticks_per_second() as f64;
-        Some(uptime - start_ticks / hz)
-    };
-    from_proc()
-        .filter(|s| *s >= 0.0)
-        .unwrap_or_else(|| pull_started.elapsed().as_secs_f64())
 }

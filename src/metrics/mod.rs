@@ -38,6 +38,30 @@ pub struct PullMetrics {
 }
 
 impl PullMetrics {
+    /// What a pull that started at `started` and ended with `result` did. `ready`: it wrote a
+    /// ready marker, so the time from the process's start to now is the pod's time to ready.
+    pub fn of(
+        repository: String,
+        started: std::time::Instant,
+        result: Result<&crate::transfer::PullReport, &crate::Error>,
+        ready: bool,
+    ) -> PullMetrics {
+        let (report, failure) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.exit_code().reason())),
+        };
+        PullMetrics {
+            repository,
+            seconds: started.elapsed().as_secs_f64(),
+            failure,
+            bytes_total: report.map_or(0, |r| r.bytes),
+            bytes_downloaded: report.map_or(0, |r| r.downloaded_bytes),
+            cache_hits: report.map_or(0, |r| r.cache_hits as u64),
+            cache_misses: report.map_or(0, |r| r.cache_misses as u64),
+            ready_seconds: (report.is_some() && ready).then(|| process_age(started)),
+        }
+    }
+
     pub fn render(&self) -> String {
         let repo = [("repository", self.repository.as_str())];
         let mut e = Exposition::new();
@@ -161,6 +185,32 @@ pub const REASONS: [&str; 9] = [
     "other",
     "interrupted",
 ];
+
+/// Seconds since this process started (the init container's start, for
+/// `kaito_pod_ready_duration_seconds`), from /proc, falling back to the pull's own time.
+fn process_age(pull_started: std::time::Instant) -> f64 {
+    let from_proc = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let start_ticks: f64 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let hz = rustix::param::clock_ticks_per_second() as f64;
+        Some(uptime - start_ticks / hz)
+    };
+    from_proc()
+        .filter(|s| *s >= 0.0)
+        .unwrap_or_else(|| pull_started.elapsed().as_secs_f64())
+}
 
 /// Replace a metrics file atomically, so a collector never reads half of it.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {

@@ -10,6 +10,8 @@ mod gc;
 mod manage;
 mod manifests;
 mod pushed;
+#[cfg(test)]
+mod suite;
 mod tags;
 
 pub use gc::{GcReport, VerifyReport};

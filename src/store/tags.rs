@@ -90,8 +90,12 @@ pub(crate) fn set(
     let path = tag_path(store, repository, tag)?;
     let name = format!("{repository}:{tag}");
     // Whether it existed matters only for a removal; a tag another tool wrote into
-    // index.json alone is looked up there (a read of the whole index, so only then).
-    let existed = path.is_file() || (manifest.is_none() && in_index(store, &name)?);
+    // index.json alone is looked up there (a read of the whole index, so only then), unless
+    // a change not yet written there already removed it.
+    let existed = path.is_file()
+        || (manifest.is_none()
+            && pending_change(store, &name) != Some(false)
+            && in_index(store, &name)?);
     match manifest {
         Some(m) => write_file(store, repository, tag, m, true)?,
         None => match fs::remove_file(&path) {
@@ -116,6 +120,17 @@ pub(crate) fn set(
         None => store.update_index(|index| apply(&mut index.manifests, vec![change]))?,
     }
     Ok(existed)
+}
+
+/// The last change to `name` still waiting for `index.json`: `Some(true)` set, `Some(false)`
+/// removed, `None` none.
+fn pending_change(store: &Store, name: &str) -> Option<bool> {
+    let pending = store.deferred.as_ref()?.lock().expect("pending tags");
+    pending
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, change)| change.is_some())
 }
 
 /// Is `name` in `index.json`? Only asked when no tag file says so (a tag another tool wrote).
@@ -157,6 +172,8 @@ pub(crate) fn resolve(
     match read_small(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|source| StoreError::CorruptIndex { path, source }),
+        // Removed, and index.json not rewritten yet.
+        Err(_) if pending_change(store, &name) == Some(false) => Err(not_found()),
         // A tag another tool wrote into index.json only.
         Err(_) => store
             .read_index()?
