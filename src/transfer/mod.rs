@@ -11,6 +11,9 @@ mod referrers;
 mod target;
 pub mod verify;
 
+#[cfg(all(test, feature = "serve"))]
+mod tests;
+
 pub use convert::{convert, ConvertTo};
 pub use copy::{copy, CopyReport};
 pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};

@@ -1,0 +1,215 @@
+//! Fast tests of the push, pull, copy and fetch engines against an in-process registry
+//! (`hoist serve` on a loopback port of this test process, its store in a temp folder) and
+//! the in-process WAN emulator: no binary to spawn, no external registry.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::pack::PackOptions;
+use crate::registry::{Credentials, RegistryClient, TransportOptions};
+use crate::store::Store;
+
+/// A registry served by this process until dropped.
+struct InProcess {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn registry() -> InProcess {
+    let root = tempfile::tempdir().unwrap();
+    let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Store::open(root.path()).unwrap(),
+        upstreams: crate::serve::Upstreams::new(None, Default::default(), Duration::ZERO, None),
+        access: None,
+        tls: None,
+        limits: Default::default(),
+    })
+    .await
+    .unwrap();
+    InProcess {
+        addr,
+        task: tokio::spawn(server),
+        _root: root,
+    }
+}
+
+fn remote(addr: &str, repository: &str) -> Target {
+    let opts = TransportOptions {
+        max_connections: 16,
+        ..Default::default()
+    };
+    Target::Remote {
+        client: RegistryClient::new(addr, &opts, Credentials::default()).unwrap(),
+        repository: repository.into(),
+        mirrors: Vec::new(),
+    }
+}
+
+/// A model: a 3 MiB weights file of noise, a config, a nested file.
+fn model(dir: &Path) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let weights: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
+    std::fs::write(dir.join("sub/tokenizer.json"), b"{}").unwrap();
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for name in ["model.safetensors", "config.json", "sub/tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+async fn push_model(target: &Target, src: &Path) -> PushReport {
+    let (_, report) = push_folder(
+        src,
+        &PackOptions::default(),
+        target,
+        &["v1".to_string()],
+        &PushOptions::default(),
+        silent(),
+    )
+    .await
+    .unwrap();
+    report
+}
+
+fn small_ranges() -> PullOptions {
+    let mut opts = PullOptions::default();
+    opts.fetch.range_size = Some(256 << 10);
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull_then_pull_again_finds_everything_in_place() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/model");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model(&src);
+    let pushed = push_model(&target, &src).await;
+    let out = work.path().join("out");
+    let first = pull(&target, "v1", &out, &small_ranges(), silent())
+        .await
+        .unwrap();
+    assert_eq!(first.digest, pushed.digest);
+    assert_eq!(first.files, 3);
+    assert_eq!(first.downloaded_bytes, first.bytes);
+    same_files(&src, &out);
+    let again = pull(&target, "v1", &out, &small_ranges(), silent())
+        .await
+        .unwrap();
+    assert_eq!(again.skipped, 3);
+    assert_eq!(again.downloaded_bytes, 0);
+}
+
+/// Connections reset mid-body and bodies cut short: every range is retried or resumed, and
+/// the files are exactly the pushed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_truncations_are_retried_to_the_same_bytes() {
+    let reg = registry().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model(&src);
+    push_model(&remote(&reg.addr.to_string(), "t/model"), &src).await;
+    for (i, fault) in [
+        crate::wan::Fault::ResetAfter(300_000),
+        crate::wan::Fault::TruncateAfter(300_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let link = crate::wan::Link {
+            fault,
+            faulty_connections: 6,
+            ..Default::default()
+        };
+        let proxy = crate::wan::Proxy::start("127.0.0.1:0", reg.addr, link)
+            .await
+            .unwrap();
+        let via = remote(&proxy.addr.to_string(), "t/model");
+        let out = work.path().join(format!("out{i}"));
+        let mut opts = small_ranges();
+        opts.fetch.retry.base = Duration::from_millis(10);
+        let report = pull(&via, "v1", &out, &opts, silent()).await.unwrap();
+        assert_eq!(report.files, 3);
+        same_files(&src, &out);
+    }
+}
+
+/// Remote to the local store and back out: the copy verifies, the pull links from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_into_the_local_store_then_pull_from_it() {
+    let reg = registry().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model(&src);
+    let from = remote(&reg.addr.to_string(), "t/model");
+    let pushed = push_model(&from, &src).await;
+    let local = Target::Local {
+        store: Store::open(work.path().join("store")).unwrap(),
+        repository: "copied".into(),
+    };
+    let copied = copy(&from, "v1", &local, &["v1".to_string()], 4, silent())
+        .await
+        .unwrap();
+    assert_eq!(copied.digest, pushed.digest);
+    assert_eq!(copied.copied, 4, "config and three files");
+    let out = work.path().join("out");
+    let report = pull(&local, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(report.cache_hits, 3);
+    assert_eq!(report.downloaded_bytes, 0);
+    same_files(&src, &out);
+}
+
+/// A filter that keeps nothing is an error naming what there is; a tag that is not there is
+/// not found; neither leaves an output folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_selected_and_missing_tags_leave_nothing() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/model");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model(&src);
+    push_model(&target, &src).await;
+    let out = work.path().join("out");
+    let mut opts = PullOptions::default();
+    let mut globs = globset::GlobSetBuilder::new();
+    globs.add(globset::Glob::new("*.gguf").unwrap());
+    opts.filter.include = Some(globs.build().unwrap());
+    let err = pull(&target, "v1", &out, &opts, silent())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransferError::NothingSelected(ref all) if all.contains("config.json")));
+    let err = pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TransferError::Registry(crate::registry::RegistryError::NotFound { .. })
+    ));
+    assert!(!out.exists());
+}
