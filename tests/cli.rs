@@ -112,36 +112,47 @@ fn every_documented_exit_code() {
     drop(taken);
 }
 
-/// Off a terminal: one error line, no ANSI colour, no timestamped log lines; `-q` and
-/// `--progress none` print nothing but that line.
+/// Off a terminal: one error line, no ANSI colour, no timestamped log lines; a warning (a
+/// mirror left for the next source) is one line in the progress format; `-q` and
+/// `--progress none` print nothing but the error line.
 #[test]
 fn a_failure_is_one_plain_line() {
     let h = Hoist::new();
     let o = tempfile::tempdir().unwrap();
-    for extra in [&[][..], &["-q"][..], &["--progress", "none"][..]] {
-        let mut args = vec!["pull", "no-such-host.invalid/m:v1", "-o", s(o.path())];
+    let reference = format!("127.0.0.1:{}/m:v1", free_port());
+    let mirror = format!("127.0.0.1:{}", free_port());
+    let run_with = |extra: &[&str]| {
+        let mut args = vec!["pull", &reference, "-o", s(o.path()), "--mirror", &mirror];
         args.extend_from_slice(extra);
         let r = h.run(&args);
-        assert_eq!(r.code, 5);
+        assert_eq!(r.code, 5, "{extra:?}: {}", r.stderr);
         assert!(
             !r.stderr.contains('\u{1b}'),
             "colour off a terminal: {:?}",
             r.stderr
         );
         assert!(!r.stderr.contains(" WARN "), "log lines: {}", r.stderr);
-        r.error_line();
-        if !extra.is_empty() {
-            assert_eq!(r.stderr.lines().count(), 1, "{extra:?}: {}", r.stderr);
-        }
+        // 127.0.0.1 is already plain HTTP: no advice to pass --plain-http.
+        assert!(!r.error_line().contains("--plain-http"), "{}", r.stderr);
+        r
+    };
+    let plain = run_with(&["--progress", "plain"]);
+    let warnings: Vec<&str> = plain
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("hoist: warning: mirror"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", plain.stderr);
+    let json = run_with(&["--progress", "json"]);
+    assert!(
+        json.stderr.contains(r#""event":"warning""#),
+        "{}",
+        json.stderr
+    );
+    for quiet in [&["-q"][..], &["--progress", "none"][..]] {
+        let r = run_with(quiet);
+        assert_eq!(r.stderr.lines().count(), 1, "{quiet:?}: {}", r.stderr);
     }
-    // 127.0.0.1 is already plain HTTP: no advice to pass --plain-http.
-    let r = h.run(&[
-        "pull",
-        &format!("127.0.0.1:{}/m:v1", free_port()),
-        "-o",
-        s(o.path()),
-    ]);
-    assert!(!r.error_line().contains("--plain-http"), "{}", r.stderr);
 }
 
 /// `--progress plain` prints lines into a pipe (a log, CI), with words for counts.
