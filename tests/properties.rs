@@ -182,7 +182,7 @@ proptest! {
         let staging = Staging::open(&out).unwrap();
         let result = staging
             .stage_tar(0, &blob, LayerFormat::Tar, "layer", image, UnpackLimits::default())
-            .and_then(|items| staging.commit(&items, false));
+            .and_then(|items| staging.commit(&items, false, None));
         if result.is_err() {
             staging.abort(true);
         }

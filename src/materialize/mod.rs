@@ -16,7 +16,7 @@ pub mod verify;
 
 pub use link::LinkMode;
 pub use plan::{NAME_MAX, PATH_MAX};
-pub use record::{Record, RECORD_FILE};
+pub use record::{Record, Stamp, RECORD_FILE};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -255,10 +255,14 @@ impl Staging {
 
     /// Validate the whole plan, place everything in order, record what was placed, then
     /// remove the state folder. `overwrite`: files no earlier pull placed may be replaced.
+    /// Place everything staged as one checked plan. `version`: every file of the version
+    /// being pulled, when the pull is of a whole version: files an earlier pull placed that it
+    /// lacks are then removed (see [`Staging::drop_superseded`]).
     pub fn commit(
         &self,
         items: &[Staged],
         overwrite: bool,
+        version: Option<&std::collections::BTreeSet<PathBuf>>,
     ) -> Result<LinkCounts, MaterializeError> {
         let items = plan::apply_whiteouts(items);
         {
@@ -282,11 +286,47 @@ impl Staging {
                 record.note(&self.out, relative, digest.clone());
             }
         }
+        if let Some(version) = version {
+            self.drop_superseded(&mut record, version);
+        }
         record.prune(&self.out);
         record.save(&self.out).map_err(io_err(&self.out))?;
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         fs::remove_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         Ok(counts)
+    }
+
+    /// Remove the files an earlier pull placed that the new version lacks (a shard dropped by
+    /// re-sharding, an old tokenizer file), so the folder holds exactly the new version and a
+    /// loader globbing `*.safetensors` finds no stale shard. Only files still exactly as that
+    /// pull left them go: one the user changed since is the user's, kept and no longer
+    /// recorded; files no pull placed are never touched. Folders emptied by this go too.
+    fn drop_superseded(&self, record: &mut Record, version: &std::collections::BTreeSet<PathBuf>) {
+        let stale: Vec<PathBuf> = record
+            .files
+            .keys()
+            .filter(|rel| !version.contains(*rel))
+            .cloned()
+            .collect();
+        for rel in stale {
+            let recorded = record.files.remove(&rel).expect("listed above");
+            let path = self.out.join(&rel);
+            let unchanged = Stamp::of(&path, recorded.digest.clone())
+                .is_some_and(|now| recorded.still_holds(&now));
+            // A path that now runs through a link or a file is not the pull's to touch.
+            if !unchanged || plan::check_disk_parents(&self.out, &rel).is_err() {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                let mut dir = rel.parent();
+                while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+                    if fs::remove_dir(self.out.join(d)).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
+        }
     }
 
     /// The state folder.

@@ -5,7 +5,7 @@
 //! with `--cache`), a download resumed from the state folder, or a fresh ranged download.
 //! Nothing appears in the output folder until every blob is verified (see `materialize`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -152,7 +152,16 @@ pub async fn pull(
         // shared handle rather than waiting for them.
         Err(e) => return Err(give_up(staging, e).await),
     };
-    let linked_by = commit(staging, &results, opts.overwrite).await?;
+    // A whole version (no filter) replaces what an earlier pull placed: its files the new
+    // version lacks go.
+    let version = opts.filter.is_empty().then(|| {
+        plan.layers
+            .iter()
+            .filter(|l| l.format == LayerFormat::Raw)
+            .map(|l| l.path.clone())
+            .collect::<BTreeSet<PathBuf>>()
+    });
+    let linked_by = commit(staging, &results, opts.overwrite, version).await?;
     restamp_links(source, opts, &results).await;
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     Ok(PullReport {
@@ -254,6 +263,7 @@ async fn commit(
     staging: Arc<Staging>,
     results: &[JobResult],
     overwrite: bool,
+    version: Option<BTreeSet<PathBuf>>,
 ) -> Result<crate::materialize::LinkCounts, TransferError> {
     // Every blob task finished (each awaited its unpacking), so this is the last handle.
     let staging = Arc::into_inner(staging).expect("all blob tasks finished");
@@ -263,11 +273,21 @@ async fn commit(
         .collect();
     items.sort_by_key(|(index, _)| *index);
     let items: Vec<Staged> = items.into_iter().flat_map(|(_, s)| s).collect();
+    // The version's files: its raw layers (placed now or already in place) and what its tar
+    // layers unpacked.
+    let version = version.map(|mut files| {
+        files.extend(items.iter().filter_map(|i| match i {
+            Staged::File { relative, .. } => Some(relative.clone()),
+            _ => None,
+        }));
+        files
+    });
     let staging = Arc::new(staging);
     let committing = staging.clone();
-    let committed = tokio::task::spawn_blocking(move || committing.commit(&items, overwrite))
-        .await
-        .expect("commit task does not panic");
+    let committed =
+        tokio::task::spawn_blocking(move || committing.commit(&items, overwrite, version.as_ref()))
+            .await
+            .expect("commit task does not panic");
     match committed {
         Ok(counts) => Ok(counts),
         Err(e) => Err(give_up(staging, e.into()).await),

@@ -213,3 +213,108 @@ async fn nothing_selected_and_missing_tags_leave_nothing() {
     ));
     assert!(!out.exists());
 }
+
+fn files_in(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if rel.starts_with(".hoist") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// v1 then v2 into one folder: the folder holds exactly v2's files, plus the user's own file
+/// and a v1 file the user changed; a folder left empty goes; a filtered pull removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_replaces_what_the_old_one_placed_and_nothing_else() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/model");
+    let work = tempfile::tempdir().unwrap();
+    let v1 = work.path().join("v1");
+    model(&v1);
+    std::fs::write(v1.join("old-shard.bin"), b"old shard").unwrap();
+    std::fs::write(v1.join("edited.txt"), b"as pushed").unwrap();
+    push_model(&target, &v1).await;
+    let out = work.path().join("out");
+    pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    std::fs::write(out.join("notes.txt"), b"the user's").unwrap();
+    std::fs::write(out.join("edited.txt"), b"changed by the user").unwrap();
+
+    let v2 = work.path().join("v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
+    std::fs::write(v2.join("model.safetensors"), b"new weights").unwrap();
+    std::fs::write(v2.join("new-shard.bin"), b"new shard").unwrap();
+    let (_, _) = push_folder(
+        &v2,
+        &PackOptions::default(),
+        &target,
+        &["v2".to_string()],
+        &PushOptions::default(),
+        silent(),
+    )
+    .await
+    .unwrap();
+    // A filtered pull of v2 is not a whole version: nothing of v1 goes.
+    let mut only_config = PullOptions::default();
+    let mut globs = globset::GlobSetBuilder::new();
+    globs.add(globset::Glob::new("config.json").unwrap());
+    only_config.filter.include = Some(globs.build().unwrap());
+    pull(&target, "v2", &out, &only_config, silent())
+        .await
+        .unwrap();
+    assert!(out.join("old-shard.bin").exists());
+
+    pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(
+        files_in(&out),
+        [
+            "config.json",
+            "edited.txt",
+            "model.safetensors",
+            "new-shard.bin",
+            "notes.txt"
+        ],
+        "v2's files, the user's file and the file the user changed"
+    );
+    assert_eq!(
+        std::fs::read(out.join("edited.txt")).unwrap(),
+        b"changed by the user"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        b"new weights"
+    );
+    // Back to v1: edited.txt is the user's now, so the pull refuses to replace it.
+    let err = pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap_err();
+    let err = match err {
+        TransferError::Interrupted { source, .. } => *source,
+        other => other,
+    };
+    assert!(
+        matches!(
+            err,
+            TransferError::Materialize(crate::materialize::MaterializeError::WouldOverwrite { .. })
+        ),
+        "{err}"
+    );
+}
