@@ -34,9 +34,11 @@ fn every_documented_exit_code() {
     h.run(&["serve", "--addr", &addr])
         .fails_with(1, "cannot listen on");
 
-    // 2: usage.
+    // 2: usage, from hoist or from the flag parser (one line either way).
     h.run(&["pull", "Bad/Ref:v1", "-o", s(&o)])
         .fails_with(2, "invalid reference");
+    h.run(&["pull", "m:v1", "--range-size", "3 parsecs"])
+        .fails_with(2, "unknown unit");
 
     // 3: auth — a credential helper that fails is an auth problem, not a usage error.
     let config = out.path().join("docker.json");
@@ -443,4 +445,36 @@ fn login_with_a_username_prompts_for_the_password() {
     let text = String::from_utf8_lossy(&seen);
     assert!(!text.contains("secret"), "the password was echoed: {text}");
     assert_eq!(out.status.code(), Some(5), "{text}");
+}
+
+/// `hoist prune --keep 1` keeps each repository's newest version; `--older-than` goes by age.
+#[test]
+fn prune_keeps_the_newest_versions() {
+    let h = Hoist::new();
+    push_small(&h, "m:v1");
+    let v2 = tempfile::tempdir().unwrap();
+    std::fs::write(v2.path().join("weights.bin"), noise(2048, 9)).unwrap();
+    h.run(&["push", s(v2.path()), "m:v2"]).ok();
+    // v1 was tagged an hour ago.
+    let tag = h.home.path().join("repositories/m/_tags/v1");
+    std::fs::File::options()
+        .write(true)
+        .open(&tag)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    h.run(&["prune", "--older-than", "1d"]).ok();
+    h.run(&["inspect", "m:v1"]).ok();
+    let r = h.run(&["prune", "--keep", "1", "--json"]).ok();
+    let pruned: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(pruned["versions"][0]["tags"][0], "m:v1", "{}", r.stdout);
+    assert!(
+        pruned["freed_bytes"].as_u64().unwrap() > 3 << 20,
+        "{}",
+        r.stdout
+    );
+    h.run(&["inspect", "m:v1"])
+        .fails_with(4, "not in the local store");
+    h.run(&["inspect", "m:v2"]).ok();
+    h.run(&["prune"]).fails_with(2, "--keep");
 }

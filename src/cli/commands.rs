@@ -510,6 +510,20 @@ pub struct RmArgs {
 }
 
 #[derive(Args)]
+pub struct PruneArgs {
+    /// Keep the newest N versions of each repository (a version: a manifest with its tags,
+    /// as new as its newest tag).
+    #[arg(long, value_name = "N", required_unless_present = "older_than")]
+    keep: Option<usize>,
+    /// Remove versions last tagged longer ago than this (e.g. 30d, 12h).
+    #[arg(long, value_name = "AGE", value_parser = parse::age)]
+    older_than: Option<std::time::Duration>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 pub struct TagArgs {
     /// The local-store model to name (`name:tag` or `name@sha256:…`).
     source: String,
@@ -574,6 +588,28 @@ pub fn tag(args: TagArgs, env: &Env) -> Result<(), Error> {
             .map(|t| format!("{}:{t}", target.repository))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+pub fn prune(args: PruneArgs, env: &Env) -> Result<(), Error> {
+    let store = env.ctx.existing_store()?;
+    let pruned = store.prune(hoist::store::Keep {
+        newest: args.keep,
+        younger_than: args.older_than,
+    })?;
+    if args.json {
+        print_json(&pruned);
+        return Ok(());
+    }
+    for version in &pruned.versions {
+        println!("Removed {}", version.tags.join(", "));
+    }
+    println!(
+        "Pruned {}; freed {} ({})",
+        count(pruned.versions.len(), "version"),
+        count(pruned.freed_blobs, "blob"),
+        human_bytes(pruned.freed_bytes)
     );
     Ok(())
 }

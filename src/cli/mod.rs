@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use hoist::Error;
 
 use global::{Env, GlobalArgs};
+use hoist::ExitCode as ExitCodeClass;
 
 const AFTER_HELP: &str = "\
 References: [registry/]repository[:tag][@sha256:<digest>]. Without a registry host
@@ -61,6 +62,9 @@ enum Command {
     Rm(commands::RmArgs),
     /// Give a model in the local store another name (no bytes are copied).
     Tag(commands::TagArgs),
+    /// Keep only the newest versions in the local store (also the node cache): by count per
+    /// repository, or by age; blobs that kept versions share stay.
+    Prune(commands::PruneArgs),
     /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.
     Attach(graph::AttachArgs),
     /// Show what is attached to an artifact, as a tree (referrers API or tag fallback).
@@ -92,7 +96,7 @@ pub fn main() -> std::process::ExitCode {
     // takes over its ranges) must be an error on that socket, not the death of the process.
     // Output piped into `head` still ends quietly, as with other command-line tools.
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = parse_args();
     let server = matches!(
         cli.command,
         Command::Serve(_) | Command::Mount(_) | Command::WanProxy(_)
@@ -133,6 +137,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::List(args) => commands::list(args, env),
         Command::Rm(args) => commands::rm(args, env),
         Command::Tag(args) => commands::tag(args, env),
+        Command::Prune(args) => commands::prune(args, env),
         Command::WanProxy(args) => serve::wan_proxy(args).await,
         Command::Login(args) => login::login(args, env).await,
         Command::Serve(args) => serve::serve(args, env).await,
@@ -166,6 +171,46 @@ fn interrupted(kept: Option<std::path::PathBuf>) -> Error {
     Error::Interrupted {
         kept: kept.filter(|k| k.exists()).map(|k| k.display().to_string()),
     }
+}
+
+/// The command line, or exit: help and version as clap prints them, a usage error as one
+/// `hoist: error:` line (exit 2) like every other error.
+fn parse_args() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("hoist: error: {}", one_line(&e.render().to_string()));
+            std::process::exit(ExitCodeClass::Usage as i32)
+        }
+    }
+}
+
+/// clap's message up to its usage block, on one line, with where to find help.
+fn one_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error:").trim())
+        .collect();
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("Usage: "))
+        .and_then(|u| u.split_whitespace().nth(1))
+        .filter(|sub| !sub.starts_with('-') && !sub.starts_with('<') && !sub.starts_with('['))
+        .map(|sub| format!("hoist {sub} --help"))
+        .unwrap_or_else(|| "hoist --help".into());
+    format!("{}; see `{usage}`", message.join(" "))
 }
 
 /// Printing to a stdout whose reader went away (`hoist inspect … | head`) ends the process

@@ -102,6 +102,24 @@ pub fn listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
+/// Ages like `7d`, `12h`, `30m`, `90s` or `3600` (seconds).
+pub fn age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age (e.g. 7d, 12h, 30m)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
 /// Globs of `--include`/`--exclude`.
 pub fn globs(flag: &str, patterns: &[String]) -> Result<Option<globset::GlobSet>, Error> {
     if patterns.is_empty() {
@@ -131,6 +149,13 @@ mod tests {
         assert_eq!(size("7"), Ok(7));
         assert!(size("3 parsecs").is_err());
         assert!(size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn ages_take_units() {
+        assert_eq!(age("7d").unwrap().as_secs(), 7 * 86400);
+        assert_eq!(age("90").unwrap().as_secs(), 90);
+        assert!(age("1w").is_err());
     }
 
     #[test]

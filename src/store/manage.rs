@@ -1,5 +1,6 @@
-//! `hoist rm` and `hoist tag`: removing a model from the local store (its tag, the
-//! repository's links and the blobs nothing else uses) and giving one another name.
+//! `hoist rm`, `hoist tag` and `hoist prune`: removing a model from the local store (its tag,
+//! the repository's links and the blobs nothing else uses), giving one another name, and
+//! keeping only the newest versions of each repository.
 
 use std::collections::BTreeSet;
 
@@ -18,7 +19,62 @@ pub struct Removed {
     pub freed_bytes: u64,
 }
 
+/// Which versions [`Store::prune`] keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep {
+    /// The newest N versions of each repository (a version: a manifest, with all its tags).
+    pub newest: Option<usize>,
+    /// Versions tagged within this long.
+    pub younger_than: Option<std::time::Duration>,
+}
+
+/// What [`Store::prune`] did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Pruned {
+    /// `repo@digest` of every version removed, with its tags.
+    pub versions: Vec<Removed>,
+    pub freed_blobs: usize,
+    pub freed_bytes: u64,
+}
+
 impl Store {
+    /// Remove every version that `keep` does not keep: those past the newest N of their
+    /// repository, and those last tagged longer ago than the age given. A version is as new
+    /// as its newest tag. Blobs another kept version uses stay.
+    pub fn prune(&self, keep: Keep) -> Result<Pruned, StoreError> {
+        let now = std::time::SystemTime::now();
+        let mut by_repo: std::collections::BTreeMap<String, Vec<(Digest, std::time::SystemTime)>> =
+            Default::default();
+        for (name, desc) in self.list()? {
+            let Some((repo, tag)) = name.rsplit_once(':') else {
+                continue;
+            };
+            let at = super::tags::set_at(self, repo, tag).unwrap_or(std::time::UNIX_EPOCH);
+            let versions = by_repo.entry(repo.to_string()).or_default();
+            match versions.iter_mut().find(|(d, _)| *d == desc.digest) {
+                Some((_, newest)) => *newest = (*newest).max(at),
+                None => versions.push((desc.digest, at)),
+            }
+        }
+        let mut pruned = Pruned::default();
+        for (repo, mut versions) in by_repo {
+            versions.sort_by(|a, b| b.1.cmp(&a.1));
+            for (rank, (digest, at)) in versions.into_iter().enumerate() {
+                let too_many = keep.newest.is_some_and(|n| rank >= n);
+                let too_old = keep
+                    .younger_than
+                    .is_some_and(|age| now.duration_since(at).unwrap_or_default() > age);
+                if too_many || too_old {
+                    let removed = self.remove(&repo, None, Some(&digest))?;
+                    pruned.freed_blobs += removed.freed_blobs;
+                    pruned.freed_bytes += removed.freed_bytes;
+                    pruned.versions.push(removed);
+                }
+            }
+        }
+        Ok(pruned)
+    }
+
     /// The manifest `repository` names by `tag` or `digest` (a digest must be linked there).
     pub fn find(
         &self,
@@ -128,6 +184,50 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prune_keeps_the_newest_versions_of_each_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = model(&store, "m", "v1", &[b"shared", b"v1 only"]);
+        // Tag times are file times: make v1 clearly older.
+        let tag_file = dir.path().join("repositories/m/_tags/v1");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&tag_file)
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        let new = model(&store, "m", "v2", &[b"shared", b"v2 only"]);
+        store.tag_as(&new, "m", "latest").unwrap();
+        let other = model(&store, "other", "v1", &[b"other"]);
+        let pruned = store
+            .prune(Keep {
+                newest: Some(1),
+                younger_than: None,
+            })
+            .unwrap();
+        assert_eq!(pruned.versions.len(), 1, "{pruned:?}");
+        assert_eq!(pruned.versions[0].manifest.as_ref(), Some(&old.digest));
+        assert!(store.resolve("m", "v1").is_err());
+        assert_eq!(store.resolve("m", "v2").unwrap().digest, new.digest);
+        assert_eq!(store.resolve("m", "latest").unwrap().digest, new.digest);
+        assert_eq!(store.resolve("other", "v1").unwrap().digest, other.digest);
+        assert!(store.blob_size(&Digest::of_bytes(b"v1 only")).is_none());
+        assert!(store.blob_size(&Digest::of_bytes(b"shared")).is_some());
+        // By age: nothing here is a day old; everything is older than zero seconds.
+        let day = Keep {
+            newest: None,
+            younger_than: Some(std::time::Duration::from_secs(86400)),
+        };
+        assert!(store.prune(day).unwrap().versions.is_empty());
+        let none = Keep {
+            newest: None,
+            younger_than: Some(std::time::Duration::ZERO),
+        };
+        assert_eq!(store.prune(none).unwrap().versions.len(), 2);
+        assert!(store.list().unwrap().is_empty());
+    }
+
     use super::*;
     use crate::oci::{media, Manifest};
 

@@ -15,7 +15,7 @@ mod suite;
 mod tags;
 
 pub use gc::{GcReport, VerifyReport};
-pub use manage::Removed;
+pub use manage::{Keep, Pruned, Removed};
 pub use manifests::{manifest_media_type, Holding, ManifestRejected, PutManifest};
 
 use std::fs::{self, File};

@@ -42,6 +42,12 @@ fn tags_dir(store: &Store, repository: &str) -> Result<PathBuf, StoreError> {
     Ok(p.join(TAGS))
 }
 
+/// When `repo:tag` was last set (its tag file's time); `None` for a tag only in `index.json`.
+pub(crate) fn set_at(store: &Store, repository: &str, tag: &str) -> Option<std::time::SystemTime> {
+    let path = tag_path(store, repository, tag).ok()?;
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 fn tag_path(store: &Store, repository: &str, tag: &str) -> Result<PathBuf, StoreError> {
     if !crate::reference::valid_tag(tag) {
         return Err(invalid(store, format!("{tag:?} is not a tag")));
