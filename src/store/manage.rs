@@ -58,7 +58,7 @@ impl Store {
         }
         let mut pruned = Pruned::default();
         for (repo, mut versions) in by_repo {
-            versions.sort_by(|a, b| b.1.cmp(&a.1));
+            versions.sort_by_key(|v| std::cmp::Reverse(v.1));
             for (rank, (digest, at)) in versions.into_iter().enumerate() {
                 let too_many = keep.newest.is_some_and(|n| rank >= n);
                 let too_old = keep
