@@ -62,8 +62,13 @@ impl Store {
         holding: Holding,
     ) -> Result<PutManifest, StoreError> {
         let reject = |r: ManifestRejected| StoreError::Manifest(r);
-        let parsed = ManifestKind::parse((!declared.is_empty()).then_some(declared), bytes)
-            .map_err(|e| reject(ManifestRejected::Invalid(e.to_string())))?;
+        // A pull-through cache keeps what its upstream serves, even a kind of manifest hoist
+        // does not read (its clients may): it only cannot check its blobs or subject.
+        let parsed = match ManifestKind::parse((!declared.is_empty()).then_some(declared), bytes) {
+            Ok(parsed) => Some(parsed),
+            Err(_) if holding == Holding::Later => None,
+            Err(e) => return Err(reject(ManifestRejected::Invalid(e.to_string()))),
+        };
         let digest = Digest::of_bytes(bytes);
         let by_digest = reference.parse::<Digest>().ok();
         if let Some(expected) = by_digest.clone().filter(|e| *e != digest) {
@@ -73,12 +78,13 @@ impl Store {
             }));
         }
         let named: Vec<(LinkKind, &Descriptor)> = match &parsed {
-            ManifestKind::Image(m) => m.blobs().map(|d| (LinkKind::Blob, d)).collect(),
-            ManifestKind::Index(i) => i
+            Some(ManifestKind::Image(m)) => m.blobs().map(|d| (LinkKind::Blob, d)).collect(),
+            Some(ManifestKind::Index(i)) => i
                 .manifests
                 .iter()
                 .map(|d| (LinkKind::Manifest, d))
                 .collect(),
+            None => Vec::new(),
         };
         for (kind, d) in &named {
             let present = self.blob_size(&d.digest).is_some();
@@ -110,7 +116,10 @@ impl Store {
         if by_digest.is_none() {
             self.tag(repository, reference, &desc)?;
         }
-        let subject = self.index_subject(&parsed, &desc)?;
+        let subject = match &parsed {
+            Some(parsed) => self.index_subject(parsed, &desc)?,
+            None => None,
+        };
         Ok(PutManifest {
             descriptor: desc,
             subject,
@@ -218,8 +227,20 @@ mod tests {
             Err(StoreError::Manifest(ManifestRejected::Digest { .. }))
         ));
         assert!(matches!(
-            store.put_manifest("r", "v3", "", b"not json", Holding::Later),
+            store.put_manifest("r", "v3", "", b"not json", Holding::Stored),
             Err(StoreError::Manifest(ManifestRejected::Invalid(_)))
         ));
+        // A pull-through cache keeps a manifest it cannot read, by its digest.
+        let odd = br#"{"schemaVersion":1,"name":"x"}"#;
+        let kept = store
+            .put_manifest(
+                "r",
+                "v4",
+                "application/vnd.example+json",
+                odd,
+                Holding::Later,
+            )
+            .unwrap();
+        assert_eq!(kept.descriptor.digest, Digest::of_bytes(odd));
     }
 }
