@@ -297,6 +297,8 @@ fn json_output_everywhere() {
     let src = push_small(&h, "m:v1");
     let out = tempfile::tempdir().unwrap();
     h.run(&["pull", "m:v1", "-o", s(out.path())]).ok();
+    let sbom = src.path().join("sbom.json");
+    std::fs::write(&sbom, b"{}").unwrap();
     let runs: Vec<Vec<&str>> = vec![
         vec!["pull", "m:v1", "-o", s(out.path()), "--json"],
         vec!["push", s(src.path()), "n:v1", "--json"],
@@ -306,6 +308,16 @@ fn json_output_everywhere() {
         vec!["list", "--json"],
         vec!["inspect", "m:v1", "--json"],
         vec!["discover", "m:v1", "--json"],
+        vec![
+            "attach",
+            "m:v1",
+            s(&sbom),
+            "--artifact-type",
+            "application/spdx+json",
+            "--json",
+        ],
+        vec!["rm", "c:v1", "--json"],
+        vec!["prune", "--keep", "5", "--json"],
     ];
     for args in runs {
         let r = h.run(&args).ok();
