@@ -60,8 +60,24 @@ fn oras_py_pulls_what_hoist_pushes() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let reference = reg.reference("for-oras:v1");
-    h.run(&["push", src.path().to_str().unwrap(), &reference])
-        .ok();
+    // With a chunk index beside it: the manifest, and what other tools read, do not change.
+    let plain = digest_line(
+        &h.run(&["push", src.path().to_str().unwrap(), &reg.reference("plain:v1")])
+            .ok()
+            .stdout,
+    );
+    let indexed = digest_line(
+        &h.run(&["push", src.path().to_str().unwrap(), &reference, "--chunk-index"])
+            .ok()
+            .stdout,
+    );
+    assert_eq!(plain, indexed, "the chunk index changed the manifest");
+    let found = h.run(&["discover", &reference, "--json"]).ok();
+    assert!(
+        found.stdout.contains("application/vnd.hoist.chunk-index.v1+json"),
+        "{}",
+        found.stdout
+    );
     let out = tempfile::tempdir().unwrap();
     python(&format!(
         "import oras.client\nc = oras.client.OrasClient(insecure=True)\nc.pull(target={reference:?}, outdir={:?})",
@@ -88,6 +104,15 @@ fn hoist_pulls_what_oras_py_pushes() {
         src.path()
     ));
     pull_same(&h, &reference, src.path(), &[]);
+    // An artifact pushed by another tool gets a chunk index afterwards.
+    let r = h.run(&["index", &reference]).ok();
+    assert!(r.stdout.contains("Indexed"), "{}", r.stdout);
+    let found = h.run(&["discover", &reference, "--json"]).ok();
+    assert!(
+        found.stdout.contains("application/vnd.hoist.chunk-index.v1+json"),
+        "{}",
+        found.stdout
+    );
 }
 
 #[test]

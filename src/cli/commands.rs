@@ -60,9 +60,20 @@ pub struct PushArgs {
     /// ["mit"]}, "config": {"paramSize": "8b"}}`) merged over what hoist reads from the model.
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
+    /// Attach a chunk index (a referrer): a later pull of another version into a folder
+    /// holding this one then downloads only the chunks that changed.
+    #[arg(long)]
+    chunk_index: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct IndexArgs {
+    /// The artifact to index (e.g. one pushed by ORAS): its blobs are downloaded, verified,
+    /// chunked, and the index attached as a referrer.
+    reference: String,
 }
 
 #[derive(Args)]
@@ -232,6 +243,10 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         observer(env.ui),
     )
     .await?;
+    if args.chunk_index {
+        let scratch = scratch_dir(env)?;
+        transfer::delta::index_pushed(&target, &packed, scratch.path()).await?;
+    }
     if args.json {
         print_json(&report);
     } else {
@@ -610,6 +625,34 @@ pub fn prune(args: PruneArgs, env: &Env) -> Result<(), Error> {
         count(pruned.versions.len(), "version"),
         count(pruned.freed_blobs, "blob"),
         human_bytes(pruned.freed_bytes)
+    );
+    Ok(())
+}
+
+/// A scratch folder in the store's ingest area (same filesystem as the store).
+fn scratch_dir(env: &Env) -> Result<tempfile::TempDir, Error> {
+    let root = env.ctx.store()?.root().join("ingest");
+    tempfile::Builder::new()
+        .prefix("hoist-scratch-")
+        .tempdir_in(&root)
+        .map_err(|source| Error::Write {
+            what: "a scratch folder in",
+            path: root,
+            source,
+        })
+}
+
+pub async fn index(args: IndexArgs, env: &Env) -> Result<(), Error> {
+    let reference = Reference::parse(&args.reference)?;
+    let target = env.ctx.target(&reference)?;
+    let scratch = scratch_dir(env)?;
+    let (digest, index) =
+        transfer::delta::index_artifact(&target, &reference.target(), scratch.path()).await?;
+    let chunks: usize = index.blobs.values().map(Vec::len).sum();
+    println!(
+        "Indexed {reference}: {}, {}; attached as {digest}",
+        count(index.blobs.len(), "blob"),
+        count(chunks, "chunk")
     );
     Ok(())
 }

@@ -51,6 +51,9 @@ enum Command {
     Umount(mount::UmountArgs),
     /// Show an artifact's files, sizes and media types.
     Inspect(commands::InspectArgs),
+    /// Attach a chunk index to an artifact that has none (e.g. pushed by ORAS), so pulls of
+    /// its next versions download only what changed.
+    Index(commands::IndexArgs),
     /// Copy an artifact between registries and the local store.
     Copy(commands::CopyArgs),
     /// Repack an artifact (ORAS, ModelPack, KitOps, Ollama, Model Runner, an image) as a
@@ -134,6 +137,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Mount(args) => mount::mount(args, env).await,
         Command::Umount(args) => mount::umount(args),
         Command::Inspect(args) => commands::inspect(args, env).await,
+        Command::Index(args) => interruptible(commands::index(args, env), None).await,
         Command::List(args) => commands::list(args, env),
         Command::Rm(args) => commands::rm(args, env),
         Command::Tag(args) => commands::tag(args, env),

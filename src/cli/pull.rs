@@ -154,6 +154,13 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
             0 => String::new(),
             n => format!(", {} resumed from an earlier pull", human_bytes(n)),
         };
+        let resumed = match report.reused_bytes {
+            0 => resumed,
+            n => format!(
+                "{resumed}, {} reused from the folder's earlier version",
+                human_bytes(n)
+            ),
+        };
         println!(
             "Pulled {} into {}: {}, {} ({} downloaded{resumed}, {} already in place, {} from cache{how}) in {:.1}s",
             args.reference,

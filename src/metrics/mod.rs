@@ -31,6 +31,8 @@ pub struct PullMetrics {
     pub failure: Option<&'static str>,
     pub bytes_total: u64,
     pub bytes_downloaded: u64,
+    /// Bytes taken from the folder's earlier version (chunk index) instead of the network.
+    pub bytes_reused: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// From the init container's start to the ready marker, when one was written.
@@ -56,6 +58,7 @@ impl PullMetrics {
             failure,
             bytes_total: report.map_or(0, |r| r.bytes),
             bytes_downloaded: report.map_or(0, |r| r.downloaded_bytes),
+            bytes_reused: report.map_or(0, |r| r.reused_bytes),
             cache_hits: report.map_or(0, |r| r.cache_hits as u64),
             cache_misses: report.map_or(0, |r| r.cache_misses as u64),
             ready_seconds: (report.is_some() && ready).then(|| process_age(started)),
@@ -97,6 +100,11 @@ impl PullMetrics {
                 "hoist_download_bytes_total",
                 "Bytes downloaded from registries.",
                 self.bytes_downloaded,
+            ),
+            (
+                "hoist_reused_bytes_total",
+                "Bytes of changed files taken from the folder's earlier version instead of the network.",
+                self.bytes_reused,
             ),
             (
                 "hoist_model_bytes_total",
@@ -229,6 +237,7 @@ mod tests {
             failure: None,
             bytes_total: 10,
             bytes_downloaded: 10,
+            bytes_reused: 0,
             cache_hits: 0,
             cache_misses: 1,
             ready_seconds: None,

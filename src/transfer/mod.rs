@@ -4,6 +4,7 @@
 
 mod convert;
 mod copy;
+pub mod delta;
 pub mod fetch;
 mod pull;
 mod push;

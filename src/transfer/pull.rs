@@ -92,6 +92,9 @@ pub struct PullReport {
     pub cache_misses: usize,
     /// Bytes an interrupted earlier pull had already downloaded and this one reused.
     pub resumed_bytes: u64,
+    /// Bytes of changed blobs taken from the files an earlier pull left in the folder (chunk
+    /// index), instead of the network.
+    pub reused_bytes: u64,
     /// How files from the local store were placed (hard link, reflink or copy).
     pub linked_by: crate::materialize::LinkCounts,
     /// Every file placed: its path and, for single-file layers, its digest.
@@ -133,6 +136,12 @@ pub async fn pull(
     let staging = Arc::new(staging);
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let jobs = blob_jobs(&plan);
+    // Only a pull into the node's volume, not through the node cache (whose blobs are whole).
+    let delta = match opts.cache {
+        None => super::delta::Delta::prepare(source, &resolved.manifest_digest, out).await,
+        Some(_) => None,
+    };
+    let reused = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
         image: crate::oci::files::is_image_config(&resolved.manifest.config.media_type),
         source,
@@ -140,6 +149,8 @@ pub async fn pull(
         fetcher: &fetcher,
         opts,
         observer: &observer,
+        delta: delta.as_ref(),
+        reused: &reused,
     };
     let result: Result<Vec<JobResult>, TransferError> = stream::iter(jobs.iter())
         .map(|job| ctx.obtain(job))
@@ -164,6 +175,7 @@ pub async fn pull(
     let linked_by = commit(staging, &results, opts.overwrite, version).await?;
     restamp_links(source, opts, &results).await;
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
+    let reused = reused.into_inner();
     Ok(PullReport {
         digest: resolved.digest,
         files: plan.layers.len(),
@@ -174,7 +186,9 @@ pub async fn pull(
             .filter(|r| r.action == Action::Downloaded)
             .map(|r| r.size)
             .sum::<u64>()
-            .saturating_sub(fetcher.resumed_bytes()),
+            .saturating_sub(fetcher.resumed_bytes())
+            .saturating_sub(reused),
+        reused_bytes: reused,
         skipped: results.iter().map(|r| r.skipped_files).sum(),
         cache_hits: count(Action::Linked),
         cache_misses: count(Action::Downloaded),
@@ -352,6 +366,10 @@ struct Ctx<'a> {
     fetcher: &'a Fetcher,
     opts: &'a PullOptions,
     observer: &'a Observer,
+    /// Chunks an earlier pull left in the folder, when the artifact has a chunk index.
+    delta: Option<&'a super::delta::Delta>,
+    /// Bytes taken from those chunks instead of the network.
+    reused: &'a std::sync::atomic::AtomicU64,
 }
 
 impl Ctx<'_> {
@@ -432,11 +450,35 @@ impl Ctx<'_> {
                 // other: checked again before it is used.
                 if !staged_blob_is_good(&verified, &desc.digest).await {
                     let part = self.staging.part_path(&desc.digest);
-                    let sources = self.source.sources(desc.digest.as_str());
-                    self.fetcher.download(&sources, desc, &part, name).await?;
+                    if !self.assembled(desc, &part, name).await {
+                        let sources = self.source.sources(desc.digest.as_str());
+                        self.fetcher.download(&sources, desc, &part, name).await?;
+                    }
                     std::fs::rename(&part, &verified).map_err(TransferError::io(&verified))?;
                 }
                 Ok((verified, true, Action::Downloaded))
+            }
+        }
+    }
+
+    /// Build the blob from local chunks and fetched ranges when a chunk index covers it;
+    /// whether `part` now holds it, verified. Any failure leaves the normal download to do.
+    async fn assembled(&self, desc: &Descriptor, part: &Path, name: &str) -> bool {
+        let Some(delta) = self.delta.filter(|d| d.covers(desc)) else {
+            return false;
+        };
+        match delta
+            .assemble(self.source, desc, part, name, self.observer)
+            .await
+        {
+            Ok(done) => {
+                self.reused
+                    .fetch_add(done.reused, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("{e}; downloading {name} whole");
+                false
             }
         }
     }

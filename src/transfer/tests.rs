@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::digest::Digest;
 use crate::pack::PackOptions;
 use crate::registry::{Credentials, RegistryClient, TransportOptions};
 use crate::store::Store;
@@ -317,4 +318,185 @@ async fn a_new_version_replaces_what_the_old_one_placed_and_nothing_else() {
         ),
         "{err}"
     );
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Push `files` (name, bytes) as `tag`, with or without a chunk index.
+async fn push_version(
+    target: &Target,
+    dir: &Path,
+    tag: &str,
+    files: &[(&str, &[u8])],
+    index: bool,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let (packed, _) = push_folder(
+        dir,
+        &PackOptions::default(),
+        target,
+        &[tag.to_string()],
+        &PushOptions::default(),
+        silent(),
+    )
+    .await
+    .unwrap();
+    if index {
+        let scratch = tempfile::tempdir().unwrap();
+        delta::index_pushed(target, &packed, scratch.path())
+            .await
+            .unwrap();
+    }
+}
+
+/// v1 → v2 (a quarter of the weights changed) → v3 (v2 re-sharded) into one folder through a
+/// link that counts bytes: each step downloads about what changed, reuses the rest from the
+/// folder, and leaves exactly that version's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_downloads_only_the_chunks_that_changed() {
+    let reg = registry().await;
+    let proxy = crate::wan::Proxy::start("127.0.0.1:0", reg.addr, Default::default())
+        .await
+        .unwrap();
+    let target = remote(&proxy.addr.to_string(), "t/delta");
+    let work = tempfile::tempdir().unwrap();
+    let weights = noise(8 << 20, 3);
+    let config: &[u8] = br#"{"model_type":"bert"}"#;
+    push_version(
+        &target,
+        &work.path().join("v1"),
+        "v1",
+        &[("model.safetensors", &weights), ("config.json", config)],
+        true,
+    )
+    .await;
+    let mut v2 = weights.clone();
+    v2[3 << 20..5 << 20].copy_from_slice(&noise(2 << 20, 4)); // 25% changed
+    push_version(
+        &target,
+        &work.path().join("v2"),
+        "v2",
+        &[("model.safetensors", &v2), ("config.json", config)],
+        true,
+    )
+    .await;
+    let (a, b) = v2.split_at(5 << 20 | 12345); // v3: the same bytes in two shards
+    push_version(
+        &target,
+        &work.path().join("v3"),
+        "v3",
+        &[
+            ("shard-1.safetensors", a),
+            ("shard-2.safetensors", b),
+            ("config.json", config),
+        ],
+        true,
+    )
+    .await;
+
+    let out = work.path().join("out");
+    let first = pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(first.reused_bytes, 0, "nothing to reuse in an empty folder");
+
+    let before = proxy.bytes_down();
+    let second = pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    let sent = proxy.bytes_down() - before;
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), v2);
+    assert!(second.reused_bytes >= 5 << 20, "{second:?}");
+    // 2 MiB changed; chunks straddling the edges and the index cost at most 2 MiB more.
+    eprintln!(
+        "v1 -> v2: {sent} bytes over the link, {} reused",
+        second.reused_bytes
+    );
+    assert!(
+        sent < 4 << 20,
+        "{sent} bytes crossed the link for a 2 MiB change"
+    );
+    assert!(
+        sent >= 2 << 20,
+        "{sent}: the changed bytes must come from the network"
+    );
+
+    let before = proxy.bytes_down();
+    let third = pull(&target, "v3", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    let sent = proxy.bytes_down() - before;
+    eprintln!(
+        "v2 -> v3: {sent} bytes over the link, {} reused",
+        third.reused_bytes
+    );
+    assert!(third.reused_bytes >= 7 << 20, "{third:?}");
+    assert!(
+        sent < 2 << 20,
+        "{sent} bytes for a re-shard of bytes the folder has"
+    );
+    assert_eq!(
+        files_in(&out),
+        ["config.json", "shard-1.safetensors", "shard-2.safetensors"],
+        "exactly v3's files"
+    );
+    let mut joined = std::fs::read(out.join("shard-1.safetensors")).unwrap();
+    joined.extend(std::fs::read(out.join("shard-2.safetensors")).unwrap());
+    assert_eq!(joined, v2);
+}
+
+/// An index that lies (chunks in the wrong order: right lengths, right hashes, wrong bytes at
+/// each offset) assembles bytes the digest refuses: the blob is downloaded whole and the pull
+/// ends verified, nothing reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_lies_ends_in_a_verified_full_download() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/liar");
+    let work = tempfile::tempdir().unwrap();
+    let v1 = noise(4 << 20, 5);
+    push_version(
+        &target,
+        &work.path().join("v1"),
+        "v1",
+        &[("w.bin", &v1)],
+        true,
+    )
+    .await;
+    let mut v2 = v1.clone();
+    v2[..4096].copy_from_slice(&[0u8; 4096]);
+    let dir = work.path().join("v2");
+    push_version(&target, &dir, "v2", &[("w.bin", &v2)], false).await;
+    let mut index =
+        delta::ChunkIndex::of_files(&[(Digest::of_bytes(&v2), dir.join("w.bin"))]).unwrap();
+    for chunks in index.blobs.values_mut() {
+        chunks.reverse();
+    }
+    let resolved = target.resolve("v2").await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    delta::attach_index(&target, &resolved.manifest_digest, &index, scratch.path())
+        .await
+        .unwrap();
+    let out = work.path().join("out");
+    pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    let report = pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), v2);
+    assert_eq!(report.reused_bytes, 0, "{report:?}");
+    assert_eq!(report.downloaded_bytes, v2.len() as u64);
 }

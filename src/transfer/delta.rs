@@ -1,0 +1,522 @@
+//! Delta pulls: a new version costs the bytes that changed.
+//!
+//! A chunk index travels beside the artifact as a referrer (artifact type [`INDEX_TYPE`]), so
+//! the manifest, its digest and what every other tool reads stay as they are. It lists each
+//! raw layer's content-defined chunks (FastCDC, 64 KiB–1 MiB, 256 KiB on average: an entry
+//! per 256 KiB keeps the index near 0.04% of the model), each as its length and SHA-256.
+//!
+//! A pull into a folder that an earlier pull filled chunks the files that pull placed (still
+//! exactly as placed) with the same parameters: content-defined boundaries make an unchanged
+//! stretch of a file give the same chunks wherever it moved. For each blob to download,
+//! chunks found locally are copied into the part file (each re-hashed as it is read), and only
+//! the rest is fetched, in byte ranges. The whole blob is then hashed against its digest as
+//! always; if it does not match (an index that lies, a local file changed under us) the part
+//! is thrown away and the blob downloaded in full. Nothing here can place a byte that the
+//! blob's digest does not vouch for.
+//!
+//! FastCDC is the `fastcdc` crate's (a well-kept implementation of the published algorithm);
+//! the index format and the assembly are hoist's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use sha2::{Digest as _, Sha256};
+
+use super::{Event, Observer, Target, TransferError};
+use crate::digest::Digest;
+use crate::oci::Descriptor;
+
+/// The artifact type (and layer media type) of a chunk index.
+pub const INDEX_TYPE: &str = "application/vnd.hoist.chunk-index.v1+json";
+const CHUNKER: &str = "fastcdc-2020";
+const MIN: u32 = 64 << 10;
+const AVG: u32 = 256 << 10;
+const MAX: u32 = 1 << 20;
+/// An index larger than this is not read (a 64 MiB index describes about 160 GiB).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// Byte ranges fetched at once for one blob.
+const RANGES_AT_ONCE: usize = 8;
+
+/// Each raw layer's chunks, in order: (length, SHA-256 hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkIndex {
+    pub chunker: String,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+    pub blobs: BTreeMap<Digest, Vec<(u64, String)>>,
+}
+
+/// One chunk of a local file.
+#[derive(Debug, Clone)]
+struct Chunk {
+    offset: u64,
+    len: u64,
+    sha256: String,
+}
+
+/// The content-defined chunks of a file.
+fn chunks_of(path: &Path) -> std::io::Result<Vec<Chunk>> {
+    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut out = Vec::new();
+    for chunk in fastcdc::v2020::StreamCDC::new(file, MIN, AVG, MAX) {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+        out.push(Chunk {
+            offset: chunk.offset,
+            len: chunk.length as u64,
+            sha256: hex::encode(Sha256::digest(&chunk.data)),
+        });
+    }
+    Ok(out)
+}
+
+impl ChunkIndex {
+    /// The index of raw-layer files: each blob's digest and the file holding its bytes.
+    pub fn of_files(files: &[(Digest, PathBuf)]) -> std::io::Result<ChunkIndex> {
+        let mut blobs = BTreeMap::new();
+        for (digest, path) in files {
+            let chunks = chunks_of(path)?;
+            blobs.insert(
+                digest.clone(),
+                chunks.into_iter().map(|c| (c.len, c.sha256)).collect(),
+            );
+        }
+        Ok(ChunkIndex {
+            chunker: CHUNKER.into(),
+            min: MIN,
+            avg: AVG,
+            max: MAX,
+            blobs,
+        })
+    }
+
+    /// Chunked the way this build chunks (otherwise no local chunk can match).
+    fn compatible(&self) -> bool {
+        (self.chunker.as_str(), self.min, self.avg, self.max) == (CHUNKER, MIN, AVG, MAX)
+    }
+
+    /// The chunks of `desc` if the index describes exactly its bytes' length.
+    fn chunks(&self, desc: &Descriptor) -> Option<&[(u64, String)]> {
+        let chunks = self.blobs.get(&desc.digest)?;
+        let total = chunks
+            .iter()
+            .try_fold(0u64, |sum, (len, _)| sum.checked_add(*len))?;
+        (total == desc.size && !chunks.is_empty()).then_some(chunks.as_slice())
+    }
+}
+
+/// Attach `index` to the manifest `subject` as a referrer; its digest.
+pub async fn attach_index(
+    target: &Target,
+    subject: &Digest,
+    index: &ChunkIndex,
+    scratch: &Path,
+) -> Result<Digest, TransferError> {
+    let path = scratch.join("chunk-index.json");
+    let bytes = serde_json::to_vec(index).expect("index serialises");
+    std::fs::write(&path, bytes).map_err(TransferError::io(&path))?;
+    super::attach(
+        target,
+        subject.as_str(),
+        &[path],
+        INDEX_TYPE,
+        BTreeMap::new(),
+    )
+    .await
+}
+
+/// The chunk index attached to `manifest`, if there is a readable one.
+pub async fn find_index(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
+    let referrers = super::discover(target, manifest, Some(INDEX_TYPE), 1)
+        .await
+        .ok()?;
+    for referrer in referrers {
+        let (_, bytes, _) = target
+            .fetch_manifest(referrer.descriptor.digest.as_str())
+            .await
+            .ok()?;
+        let Ok(crate::oci::ManifestKind::Image(m)) = crate::oci::ManifestKind::parse(None, &bytes)
+        else {
+            continue;
+        };
+        let Some(layer) = m.layers.first().filter(|l| l.size <= MAX_INDEX_BYTES) else {
+            continue;
+        };
+        let Some(bytes) = read_small_blob(target, layer).await else {
+            continue;
+        };
+        match serde_json::from_slice::<ChunkIndex>(&bytes) {
+            Ok(index) if index.compatible() => return Some(index),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// A small blob's bytes, checked against its digest.
+async fn read_small_blob(target: &Target, desc: &Descriptor) -> Option<Vec<u8>> {
+    let bytes = match target {
+        Target::Local { store, .. } => store.read_blob(&desc.digest, desc.size).ok()?,
+        Target::Remote {
+            client, repository, ..
+        } => {
+            let b = client.get_blob(repository, &desc.digest, None).await.ok()?;
+            client.read_content(b.response, desc.size).await?
+        }
+    };
+    (Digest::of_bytes(&bytes) == desc.digest).then_some(bytes)
+}
+
+/// What a pull can reuse: the index and the chunks of the files an earlier pull left.
+pub struct Delta {
+    index: ChunkIndex,
+    /// SHA-256 hex → where those bytes are on disk.
+    local: HashMap<String, (PathBuf, u64, u64)>,
+}
+
+/// What assembling one blob took.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Assembled {
+    pub reused: u64,
+    pub fetched: u64,
+}
+
+impl Delta {
+    /// A delta for pulling into `out`: only when an earlier pull left files there (otherwise
+    /// no request is made) and the artifact has a chunk index.
+    pub async fn prepare(target: &Target, manifest: &Digest, out: &Path) -> Option<Delta> {
+        if !matches!(target, Target::Remote { .. }) {
+            return None;
+        }
+        let out_owned = out.to_path_buf();
+        let files: Vec<PathBuf> = tokio::task::spawn_blocking(move || previous_files(&out_owned))
+            .await
+            .ok()?;
+        if files.is_empty() {
+            return None;
+        }
+        let index = find_index(target, manifest).await?;
+        let local = tokio::task::spawn_blocking(move || {
+            let mut local = HashMap::new();
+            for path in files {
+                for c in chunks_of(&path).unwrap_or_default() {
+                    local
+                        .entry(c.sha256)
+                        .or_insert((path.clone(), c.offset, c.len));
+                }
+            }
+            local
+        })
+        .await
+        .ok()?;
+        Some(Delta { index, local })
+    }
+
+    /// Can this blob be assembled from the index (it is listed, with its exact size)?
+    pub fn covers(&self, desc: &Descriptor) -> bool {
+        self.index.chunks(desc).is_some()
+    }
+
+    /// Build `desc` in `part`: local chunks copied (each re-hashed as read), the rest fetched
+    /// by range from `target`, then the whole checked against the digest. On any failure the
+    /// part is removed and the caller downloads the blob the normal way.
+    pub async fn assemble(
+        &self,
+        target: &Target,
+        desc: &Descriptor,
+        part: &Path,
+        name: &str,
+        observer: &Observer,
+    ) -> Result<Assembled, TransferError> {
+        let result = self.try_assemble(target, desc, part, name, observer).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(part);
+        }
+        result
+    }
+
+    async fn try_assemble(
+        &self,
+        target: &Target,
+        desc: &Descriptor,
+        part: &Path,
+        name: &str,
+        observer: &Observer,
+    ) -> Result<Assembled, TransferError> {
+        let Target::Remote {
+            client, repository, ..
+        } = target
+        else {
+            return Err(delta_failed(name, "not a registry"));
+        };
+        let chunks = self
+            .index
+            .chunks(desc)
+            .ok_or_else(|| delta_failed(name, "not in the index"))?;
+        let file = std::fs::File::create(part).map_err(TransferError::io(part))?;
+        file.set_len(desc.size).map_err(TransferError::io(part))?;
+        let (reused, missing) = self.copy_local(&file, chunks, part)?;
+        progress(observer, name, reused);
+        let file = std::sync::Arc::new(file);
+        let fetched: Vec<u64> = stream::iter(missing)
+            .map(|(start, len)| {
+                let file = file.clone();
+                async move {
+                    let b = client
+                        .get_blob(repository, &desc.digest, Some((start, start + len - 1)))
+                        .await?;
+                    if !b.partial {
+                        return Err(delta_failed(name, "the registry ignored Range"));
+                    }
+                    let mut at = start;
+                    let mut body = b.response.bytes_stream();
+                    while let Some(bytes) = body
+                        .try_next()
+                        .await
+                        .map_err(|e| delta_failed(name, &crate::registry::error_chain(&e)))?
+                    {
+                        if at + bytes.len() as u64 > start + len {
+                            return Err(delta_failed(name, "a range sent more than asked"));
+                        }
+                        file.write_all_at(&bytes, at)
+                            .map_err(TransferError::io(part))?;
+                        at += bytes.len() as u64;
+                        progress(observer, name, bytes.len() as u64);
+                    }
+                    if at != start + len {
+                        return Err(delta_failed(name, "a range ended early"));
+                    }
+                    Ok(len)
+                }
+            })
+            .buffer_unordered(RANGES_AT_ONCE)
+            .try_collect()
+            .await?;
+        let part_owned = part.to_path_buf();
+        let actual = tokio::task::spawn_blocking(move || Digest::of_file(&part_owned))
+            .await
+            .expect("hash task does not panic")
+            .map_err(TransferError::io(part))?;
+        if actual != desc.digest {
+            return Err(delta_failed(
+                name,
+                "the assembled bytes do not match the digest",
+            ));
+        }
+        Ok(Assembled {
+            reused,
+            fetched: fetched.iter().sum(),
+        })
+    }
+
+    /// Copy the chunks found locally into `file`; the bytes reused and the byte ranges
+    /// (start, length) still to fetch, adjacent missing chunks merged.
+    fn copy_local(
+        &self,
+        file: &std::fs::File,
+        chunks: &[(u64, String)],
+        part: &Path,
+    ) -> Result<(u64, Vec<(u64, u64)>), TransferError> {
+        let mut reused = 0;
+        let mut missing: Vec<(u64, u64)> = Vec::new();
+        let mut at = 0u64;
+        let mut buf = Vec::new();
+        for (len, sha) in chunks {
+            let found = self
+                .local
+                .get(sha)
+                .filter(|(_, _, l)| l == len)
+                .and_then(|(path, offset, len)| read_checked(path, *offset, *len, sha, &mut buf));
+            match found {
+                Some(()) => {
+                    file.write_all_at(&buf, at)
+                        .map_err(TransferError::io(part))?;
+                    reused += len;
+                }
+                None => match missing.last_mut() {
+                    Some((start, l)) if *start + *l == at => *l += len,
+                    _ => missing.push((at, *len)),
+                },
+            }
+            at += len;
+        }
+        Ok((reused, missing))
+    }
+}
+
+/// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `sha`.
+fn read_checked(path: &Path, offset: u64, len: u64, sha: &str, buf: &mut Vec<u8>) -> Option<()> {
+    let mut file = std::fs::File::open(path).ok()?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).ok()?;
+    buf.clear();
+    file.take(len).read_to_end(buf).ok()?;
+    (buf.len() as u64 == len && hex::encode(Sha256::digest(&buf[..])) == sha).then_some(())
+}
+
+/// The files an earlier pull placed in `out` and that are still exactly as placed.
+fn previous_files(out: &Path) -> Vec<PathBuf> {
+    let record = crate::materialize::Record::load(out);
+    record
+        .files
+        .iter()
+        .filter(|(rel, stamp)| {
+            crate::materialize::Stamp::of(&out.join(rel), stamp.digest.clone())
+                .is_some_and(|now| stamp.still_holds(&now))
+        })
+        .map(|(rel, _)| out.join(rel))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .collect()
+}
+
+fn progress(observer: &Observer, name: &str, bytes: u64) {
+    if bytes > 0 {
+        observer(&Event::Progress {
+            name: name.to_string(),
+            bytes,
+        });
+    }
+}
+
+fn delta_failed(name: &str, why: &str) -> TransferError {
+    TransferError::Io {
+        path: PathBuf::from(name),
+        source: std::io::Error::other(format!("not built from local chunks: {why}")),
+    }
+}
+
+/// Index the raw layers of what `reference` names in `target` (their bytes pulled, verified,
+/// into `scratch`) and attach the index; its digest and the index.
+pub async fn index_artifact(
+    target: &Target,
+    reference: &str,
+    scratch: &Path,
+) -> Result<(Digest, ChunkIndex), TransferError> {
+    let resolved = target.resolve(reference).await?;
+    let blobs = scratch.join("blobs");
+    let opts = super::PullOptions {
+        raw: true,
+        ..Default::default()
+    };
+    super::pull(target, reference, &blobs, &opts, super::silent()).await?;
+    let files: Vec<(Digest, PathBuf)> = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| {
+            (
+                l.digest.clone(),
+                blobs.join("blobs/sha256").join(l.digest.hex()),
+            )
+        })
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    let index = tokio::task::spawn_blocking(move || ChunkIndex::of_files(&files))
+        .await
+        .expect("index task does not panic")
+        .map_err(TransferError::io(scratch))?;
+    let digest = attach_index(target, &resolved.manifest_digest, &index, scratch).await?;
+    Ok((digest, index))
+}
+
+/// Index the raw layers of a folder just pushed as `packed` and attach the index.
+pub async fn index_pushed(
+    target: &Target,
+    packed: &crate::pack::Packed,
+    scratch: &Path,
+) -> Result<Digest, TransferError> {
+    let files: Vec<(Digest, PathBuf)> = packed
+        .blobs
+        .iter()
+        .skip(1) // the config
+        .filter_map(|b| match &b.source {
+            crate::pack::BlobSource::File(path) => {
+                Some((b.descriptor.digest.clone(), path.clone()))
+            }
+            crate::pack::BlobSource::Bytes(_) => None,
+        })
+        .collect();
+    let index = tokio::task::spawn_blocking(move || ChunkIndex::of_files(&files))
+        .await
+        .expect("index task does not panic")
+        .map_err(TransferError::io(scratch))?;
+    attach_index(target, &packed.manifest_digest, &index, scratch).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local chunk whose bytes changed after it was chunked is not copied: its range is
+    /// fetched instead.
+    #[test]
+    fn a_tampered_local_chunk_is_fetched_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![5u8; 300_000];
+        let local_file = dir.path().join("old");
+        std::fs::write(&local_file, &data).unwrap();
+        let chunks = chunks_of(&local_file).unwrap();
+        let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), local_file.clone())]).unwrap();
+        let local = chunks
+            .iter()
+            .map(|c| (c.sha256.clone(), (local_file.clone(), c.offset, c.len)))
+            .collect();
+        let delta = Delta { index, local };
+        // Tamper with the first chunk's bytes on disk, after chunking.
+        let mut tampered = data.clone();
+        tampered[10] = 6;
+        std::fs::write(&local_file, &tampered).unwrap();
+        let part = dir.path().join("part");
+        let file = std::fs::File::create(&part).unwrap();
+        let listed = delta.index.blobs.values().next().unwrap().clone();
+        let (reused, missing) = delta.copy_local(&file, &listed, &part).unwrap();
+        assert_eq!(missing.first().map(|m| m.0), Some(0), "the tampered chunk is fetched");
+        assert_eq!(reused + missing.iter().map(|m| m.1).sum::<u64>(), data.len() as u64);
+        let copied = std::fs::read(&part).unwrap();
+        assert!(copied.len() < 11 || copied[10] != 6, "tampered bytes were copied");
+    }
+
+    #[test]
+    fn an_edit_moves_only_the_chunks_around_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x: u64 = 7;
+        let mut data: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let a = dir.path().join("a");
+        std::fs::write(&a, &data).unwrap();
+        // Insert 100 bytes in the middle: content-defined boundaries resynchronise.
+        data.splice(2 << 20..2 << 20, [9u8; 100]);
+        let b = dir.path().join("b");
+        std::fs::write(&b, &data).unwrap();
+        let (ca, cb) = (chunks_of(&a).unwrap(), chunks_of(&b).unwrap());
+        let known: std::collections::HashSet<&str> = ca.iter().map(|c| c.sha256.as_str()).collect();
+        let new: u64 = cb
+            .iter()
+            .filter(|c| !known.contains(c.sha256.as_str()))
+            .map(|c| c.len)
+            .sum();
+        assert!(
+            new < 3 * u64::from(MAX),
+            "{new} new bytes for a 100-byte insert"
+        );
+        let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), b.clone())]).unwrap();
+        let size: u64 = index
+            .blobs
+            .values()
+            .next()
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .sum();
+        assert_eq!(size, data.len() as u64);
+        assert!(serde_json::to_vec(&index).unwrap().len() < data.len() / 1000);
+    }
+}
