@@ -62,19 +62,30 @@ fn oras_py_pulls_what_hoist_pushes() {
     let reference = reg.reference("for-oras:v1");
     // With a chunk index beside it: the manifest, and what other tools read, do not change.
     let plain = digest_line(
-        &h.run(&["push", src.path().to_str().unwrap(), &reg.reference("plain:v1")])
-            .ok()
-            .stdout,
+        &h.run(&[
+            "push",
+            src.path().to_str().unwrap(),
+            &reg.reference("plain:v1"),
+        ])
+        .ok()
+        .stdout,
     );
     let indexed = digest_line(
-        &h.run(&["push", src.path().to_str().unwrap(), &reference, "--chunk-index"])
-            .ok()
-            .stdout,
+        &h.run(&[
+            "push",
+            src.path().to_str().unwrap(),
+            &reference,
+            "--chunk-index",
+        ])
+        .ok()
+        .stdout,
     );
     assert_eq!(plain, indexed, "the chunk index changed the manifest");
     let found = h.run(&["discover", &reference, "--json"]).ok();
     assert!(
-        found.stdout.contains("application/vnd.hoist.chunk-index.v1+json"),
+        found
+            .stdout
+            .contains("application/vnd.hoist.chunk-index.v1+json"),
         "{}",
         found.stdout
     );
@@ -109,7 +120,9 @@ fn hoist_pulls_what_oras_py_pushes() {
     assert!(r.stdout.contains("Indexed"), "{}", r.stdout);
     let found = h.run(&["discover", &reference, "--json"]).ok();
     assert!(
-        found.stdout.contains("application/vnd.hoist.chunk-index.v1+json"),
+        found
+            .stdout
+            .contains("application/vnd.hoist.chunk-index.v1+json"),
         "{}",
         found.stdout
     );

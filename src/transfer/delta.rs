@@ -31,7 +31,12 @@ use crate::oci::Descriptor;
 
 /// The artifact type (and layer media type) of a chunk index.
 pub const INDEX_TYPE: &str = "application/vnd.hoist.chunk-index.v1+json";
-const CHUNKER: &str = "fastcdc-2020";
+/// Chunk boundaries found by content alone.
+const PLAIN: &str = "fastcdc-2020";
+/// The same, but a safetensors file is first cut at its header and at every tensor's start
+/// and end: a changed tensor then costs its own bytes, not the content-defined chunks around
+/// it (a small tensor in the middle of a 256 KiB chunk would cost the chunk). The default.
+const TENSORS: &str = "fastcdc-2020-safetensors";
 const MIN: u32 = 64 << 10;
 const AVG: u32 = 256 << 10;
 const MAX: u32 = 1 << 20;
@@ -58,34 +63,87 @@ struct Chunk {
     sha256: String,
 }
 
-/// The content-defined chunks of a file.
-fn chunks_of(path: &Path) -> std::io::Result<Vec<Chunk>> {
-    let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+/// The chunks of a file, by the named chunker.
+fn chunks_of(path: &Path, chunker: &str) -> std::io::Result<Vec<Chunk>> {
+    let size = std::fs::metadata(path)?.len();
+    let segments = match chunker {
+        TENSORS => safetensors_segments(path, size).unwrap_or_else(|| vec![(0, size)]),
+        _ => vec![(0, size)],
+    };
     let mut out = Vec::new();
-    for chunk in fastcdc::v2020::StreamCDC::new(file, MIN, AVG, MAX) {
-        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
-        out.push(Chunk {
-            offset: chunk.offset,
-            len: chunk.length as u64,
-            sha256: hex::encode(Sha256::digest(&chunk.data)),
-        });
+    for (start, len) in segments {
+        let mut file = std::fs::File::open(path)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
+        let reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
+        for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN, AVG, MAX) {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
+            out.push(Chunk {
+                offset: start + chunk.offset,
+                len: chunk.length as u64,
+                sha256: hex::encode(Sha256::digest(&chunk.data)),
+            });
+        }
     }
     Ok(out)
+}
+
+/// A safetensors file cut into its header and each tensor's bytes (and any gap between), in
+/// order and covering the whole file; `None` if it is not one.
+fn safetensors_segments(path: &Path, size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > (100 << 20) || 8 + header_len > size {
+        return None;
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    let base = 8 + header_len;
+    let mut cuts: Vec<u64> = vec![0, base, size];
+    for (name, tensor) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = tensor.get("data_offsets")?.as_array()?;
+        for o in offsets {
+            let at = base.checked_add(o.as_u64()?)?;
+            if at > size {
+                return None;
+            }
+            cuts.push(at);
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    Some(
+        cuts.windows(2)
+            .filter(|w| w[1] > w[0])
+            .map(|w| (w[0], w[1] - w[0]))
+            .collect(),
+    )
 }
 
 impl ChunkIndex {
     /// The index of raw-layer files: each blob's digest and the file holding its bytes.
     pub fn of_files(files: &[(Digest, PathBuf)]) -> std::io::Result<ChunkIndex> {
+        // HOIST_CHUNKER=fastcdc-2020 picks content-only chunking (to compare, in benchmarks).
+        let chunker = match std::env::var("HOIST_CHUNKER").as_deref() {
+            Ok(PLAIN) => PLAIN,
+            _ => TENSORS,
+        };
         let mut blobs = BTreeMap::new();
         for (digest, path) in files {
-            let chunks = chunks_of(path)?;
+            let chunks = chunks_of(path, chunker)?;
             blobs.insert(
                 digest.clone(),
                 chunks.into_iter().map(|c| (c.len, c.sha256)).collect(),
             );
         }
         Ok(ChunkIndex {
-            chunker: CHUNKER.into(),
+            chunker: chunker.into(),
             min: MIN,
             avg: AVG,
             max: MAX,
@@ -95,7 +153,8 @@ impl ChunkIndex {
 
     /// Chunked the way this build chunks (otherwise no local chunk can match).
     fn compatible(&self) -> bool {
-        (self.chunker.as_str(), self.min, self.avg, self.max) == (CHUNKER, MIN, AVG, MAX)
+        [PLAIN, TENSORS].contains(&self.chunker.as_str())
+            && (self.min, self.avg, self.max) == (MIN, AVG, MAX)
     }
 
     /// The chunks of `desc` if the index describes exactly its bytes' length.
@@ -199,10 +258,11 @@ impl Delta {
             return None;
         }
         let index = find_index(target, manifest).await?;
+        let chunker = index.chunker.clone();
         let local = tokio::task::spawn_blocking(move || {
             let mut local = HashMap::new();
             for path in files {
-                for c in chunks_of(&path).unwrap_or_default() {
+                for c in chunks_of(&path, &chunker).unwrap_or_default() {
                     local
                         .entry(c.sha256)
                         .or_insert((path.clone(), c.offset, c.len));
@@ -457,7 +517,7 @@ mod tests {
         let data = vec![5u8; 300_000];
         let local_file = dir.path().join("old");
         std::fs::write(&local_file, &data).unwrap();
-        let chunks = chunks_of(&local_file).unwrap();
+        let chunks = chunks_of(&local_file, TENSORS).unwrap();
         let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), local_file.clone())]).unwrap();
         let local = chunks
             .iter()
@@ -472,10 +532,20 @@ mod tests {
         let file = std::fs::File::create(&part).unwrap();
         let listed = delta.index.blobs.values().next().unwrap().clone();
         let (reused, missing) = delta.copy_local(&file, &listed, &part).unwrap();
-        assert_eq!(missing.first().map(|m| m.0), Some(0), "the tampered chunk is fetched");
-        assert_eq!(reused + missing.iter().map(|m| m.1).sum::<u64>(), data.len() as u64);
+        assert_eq!(
+            missing.first().map(|m| m.0),
+            Some(0),
+            "the tampered chunk is fetched"
+        );
+        assert_eq!(
+            reused + missing.iter().map(|m| m.1).sum::<u64>(),
+            data.len() as u64
+        );
         let copied = std::fs::read(&part).unwrap();
-        assert!(copied.len() < 11 || copied[10] != 6, "tampered bytes were copied");
+        assert!(
+            copied.len() < 11 || copied[10] != 6,
+            "tampered bytes were copied"
+        );
     }
 
     #[test]
@@ -496,7 +566,7 @@ mod tests {
         data.splice(2 << 20..2 << 20, [9u8; 100]);
         let b = dir.path().join("b");
         std::fs::write(&b, &data).unwrap();
-        let (ca, cb) = (chunks_of(&a).unwrap(), chunks_of(&b).unwrap());
+        let (ca, cb) = (chunks_of(&a, PLAIN).unwrap(), chunks_of(&b, PLAIN).unwrap());
         let known: std::collections::HashSet<&str> = ca.iter().map(|c| c.sha256.as_str()).collect();
         let new: u64 = cb
             .iter()

@@ -136,10 +136,14 @@ pub async fn pull(
     let staging = Arc::new(staging);
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let jobs = blob_jobs(&plan);
-    // Only a pull into the node's volume, not through the node cache (whose blobs are whole).
+    // Only a pull into the node's volume, not through the node cache (whose blobs are
+    // whole), and only when something is to be downloaded: a re-pull of what is in place
+    // reads nothing.
     let delta = match opts.cache {
-        None => super::delta::Delta::prepare(source, &resolved.manifest_digest, out).await,
-        Some(_) => None,
+        None if !all_in_place(out, &plan).await => {
+            super::delta::Delta::prepare(source, &resolved.manifest_digest, out).await
+        }
+        _ => None,
     };
     let reused = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
@@ -251,6 +255,27 @@ fn plan_for(
         }
     }
     Ok(plan)
+}
+
+/// Is every file of the plan already in `out`, as the folder's record vouches (no hashing)?
+async fn all_in_place(out: &Path, plan: &LayerPlan) -> bool {
+    let wanted: Vec<(PathBuf, Digest, bool)> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            let raw = l.format == LayerFormat::Raw;
+            (l.path.clone(), l.descriptor.digest.clone(), raw)
+        })
+        .collect();
+    let out = out.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let record = crate::materialize::Record::load(&out);
+        wanted
+            .iter()
+            .all(|(path, digest, raw)| *raw && record.vouches(&out, path, digest))
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// One job per distinct blob, with every file that comes from it.
