@@ -44,6 +44,8 @@ const MAX: u32 = 1 << 20;
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// Byte ranges fetched at once for one blob.
 const RANGES_AT_ONCE: usize = 8;
+/// A missing stretch longer than this is fetched as several ranges, in parallel.
+const RANGE_PIECE: u64 = 8 << 20;
 
 /// Each raw layer's chunks, in order: (length, SHA-256 hex).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -275,9 +277,12 @@ impl Delta {
         Some(Delta { index, local })
     }
 
-    /// Can this blob be assembled from the index (it is listed, with its exact size)?
+    /// Is this blob worth assembling: listed in the index with its exact size, and at least
+    /// one of its chunks here? (A blob with nothing to reuse goes to the normal engine.)
     pub fn covers(&self, desc: &Descriptor) -> bool {
-        self.index.chunks(desc).is_some()
+        self.index
+            .chunks(desc)
+            .is_some_and(|chunks| chunks.iter().any(|(_, sha)| self.local.contains_key(sha)))
     }
 
     /// Build `desc` in `part`: local chunks copied (each re-hashed as read), the rest fetched
@@ -320,6 +325,7 @@ impl Delta {
         file.set_len(desc.size).map_err(TransferError::io(part))?;
         let (reused, missing) = self.copy_local(&file, chunks, part)?;
         progress(observer, name, reused);
+        let missing = pieces(missing);
         let file = std::sync::Arc::new(file);
         let fetched: Vec<u64> = stream::iter(missing)
             .map(|(start, len)| {
@@ -405,6 +411,21 @@ impl Delta {
         }
         Ok((reused, missing))
     }
+}
+
+/// Long missing stretches cut into pieces fetched in parallel.
+fn pieces(missing: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    missing
+        .into_iter()
+        .flat_map(|(start, len)| {
+            (0..len.div_ceil(RANGE_PIECE)).map(move |i| {
+                (
+                    start + i * RANGE_PIECE,
+                    (len - i * RANGE_PIECE).min(RANGE_PIECE),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `sha`.
@@ -546,6 +567,15 @@ mod tests {
             copied.len() < 11 || copied[10] != 6,
             "tampered bytes were copied"
         );
+    }
+
+    #[test]
+    fn long_missing_stretches_are_cut_into_pieces() {
+        let cut = pieces(vec![(5, 3 * RANGE_PIECE + 1), (100 << 20, 10)]);
+        assert_eq!(cut.len(), 5);
+        assert_eq!(cut[0], (5, RANGE_PIECE));
+        assert_eq!(cut[3], (5 + 3 * RANGE_PIECE, 1));
+        assert_eq!(cut.iter().map(|p| p.1).sum::<u64>(), 3 * RANGE_PIECE + 11);
     }
 
     #[test]
