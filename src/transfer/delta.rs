@@ -42,6 +42,8 @@ const AVG: u32 = 256 << 10;
 const MAX: u32 = 1 << 20;
 /// An index larger than this is not read (a 64 MiB index describes about 160 GiB).
 const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// How long finding and reading an index may take before the pull goes on without it.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Byte ranges fetched at once for one blob.
 const RANGES_AT_ONCE: usize = 8;
 /// A missing stretch longer than this is fetched as several ranges, in parallel.
@@ -259,7 +261,10 @@ impl Delta {
         if files.is_empty() {
             return None;
         }
-        let index = find_index(target, manifest).await?;
+        // Looking is optional: a registry slow to answer costs the pull at most this.
+        let index = tokio::time::timeout(LOOKUP_TIMEOUT, find_index(target, manifest))
+            .await
+            .ok()??;
         let chunker = index.chunker.clone();
         let local = tokio::task::spawn_blocking(move || {
             let mut local = HashMap::new();
