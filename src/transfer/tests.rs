@@ -500,3 +500,75 @@ async fn an_index_that_lies_ends_in_a_verified_full_download() {
     assert_eq!(report.reused_bytes, 0, "{report:?}");
     assert_eq!(report.downloaded_bytes, v2.len() as u64);
 }
+
+/// A safetensors file: the header (with `meta`) and `tensors` (name, bytes) in order.
+fn safetensors(meta: &str, tensors: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "note": meta }));
+    let mut at = 0;
+    for (name, bytes) in tensors {
+        header.insert(
+            (*name).into(),
+            serde_json::json!({"dtype": "U8", "shape": [bytes.len()], "data_offsets": [at, at + bytes.len()]}),
+        );
+        at += bytes.len();
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    for (_, bytes) in tensors {
+        out.extend(bytes);
+    }
+    out
+}
+
+/// v1 → v4 (only the safetensors metadata changed: every tensor moves by a few bytes) and
+/// v1 → v5 (a new tokenizer): each costs about its own change, not the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_change_or_a_new_tokenizer_costs_about_itself() {
+    let reg = registry().await;
+    let proxy = crate::wan::Proxy::start("127.0.0.1:0", reg.addr, Default::default())
+        .await
+        .unwrap();
+    let target = remote(&proxy.addr.to_string(), "t/steps");
+    let work = tempfile::tempdir().unwrap();
+    let tensors: Vec<(&str, Vec<u8>)> = (0..6)
+        .map(|i| {
+            (
+                ["a", "b", "c", "d", "e", "f"][i],
+                noise(1 << 20, 10 + i as u64),
+            )
+        })
+        .collect();
+    let v1 = safetensors("v1", &tensors);
+    let v4 = safetensors("re-exported with other metadata", &tensors);
+    let tokenizer: &[u8] = br#"{"vocab": {"a": 1}}"#;
+    let new_tokenizer = noise(200_000, 77);
+    for (tag, weights, tok) in [
+        ("v1", &v1, tokenizer),
+        ("v4", &v4, tokenizer),
+        ("v5", &v1, &new_tokenizer[..]),
+    ] {
+        let files: [(&str, &[u8]); 2] = [("model.safetensors", weights), ("tokenizer.json", tok)];
+        push_version(&target, &work.path().join(tag), tag, &files, true).await;
+    }
+    for (tag, changed) in [("v4", 64u64 << 10), ("v5", 200_000)] {
+        let out = work.path().join(format!("out-{tag}"));
+        pull(&target, "v1", &out, &PullOptions::default(), silent())
+            .await
+            .unwrap();
+        let before = proxy.bytes_down();
+        let report = pull(&target, tag, &out, &PullOptions::default(), silent())
+            .await
+            .unwrap();
+        let sent = proxy.bytes_down() - before;
+        eprintln!(
+            "v1 -> {tag}: {sent} bytes over the link, {} reused",
+            report.reused_bytes
+        );
+        // The change, the manifests and the index: far from the 6 MiB model.
+        assert!(sent < changed + (100 << 10), "v1 -> {tag}: {sent} bytes");
+        let want = std::fs::read(work.path().join(tag).join("model.safetensors")).unwrap();
+        assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), want);
+    }
+}
