@@ -16,7 +16,7 @@ pub mod verify;
 
 pub use link::LinkMode;
 pub use plan::{NAME_MAX, PATH_MAX};
-pub use record::{Record, Stamp, RECORD_FILE};
+pub use record::{Record, RECORD_FILE};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -309,15 +309,12 @@ impl Staging {
             .cloned()
             .collect();
         for rel in stale {
-            let recorded = record.files.remove(&rel).expect("listed above");
-            let path = self.out.join(&rel);
-            let unchanged = Stamp::of(&path, recorded.digest.clone())
-                .is_some_and(|now| recorded.still_holds(&now));
-            // A path that now runs through a link or a file is not the pull's to touch.
-            if !unchanged || plan::check_disk_parents(&self.out, &rel).is_err() {
+            let placed = record.still_placed(&self.out, &rel);
+            record.files.remove(&rel);
+            if !placed {
                 continue;
             }
-            if fs::remove_file(&path).is_ok() {
+            if fs::remove_file(self.out.join(&rel)).is_ok() {
                 let mut dir = rel.parent();
                 while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
                     if fs::remove_dir(self.out.join(d)).is_err() {

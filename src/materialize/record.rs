@@ -89,10 +89,18 @@ impl Record {
         if !m.is_file() || m.len() > MAX_RECORD_BYTES {
             return Record::default();
         }
-        fs::read(&path)
+        let mut record: Record = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // A record is a file on disk: an entry naming anything but a plain relative path
+        // inside the folder (`..`, absolute) is not a file a pull placed, and is dropped.
+        record.files.retain(|rel, _| {
+            rel.to_str()
+                .and_then(|s| crate::oci::files::safe_relative_path(s).ok())
+                .is_some_and(|safe| safe == *rel)
+        });
+        record
     }
 
     /// Did an earlier pull place a file at `rel`?
@@ -107,6 +115,18 @@ impl Record {
         };
         recorded.digest.as_ref() == Some(digest)
             && Stamp::of(&out.join(rel), Some(digest.clone()))
+                .is_some_and(|now| recorded.still_holds(&now))
+    }
+
+    /// Is the file at `rel` still exactly as the pull that placed it left it (whatever its
+    /// digest), and reached through no link or file? Only such a file may be reused as the
+    /// folder's earlier version or removed when a new version lacks it.
+    pub fn still_placed(&self, out: &Path, rel: &Path) -> bool {
+        let Some(recorded) = self.files.get(rel) else {
+            return false;
+        };
+        super::plan::check_disk_parents(out, rel).is_ok()
+            && Stamp::of(&out.join(rel), recorded.digest.clone())
                 .is_some_and(|now| recorded.still_holds(&now))
     }
 
@@ -158,6 +178,26 @@ fn coarse_now_ns() -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_outside_the_folder_are_dropped_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(dir.path().join("victim"), b"x").unwrap();
+        fs::write(out.join("ok.bin"), b"y").unwrap();
+        let mut record = Record::default();
+        record.note(&out, Path::new("ok.bin"), None);
+        let stamp = Stamp::of(&dir.path().join("victim"), None).unwrap();
+        for hostile in ["../victim", "/etc/passwd", "a/../../victim"] {
+            record.files.insert(PathBuf::from(hostile), stamp.clone());
+        }
+        let text = serde_json::to_vec(&record).unwrap();
+        fs::write(out.join(RECORD_FILE), text).unwrap();
+        let loaded = Record::load(&out);
+        let keys: Vec<&PathBuf> = loaded.files.keys().collect();
+        assert_eq!(keys, [Path::new("ok.bin")]);
+    }
 
     #[test]
     fn a_same_size_edit_with_the_mtime_restored_is_not_vouched_for() {

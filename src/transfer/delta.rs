@@ -447,12 +447,9 @@ fn previous_files(out: &Path) -> Vec<PathBuf> {
     let record = crate::materialize::Record::load(out);
     record
         .files
-        .iter()
-        .filter(|(rel, stamp)| {
-            crate::materialize::Stamp::of(&out.join(rel), stamp.digest.clone())
-                .is_some_and(|now| stamp.still_holds(&now))
-        })
-        .map(|(rel, _)| out.join(rel))
+        .keys()
+        .filter(|rel| record.still_placed(out, rel))
+        .map(|rel| out.join(rel))
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .collect()
 }
