@@ -96,6 +96,9 @@ pub mod store;
 pub mod transfer;
 pub mod wan;
 
+#[cfg(test)]
+mod testkit;
+
 pub use context::{Context, Settings};
 pub use error::{Error, ExitCode};
 pub use reference::Reference;

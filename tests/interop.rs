@@ -53,6 +53,18 @@ fn real_model_round_trips_and_loads_with_safetensors() {
     assert_eq!(doc["config"]["config"]["paramSize"], "22.7m");
 }
 
+/// `reference` has a chunk index attached (`hoist discover` lists it).
+fn assert_has_chunk_index(h: &Hoist, reference: &str) {
+    let found = h.run(&["discover", reference, "--json"]).ok();
+    assert!(
+        found
+            .stdout
+            .contains("application/vnd.hoist.chunk-index.v1+json"),
+        "{}",
+        found.stdout
+    );
+}
+
 #[test]
 fn oras_py_pulls_what_hoist_pushes() {
     let reg = Registry::start();
@@ -81,14 +93,7 @@ fn oras_py_pulls_what_hoist_pushes() {
         .stdout,
     );
     assert_eq!(plain, indexed, "the chunk index changed the manifest");
-    let found = h.run(&["discover", &reference, "--json"]).ok();
-    assert!(
-        found
-            .stdout
-            .contains("application/vnd.hoist.chunk-index.v1+json"),
-        "{}",
-        found.stdout
-    );
+    assert_has_chunk_index(&h, &reference);
     let out = tempfile::tempdir().unwrap();
     python(&format!(
         "import oras.client\nc = oras.client.OrasClient(insecure=True)\nc.pull(target={reference:?}, outdir={:?})",
@@ -118,14 +123,7 @@ fn hoist_pulls_what_oras_py_pushes() {
     // An artifact pushed by another tool gets a chunk index afterwards.
     let r = h.run(&["index", &reference]).ok();
     assert!(r.stdout.contains("Indexed"), "{}", r.stdout);
-    let found = h.run(&["discover", &reference, "--json"]).ok();
-    assert!(
-        found
-            .stdout
-            .contains("application/vnd.hoist.chunk-index.v1+json"),
-        "{}",
-        found.stdout
-    );
+    assert_has_chunk_index(&h, &reference);
 }
 
 #[test]

@@ -583,15 +583,7 @@ mod tests {
     #[test]
     fn an_edit_moves_only_the_chunks_around_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut x: u64 = 7;
-        let mut data: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut data = crate::testkit::noise(4 << 20, 7);
         let a = dir.path().join("a");
         std::fs::write(&a, &data).unwrap();
         // Insert 100 bytes in the middle: content-defined boundaries resynchronise.

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::pack::PackOptions;
 use crate::registry::{Credentials, RegistryClient, TransportOptions};
 use crate::store::Store;
+use crate::testkit::noise;
 
 /// A registry served by this process until dropped.
 struct InProcess {
@@ -57,15 +58,7 @@ fn remote(addr: &str, repository: &str) -> Target {
 
 /// A model: a 3 MiB weights file of noise, a config, a nested file.
 fn model(dir: &Path) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let weights: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let weights = noise(3 << 20, 1);
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
     std::fs::write(dir.join("config.json"), br#"{"model_type":"bert"}"#).unwrap();
@@ -318,18 +311,6 @@ async fn a_new_version_replaces_what_the_old_one_placed_and_nothing_else() {
         ),
         "{err}"
     );
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Push `files` (name, bytes) as `tag`, with or without a chunk index.
