@@ -78,6 +78,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod chunks;
 pub mod context;
 pub mod digest;
 pub mod error;

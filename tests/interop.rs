@@ -72,25 +72,25 @@ fn oras_py_pulls_what_hoist_pushes() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let reference = reg.reference("for-oras:v1");
-    // With a chunk index beside it: the manifest, and what other tools read, do not change.
+    // With a chunk index beside it (push's default): the manifest, and what other tools
+    // read, do not change.
+    let plain_ref = reg.reference("plain:v1");
     let plain = digest_line(
         &h.run(&[
             "push",
             src.path().to_str().unwrap(),
-            &reg.reference("plain:v1"),
+            &plain_ref,
+            "--no-chunk-index",
         ])
         .ok()
         .stdout,
     );
+    let none = h.run(&["discover", &plain_ref, "--json"]).ok();
+    assert!(!none.stdout.contains("chunk-index"), "{}", none.stdout);
     let indexed = digest_line(
-        &h.run(&[
-            "push",
-            src.path().to_str().unwrap(),
-            &reference,
-            "--chunk-index",
-        ])
-        .ok()
-        .stdout,
+        &h.run(&["push", src.path().to_str().unwrap(), &reference])
+            .ok()
+            .stdout,
     );
     assert_eq!(plain, indexed, "the chunk index changed the manifest");
     assert_has_chunk_index(&h, &reference);

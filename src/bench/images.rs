@@ -78,6 +78,7 @@ pub fn pack_image(
         manifest,
         manifest_bytes,
         blobs,
+        chunks: None,
         _scratch: None,
     })
 }

@@ -182,6 +182,8 @@ impl Bench<'_> {
                 &PackOptions {
                     layer_format: format,
                     temp_dir: Some(scratch.path().to_path_buf()),
+                    // The comparison is of pulls; no index is attached.
+                    chunk_index: false,
                     ..Default::default()
                 },
             )?,

@@ -60,9 +60,13 @@ pub struct PushArgs {
     /// ["mit"]}, "config": {"paramSize": "8b"}}`) merged over what hoist reads from the model.
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
-    /// Attach a chunk index (a referrer): a later pull of another version into a folder
-    /// holding this one then downloads only the chunks that changed.
+    /// Attach no chunk index. By default push cuts each file into chunks in the same read
+    /// that hashes it and attaches the list beside the manifest (a referrer): a later pull
+    /// of another version then downloads only the chunks that changed.
     #[arg(long)]
+    no_chunk_index: bool,
+    /// The default (kept for scripts written when the index was optional).
+    #[arg(long, hide = true, conflicts_with = "no_chunk_index")]
     chunk_index: bool,
     /// Print the result as JSON.
     #[arg(long)]
@@ -221,6 +225,7 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
             ),
             None => None,
         },
+        chunk_index: !args.no_chunk_index,
         ..Default::default()
     };
     let started = std::time::Instant::now();
@@ -243,10 +248,6 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         observer(env.ui),
     )
     .await?;
-    if args.chunk_index {
-        let scratch = scratch_dir(env)?;
-        transfer::delta::index_pushed(&target, &packed, scratch.path()).await?;
-    }
     if args.json {
         print_json(&report);
     } else {

@@ -88,6 +88,12 @@ pub struct PullArgs {
     /// Push the metrics to this Pushgateway URL.
     #[arg(long, env = "HOIST_PUSHGATEWAY", value_name = "URL")]
     pushgateway: Option<String>,
+    /// Pull into OUTPUT/.hoist-versions/sha256-<digest>/ and then switch the link
+    /// OUTPUT/current to it in one rename: a reader of OUTPUT/current sees the old version or
+    /// the new one, never a mix. The previous version stays until the next switch; older
+    /// ones are removed.
+    #[arg(long, env = "HOIST_VERSIONED", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    versioned: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -157,7 +163,7 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
         let resumed = match report.reused_bytes {
             0 => resumed,
             n => format!(
-                "{resumed}, {} reused from the folder's earlier version",
+                "{resumed}, {} reused from local chunks of earlier versions",
                 human_bytes(n)
             ),
         };
@@ -209,27 +215,51 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             ratio: args.max_unpack_ratio.max(1),
             ..Default::default()
         },
+        reuse_from: Vec::new(),
     };
-    let report = transfer::pull(
-        &source,
-        &reference.target(),
-        &args.output,
-        &opts,
-        observer(env.ui),
-    )
-    .await?;
+    let (report, folder) = if args.versioned {
+        let v = transfer::pull_versioned(
+            &source,
+            &reference.target(),
+            &args.output,
+            &opts,
+            observer(env.ui),
+        )
+        .await?;
+        if !env.ui.quiet {
+            eprintln!(
+                "{} now points to {}{}",
+                args.output.join(transfer::CURRENT).display(),
+                v.version_dir.display(),
+                match v.removed {
+                    0 => String::new(),
+                    n => format!(" ({} removed)", count(n, "older version")),
+                }
+            );
+        }
+        (v.report, v.version_dir)
+    } else {
+        let report = transfer::pull(
+            &source,
+            &reference.target(),
+            &args.output,
+            &opts,
+            observer(env.ui),
+        )
+        .await?;
+        (report, args.output.clone())
+    };
     if args.include_referrers {
         let opts = PullOptions {
             filter: Default::default(),
             ..opts
         };
         let n =
-            transfer::pull_referrers(&source, &report.digest, &args.output, ".referrers", &opts)
-                .await?;
+            transfer::pull_referrers(&source, &report.digest, &folder, ".referrers", &opts).await?;
         if !env.ui.quiet {
             eprintln!(
                 "Pulled {n} attached artifacts into {}",
-                args.output.join(".referrers").display()
+                folder.join(".referrers").display()
             );
         }
     }

@@ -206,6 +206,14 @@ impl Staging {
         same
     }
 
+    /// Remember the chunk lists of blobs this pull places (written with the record).
+    pub fn remember_chunks(
+        &self,
+        chunks: std::collections::BTreeMap<Digest, crate::chunks::KnownChunks>,
+    ) {
+        self.record.lock().expect("record").chunks.extend(chunks);
+    }
+
     /// Where a download of `digest` keeps its bytes until verified.
     pub fn part_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("{}.part", digest.hex()))

@@ -75,6 +75,11 @@ impl Stamp {
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub files: BTreeMap<PathBuf, Stamp>,
+    /// How the blobs of the placed files are cut into chunks, when the artifact had a chunk
+    /// index: the next version's pull then finds its chunks here without reading the files.
+    /// A hint like the rest (each chunk is re-hashed when copied).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub chunks: BTreeMap<Digest, crate::chunks::KnownChunks>,
 }
 
 pub const RECORD_FILE: &str = ".hoist-record.json";
@@ -138,10 +143,16 @@ impl Record {
         };
     }
 
-    /// Forget entries whose files are gone.
+    /// Forget entries whose files are gone, and chunk lists of blobs no file holds.
     pub fn prune(&mut self, out: &Path) {
         self.files
             .retain(|rel, _| fs::symlink_metadata(out.join(rel)).is_ok());
+        let held: std::collections::BTreeSet<&Digest> = self
+            .files
+            .values()
+            .filter_map(|s| s.digest.as_ref())
+            .collect();
+        self.chunks.retain(|d, _| held.contains(d));
     }
 
     /// Write the record atomically (temporary file in `out`, then rename).

@@ -18,6 +18,9 @@ pub struct EncodedLayer {
     pub diff_id: Digest,
     pub size: u64,
     pub source: BlobSource,
+    /// The blob's chunks (raw layers, when the pack makes a chunk index), cut in the same
+    /// read that hashed it.
+    pub chunks: Option<crate::chunks::ChunkList>,
 }
 
 /// Encode every file, a few at once; `on_done(i, layer)` is called from the worker thread as
@@ -38,7 +41,7 @@ pub fn encode_all(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(file) = files.get(i) else { break };
                 let result = match (opts.layer_format, scratch) {
-                    (LayerFormat::Raw, _) | (_, None) => raw(file),
+                    (LayerFormat::Raw, _) | (_, None) => raw(file, opts.chunk_index),
                     (format, Some(dir)) => {
                         tar_layer(file, format, opts, &dir.join(format!("{i}.layer")))
                     }
@@ -60,16 +63,27 @@ pub fn encode_all(
         .collect()
 }
 
-fn raw(file: &ModelFile) -> Result<EncodedLayer, PackError> {
-    let digest = Digest::of_file(&file.source).map_err(|source| PackError::Read {
+/// A raw layer is the file itself: hashed in place (and cut into chunks in the same read
+/// when `chunk`).
+fn raw(file: &ModelFile, chunk: bool) -> Result<EncodedLayer, PackError> {
+    let read = |source| PackError::Read {
         path: file.source.clone(),
         source,
-    })?;
+    };
+    let (digest, chunks) = if chunk {
+        let chunker = crate::chunks::default_chunker();
+        let (digest, chunks) =
+            crate::chunks::digest_and_chunks(&file.source, chunker).map_err(read)?;
+        (digest, Some(crate::chunks::listed(chunks)))
+    } else {
+        (Digest::of_file(&file.source).map_err(read)?, None)
+    };
     Ok(EncodedLayer {
         diff_id: digest.clone(),
         digest,
         size: file.size,
         source: BlobSource::File(file.source.clone()),
+        chunks,
     })
 }
 
@@ -121,6 +135,7 @@ fn tar_layer(
         diff_id,
         size,
         source: BlobSource::File(out.to_path_buf()),
+        chunks: None,
     })
 }
 

@@ -64,6 +64,8 @@ pub struct PackOptions {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// A partial ModelPack config merged over the computed one (`--config-file`).
     pub config_override: Option<serde_json::Value>,
+    /// Cut raw layers into chunks while hashing them, for a chunk index (delta pulls).
+    pub chunk_index: bool,
 }
 
 impl Default for PackOptions {
@@ -78,6 +80,7 @@ impl Default for PackOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             annotations: Default::default(),
             config_override: None,
+            chunk_index: true,
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Packed {
     pub manifest_digest: Digest,
     /// The config blob first, then one blob per layer.
     pub blobs: Vec<PackedBlob>,
+    /// The chunk index of the raw layers, when the pack made one.
+    pub chunks: Option<crate::chunks::ChunkIndex>,
     /// Keeps encoded tar layers alive until the push is done.
     pub _scratch: Option<tempfile::TempDir>,
 }
@@ -203,7 +208,14 @@ pub fn pack_with(
     }
     manifest.annotations.extend(opts.annotations.clone());
     let manifest_bytes = bytes::Bytes::from(manifest.to_bytes());
+    let chunked: std::collections::BTreeMap<_, _> = layers
+        .iter()
+        .filter_map(|l| Some((l.digest.clone(), l.chunks.clone()?)))
+        .collect();
+    let chunks = (!chunked.is_empty())
+        .then(|| crate::chunks::ChunkIndex::new(crate::chunks::default_chunker(), chunked));
     Ok(Packed {
+        chunks,
         manifest_digest: Digest::of_bytes(&manifest_bytes),
         manifest,
         manifest_bytes,

@@ -245,6 +245,41 @@ impl Store {
         self.root.join("stamps").join(digest.hex())
     }
 
+    /// Where a blob's chunk list is remembered (for delta pulls of other versions; see
+    /// [`crate::chunks`]). A hint, never trusted: every chunk copied from it is re-hashed.
+    fn chunks_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("chunks").join(digest.hex())
+    }
+
+    /// Remember how blob `digest` is cut into chunks.
+    pub fn remember_chunks(&self, digest: &Digest, known: &crate::chunks::KnownChunks) {
+        let _ = fs::create_dir_all(self.root.join("chunks"));
+        let bytes = serde_json::to_vec(known).expect("chunk list serialises");
+        let _ = write_atomic(&self.chunks_path(digest), &bytes);
+    }
+
+    /// The chunk lists remembered for blobs still in the store (at most
+    /// [`MAX_CHUNK_LISTS`], each at most [`crate::chunks::MAX_INDEX_BYTES`]; unreadable
+    /// ones are skipped).
+    pub fn known_chunks(&self) -> Vec<(Digest, crate::chunks::KnownChunks)> {
+        let Ok(entries) = fs::read_dir(self.root.join("chunks")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .take(MAX_CHUNK_LISTS)
+            .filter_map(|e| {
+                let digest: Digest = format!("sha256:{}", e.file_name().to_str()?).parse().ok()?;
+                let m = fs::symlink_metadata(e.path()).ok()?;
+                if !m.is_file() || m.len() > crate::chunks::MAX_INDEX_BYTES {
+                    return None;
+                }
+                let known = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+                self.blob_size(&digest).is_some().then_some((digest, known))
+            })
+            .collect()
+    }
+
     /// Stamp a blob just verified. The stamp is taken once the file clock has passed the
     /// blob's last change (at most one tick, a few ms): a stamp taken in the same tick is
     /// "racy", never trusted, and would cost a full re-hash at the blob's next use.
@@ -521,6 +556,7 @@ impl Store {
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
         let path = self.blob_path(digest);
         let _ = fs::remove_file(self.stamp_path(digest));
+        let _ = fs::remove_file(self.chunks_path(digest));
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -630,6 +666,8 @@ impl Store {
 /// The most a small file of the store's own (a stamp, a tag) may hold: they are a few
 /// hundred bytes, and a file on disk is read as if hostile.
 const SMALL_FILE_LIMIT: u64 = 64 << 10;
+/// Chunk lists read from a store for one pull at most (each describes one blob).
+pub const MAX_CHUNK_LISTS: usize = 100_000;
 
 /// Read a small file of the store's own whole, refusing one over [`SMALL_FILE_LIMIT`].
 pub(crate) fn read_small(path: &Path) -> io::Result<Vec<u8>> {

@@ -69,7 +69,9 @@ pub async fn convert(
         mount_from,
         ..PushOptions::default()
     };
-    super::push(&packed, dest, tags, &opts, observer).await
+    let mut report = super::push(&packed, dest, tags, &opts, observer).await?;
+    report.chunk_index = super::push::attach_chunk_index(&packed, dest).await?;
+    Ok(report)
 }
 
 /// The same files as ORAS writes them: titled `application/vnd.oci.image.layer.v1.tar` layers
@@ -109,6 +111,8 @@ fn as_oras(packed: Packed) -> Packed {
         manifest,
         manifest_bytes,
         blobs,
+        // The same blobs under other media types: the same chunks.
+        chunks: packed.chunks,
         _scratch: packed._scratch,
     }
 }

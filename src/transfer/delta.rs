@@ -1,175 +1,42 @@
 //! Delta pulls: a new version costs the bytes that changed.
 //!
-//! A chunk index travels beside the artifact as a referrer (artifact type [`INDEX_TYPE`]), so
-//! the manifest, its digest and what every other tool reads stay as they are. It lists each
-//! raw layer's content-defined chunks (FastCDC, 64 KiB–1 MiB, 256 KiB on average: an entry
-//! per 256 KiB keeps the index near 0.04% of the model), each as its length and SHA-256.
+//! A chunk index (see [`crate::chunks`]) travels beside the artifact as a referrer (artifact
+//! type [`INDEX_TYPE`]), so the manifest, its digest and what every other tool reads stay as
+//! they are.
 //!
-//! A pull into a folder that an earlier pull filled chunks the files that pull placed (still
-//! exactly as placed) with the same parameters: content-defined boundaries make an unchanged
-//! stretch of a file give the same chunks wherever it moved. For each blob to download,
-//! chunks found locally are copied into the part file (each re-hashed as it is read), and only
-//! the rest is fetched, in byte ranges. The whole blob is then hashed against its digest as
-//! always; if it does not match (an index that lies, a local file changed under us) the part
-//! is thrown away and the blob downloaded in full. Nothing here can place a byte that the
-//! blob's digest does not vouch for.
-//!
-//! FastCDC is the `fastcdc` crate's (a well-kept implementation of the published algorithm);
-//! the index format and the assembly are hoist's.
+//! Before a blob is downloaded, hoist looks for its chunks in what this machine already has
+//! ([`Earlier`]): the files an earlier pull placed in the output folder (still exactly as
+//! placed) and the blobs of the store a pull runs with (the node cache, any model and any
+//! version). Their chunk lists are remembered when they arrive (in the folder's record and in
+//! the store), so finding them reads no file; a folder file with no remembered list is cut
+//! again. Chunks found are copied into the part file, each re-hashed as it is read; only the
+//! rest is fetched, as parallel byte ranges. The whole blob is then hashed against its digest
+//! as always; if it does not match (an index that lies, a local file changed under us) the
+//! part is thrown away and the blob downloaded in full by the normal engine. Nothing here can
+//! place a byte that the blob's digest does not vouch for.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 use sha2::{Digest as _, Sha256};
 
+use crate::chunks::{covers_exactly, KnownChunks, MAX_INDEX_BYTES};
+pub use crate::chunks::{ChunkIndex, INDEX_TYPE};
+
 use super::{Event, Observer, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::Descriptor;
+use crate::store::Store;
 
-/// The artifact type (and layer media type) of a chunk index.
-pub const INDEX_TYPE: &str = "application/vnd.hoist.chunk-index.v1+json";
-/// Chunk boundaries found by content alone.
-const PLAIN: &str = "fastcdc-2020";
-/// The same, but a safetensors file is first cut at its header and at every tensor's start
-/// and end: a changed tensor then costs its own bytes, not the content-defined chunks around
-/// it (a small tensor in the middle of a 256 KiB chunk would cost the chunk). The default.
-const TENSORS: &str = "fastcdc-2020-safetensors";
-const MIN: u32 = 64 << 10;
-const AVG: u32 = 256 << 10;
-const MAX: u32 = 1 << 20;
-/// An index larger than this is not read (a 64 MiB index describes about 160 GiB).
-const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// How long finding and reading an index may take before the pull goes on without it.
-const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Byte ranges fetched at once for one blob.
 const RANGES_AT_ONCE: usize = 8;
 /// A missing stretch longer than this is fetched as several ranges, in parallel.
 const RANGE_PIECE: u64 = 8 << 20;
-
-/// Each raw layer's chunks, in order: (length, SHA-256 hex).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ChunkIndex {
-    pub chunker: String,
-    pub min: u32,
-    pub avg: u32,
-    pub max: u32,
-    pub blobs: BTreeMap<Digest, Vec<(u64, String)>>,
-}
-
-/// One chunk of a local file.
-#[derive(Debug, Clone)]
-struct Chunk {
-    offset: u64,
-    len: u64,
-    sha256: String,
-}
-
-/// The chunks of a file, by the named chunker.
-fn chunks_of(path: &Path, chunker: &str) -> std::io::Result<Vec<Chunk>> {
-    let size = std::fs::metadata(path)?.len();
-    let segments = match chunker {
-        TENSORS => safetensors_segments(path, size).unwrap_or_else(|| vec![(0, size)]),
-        _ => vec![(0, size)],
-    };
-    let mut out = Vec::new();
-    for (start, len) in segments {
-        let mut file = std::fs::File::open(path)?;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
-        for chunk in fastcdc::v2020::StreamCDC::new(reader, MIN, AVG, MAX) {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
-            out.push(Chunk {
-                offset: start + chunk.offset,
-                len: chunk.length as u64,
-                sha256: hex::encode(Sha256::digest(&chunk.data)),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// A safetensors file cut into its header and each tensor's bytes (and any gap between), in
-/// order and covering the whole file; `None` if it is not one.
-fn safetensors_segments(path: &Path, size: u64) -> Option<Vec<(u64, u64)>> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > (100 << 20) || 8 + header_len > size {
-        return None;
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).ok()?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).ok()?;
-    let base = 8 + header_len;
-    let mut cuts: Vec<u64> = vec![0, base, size];
-    for (name, tensor) in &header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let offsets = tensor.get("data_offsets")?.as_array()?;
-        for o in offsets {
-            let at = base.checked_add(o.as_u64()?)?;
-            if at > size {
-                return None;
-            }
-            cuts.push(at);
-        }
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-    Some(
-        cuts.windows(2)
-            .filter(|w| w[1] > w[0])
-            .map(|w| (w[0], w[1] - w[0]))
-            .collect(),
-    )
-}
-
-impl ChunkIndex {
-    /// The index of raw-layer files: each blob's digest and the file holding its bytes.
-    pub fn of_files(files: &[(Digest, PathBuf)]) -> std::io::Result<ChunkIndex> {
-        // HOIST_CHUNKER=fastcdc-2020 picks content-only chunking (to compare, in benchmarks).
-        let chunker = match std::env::var("HOIST_CHUNKER").as_deref() {
-            Ok(PLAIN) => PLAIN,
-            _ => TENSORS,
-        };
-        let mut blobs = BTreeMap::new();
-        for (digest, path) in files {
-            let chunks = chunks_of(path, chunker)?;
-            blobs.insert(
-                digest.clone(),
-                chunks.into_iter().map(|c| (c.len, c.sha256)).collect(),
-            );
-        }
-        Ok(ChunkIndex {
-            chunker: chunker.into(),
-            min: MIN,
-            avg: AVG,
-            max: MAX,
-            blobs,
-        })
-    }
-
-    /// Chunked the way this build chunks (otherwise no local chunk can match).
-    fn compatible(&self) -> bool {
-        [PLAIN, TENSORS].contains(&self.chunker.as_str())
-            && (self.min, self.avg, self.max) == (MIN, AVG, MAX)
-    }
-
-    /// The chunks of `desc` if the index describes exactly its bytes' length.
-    fn chunks(&self, desc: &Descriptor) -> Option<&[(u64, String)]> {
-        let chunks = self.blobs.get(&desc.digest)?;
-        let total = chunks
-            .iter()
-            .try_fold(0u64, |sum, (len, _)| sum.checked_add(*len))?;
-        (total == desc.size && !chunks.is_empty()).then_some(chunks.as_slice())
-    }
-}
 
 /// Attach `index` to the manifest `subject` as a referrer; its digest.
 pub async fn attach_index(
@@ -233,11 +100,154 @@ async fn read_small_blob(target: &Target, desc: &Descriptor) -> Option<Vec<u8>> 
     (Digest::of_bytes(&bytes) == desc.digest).then_some(bytes)
 }
 
-/// What a pull can reuse: the index and the chunks of the files an earlier pull left.
+/// Bytes this machine already has that may hold a new version's chunks.
+pub struct Earlier {
+    sources: Vec<Source>,
+}
+
+/// One file of earlier bytes: where it is, its size, and its chunk list when one was
+/// remembered. `cut_if_unknown`: a file whose list is unknown (or cut another way) is cut
+/// again — the folder's few files, never the whole store.
+struct Source {
+    path: PathBuf,
+    size: u64,
+    known: Option<KnownChunks>,
+    cut_if_unknown: bool,
+}
+
+impl Earlier {
+    /// The files an earlier pull placed in `folders` (still exactly as placed) and the
+    /// blobs of `store` whose chunk lists it remembers.
+    pub fn find(folders: &[PathBuf], store: Option<&Store>) -> Earlier {
+        let mut sources: Vec<Source> = folders.iter().flat_map(|f| placed_files(f)).collect();
+        if let Some(store) = store {
+            for (digest, known) in store.known_chunks() {
+                let path = store.blob_path(&digest);
+                if let Some(size) = store.blob_size(&digest) {
+                    sources.push(Source {
+                        path,
+                        size,
+                        known: Some(known),
+                        cut_if_unknown: false,
+                    });
+                }
+            }
+        }
+        Earlier { sources }
+    }
+
+    /// Nothing earlier (a target that is not a registry, or nothing to download).
+    pub fn none() -> Earlier {
+        Earlier {
+            sources: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Where each chunk cut the way `index` cuts is on disk: SHA-256 hex → (path, offset,
+    /// length). Remembered lists cost no read; unknown folder files are cut again.
+    fn catalogue(self, index: &ChunkIndex) -> HashMap<String, (PathBuf, u64, u64)> {
+        let scheme = index.scheme();
+        let mut local = HashMap::new();
+        for source in self.sources {
+            let remembered = source
+                .known
+                .filter(|k| k.scheme == scheme && covers_exactly(&k.chunks, source.size));
+            let chunks: Vec<(u64, u64, String)> = match remembered {
+                Some(k) => {
+                    let mut at = 0;
+                    k.chunks
+                        .into_iter()
+                        .map(|(len, sha)| {
+                            at += len;
+                            (at - len, len, sha)
+                        })
+                        .collect()
+                }
+                None if source.cut_if_unknown => {
+                    crate::chunks::chunks_of(&source.path, &index.chunker)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| (c.offset, c.len, c.sha256))
+                        .collect()
+                }
+                None => continue,
+            };
+            for (offset, len, sha) in chunks {
+                local
+                    .entry(sha)
+                    .or_insert_with(|| (source.path.clone(), offset, len));
+            }
+        }
+        local
+    }
+}
+
+/// The files an earlier pull placed in `out` that are still exactly as placed, each with the
+/// chunk list its record remembers.
+fn placed_files(out: &Path) -> Vec<Source> {
+    let record = crate::materialize::Record::load(out);
+    record
+        .files
+        .iter()
+        .filter(|(rel, _)| record.still_placed(out, rel))
+        .filter(|(rel, _)| std::fs::symlink_metadata(out.join(rel)).is_ok_and(|m| m.is_file()))
+        .map(|(rel, stamp)| Source {
+            path: out.join(rel),
+            size: stamp.size,
+            known: stamp
+                .digest
+                .as_ref()
+                .and_then(|d| record.chunks.get(d))
+                .cloned(),
+            cut_if_unknown: true,
+        })
+        .collect()
+}
+
+/// The chunk lists of `index` for the blobs `wanted` lists, as remembered beside them.
+pub fn known_chunks<'a>(
+    index: &ChunkIndex,
+    wanted: impl IntoIterator<Item = &'a Descriptor>,
+) -> BTreeMap<Digest, KnownChunks> {
+    let scheme = index.scheme();
+    wanted
+        .into_iter()
+        .filter_map(|desc| {
+            let chunks = index.chunks(desc)?;
+            Some((
+                desc.digest.clone(),
+                KnownChunks {
+                    scheme: scheme.clone(),
+                    chunks: chunks.to_vec(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The artifact's chunk index, looked up for at most [`LOOKUP_TIMEOUT`]; `None` when the
+/// target is not a registry or has none.
+pub async fn lookup(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
+    if !matches!(target, Target::Remote { .. }) {
+        return None;
+    }
+    tokio::time::timeout(LOOKUP_TIMEOUT, find_index(target, manifest))
+        .await
+        .ok()?
+}
+
+/// What a pull can reuse: the index and where its chunks are on this machine.
 pub struct Delta {
     index: ChunkIndex,
     /// SHA-256 hex → where those bytes are on disk.
     local: HashMap<String, (PathBuf, u64, u64)>,
+    /// A range that delivers nothing for this long ends the attempt (the normal download
+    /// then takes the blob).
+    stall: Duration,
 }
 
 /// What assembling one blob took.
@@ -248,38 +258,23 @@ pub struct Assembled {
 }
 
 impl Delta {
-    /// A delta for pulling into `out`: only when an earlier pull left files there (otherwise
-    /// no request is made) and the artifact has a chunk index.
-    pub async fn prepare(target: &Target, manifest: &Digest, out: &Path) -> Option<Delta> {
-        if !matches!(target, Target::Remote { .. }) {
-            return None;
-        }
-        let out_owned = out.to_path_buf();
-        let files: Vec<PathBuf> = tokio::task::spawn_blocking(move || previous_files(&out_owned))
-            .await
-            .ok()?;
-        if files.is_empty() {
-            return None;
-        }
-        // Looking is optional: a registry slow to answer costs the pull at most this.
-        let index = tokio::time::timeout(LOOKUP_TIMEOUT, find_index(target, manifest))
-            .await
-            .ok()??;
-        let chunker = index.chunker.clone();
-        let local = tokio::task::spawn_blocking(move || {
-            let mut local = HashMap::new();
-            for path in files {
-                for c in chunks_of(&path, &chunker).unwrap_or_default() {
-                    local
-                        .entry(c.sha256)
-                        .or_insert((path.clone(), c.offset, c.len));
-                }
-            }
-            local
+    /// A delta from `index` over the `earlier` bytes (cut off the async workers).
+    pub async fn new(index: ChunkIndex, earlier: Earlier, stall: Duration) -> Option<Delta> {
+        let (index, local) = tokio::task::spawn_blocking(move || {
+            let local = earlier.catalogue(&index);
+            (index, local)
         })
         .await
         .ok()?;
-        Some(Delta { index, local })
+        Some(Delta {
+            index,
+            local,
+            stall,
+        })
+    }
+
+    pub fn index(&self) -> &ChunkIndex {
+        &self.index
     }
 
     /// Is this blob worth assembling: listed in the index with its exact size, and at least
@@ -301,6 +296,8 @@ impl Delta {
         name: &str,
         observer: &Observer,
     ) -> Result<Assembled, TransferError> {
+        // A resume record of an earlier normal download describes another part file.
+        let _ = std::fs::remove_file(super::fetch::state_path_for(part));
         let result = self.try_assemble(target, desc, part, name, observer).await;
         if result.is_err() {
             let _ = std::fs::remove_file(part);
@@ -316,12 +313,6 @@ impl Delta {
         name: &str,
         observer: &Observer,
     ) -> Result<Assembled, TransferError> {
-        let Target::Remote {
-            client, repository, ..
-        } = target
-        else {
-            return Err(delta_failed(name, "not a registry"));
-        };
         let chunks = self
             .index
             .chunks(desc)
@@ -330,39 +321,9 @@ impl Delta {
         file.set_len(desc.size).map_err(TransferError::io(part))?;
         let (reused, missing) = self.copy_local(&file, chunks, part)?;
         progress(observer, name, reused);
-        let missing = pieces(missing);
         let file = std::sync::Arc::new(file);
-        let fetched: Vec<u64> = stream::iter(missing)
-            .map(|(start, len)| {
-                let file = file.clone();
-                async move {
-                    let b = client
-                        .get_blob(repository, &desc.digest, Some((start, start + len - 1)))
-                        .await?;
-                    if !b.partial {
-                        return Err(delta_failed(name, "the registry ignored Range"));
-                    }
-                    let mut at = start;
-                    let mut body = b.response.bytes_stream();
-                    while let Some(bytes) = body
-                        .try_next()
-                        .await
-                        .map_err(|e| delta_failed(name, &crate::registry::error_chain(&e)))?
-                    {
-                        if at + bytes.len() as u64 > start + len {
-                            return Err(delta_failed(name, "a range sent more than asked"));
-                        }
-                        file.write_all_at(&bytes, at)
-                            .map_err(TransferError::io(part))?;
-                        at += bytes.len() as u64;
-                        progress(observer, name, bytes.len() as u64);
-                    }
-                    if at != start + len {
-                        return Err(delta_failed(name, "a range ended early"));
-                    }
-                    Ok(len)
-                }
-            })
+        let fetched: Vec<u64> = stream::iter(pieces(missing))
+            .map(|range| self.fetch_range(target, desc, &file, part, name, observer, range))
             .buffer_unordered(RANGES_AT_ONCE)
             .try_collect()
             .await?;
@@ -381,6 +342,56 @@ impl Delta {
             reused,
             fetched: fetched.iter().sum(),
         })
+    }
+
+    /// Fetch bytes `start..start + len` of the blob into `file` at the same offset; a
+    /// request or a body that stalls past the stall timeout fails the attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_range(
+        &self,
+        target: &Target,
+        desc: &Descriptor,
+        file: &std::fs::File,
+        part: &Path,
+        name: &str,
+        observer: &Observer,
+        (start, len): (u64, u64),
+    ) -> Result<u64, TransferError> {
+        let Target::Remote {
+            client, repository, ..
+        } = target
+        else {
+            return Err(delta_failed(name, "not a registry"));
+        };
+        let stalled = || delta_failed(name, "a range stalled");
+        let b = tokio::time::timeout(
+            self.stall,
+            client.get_blob(repository, &desc.digest, Some((start, start + len - 1))),
+        )
+        .await
+        .map_err(|_| stalled())??;
+        if !b.partial {
+            return Err(delta_failed(name, "the registry ignored Range"));
+        }
+        let mut at = start;
+        let mut body = b.response.bytes_stream();
+        while let Some(bytes) = tokio::time::timeout(self.stall, body.try_next())
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| delta_failed(name, &crate::registry::error_chain(&e)))?
+        {
+            if at + bytes.len() as u64 > start + len {
+                return Err(delta_failed(name, "a range sent more than asked"));
+            }
+            file.write_all_at(&bytes, at)
+                .map_err(TransferError::io(part))?;
+            at += bytes.len() as u64;
+            progress(observer, name, bytes.len() as u64);
+        }
+        if at != start + len {
+            return Err(delta_failed(name, "a range ended early"));
+        }
+        Ok(len)
     }
 
     /// Copy the chunks found locally into `file`; the bytes reused and the byte ranges
@@ -433,25 +444,16 @@ fn pieces(missing: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `sha`.
+/// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `sha`. A chunk is
+/// at most 1 MiB (a longer "chunk" from a hostile list is not read).
 fn read_checked(path: &Path, offset: u64, len: u64, sha: &str, buf: &mut Vec<u8>) -> Option<()> {
-    let mut file = std::fs::File::open(path).ok()?;
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).ok()?;
-    buf.clear();
-    file.take(len).read_to_end(buf).ok()?;
-    (buf.len() as u64 == len && hex::encode(Sha256::digest(&buf[..])) == sha).then_some(())
-}
-
-/// The files an earlier pull placed in `out` and that are still exactly as placed.
-fn previous_files(out: &Path) -> Vec<PathBuf> {
-    let record = crate::materialize::Record::load(out);
-    record
-        .files
-        .keys()
-        .filter(|rel| record.still_placed(out, rel))
-        .map(|rel| out.join(rel))
-        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-        .collect()
+    if len > u64::from(crate::chunks::MAX) {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, offset).ok()?;
+    (hex::encode(Sha256::digest(&buf[..])) == sha).then_some(())
 }
 
 fn progress(observer: &Observer, name: &str, bytes: u64) {
@@ -504,30 +506,6 @@ pub async fn index_artifact(
     Ok((digest, index))
 }
 
-/// Index the raw layers of a folder just pushed as `packed` and attach the index.
-pub async fn index_pushed(
-    target: &Target,
-    packed: &crate::pack::Packed,
-    scratch: &Path,
-) -> Result<Digest, TransferError> {
-    let files: Vec<(Digest, PathBuf)> = packed
-        .blobs
-        .iter()
-        .skip(1) // the config
-        .filter_map(|b| match &b.source {
-            crate::pack::BlobSource::File(path) => {
-                Some((b.descriptor.digest.clone(), path.clone()))
-            }
-            crate::pack::BlobSource::Bytes(_) => None,
-        })
-        .collect();
-    let index = tokio::task::spawn_blocking(move || ChunkIndex::of_files(&files))
-        .await
-        .expect("index task does not panic")
-        .map_err(TransferError::io(scratch))?;
-    attach_index(target, &packed.manifest_digest, &index, scratch).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,13 +518,17 @@ mod tests {
         let data = vec![5u8; 300_000];
         let local_file = dir.path().join("old");
         std::fs::write(&local_file, &data).unwrap();
-        let chunks = chunks_of(&local_file, TENSORS).unwrap();
+        let chunks = crate::chunks::chunks_of(&local_file, crate::chunks::TENSORS).unwrap();
         let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), local_file.clone())]).unwrap();
         let local = chunks
             .iter()
             .map(|c| (c.sha256.clone(), (local_file.clone(), c.offset, c.len)))
             .collect();
-        let delta = Delta { index, local };
+        let delta = Delta {
+            index,
+            local,
+            stall: Duration::from_secs(5),
+        };
         // Tamper with the first chunk's bytes on disk, after chunking.
         let mut tampered = data.clone();
         tampered[10] = 6;
@@ -578,39 +560,5 @@ mod tests {
         assert_eq!(cut[0], (5, RANGE_PIECE));
         assert_eq!(cut[3], (5 + 3 * RANGE_PIECE, 1));
         assert_eq!(cut.iter().map(|p| p.1).sum::<u64>(), 3 * RANGE_PIECE + 11);
-    }
-
-    #[test]
-    fn an_edit_moves_only_the_chunks_around_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut data = crate::testkit::noise(4 << 20, 7);
-        let a = dir.path().join("a");
-        std::fs::write(&a, &data).unwrap();
-        // Insert 100 bytes in the middle: content-defined boundaries resynchronise.
-        data.splice(2 << 20..2 << 20, [9u8; 100]);
-        let b = dir.path().join("b");
-        std::fs::write(&b, &data).unwrap();
-        let (ca, cb) = (chunks_of(&a, PLAIN).unwrap(), chunks_of(&b, PLAIN).unwrap());
-        let known: std::collections::HashSet<&str> = ca.iter().map(|c| c.sha256.as_str()).collect();
-        let new: u64 = cb
-            .iter()
-            .filter(|c| !known.contains(c.sha256.as_str()))
-            .map(|c| c.len)
-            .sum();
-        assert!(
-            new < 3 * u64::from(MAX),
-            "{new} new bytes for a 100-byte insert"
-        );
-        let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), b.clone())]).unwrap();
-        let size: u64 = index
-            .blobs
-            .values()
-            .next()
-            .unwrap()
-            .iter()
-            .map(|c| c.0)
-            .sum();
-        assert_eq!(size, data.len() as u64);
-        assert!(serde_json::to_vec(&index).unwrap().len() < data.len() / 1000);
     }
 }

@@ -11,6 +11,7 @@ mod push;
 mod referrers;
 mod target;
 pub mod verify;
+mod versions;
 
 #[cfg(all(test, feature = "serve"))]
 mod tests;
@@ -22,6 +23,7 @@ pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
+pub use versions::{pull_versioned, Versioned, CURRENT, VERSIONS_DIR};
 
 use std::path::PathBuf;
 use std::sync::Arc;

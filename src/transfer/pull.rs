@@ -37,6 +37,9 @@ pub struct PullOptions {
     pub overwrite: bool,
     /// What a tar layer may unpack to.
     pub unpack: UnpackLimits,
+    /// Other folders an earlier pull filled whose files may give a new version's chunks
+    /// (the output folder's own earlier files always may).
+    pub reuse_from: Vec<PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -51,6 +54,7 @@ impl Default for PullOptions {
             raw: false,
             overwrite: false,
             unpack: UnpackLimits::default(),
+            reuse_from: Vec::new(),
         }
     }
 }
@@ -136,14 +140,36 @@ pub async fn pull(
     let staging = Arc::new(staging);
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let jobs = blob_jobs(&plan);
-    // Only a pull into the node's volume, not through the node cache (whose blobs are
-    // whole), and only when something is to be downloaded: a re-pull of what is in place
-    // reads nothing.
-    let delta = match opts.cache {
-        None if !all_in_place(out, &plan).await => {
-            super::delta::Delta::prepare(source, &resolved.manifest_digest, out).await
+    // Something to download: look for a chunk index, and for the chunks this machine has.
+    let to_download = !all_in_place(out, &plan).await;
+    let earlier = match (source, to_download) {
+        (Target::Remote { .. }, true) => {
+            let mut folders = vec![out.to_path_buf()];
+            folders.extend(opts.reuse_from.iter().cloned());
+            let cache = opts.cache.clone();
+            tokio::task::spawn_blocking(move || {
+                super::delta::Earlier::find(&folders, cache.as_ref())
+            })
+            .await
+            .expect("earlier-bytes task does not panic")
         }
-        _ => None,
+        _ => super::delta::Earlier::none(),
+    };
+    let manifest_digest = &resolved.manifest_digest;
+    // With earlier bytes the index is needed before the first blob; without, it is only
+    // remembered for the next version, and looked up while the download runs.
+    let delta = match earlier.is_empty() {
+        false => match super::delta::lookup(source, manifest_digest).await {
+            Some(index) => super::delta::Delta::new(index, earlier, opts.fetch.stall_timeout).await,
+            None => None,
+        },
+        true => None,
+    };
+    let late_lookup = async {
+        match (to_download, &delta) {
+            (true, None) => super::delta::lookup(source, manifest_digest).await,
+            _ => None,
+        }
     };
     let reused = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
@@ -156,11 +182,15 @@ pub async fn pull(
         delta: delta.as_ref(),
         reused: &reused,
     };
-    let result: Result<Vec<JobResult>, TransferError> = stream::iter(jobs.iter())
+    let downloads = stream::iter(jobs.iter())
         .map(|job| ctx.obtain(job))
         .buffer_unordered(opts.concurrency.max(1))
-        .try_collect()
-        .await;
+        .try_collect::<Vec<JobResult>>();
+    let (result, late_index) = tokio::join!(downloads, late_lookup);
+    let index = delta.as_ref().map(|d| d.index()).or(late_index.as_ref());
+    if let Some(index) = index {
+        remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
+    }
     let results = match result {
         Ok(r) => r,
         // Unpacking tasks of other layers may still hold the staging: abort through the
@@ -276,6 +306,31 @@ async fn all_in_place(out: &Path, plan: &LayerPlan) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+/// Remember how this version's blobs are cut (from its index) beside them: in the folder's
+/// record for the files placed, and in the node cache for the blobs it holds. The next
+/// version's pull then finds its chunks without reading any file.
+async fn remember_chunks(
+    index: &super::delta::ChunkIndex,
+    plan: &LayerPlan,
+    staging: &Arc<Staging>,
+    cache: Option<&Store>,
+) {
+    let raw = plan.layers.iter().filter(|l| l.format == LayerFormat::Raw);
+    let known = super::delta::known_chunks(index, raw.map(|l| &l.descriptor));
+    if let Some(store) = cache.cloned() {
+        let known = known.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (digest, chunks) in &known {
+                if store.blob_size(digest).is_some() {
+                    store.remember_chunks(digest, chunks);
+                }
+            }
+        })
+        .await;
+    }
+    staging.remember_chunks(known);
 }
 
 /// One job per distinct blob, with every file that comes from it.
@@ -460,8 +515,10 @@ impl Ctx<'_> {
             },
             (Target::Remote { .. }, Some(cache)) => {
                 let sources = self.source.sources(desc.digest.as_str());
-                let (path, fresh) =
-                    fetch_into_store(self.fetcher, &sources, cache, desc, name).await?;
+                let (path, fresh) = into_store(cache, desc, |part| async move {
+                    self.download(&sources, desc, &part, name).await
+                })
+                .await?;
                 let action = if fresh {
                     Action::Downloaded
                 } else {
@@ -475,15 +532,28 @@ impl Ctx<'_> {
                 // other: checked again before it is used.
                 if !staged_blob_is_good(&verified, &desc.digest).await {
                     let part = self.staging.part_path(&desc.digest);
-                    if !self.assembled(desc, &part, name).await {
-                        let sources = self.source.sources(desc.digest.as_str());
-                        self.fetcher.download(&sources, desc, &part, name).await?;
-                    }
+                    let sources = self.source.sources(desc.digest.as_str());
+                    self.download(&sources, desc, &part, name).await?;
                     std::fs::rename(&part, &verified).map_err(TransferError::io(&verified))?;
                 }
                 Ok((verified, true, Action::Downloaded))
             }
         }
+    }
+
+    /// Download `desc` into `part`, verified: from local chunks and fetched ranges when a
+    /// chunk index covers it, else (or if that fails) by the normal engine.
+    async fn download(
+        &self,
+        sources: &[Source],
+        desc: &Descriptor,
+        part: &Path,
+        name: &str,
+    ) -> Result<(), TransferError> {
+        if !self.assembled(desc, part, name).await {
+            self.fetcher.download(sources, desc, part, name).await?;
+        }
+        Ok(())
     }
 
     /// Build the blob from local chunks and fetched ranges when a chunk index covers it;
@@ -586,6 +656,23 @@ pub(crate) async fn fetch_into_store(
     desc: &Descriptor,
     name: &str,
 ) -> Result<(PathBuf, bool), TransferError> {
+    into_store(store, desc, |part| async move {
+        fetcher.download(sources, desc, &part, name).await
+    })
+    .await
+}
+
+/// [`fetch_into_store`] with the download given: `download(part)` leaves the verified
+/// bytes in `part`.
+async fn into_store<F, Fut>(
+    store: &Store,
+    desc: &Descriptor,
+    download: F,
+) -> Result<(PathBuf, bool), TransferError>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TransferError>>,
+{
     if let Some(path) = good_or_refetch(store, desc).await? {
         return Ok((path, false));
     }
@@ -594,7 +681,7 @@ pub(crate) async fn fetch_into_store(
         return Ok((path, false)); // another pull fetched it meanwhile
     }
     let part = store.part_path(&desc.digest);
-    fetcher.download(sources, desc, &part, name).await?;
+    download(part.clone()).await?;
     let (store, digest) = (store.clone(), desc.digest.clone());
     // Off the async workers: the stamp waits for the file clock's next tick.
     let path = tokio::task::spawn_blocking(move || store.commit_verified(&part, &digest))

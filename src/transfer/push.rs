@@ -44,6 +44,8 @@ pub struct PushReport {
     pub skipped: usize,
     pub uploaded_bytes: u64,
     pub tags: Vec<String>,
+    /// The chunk index attached beside the manifest (a referrer), for delta pulls.
+    pub chunk_index: Option<Digest>,
 }
 
 pub async fn push(
@@ -100,8 +102,26 @@ pub async fn push_folder(
     let mut actions = layers?;
     let config = packed.blobs[0].clone();
     actions.push(push_blob(target, config, opts, &observer).await?);
-    let report = finish(&packed, target, tags, actions).await?;
+    let mut report = finish(&packed, target, tags, actions).await?;
+    report.chunk_index = attach_chunk_index(&packed, target).await?;
     Ok((packed, report))
+}
+
+/// Attach the chunk index the pack cut (if it did) beside the manifest just pushed.
+pub(crate) async fn attach_chunk_index(
+    packed: &Packed,
+    target: &Target,
+) -> Result<Option<Digest>, TransferError> {
+    let Some(index) = &packed.chunks else {
+        return Ok(None);
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("hoist-index-")
+        .tempdir()
+        .map_err(TransferError::io(std::env::temp_dir()))?;
+    let digest =
+        super::delta::attach_index(target, &packed.manifest_digest, index, scratch.path()).await?;
+    Ok(Some(digest))
 }
 
 fn start_event(observer: &Observer, target: &Target, layers: &[crate::oci::Descriptor]) {
@@ -184,6 +204,7 @@ async fn finish(
         skipped: count(Action::Skipped),
         uploaded_bytes: uploaded.iter().sum(),
         tags: tags.to_vec(),
+        chunk_index: None,
     })
 }
 

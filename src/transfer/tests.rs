@@ -325,9 +325,13 @@ async fn push_version(
     for (name, bytes) in files {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
-    let (packed, _) = push_folder(
+    let opts = PackOptions {
+        chunk_index: index,
+        ..Default::default()
+    };
+    let (_, report) = push_folder(
         dir,
-        &PackOptions::default(),
+        &opts,
         target,
         &[tag.to_string()],
         &PushOptions::default(),
@@ -335,12 +339,7 @@ async fn push_version(
     )
     .await
     .unwrap();
-    if index {
-        let scratch = tempfile::tempdir().unwrap();
-        delta::index_pushed(target, &packed, scratch.path())
-            .await
-            .unwrap();
-    }
+    assert_eq!(report.chunk_index.is_some(), index);
 }
 
 /// v1 → v2 (a quarter of the weights changed) → v3 (v2 re-sharded) into one folder through a
@@ -552,4 +551,239 @@ async fn a_header_change_or_a_new_tokenizer_costs_about_itself() {
         let want = std::fs::read(work.path().join(tag).join("model.safetensors")).unwrap();
         assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), want);
     }
+}
+
+/// The node cache gives chunks of any model: v1 pulled through the cache from one
+/// repository, then v2 (a quarter changed) from another repository into an empty folder
+/// costs about the change, and the chunk lists remembered in the store (not the files) say
+/// where the chunks are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cache_gives_chunks_of_any_model_and_version() {
+    let reg = registry().await;
+    let proxy = crate::wan::Proxy::start("127.0.0.1:0", reg.addr, Default::default())
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        remote(&proxy.addr.to_string(), "team/a"),
+        remote(&proxy.addr.to_string(), "team/b"),
+    );
+    let v1 = noise(8 << 20, 21);
+    let mut v2 = v1.clone();
+    v2[1 << 20..3 << 20].copy_from_slice(&noise(2 << 20, 22));
+    push_version(
+        &a,
+        &work.path().join("v1"),
+        "v1",
+        &[("w.safetensors", &v1)],
+        true,
+    )
+    .await;
+    push_version(
+        &b,
+        &work.path().join("v2"),
+        "v2",
+        &[("w.safetensors", &v2)],
+        true,
+    )
+    .await;
+    let store = Store::open(work.path().join("cache")).unwrap();
+    let opts = PullOptions {
+        cache: Some(store.clone()),
+        ..Default::default()
+    };
+    pull(&a, "v1", &work.path().join("out1"), &opts, silent())
+        .await
+        .unwrap();
+    let v1_digest = Digest::of_bytes(&v1);
+    let listed = store.known_chunks();
+    assert!(
+        listed
+            .iter()
+            .any(|(d, k)| *d == v1_digest && !k.chunks.is_empty()),
+        "the store remembers v1's chunks"
+    );
+    let before = proxy.bytes_down();
+    let out2 = work.path().join("out2");
+    let report = pull(&b, "v2", &out2, &opts, silent()).await.unwrap();
+    let sent = proxy.bytes_down() - before;
+    eprintln!(
+        "other repository, empty folder: {sent} bytes, {} reused",
+        report.reused_bytes
+    );
+    assert_eq!(std::fs::read(out2.join("w.safetensors")).unwrap(), v2);
+    assert!(report.reused_bytes >= 5 << 20, "{report:?}");
+    assert!(sent < 4 << 20, "{sent} bytes for a 2 MiB change");
+    // The assembled blob went into the store, verified, with its own chunk list.
+    assert!(store.blob_size(&Digest::of_bytes(&v2)).is_some());
+    assert!(store
+        .known_chunks()
+        .iter()
+        .any(|(d, _)| *d == Digest::of_bytes(&v2)));
+}
+
+/// A pull remembers the chunk lists in the folder's record, and the next version's pull
+/// uses them instead of cutting the files: a record whose list lies (other hashes) finds
+/// nothing to reuse, and the pull still ends verified with every byte downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_chunk_lists_are_used_and_a_lying_one_costs_only_a_download() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/remember");
+    let work = tempfile::tempdir().unwrap();
+    let v1 = noise(4 << 20, 31);
+    let mut v2 = v1.clone();
+    v2[..4096].copy_from_slice(&[1u8; 4096]);
+    push_version(
+        &target,
+        &work.path().join("v1"),
+        "v1",
+        &[("w.bin", &v1)],
+        true,
+    )
+    .await;
+    push_version(
+        &target,
+        &work.path().join("v2"),
+        "v2",
+        &[("w.bin", &v2)],
+        true,
+    )
+    .await;
+    let out = work.path().join("out");
+    pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    let record = crate::materialize::Record::load(&out);
+    let v1_digest = Digest::of_bytes(&v1);
+    let known = record
+        .chunks
+        .get(&v1_digest)
+        .expect("v1's chunks remembered");
+    assert_eq!(
+        known.chunks.iter().map(|c| c.0).sum::<u64>(),
+        v1.len() as u64
+    );
+    // The lie: same lengths, other hashes. (The record's stamps stay valid: the record file
+    // is not one of the placed files.)
+    let mut text: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(crate::materialize::RECORD_FILE)).unwrap())
+            .unwrap();
+    for chunk in text["chunks"][v1_digest.as_str()]["chunks"]
+        .as_array_mut()
+        .unwrap()
+    {
+        chunk[1] = serde_json::json!("0".repeat(64));
+    }
+    std::fs::write(
+        out.join(crate::materialize::RECORD_FILE),
+        serde_json::to_vec(&text).unwrap(),
+    )
+    .unwrap();
+    let report = pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), v2);
+    assert_eq!(
+        report.reused_bytes, 0,
+        "the remembered list, not a new cut, was used"
+    );
+    assert_eq!(report.downloaded_bytes, v2.len() as u64);
+}
+
+/// A versioned pull switches `current` in one step: a reader listing `current` while v1 is
+/// replaced by v3 (v2 re-sharded) only ever sees all of v1's files or all of v3's; the
+/// version before stays, older ones go, and the user's own file in the root is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_pull_switches_current_in_one_step() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/versions");
+    let work = tempfile::tempdir().unwrap();
+    let weights = noise(6 << 20, 41);
+    let (x, y) = weights.split_at(2 << 20);
+    let config: &[u8] = b"{}";
+    push_version(
+        &target,
+        &work.path().join("v1"),
+        "v1",
+        &[("model.safetensors", &weights), ("config.json", config)],
+        true,
+    )
+    .await;
+    push_version(
+        &target,
+        &work.path().join("v3"),
+        "v3",
+        &[
+            ("shard-1.safetensors", x),
+            ("shard-2.safetensors", y),
+            ("config.json", config),
+        ],
+        true,
+    )
+    .await;
+    let root = work.path().join("models");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("NOTES.md"), b"mine").unwrap();
+    let first = pull_versioned(&target, "v1", &root, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    let current = root.join(CURRENT);
+    assert_eq!(files_in(&current), ["config.json", "model.safetensors"]);
+    let v1_set = files_in(&current);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, current) = (stop.clone(), current.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut names: Vec<String> = std::fs::read_dir(&current)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(".hoist"))
+                    .collect();
+                names.sort();
+                seen.insert(names);
+            }
+            seen
+        })
+    };
+    let third = pull_versioned(&target, "v3", &root, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    let v3_set = files_in(&current);
+    assert_eq!(
+        v3_set,
+        ["config.json", "shard-1.safetensors", "shard-2.safetensors"]
+    );
+    for names in &seen {
+        assert!(
+            *names == v1_set || *names == v3_set,
+            "a reader saw a mix of versions: {names:?}"
+        );
+    }
+    assert!(third.report.reused_bytes >= 4 << 20, "{:?}", third.report);
+    assert_eq!(third.previous.as_deref(), Some(first.version_dir.as_path()));
+    assert!(first.version_dir.exists(), "the version before stays");
+    // A third switch (back to v1's digest is the same folder; pull v3 again is a no-op) and
+    // then another version removes the oldest.
+    push_version(
+        &target,
+        &work.path().join("v4"),
+        "v4",
+        &[("config.json", b"{\"v\":4}")],
+        true,
+    )
+    .await;
+    let fourth = pull_versioned(&target, "v4", &root, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(fourth.removed, 1);
+    assert!(!first.version_dir.exists(), "the oldest version is removed");
+    assert!(third.version_dir.exists());
+    assert_eq!(std::fs::read(root.join("NOTES.md")).unwrap(), b"mine");
+    assert_eq!(files_in(&current), ["config.json"]);
 }

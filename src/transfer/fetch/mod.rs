@@ -13,6 +13,8 @@
 mod hash;
 mod range;
 mod state;
+/// Where a download keeps the resume record of a part file.
+pub use state::path_for as state_path_for;
 pub(crate) use state::trim_parts;
 
 pub use crate::registry::RetryPolicy;
