@@ -194,8 +194,8 @@ oras.client.OrasClient(insecure=True).push(target={oras_ref:?}, files=files, dis
     h.run(&["convert", &oras_ref, &mp_ref]).ok();
     assert_eq!(
         reg.upload_count() - uploads,
-        1,
-        "only the ModelPack config is new: every file blob was already there"
+        2,
+        "only the ModelPack config and the chunk index's list are new: every file blob was already there"
     );
     let doc: serde_json::Value =
         serde_json::from_str(&h.run(&["inspect", &mp_ref, "--json"]).ok().stdout).unwrap();

@@ -176,7 +176,7 @@ fn copy_recursive_carries_attachments_between_registries() {
         .stdout;
     assert_eq!(
         tree.matches("sha256:").count(),
-        4,
-        "subject + 3 referrers: {tree}"
+        5,
+        "subject + 3 referrers + the chunk index push attached: {tree}"
     );
 }

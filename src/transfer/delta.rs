@@ -553,6 +553,58 @@ mod tests {
         );
     }
 
+    /// A range whose body stops arriving ends the attempt after the stall timeout (the
+    /// normal download then takes the blob), not after the client's long read timeout.
+    #[tokio::test]
+    async fn a_stalled_range_ends_the_attempt_at_the_stall_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let head = "HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\nContent-Range: bytes 0-999/1000\r\n\r\n";
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&[7u8; 10]).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await; // then nothing
+                });
+            }
+        });
+        let opts = crate::registry::TransportOptions::default();
+        let target = Target::Remote {
+            client: crate::registry::RegistryClient::new(
+                &addr.to_string(),
+                &opts,
+                crate::registry::Credentials::default(),
+            )
+            .unwrap(),
+            repository: "t/stall".into(),
+            mirrors: Vec::new(),
+        };
+        let delta = Delta {
+            index: ChunkIndex::default(),
+            local: HashMap::new(),
+            stall: Duration::from_millis(300),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("part");
+        let file = std::fs::File::create(&part).unwrap();
+        let desc = Descriptor::new("application/octet-stream", Digest::of_bytes(b"x"), 1000);
+        let observer = super::super::silent();
+        let started = std::time::Instant::now();
+        let result = delta
+            .fetch_range(&target, &desc, &file, &part, "w", &observer, (0, 1000))
+            .await;
+        assert!(result.is_err(), "a stalled range cannot succeed");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "ended after {:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn long_missing_stretches_are_cut_into_pieces() {
         let cut = pieces(vec![(5, 3 * RANGE_PIECE + 1), (100 << 20, 10)]);

@@ -19,6 +19,14 @@ use crate::oci::modelpack::{kind_of_media_type, FileMetadata, LayerKind};
 use crate::oci::{media, Descriptor, FileLayer, LayerFormat, LayerPlan};
 use crate::store::{BlobCheck, Store};
 
+/// Below this many bytes to download, no chunk index is looked up: the lookup's requests
+/// would cost about what reuse could save.
+const MIN_DELTA_BYTES: u64 = 1 << 20;
+
+/// How long a pull whose downloads are done still waits for the chunk index it looks up
+/// only to remember.
+const LATE_LOOKUP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct PullOptions {
     /// Blobs fetched at once.
@@ -140,9 +148,11 @@ pub async fn pull(
     let staging = Arc::new(staging);
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let jobs = blob_jobs(&plan);
-    // Something to download: look for a chunk index, and for the chunks this machine has.
-    let to_download = !all_in_place(out, &plan).await;
-    let earlier = match (source, to_download) {
+    // Enough to download that reuse could pay for the index lookup: look for the index, and
+    // for the chunks this machine has.
+    let to_fetch = bytes_to_fetch(out, &plan, opts.cache.as_ref()).await;
+    let worth_it = to_fetch >= MIN_DELTA_BYTES;
+    let earlier = match (source, worth_it) {
         (Target::Remote { .. }, true) => {
             let mut folders = vec![out.to_path_buf()];
             folders.extend(opts.reuse_from.iter().cloned());
@@ -165,8 +175,13 @@ pub async fn pull(
         },
         true => None,
     };
+    // Not through mirrors: the cache tiers do not pass referrers on, and N nodes asking the
+    // origin around them for an index they only remember would undo what the tiers save.
+    // Nor for a filtered pull (small files, usually).
+    let direct = matches!(source, Target::Remote { mirrors, .. } if mirrors.is_empty());
+    let remember = direct && opts.filter.is_empty() && worth_it;
     let late_lookup = async {
-        match (to_download, &delta) {
+        match (remember, &delta) {
             (true, None) => super::delta::lookup(source, manifest_digest).await,
             _ => None,
         }
@@ -186,7 +201,21 @@ pub async fn pull(
         .map(|job| ctx.obtain(job))
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<JobResult>>();
-    let (result, late_index) = tokio::join!(downloads, late_lookup);
+    // The late lookup may not hold up a pull whose downloads are done: a short grace, then
+    // the pull goes on without remembering.
+    let (result, late_index) =
+        match futures_util::future::select(std::pin::pin!(downloads), std::pin::pin!(late_lookup))
+            .await
+        {
+            futures_util::future::Either::Left((result, late)) => (
+                result,
+                tokio::time::timeout(LATE_LOOKUP_GRACE, late)
+                    .await
+                    .ok()
+                    .flatten(),
+            ),
+            futures_util::future::Either::Right((index, downloads)) => (downloads.await, index),
+        };
     let index = delta.as_ref().map(|d| d.index()).or(late_index.as_ref());
     if let Some(index) = index {
         remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
@@ -287,27 +316,6 @@ fn plan_for(
     Ok(plan)
 }
 
-/// Is every file of the plan already in `out`, as the folder's record vouches (no hashing)?
-async fn all_in_place(out: &Path, plan: &LayerPlan) -> bool {
-    let wanted: Vec<(PathBuf, Digest, bool)> = plan
-        .layers
-        .iter()
-        .map(|l| {
-            let raw = l.format == LayerFormat::Raw;
-            (l.path.clone(), l.descriptor.digest.clone(), raw)
-        })
-        .collect();
-    let out = out.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let record = crate::materialize::Record::load(&out);
-        wanted
-            .iter()
-            .all(|(path, digest, raw)| *raw && record.vouches(&out, path, digest))
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// Remember how this version's blobs are cut (from its index) beside them: in the folder's
 /// record for the files placed, and in the node cache for the blobs it holds. The next
 /// version's pull then finds its chunks without reading any file.
@@ -331,6 +339,40 @@ async fn remember_chunks(
         .await;
     }
     staging.remember_chunks(known);
+}
+
+/// The bytes of the plan's blobs that are neither in the folder (as its record vouches, no
+/// hashing) nor in the node cache: what the pull will fetch, at most.
+async fn bytes_to_fetch(out: &Path, plan: &LayerPlan, cache: Option<&Store>) -> u64 {
+    let wanted: Vec<(PathBuf, Descriptor, bool)> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            (
+                l.path.clone(),
+                l.descriptor.clone(),
+                l.format == LayerFormat::Raw,
+            )
+        })
+        .collect();
+    let (out, cache) = (out.to_path_buf(), cache.cloned());
+    tokio::task::spawn_blocking(move || {
+        let record = crate::materialize::Record::load(&out);
+        let mut seen = BTreeSet::new();
+        wanted
+            .iter()
+            .filter(|(path, desc, raw)| !(*raw && record.vouches(&out, path, &desc.digest)))
+            .filter(|(_, desc, _)| seen.insert(desc.digest.clone()))
+            .filter(|(_, desc, _)| {
+                cache
+                    .as_ref()
+                    .is_none_or(|c| c.blob_size(&desc.digest).is_none())
+            })
+            .map(|(_, desc, _)| desc.size)
+            .sum()
+    })
+    .await
+    .unwrap_or(u64::MAX)
 }
 
 /// One job per distinct blob, with every file that comes from it.

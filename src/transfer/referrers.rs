@@ -37,9 +37,11 @@ pub async fn attach(
     );
     let empty = Bytes::from_static(b"{}");
     let config = Descriptor::new(media::OCI_EMPTY, Digest::of_bytes(&empty), 2);
-    target
-        .put_blob(&config, &BlobSource::Bytes(empty), None)
-        .await?;
+    if !target.has_blob(&config).await? {
+        target
+            .put_blob(&config, &BlobSource::Bytes(empty), None)
+            .await?;
+    }
     let mut layers = Vec::new();
     for file in files {
         let digest = Digest::of_file(file).map_err(TransferError::io(file))?;
@@ -252,10 +254,14 @@ pub async fn pull_referrers(
     let tree = discover(target, subject, None, 8).await?;
     crate::materialize::ensure_dirs(root, std::path::Path::new(dir_name))?;
     let dir = root.join(dir_name);
-    let mut stack: Vec<&Referrer> = tree.iter().collect();
+    // hoist's own chunk index is metadata for the next pull, not an attachment for the user
+    // (copy --recursive still carries it).
+    let attachment =
+        |r: &&Referrer| r.descriptor.artifact_type.as_deref() != Some(crate::chunks::INDEX_TYPE);
+    let mut stack: Vec<&Referrer> = tree.iter().filter(attachment).collect();
     let mut pulled = 0;
     while let Some(r) = stack.pop() {
-        stack.extend(r.referrers.iter());
+        stack.extend(r.referrers.iter().filter(attachment));
         let hex = r.descriptor.digest.hex();
         let out = dir.join(hex);
         let digest = r.descriptor.digest.as_str();

@@ -787,3 +787,47 @@ async fn a_versioned_pull_switches_current_in_one_step() {
     assert_eq!(std::fs::read(root.join("NOTES.md")).unwrap(), b"mine");
     assert_eq!(files_in(&current), ["config.json"]);
 }
+
+/// A folder file with no remembered chunk list (its version had no index when it was
+/// pulled) is cut again, and still gives its chunks; the first pull into an empty folder
+/// remembers the index it found while downloading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_with_nothing_remembered_are_cut_again() {
+    let reg = registry().await;
+    let target = remote(&reg.addr.to_string(), "t/cut");
+    let work = tempfile::tempdir().unwrap();
+    let v1 = noise(4 << 20, 51);
+    let mut v2 = v1.clone();
+    v2[..4096].copy_from_slice(&[2u8; 4096]);
+    push_version(
+        &target,
+        &work.path().join("v1"),
+        "v1",
+        &[("w.bin", &v1)],
+        false,
+    )
+    .await;
+    push_version(
+        &target,
+        &work.path().join("v2"),
+        "v2",
+        &[("w.bin", &v2)],
+        true,
+    )
+    .await;
+    let out = work.path().join("out");
+    pull(&target, "v1", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert!(crate::materialize::Record::load(&out).chunks.is_empty());
+    let report = pull(&target, "v2", &out, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), v2);
+    assert!(report.reused_bytes >= 3 << 20, "{report:?}");
+    let record = crate::materialize::Record::load(&out);
+    assert!(
+        record.chunks.contains_key(&Digest::of_bytes(&v2)),
+        "v2's chunks are remembered for the next version"
+    );
+}
