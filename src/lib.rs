@@ -65,6 +65,7 @@
 //! | [`digest`]      | sha256 digests, hashing while bytes flow                           |
 //! | [`oci`]         | media types, manifests, ModelPack config, layer → file mapping     |
 //! | [`pack`]        | a model folder → layers, config and manifest                       |
+//! | [`chunks`]      | content-defined chunks and the chunk index (delta pulls)           |
 //! | [`store`]       | the local OCI-layout store (embedded default, cache)               |
 //! | [`registry`]    | the distribution API client                                        |
 //! | [`transfer`]    | push, pull and copy engines over stores and registries             |

@@ -549,3 +549,63 @@ fn mounts_under_bearer_tokens_ask_for_pull_on_the_source() {
     .ok();
     assert_eq!(tree(src.path(), false), tree(o.path(), false));
 }
+
+/// `pull --versioned` from the CLI: the model is read through OUTPUT/current, a re-pull of
+/// the same version switches nothing, and a `current` the user made is refused (exit 2)
+/// and left as it was.
+#[test]
+fn versioned_pulls_switch_current_and_refuse_a_users_current() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("ver/m:v1");
+    let src = push_small(&h, &reference);
+    let root = tempfile::tempdir().unwrap();
+    let r = h
+        .run(&[
+            "pull",
+            &reference,
+            "-o",
+            root.path().to_str().unwrap(),
+            "--versioned",
+        ])
+        .ok();
+    assert!(r.stderr.contains("now points to"), "{}", r.stderr);
+    let current = root.path().join("current");
+    assert!(std::fs::symlink_metadata(&current)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(tree(src.path(), false), tree(&current, false));
+    let gets = reg.blob_get_count();
+    h.run(&[
+        "pull",
+        &reference,
+        "-o",
+        root.path().to_str().unwrap(),
+        "--versioned",
+    ])
+    .ok();
+    assert_eq!(
+        reg.blob_get_count(),
+        gets,
+        "the same version is already in place"
+    );
+    h.run(&["verify", current.to_str().unwrap(), &reference, "--full"])
+        .ok();
+
+    let mine = tempfile::tempdir().unwrap();
+    std::fs::create_dir(mine.path().join("current")).unwrap();
+    std::fs::write(mine.path().join("current/notes.txt"), b"mine").unwrap();
+    h.run(&[
+        "pull",
+        &reference,
+        "-o",
+        mine.path().to_str().unwrap(),
+        "--versioned",
+    ])
+    .fails_with(2, "current");
+    assert_eq!(
+        std::fs::read(mine.path().join("current/notes.txt")).unwrap(),
+        b"mine"
+    );
+}
