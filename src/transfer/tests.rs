@@ -622,6 +622,45 @@ async fn the_node_cache_gives_chunks_of_any_model_and_version() {
         .any(|(d, _)| *d == Digest::of_bytes(&v2)));
 }
 
+/// v1 (4 MiB of noise from `seed`, with a chunk index if `v1_index`) and v2 (its first 4 KiB
+/// changed) pushed as `v1` and `v2`, and v1 pulled into `work/out`.
+async fn edited_versions(
+    target: &Target,
+    seed: u64,
+    v1_index: bool,
+) -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
+    let work = tempfile::tempdir().unwrap();
+    let v1 = noise(4 << 20, seed);
+    let mut v2 = v1.clone();
+    v2[..4096].copy_from_slice(&[seed as u8; 4096]);
+    push_version(
+        target,
+        &work.path().join("v1"),
+        "v1",
+        &[("w.bin", &v1)],
+        v1_index,
+    )
+    .await;
+    push_version(
+        target,
+        &work.path().join("v2"),
+        "v2",
+        &[("w.bin", &v2)],
+        true,
+    )
+    .await;
+    pull(
+        target,
+        "v1",
+        &work.path().join("out"),
+        &PullOptions::default(),
+        silent(),
+    )
+    .await
+    .unwrap();
+    (work, v1, v2)
+}
+
 /// A pull remembers the chunk lists in the folder's record, and the next version's pull
 /// uses them instead of cutting the files: a record whose list lies (other hashes) finds
 /// nothing to reuse, and the pull still ends verified with every byte downloaded.
@@ -629,30 +668,8 @@ async fn the_node_cache_gives_chunks_of_any_model_and_version() {
 async fn remembered_chunk_lists_are_used_and_a_lying_one_costs_only_a_download() {
     let reg = registry().await;
     let target = remote(&reg.addr.to_string(), "t/remember");
-    let work = tempfile::tempdir().unwrap();
-    let v1 = noise(4 << 20, 31);
-    let mut v2 = v1.clone();
-    v2[..4096].copy_from_slice(&[1u8; 4096]);
-    push_version(
-        &target,
-        &work.path().join("v1"),
-        "v1",
-        &[("w.bin", &v1)],
-        true,
-    )
-    .await;
-    push_version(
-        &target,
-        &work.path().join("v2"),
-        "v2",
-        &[("w.bin", &v2)],
-        true,
-    )
-    .await;
+    let (work, v1, v2) = edited_versions(&target, 31, true).await;
     let out = work.path().join("out");
-    pull(&target, "v1", &out, &PullOptions::default(), silent())
-        .await
-        .unwrap();
     let record = crate::materialize::Record::load(&out);
     let v1_digest = Digest::of_bytes(&v1);
     let known = record
@@ -795,30 +812,8 @@ async fn a_versioned_pull_switches_current_in_one_step() {
 async fn files_with_nothing_remembered_are_cut_again() {
     let reg = registry().await;
     let target = remote(&reg.addr.to_string(), "t/cut");
-    let work = tempfile::tempdir().unwrap();
-    let v1 = noise(4 << 20, 51);
-    let mut v2 = v1.clone();
-    v2[..4096].copy_from_slice(&[2u8; 4096]);
-    push_version(
-        &target,
-        &work.path().join("v1"),
-        "v1",
-        &[("w.bin", &v1)],
-        false,
-    )
-    .await;
-    push_version(
-        &target,
-        &work.path().join("v2"),
-        "v2",
-        &[("w.bin", &v2)],
-        true,
-    )
-    .await;
+    let (work, _, v2) = edited_versions(&target, 51, false).await;
     let out = work.path().join("out");
-    pull(&target, "v1", &out, &PullOptions::default(), silent())
-        .await
-        .unwrap();
     assert!(crate::materialize::Record::load(&out).chunks.is_empty());
     let report = pull(&target, "v2", &out, &PullOptions::default(), silent())
         .await
