@@ -1,8 +1,11 @@
 //! Content-defined chunks of a blob, and the chunk index that lists them (the data behind
 //! delta pulls, see `transfer::delta`).
 //!
-//! A file is cut into chunks (FastCDC, 64 KiB–1 MiB, 256 KiB on average: an entry per
-//! 256 KiB keeps an index near 0.04% of the model), each named by its length and SHA-256.
+//! Files are cut into chunks (FastCDC, 64 KiB–1 MiB, 256 KiB on average: an entry per
+//! 256 KiB keeps an index near 0.04% of the model), each named by its length and hash
+//! (BLAKE3 for new indexes: a chunk's hash only finds candidate bytes, the blob's SHA-256
+//! digest is what vouches for them, and BLAKE3 costs push a fraction of a second SHA-256
+//! pass over the model; SHA-256 indexes from earlier builds are still read).
 //! Content-defined boundaries make an unchanged stretch of a file give the same chunks
 //! wherever it moved. A safetensors file is first cut at its header and at every tensor's
 //! start and end, so a changed tensor costs its own bytes, not the chunks around it.
@@ -40,7 +43,7 @@ pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// A safetensors header larger than this is not parsed (the file is chunked by content).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
-/// One blob's chunks, in order: (length, SHA-256 hex).
+/// One blob's chunks, in order: (length, hash hex).
 pub type ChunkList = Vec<(u64, String)>;
 
 /// Each raw layer's chunks, as attached beside an artifact.
@@ -50,7 +53,39 @@ pub struct ChunkIndex {
     pub min: u32,
     pub avg: u32,
     pub max: u32,
+    /// How chunks are named (absent in indexes of earlier builds: SHA-256).
+    #[serde(default)]
+    pub hash: ChunkHash,
     pub blobs: BTreeMap<Digest, ChunkList>,
+}
+
+/// The hash that names a chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkHash {
+    #[default]
+    Sha256,
+    Blake3,
+}
+
+impl ChunkHash {
+    /// The hash new indexes use.
+    pub const NEW: ChunkHash = ChunkHash::Blake3;
+
+    /// `data`'s name (lowercase hex).
+    pub fn of(self, data: &[u8]) -> String {
+        match self {
+            ChunkHash::Sha256 => hex::encode(Sha256::digest(data)),
+            ChunkHash::Blake3 => blake3::hash(data).to_hex().to_string(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ChunkHash::Sha256 => "sha256",
+            ChunkHash::Blake3 => "blake3",
+        }
+    }
 }
 
 /// The chunks a folder's record or the store remembers for one blob, and how they were cut
@@ -66,7 +101,8 @@ pub struct KnownChunks {
 pub struct Chunk {
     pub offset: u64,
     pub len: u64,
-    pub sha256: String,
+    /// The chunk's hash (hex), by the [`ChunkHash`] it was cut with.
+    pub hash: String,
 }
 
 /// The chunker this build uses for new indexes. `HOIST_CHUNKER=fastcdc-2020` picks
@@ -78,26 +114,36 @@ pub fn default_chunker() -> &'static str {
     }
 }
 
-/// How `chunker` cuts with this build's sizes, as remembered beside chunk lists.
-pub fn scheme_of(chunker: &str) -> String {
-    format!("{chunker}/{MIN}/{AVG}/{MAX}")
+/// How `chunker` cuts with this build's sizes and names chunks with `hash`, as remembered
+/// beside chunk lists.
+pub fn scheme_of(chunker: &str, hash: ChunkHash) -> String {
+    format!("{chunker}/{MIN}/{AVG}/{MAX}/{}", hash.name())
 }
 
 /// The chunks of a file, by the named chunker (one sequential read).
-pub fn chunks_of(path: &Path, chunker: &str) -> std::io::Result<Vec<Chunk>> {
-    cut(path, chunker, None)
+pub fn chunks_of(path: &Path, chunker: &str, hash: ChunkHash) -> std::io::Result<Vec<Chunk>> {
+    cut(path, chunker, hash, None)
 }
 
 /// The file's digest and its chunks, from one sequential read of its bytes (what `push`
 /// does, so that indexing costs no second read of the model).
-pub fn digest_and_chunks(path: &Path, chunker: &str) -> std::io::Result<(Digest, Vec<Chunk>)> {
+pub fn digest_and_chunks(
+    path: &Path,
+    chunker: &str,
+    hash: ChunkHash,
+) -> std::io::Result<(Digest, Vec<Chunk>)> {
     let mut hasher = Hasher::new();
-    let chunks = cut(path, chunker, Some(&mut hasher))?;
+    let chunks = cut(path, chunker, hash, Some(&mut hasher))?;
     Ok((hasher.finish(), chunks))
 }
 
 /// Cut `path` into chunks; every byte read also goes to `whole` when given.
-fn cut(path: &Path, chunker: &str, whole: Option<&mut Hasher>) -> std::io::Result<Vec<Chunk>> {
+fn cut(
+    path: &Path,
+    chunker: &str,
+    hash: ChunkHash,
+    whole: Option<&mut Hasher>,
+) -> std::io::Result<Vec<Chunk>> {
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let segments = match chunker {
@@ -117,7 +163,7 @@ fn cut(path: &Path, chunker: &str, whole: Option<&mut Hasher>) -> std::io::Resul
             out.push(Chunk {
                 offset: start + chunk.offset,
                 len: chunk.length as u64,
-                sha256: hex::encode(Sha256::digest(&chunk.data)),
+                hash: hash.of(&chunk.data),
             });
         }
     }
@@ -184,7 +230,7 @@ fn safetensors_segments(file: &std::fs::File, size: u64) -> Option<Vec<(u64, u64
 
 /// Chunks as an index lists them.
 pub fn listed(chunks: Vec<Chunk>) -> ChunkList {
-    chunks.into_iter().map(|c| (c.len, c.sha256)).collect()
+    chunks.into_iter().map(|c| (c.len, c.hash)).collect()
 }
 
 impl ChunkIndex {
@@ -195,6 +241,7 @@ impl ChunkIndex {
             min: MIN,
             avg: AVG,
             max: MAX,
+            hash: ChunkHash::NEW,
             blobs,
         }
     }
@@ -204,7 +251,10 @@ impl ChunkIndex {
         let chunker = default_chunker();
         let mut blobs = BTreeMap::new();
         for (digest, path) in files {
-            blobs.insert(digest.clone(), listed(chunks_of(path, chunker)?));
+            blobs.insert(
+                digest.clone(),
+                listed(chunks_of(path, chunker, ChunkHash::NEW)?),
+            );
         }
         Ok(ChunkIndex::new(chunker, blobs))
     }
@@ -216,7 +266,7 @@ impl ChunkIndex {
     }
 
     pub fn scheme(&self) -> String {
-        scheme_of(&self.chunker)
+        scheme_of(&self.chunker, self.hash)
     }
 
     /// The chunks of `desc` if the index describes exactly its bytes' length.
@@ -249,11 +299,12 @@ mod tests {
         data.splice(2 << 20..2 << 20, [9u8; 100]);
         let b = dir.path().join("b");
         std::fs::write(&b, &data).unwrap();
-        let (ca, cb) = (chunks_of(&a, PLAIN).unwrap(), chunks_of(&b, PLAIN).unwrap());
-        let known: std::collections::HashSet<&str> = ca.iter().map(|c| c.sha256.as_str()).collect();
+        let cut = |p: &Path| chunks_of(p, PLAIN, ChunkHash::NEW).unwrap();
+        let (ca, cb) = (cut(&a), cut(&b));
+        let known: std::collections::HashSet<&str> = ca.iter().map(|c| c.hash.as_str()).collect();
         let new: u64 = cb
             .iter()
-            .filter(|c| !known.contains(c.sha256.as_str()))
+            .filter(|c| !known.contains(c.hash.as_str()))
             .map(|c| c.len)
             .sum();
         assert!(
@@ -286,26 +337,45 @@ mod tests {
         for (name, bytes) in [("m.safetensors", &st), ("blob", &plain)] {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
-            let (digest, chunks) = digest_and_chunks(&path, TENSORS).unwrap();
+            let (digest, chunks) = digest_and_chunks(&path, TENSORS, ChunkHash::NEW).unwrap();
             assert_eq!(digest, Digest::of_bytes(bytes));
-            assert_eq!(chunks, chunks_of(&path, TENSORS).unwrap());
+            assert_eq!(chunks, chunks_of(&path, TENSORS, ChunkHash::NEW).unwrap());
             assert_eq!(
                 chunks.iter().map(|c| c.len).sum::<u64>(),
                 bytes.len() as u64
             );
             for c in &chunks {
                 let slice = &bytes[c.offset as usize..(c.offset + c.len) as usize];
-                assert_eq!(hex::encode(Sha256::digest(slice)), c.sha256);
+                assert_eq!(blake3::hash(slice).to_hex().to_string(), c.hash);
             }
         }
         // The safetensors file is cut at the header's end and at the tensors' bounds.
-        let offsets: Vec<u64> = chunks_of(&dir.path().join("m.safetensors"), TENSORS)
-            .unwrap()
-            .iter()
-            .map(|c| c.offset)
-            .collect();
+        let offsets: Vec<u64> =
+            chunks_of(&dir.path().join("m.safetensors"), TENSORS, ChunkHash::NEW)
+                .unwrap()
+                .iter()
+                .map(|c| c.offset)
+                .collect();
         let base = 8 + header.len() as u64;
         assert!(offsets.contains(&base) && offsets.contains(&(base + 300_000)));
+    }
+
+    /// An index from an earlier build (no `hash` field) names chunks by SHA-256, and a list
+    /// cut one way is never taken for the other (their schemes differ).
+    #[test]
+    fn indexes_without_a_hash_field_are_sha256() {
+        let old = r#"{"chunker":"fastcdc-2020","min":65536,"avg":262144,"max":1048576,"blobs":{}}"#;
+        let index: ChunkIndex = serde_json::from_str(old).unwrap();
+        assert_eq!(index.hash, ChunkHash::Sha256);
+        assert!(index.compatible());
+        assert_ne!(
+            index.scheme(),
+            ChunkIndex::new(PLAIN, BTreeMap::new()).scheme()
+        );
+        assert_eq!(
+            ChunkHash::Sha256.of(b"abc"),
+            hex::encode(Sha256::digest(b"abc"))
+        );
     }
 
     #[test]

@@ -73,7 +73,8 @@ fn raw(file: &ModelFile, chunk: bool) -> Result<EncodedLayer, PackError> {
     let (digest, chunks) = if chunk {
         let chunker = crate::chunks::default_chunker();
         let (digest, chunks) =
-            crate::chunks::digest_and_chunks(&file.source, chunker).map_err(read)?;
+            crate::chunks::digest_and_chunks(&file.source, chunker, crate::chunks::ChunkHash::NEW)
+                .map_err(read)?;
         (digest, Some(crate::chunks::listed(chunks)))
     } else {
         (Digest::of_file(&file.source).map_err(read)?, None)

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
-use sha2::{Digest as _, Sha256};
 
 use crate::chunks::{covers_exactly, KnownChunks, MAX_INDEX_BYTES};
 pub use crate::chunks::{ChunkIndex, INDEX_TYPE};
@@ -168,10 +167,10 @@ impl Earlier {
                         .collect()
                 }
                 None if source.cut_if_unknown => {
-                    crate::chunks::chunks_of(&source.path, &index.chunker)
+                    crate::chunks::chunks_of(&source.path, &index.chunker, index.hash)
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|c| (c.offset, c.len, c.sha256))
+                        .map(|c| (c.offset, c.len, c.hash))
                         .collect()
                 }
                 None => continue,
@@ -407,11 +406,13 @@ impl Delta {
         let mut at = 0u64;
         let mut buf = Vec::new();
         for (len, sha) in chunks {
-            let found = self
-                .local
-                .get(sha)
-                .filter(|(_, _, l)| l == len)
-                .and_then(|(path, offset, len)| read_checked(path, *offset, *len, sha, &mut buf));
+            let found =
+                self.local
+                    .get(sha)
+                    .filter(|(_, _, l)| l == len)
+                    .and_then(|(path, offset, len)| {
+                        read_checked(path, *offset, *len, sha, self.index.hash, &mut buf)
+                    });
             match found {
                 Some(()) => {
                     file.write_all_at(&buf, at)
@@ -444,16 +445,23 @@ fn pieces(missing: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `sha`. A chunk is
-/// at most 1 MiB (a longer "chunk" from a hostile list is not read).
-fn read_checked(path: &Path, offset: u64, len: u64, sha: &str, buf: &mut Vec<u8>) -> Option<()> {
+/// Read `len` bytes at `offset` of `path` into `buf` if they still hash to `id` by `hash`. A
+/// chunk is at most 1 MiB (a longer "chunk" from a hostile list is not read).
+fn read_checked(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    id: &str,
+    hash: crate::chunks::ChunkHash,
+    buf: &mut Vec<u8>,
+) -> Option<()> {
     if len > u64::from(crate::chunks::MAX) {
         return None;
     }
     let file = std::fs::File::open(path).ok()?;
     buf.resize(len as usize, 0);
     file.read_exact_at(buf, offset).ok()?;
-    (hex::encode(Sha256::digest(&buf[..])) == sha).then_some(())
+    (hash.of(&buf[..]) == id).then_some(())
 }
 
 fn progress(observer: &Observer, name: &str, bytes: u64) {
@@ -518,11 +526,16 @@ mod tests {
         let data = vec![5u8; 300_000];
         let local_file = dir.path().join("old");
         std::fs::write(&local_file, &data).unwrap();
-        let chunks = crate::chunks::chunks_of(&local_file, crate::chunks::TENSORS).unwrap();
+        let chunks = crate::chunks::chunks_of(
+            &local_file,
+            crate::chunks::TENSORS,
+            crate::chunks::ChunkHash::NEW,
+        )
+        .unwrap();
         let index = ChunkIndex::of_files(&[(Digest::of_bytes(&data), local_file.clone())]).unwrap();
         let local = chunks
             .iter()
-            .map(|c| (c.sha256.clone(), (local_file.clone(), c.offset, c.len)))
+            .map(|c| (c.hash.clone(), (local_file.clone(), c.offset, c.len)))
             .collect();
         let delta = Delta {
             index,
