@@ -785,8 +785,16 @@ async fn a_versioned_pull_switches_current_in_one_step() {
     assert!(third.report.reused_bytes >= 4 << 20, "{:?}", third.report);
     assert_eq!(third.previous.as_deref(), Some(first.version_dir.as_path()));
     assert!(first.version_dir.exists(), "the version before stays");
-    // A third switch (back to v1's digest is the same folder; pull v3 again is a no-op) and
-    // then another version removes the oldest.
+    // A re-pull of the current version switches and removes nothing; another version
+    // removes the oldest.
+    let again = pull_versioned(&target, "v3", &root, &PullOptions::default(), silent())
+        .await
+        .unwrap();
+    assert_eq!((again.removed, again.previous), (0, None));
+    assert!(
+        first.version_dir.exists(),
+        "a re-pull removed the version before"
+    );
     push_version(
         &target,
         &work.path().join("v4"),

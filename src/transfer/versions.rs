@@ -64,8 +64,13 @@ pub async fn pull_versioned(
     )
     .await?;
     switch(root, &name)?;
-    let previous = previous.filter(|p| *p != name);
-    let removed = remove_old(&versions, &name, previous.as_deref());
+    // A re-pull of the current version switches nothing, so it removes nothing either.
+    let switched = previous.as_deref() != Some(name.as_str());
+    let previous = previous.filter(|_| switched);
+    let removed = match switched {
+        true => remove_old(&versions, &name, previous.as_deref()),
+        false => 0,
+    };
     Ok(Versioned {
         report,
         version_dir,
