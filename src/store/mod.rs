@@ -258,10 +258,10 @@ impl Store {
         let _ = write_atomic(&self.chunks_path(digest), &bytes);
     }
 
-    /// The chunk lists remembered for blobs still in the store (at most
+    /// The chunk lists remembered for blobs still in the store, with each blob's size (at most
     /// [`MAX_CHUNK_LISTS`], each at most [`crate::chunks::MAX_INDEX_BYTES`]; unreadable
     /// ones are skipped).
-    pub fn known_chunks(&self) -> Vec<(Digest, crate::chunks::KnownChunks)> {
+    pub fn known_chunks(&self) -> Vec<(Digest, u64, crate::chunks::KnownChunks)> {
         let Ok(entries) = fs::read_dir(self.root.join("chunks")) else {
             return Vec::new();
         };
@@ -274,8 +274,9 @@ impl Store {
                 if !m.is_file() || m.len() > crate::chunks::MAX_INDEX_BYTES {
                     return None;
                 }
+                let size = self.blob_size(&digest)?;
                 let known = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
-                self.blob_size(&digest).is_some().then_some((digest, known))
+                Some((digest, size, known))
             })
             .collect()
     }

@@ -120,16 +120,13 @@ impl Earlier {
     pub fn find(folders: &[PathBuf], store: Option<&Store>) -> Earlier {
         let mut sources: Vec<Source> = folders.iter().flat_map(|f| placed_files(f)).collect();
         if let Some(store) = store {
-            for (digest, known) in store.known_chunks() {
-                let path = store.blob_path(&digest);
-                if let Some(size) = store.blob_size(&digest) {
-                    sources.push(Source {
-                        path,
-                        size,
-                        known: Some(known),
-                        cut_if_unknown: false,
-                    });
-                }
+            for (digest, size, known) in store.known_chunks() {
+                sources.push(Source {
+                    path: store.blob_path(&digest),
+                    size,
+                    known: Some(known),
+                    cut_if_unknown: false,
+                });
             }
         }
         Earlier { sources }
@@ -146,10 +143,18 @@ impl Earlier {
         self.sources.is_empty()
     }
 
-    /// Where each chunk cut the way `index` cuts is on disk: SHA-256 hex → (path, offset,
-    /// length). Remembered lists cost no read; unknown folder files are cut again.
+    /// Where each chunk the new version's `index` lists is on disk: chunk hash (hex) →
+    /// (path, offset, length). Only chunks the index names are kept, so the map grows with
+    /// the model pulled, not with the node cache. Remembered lists cost no read; unknown
+    /// folder files are cut again.
     fn catalogue(self, index: &ChunkIndex) -> HashMap<String, (PathBuf, u64, u64)> {
         let scheme = index.scheme();
+        let wanted: std::collections::HashSet<&str> = index
+            .blobs
+            .values()
+            .flatten()
+            .map(|(_, hash)| hash.as_str())
+            .collect();
         let mut local = HashMap::new();
         for source in self.sources {
             let remembered = source
@@ -175,10 +180,12 @@ impl Earlier {
                 }
                 None => continue,
             };
-            for (offset, len, sha) in chunks {
-                local
-                    .entry(sha)
-                    .or_insert_with(|| (source.path.clone(), offset, len));
+            for (offset, len, hash) in chunks {
+                if wanted.contains(hash.as_str()) {
+                    local
+                        .entry(hash)
+                        .or_insert_with(|| (source.path.clone(), offset, len));
+                }
             }
         }
         local
@@ -242,7 +249,7 @@ pub async fn lookup(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
 /// What a pull can reuse: the index and where its chunks are on this machine.
 pub struct Delta {
     index: ChunkIndex,
-    /// SHA-256 hex → where those bytes are on disk.
+    /// Chunk hash (hex) → where those bytes are on disk.
     local: HashMap<String, (PathBuf, u64, u64)>,
     /// A range that delivers nothing for this long ends the attempt (the normal download
     /// then takes the blob).

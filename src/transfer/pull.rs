@@ -216,16 +216,16 @@ pub async fn pull(
             ),
             futures_util::future::Either::Right((index, downloads)) => (downloads.await, index),
         };
-    let index = delta.as_ref().map(|d| d.index()).or(late_index.as_ref());
-    if let Some(index) = index {
-        remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
-    }
     let results = match result {
         Ok(r) => r,
         // Unpacking tasks of other layers may still hold the staging: abort through the
         // shared handle rather than waiting for them.
         Err(e) => return Err(give_up(staging, e).await),
     };
+    let index = delta.as_ref().map(|d| d.index()).or(late_index.as_ref());
+    if let Some(index) = index {
+        remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
+    }
     // A whole version (no filter) replaces what an earlier pull placed: its files the new
     // version lacks go.
     let version = opts.filter.is_empty().then(|| {

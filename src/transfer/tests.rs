@@ -600,7 +600,7 @@ async fn the_node_cache_gives_chunks_of_any_model_and_version() {
     assert!(
         listed
             .iter()
-            .any(|(d, k)| *d == v1_digest && !k.chunks.is_empty()),
+            .any(|(d, _, k)| *d == v1_digest && !k.chunks.is_empty()),
         "the store remembers v1's chunks"
     );
     let before = proxy.bytes_down();
@@ -619,7 +619,7 @@ async fn the_node_cache_gives_chunks_of_any_model_and_version() {
     assert!(store
         .known_chunks()
         .iter()
-        .any(|(d, _)| *d == Digest::of_bytes(&v2)));
+        .any(|(d, _, _)| *d == Digest::of_bytes(&v2)));
 }
 
 /// v1 (4 MiB of noise from `seed`, with a chunk index if `v1_index`) and v2 (its first 4 KiB

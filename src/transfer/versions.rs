@@ -79,16 +79,6 @@ pub async fn pull_versioned(
     })
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
-    move |source| {
-        MaterializeError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()
-    }
-}
-
 /// The root and its versions folder exist as real folders (not links hoist would follow).
 fn prepare_root(root: &Path, versions: &Path) -> Result<(), TransferError> {
     std::fs::create_dir_all(root).map_err(|source| MaterializeError::Output {
@@ -102,7 +92,7 @@ fn prepare_root(root: &Path, versions: &Path) -> Result<(), TransferError> {
             why: "it is not a folder hoist made (a file or a link)",
         }
         .into()),
-        Err(_) => std::fs::create_dir(versions).map_err(io(versions)),
+        Err(_) => std::fs::create_dir(versions).map_err(TransferError::io(versions)),
     }
 }
 
@@ -146,9 +136,9 @@ fn switch(root: &Path, name: &str) -> Result<(), TransferError> {
     let temp = root.join(format!(".{CURRENT}.hoist-next"));
     let _ = std::fs::remove_file(&temp);
     let target = Path::new(VERSIONS_DIR).join(name);
-    std::os::unix::fs::symlink(&target, &temp).map_err(io(&temp))?;
+    std::os::unix::fs::symlink(&target, &temp).map_err(TransferError::io(&temp))?;
     let link = root.join(CURRENT);
-    std::fs::rename(&temp, &link).map_err(io(&link))?;
+    std::fs::rename(&temp, &link).map_err(TransferError::io(&link))?;
     // The switch survives a crash once the root's entry is on disk.
     if let Ok(dir) = std::fs::File::open(root) {
         let _ = dir.sync_all();
