@@ -811,6 +811,23 @@ async fn a_versioned_pull_switches_current_in_one_step() {
     assert!(third.version_dir.exists());
     assert_eq!(std::fs::read(root.join("NOTES.md")).unwrap(), b"mine");
     assert_eq!(files_in(&current), ["config.json"]);
+
+    // A link planted at a version's name is refused, and nothing is written through it.
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let resolved = target.resolve("v1").await.unwrap();
+    std::os::unix::fs::symlink(
+        &elsewhere,
+        root.join(VERSIONS_DIR)
+            .join(format!("sha256-{}", resolved.digest.hex())),
+    )
+    .unwrap();
+    let err = pull_versioned(&target, "v1", &root, &PullOptions::default(), silent())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a folder hoist made"), "{err}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(files_in(&current), ["config.json"], "current did not move");
 }
 
 /// A folder file with no remembered chunk list (its version had no index when it was

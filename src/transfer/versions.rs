@@ -50,6 +50,14 @@ pub async fn pull_versioned(
     prepare_root(root, &versions)?;
     let name = format!("sha256-{}", resolved.digest.hex());
     let version_dir = versions.join(&name);
+    // A link planted at the version's name would take the pull elsewhere.
+    if std::fs::symlink_metadata(&version_dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(MaterializeError::Blocked {
+            path: version_dir,
+            why: "it is not a folder hoist made (a file or a link)",
+        }
+        .into());
+    }
     let previous = current_version(root)?;
     let mut opts = opts.clone();
     if let Some(prev) = previous.as_ref().filter(|p| **p != name) {
