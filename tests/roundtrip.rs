@@ -559,16 +559,17 @@ fn versioned_pulls_switch_current_and_refuse_a_users_current() {
     let h = Hoist::new();
     let reference = reg.reference("ver/m:v1");
     let src = push_small(&h, &reference);
-    let root = tempfile::tempdir().unwrap();
-    let r = h
-        .run(&[
+    let pull_versioned = |out: &std::path::Path| {
+        h.run(&[
             "pull",
             &reference,
             "-o",
-            root.path().to_str().unwrap(),
+            out.to_str().unwrap(),
             "--versioned",
         ])
-        .ok();
+    };
+    let root = tempfile::tempdir().unwrap();
+    let r = pull_versioned(root.path()).ok();
     assert!(r.stderr.contains("now points to"), "{}", r.stderr);
     let current = root.path().join("current");
     assert!(std::fs::symlink_metadata(&current)
@@ -577,14 +578,7 @@ fn versioned_pulls_switch_current_and_refuse_a_users_current() {
         .is_symlink());
     assert_eq!(tree(src.path(), false), tree(&current, false));
     let gets = reg.blob_get_count();
-    h.run(&[
-        "pull",
-        &reference,
-        "-o",
-        root.path().to_str().unwrap(),
-        "--versioned",
-    ])
-    .ok();
+    pull_versioned(root.path()).ok();
     assert_eq!(
         reg.blob_get_count(),
         gets,
@@ -596,14 +590,7 @@ fn versioned_pulls_switch_current_and_refuse_a_users_current() {
     let mine = tempfile::tempdir().unwrap();
     std::fs::create_dir(mine.path().join("current")).unwrap();
     std::fs::write(mine.path().join("current/notes.txt"), b"mine").unwrap();
-    h.run(&[
-        "pull",
-        &reference,
-        "-o",
-        mine.path().to_str().unwrap(),
-        "--versioned",
-    ])
-    .fails_with(2, "current");
+    pull_versioned(mine.path()).fails_with(2, "current");
     assert_eq!(
         std::fs::read(mine.path().join("current/notes.txt")).unwrap(),
         b"mine"
