@@ -163,7 +163,7 @@ fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::Oci(e) => oci_code(e),
         TransferError::Materialize(e) => materialize_code(e),
         TransferError::Pack(e) => pack_code(e),
-        TransferError::DigestMismatch { .. } => ExitCode::Verification,
+        TransferError::DigestMismatch { .. } | TransferError::DiffIds(_) => ExitCode::Verification,
         TransferError::Io { .. } => ExitCode::Disk,
         TransferError::NoPlatform(_) => ExitCode::NotFound,
         TransferError::GaveUp { .. } => ExitCode::Network,

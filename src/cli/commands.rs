@@ -65,6 +65,11 @@ pub struct PushArgs {
     /// of another version then downloads only the chunks that changed.
     #[arg(long)]
     no_chunk_index: bool,
+    /// Also publish the model's image-volume form under `TAG-volume` for each tag: an image
+    /// that containerd and CRI-O both mount as the model's folder (Kubernetes image volumes).
+    /// Prints the reference to put in the Pod spec.
+    #[arg(long)]
+    image_volume: bool,
     /// The default (kept for scripts written when the index was optional).
     #[arg(long, hide = true, conflicts_with = "no_chunk_index")]
     chunk_index: bool,
@@ -128,6 +133,8 @@ pub struct ConvertArgs {
 pub enum ConvertShape {
     Modelpack,
     Oras,
+    /// An image that containerd and CRI-O mount as the model's folder.
+    ImageVolume,
 }
 
 #[derive(Args)]
@@ -239,6 +246,11 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
             Target::Local { .. } => None,
         },
     };
+    if args.image_volume && tags.is_empty() {
+        return Err(Error::Usage(
+            "--image-volume names its form after the tag: push with a tag".into(),
+        ));
+    }
     let (packed, report) = transfer::push_folder(
         &args.dir,
         &opts,
@@ -248,8 +260,28 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         observer(env.ui),
     )
     .await?;
+    let volume = match args.image_volume {
+        true => {
+            let vtags: Vec<String> = tags.iter().map(|t| transfer::volume_tag(t)).collect();
+            let (_, vreport) = transfer::push_image_volume(
+                &args.dir,
+                &opts,
+                &target,
+                &vtags,
+                Some(&packed.manifest_digest),
+                &push_opts,
+                observer(env.ui),
+            )
+            .await?;
+            Some(vreport)
+        }
+        false => None,
+    };
     if args.json {
-        print_json(&report);
+        match &volume {
+            Some(v) => print_json(&serde_json::json!({"modelpack": report, "imageVolume": v})),
+            None => print_json(&report),
+        }
     } else {
         println!(
             "Pushed {} ({}, {}) as {}: {} of {} blobs uploaded ({}), {} mounted, {} already there, in {:.1}s",
@@ -265,6 +297,18 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
             started.elapsed().as_secs_f64()
         );
         println!("Digest: {}", report.digest);
+        if let Some(v) = &volume {
+            let at = Reference {
+                tag: v.tags.first().cloned(),
+                digest: None,
+                ..reference.clone()
+            };
+            println!(
+                "Image volume: {at} ({}; {} uploaded) — the reference for a Pod's volumes[].image.reference",
+                v.digest,
+                human_bytes(v.uploaded_bytes)
+            );
+        }
     }
     Ok(())
 }
@@ -277,6 +321,15 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
         .await
         .map_err(Error::from)?;
     let manifest = &resolved.manifest;
+    let volume_form = hoist::pack::volume::is_volume_form(manifest);
+    let modelpack =
+        manifest.artifact_type.as_deref() == Some(hoist::oci::media::MODELPACK_ARTIFACT);
+    let volume = match (&reference.tag, modelpack) {
+        (Some(tag), true) => {
+            transfer::find_volume_form(&source, tag, &resolved.manifest_digest).await?
+        }
+        _ => None,
+    };
     if args.json {
         let config = source.config_json(manifest).await;
         let doc = serde_json::json!({
@@ -284,6 +337,8 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             "manifestDigest": resolved.manifest_digest,
             "manifest": manifest,
             "config": config,
+            "isImageVolume": volume_form,
+            "imageVolume": volume,
         });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         return Ok(());
@@ -297,6 +352,33 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             .as_deref()
             .unwrap_or(&manifest.config.media_type)
     );
+    if volume_form {
+        println!(
+            "Image volume:  yes (containerd and CRI-O mount this reference as the model's folder)"
+        );
+    } else if modelpack {
+        match &volume {
+            Some(v) => {
+                let at = Reference {
+                    tag: Some(v.tag.clone()),
+                    digest: None,
+                    ..reference.clone()
+                };
+                let which = if v.current {
+                    "holds these files".to_string()
+                } else {
+                    match &v.of {
+                        Some(of) => format!("made from another version, {of}: push --image-volume again"),
+                        None => "does not say which version it holds".to_string(),
+                    }
+                };
+                println!("Image volume:  {at} ({which})");
+            }
+            None => println!(
+                "Image volume:  none (hoist push --image-volume or hoist convert --to image-volume publishes one)"
+            ),
+        }
+    }
     println!();
     println!("{:<40} {:>12}  MEDIA TYPE", "FILE", "SIZE");
     let plan = LayerPlan::from_manifest(manifest, true).ok();
@@ -459,7 +541,14 @@ pub async fn convert(args: ConvertArgs, env: &Env) -> Result<(), Error> {
                     .into(),
             ))
         }
+        (ConvertShape::ImageVolume, Some(format)) if format != LayerFormat::Tar => {
+            return Err(Error::Usage(
+                "--to image-volume makes one uncompressed tar layer per file: --layer-format applies to --to modelpack"
+                    .into(),
+            ))
+        }
         (ConvertShape::Oras, _) => transfer::ConvertTo::Oras,
+        (ConvertShape::ImageVolume, _) => transfer::ConvertTo::ImageVolume,
         (ConvertShape::Modelpack, _) => transfer::ConvertTo::ModelPack,
     };
     let src = Reference::parse(&args.source)?;

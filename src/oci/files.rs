@@ -90,7 +90,11 @@ impl LayerPlan {
                     why,
                 })?
             };
-            let format = layer_format(desc);
+            // An image's tar layers are unpacked whatever they are named (hoist's image-volume
+            // form names each by the file it holds); elsewhere a titled layer is a file.
+            let format = image_layer_format(&desc.media_type)
+                .filter(|_| is_image)
+                .unwrap_or_else(|| layer_format(desc));
             if format == LayerFormat::Raw && !seen.insert(path.clone()) {
                 return Err(OciError::DuplicatePath(name.to_string()));
             }

@@ -16,6 +16,9 @@ pub const MODELPACK_ARTIFACT: &str = "application/vnd.cncf.model.manifest.v1+jso
 pub const MODELPACK_CONFIG: &str = "application/vnd.cncf.model.config.v1+json";
 pub const MODELPACK_LAYER_PREFIX: &str = "application/vnd.cncf.model.";
 
+pub const OCI_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
 pub const ORAS_UNKNOWN_ARTIFACT: &str = "application/vnd.unknown.artifact.v1";
 
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
@@ -24,6 +27,9 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
 pub const ANNOTATION_FILE_METADATA: &str = "org.cncf.model.file.metadata+json";
 pub const ANNOTATION_MEDIATYPE_UNTESTED: &str = "org.cncf.model.file.mediatype.untested";
+/// On an image-volume index (`hoist push --image-volume`): the ModelPack manifest whose files
+/// it holds.
+pub const ANNOTATION_VOLUME_OF: &str = "io.hoist.image-volume.of";
 pub const ANNOTATION_ORAS_UNPACK: &str = "io.deis.oras.content.unpack";
 pub const ANNOTATION_ORAS_DIGEST: &str = "io.deis.oras.content.digest";
 

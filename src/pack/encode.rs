@@ -103,11 +103,20 @@ fn tar_layer(
         File::create(out).map_err(encode_err)?,
     ));
     let (sink, diff_id) = match format {
+        // Uncompressed, the layer is its own content: one hash gives both digests.
         LayerFormat::Tar | LayerFormat::Raw => {
-            let mut tar = HashingWriter::new(sink);
-            write_tar(file, opts, &mut tar).map_err(encode_err)?;
-            let (sink, diff_id, _) = tar.finish();
-            (sink, diff_id)
+            let mut sink = sink;
+            write_tar(file, opts, &mut sink).map_err(encode_err)?;
+            let (buffered, digest, size) = sink.finish();
+            let mut buffered = buffered;
+            buffered.flush().map_err(encode_err)?;
+            return Ok(EncodedLayer {
+                diff_id: digest.clone(),
+                digest,
+                size,
+                source: BlobSource::File(out.to_path_buf()),
+                chunks: None,
+            });
         }
         LayerFormat::TarGzip => {
             let level = opts.compression_level.unwrap_or(6).clamp(0, 9) as u32;
@@ -141,16 +150,43 @@ fn tar_layer(
 }
 
 /// One-entry tar named by the file's relative path, as modctl writes ModelPack tar layers.
+/// The same tar is an image layer for containerd (`hoist push --image-volume`), so every
+/// reader of GNU tar must take it: sizes past the 8 GiB octal field use GNU base-256 (which
+/// the tar crate writes on its own), names past 100 bytes a GNU long-name entry.
 fn write_tar(file: &ModelFile, opts: &PackOptions, w: &mut impl Write) -> std::io::Result<()> {
     let mut builder = tar::Builder::new(w);
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(file.size);
-    header.set_mode(file.mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(opts.timestamp.unwrap_or(0).max(0) as u64);
-    let mut src = File::open(&file.source)?;
+    let mut header = tar_header(file.size, file.mode, opts.timestamp);
+    let src = File::open(&file.source)?;
+    // At most the size the header declares: a file that grows while it is packed must not
+    // make the entry longer than its header says.
+    let mut src = std::io::Read::take(src, file.size);
     builder.append_data(&mut header, &file.relative, &mut src)?;
     builder.into_inner()?.flush()
+}
+
+/// The header of a file's entry: fixed owner and time, so the same folder gives the same
+/// digests.
+pub(crate) fn tar_header(size: u64, mode: u32, timestamp: Option<i64>) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(timestamp.unwrap_or(0).max(0) as u64);
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    /// Past the octal field's 8 GiB the size is written in GNU base-256, and reads back.
+    #[test]
+    fn sizes_past_8_gib_read_back() {
+        for size in [0, (8 << 30) - 1, 8 << 30, 40_000_000_000, 1 << 40] {
+            let header = super::tar_header(size, 0o644, None);
+            assert_eq!(header.size().unwrap(), size);
+            let base256 = header.as_bytes()[124] & 0x80 != 0;
+            assert_eq!(base256, size >= 8 << 30, "{size}");
+        }
+    }
 }

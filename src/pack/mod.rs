@@ -6,6 +6,7 @@ mod classify;
 mod describe;
 mod encode;
 mod gguf;
+pub mod volume;
 mod walk;
 
 pub use classify::classify;
@@ -42,6 +43,8 @@ pub enum PackError {
     },
     #[error("file name {0:?} is not valid UTF-8; rename it")]
     NonUtf8(PathBuf),
+    #[error("{0:?} would be read as a whiteout (a deletion) by containerd and CRI-O; rename it to make an image volume")]
+    Whiteout(String),
     #[error("the config override does not give a valid ModelPack config: {0}")]
     BadConfigOverride(String),
 }

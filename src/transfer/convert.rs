@@ -18,6 +18,9 @@ pub enum ConvertTo {
     ModelPack,
     /// ORAS files: raw layers titled by path, empty config, `application/vnd.unknown.artifact.v1`.
     Oras,
+    /// The image-volume form ([`crate::pack::volume`]): an image index that containerd and
+    /// CRI-O mount as the model's folder.
+    ImageVolume,
 }
 
 /// Pull `source_ref` from `source` into `scratch`, repack it and push it to `dest` under `tags`.
@@ -33,6 +36,15 @@ pub async fn convert(
     observer: Observer,
 ) -> Result<PushReport, TransferError> {
     let folder = scratch.join("files");
+    // A volume form made from a ModelPack artifact names it, for `hoist inspect`.
+    let of = match to {
+        ConvertTo::ImageVolume => {
+            let resolved = source.resolve(source_ref).await?;
+            (resolved.manifest.artifact_type.as_deref() == Some(media::MODELPACK_ARTIFACT))
+                .then_some(resolved.manifest_digest)
+        }
+        _ => None,
+    };
     super::pull(
         source,
         source_ref,
@@ -41,19 +53,6 @@ pub async fn convert(
         super::silent(),
     )
     .await?;
-    let mut opts = pack_opts.clone();
-    if to == ConvertTo::Oras {
-        opts.layer_format = crate::oci::LayerFormat::Raw;
-    }
-    opts.temp_dir = Some(scratch.join("encoded"));
-    let folder_for_pack = folder.clone();
-    let packed = tokio::task::spawn_blocking(move || pack::pack(&folder_for_pack, &opts))
-        .await
-        .expect("pack task")?;
-    let packed = match to {
-        ConvertTo::ModelPack => packed,
-        ConvertTo::Oras => as_oras(packed),
-    };
     // Into the source's registry: unchanged files (raw layers keep their digests) are
     // mounted from the source repository instead of uploaded again.
     let mount_from = match (source, dest) {
@@ -65,11 +64,37 @@ pub async fn convert(
         ) if client.registry() == to.registry() => vec![repository.clone()],
         _ => Vec::new(),
     };
-    let opts = PushOptions {
+    let push_opts = PushOptions {
         mount_from,
         ..PushOptions::default()
     };
-    let mut report = super::push(&packed, dest, tags, &opts, observer).await?;
+    let mut opts = pack_opts.clone();
+    opts.temp_dir = Some(scratch.join("encoded"));
+    if to == ConvertTo::ImageVolume {
+        return super::push_image_volume(
+            &folder,
+            &opts,
+            dest,
+            tags,
+            of.as_ref(),
+            &push_opts,
+            observer,
+        )
+        .await
+        .map(|(_, report)| report);
+    }
+    if to == ConvertTo::Oras {
+        opts.layer_format = crate::oci::LayerFormat::Raw;
+    }
+    let folder_for_pack = folder.clone();
+    let packed = tokio::task::spawn_blocking(move || pack::pack(&folder_for_pack, &opts))
+        .await
+        .expect("pack task")?;
+    let packed = match to {
+        ConvertTo::ModelPack | ConvertTo::ImageVolume => packed,
+        ConvertTo::Oras => as_oras(packed),
+    };
+    let mut report = super::push(&packed, dest, tags, &push_opts, observer).await?;
     report.chunk_index = super::push::attach_chunk_index(&packed, dest).await?;
     Ok(report)
 }

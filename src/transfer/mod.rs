@@ -12,6 +12,7 @@ mod referrers;
 mod target;
 pub mod verify;
 mod versions;
+mod volume;
 
 #[cfg(all(test, feature = "serve"))]
 mod tests;
@@ -24,6 +25,7 @@ pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 pub use versions::{pull_versioned, Versioned, CURRENT, VERSIONS_DIR};
+pub use volume::{find_volume_form, push_image_volume, push_volume, volume_tag, VolumeForm};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +70,8 @@ pub enum TransferError {
     NothingSelected(String),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error("the image's layers are not those its config names ({0}); containerd would refuse to mount it, nothing was written")]
+    DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
     /// A pull that failed but kept its verified and partial downloads for the next run.

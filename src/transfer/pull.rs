@@ -136,6 +136,10 @@ pub async fn pull(
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
     let plan = plan_for(&resolved.manifest, opts)?;
+    let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
+    if image {
+        super::volume::check_diff_ids(source, &resolved.manifest).await?;
+    }
     observer(&Event::Start {
         reference: format!("{}:{reference}", source.describe()),
         files: plan.layers.len(),
@@ -188,7 +192,7 @@ pub async fn pull(
     };
     let reused = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
-        image: crate::oci::files::is_image_config(&resolved.manifest.config.media_type),
+        image,
         source,
         staging: &staging,
         fetcher: &fetcher,

@@ -124,7 +124,7 @@ pub(crate) async fn attach_chunk_index(
     Ok(Some(digest))
 }
 
-fn start_event(observer: &Observer, target: &Target, layers: &[crate::oci::Descriptor]) {
+pub(super) fn start_event(observer: &Observer, target: &Target, layers: &[crate::oci::Descriptor]) {
     observer(&Event::Start {
         reference: target.describe(),
         files: layers.len(),
@@ -133,7 +133,7 @@ fn start_event(observer: &Observer, target: &Target, layers: &[crate::oci::Descr
 }
 
 /// Send one blob unless the destination has it, mounting it where it can.
-async fn push_blob(
+pub(super) async fn push_blob(
     target: &Target,
     blob: PackedBlob,
     opts: &PushOptions,
@@ -163,6 +163,7 @@ async fn push_blob(
     observer(&Event::Done {
         name: desc
             .annotation(media::ANNOTATION_TITLE)
+            .or_else(|| desc.annotation(media::ANNOTATION_FILEPATH))
             .unwrap_or("config")
             .to_string(),
         digest: desc.digest.clone(),
@@ -179,16 +180,24 @@ async fn finish(
     tags: &[String],
     actions: Vec<(Action, u64)>,
 ) -> Result<PushReport, TransferError> {
-    let media_type = packed.manifest.media_type().to_string();
+    let media_type = packed.manifest.media_type();
+    let document = (media_type, &packed.manifest_bytes, &packed.manifest_digest);
+    finish_with(document, target, tags, actions).await
+}
+
+/// Put a manifest or index document `(media type, bytes, digest)` under each tag (or by
+/// digest alone), and report what its blobs' uploads did.
+pub(super) async fn finish_with(
+    (media_type, bytes, digest): (&str, &bytes::Bytes, &Digest),
+    target: &Target,
+    tags: &[String],
+    actions: Vec<(Action, u64)>,
+) -> Result<PushReport, TransferError> {
     if tags.is_empty() {
-        target
-            .put_manifest(None, &media_type, &packed.manifest_bytes)
-            .await?;
+        target.put_manifest(None, media_type, bytes).await?;
     }
     for tag in tags {
-        target
-            .put_manifest(Some(tag), &media_type, &packed.manifest_bytes)
-            .await?;
+        target.put_manifest(Some(tag), media_type, bytes).await?;
     }
     let uploaded: Vec<u64> = actions
         .iter()
@@ -197,7 +206,7 @@ async fn finish(
         .collect();
     let count = |action: Action| actions.iter().filter(|(a, _)| *a == action).count();
     Ok(PushReport {
-        digest: packed.manifest_digest.clone(),
+        digest: digest.clone(),
         blobs: actions.len(),
         uploaded: uploaded.len(),
         mounted: count(Action::Mounted),

@@ -1,0 +1,503 @@
+//! The image-volume form (`push --image-volume`, `convert --to image-volume`): real containerd
+//! (Debian's package) pulls and mounts it as Kubernetes image volumes do, on amd64 and arm64,
+//! and the mounted tree is the model's, file by file; hoist pulls it back as files; what
+//! containerd would refuse, hoist refuses too.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const VERIFICATION: i32 = 6;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A containerd of this test's own: its socket, root and state in a temporary folder, no CRI
+/// plugin, stopped by its PID when dropped (with every mount it made undone).
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    mounts: Vec<PathBuf>,
+}
+
+impl Containerd {
+    /// `None` (after saying why) when this machine cannot run one; under `CI` that fails.
+    fn start() -> Option<Containerd> {
+        if !rustix::process::geteuid().is_root() {
+            cannot_run("containerd needs root (mounts and snapshots)");
+            return None;
+        }
+        if Command::new("containerd")
+            .arg("--version")
+            .output()
+            .is_err()
+            || Command::new("ctr").arg("--version").output().is_err()
+        {
+            cannot_run("containerd is not installed (scripts/setup installs Debian's containerd)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("hoist-ctd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/ctd.sock\"\n[ttrpc]\n  address = \"{d}/ctd.sock.ttrpc\"\n\
+                 [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let ctd = Containerd {
+            dir,
+            child,
+            mounts: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ctd.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(ctd.dir.path().join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(ctd)
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("ctd.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr images pull` then `ctr images mount` for `platform`, as the kubelet's image
+    /// volume asks of containerd; the mounted folder.
+    fn pull_and_mount(&mut self, reference: &str, platform: &str) -> PathBuf {
+        self.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--platform",
+            platform,
+            reference,
+        ]);
+        let target = self.dir.path().join(format!("mnt-{}", self.mounts.len()));
+        std::fs::create_dir(&target).unwrap();
+        self.ctr_ok(&[
+            "images",
+            "mount",
+            "--platform",
+            platform,
+            reference,
+            s(&target),
+        ]);
+        self.mounts.push(target.clone());
+        target
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for m in &self.mounts {
+            let _ = self.ctr(&["images", "unmount", "--rm", s(m)]);
+            let _ = rustix::mount::unmount(m, rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every entry under `dir`: relative path → (kind, mode bits, bytes of a file).
+fn listing(dir: &Path) -> std::collections::BTreeMap<String, (char, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.insert(rel, ('d', mode, Vec::new()));
+                stack.push(e.path());
+            } else if meta.is_file() {
+                out.insert(rel, ('f', mode, std::fs::read(e.path()).unwrap()));
+            } else {
+                out.insert(rel, ('?', mode, Vec::new()));
+            }
+        }
+    }
+    out
+}
+
+/// The mounted tree is the model's: the same files with the same bytes, nothing else but
+/// the folders that hold them; files readable by all, folders 0755.
+fn assert_same_model(model: &Path, mounted: &Path, what: &str) {
+    assert_eq!(
+        tree(model, false),
+        tree(mounted, true),
+        "{what}: files differ"
+    );
+    for (path, (kind, mode, _)) in listing(mounted) {
+        match kind {
+            'f' => assert!(
+                mode & 0o444 == 0o444 && mode & 0o022 == 0,
+                "{what}: {path} has mode {mode:o}"
+            ),
+            'd' => assert_eq!(mode, 0o755, "{what}: folder {path}"),
+            _ => panic!("{what}: {path} is neither a file nor a folder"),
+        }
+    }
+}
+
+/// The done-when of the volume form: the real model, pushed with `--image-volume` and
+/// converted with `--to image-volume`, is mounted by containerd with exactly its files on
+/// amd64 and arm64; the ModelPack artifact beside it is the one a plain push makes.
+#[test]
+fn containerd_mounts_the_real_model_on_amd64_and_arm64() {
+    let Some(mut ctd) = Containerd::start() else {
+        return;
+    };
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let model = real_model();
+    let plain = h
+        .run(&["push", s(&model), &reg.reference("plain/minilm:v1")])
+        .ok();
+    let reference = reg.reference("minilm:v1");
+    let pushed = h
+        .run(&["push", s(&model), &reference, "--image-volume"])
+        .ok();
+    assert_eq!(
+        digest_line(&plain.stdout),
+        digest_line(&pushed.stdout),
+        "--image-volume changed the ModelPack artifact"
+    );
+    let volume_ref = format!("{reference}-volume");
+    assert!(
+        pushed
+            .stdout
+            .contains(&format!("Image volume: {volume_ref} ")),
+        "push prints the reference for the Pod spec: {}",
+        pushed.stdout
+    );
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let mounted = ctd.pull_and_mount(&volume_ref, platform);
+        assert_same_model(
+            &model,
+            &mounted,
+            &format!("push --image-volume, {platform}"),
+        );
+    }
+    // From the ModelPack artifact (any shape hoist pulls) to the volume form.
+    let converted = reg.reference("converted/minilm:v1");
+    h.run(&["convert", &reference, &converted, "--to", "image-volume"])
+        .ok();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let mounted = ctd.pull_and_mount(&converted, platform);
+        assert_same_model(&model, &mounted, &format!("convert, {platform}"));
+    }
+    // The real consumer loads the weights from the mounted volume.
+    let mounted = ctd.mounts[0].join("model.safetensors");
+    let shape = python(&format!(
+        "from safetensors.numpy import load_file\n\
+         t = load_file({:?})\nprint(len(t))",
+        s(&mounted)
+    ));
+    assert!(shape.trim().parse::<usize>().unwrap() > 0);
+}
+
+/// A model with odd names and shapes: nested and empty folders, an empty file, a link inside
+/// the folder, spaces, non-ASCII, a path past tar's 100-byte name field. containerd mounts
+/// exactly what a pull of the ModelPack form gives.
+#[test]
+fn containerd_mounts_odd_names_and_shapes() {
+    let Some(mut ctd) = Containerd::start() else {
+        return;
+    };
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    let d = src.path();
+    let deep = format!("{}/{}", "a".repeat(60), "ß".repeat(40));
+    std::fs::create_dir_all(d.join(&deep)).unwrap();
+    std::fs::create_dir_all(d.join("empty folder")).unwrap();
+    std::fs::create_dir_all(d.join("日本語")).unwrap();
+    std::fs::write(d.join(format!("{deep}/weights.bin")), noise(70_000, 3)).unwrap();
+    std::fs::write(d.join("zero bytes.txt"), b"").unwrap();
+    std::fs::write(d.join("日本語/トークナイザー.json"), b"{\"v\":1}").unwrap();
+    std::fs::write(d.join("config.json"), b"{}").unwrap();
+    std::os::unix::fs::symlink("config.json", d.join("link.json")).unwrap();
+    let reference = reg.reference("odd:v1");
+    h.run(&["push", s(d), &reference, "--image-volume"]).ok();
+    let pulled = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reference, "-o", s(pulled.path())]).ok();
+    let mounted = ctd.pull_and_mount(&format!("{reference}-volume"), "linux/amd64");
+    assert_eq!(tree(pulled.path(), false), tree(&mounted, true));
+    assert_eq!(std::fs::read(mounted.join("link.json")).unwrap(), b"{}");
+    assert_same_model(pulled.path(), &mounted, "odd model");
+}
+
+/// A shard past tar's 8 GiB octal size field (a sparse file: no disk for its zeros, but
+/// every byte is packed, pushed and mounted). Slow: `cargo test -- --ignored`.
+#[test]
+#[ignore = "slow: packs, pushes and mounts a 9 GiB file"]
+fn containerd_mounts_a_file_past_8_gib() {
+    let Some(mut ctd) = Containerd::start() else {
+        return;
+    };
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    let size: u64 = 9 << 30;
+    let f = std::fs::File::create(src.path().join("big.gguf")).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    std::fs::write(src.path().join("config.json"), b"{}").unwrap();
+    let reference = reg.reference("big:v1");
+    h.run(&["push", s(src.path()), &reference, "--image-volume"])
+        .ok();
+    let mounted = ctd.pull_and_mount(&format!("{reference}-volume"), "linux/amd64");
+    assert_eq!(
+        std::fs::metadata(mounted.join("big.gguf")).unwrap().len(),
+        size
+    );
+    let out = Command::new("cmp")
+        .arg(src.path().join("big.gguf"))
+        .arg(mounted.join("big.gguf"))
+        .status()
+        .unwrap();
+    assert!(out.success(), "the mounted 9 GiB file differs");
+}
+
+/// hoist reads its volume form back as the model's files (not tar files), and says in
+/// `inspect` where the volume form of a ModelPack tag is and whether it is current.
+#[test]
+fn hoist_pulls_and_inspects_the_volume_form() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("small:v1");
+    h.run(&["inspect", &reference]).fails_with(4, "");
+    h.run(&["push", s(src.path()), &reference]).ok();
+    let before = h.run(&["inspect", &reference]).ok();
+    assert!(
+        before.stdout.contains("Image volume:  none"),
+        "{}",
+        before.stdout
+    );
+    let pushed = h
+        .run(&["push", s(src.path()), &reference, "--image-volume"])
+        .ok();
+    let volume_ref = format!("{reference}-volume");
+    pull_same(&h, &volume_ref, src.path(), &[]);
+    let inspected = h.run(&["inspect", &reference]).ok();
+    assert!(
+        inspected
+            .stdout
+            .contains(&format!("Image volume:  {volume_ref} (holds these files)")),
+        "{}",
+        inspected.stdout
+    );
+    let of_volume = h.run(&["inspect", &volume_ref]).ok();
+    assert!(
+        of_volume.stdout.contains("Image volume:  yes"),
+        "{}",
+        of_volume.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", &reference, "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["imageVolume"]["tag"], "v1-volume");
+    assert_eq!(json["imageVolume"]["current"], true);
+    assert_eq!(
+        json["manifestDigest"].as_str().unwrap(),
+        digest_line(&pushed.stdout)
+    );
+    // A new version of the model under the same tag: the old volume form is named stale.
+    std::fs::write(src.path().join("config.json"), b"{\"v\":2}").unwrap();
+    h.run(&["push", s(src.path()), &reference]).ok();
+    let stale = h.run(&["inspect", &reference]).ok();
+    assert!(
+        stale.stdout.contains("made from another version"),
+        "{}",
+        stale.stdout
+    );
+}
+
+/// No bytes twice: a ModelPack artifact pushed with tar layers shares every layer with its
+/// volume form (only the small configs are uploaded for it), and a second push sends none.
+#[test]
+fn volume_form_shares_tar_layers_with_the_modelpack_form() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("shared:v1");
+    let out = h
+        .run(&[
+            "push",
+            s(src.path()),
+            &reference,
+            "--layer-format",
+            "tar",
+            "--no-chunk-index",
+            "--image-volume",
+            "--json",
+        ])
+        .ok();
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let files = 6; // small_model's files (the hidden one is skipped)
+    assert_eq!(doc["modelpack"]["uploaded"], files + 1);
+    assert_eq!(
+        doc["imageVolume"]["uploaded"].as_u64().unwrap() as usize,
+        hoist::pack::volume::DEFAULT_ARCHITECTURES.len(),
+        "only the per-platform configs are new: {doc}"
+    );
+    let again = h
+        .run(&[
+            "push",
+            s(src.path()),
+            &reference,
+            "--layer-format",
+            "tar",
+            "--no-chunk-index",
+            "--image-volume",
+            "--json",
+        ])
+        .ok();
+    let doc: serde_json::Value = serde_json::from_str(again.stdout.trim()).unwrap();
+    assert_eq!(doc["modelpack"]["uploaded"], 0);
+    assert_eq!(doc["imageVolume"]["uploaded"], 0);
+}
+
+/// What containerd refuses (`mismatched image rootfs and manifest layers`), hoist pull
+/// refuses with exit 6 and writes nothing: diff_ids that name other layers, or too few.
+#[test]
+fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
+    use hoist::digest::Digest;
+    use hoist::oci::{media, Descriptor, Manifest};
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let layer = tar_with(&[("model.bin", tar::EntryType::Regular, "", b"weights")]);
+    let layer_digest = Digest::of_bytes(&layer);
+    let other = Digest::of_bytes(b"another layer");
+    for (repo, ids) in [
+        ("wrong-id", vec![other.clone()]),
+        ("too-few", vec![]),
+        ("too-many", vec![layer_digest.clone(), other.clone()]),
+    ] {
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ids},
+        }))
+        .unwrap();
+        let config_desc = Descriptor::new(
+            media::OCI_IMAGE_CONFIG,
+            Digest::of_bytes(&config),
+            config.len() as u64,
+        );
+        let mut layer_desc = Descriptor::new(
+            media::OCI_LAYER_TAR,
+            layer_digest.clone(),
+            layer.len() as u64,
+        );
+        layer_desc
+            .annotations
+            .insert(media::ANNOTATION_FILEPATH.into(), "model.bin".into());
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: config_desc.clone(),
+            layers: vec![layer_desc.clone()],
+            subject: None,
+            annotations: Default::default(),
+        };
+        put_raw(
+            &reg,
+            repo,
+            &[(&config_desc, &config), (&layer_desc, &layer)],
+            &manifest,
+        );
+        let out = tempfile::tempdir().unwrap();
+        h.run(&[
+            "pull",
+            &reg.reference(&format!("{repo}:v1")),
+            "-o",
+            s(out.path()),
+        ])
+        .fails_with(VERIFICATION, "rootfs.diff_ids");
+        assert!(
+            visible_entries(out.path()).is_empty(),
+            "{repo}: a refused pull placed files"
+        );
+    }
+}
+
+/// Upload blobs and a manifest as they are (no check of what they say).
+fn put_raw(
+    reg: &Registry,
+    repo: &str,
+    blobs: &[(&hoist::oci::Descriptor, &[u8])],
+    manifest: &hoist::oci::Manifest,
+) {
+    use hoist::registry::{Credentials, RegistryClient, TransportOptions, UploadBody};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = RegistryClient::new(
+            &reg.addr,
+            &TransportOptions::default(),
+            Credentials::anonymous(),
+        )
+        .unwrap();
+        for (desc, bytes) in blobs {
+            client
+                .upload_blob(repo, desc, UploadBody::Bytes(bytes.to_vec().into()), None)
+                .await
+                .unwrap();
+        }
+        client
+            .put_manifest(
+                repo,
+                "v1",
+                hoist::oci::media::OCI_MANIFEST,
+                manifest.to_bytes().into(),
+            )
+            .await
+            .unwrap();
+    });
+}
