@@ -450,6 +450,7 @@ fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
         put_raw(
             &reg,
             repo,
+            "v1",
             &[(&config_desc, &config), (&layer_desc, &layer)],
             &manifest,
         );
@@ -466,38 +467,4 @@ fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
             "{repo}: a refused pull placed files"
         );
     }
-}
-
-/// Upload blobs and a manifest as they are (no check of what they say).
-fn put_raw(
-    reg: &Registry,
-    repo: &str,
-    blobs: &[(&hoist::oci::Descriptor, &[u8])],
-    manifest: &hoist::oci::Manifest,
-) {
-    use hoist::registry::{Credentials, RegistryClient, TransportOptions, UploadBody};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = RegistryClient::new(
-            &reg.addr,
-            &TransportOptions::default(),
-            Credentials::anonymous(),
-        )
-        .unwrap();
-        for (desc, bytes) in blobs {
-            client
-                .upload_blob(repo, desc, UploadBody::Bytes(bytes.to_vec().into()), None)
-                .await
-                .unwrap();
-        }
-        client
-            .put_manifest(
-                repo,
-                "v1",
-                hoist::oci::media::OCI_MANIFEST,
-                manifest.to_bytes().into(),
-            )
-            .await
-            .unwrap();
-    });
 }

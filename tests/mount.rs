@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cannot_run, python, real_model, Hoist, Registry};
+use common::{cannot_run, python, put_volume_layer, real_model, tar_with, tree, Hoist, Registry};
 
 fn fuse_usable() -> bool {
     let ok = std::fs::OpenOptions::new()
@@ -496,4 +496,49 @@ fn verify_before_read_fetches_the_whole_blob_even_without_prefetch() {
         cache.path().join("blobs/sha256").join(hex).is_file(),
         "the verified blob was cached"
     );
+}
+
+/// The image-volume form mounts too: each file is served from inside its tar layer, the
+/// tree is the model's and the real loader reads the weights.
+#[test]
+fn image_volume_form_mounts_as_the_models_files() {
+    if !fuse_usable() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = real_model();
+    let reference = reg.reference("minilm:v1");
+    h.run(&["push", src.to_str().unwrap(), &reference, "--image-volume"])
+        .ok();
+    let m = Mount::start(&h, &format!("{reference}-volume"), &[]);
+    let point = m.point();
+    assert_eq!(
+        std::fs::metadata(point.join("model.safetensors")).unwrap().len(),
+        90_868_376
+    );
+    assert_eq!(tree(&src, false), tree(&point, false));
+    let n = python(&format!(
+        "from safetensors.numpy import load_file\nprint(len(load_file({:?})))",
+        point.join("model.safetensors").to_str().unwrap()
+    ));
+    assert!(n.trim().parse::<usize>().unwrap() > 0);
+}
+
+/// A volume layer whose tar header names another file than its annotations: the mount
+/// serves no byte of it (EIO), whatever the digests say.
+#[test]
+fn image_volume_layer_with_another_header_is_not_served() {
+    if !fuse_usable() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let tar = tar_with(&[("other.bin", tar::EntryType::Regular, "", b"7 bytes")]);
+    let reference = put_volume_layer(&reg, "lying", &tar, "model.bin", 7);
+    let m = Mount::start(&h, &reference, &[]);
+    let err = std::fs::read(m.point().join("model.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("tar header of model.bin"), "{log}");
 }

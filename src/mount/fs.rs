@@ -30,6 +30,8 @@ pub struct ModelFs {
     pub gid: u32,
     /// Blobs whose unverified bytes were already reported in the log.
     warned_unverified: std::sync::Mutex<std::collections::HashSet<usize>>,
+    /// Files inside tar layers whose header was found as the tree says.
+    headers_checked: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl ModelFs {
@@ -52,6 +54,7 @@ impl ModelFs {
             uid,
             gid,
             warned_unverified: Default::default(),
+            headers_checked: Default::default(),
         }
     }
 
@@ -89,6 +92,58 @@ impl ModelFs {
             flags: 0,
             blksize: 1 << 20,
         })
+    }
+
+    /// Serve `size` bytes at `offset` of the file `ino`, which is `len` bytes of blob `b`
+    /// from `start`. A file inside a tar (an image-volume layer) is served only once the
+    /// header in front of it says what the tree does: this file, this size, data right there.
+    fn read_file(
+        &self,
+        ino: u64,
+        b: usize,
+        (start, len): (u64, u64),
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        if start > 0 {
+            self.check_tar_header(ino, b, start, len)?;
+        }
+        let size = (len - offset).min(u64::from(size)) as u32;
+        self.read_blob(b, start + offset, size)
+    }
+
+    fn check_tar_header(&self, ino: u64, b: usize, start: u64, len: u64) -> Result<(), Errno> {
+        if self.headers_checked.lock().expect("header set").contains(&ino) {
+            return Ok(());
+        }
+        let head = self.read_blob(b, 0, start as u32)?;
+        let path = self.tree.path_of(ino);
+        let found = tar::Archive::new(&head[..])
+            .entries()
+            .ok()
+            .and_then(|mut entries| entries.next()?.ok())
+            .map(|entry| {
+                entry.header().entry_type().is_file()
+                    && entry.size() == len
+                    && entry.raw_file_position() == start
+                    && entry.path().ok().and_then(|p| p.to_str().map(str::to_owned))
+                        == Some(path.clone())
+            });
+        if found != Some(true) {
+            tracing::error!(
+                "mount: EIO: the tar header of {path} does not describe {len} bytes of {path} at byte {start} of {}",
+                self.scheduler.blobs[b].name
+            );
+            return Err(Errno::EIO);
+        }
+        self.headers_checked
+            .lock()
+            .expect("header set")
+            .insert(ino);
+        Ok(())
     }
 
     /// Serve `size` bytes of blob `b` at `offset`, fetching what is missing.
@@ -213,7 +268,12 @@ impl Filesystem for ModelFs {
         reply: ReplyData,
     ) {
         match self.tree.get(ino.0).map(|n| &n.kind) {
-            Some(NodeKind::File { blob, .. }) => match self.read_blob(*blob, offset, size) {
+            Some(&NodeKind::File {
+                blob,
+                size: len,
+                start,
+                ..
+            }) => match self.read_file(ino.0, blob, (start, len), offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
             },

@@ -38,7 +38,7 @@ use prefetch::Scheduler;
 pub enum MountError {
     #[error(transparent)]
     Transfer(#[from] TransferError),
-    #[error("cannot mount {layer}: it is a {format} layer; hoist mount serves one file per raw layer (hoist's default push); use `hoist pull` for this artifact")]
+    #[error("cannot mount {layer}: it is a {format} layer; hoist mount serves one file per raw layer (hoist's default push) or per tar layer of hoist's image-volume form; use `hoist pull` for this artifact")]
     NotRaw { layer: String, format: String },
     #[error("{0} appears twice or runs through a file; the manifest's paths do not form a tree")]
     PathClash(String),
@@ -117,7 +117,8 @@ pub async fn mount(
     };
     // The tree first, from the manifest alone: nothing is created on disk for a manifest
     // that cannot be mounted.
-    let (tree, unique) = build_tree(&plan)?;
+    let volume = crate::pack::volume::is_volume_form(&resolved.manifest);
+    let (tree, unique) = build_tree(&plan, volume)?;
     let blobs = open_blobs(&unique, local_store.as_ref(), &opts)?;
     let kinds: Vec<_> = unique
         .iter()
@@ -169,24 +170,28 @@ pub async fn mount(
 /// Each distinct blob of a mount, with the name of its first file.
 type UniqueBlobs<'a> = Vec<(&'a crate::oci::Descriptor, String)>;
 
-/// The file tree of a plan of raw layers, and its distinct blobs.
-fn build_tree(plan: &LayerPlan) -> Result<(tree::Tree, UniqueBlobs<'_>), MountError> {
+/// The file tree of a plan of raw layers (or of an image-volume form's tar layers), and its
+/// distinct blobs.
+fn build_tree(plan: &LayerPlan, volume: bool) -> Result<(tree::Tree, UniqueBlobs<'_>), MountError> {
     let mut tree = tree::Tree::new();
     let mut unique: UniqueBlobs = Vec::new();
     let mut by_digest: HashMap<String, usize> = HashMap::new();
     for layer in &plan.layers {
-        if layer.format != LayerFormat::Raw {
-            return Err(MountError::NotRaw {
-                layer: layer.path.display().to_string(),
-                format: layer.format.suffix().into(),
-            });
-        }
+        let not_raw = || MountError::NotRaw {
+            layer: layer.path.display().to_string(),
+            format: layer.format.suffix().into(),
+        };
         let desc = &layer.descriptor;
+        let (start, size) = match layer.format {
+            LayerFormat::Raw => (0, desc.size),
+            LayerFormat::Tar if volume => volume_window(layer).ok_or_else(not_raw)?,
+            _ => return Err(not_raw()),
+        };
         let index = *by_digest.entry(desc.digest.to_string()).or_insert_with(|| {
             unique.push((desc, layer.path.display().to_string()));
             unique.len() - 1
         });
-        if !tree.add_file(&layer.path, index, desc.size, file_mode(desc)) {
+        if !tree.add_file(&layer.path, index, size, file_mode(desc), start) {
             return Err(MountError::PathClash(layer.path.display().to_string()));
         }
     }
@@ -255,6 +260,18 @@ fn open_blob(
 }
 
 /// The file's mode from its ModelPack metadata annotation, else read-only for all.
+/// Where an image-volume layer's file lies in its blob, `(start, size)`: from the size its
+/// metadata annotation gives, only if the blob is exactly as long as hoist's tar of such a
+/// file (the header found there is checked before the first read).
+fn volume_window(layer: &crate::oci::FileLayer) -> Option<(u64, u64)> {
+    let desc = &layer.descriptor;
+    let meta: crate::oci::modelpack::FileMetadata =
+        serde_json::from_str(desc.annotation(media::ANNOTATION_FILE_METADATA)?).ok()?;
+    let path = layer.path.to_str()?;
+    let (start, end) = crate::pack::volume::tar_window(path, meta.size).ok()?;
+    (end == desc.size).then_some((start, meta.size))
+}
+
 fn file_mode(desc: &crate::oci::Descriptor) -> u32 {
     desc.annotation(media::ANNOTATION_FILE_METADATA)
         .and_then(|m| serde_json::from_str::<crate::oci::modelpack::FileMetadata>(m).ok())

@@ -9,7 +9,14 @@ pub const ROOT: u64 = 1;
 #[derive(Debug)]
 pub enum NodeKind {
     Dir { children: BTreeMap<String, u64> },
-    File { blob: usize, size: u64, mode: u32 },
+    /// A file's bytes are `size` bytes of blob `blob` from `start` (0 for a raw layer; past
+    /// the tar header in an image-volume layer).
+    File {
+        blob: usize,
+        size: u64,
+        mode: u32,
+        start: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -41,7 +48,7 @@ impl Tree {
 
     /// Add a file at a (safe, relative) path, creating its folders. Returns false if the path
     /// runs through an existing file or names one twice.
-    pub fn add_file(&mut self, path: &Path, blob: usize, size: u64, mode: u32) -> bool {
+    pub fn add_file(&mut self, path: &Path, blob: usize, size: u64, mode: u32, start: u64) -> bool {
         let parts: Vec<String> = path
             .iter()
             .map(|p| p.to_string_lossy().into_owned())
@@ -68,8 +75,33 @@ impl Tree {
         if self.child(dir, name).is_some() {
             return false;
         }
-        self.insert(dir, name, NodeKind::File { blob, size, mode });
+        self.insert(
+            dir,
+            name,
+            NodeKind::File {
+                blob,
+                size,
+                mode,
+                start,
+            },
+        );
         true
+    }
+
+    /// The `/`-separated path of inode `ino` from the root.
+    pub fn path_of(&self, mut ino: u64) -> String {
+        let mut parts = Vec::new();
+        while ino != ROOT {
+            let Some(node) = self.get(ino) else { break };
+            if let Some(NodeKind::Dir { children }) = self.get(node.parent).map(|p| &p.kind) {
+                if let Some((name, _)) = children.iter().find(|(_, &c)| c == ino) {
+                    parts.push(name.as_str());
+                }
+            }
+            ino = node.parent;
+        }
+        parts.reverse();
+        parts.join("/")
     }
 
     pub fn child(&self, dir: u64, name: &str) -> Option<u64> {
@@ -102,10 +134,10 @@ mod tests {
     #[test]
     fn folders_come_from_paths() {
         let mut t = Tree::new();
-        assert!(t.add_file(Path::new("config.json"), 0, 10, 0o444));
-        assert!(t.add_file(Path::new("1_Pooling/config.json"), 1, 20, 0o444));
-        assert!(!t.add_file(Path::new("config.json/x"), 2, 1, 0o444));
-        assert!(!t.add_file(Path::new("1_Pooling/config.json"), 2, 1, 0o444));
+        assert!(t.add_file(Path::new("config.json"), 0, 10, 0o444, 0));
+        assert!(t.add_file(Path::new("1_Pooling/config.json"), 1, 20, 0o444, 0));
+        assert!(!t.add_file(Path::new("config.json/x"), 2, 1, 0o444, 0));
+        assert!(!t.add_file(Path::new("1_Pooling/config.json"), 2, 1, 0o444, 0));
         let pooling = t.child(ROOT, "1_Pooling").unwrap();
         let file = t.child(pooling, "config.json").unwrap();
         assert!(matches!(
@@ -117,5 +149,6 @@ mod tests {
             }
         ));
         assert_eq!(t.get(pooling).unwrap().parent, ROOT);
+        assert_eq!(t.path_of(file), "1_Pooling/config.json");
     }
 }

@@ -179,6 +179,23 @@ pub fn is_volume_form(manifest: &Manifest) -> bool {
         })
 }
 
+/// Where a file's bytes lie in the single-entry tar hoist writes for it: `(start, blob size)`.
+/// The data follows the header (and, for a path past 100 bytes, a GNU long-name entry); the
+/// blob ends with the data padded to 512 bytes and the two zero blocks of the end. `hoist
+/// mount` serves a volume form's files as these windows of their blobs, and checks the header
+/// it finds there before serving a byte.
+pub fn tar_window(path: &str, size: u64) -> std::io::Result<(u64, u64)> {
+    let mut header = super::encode::tar_header(size, 0o644, None);
+    let mut builder = tar::Builder::new(Vec::new());
+    // The header alone: no data is copied, so the bytes written are where the data starts.
+    builder.append_data(&mut header, path, std::io::empty())?;
+    let start = builder.into_inner()?.len() as u64 - 1024;
+    let padded = size.div_ceil(512).checked_mul(512);
+    let end = padded.and_then(|p| p.checked_add(start + 1024));
+    let end = end.ok_or_else(|| std::io::Error::other("file size out of range"))?;
+    Ok((start, end))
+}
+
 /// The layer format a volume form is made from.
 pub const LAYER_FORMAT: LayerFormat = LayerFormat::Tar;
 
@@ -269,6 +286,39 @@ mod tests {
             volume_of(packed, DEFAULT_ARCHITECTURES, None, None),
             Err(PackError::Whiteout(p)) if p == ".wh.config.json"
         ));
+    }
+
+    /// The window of every file is where the tar hoist writes puts it: short and long
+    /// paths (past the 100-byte name field), empty files, sizes off the 512 grid.
+    #[test]
+    fn windows_match_the_tars_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}/{}", "d".repeat(70), "é".repeat(30));
+        std::fs::create_dir_all(dir.path().join(&long)).unwrap();
+        let files = [
+            ("a.json".to_string(), 0usize),
+            ("b.bin".to_string(), 513),
+            (format!("{long}/c.bin"), 1024),
+        ];
+        for (name, len) in &files {
+            std::fs::write(dir.path().join(name), vec![9u8; *len]).unwrap();
+        }
+        let packed = pack(dir.path(), &tar_opts()).unwrap();
+        for (blob, layer) in packed.blobs.iter().skip(1).zip(&packed.manifest.layers) {
+            let BlobSource::File(path) = &blob.source else {
+                panic!("tar layers are files")
+            };
+            let bytes = std::fs::read(path).unwrap();
+            let name = layer.annotation(media::ANNOTATION_FILEPATH).unwrap();
+            let len = files.iter().find(|(n, _)| n == name).unwrap().1 as u64;
+            let (start, end) = tar_window(name, len).unwrap();
+            assert_eq!(end, bytes.len() as u64, "{name}");
+            let mut archive = tar::Archive::new(&bytes[..]);
+            let entry = archive.entries().unwrap().next().unwrap().unwrap();
+            assert_eq!(entry.raw_file_position(), start, "{name}");
+            assert_eq!(entry.path().unwrap().to_str().unwrap(), name);
+            assert!(bytes[start as usize..(start + len) as usize].iter().all(|b| *b == 9));
+        }
     }
 
     /// A compressed or raw pack is not a volume form's input.

@@ -756,3 +756,63 @@ pub fn cannot_run(why: &str) -> bool {
     eprintln!("SKIPPED: {why}");
     true
 }
+
+/// Upload blobs and a manifest (under `tag`) as they are: no check of what they say.
+pub fn put_raw(reg: &Registry, repo: &str, tag: &str, blobs: &[(&Descriptor, &[u8])], manifest: &Manifest) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = RegistryClient::new(
+            &reg.addr,
+            &TransportOptions::default(),
+            Credentials::anonymous(),
+        )
+        .unwrap();
+        for (desc, bytes) in blobs {
+            client
+                .upload_blob(repo, desc, UploadBody::Bytes(bytes.to_vec().into()), None)
+                .await
+                .unwrap();
+        }
+        client
+            .put_manifest(repo, tag, media::OCI_MANIFEST, manifest.to_bytes().into())
+            .await
+            .unwrap();
+    });
+}
+
+/// An image-volume form of one file by hand: `tar` is its layer, `path` and `size` what
+/// the layer's annotations say it holds, and the config's diff_ids name the layer. Pushed
+/// as `repo:v1`; the reference.
+pub fn put_volume_layer(reg: &Registry, repo: &str, tar: &[u8], path: &str, size: u64) -> String {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of_bytes(tar)]},
+    }))
+    .unwrap();
+    let config_desc = Descriptor::new(
+        media::OCI_IMAGE_CONFIG,
+        Digest::of_bytes(&config),
+        config.len() as u64,
+    );
+    let mut layer = Descriptor::new(media::OCI_LAYER_TAR, Digest::of_bytes(tar), tar.len() as u64);
+    layer
+        .annotations
+        .insert(media::ANNOTATION_FILEPATH.into(), path.into());
+    layer.annotations.insert(
+        media::ANNOTATION_FILE_METADATA.into(),
+        serde_json::json!({"name": path, "mode": 0o644, "uid": 0, "gid": 0, "size": size,
+                           "mtime": "1970-01-01T00:00:00Z", "typeflag": 48})
+        .to_string(),
+    );
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: None,
+        config: config_desc.clone(),
+        layers: vec![layer.clone()],
+        subject: None,
+        annotations: Default::default(),
+    };
+    put_raw(reg, repo, "v1", &[(&config_desc, &config), (&layer, tar)], &manifest);
+    reg.reference(&format!("{repo}:v1"))
+}
