@@ -197,7 +197,23 @@ fn containerd_mounts_the_real_model_on_amd64_and_arm64() {
     let plain = h
         .run(&["push", s(&model), &reg.reference("plain/minilm:v1")])
         .ok();
-    let reference = reg.reference("minilm:v1");
+    // The references the Pods in deploy/image-volume/ name, on this test's registry: the
+    // containerd Pod's is the volume form of the CRI-O Pod's.
+    let named = |file: &str| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/image-volume")
+                .join(file),
+        )
+        .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.trim().starts_with("reference:"))
+            .unwrap();
+        let r = line.trim().trim_start_matches("reference:").trim();
+        reg.reference(r.trim_start_matches("registry.example.com/"))
+    };
+    let reference = named("pod-cri-o.yaml");
     let pushed = h
         .run(&["push", s(&model), &reference, "--image-volume"])
         .ok();
@@ -207,6 +223,7 @@ fn containerd_mounts_the_real_model_on_amd64_and_arm64() {
         "--image-volume changed the ModelPack artifact"
     );
     let volume_ref = format!("{reference}-volume");
+    assert_eq!(volume_ref, named("pod-containerd.yaml"));
     assert!(
         pushed
             .stdout

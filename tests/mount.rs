@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cannot_run, python, put_volume_layer, real_model, tar_with, tree, Hoist, Registry};
+use common::{cannot_run, put_volume_layer, python, real_model, tar_with, tree, Hoist, Registry};
 
 fn fuse_usable() -> bool {
     let ok = std::fs::OpenOptions::new()
@@ -514,7 +514,9 @@ fn image_volume_form_mounts_as_the_models_files() {
     let m = Mount::start(&h, &format!("{reference}-volume"), &[]);
     let point = m.point();
     assert_eq!(
-        std::fs::metadata(point.join("model.safetensors")).unwrap().len(),
+        std::fs::metadata(point.join("model.safetensors"))
+            .unwrap()
+            .len(),
         90_868_376
     );
     assert_eq!(tree(&src, false), tree(&point, false));

@@ -116,7 +116,12 @@ impl ModelFs {
     }
 
     fn check_tar_header(&self, ino: u64, b: usize, start: u64, len: u64) -> Result<(), Errno> {
-        if self.headers_checked.lock().expect("header set").contains(&ino) {
+        if self
+            .headers_checked
+            .lock()
+            .expect("header set")
+            .contains(&ino)
+        {
             return Ok(());
         }
         let head = self.read_blob(b, 0, start as u32)?;
@@ -129,7 +134,10 @@ impl ModelFs {
                 entry.header().entry_type().is_file()
                     && entry.size() == len
                     && entry.raw_file_position() == start
-                    && entry.path().ok().and_then(|p| p.to_str().map(str::to_owned))
+                    && entry
+                        .path()
+                        .ok()
+                        .and_then(|p| p.to_str().map(str::to_owned))
                         == Some(path.clone())
             });
         if found != Some(true) {
@@ -139,10 +147,7 @@ impl ModelFs {
             );
             return Err(Errno::EIO);
         }
-        self.headers_checked
-            .lock()
-            .expect("header set")
-            .insert(ino);
+        self.headers_checked.lock().expect("header set").insert(ino);
         Ok(())
     }
 

@@ -8,7 +8,9 @@ pub const ROOT: u64 = 1;
 
 #[derive(Debug)]
 pub enum NodeKind {
-    Dir { children: BTreeMap<String, u64> },
+    Dir {
+        children: BTreeMap<String, u64>,
+    },
     /// A file's bytes are `size` bytes of blob `blob` from `start` (0 for a raw layer; past
     /// the tar header in an image-volume layer).
     File {

@@ -317,7 +317,9 @@ mod tests {
             let entry = archive.entries().unwrap().next().unwrap().unwrap();
             assert_eq!(entry.raw_file_position(), start, "{name}");
             assert_eq!(entry.path().unwrap().to_str().unwrap(), name);
-            assert!(bytes[start as usize..(start + len) as usize].iter().all(|b| *b == 9));
+            assert!(bytes[start as usize..(start + len) as usize]
+                .iter()
+                .all(|b| *b == 9));
         }
     }
 

@@ -758,7 +758,13 @@ pub fn cannot_run(why: &str) -> bool {
 }
 
 /// Upload blobs and a manifest (under `tag`) as they are: no check of what they say.
-pub fn put_raw(reg: &Registry, repo: &str, tag: &str, blobs: &[(&Descriptor, &[u8])], manifest: &Manifest) {
+pub fn put_raw(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    blobs: &[(&Descriptor, &[u8])],
+    manifest: &Manifest,
+) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = RegistryClient::new(
@@ -794,7 +800,11 @@ pub fn put_volume_layer(reg: &Registry, repo: &str, tar: &[u8], path: &str, size
         Digest::of_bytes(&config),
         config.len() as u64,
     );
-    let mut layer = Descriptor::new(media::OCI_LAYER_TAR, Digest::of_bytes(tar), tar.len() as u64);
+    let mut layer = Descriptor::new(
+        media::OCI_LAYER_TAR,
+        Digest::of_bytes(tar),
+        tar.len() as u64,
+    );
     layer
         .annotations
         .insert(media::ANNOTATION_FILEPATH.into(), path.into());
@@ -813,6 +823,12 @@ pub fn put_volume_layer(reg: &Registry, repo: &str, tar: &[u8], path: &str, size
         subject: None,
         annotations: Default::default(),
     };
-    put_raw(reg, repo, "v1", &[(&config_desc, &config), (&layer, tar)], &manifest);
+    put_raw(
+        reg,
+        repo,
+        "v1",
+        &[(&config_desc, &config), (&layer, tar)],
+        &manifest,
+    );
     reg.reference(&format!("{repo}:v1"))
 }
