@@ -760,6 +760,14 @@ fn files_no_pull_placed_are_not_overwritten() {
         visible_entries(out.path()),
         vec!["README.md", "config.json"]
     );
+    // Refused before the download, not after it: no blob fetched, no state left behind.
+    assert_eq!(reg.blob_get_count(), 0, "the refused pull downloaded blobs");
+    assert_eq!(state_left(out.path()), Vec::<String>::new());
+    // A file of the user's that already holds the model's bytes is no conflict.
+    let same = tempfile::tempdir().unwrap();
+    std::fs::copy(src.path().join("README.md"), same.path().join("README.md")).unwrap();
+    h.run(&["pull", &reference, "-o", s(same.path())]).ok();
+    assert_eq!(tree(src.path(), false), tree(same.path(), false));
     h.run(&["pull", &reference, "-o", s(out.path()), "--overwrite"])
         .ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));

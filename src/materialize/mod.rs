@@ -178,6 +178,19 @@ impl Staging {
         &self.out
     }
 
+    /// Would placing `rel` replace something no pull placed, that is not already these bytes?
+    /// Asked before any download, so that a pull into a folder of the user's own files is
+    /// refused before it costs the network anything.
+    pub fn would_replace_foreign(&self, rel: &Path, digest: &Digest, size: u64) -> bool {
+        if fs::symlink_metadata(self.out.join(rel)).is_err() {
+            return false;
+        }
+        if self.record.lock().expect("record").placed(rel) {
+            return false;
+        }
+        !self.holds(rel, digest, size)
+    }
+
     /// Is the file at `rel` already there with exactly `digest`'s bytes? Trusted from the
     /// record while its stamp matches; otherwise hashed (and the record refreshed).
     pub fn holds(&self, rel: &Path, digest: &Digest, size: u64) -> bool {

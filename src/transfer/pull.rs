@@ -150,6 +150,11 @@ pub async fn pull(
         .await
         .expect("staging task does not panic")?;
     let staging = Arc::new(staging);
+    if !opts.overwrite {
+        if let Err(e) = refuse_foreign_files(&staging, &plan).await {
+            return Err(give_up(staging, e).await);
+        }
+    }
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let jobs = blob_jobs(&plan);
     // Enough to download that reuse could pay for the index lookup: look for the index, and
@@ -318,6 +323,35 @@ fn plan_for(
         }
     }
     Ok(plan)
+}
+
+/// A file of the plan that would replace one of the user's (no pull placed it, and it holds
+/// other bytes) is refused now, before any download, rather than at the commit. (A tar
+/// layer's names are known only once it is downloaded; the commit checks those.)
+async fn refuse_foreign_files(staging: &Arc<Staging>, plan: &LayerPlan) -> Result<(), TransferError> {
+    let raw: Vec<(PathBuf, Digest, u64)> = plan
+        .layers
+        .iter()
+        .filter(|l| l.format == LayerFormat::Raw)
+        .map(|l| (l.path.clone(), l.descriptor.digest.clone(), l.descriptor.size))
+        .collect();
+    let checking = staging.clone();
+    let foreign: Vec<String> = tokio::task::spawn_blocking(move || {
+        raw.iter()
+            .filter(|(rel, digest, size)| checking.would_replace_foreign(rel, digest, *size))
+            .map(|(rel, _, _)| rel.display().to_string())
+            .collect()
+    })
+    .await
+    .expect("check task does not panic");
+    match foreign.is_empty() {
+        true => Ok(()),
+        false => Err(crate::materialize::MaterializeError::WouldOverwrite {
+            out: staging.out().to_path_buf(),
+            files: foreign,
+        }
+        .into()),
+    }
 }
 
 /// Remember how this version's blobs are cut (from its index) beside them: in the folder's
