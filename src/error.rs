@@ -206,6 +206,7 @@ fn registry_code(e: &RegistryError) -> ExitCode {
             ExitCode::Failure
         }
         RegistryError::Connect { .. }
+        | RegistryError::Unresolved { .. }
         | RegistryError::TimedOut { .. }
         | RegistryError::Transfer { .. }
         | RegistryError::Throttled { .. }

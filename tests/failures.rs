@@ -84,16 +84,30 @@ fn malformed_reference_unknown_host_registry_down_and_missing_tag() {
         h.run(&["pull", bad, "-o", o])
             .fails_with(USAGE, "invalid reference");
     }
-    h.run(&["pull", "no-such-host.invalid/m:v1", "-o", o])
-        .fails_with(NETWORK, "cannot reach registry no-such-host.invalid");
+    // A name that does not resolve: one line, at once (no retry can mend a misspelling),
+    // and no hint about plain HTTP, which has nothing to do with it.
+    let r = h
+        .run(&["pull", "no-such-host.invalid/m:v1", "-o", o])
+        .fails_with(NETWORK, "registry host no-such-host.invalid does not resolve");
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+    assert!(!r.stderr.contains("--plain-http"), "{}", r.stderr);
+    assert!(!r.stderr.contains("Query {"), "a debug-format DNS error: {}", r.stderr);
     let port = free_port();
     h.run(&["pull", &format!("127.0.0.1:{port}/m:v1"), "-o", o])
         .fails_with(NETWORK, "Connection refused");
     let reg = Registry::start();
     h.run(&["pull", &reg.reference("nothing:here"), "-o", o])
         .fails_with(NOT_FOUND, "not found: manifest nothing:here");
-    h.run(&["pull", "not-in-store:v1", "-o", o])
+    let r = h
+        .run(&["pull", "not-in-store:v1", "-o", o])
         .fails_with(NOT_FOUND, "not in the local store");
+    assert!(!r.stderr.contains("registry reference"), "{}", r.stderr);
+    // The host left out of a registry reference: the local store is meant, and the error
+    // says how a registry reference would look.
+    h.run(&["pull", "team/tiny:v1", "-o", o]).fails_with(
+        NOT_FOUND,
+        "a registry reference starts with its host (e.g. registry.example.com/team/tiny:v1)",
+    );
     assert!(
         !out.path().join("o").exists(),
         "failed pulls created the output folder"

@@ -210,7 +210,11 @@ impl RegistryClient {
                 self.registry
             ));
         }
-        if e.is_connect() {
+        if e.is_connect() && detail.contains("dns error") && detail.contains("no records found") {
+            RegistryError::Unresolved {
+                host: self.base.host_str().unwrap_or(&self.registry).to_string(),
+            }
+        } else if e.is_connect() {
             RegistryError::Connect {
                 registry: self.registry.clone(),
                 detail: chain(e),

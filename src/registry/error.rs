@@ -12,6 +12,10 @@ pub enum RegistryError {
         /// The connection was to be TLS (the plain-HTTP hint helps only then).
         tls: bool,
     },
+    /// DNS has no address for the host (NXDOMAIN or no A/AAAA records): a misspelt name,
+    /// which no retry mends.
+    #[error("registry host {host} does not resolve (DNS has no address for it); check the reference's spelling")]
+    Unresolved { host: String },
     #[error("unauthorized: {registry} {} for {repository}; run `hoist login {registry}`", match credential_source {
         Some(source) => format!("rejected the credentials from {source}"),
         None => "requires credentials".to_string(),
@@ -112,7 +116,9 @@ impl RegistryError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            RegistryError::Connect { .. } | RegistryError::TimedOut { .. }
+            RegistryError::Connect { .. }
+                | RegistryError::TimedOut { .. }
+                | RegistryError::Unresolved { .. }
         )
     }
 }

@@ -30,7 +30,7 @@ use crate::oci::{Descriptor, Index};
 pub enum StoreError {
     #[error("local store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{reference} is not in the local store {root} (see `hoist list`)")]
+    #[error("{reference} is not in the local store {root} (see `hoist list`){}", registry_hint(reference))]
     NotFound { reference: String, root: PathBuf },
     #[error("there is no hoist store at {root} (check --store or HOIST_HOME)")]
     Missing { root: PathBuf },
@@ -712,5 +712,16 @@ mod tests {
         assert_eq!(store.resolve("m", "v1").unwrap().digest, desc.digest);
         assert!(store.resolve("m", "v2").is_err());
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+}
+
+/// A reference without a registry host names the local store; one like `team/tiny:v1` may
+/// be a registry reference whose host was left out.
+fn registry_hint(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if !first.contains(['.', ':']) && first != "localhost" => format!(
+            "; a registry reference starts with its host (e.g. registry.example.com/{reference})"
+        ),
+        _ => String::new(),
     }
 }
