@@ -686,7 +686,16 @@ fn a_same_size_edit_with_the_mtime_restored_is_caught() {
     // A re-pull puts the right bytes back (the file was placed by a pull, so it may).
     h.run(&["pull", &reference, "-o", s(out.path())]).ok();
     assert_eq!(tree(src.path(), false), tree(out.path(), false));
-    h.run(&["verify", s(out.path()), &reference]).ok();
+    let verified = h.run(&["verify", s(out.path()), &reference]).ok();
+    // The whole reference is named, not only its tag.
+    assert!(
+        verified.stdout.contains(&format!(" of {reference} (")),
+        "{}",
+        verified.stdout
+    );
+    let json = h.run(&["verify", s(out.path()), &reference, "--json"]).ok();
+    let doc: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(doc["reference"], reference.as_str());
     // Extra files are reported, and a link out of the folder is never followed.
     std::fs::write(out.path().join("injected.py"), b"import os").unwrap();
     h.run(&["verify", s(out.path()), &reference])

@@ -182,8 +182,10 @@ impl Staging {
     /// Asked before any download, so that a pull into a folder of the user's own files is
     /// refused before it costs the network anything.
     pub fn would_replace_foreign(&self, rel: &Path, digest: &Digest, size: u64) -> bool {
-        if fs::symlink_metadata(self.out.join(rel)).is_err() {
-            return false;
+        // A folder in the way is no file of the user's to name: the commit refuses it.
+        match fs::symlink_metadata(self.out.join(rel)) {
+            Ok(m) if !m.is_dir() => {}
+            _ => return false,
         }
         if self.record.lock().expect("record").placed(rel) {
             return false;

@@ -183,9 +183,10 @@ pub async fn verify_folder(
     // A tar layer's files carry no digest of their own and are not listed in the manifest.
     let unchecked = plan.layers.len() - expected.len();
     let check = check_folder(dir, &expected, full, unchecked == 0, &[]);
-    passed(dir, reference, check)?;
+    let name = source.name_of(reference);
+    passed(dir, &name, check)?;
     Ok(Verified {
-        reference: reference.to_string(),
+        reference: name,
         digest: resolved.digest,
         dir: dir.to_path_buf(),
         checked: expected.len(),
