@@ -76,6 +76,13 @@ print(json.dumps({{"params": n, "dtype": max(by_dtype, key=by_dtype.get), "arch"
         config["descriptor"]["licenses"],
         serde_json::json!(["apache-2.0"])
     );
+    // Plain inspect says the same on one line, not only --json.
+    let shown = h.run(&["inspect", "minilm:v1"]).ok().stdout;
+    let line = format!(
+        "Model:         BertModel, {} parameters, fp32, safetensors",
+        config["config"]["paramSize"].as_str().unwrap()
+    );
+    assert!(shown.contains(&line), "{shown}");
 }
 
 /// A tiny GGUF v3 file: architecture, file type and two tensors.

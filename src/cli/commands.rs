@@ -352,6 +352,11 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             .as_deref()
             .unwrap_or(&manifest.config.media_type)
     );
+    if modelpack {
+        if let Some(line) = model_line(&source.config_json(manifest).await) {
+            println!("Model:         {line}");
+        }
+    }
     if volume_form {
         println!(
             "Image volume:  yes (containerd and CRI-O mount this reference as the model's folder)"
@@ -405,6 +410,24 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
         count(manifest.layers.len(), "layer")
     );
     Ok(())
+}
+
+/// What a ModelPack config says the model is, on one line: `BertModel, 22.7m parameters,
+/// float32, safetensors`; `None` when it says nothing.
+fn model_line(config: &serde_json::Value) -> Option<String> {
+    let c = &config["config"];
+    let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    let parts: Vec<String> = [
+        text(&c["architecture"]),
+        text(&c["paramSize"]).map(|p| format!("{p} parameters")),
+        text(&c["precision"]),
+        text(&c["quantization"]),
+        text(&c["format"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
