@@ -312,11 +312,24 @@ fn apply_override(
     Ok(merged)
 }
 
+/// The model's name from its folder: the folder's own name, except for a Hugging Face cache
+/// snapshot (`models--ORG--NAME/snapshots/REVISION`), named after its repository `ORG/NAME`
+/// rather than the revision hash.
 fn folder_name(dir: &Path) -> String {
-    std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into())
+    let Ok(path) = std::fs::canonicalize(dir) else {
+        return "model".into();
+    };
+    let name = |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+    let parent = path.parent();
+    if name(parent).as_deref() == Some("snapshots") {
+        if let Some(repo) = name(parent.and_then(Path::parent))
+            .as_deref()
+            .and_then(|n| n.strip_prefix("models--"))
+        {
+            return repo.replace("--", "/");
+        }
+    }
+    name(Some(&path)).unwrap_or_else(|| "model".into())
 }
 
 /// RFC 3339 UTC time from Unix seconds (days-to-civil after Howard Hinnant), to avoid a
@@ -350,6 +363,26 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn a_hugging_face_snapshot_is_named_after_its_repository() {
+        let cache = tempfile::tempdir().unwrap();
+        let snap = cache
+            .path()
+            .join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), b"{}").unwrap();
+        assert_eq!(folder_name(&snap), "sentence-transformers/all-MiniLM-L6-v2");
+        let plain = cache.path().join("my-model");
+        std::fs::create_dir(&plain).unwrap();
+        assert_eq!(folder_name(&plain), "my-model");
+        let packed = pack(&snap, &PackOptions::default()).unwrap();
+        let config: serde_json::Value = match &packed.blobs[0].source {
+            BlobSource::Bytes(b) => serde_json::from_slice(b).unwrap(),
+            BlobSource::File(_) => panic!("the config is in memory"),
+        };
+        assert_eq!(config["descriptor"]["name"], "sentence-transformers/all-MiniLM-L6-v2");
     }
 
     /// What a push starts sending early is exactly what the manifest lists, in every layer
