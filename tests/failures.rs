@@ -88,10 +88,17 @@ fn malformed_reference_unknown_host_registry_down_and_missing_tag() {
     // and no hint about plain HTTP, which has nothing to do with it.
     let r = h
         .run(&["pull", "no-such-host.invalid/m:v1", "-o", o])
-        .fails_with(NETWORK, "registry host no-such-host.invalid does not resolve");
+        .fails_with(
+            NETWORK,
+            "registry host no-such-host.invalid does not resolve",
+        );
     assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
     assert!(!r.stderr.contains("--plain-http"), "{}", r.stderr);
-    assert!(!r.stderr.contains("Query {"), "a debug-format DNS error: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("Query {"),
+        "a debug-format DNS error: {}",
+        r.stderr
+    );
     let port = free_port();
     h.run(&["pull", &format!("127.0.0.1:{port}/m:v1"), "-o", o])
         .fails_with(NETWORK, "Connection refused");

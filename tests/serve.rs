@@ -655,3 +655,38 @@ fn tls_with_a_ca_file_or_insecure() {
     r.error_line();
     assert!(!o.exists());
 }
+
+/// A pull-through cache is read-only to anonymous clients: a push under a cached name is
+/// refused (405 UNSUPPORTED, nothing stored) while pulls go on; `--allow-push` opens it, and
+/// with `--htpasswd` the access policy decides instead.
+#[test]
+fn pull_through_cache_refuses_anonymous_pushes_unless_allowed() {
+    let upstream = Registry::start();
+    let h = Hoist::new();
+    let src = push_small(&h, &upstream.reference("cached/model:v1"));
+    let cache = pull_through(&upstream.addr, &[]);
+    let reference = cache.reference("cached/model:v1");
+    pull_same(&h, &reference, src.path(), &[]);
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("weights.bin"), b"another model").unwrap();
+    let r = h.run(&["push", other.path().to_str().unwrap(), &reference]);
+    assert_ne!(r.code, 0, "the push went through: {}", r.stdout);
+    assert!(r.error_line().contains("read-only"), "{}", r.error_line());
+    for (method, path) in [
+        ("POST", "/v2/cached/model/blobs/uploads/"),
+        ("PUT", "/v2/cached/model/manifests/v1"),
+        ("DELETE", "/v2/cached/model/manifests/v1"),
+    ] {
+        let (status, _, body) = curl(&["-X", method, &cache.url(path)]);
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(body.contains("UNSUPPORTED"), "{body}");
+    }
+    pull_same(&h, &reference, src.path(), &[]);
+    let open = pull_through(&upstream.addr, &["--allow-push"]);
+    h.run(&[
+        "push",
+        other.path().to_str().unwrap(),
+        &open.reference("mine/model:v1"),
+    ])
+    .ok();
+}

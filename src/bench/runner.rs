@@ -107,6 +107,7 @@ async fn registry(
             None,
         ),
         access: None,
+        read_only: false,
         tls: None,
         limits: Default::default(),
     })

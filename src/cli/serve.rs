@@ -23,6 +23,11 @@ pub struct ServeArgs {
     /// (containerd) sends `?ns=NS`; a bare HOST is the default. Repeatable.
     #[arg(long, value_name = "[NS=]HOST")]
     upstream: Vec<String>,
+    /// With --upstream: accept pushes and deletes from anonymous clients. A pull-through
+    /// cache is read-only to them by default (anyone who reaches it could fill its disk);
+    /// with --htpasswd the access policy decides instead.
+    #[arg(long)]
+    allow_push: bool,
     /// Seconds a manifest fetched by tag is served before it is checked upstream again.
     #[arg(long, default_value_t = 60)]
     manifest_ttl: u64,
@@ -208,6 +213,7 @@ pub(super) async fn serve(args: ServeArgs, env: &Env) -> Result<(), Error> {
     };
     let (addr, server) = hoist::serve::bind(hoist::serve::ServeOptions {
         upstreams,
+        read_only: !args.upstream.is_empty() && access.is_none() && !args.allow_push,
         access,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         limits: hoist::serve::ConnLimits {

@@ -319,7 +319,10 @@ fn folder_name(dir: &Path) -> String {
     let Ok(path) = std::fs::canonicalize(dir) else {
         return "model".into();
     };
-    let name = |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+    };
     let parent = path.parent();
     if name(parent).as_deref() == Some("snapshots") {
         if let Some(repo) = name(parent.and_then(Path::parent))
@@ -382,7 +385,10 @@ mod tests {
             BlobSource::Bytes(b) => serde_json::from_slice(b).unwrap(),
             BlobSource::File(_) => panic!("the config is in memory"),
         };
-        assert_eq!(config["descriptor"]["name"], "sentence-transformers/all-MiniLM-L6-v2");
+        assert_eq!(
+            config["descriptor"]["name"],
+            "sentence-transformers/all-MiniLM-L6-v2"
+        );
     }
 
     /// What a push starts sending early is exactly what the manifest lists, in every layer

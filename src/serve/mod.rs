@@ -42,6 +42,9 @@ pub struct ServeOptions {
     pub upstreams: Upstreams,
     /// Users and how they authenticate; `None` serves everyone.
     pub access: Option<Access>,
+    /// Refuse every write (push, delete) from clients: a pull-through cache without
+    /// `--htpasswd` is read-only unless `--allow-push` says otherwise.
+    pub read_only: bool,
     /// Certificate and key (PEM) to serve HTTPS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub limits: ConnLimits,
@@ -53,6 +56,7 @@ pub(crate) struct AppState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: metrics::ServeMetrics,
     pub access: Option<Access>,
+    pub read_only: bool,
 }
 
 /// Bind and serve until the process ends. Prints nothing; the caller reports the address.
@@ -84,6 +88,7 @@ pub async fn bind(
         upstreams: Arc::new(opts.upstreams),
         metrics: metrics::ServeMetrics::default(),
         access: opts.access,
+        read_only: opts.read_only,
     });
     let app = routes::router(state);
     let tls = match &opts.tls {

@@ -30,7 +30,10 @@ use crate::oci::{Descriptor, Index};
 pub enum StoreError {
     #[error("local store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{reference} is not in the local store {root} (see `hoist list`){}", registry_hint(reference))]
+    #[error(
+        "{reference} is not in the local store {root} (see `hoist list`){}",
+        registry_hint(reference)
+    )]
     NotFound { reference: String, root: PathBuf },
     #[error("there is no hoist store at {root} (check --store or HOIST_HOME)")]
     Missing { root: PathBuf },

@@ -328,12 +328,21 @@ fn plan_for(
 /// A file of the plan that would replace one of the user's (no pull placed it, and it holds
 /// other bytes) is refused now, before any download, rather than at the commit. (A tar
 /// layer's names are known only once it is downloaded; the commit checks those.)
-async fn refuse_foreign_files(staging: &Arc<Staging>, plan: &LayerPlan) -> Result<(), TransferError> {
+async fn refuse_foreign_files(
+    staging: &Arc<Staging>,
+    plan: &LayerPlan,
+) -> Result<(), TransferError> {
     let raw: Vec<(PathBuf, Digest, u64)> = plan
         .layers
         .iter()
         .filter(|l| l.format == LayerFormat::Raw)
-        .map(|l| (l.path.clone(), l.descriptor.digest.clone(), l.descriptor.size))
+        .map(|l| {
+            (
+                l.path.clone(),
+                l.descriptor.digest.clone(),
+                l.descriptor.size,
+            )
+        })
         .collect();
     let checking = staging.clone();
     let foreign: Vec<String> = tokio::task::spawn_blocking(move || {

@@ -71,7 +71,11 @@ impl Target {
     /// `reference` (a tag or digest) in full, as a user writes it: `host/repo:tag`,
     /// `host/repo@sha256:…`, or `repo:tag` for the local store.
     pub fn name_of(&self, reference: &str) -> String {
-        let sep = if reference.parse::<Digest>().is_ok() { '@' } else { ':' };
+        let sep = if reference.parse::<Digest>().is_ok() {
+            '@'
+        } else {
+            ':'
+        };
         match self {
             Target::Local { repository, .. } => format!("{repository}{sep}{reference}"),
             Target::Remote {

@@ -32,6 +32,7 @@ async fn registry() -> InProcess {
         store: Store::open(root.path()).unwrap(),
         upstreams: crate::serve::Upstreams::new(None, Default::default(), Duration::ZERO, None),
         access: None,
+        read_only: false,
         tls: None,
         limits: Default::default(),
     })

@@ -760,7 +760,11 @@ pub fn cannot_run(why: &str) -> bool {
             .name()
             .unwrap_or("a test")
             .to_string();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "{test}: {why}");
         }
     }

@@ -184,6 +184,12 @@ async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Res
         ));
     };
     let name = check_names(&route, &method)?;
+    let writes = !matches!(method, Method::GET | Method::HEAD);
+    if state.read_only && writes && name.is_some() {
+        return Err(ApiError::unsupported(
+            "this pull-through cache is read-only to clients: push to its upstream, or start it with --allow-push or --htpasswd",
+        ));
+    }
     let params = query_params(query);
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
