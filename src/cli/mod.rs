@@ -80,6 +80,9 @@ enum Command {
     Verify(commands::VerifyArgs),
     /// Delete blobs of the local store that no tag reaches.
     Gc(serve::GcArgs),
+    /// Create a store folder and hand it to the user that will serve it (run as root in an
+    /// init container before `hoist serve` runs as that user; links are never followed).
+    InitStore(serve::InitStoreArgs),
     /// Log in to a registry: check the credentials, then save them in the Docker config
     /// (through its credential helper if one is configured).
     Login(login::LoginArgs),
@@ -147,6 +150,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Serve(args) => serve::serve(args, env).await,
         Command::Verify(args) => commands::verify(args, env).await,
         Command::Gc(args) => serve::gc(args, env),
+        Command::InitStore(args) => serve::init_store(args),
         Command::Attach(args) => graph::attach(args, env).await,
         Command::Discover(args) => graph::discover(args, env).await,
         Command::Logout(args) => login::logout(args, env),

@@ -171,3 +171,10 @@ mod tests {
         assert!(listen_addr("no-port").is_err());
     }
 }
+
+/// `UID:GID`, numeric.
+pub fn owner(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 65532:65532)");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}

@@ -69,6 +69,15 @@ pub struct ServeArgs {
 }
 
 #[derive(Args)]
+pub struct InitStoreArgs {
+    /// The store folder (created with its parents when missing).
+    dir: PathBuf,
+    /// Who will own it, `UID:GID` (the image's user is 65532:65532).
+    #[arg(long, value_name = "UID:GID", value_parser = parse::owner)]
+    owner: (u32, u32),
+}
+
+#[derive(Args)]
 pub struct GcArgs {
     /// Spare unreferenced blobs younger than this many seconds (a push may be under way).
     #[arg(long, default_value_t = 3600)]
@@ -244,6 +253,16 @@ pub(super) async fn serve(args: ServeArgs, env: &Env) -> Result<(), Error> {
         what: "hoist serve stopped".into(),
         source,
     })
+}
+
+pub(super) fn init_store(args: InitStoreArgs) -> Result<(), Error> {
+    let (uid, gid) = args.owner;
+    let changed = hoist::store::owner::hand_over(&args.dir, uid, gid)?;
+    println!(
+        "{} belongs to {uid}:{gid} ({changed} entries)",
+        args.dir.display()
+    );
+    Ok(())
 }
 
 pub(super) fn gc(args: GcArgs, env: &Env) -> Result<(), Error> {

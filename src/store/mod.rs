@@ -9,6 +9,7 @@
 mod gc;
 mod manage;
 mod manifests;
+pub mod owner;
 mod pushed;
 #[cfg(test)]
 mod suite;
