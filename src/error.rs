@@ -150,6 +150,7 @@ impl Error {
                 MountError::Fuse { .. } | MountError::Unmount { .. } => ExitCode::Failure,
                 MountError::Io { .. } => ExitCode::Disk,
                 MountError::Corrupt { .. } => ExitCode::Verification,
+                MountError::NotMounted { .. } => ExitCode::NotFound,
             },
             Error::Transfer(e) => transfer_code(e),
         }

@@ -511,8 +511,12 @@ fn image_volume_form_mounts_as_the_models_files() {
     let reference = reg.reference("minilm:v1");
     h.run(&["push", src.to_str().unwrap(), &reference, "--image-volume"])
         .ok();
-    let m = Mount::start(&h, &format!("{reference}-volume"), &[]);
+    let volume_ref = format!("{reference}-volume");
+    let mut m = Mount::start(&h, &volume_ref, &[]);
     let point = m.point();
+    // The probe of a mount sidecar: 0 and the reference while the mount is live.
+    let live = h.run(&["mounted", point.to_str().unwrap()]).ok();
+    assert!(live.stdout.contains(&volume_ref), "{}", live.stdout);
     assert_eq!(
         std::fs::metadata(point.join("model.safetensors"))
             .unwrap()
@@ -525,6 +529,13 @@ fn image_volume_form_mounts_as_the_models_files() {
         point.join("model.safetensors").to_str().unwrap()
     ));
     assert!(n.trim().parse::<usize>().unwrap() > 0);
+    // Not a mount any more, or never one: exit 4.
+    assert_eq!(m.stop().0, 0);
+    h.run(&["mounted", point.to_str().unwrap()])
+        .fails_with(4, "is not a live hoist mount");
+    let plain = tempfile::tempdir().unwrap();
+    h.run(&["mounted", plain.path().to_str().unwrap()])
+        .fails_with(4, "is not a live hoist mount");
 }
 
 /// A volume layer whose tar header names another file than its annotations: the mount

@@ -49,6 +49,9 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `hoist mount` (lazily: open files do not keep it busy).
     Umount(mount::UmountArgs),
+    /// Exit 0 if a folder is a live hoist mount (its reference printed), 4 if not: the
+    /// readiness or startup probe of a Pod's mount sidecar.
+    Mounted(mount::UmountArgs),
     /// Show an artifact's files, sizes and media types.
     Inspect(commands::InspectArgs),
     /// Attach a chunk index to an artifact that has none (e.g. pushed by ORAS), so pulls of
@@ -139,6 +142,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Bench(args) => bench::bench(args, env).await,
         Command::Mount(args) => mount::mount(args, env).await,
         Command::Umount(args) => mount::umount(args),
+        Command::Mounted(args) => mount::mounted(args),
         Command::Inspect(args) => commands::inspect(args, env).await,
         Command::Index(args) => interruptible(commands::index(args, env), None).await,
         Command::List(args) => commands::list(args, env),

@@ -152,6 +152,12 @@ pub fn umount(args: UmountArgs) -> Result<(), Error> {
     Ok(())
 }
 
+pub fn mounted(args: UmountArgs) -> Result<(), Error> {
+    let reference = mount::mounted(&args.mountpoint)?;
+    println!("{}: hoist mount of {reference}", args.mountpoint.display());
+    Ok(())
+}
+
 /// A mount hides what the folder holds, so it must be an empty folder.
 fn require_empty_folder(path: &Path) -> Result<(), Error> {
     let why = match std::fs::read_dir(path).map(|mut entries| entries.next().is_none()) {
