@@ -138,6 +138,13 @@ pub fn globs(flag: &str, patterns: &[String]) -> Result<Option<globset::GlobSet>
         .map_err(|e| Error::Usage(format!("{flag}: {e}")))
 }
 
+/// `UID:GID`, numeric.
+pub fn owner(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 65532:65532)");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,11 +177,4 @@ mod tests {
         );
         assert!(listen_addr("no-port").is_err());
     }
-}
-
-/// `UID:GID`, numeric.
-pub fn owner(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not UID:GID (numbers, e.g. 65532:65532)");
-    let (u, g) = s.split_once(':').ok_or_else(bad)?;
-    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }

@@ -694,6 +694,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> 
     crate::fsutil::write_atomic(path, bytes, crate::fsutil::Replace::DURABLE).map_err(io_err(path))
 }
 
+/// A reference without a registry host names the local store; one like `team/tiny:v1` may
+/// be a registry reference whose host was left out.
+fn registry_hint(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if !first.contains(['.', ':']) && first != "localhost" => format!(
+            "; a registry reference starts with its host (e.g. registry.example.com/{reference})"
+        ),
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,16 +727,5 @@ mod tests {
         assert_eq!(store.resolve("m", "v1").unwrap().digest, desc.digest);
         assert!(store.resolve("m", "v2").is_err());
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
-    }
-}
-
-/// A reference without a registry host names the local store; one like `team/tiny:v1` may
-/// be a registry reference whose host was left out.
-fn registry_hint(reference: &str) -> String {
-    match reference.split_once('/') {
-        Some((first, _)) if !first.contains(['.', ':']) && first != "localhost" => format!(
-            "; a registry reference starts with its host (e.g. registry.example.com/{reference})"
-        ),
-        _ => String::new(),
     }
 }
