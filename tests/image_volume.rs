@@ -384,19 +384,22 @@ fn volume_form_shares_tar_layers_with_the_modelpack_form() {
     let src = tempfile::tempdir().unwrap();
     small_model(src.path());
     let reference = reg.reference("shared:v1");
-    let out = h
-        .run(&[
-            "push",
-            s(src.path()),
-            &reference,
-            "--layer-format",
-            "tar",
-            "--no-chunk-index",
-            "--image-volume",
-            "--json",
-        ])
-        .ok();
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let push = || {
+        let out = h
+            .run(&[
+                "push",
+                s(src.path()),
+                &reference,
+                "--layer-format",
+                "tar",
+                "--no-chunk-index",
+                "--image-volume",
+                "--json",
+            ])
+            .ok();
+        serde_json::from_str::<serde_json::Value>(out.stdout.trim()).unwrap()
+    };
+    let doc = push();
     let files = 6; // small_model's files (the hidden one is skipped)
     assert_eq!(doc["modelpack"]["uploaded"], files + 1);
     assert_eq!(
@@ -404,19 +407,7 @@ fn volume_form_shares_tar_layers_with_the_modelpack_form() {
         hoist::pack::volume::DEFAULT_ARCHITECTURES.len(),
         "only the per-platform configs are new: {doc}"
     );
-    let again = h
-        .run(&[
-            "push",
-            s(src.path()),
-            &reference,
-            "--layer-format",
-            "tar",
-            "--no-chunk-index",
-            "--image-volume",
-            "--json",
-        ])
-        .ok();
-    let doc: serde_json::Value = serde_json::from_str(again.stdout.trim()).unwrap();
+    let doc = push();
     assert_eq!(doc["modelpack"]["uploaded"], 0);
     assert_eq!(doc["imageVolume"]["uploaded"], 0);
 }
@@ -426,7 +417,6 @@ fn volume_form_shares_tar_layers_with_the_modelpack_form() {
 #[test]
 fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
     use hoist::digest::Digest;
-    use hoist::oci::{media, Descriptor, Manifest};
     let reg = Registry::start();
     let h = Hoist::new();
     let layer = tar_with(&[("model.bin", tar::EntryType::Regular, "", b"weights")]);
@@ -437,48 +427,10 @@ fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
         ("too-few", vec![]),
         ("too-many", vec![layer_digest.clone(), other.clone()]),
     ] {
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": ids},
-        }))
-        .unwrap();
-        let config_desc = Descriptor::new(
-            media::OCI_IMAGE_CONFIG,
-            Digest::of_bytes(&config),
-            config.len() as u64,
-        );
-        let mut layer_desc = Descriptor::new(
-            media::OCI_LAYER_TAR,
-            layer_digest.clone(),
-            layer.len() as u64,
-        );
-        layer_desc
-            .annotations
-            .insert(media::ANNOTATION_FILEPATH.into(), "model.bin".into());
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(media::OCI_MANIFEST.into()),
-            artifact_type: None,
-            config: config_desc.clone(),
-            layers: vec![layer_desc.clone()],
-            subject: None,
-            annotations: Default::default(),
-        };
-        put_raw(
-            &reg,
-            repo,
-            "v1",
-            &[(&config_desc, &config), (&layer_desc, &layer)],
-            &manifest,
-        );
+        let reference = put_volume_layer_with(&reg, repo, &layer, "model.bin", 7, &ids);
         let out = tempfile::tempdir().unwrap();
-        h.run(&[
-            "pull",
-            &reg.reference(&format!("{repo}:v1")),
-            "-o",
-            s(out.path()),
-        ])
-        .fails_with(VERIFICATION, "rootfs.diff_ids");
+        h.run(&["pull", &reference, "-o", s(out.path())])
+            .fails_with(VERIFICATION, "rootfs.diff_ids");
         assert!(
             visible_entries(out.path()).is_empty(),
             "{repo}: a refused pull placed files"

@@ -614,12 +614,7 @@ pub fn push_manifest_with(
 ) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = RegistryClient::new(
-            &reg.addr,
-            &TransportOptions::default(),
-            Credentials::anonymous(),
-        )
-        .unwrap();
+        let client = anonymous_client(reg);
         let config = bytes::Bytes::from_static(b"{}");
         let config_desc = Descriptor::new(config_type, Digest::of_bytes(&config), 2);
         client
@@ -781,12 +776,7 @@ pub fn put_raw(
 ) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let client = RegistryClient::new(
-            &reg.addr,
-            &TransportOptions::default(),
-            Credentials::anonymous(),
-        )
-        .unwrap();
+        let client = anonymous_client(reg);
         for (desc, bytes) in blobs {
             client
                 .upload_blob(repo, desc, UploadBody::Bytes(bytes.to_vec().into()), None)
@@ -804,9 +794,21 @@ pub fn put_raw(
 /// the layer's annotations say it holds, and the config's diff_ids name the layer. Pushed
 /// as `repo:v1`; the reference.
 pub fn put_volume_layer(reg: &Registry, repo: &str, tar: &[u8], path: &str, size: u64) -> String {
+    put_volume_layer_with(reg, repo, tar, path, size, &[Digest::of_bytes(tar)])
+}
+
+/// [`put_volume_layer`] with the config's diff_ids as given (which may lie).
+pub fn put_volume_layer_with(
+    reg: &Registry,
+    repo: &str,
+    tar: &[u8],
+    path: &str,
+    size: u64,
+    diff_ids: &[Digest],
+) -> String {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [Digest::of_bytes(tar)]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
     let config_desc = Descriptor::new(
@@ -845,4 +847,14 @@ pub fn put_volume_layer(reg: &Registry, repo: &str, tar: &[u8], path: &str, size
         &manifest,
     );
     reg.reference(&format!("{repo}:v1"))
+}
+
+/// A client of `reg` without credentials.
+pub fn anonymous_client(reg: &Registry) -> RegistryClient {
+    RegistryClient::new(
+        &reg.addr,
+        &TransportOptions::default(),
+        Credentials::anonymous(),
+    )
+    .unwrap()
 }
