@@ -324,11 +324,16 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
     let volume_form = hoist::pack::volume::is_volume_form(manifest);
     let modelpack =
         manifest.artifact_type.as_deref() == Some(hoist::oci::media::MODELPACK_ARTIFACT);
-    let volume = match (&reference.tag, modelpack) {
+    // Whether a volume form exists is a side note: a registry that will not say (auth, a
+    // hiccup) leaves it unknown rather than failing the inspect.
+    let (volume, volume_unknown) = match (&reference.tag, modelpack) {
         (Some(tag), true) => {
-            transfer::find_volume_form(&source, tag, &resolved.manifest_digest).await?
+            match transfer::find_volume_form(&source, tag, &resolved.manifest_digest).await {
+                Ok(found) => (found, None),
+                Err(e) => (None, Some(e.to_string())),
+            }
         }
-        _ => None,
+        _ => (None, None),
     };
     if args.json {
         let config = source.config_json(manifest).await;
@@ -361,6 +366,8 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
         println!(
             "Image volume:  yes (containerd and CRI-O mount this reference as the model's folder)"
         );
+    } else if let Some(why) = &volume_unknown {
+        println!("Image volume:  unknown ({why})");
     } else if modelpack {
         match &volume {
             Some(v) => {
