@@ -260,15 +260,19 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         observer(env.ui),
     )
     .await?;
+    let (files, bytes) = (
+        packed.manifest.layers.len(),
+        packed.manifest.layers.iter().map(|l| l.size).sum(),
+    );
     let volume = match args.image_volume {
         true => {
             let vtags: Vec<String> = tags.iter().map(|t| transfer::volume_tag(t)).collect();
-            let (_, vreport) = transfer::push_image_volume(
+            let (_, vreport) = transfer::push_volume_beside(
+                packed,
                 &args.dir,
                 &opts,
                 &target,
                 &vtags,
-                Some(&packed.manifest_digest),
                 &push_opts,
                 observer(env.ui),
             )
@@ -286,8 +290,8 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         println!(
             "Pushed {} ({}, {}) as {}: {} of {} blobs uploaded ({}), {} mounted, {} already there, in {:.1}s",
             target.describe(),
-            count(packed.manifest.layers.len(), "file"),
-            human_bytes(packed.manifest.layers.iter().map(|l| l.size).sum()),
+            count(files, "file"),
+            human_bytes(bytes),
             tags.join(", "),
             report.uploaded,
             report.blobs,

@@ -25,7 +25,9 @@ pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 pub use versions::{pull_versioned, Versioned, CURRENT, VERSIONS_DIR};
-pub use volume::{find_volume_form, push_image_volume, push_volume, volume_tag, VolumeForm};
+pub use volume::{
+    find_volume_form, push_image_volume, push_volume, push_volume_beside, volume_tag, VolumeForm,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use super::{Action, Observer, PushOptions, PushReport, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::media;
 use crate::pack::volume::{self, Volume};
-use crate::pack::{self, PackOptions};
+use crate::pack::{self, PackOptions, Packed};
 
 /// The tag of a model's volume form beside the ModelPack tag `tag` (`v1` → `v1-volume`).
 pub fn volume_tag(tag: &str) -> String {
@@ -45,6 +45,33 @@ pub async fn push_image_volume(
     })
     .await
     .expect("pack task does not panic")?;
+    let report = push_volume(&volume, target, tags, opts, observer).await?;
+    Ok((volume, report))
+}
+
+/// Publish the volume form beside a ModelPack artifact just pushed from `dir` (`packed`):
+/// built from `packed` itself when its layers are already uncompressed tars (no file is read
+/// again), else packed from `dir` as tars.
+pub async fn push_volume_beside(
+    packed: Packed,
+    dir: &Path,
+    pack_opts: &PackOptions,
+    target: &Target,
+    tags: &[String],
+    opts: &PushOptions,
+    observer: Observer,
+) -> Result<(Volume, PushReport), TransferError> {
+    let of = packed.manifest_digest.clone();
+    if pack_opts.layer_format != volume::LAYER_FORMAT {
+        drop(packed);
+        return push_image_volume(dir, pack_opts, target, tags, Some(&of), opts, observer).await;
+    }
+    let volume = volume::volume_of(
+        packed,
+        volume::DEFAULT_ARCHITECTURES,
+        Some(&of),
+        pack_opts.timestamp,
+    )?;
     let report = push_volume(&volume, target, tags, opts, observer).await?;
     Ok((volume, report))
 }
