@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod global;
 mod graph;
+mod inspect;
 mod logging;
 mod login;
 mod mount;
@@ -53,7 +54,7 @@ enum Command {
     /// readiness or startup probe of a Pod's mount sidecar.
     Mounted(mount::UmountArgs),
     /// Show an artifact's files, sizes and media types.
-    Inspect(commands::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Attach a chunk index to an artifact that has none (e.g. pushed by ORAS), so pulls of
     /// its next versions download only what changed.
     Index(commands::IndexArgs),
@@ -143,7 +144,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Mount(args) => mount::mount(args, env).await,
         Command::Umount(args) => mount::umount(args),
         Command::Mounted(args) => mount::mounted(args),
-        Command::Inspect(args) => commands::inspect(args, env).await,
+        Command::Inspect(args) => inspect::inspect(args, env).await,
         Command::Index(args) => interruptible(commands::index(args, env), None).await,
         Command::List(args) => commands::list(args, env),
         Command::Rm(args) => commands::rm(args, env),
