@@ -278,6 +278,17 @@ fn containerd_mounts_odd_names_and_shapes() {
     std::fs::write(d.join("日本語/トークナイザー.json"), b"{\"v\":1}").unwrap();
     std::fs::write(d.join("config.json"), b"{}").unwrap();
     std::os::unix::fs::symlink("config.json", d.join("link.json")).unwrap();
+    // Modes a volume must not carry as they are: owner-only (a server of another uid could
+    // not read it), world-writable with setuid.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(d.join("private.json"), b"{}").unwrap();
+    std::fs::set_permissions(
+        d.join("private.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(d.join("tool.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(d.join("tool.sh"), std::fs::Permissions::from_mode(0o4777)).unwrap();
     let reference = reg.reference("odd:v1");
     h.run(&["push", s(d), &reference, "--image-volume"]).ok();
     let pulled = tempfile::tempdir().unwrap();
@@ -285,6 +296,15 @@ fn containerd_mounts_odd_names_and_shapes() {
     let mounted = ctd.pull_and_mount(&format!("{reference}-volume"), "linux/amd64");
     assert_eq!(tree(pulled.path(), false), tree(&mounted, true));
     assert_eq!(std::fs::read(mounted.join("link.json")).unwrap(), b"{}");
+    let mode = |p: &str| {
+        std::fs::metadata(mounted.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("private.json"), 0o644);
+    assert_eq!(mode("tool.sh"), 0o755);
     assert_same_model(pulled.path(), &mounted, "odd model");
 }
 

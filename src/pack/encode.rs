@@ -165,12 +165,14 @@ fn write_tar(file: &ModelFile, opts: &PackOptions, w: &mut impl Write) -> std::i
 }
 
 /// The header of a file's entry: fixed owner and time, so the same folder gives the same
-/// digests.
+/// digests. The mode is 0755 for a file anyone may execute, else 0644: runtimes unpack image
+/// layers with the modes they carry, and a volume's reader (another uid) must be able to
+/// read every file, while nothing may be writable by others or setuid.
 pub(crate) fn tar_header(size: u64, mode: u32, timestamp: Option<i64>) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(size);
-    header.set_mode(mode);
+    header.set_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(timestamp.unwrap_or(0).max(0) as u64);
@@ -187,6 +189,24 @@ mod tests {
             assert_eq!(header.size().unwrap(), size);
             let base256 = header.as_bytes()[124] & 0x80 != 0;
             assert_eq!(base256, size >= 8 << 30, "{size}");
+        }
+    }
+
+    /// Executable or not is all a tar layer keeps of a file's mode.
+    #[test]
+    fn modes_are_0644_or_0755() {
+        for (mode, want) in [
+            (0o600, 0o644),
+            (0o644, 0o644),
+            (0o666, 0o644),
+            (0o700, 0o755),
+            (0o4777, 0o755),
+        ] {
+            assert_eq!(
+                super::tar_header(1, mode, None).mode().unwrap(),
+                want,
+                "{mode:o}"
+            );
         }
     }
 }
