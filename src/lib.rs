@@ -91,6 +91,7 @@ pub mod mount;
 pub mod oci;
 pub mod pack;
 pub mod reference;
+pub mod reserved;
 pub mod registry;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -342,6 +342,71 @@ fn titles_cannot_reach_the_staging_area() {
     }
 }
 
+/// Every name hoist keeps in an output folder is refused as a model's file, from one list:
+/// a file titled `.hoist-versions/sha256-<digest>/...` was placed by a plain pull, and a later
+/// `pull --versioned` of that digest into the folder then refused to run.
+#[test]
+fn every_name_hoist_keeps_is_refused_as_a_title() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let model = push_manifest(
+        &reg,
+        "kept",
+        vec![("w.bin".into(), "application/octet-stream", b"weights".to_vec())],
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let pulled = h.run(&["pull", &model, "-o", s(elsewhere.path())]).ok().stdout;
+    let hex = pulled
+        .split("Digest: sha256:")
+        .nth(1)
+        .expect("the pull names its digest")
+        .trim()
+        .to_string();
+    let root = tempfile::tempdir().unwrap();
+    for title in [
+        format!(".hoist-versions/sha256-{hex}/w.bin"),
+        ".hoist-versions".into(),
+        ".hoist-ready".into(),
+        ".hoist-next-current".into(),
+        ".referrers/sha256-00/x".into(),
+    ] {
+        let planted = push_manifest(
+            &reg,
+            "planted",
+            vec![
+                ("w.bin".into(), "application/octet-stream", b"other".to_vec()),
+                (title.clone(), "application/octet-stream", b"evil".to_vec()),
+            ],
+        );
+        h.run(&["pull", &planted, "-o", s(root.path())])
+            .fails_with(INVALID_CONTENT, "reserved for hoist");
+        let first = title.split('/').next().unwrap();
+        assert!(!root.path().join(first).exists(), "{title} was placed");
+        assert!(!root.path().join("w.bin").exists(), "{title}: w.bin placed");
+    }
+    // The folder is still one versioned pulls can use.
+    h.run(&["pull", &model, "-o", s(root.path()), "--versioned"]).ok();
+    assert_eq!(
+        std::fs::read(root.path().join("current/w.bin")).unwrap(),
+        b"weights"
+    );
+    // Where versioned pulls run, `current` is theirs too; elsewhere it is a model's name.
+    let current = push_manifest(
+        &reg,
+        "current",
+        vec![("current".into(), "application/octet-stream", b"x".to_vec())],
+    );
+    h.run(&["pull", &current, "-o", s(root.path())])
+        .fails_with(INVALID_CONTENT, "versioned pulls switch");
+    assert_eq!(
+        std::fs::read(root.path().join("current/w.bin")).unwrap(),
+        b"weights"
+    );
+    let plain = tempfile::tempdir().unwrap();
+    h.run(&["pull", &current, "-o", s(plain.path())]).ok();
+    assert_eq!(std::fs::read(plain.path().join("current")).unwrap(), b"x");
+}
+
 /// A gzip or zstd tar holding one file of `n` zero bytes, made without holding it in memory.
 fn zero_bomb(n: u64, zstd: bool) -> Vec<u8> {
     let mut header = tar::Header::new_gnu();

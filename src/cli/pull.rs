@@ -102,7 +102,7 @@ pub struct PullArgs {
 impl PullArgs {
     /// Where an interrupted pull keeps what it downloaded.
     pub fn partial_dir(&self) -> PathBuf {
-        self.output.join(hoist::materialize::STAGING_DIR)
+        self.output.join(hoist::reserved::STAGING_DIR)
     }
 }
 
@@ -229,7 +229,7 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
         if !env.ui.quiet {
             eprintln!(
                 "{} now points to {}{}",
-                args.output.join(transfer::CURRENT).display(),
+                args.output.join(hoist::reserved::CURRENT).display(),
                 v.version_dir.display(),
                 match v.removed {
                     0 => String::new(),
@@ -255,11 +255,11 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             ..opts
         };
         let n =
-            transfer::pull_referrers(&source, &report.digest, &folder, ".referrers", &opts).await?;
+            transfer::pull_referrers(&source, &report.digest, &folder, hoist::reserved::REFERRERS_DIR, &opts).await?;
         if !env.ui.quiet {
             eprintln!(
                 "Pulled {n} attached artifacts into {}",
-                folder.join(".referrers").display()
+                folder.join(hoist::reserved::REFERRERS_DIR).display()
             );
         }
     }

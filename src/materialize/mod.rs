@@ -16,7 +16,7 @@ pub mod verify;
 
 pub use link::LinkMode;
 pub use plan::{NAME_MAX, PATH_MAX};
-pub use record::{Record, RECORD_FILE};
+pub use record::Record;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use crate::digest::Digest;
 use crate::oci::LayerFormat;
+use crate::reserved::STAGING_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaterializeError {
@@ -143,8 +144,6 @@ pub struct Staging {
     /// Committed or aborted: nothing left for `Drop` to do.
     done: std::sync::atomic::AtomicBool,
 }
-
-pub const STAGING_DIR: &str = ".hoist-partial";
 
 impl Staging {
     /// Open the state folder, waiting for any other pull into the same folder to finish.

@@ -20,7 +20,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use super::record::Record;
-use super::{MaterializeError, Staged, RECORD_FILE, STAGING_DIR};
+use super::{MaterializeError, Staged};
 
 /// Longest file name component Linux filesystems accept.
 pub const NAME_MAX: usize = 255;
@@ -166,7 +166,9 @@ pub(crate) fn check_name(out: &Path, rel: &Path) -> Result<(), MaterializeError>
         path: out.join(rel),
         why,
     };
-    let mut first = true;
+    if let Some(why) = crate::reserved::refusal_in(out, rel) {
+        return Err(refuse(why));
+    }
     for c in rel.components() {
         let Component::Normal(name) = c else {
             return Err(refuse("the path is not a plain relative path"));
@@ -176,10 +178,6 @@ pub(crate) fn check_name(out: &Path, rel: &Path) -> Result<(), MaterializeError>
                 "a name is longer than the filesystem allows (255 bytes)",
             ));
         }
-        if first && (name == STAGING_DIR || name == RECORD_FILE) {
-            return Err(refuse("the name is reserved for hoist's own state"));
-        }
-        first = false;
     }
     if out.join(rel).as_os_str().len() >= PATH_MAX {
         return Err(refuse(

@@ -18,6 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use crate::reserved::RECORD_FILE;
 
 /// Records larger than this are ignored (and rewritten): a folder does not hold millions of
 /// placed files, and the file is read whole.
@@ -81,8 +82,6 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub chunks: BTreeMap<Digest, crate::chunks::KnownChunks>,
 }
-
-pub const RECORD_FILE: &str = ".hoist-record.json";
 
 impl Record {
     /// The folder's record; an absent, oversized or unreadable one is empty (nothing trusted).

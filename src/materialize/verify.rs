@@ -6,8 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::record::{Record, RECORD_FILE};
-use super::STAGING_DIR;
+use super::record::Record;
 use crate::digest::Digest;
 
 /// One file the folder should hold.
@@ -33,17 +32,12 @@ impl FolderCheck {
     }
 }
 
-/// Names in the folder's top level that are hoist's, not the model's: its state
-/// (`.hoist-partial`, `.hoist-record.json`), what a pull writes beside the model by
-/// convention (`.hoist*`: a ready marker, a metrics file) and attachments (`.referrers`).
+/// Names in the folder's top level that are hoist's, not the model's (see
+/// [`crate::reserved`]: a pull refuses to place a model file under them, so none is skipped
+/// here that a pull placed), and the paths the caller names.
 fn is_own_state(rel: &Path, ignore: &[PathBuf]) -> bool {
-    let first = rel
-        .components()
-        .next()
-        .map(|c| c.as_os_str().to_string_lossy());
-    first.is_some_and(|f| {
-        f == STAGING_DIR || f == RECORD_FILE || f.starts_with(".hoist") || f == ".referrers"
-    }) || ignore.iter().any(|i| i == rel)
+    let first = rel.components().next().map(|c| c.as_os_str());
+    first.is_some_and(crate::reserved::is_own) || ignore.iter().any(|i| i == rel)
 }
 
 /// Check `dir` against `expected`. `extras`: also list files nobody expects (skip it when the

@@ -249,13 +249,10 @@ pub fn safe_relative_path(name: &str) -> Result<PathBuf, &'static str> {
     if clean.as_os_str().is_empty() {
         return Err("names no file");
     }
-    let first = clean.components().next().map(|c| c.as_os_str());
-    if first.is_some_and(|f| {
-        f == crate::materialize::STAGING_DIR || f == crate::materialize::RECORD_FILE
-    }) {
-        return Err("is reserved for hoist's own state in the output folder");
+    match crate::reserved::refusal(&clean) {
+        Some(why) => Err(why),
+        None => Ok(clean),
     }
-    Ok(clean)
 }
 
 #[cfg(test)]

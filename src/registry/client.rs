@@ -5,6 +5,7 @@ use futures_util::StreamExt;
 use reqwest::{header, Method, StatusCode, Url};
 
 use super::auth::Action;
+use super::body::{read_capped, MAX_ERROR_BODY};
 use super::error::chain;
 use super::{Credentials, RegistryError, TransportOptions};
 use crate::digest::Digest;
@@ -470,29 +471,6 @@ impl RegistryClient {
             Err(self.status_error("PUT", resp).await)
         }
     }
-}
-
-/// Error bodies read for their message: at most this much.
-pub(crate) const MAX_ERROR_BODY: u64 = 64 << 10;
-/// JSON answers (token responses, referrers lists): at most this much.
-pub(crate) const MAX_JSON_BODY: u64 = 4 << 20;
-
-/// Read a body, but never more than `limit` bytes (a hostile server may send gigabytes where
-/// a few hundred are expected). `None` when it is longer or the read fails.
-pub(crate) async fn read_capped(resp: reqwest::Response, limit: u64) -> Option<Vec<u8>> {
-    if resp.content_length().is_some_and(|l| l > limit) {
-        return None;
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.ok()?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Some(body)
 }
 
 /// The first message of a distribution error envelope, or a short raw body.

@@ -4,6 +4,7 @@
 //! are faster than multiplexing them onto one TCP stream (see ANCHORS.md).
 
 pub mod auth;
+mod body;
 mod client;
 mod error;
 pub mod mirrors;

@@ -31,12 +31,12 @@ impl RegistryClient {
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Ok(None),
             s if s.is_success() => {
                 let filtered = resp.headers().contains_key("OCI-Filters-Applied");
-                let bytes = super::client::read_capped(resp, super::client::MAX_JSON_BODY)
+                let bytes = super::body::read_capped(resp, super::body::MAX_JSON_BODY)
                     .await
                     .ok_or_else(|| RegistryError::BodyTooLarge {
                         registry: self.registry.clone(),
                         what: "referrers list",
-                        limit: super::client::MAX_JSON_BODY,
+                        limit: super::body::MAX_JSON_BODY,
                     })?;
                 let index: Index =
                     serde_json::from_slice(&bytes).map_err(|e| RegistryError::Transfer {

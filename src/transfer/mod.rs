@@ -24,7 +24,7 @@ pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
-pub use versions::{pull_versioned, Versioned, CURRENT, VERSIONS_DIR};
+pub use versions::{pull_versioned, Versioned};
 pub use volume::{
     find_volume_form, push_image_volume, push_volume, push_volume_beside, volume_tag, VolumeForm,
 };

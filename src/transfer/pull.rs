@@ -136,6 +136,7 @@ pub async fn pull(
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
     let plan = plan_for(&resolved.manifest, opts)?;
+    refuse_reserved_in(out, &plan)?;
     let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
     if image {
         super::volume::check_diff_ids(source, &resolved.manifest).await?;
@@ -302,11 +303,7 @@ fn plan_for(
     }
     if opts.allow_path_traversal {
         for layer in &plan.layers {
-            let reserved = layer.path.components().next().is_some_and(|c| {
-                c.as_os_str() == crate::materialize::STAGING_DIR
-                    || c.as_os_str() == crate::materialize::RECORD_FILE
-            });
-            if reserved
+            if crate::reserved::refusal(&layer.path).is_some()
                 || layer.path.is_absolute()
                 || layer
                     .path
@@ -323,6 +320,22 @@ fn plan_for(
         }
     }
     Ok(plan)
+}
+
+/// Where versioned pulls run, `current` is theirs: a plain pull may not place a file there
+/// (the names reserved in every folder were refused with the plan).
+fn refuse_reserved_in(out: &Path, plan: &LayerPlan) -> Result<(), TransferError> {
+    for layer in &plan.layers {
+        if let Some(why) = crate::reserved::refusal_in(out, &layer.path) {
+            return Err(crate::oci::OciError::UnsafePath {
+                digest: layer.descriptor.digest.to_string(),
+                path: layer.path.display().to_string(),
+                why,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// A file of the plan that would replace one of the user's (no pull placed it, and it holds

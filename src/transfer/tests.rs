@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::reserved::{CURRENT, VERSIONS_DIR};
 use crate::digest::Digest;
 use crate::pack::PackOptions;
 use crate::registry::{Credentials, RegistryClient, TransportOptions};
@@ -684,7 +685,7 @@ async fn remembered_chunk_lists_are_used_and_a_lying_one_costs_only_a_download()
     // The lie: same lengths, other hashes. (The record's stamps stay valid: the record file
     // is not one of the placed files.)
     let mut text: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join(crate::materialize::RECORD_FILE)).unwrap())
+        serde_json::from_slice(&std::fs::read(out.join(crate::reserved::RECORD_FILE)).unwrap())
             .unwrap();
     for chunk in text["chunks"][v1_digest.as_str()]["chunks"]
         .as_array_mut()
@@ -693,7 +694,7 @@ async fn remembered_chunk_lists_are_used_and_a_lying_one_costs_only_a_download()
         chunk[1] = serde_json::json!("0".repeat(64));
     }
     std::fs::write(
-        out.join(crate::materialize::RECORD_FILE),
+        out.join(crate::reserved::RECORD_FILE),
         serde_json::to_vec(&text).unwrap(),
     )
     .unwrap();

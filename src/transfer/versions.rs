@@ -17,11 +17,8 @@ use std::path::{Path, PathBuf};
 
 use super::{Observer, PullOptions, PullReport, Target, TransferError};
 use crate::materialize::MaterializeError;
+use crate::reserved::{CURRENT, VERSIONS_DIR};
 
-/// Where the versions live under the root.
-pub const VERSIONS_DIR: &str = ".hoist-versions";
-/// The link readers use.
-pub const CURRENT: &str = "current";
 
 /// What a versioned pull did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -141,7 +138,8 @@ fn current_version(root: &Path) -> Result<Option<String>, TransferError> {
 
 /// Point `root/current` at version `name` in one rename (a new link renamed over the old).
 fn switch(root: &Path, name: &str) -> Result<(), TransferError> {
-    let temp = root.join(format!(".{CURRENT}.hoist-next"));
+    // A `.hoist` name: a temporary link left by a crash is never taken for the model's.
+    let temp = root.join(".hoist-next-current");
     let _ = std::fs::remove_file(&temp);
     let target = Path::new(VERSIONS_DIR).join(name);
     std::os::unix::fs::symlink(&target, &temp).map_err(TransferError::io(&temp))?;

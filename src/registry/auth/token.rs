@@ -88,7 +88,7 @@ pub async fn fetch(
     if !status.is_success() {
         return Err(failed(format!("HTTP {}", status.as_u16())));
     }
-    let bytes = crate::registry::client::read_capped(resp, crate::registry::client::MAX_JSON_BODY)
+    let bytes = crate::registry::body::read_capped(resp, crate::registry::body::MAX_JSON_BODY)
         .await
         .ok_or_else(|| failed("the answer is over the 4 MiB limit or was cut off".into()))?;
     let body: TokenResponse = serde_json::from_slice(&bytes)
