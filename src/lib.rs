@@ -91,8 +91,8 @@ pub mod mount;
 pub mod oci;
 pub mod pack;
 pub mod reference;
-pub mod reserved;
 pub mod registry;
+pub mod reserved;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod store;

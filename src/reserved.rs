@@ -73,7 +73,13 @@ mod tests {
         ] {
             assert!(refusal(Path::new(own)).is_some(), "{own}");
         }
-        for model in ["config.json", "a/.hoist-record.json", "hoist", "current", ".cache/x"] {
+        for model in [
+            "config.json",
+            "a/.hoist-record.json",
+            "hoist",
+            "current",
+            ".cache/x",
+        ] {
             assert!(refusal(Path::new(model)).is_none(), "{model}");
         }
     }

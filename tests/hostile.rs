@@ -352,10 +352,17 @@ fn every_name_hoist_keeps_is_refused_as_a_title() {
     let model = push_manifest(
         &reg,
         "kept",
-        vec![("w.bin".into(), "application/octet-stream", b"weights".to_vec())],
+        vec![(
+            "w.bin".into(),
+            "application/octet-stream",
+            b"weights".to_vec(),
+        )],
     );
     let elsewhere = tempfile::tempdir().unwrap();
-    let pulled = h.run(&["pull", &model, "-o", s(elsewhere.path())]).ok().stdout;
+    let pulled = h
+        .run(&["pull", &model, "-o", s(elsewhere.path())])
+        .ok()
+        .stdout;
     let hex = pulled
         .split("Digest: sha256:")
         .nth(1)
@@ -374,7 +381,11 @@ fn every_name_hoist_keeps_is_refused_as_a_title() {
             &reg,
             "planted",
             vec![
-                ("w.bin".into(), "application/octet-stream", b"other".to_vec()),
+                (
+                    "w.bin".into(),
+                    "application/octet-stream",
+                    b"other".to_vec(),
+                ),
                 (title.clone(), "application/octet-stream", b"evil".to_vec()),
             ],
         );
@@ -385,7 +396,8 @@ fn every_name_hoist_keeps_is_refused_as_a_title() {
         assert!(!root.path().join("w.bin").exists(), "{title}: w.bin placed");
     }
     // The folder is still one versioned pulls can use.
-    h.run(&["pull", &model, "-o", s(root.path()), "--versioned"]).ok();
+    h.run(&["pull", &model, "-o", s(root.path()), "--versioned"])
+        .ok();
     assert_eq!(
         std::fs::read(root.path().join("current/w.bin")).unwrap(),
         b"weights"

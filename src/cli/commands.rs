@@ -638,7 +638,7 @@ pub async fn index(args: IndexArgs, env: &Env) -> Result<(), Error> {
     let target = env.ctx.target(&reference)?;
     let scratch = scratch_dir(env)?;
     let (digest, index) =
-        transfer::delta::index_artifact(&target, &reference.target(), scratch.path()).await?;
+        transfer::index_artifact(&target, &reference.target(), scratch.path()).await?;
     let chunks: usize = index.blobs.values().map(Vec::len).sum();
     println!(
         "Indexed {reference}: {}, {}; attached as {digest}",

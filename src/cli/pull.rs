@@ -254,8 +254,14 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             filter: Default::default(),
             ..opts
         };
-        let n =
-            transfer::pull_referrers(&source, &report.digest, &folder, hoist::reserved::REFERRERS_DIR, &opts).await?;
+        let n = transfer::pull_referrers(
+            &source,
+            &report.digest,
+            &folder,
+            hoist::reserved::REFERRERS_DIR,
+            &opts,
+        )
+        .await?;
         if !env.ui.quiet {
             eprintln!(
                 "Pulled {n} attached artifacts into {}",

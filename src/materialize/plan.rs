@@ -17,15 +17,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use super::paths::{check_disk_parents, check_name};
 use super::record::Record;
 use super::{MaterializeError, Staged};
 
-/// Longest file name component Linux filesystems accept.
-pub const NAME_MAX: usize = 255;
-/// Longest path the kernel accepts (including the terminating NUL).
-pub const PATH_MAX: usize = 4096;
 /// Links followed while resolving one symlink (the kernel's own limit).
 const MAX_LINK_HOPS: usize = 40;
 
@@ -155,46 +152,6 @@ pub(super) fn validate(
                     ),
                 });
             }
-        }
-    }
-    Ok(())
-}
-
-/// Rule 2: names that fit and that do not reach hoist's own state.
-pub(crate) fn check_name(out: &Path, rel: &Path) -> Result<(), MaterializeError> {
-    let refuse = |why: &'static str| MaterializeError::Blocked {
-        path: out.join(rel),
-        why,
-    };
-    if let Some(why) = crate::reserved::refusal_in(out, rel) {
-        return Err(refuse(why));
-    }
-    for c in rel.components() {
-        let Component::Normal(name) = c else {
-            return Err(refuse("the path is not a plain relative path"));
-        };
-        if name.len() > NAME_MAX {
-            return Err(refuse(
-                "a name is longer than the filesystem allows (255 bytes)",
-            ));
-        }
-    }
-    if out.join(rel).as_os_str().len() >= PATH_MAX {
-        return Err(refuse(
-            "the path is longer than the system allows (4096 bytes)",
-        ));
-    }
-    Ok(())
-}
-
-/// Every parent of `rel` that exists on disk must be a real folder (not a symlink, not a
-/// file). Also what `verify` asks of each file it checks.
-pub(super) fn check_disk_parents(out: &Path, rel: &Path) -> Result<(), MaterializeError> {
-    let mut current = out.to_path_buf();
-    for part in rel.parent().into_iter().flat_map(Path::components) {
-        current.push(part);
-        if !super::is_real_folder(&current)? {
-            return Ok(()); // nothing deeper exists yet
         }
     }
     Ok(())

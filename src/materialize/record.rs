@@ -129,7 +129,7 @@ impl Record {
         let Some(recorded) = self.files.get(rel) else {
             return false;
         };
-        super::plan::check_disk_parents(out, rel).is_ok()
+        super::paths::check_disk_parents(out, rel).is_ok()
             && Stamp::of(&out.join(rel), recorded.digest.clone())
                 .is_some_and(|now| recorded.still_holds(&now))
     }

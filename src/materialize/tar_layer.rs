@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use super::plan::check_name;
+use super::paths::check_name;
 use super::{ensure_dirs, io_err, symlink_stays_inside, MaterializeError, Placement, Staged};
 use crate::oci::files::safe_relative_path;
 use crate::oci::LayerFormat;

@@ -109,7 +109,7 @@ pub fn check_folder(
 
 /// Why `rel` cannot be reached without passing a symlink or a file, if so.
 fn reached_through_link(dir: &Path, rel: &Path) -> Option<&'static str> {
-    match super::plan::check_disk_parents(dir, rel) {
+    match super::paths::check_disk_parents(dir, rel) {
         Err(super::MaterializeError::Blocked { why, .. }) => Some(why),
         _ => None, // an unreadable parent shows as the file missing or unreadable
     }

@@ -4,9 +4,10 @@
 //! pushed; a raw layer's blob is the file's own bytes in every shape, so unchanged files keep
 //! their digests and the destination skips blobs it already has.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Observer, PullOptions, PushOptions, PushReport, Target, TransferError};
+use crate::chunks::ChunkIndex;
 use crate::digest::Digest;
 use crate::oci::{media, Descriptor};
 use crate::pack::{self, BlobSource, PackOptions, Packed, PackedBlob};
@@ -140,4 +141,40 @@ fn as_oras(packed: Packed) -> Packed {
         chunks: packed.chunks,
         _scratch: packed._scratch,
     }
+}
+
+/// Index the raw layers of what `reference` names in `target` (their bytes pulled, verified,
+/// into `scratch`) and attach the index; its digest and the index.
+pub async fn index_artifact(
+    target: &Target,
+    reference: &str,
+    scratch: &Path,
+) -> Result<(Digest, ChunkIndex), TransferError> {
+    let resolved = target.resolve(reference).await?;
+    let blobs = scratch.join("blobs");
+    let opts = super::PullOptions {
+        raw: true,
+        ..Default::default()
+    };
+    super::pull(target, reference, &blobs, &opts, super::silent()).await?;
+    let files: Vec<(Digest, PathBuf)> = resolved
+        .manifest
+        .layers
+        .iter()
+        .map(|l| {
+            (
+                l.digest.clone(),
+                blobs.join("blobs/sha256").join(l.digest.hex()),
+            )
+        })
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    let index = tokio::task::spawn_blocking(move || ChunkIndex::of_files(&files))
+        .await
+        .expect("index task does not panic")
+        .map_err(TransferError::io(scratch))?;
+    let digest =
+        super::chunk_index::attach_index(target, &resolved.manifest_digest, &index, scratch)
+            .await?;
+    Ok((digest, index))
 }

@@ -167,7 +167,7 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Acti
                 .annotation(crate::oci::media::ANNOTATION_TITLE)
                 .unwrap_or("blob")
                 .to_string();
-            super::pull::fetch_into_store(
+            super::fetch::fetch_into_store(
                 &fetcher,
                 &src.sources(desc.digest.as_str()),
                 store,
@@ -178,4 +178,27 @@ async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Acti
             Ok(Action::Downloaded)
         }
     }
+}
+
+/// Copy everything attached to `subject` (recursively) from `src` to `dst`, indexing it there
+/// as `dst` needs (its referrers API, the tag fallback, or the local store). Returns how many
+/// referrers were copied.
+pub async fn copy_referrers(
+    src: &Target,
+    dst: &Target,
+    subject: &Digest,
+    concurrency: usize,
+) -> Result<usize, TransferError> {
+    let tree = super::referrers::discover(src, subject, None, 8).await?;
+    let mut copied = 0;
+    let mut todo: Vec<(Digest, super::Referrer)> =
+        tree.into_iter().map(|r| (subject.clone(), r)).collect();
+    while let Some((parent, node)) = todo.pop() {
+        let digest = node.descriptor.digest.clone();
+        copy(src, digest.as_str(), dst, &[], concurrency, super::silent()).await?;
+        super::referrers::register(dst, &parent, node.descriptor.clone()).await?;
+        copied += 1;
+        todo.extend(node.referrers.into_iter().map(|r| (digest.clone(), r)));
+    }
+    Ok(copied)
 }

@@ -1,7 +1,7 @@
 //! Delta pulls: a new version costs the bytes that changed.
 //!
 //! A chunk index (see [`crate::chunks`]) travels beside the artifact as a referrer (artifact
-//! type [`INDEX_TYPE`]), so the manifest, its digest and what every other tool reads stay as
+//! type [`crate::chunks::INDEX_TYPE`]; attached and found by `chunk_index`), so the manifest, its digest and what every other tool reads stay as
 //! they are.
 //!
 //! Before a blob is downloaded, hoist looks for its chunks in what this machine already has
@@ -22,82 +22,17 @@ use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use crate::chunks::{covers_exactly, KnownChunks, MAX_INDEX_BYTES};
-pub use crate::chunks::{ChunkIndex, INDEX_TYPE};
+use crate::chunks::{covers_exactly, ChunkIndex, KnownChunks};
 
 use super::{Event, Observer, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::Descriptor;
 use crate::store::Store;
 
-/// How long finding and reading an index may take before the pull goes on without it.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Byte ranges fetched at once for one blob.
 const RANGES_AT_ONCE: usize = 8;
 /// A missing stretch longer than this is fetched as several ranges, in parallel.
 const RANGE_PIECE: u64 = 8 << 20;
-
-/// Attach `index` to the manifest `subject` as a referrer; its digest.
-pub async fn attach_index(
-    target: &Target,
-    subject: &Digest,
-    index: &ChunkIndex,
-    scratch: &Path,
-) -> Result<Digest, TransferError> {
-    let path = scratch.join("chunk-index.json");
-    let bytes = serde_json::to_vec(index).expect("index serialises");
-    std::fs::write(&path, bytes).map_err(TransferError::io(&path))?;
-    super::attach(
-        target,
-        subject.as_str(),
-        &[path],
-        INDEX_TYPE,
-        BTreeMap::new(),
-    )
-    .await
-}
-
-/// The chunk index attached to `manifest`, if there is a readable one.
-pub async fn find_index(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
-    let referrers = super::discover(target, manifest, Some(INDEX_TYPE), 1)
-        .await
-        .ok()?;
-    for referrer in referrers {
-        let (_, bytes, _) = target
-            .fetch_manifest(referrer.descriptor.digest.as_str())
-            .await
-            .ok()?;
-        let Ok(crate::oci::ManifestKind::Image(m)) = crate::oci::ManifestKind::parse(None, &bytes)
-        else {
-            continue;
-        };
-        let Some(layer) = m.layers.first().filter(|l| l.size <= MAX_INDEX_BYTES) else {
-            continue;
-        };
-        let Some(bytes) = read_small_blob(target, layer).await else {
-            continue;
-        };
-        match serde_json::from_slice::<ChunkIndex>(&bytes) {
-            Ok(index) if index.compatible() => return Some(index),
-            _ => continue,
-        }
-    }
-    None
-}
-
-/// A small blob's bytes, checked against its digest.
-async fn read_small_blob(target: &Target, desc: &Descriptor) -> Option<Vec<u8>> {
-    let bytes = match target {
-        Target::Local { store, .. } => store.read_blob(&desc.digest, desc.size).ok()?,
-        Target::Remote {
-            client, repository, ..
-        } => {
-            let b = client.get_blob(repository, &desc.digest, None).await.ok()?;
-            client.read_content(b.response, desc.size).await?
-        }
-    };
-    (Digest::of_bytes(&bytes) == desc.digest).then_some(bytes)
-}
 
 /// Bytes this machine already has that may hold a new version's chunks.
 pub struct Earlier {
@@ -235,17 +170,6 @@ pub fn known_chunks<'a>(
         .collect()
 }
 
-/// The artifact's chunk index, looked up for at most [`LOOKUP_TIMEOUT`]; `None` when the
-/// target is not a registry or has none.
-pub async fn lookup(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
-    if !matches!(target, Target::Remote { .. }) {
-        return None;
-    }
-    tokio::time::timeout(LOOKUP_TIMEOUT, find_index(target, manifest))
-        .await
-        .ok()?
-}
-
 /// What a pull can reuse: the index and where its chunks are on this machine.
 pub struct Delta {
     index: ChunkIndex,
@@ -260,7 +184,6 @@ pub struct Delta {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Assembled {
     pub reused: u64,
-    pub fetched: u64,
 }
 
 impl Delta {
@@ -344,10 +267,9 @@ impl Delta {
                 "the assembled bytes do not match the digest",
             ));
         }
-        Ok(Assembled {
-            reused,
-            fetched: fetched.iter().sum(),
-        })
+        let fetched: u64 = fetched.iter().sum();
+        tracing::debug!("{name}: {reused} bytes from local chunks, {fetched} fetched");
+        Ok(Assembled { reused })
     }
 
     /// Fetch bytes `start..start + len` of the blob into `file` at the same offset; a
@@ -485,40 +407,6 @@ fn delta_failed(name: &str, why: &str) -> TransferError {
         path: PathBuf::from(name),
         source: std::io::Error::other(format!("not built from local chunks: {why}")),
     }
-}
-
-/// Index the raw layers of what `reference` names in `target` (their bytes pulled, verified,
-/// into `scratch`) and attach the index; its digest and the index.
-pub async fn index_artifact(
-    target: &Target,
-    reference: &str,
-    scratch: &Path,
-) -> Result<(Digest, ChunkIndex), TransferError> {
-    let resolved = target.resolve(reference).await?;
-    let blobs = scratch.join("blobs");
-    let opts = super::PullOptions {
-        raw: true,
-        ..Default::default()
-    };
-    super::pull(target, reference, &blobs, &opts, super::silent()).await?;
-    let files: Vec<(Digest, PathBuf)> = resolved
-        .manifest
-        .layers
-        .iter()
-        .map(|l| {
-            (
-                l.digest.clone(),
-                blobs.join("blobs/sha256").join(l.digest.hex()),
-            )
-        })
-        .filter(|(_, p)| p.is_file())
-        .collect();
-    let index = tokio::task::spawn_blocking(move || ChunkIndex::of_files(&files))
-        .await
-        .expect("index task does not panic")
-        .map_err(TransferError::io(scratch))?;
-    let digest = attach_index(target, &resolved.manifest_digest, &index, scratch).await?;
-    Ok((digest, index))
 }
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! registries. The engines here schedule work and verify bytes; they print nothing and report
 //! through [`Event`]s that the CLI renders as progress or JSON lines.
 
+pub mod chunk_index;
 mod convert;
 mod copy;
-pub mod delta;
+mod delta;
 pub mod fetch;
 mod pull;
 mod push;
@@ -17,11 +18,11 @@ mod volume;
 #[cfg(all(test, feature = "serve"))]
 mod tests;
 
-pub use convert::{convert, ConvertTo};
-pub use copy::{copy, CopyReport};
-pub use pull::{pull, LayerFilter, PlacedFile, PullOptions, PullReport};
+pub use convert::{convert, index_artifact, ConvertTo};
+pub use copy::{copy, copy_referrers, CopyReport};
+pub use pull::{pull, pull_referrers, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, push_folder, PushOptions, PushReport};
-pub use referrers::{attach, copy_referrers, discover, pull_referrers, Referrer};
+pub use referrers::{attach, discover, Referrer};
 pub use target::{Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 pub use versions::{pull_versioned, Versioned};

@@ -120,7 +120,8 @@ pub(crate) async fn attach_chunk_index(
         .tempdir()
         .map_err(TransferError::io(std::env::temp_dir()))?;
     let digest =
-        super::delta::attach_index(target, &packed.manifest_digest, index, scratch.path()).await?;
+        super::chunk_index::attach_index(target, &packed.manifest_digest, index, scratch.path())
+            .await?;
     Ok(Some(digest))
 }
 

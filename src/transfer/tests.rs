@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::reserved::{CURRENT, VERSIONS_DIR};
 use crate::digest::Digest;
 use crate::pack::PackOptions;
 use crate::registry::{Credentials, RegistryClient, TransportOptions};
+use crate::reserved::{CURRENT, VERSIONS_DIR};
 use crate::store::Store;
 use crate::testkit::noise;
 
@@ -462,13 +462,13 @@ async fn an_index_that_lies_ends_in_a_verified_full_download() {
     let dir = work.path().join("v2");
     push_version(&target, &dir, "v2", &[("w.bin", &v2)], false).await;
     let mut index =
-        delta::ChunkIndex::of_files(&[(Digest::of_bytes(&v2), dir.join("w.bin"))]).unwrap();
+        chunk_index::ChunkIndex::of_files(&[(Digest::of_bytes(&v2), dir.join("w.bin"))]).unwrap();
     for chunks in index.blobs.values_mut() {
         chunks.reverse();
     }
     let resolved = target.resolve("v2").await.unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    delta::attach_index(&target, &resolved.manifest_digest, &index, scratch.path())
+    chunk_index::attach_index(&target, &resolved.manifest_digest, &index, scratch.path())
         .await
         .unwrap();
     let out = work.path().join("out");

@@ -19,7 +19,6 @@ use super::{Observer, PullOptions, PullReport, Target, TransferError};
 use crate::materialize::MaterializeError;
 use crate::reserved::{CURRENT, VERSIONS_DIR};
 
-
 /// What a versioned pull did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Versioned {

@@ -13,9 +13,11 @@
 mod hash;
 mod range;
 mod state;
+mod store;
 /// Where a download keeps the resume record of a part file.
 pub use state::path_for as state_path_for;
 pub(crate) use state::trim_parts;
+pub(crate) use store::{checked, fetch_into_store, into_store};
 
 pub use crate::registry::RetryPolicy;
 
