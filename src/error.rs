@@ -1,9 +1,15 @@
 //! The crate's error, and the exit code each failure class maps to. The codes are part of the
 //! CLI's contract (an init container acts on them) and are listed in the README.
+//!
+//! Where it sits: above the library's data path (it names the errors of reference, pack,
+//! store, registry, transfer, materialize) and below the features built on that path
+//! (`mount`, `bench`, `serve`), which use `Context` and so return this error themselves. It
+//! therefore does not name their error types: that would make it import the modules above it
+//! (a circle `error → bench → serve → error`). A feature's error implements [`Classified`],
+//! choosing its exit code next to its variants, and converts into [`Error::Feature`]; the
+//! codes of everything below are chosen here.
 
 use crate::materialize::MaterializeError;
-#[cfg(feature = "mount")]
-use crate::mount::MountError;
 use crate::oci::OciError;
 use crate::pack::PackError;
 use crate::reference::ReferenceError;
@@ -25,12 +31,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[cfg(feature = "mount")]
-    #[error(transparent)]
-    Mount(#[from] MountError),
-    #[cfg(feature = "bench")]
-    #[error("bench failed: {0}")]
-    Bench(#[from] crate::bench::BenchError),
+    /// A failure of a feature above the library (`mount`, `bench`): see [`Classified`].
+    #[error("{0}")]
+    Feature(Box<dyn Classified>),
     /// Credentials could not be read, or a credential helper failed.
     #[error(transparent)]
     Credentials(#[from] ConfigError),
@@ -128,6 +131,12 @@ impl ExitCode {
     }
 }
 
+/// The error of a feature built above the library, with the exit code it maps to (see the
+/// module comment for why these are not variants of [`Error`]).
+pub trait Classified: std::error::Error + Send + Sync + 'static {
+    fn exit_code(&self) -> ExitCode;
+}
+
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
@@ -135,29 +144,20 @@ impl Error {
             Error::Credentials(ConfigError::Incomplete(_)) => ExitCode::Usage,
             Error::Credentials(_) => ExitCode::Auth,
             Error::Write { .. } => ExitCode::Disk,
-            #[cfg(feature = "bench")]
-            Error::Bench(e) => bench_code(e),
+            Error::Feature(e) => e.exit_code(),
             Error::Server { .. } => ExitCode::Failure,
             Error::Child { code, .. } => ExitCode::from_code(i32::from(*code)),
             Error::Interrupted { .. } => ExitCode::Interrupted,
             Error::Pack(e) => pack_code(e),
             Error::Store(e) => store_code(e),
             Error::Registry(e) => registry_code(e),
-            #[cfg(feature = "mount")]
-            Error::Mount(e) => match e {
-                MountError::Transfer(e) => transfer_code(e),
-                MountError::NotRaw { .. } | MountError::PathClash(_) => ExitCode::InvalidContent,
-                MountError::Fuse { .. } | MountError::Unmount { .. } => ExitCode::Failure,
-                MountError::Io { .. } => ExitCode::Disk,
-                MountError::Corrupt { .. } => ExitCode::Verification,
-                MountError::NotMounted { .. } => ExitCode::NotFound,
-            },
             Error::Transfer(e) => transfer_code(e),
         }
     }
 }
 
-fn transfer_code(e: &TransferError) -> ExitCode {
+/// The exit code of a transfer failure (also what a feature's error wrapping one maps to).
+pub fn transfer_code(e: &TransferError) -> ExitCode {
     match e {
         TransferError::Registry(e) => registry_code(e),
         TransferError::Store(e) => store_code(e),
@@ -174,7 +174,8 @@ fn transfer_code(e: &TransferError) -> ExitCode {
     }
 }
 
-fn pack_code(e: &PackError) -> ExitCode {
+/// The exit code of a packing failure.
+pub fn pack_code(e: &PackError) -> ExitCode {
     match e {
         PackError::Read { .. } | PackError::Encode { .. } => ExitCode::Disk,
         _ => ExitCode::Usage,
@@ -213,18 +214,6 @@ fn registry_code(e: &RegistryError) -> ExitCode {
         | RegistryError::Throttled { .. }
         | RegistryError::TokenService { .. }
         | RegistryError::Status { .. } => ExitCode::Network,
-    }
-}
-
-#[cfg(feature = "bench")]
-fn bench_code(e: &crate::bench::BenchError) -> ExitCode {
-    use crate::bench::BenchError;
-    match e {
-        BenchError::Io { .. } => ExitCode::Disk,
-        BenchError::Pack(e) => pack_code(e),
-        BenchError::Transfer(e) => transfer_code(e),
-        BenchError::Command { .. } => ExitCode::Failure,
-        BenchError::Mismatch { .. } => ExitCode::Verification,
     }
 }
 

@@ -39,6 +39,30 @@ pub enum BenchError {
     Mismatch { config: String, detail: String },
 }
 
+/// A bench failure as the CLI reports it ("bench failed: ...").
+#[derive(Debug, thiserror::Error)]
+#[error("bench failed: {0}")]
+struct Failed(BenchError);
+
+impl crate::error::Classified for Failed {
+    fn exit_code(&self) -> crate::ExitCode {
+        use crate::ExitCode;
+        match &self.0 {
+            BenchError::Io { .. } => ExitCode::Disk,
+            BenchError::Pack(e) => crate::error::pack_code(e),
+            BenchError::Transfer(e) => crate::error::transfer_code(e),
+            BenchError::Command { .. } => ExitCode::Failure,
+            BenchError::Mismatch { .. } => ExitCode::Verification,
+        }
+    }
+}
+
+impl From<BenchError> for crate::Error {
+    fn from(e: BenchError) -> crate::Error {
+        crate::Error::Feature(Box::new(Failed(e)))
+    }
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Io { what, source }

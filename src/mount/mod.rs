@@ -60,6 +60,26 @@ pub enum MountError {
     Corrupt { files: Vec<String> },
 }
 
+impl crate::error::Classified for MountError {
+    fn exit_code(&self) -> crate::ExitCode {
+        use crate::ExitCode;
+        match self {
+            MountError::Transfer(e) => crate::error::transfer_code(e),
+            MountError::NotRaw { .. } | MountError::PathClash(_) => ExitCode::InvalidContent,
+            MountError::Fuse { .. } | MountError::Unmount { .. } => ExitCode::Failure,
+            MountError::Io { .. } => ExitCode::Disk,
+            MountError::Corrupt { .. } => ExitCode::Verification,
+            MountError::NotMounted { .. } => ExitCode::NotFound,
+        }
+    }
+}
+
+impl From<MountError> for crate::Error {
+    fn from(e: MountError) -> crate::Error {
+        crate::Error::Feature(Box::new(e))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     /// The node cache (a hoist store): verified blobs are read from and kept in it.

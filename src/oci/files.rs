@@ -3,41 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{media, Descriptor, Manifest, OciError};
-
-/// How a layer's bytes become files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerFormat {
-    /// The blob is the file.
-    Raw,
-    Tar,
-    TarGzip,
-    TarZstd,
-}
-
-impl LayerFormat {
-    pub fn suffix(self) -> &'static str {
-        match self {
-            LayerFormat::Raw => "raw",
-            LayerFormat::Tar => "tar",
-            LayerFormat::TarGzip => "tar+gzip",
-            LayerFormat::TarZstd => "tar+zstd",
-        }
-    }
-    pub fn parse(s: &str) -> Option<LayerFormat> {
-        Some(match s {
-            "raw" => LayerFormat::Raw,
-            "tar" => LayerFormat::Tar,
-            "tar+gzip" | "tar.gz" | "gzip" => LayerFormat::TarGzip,
-            "tar+zstd" | "zstd" => LayerFormat::TarZstd,
-            _ => return None,
-        })
-    }
-    /// The format named by a ModelPack media type's suffix.
-    fn of_modelpack(media_type: &str) -> Option<LayerFormat> {
-        LayerFormat::parse(media_type.rsplit(".v1.").next()?)
-    }
-}
+use super::{media, Descriptor, LayerFormat, Manifest, OciError};
 
 /// One layer that becomes one file (raw) or a tree of files (tar formats).
 #[derive(Debug, Clone)]

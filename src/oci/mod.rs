@@ -6,11 +6,13 @@
 //! run; reproducible digests are a product requirement, so every map here is a `BTreeMap`.
 
 pub mod files;
+mod format;
 pub mod manifest;
 pub mod media;
 pub mod modelpack;
 
-pub use files::{FileLayer, LayerFormat, LayerPlan};
+pub use files::{FileLayer, LayerPlan};
+pub use format::LayerFormat;
 pub use manifest::{Descriptor, Index, Manifest, ManifestKind, Platform};
 
 /// Manifests larger than this are refused, as distribution does, so a hostile registry cannot

@@ -7,6 +7,7 @@ use reqwest::{header, Method, StatusCode, Url};
 use super::auth::Action;
 use super::body::{read_capped, MAX_ERROR_BODY};
 use super::error::chain;
+use super::retry::{RetryPolicy, MAX_THROTTLED};
 use super::{Credentials, RegistryError, TransportOptions};
 use crate::digest::Digest;
 use crate::oci::{media, MAX_MANIFEST_BYTES};
@@ -469,6 +470,51 @@ impl RegistryClient {
             Ok(())
         } else {
             Err(self.status_error("PUT", resp).await)
+        }
+    }
+}
+
+impl RegistryClient {
+    /// Run an idempotent request again on transient failures (resets, 429, 5xx).
+    pub(crate) async fn with_retries<T, F, Fut>(&self, mut request: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        let policy = RetryPolicy::default();
+        let mut attempt = 1;
+        let mut throttled_for = std::time::Duration::ZERO;
+        loop {
+            match request().await {
+                // A mirror that cannot be reached is left at once: the next source is there.
+                Err(e) if e.is_unreachable() && self.fail_fast => return Err(e),
+                // Nothing listens at the address: one clear error now, not after the schedule.
+                Err(e) if e.is_refused() => return Err(e),
+                // A cache passing 429s on to its clients returns them at once.
+                Err(e @ RegistryError::Throttled { .. }) if !self.wait_when_throttled => {
+                    return Err(e)
+                }
+                // A 429 says "later", not "broken": waited out (Retry-After plus jitter)
+                // without using up attempts, for up to MAX_THROTTLED in all.
+                Err(RegistryError::Throttled { retry_after, .. })
+                    if throttled_for < MAX_THROTTLED =>
+                {
+                    let delay = policy.delay(attempt, retry_after);
+                    tracing::warn!(
+                        "{} is throttling requests (HTTP 429); asking again in {delay:?}",
+                        self.registry
+                    );
+                    tokio::time::sleep(delay).await;
+                    throttled_for += delay;
+                }
+                Err(e) if e.is_transient() && attempt < policy.attempts_for(self.fail_fast) => {
+                    let delay = policy.delay(attempt, None);
+                    tracing::warn!("{e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Retry policy: exponential backoff with jitter, a cap per request (or range) and for the
-//! whole pull; and retries of small idempotent requests (manifests, HEADs).
+//! whole pull. Plain data and arithmetic: the client's retry loop for small idempotent
+//! requests (manifests, HEADs) is `RegistryClient::with_retries`, in `client`, which uses it.
 
 use std::time::Duration;
 
@@ -72,54 +73,6 @@ impl RetryPolicy {
             self.attempts.min(2)
         } else {
             self.attempts
-        }
-    }
-}
-
-impl super::RegistryClient {
-    /// Run an idempotent request again on transient failures (resets, 429, 5xx).
-    pub(crate) async fn with_retries<T, F, Fut>(
-        &self,
-        mut request: F,
-    ) -> Result<T, super::RegistryError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, super::RegistryError>>,
-    {
-        let policy = RetryPolicy::default();
-        let mut attempt = 1;
-        let mut throttled_for = Duration::ZERO;
-        loop {
-            match request().await {
-                // A mirror that cannot be reached is left at once: the next source is there.
-                Err(e) if e.is_unreachable() && self.fail_fast => return Err(e),
-                // Nothing listens at the address: one clear error now, not after the schedule.
-                Err(e) if e.is_refused() => return Err(e),
-                // A cache passing 429s on to its clients returns them at once.
-                Err(e @ super::RegistryError::Throttled { .. }) if !self.wait_when_throttled => {
-                    return Err(e)
-                }
-                // A 429 says "later", not "broken": waited out (Retry-After plus jitter)
-                // without using up attempts, for up to MAX_THROTTLED in all.
-                Err(super::RegistryError::Throttled { retry_after, .. })
-                    if throttled_for < MAX_THROTTLED =>
-                {
-                    let delay = policy.delay(attempt, retry_after);
-                    tracing::warn!(
-                        "{} is throttling requests (HTTP 429); asking again in {delay:?}",
-                        self.registry
-                    );
-                    tokio::time::sleep(delay).await;
-                    throttled_for += delay;
-                }
-                Err(e) if e.is_transient() && attempt < policy.attempts_for(self.fail_fast) => {
-                    let delay = policy.delay(attempt, None);
-                    tracing::warn!("{e}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                result => return result,
-            }
         }
     }
 }
