@@ -5,12 +5,20 @@
 //! Hand-written because it is the product's core: blobs become visible only by a rename after
 //! their digest and size are checked, and tag updates are serialised by a file lock so that
 //! concurrent `hoist` processes on one node cannot lose each other's tags.
+//!
+//! Where each part lives: this file holds the store's type, its opening and the repository
+//! links (which blobs a repository may serve) and referrer lists; `blobs` how blobs arrive,
+//! are read, aged and deleted; `stamps` when a blob is trusted without hashing it again;
+//! `tags` the tags and `index.json`; `manifests` what a manifest must be to be stored;
+//! `gc`, `manage` (rm, prune, list) and `pushed` build on those.
 
+mod blobs;
 mod gc;
 mod manage;
 mod manifests;
 pub mod owner;
 mod pushed;
+mod stamps;
 #[cfg(test)]
 mod suite;
 mod tags;
@@ -20,12 +28,11 @@ pub use manage::{Keep, Pruned, Removed};
 pub use manifests::{manifest_media_type, Holding, ManifestRejected, PutManifest};
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, Hasher};
-use crate::oci::{Descriptor, Index};
+use crate::digest::Digest;
+use crate::oci::Descriptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -154,10 +161,6 @@ impl Store {
         &self.root
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
-    }
-
     /// The link that says `repository` holds blob or manifest `digest`. Content is stored
     /// once (deduplicated); what a repository may read, mount or delete is its own links.
     fn link_path(&self, repository: &str, kind: LinkKind, digest: &Digest) -> PathBuf {
@@ -243,332 +246,6 @@ impl Store {
         Ok(())
     }
 
-    /// Where a blob's stamp lives: the inode, size and change time seen when its bytes were
-    /// last verified. A blob whose stamp still matches needs no re-hash before use.
-    pub(crate) fn stamp_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("stamps").join(digest.hex())
-    }
-
-    /// Where a blob's chunk list is remembered (for delta pulls of other versions; see
-    /// [`crate::chunks`]). A hint, never trusted: every chunk copied from it is re-hashed.
-    fn chunks_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("chunks").join(digest.hex())
-    }
-
-    /// Remember how blob `digest` is cut into chunks.
-    pub fn remember_chunks(&self, digest: &Digest, known: &crate::chunks::KnownChunks) {
-        let _ = fs::create_dir_all(self.root.join("chunks"));
-        let bytes = serde_json::to_vec(known).expect("chunk list serialises");
-        let _ = write_atomic(&self.chunks_path(digest), &bytes);
-    }
-
-    /// The chunk lists remembered for blobs still in the store, with each blob's size (at most
-    /// [`MAX_CHUNK_LISTS`], each at most [`crate::chunks::MAX_INDEX_BYTES`]; unreadable
-    /// ones are skipped).
-    pub fn known_chunks(&self) -> Vec<(Digest, u64, crate::chunks::KnownChunks)> {
-        let Ok(entries) = fs::read_dir(self.root.join("chunks")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .take(MAX_CHUNK_LISTS)
-            .filter_map(|e| {
-                let digest: Digest = format!("sha256:{}", e.file_name().to_str()?).parse().ok()?;
-                let m = fs::symlink_metadata(e.path()).ok()?;
-                if !m.is_file() || m.len() > crate::chunks::MAX_INDEX_BYTES {
-                    return None;
-                }
-                let size = self.blob_size(&digest)?;
-                let known = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
-                Some((digest, size, known))
-            })
-            .collect()
-    }
-
-    /// Stamp a blob just verified. The stamp is taken once the file clock has passed the
-    /// blob's last change (at most one tick, a few ms): a stamp taken in the same tick is
-    /// "racy", never trusted, and would cost a full re-hash at the blob's next use.
-    fn write_stamp(&self, digest: &Digest) {
-        use crate::materialize::record::{wait_past, Stamp};
-        let path = self.blob_path(digest);
-        if let Some(before) = Stamp::of(&path, None) {
-            wait_past(before.ctime_ns);
-        }
-        if let Some(stamp) = Stamp::of(&path, Some(digest.clone())) {
-            let _ = fs::create_dir_all(self.root.join("stamps"));
-            let _ = write_atomic(
-                &self.stamp_path(digest),
-                &serde_json::to_vec(&stamp).expect("stamp serialises"),
-            );
-        }
-    }
-
-    /// The stamp written when the blob was last verified, if any (and readable).
-    fn saved_stamp(&self, digest: &Digest) -> Option<crate::materialize::record::Stamp> {
-        let bytes = read_small(&self.stamp_path(digest)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    fn stamp_matches(&self, digest: &Digest) -> bool {
-        let Some(saved) = self.saved_stamp(digest) else {
-            return false;
-        };
-        crate::materialize::record::Stamp::of(&self.blob_path(digest), Some(digest.clone()))
-            .is_some_and(|now| saved.still_holds(&now))
-    }
-
-    /// Renew a blob's stamp after it was hard-linked (which moves its change time), but only
-    /// if nothing else about the file changed since it was stamped (same inode, size and
-    /// modification time).
-    pub fn restamp_after_link(&self, digest: &Digest) {
-        use crate::materialize::record::Stamp;
-        let saved = self.saved_stamp(digest);
-        let now = Stamp::of(&self.blob_path(digest), Some(digest.clone()));
-        if let (Some(saved), Some(now)) = (saved, now) {
-            if (saved.dev, saved.ino, saved.size, saved.mtime_ns)
-                == (now.dev, now.ino, now.size, now.mtime_ns)
-            {
-                // Past the link's clock tick (usually already so), or the stamp is racy.
-                crate::materialize::record::wait_past(now.ctime_ns);
-                self.write_stamp(digest);
-            }
-        }
-    }
-
-    /// Is the blob there with `size` bytes that are still `digest`? Trusted from its stamp;
-    /// otherwise re-hashed (and re-stamped). A corrupt blob is removed and reported, so the
-    /// caller can fetch it again or tell the user.
-    pub fn check_blob(&self, digest: &Digest, size: u64) -> Result<BlobCheck, StoreError> {
-        let path = self.blob_path(digest);
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() && m.len() == size => {}
-            Ok(m) if m.is_file() => return Ok(BlobCheck::Missing),
-            Ok(_) => {
-                let _ = fs::remove_file(&path); // a link or a folder is not a blob
-                return Ok(BlobCheck::Missing);
-            }
-            Err(_) => return Ok(BlobCheck::Missing),
-        }
-        if self.stamp_matches(digest) {
-            return Ok(BlobCheck::Good(path));
-        }
-        let actual = Digest::of_file(&path).map_err(io_err(&path))?;
-        if actual == *digest {
-            self.write_stamp(digest);
-            return Ok(BlobCheck::Good(path));
-        }
-        let _ = self.delete_blob(digest);
-        Err(StoreError::Corrupt {
-            digest: digest.clone(),
-            actual,
-            root: self.root.clone(),
-        })
-    }
-
-    /// The size of a blob that is present and good (checked as [`Store::check_blob`] does);
-    /// a corrupt one is removed, logged, and reported absent.
-    pub fn good_blob_size(&self, digest: &Digest) -> Option<u64> {
-        let size = fs::symlink_metadata(self.blob_path(digest))
-            .ok()
-            .filter(|m| m.is_file())?
-            .len();
-        match self.check_blob(digest, size) {
-            Ok(BlobCheck::Good(_)) => Some(size),
-            Ok(BlobCheck::Missing) => None,
-            Err(e) => {
-                tracing::warn!("{e}");
-                None
-            }
-        }
-    }
-
-    /// Size of a verified blob, if present.
-    pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
-        fs::metadata(self.blob_path(digest))
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-    }
-
-    /// A fresh file in `ingest/` to write a blob into; pass it to [`Store::commit`].
-    pub fn ingest_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = self.root.join("ingest");
-        tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&dir)
-            .map_err(io_err(&dir))
-    }
-
-    /// Promote an ingested file into the store if its digest and size are the expected ones.
-    /// The caller hashed the bytes while writing them (`actual`).
-    pub fn commit(
-        &self,
-        ingest: tempfile::NamedTempFile,
-        expected: &Descriptor,
-        actual: Digest,
-        size: u64,
-    ) -> Result<PathBuf, StoreError> {
-        if actual != expected.digest || size != expected.size {
-            return Err(StoreError::DigestMismatch {
-                expected: expected.digest.clone(),
-                actual,
-                size,
-                expected_size: expected.size,
-            });
-        }
-        let target = self.blob_path(&expected.digest);
-        let path = ingest.path().to_path_buf();
-        ingest.as_file().sync_data().map_err(io_err(&path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_err(&path))?;
-        ingest.persist(&target).map_err(|e| StoreError::Io {
-            path: target.clone(),
-            source: e.error,
-        })?;
-        self.write_stamp(&expected.digest);
-        Ok(target)
-    }
-
-    /// Where a download of `digest` into the store keeps its bytes until verified. The name
-    /// is stable so an interrupted download resumes; [`Store::lock_blob`] guards it.
-    pub fn part_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("ingest")
-            .join(format!("{}.part", digest.hex()))
-    }
-
-    /// Wait for exclusive use of one blob's ingest, so concurrent pulls on a node download
-    /// each blob once: the first holds the lock, the others wait and then find the blob.
-    pub async fn lock_blob(&self, digest: &Digest) -> Result<File, StoreError> {
-        let path = self
-            .root
-            .join("ingest")
-            .join(format!("{}.lock", digest.hex()));
-        let file = File::create(&path).map_err(io_err(&path))?;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(StoreError::Io { path, source: e })
-                }
-            }
-        }
-    }
-
-    /// Promote a part file whose bytes were already verified against `digest`.
-    pub fn commit_verified(&self, part: &Path, digest: &Digest) -> Result<PathBuf, StoreError> {
-        let target = self.blob_path(digest);
-        fs::set_permissions(part, fs::Permissions::from_mode(0o444)).map_err(io_err(part))?;
-        fs::rename(part, &target).map_err(io_err(&target))?;
-        self.write_stamp(digest);
-        Ok(target)
-    }
-
-    /// Copy a local file into the store, hashing as it goes.
-    pub fn put_file(&self, expected: &Descriptor, source: &Path) -> Result<PathBuf, StoreError> {
-        let mut ingest = self.ingest_file()?;
-        let mut reader = File::open(source).map_err(io_err(source))?;
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = io::Read::read(&mut reader, &mut buf).map_err(io_err(source))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            ingest.write_all(&buf[..n]).map_err(io_err(source))?;
-        }
-        let size = hasher.len();
-        self.commit(ingest, expected, hasher.finish(), size)
-    }
-
-    pub fn put_bytes(&self, expected: &Descriptor, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        let mut ingest = self.ingest_file()?;
-        ingest.write_all(bytes).map_err(io_err(&self.root))?;
-        self.commit(
-            ingest,
-            expected,
-            Digest::of_bytes(bytes),
-            bytes.len() as u64,
-        )
-    }
-
-    pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(digest);
-        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
-        if size > limit {
-            return Err(StoreError::Io {
-                path,
-                source: io::Error::other(format!("{size} bytes is over the {limit}-byte limit")),
-            });
-        }
-        fs::read(&path).map_err(io_err(&path))
-    }
-
-    /// The manifest `repo:tag` points at.
-    pub fn resolve(&self, repository: &str, tag: &str) -> Result<Descriptor, StoreError> {
-        tags::resolve(self, repository, tag)
-    }
-
-    /// Point `repo:tag` at a manifest already stored as a blob.
-    pub fn tag(
-        &self,
-        repository: &str,
-        tag: &str,
-        manifest: &Descriptor,
-    ) -> Result<(), StoreError> {
-        tags::set(self, repository, tag, Some(manifest)).map(drop)
-    }
-
-    /// Remove `repo:tag`; whether it existed.
-    pub fn untag(&self, repository: &str, tag: &str) -> Result<bool, StoreError> {
-        tags::set(self, repository, tag, None)
-    }
-
-    /// Remove every tag of `repo` that points at `digest`; how many there were.
-    pub fn untag_digest(&self, repository: &str, digest: &Digest) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        for (tag, desc) in tags::of_repository(self, repository)? {
-            if desc.digest == *digest && self.untag(repository, &tag)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// The tags of one repository, sorted.
-    pub fn tags(&self, repository: &str) -> Result<Vec<String>, StoreError> {
-        Ok(tags::of_repository(self, repository)?
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect())
-    }
-
-    /// Write tag changes to `index.json` in batches (a long-running server): see `tags`.
-    pub fn defer_index_writes(mut self) -> Store {
-        self.deferred = Some(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
-        self
-    }
-
-    /// Apply the deferred tag changes to `index.json` now.
-    pub fn flush_index(&self) -> Result<(), StoreError> {
-        tags::flush(self)
-    }
-
-    /// Delete a blob; whether it existed. (No reference check: that is the caller's call.)
-    pub fn delete_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
-        let path = self.blob_path(digest);
-        let _ = fs::remove_file(self.stamp_path(digest));
-        let _ = fs::remove_file(self.chunks_path(digest));
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::Io { path, source: e }),
-        }
-    }
-
     /// Record that `referrer` (a manifest descriptor) has `subject` as its subject.
     pub fn add_referrer(&self, subject: &Digest, referrer: &Descriptor) -> Result<(), StoreError> {
         let dir = self.root.join("referrers");
@@ -594,76 +271,6 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(StoreError::Io { path, source: e }),
         }
-    }
-
-    /// Serialises changes to the index and referrer lists across processes (released on drop).
-    fn lock_index(&self) -> Result<File, StoreError> {
-        let lock_path = self.root.join("index.json.lock");
-        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
-        Ok(lock)
-    }
-
-    /// Every verified blob with its size and last use (mtime; readers touch it), oldest first.
-    pub fn blobs_by_age(&self) -> Vec<(Digest, u64, std::time::SystemTime)> {
-        let mut blobs: Vec<_> = fs::read_dir(self.root.join("blobs/sha256"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let digest = format!("sha256:{}", e.file_name().to_string_lossy())
-                    .parse()
-                    .ok()?;
-                let meta = e.metadata().ok()?;
-                Some((digest, meta.len(), meta.modified().ok()?))
-            })
-            .collect();
-        blobs.sort_by_key(|(_, _, t)| *t);
-        blobs
-    }
-
-    pub fn total_blob_bytes(&self) -> u64 {
-        self.blobs_by_age().iter().map(|(_, n, _)| n).sum()
-    }
-
-    /// Mark a blob as just used (for least-recently-used eviction). Its stamp is renewed only
-    /// if it matched before: touching never blesses changed bytes.
-    pub fn touch(&self, digest: &Digest) {
-        let was_good = self.stamp_matches(digest);
-        if let Ok(f) = File::options()
-            .write(true)
-            .open(self.blob_path(digest))
-            .or_else(|_| File::open(self.blob_path(digest)))
-        {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
-        if was_good {
-            self.write_stamp(digest);
-        }
-    }
-
-    /// Read-modify-write `index.json` under the lock.
-    pub(crate) fn update_index<T>(
-        &self,
-        change: impl FnOnce(&mut Index) -> T,
-    ) -> Result<T, StoreError> {
-        let _lock = self.lock_index()?;
-        let mut index = self.read_index()?;
-        let result = change(&mut index);
-        let bytes = serde_json::to_vec_pretty(&index).expect("index serialises");
-        write_atomic(&self.root.join("index.json"), &bytes)?;
-        Ok(result)
-    }
-
-    /// Every tagged manifest: (`repo:tag`, descriptor).
-    pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
-        tags::all(self)
-    }
-
-    pub(crate) fn read_index(&self) -> Result<Index, StoreError> {
-        let path = self.root.join("index.json");
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptIndex { path, source })
     }
 }
 

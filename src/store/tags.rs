@@ -14,8 +14,11 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::{io_err, read_small, Store, StoreError};
+use super::{io_err, read_small, write_atomic, Store, StoreError};
+use crate::digest::Digest;
+use crate::oci::Index;
 use crate::oci::{media, Descriptor};
+use std::fs::File;
 
 /// Changes (`repo:tag`, new descriptor or removal) not yet in `index.json`.
 pub(crate) type Pending = Arc<Mutex<Vec<(String, Option<Descriptor>)>>>;
@@ -320,6 +323,90 @@ pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
         index.manifests = tags.into_iter().map(|(_, d)| d).collect();
     })?;
     fs::remove_file(&marker).map_err(io_err(&marker))
+}
+
+impl Store {
+    /// The manifest `repo:tag` points at.
+    pub fn resolve(&self, repository: &str, tag: &str) -> Result<Descriptor, StoreError> {
+        resolve(self, repository, tag)
+    }
+
+    /// Point `repo:tag` at a manifest already stored as a blob.
+    pub fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Descriptor,
+    ) -> Result<(), StoreError> {
+        set(self, repository, tag, Some(manifest)).map(drop)
+    }
+
+    /// Remove `repo:tag`; whether it existed.
+    pub fn untag(&self, repository: &str, tag: &str) -> Result<bool, StoreError> {
+        set(self, repository, tag, None)
+    }
+
+    /// Remove every tag of `repo` that points at `digest`; how many there were.
+    pub fn untag_digest(&self, repository: &str, digest: &Digest) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (tag, desc) in of_repository(self, repository)? {
+            if desc.digest == *digest && self.untag(repository, &tag)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The tags of one repository, sorted.
+    pub fn tags(&self, repository: &str) -> Result<Vec<String>, StoreError> {
+        Ok(of_repository(self, repository)?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    /// Write tag changes to `index.json` in batches (a long-running server): see `tags`.
+    pub fn defer_index_writes(mut self) -> Store {
+        self.deferred = Some(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+        self
+    }
+
+    /// Apply the deferred tag changes to `index.json` now.
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        flush(self)
+    }
+
+    /// Serialises changes to the index and referrer lists across processes (released on drop).
+    pub(super) fn lock_index(&self) -> Result<File, StoreError> {
+        let lock_path = self.root.join("index.json.lock");
+        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        Ok(lock)
+    }
+
+    /// Read-modify-write `index.json` under the lock.
+    pub(crate) fn update_index<T>(
+        &self,
+        change: impl FnOnce(&mut Index) -> T,
+    ) -> Result<T, StoreError> {
+        let _lock = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let result = change(&mut index);
+        let bytes = serde_json::to_vec_pretty(&index).expect("index serialises");
+        write_atomic(&self.root.join("index.json"), &bytes)?;
+        Ok(result)
+    }
+
+    /// Every tagged manifest: (`repo:tag`, descriptor).
+    pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
+        all(self)
+    }
+
+    pub(crate) fn read_index(&self) -> Result<Index, StoreError> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::CorruptIndex { path, source })
+    }
 }
 
 #[cfg(test)]
