@@ -2,7 +2,7 @@
 //! Nothing here moves bytes itself.
 
 mod bench;
-mod commands;
+mod copy;
 mod global;
 mod graph;
 mod inspect;
@@ -12,7 +12,10 @@ mod mount;
 mod output;
 mod parse;
 mod pull;
+mod push;
 mod serve;
+mod store;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use hoist::Error;
@@ -42,7 +45,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pack a model folder as a ModelPack artifact (one layer per file) and push it.
-    Push(commands::PushArgs),
+    Push(push::PushArgs),
     /// Pull an artifact into a folder; files appear only once all are verified.
     Pull(pull::PullArgs),
     /// Mount an artifact read-only (FUSE): files are there at once, bytes are fetched as they
@@ -57,21 +60,21 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Attach a chunk index to an artifact that has none (e.g. pushed by ORAS), so pulls of
     /// its next versions download only what changed.
-    Index(commands::IndexArgs),
+    Index(push::IndexArgs),
     /// Copy an artifact between registries and the local store.
-    Copy(commands::CopyArgs),
+    Copy(copy::CopyArgs),
     /// Repack an artifact (ORAS, ModelPack, KitOps, Ollama, Model Runner, an image) as a
     /// ModelPack or ORAS artifact; files whose bytes do not change keep their blobs.
-    Convert(commands::ConvertArgs),
+    Convert(copy::ConvertArgs),
     /// List what the local store holds.
-    List(commands::ListArgs),
+    List(store::ListArgs),
     /// Remove a model from the local store: its tag, and the blobs no other tag uses.
-    Rm(commands::RmArgs),
+    Rm(store::RmArgs),
     /// Give a model in the local store another name (no bytes are copied).
-    Tag(commands::TagArgs),
+    Tag(store::TagArgs),
     /// Keep only the newest versions in the local store (also the node cache): by count per
     /// repository, or by age; blobs that kept versions share stay.
-    Prune(commands::PruneArgs),
+    Prune(store::PruneArgs),
     /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.
     Attach(graph::AttachArgs),
     /// Show what is attached to an artifact, as a tree (referrers API or tag fallback).
@@ -81,7 +84,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Check a pulled folder against an artifact's manifest (`verify DIR REF`, listing every
     /// differing file), or offline against its pull's ready marker (`--marker`).
-    Verify(commands::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Delete blobs of the local store that no tag reaches.
     Gc(serve::GcArgs),
     /// Create a store folder and hand it to the user that will serve it (run as root in an
@@ -133,27 +136,27 @@ pub fn main() -> std::process::ExitCode {
 
 async fn run(command: Command, env: &Env) -> Result<(), Error> {
     match command {
-        Command::Push(args) => interruptible(commands::push(args, env), None).await,
+        Command::Push(args) => interruptible(push::push(args, env), None).await,
         Command::Pull(args) => {
             let kept = args.partial_dir();
             interruptible(pull::pull(args, env), Some(kept)).await
         }
-        Command::Convert(args) => interruptible(commands::convert(args, env), None).await,
-        Command::Copy(args) => interruptible(commands::copy(args, env), None).await,
+        Command::Convert(args) => interruptible(copy::convert(args, env), None).await,
+        Command::Copy(args) => interruptible(copy::copy(args, env), None).await,
         Command::Bench(args) => bench::bench(args, env).await,
         Command::Mount(args) => mount::mount(args, env).await,
         Command::Umount(args) => mount::umount(args),
         Command::Mounted(args) => mount::mounted(args),
         Command::Inspect(args) => inspect::inspect(args, env).await,
-        Command::Index(args) => interruptible(commands::index(args, env), None).await,
-        Command::List(args) => commands::list(args, env),
-        Command::Rm(args) => commands::rm(args, env),
-        Command::Tag(args) => commands::tag(args, env),
-        Command::Prune(args) => commands::prune(args, env),
+        Command::Index(args) => interruptible(push::index(args, env), None).await,
+        Command::List(args) => store::list(args, env),
+        Command::Rm(args) => store::rm(args, env),
+        Command::Tag(args) => store::tag(args, env),
+        Command::Prune(args) => store::prune(args, env),
         Command::WanProxy(args) => serve::wan_proxy(args).await,
         Command::Login(args) => login::login(args, env).await,
         Command::Serve(args) => serve::serve(args, env).await,
-        Command::Verify(args) => commands::verify(args, env).await,
+        Command::Verify(args) => verify::verify(args, env).await,
         Command::Gc(args) => serve::gc(args, env),
         Command::InitStore(args) => serve::init_store(args),
         Command::Attach(args) => graph::attach(args, env).await,

@@ -1,0 +1,178 @@
+//! `copy` and `convert`: an artifact moved between registries and the local store, as it is
+//! or repacked in another shape.
+
+use clap::Args;
+use hoist::oci::LayerFormat;
+use hoist::pack::PackOptions;
+use hoist::reference::Reference;
+use hoist::transfer::{self};
+use hoist::Error;
+
+use super::global::Env;
+use super::output::{count, human_bytes, observer, print_json};
+use super::parse;
+
+use super::push::all_tags;
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Source reference.
+    source: String,
+    /// Destination reference (`repo:v1,latest` tags twice).
+    destination: String,
+    /// Blobs copied at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Also copy what is attached to the artifact (signatures, SBOMs), recursively.
+    #[arg(long, short = 'r')]
+    recursive: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The artifact to convert (any shape hoist pulls).
+    source: String,
+    /// Where to push the converted artifact (`repo:v1,latest` tags twice).
+    destination: String,
+    /// The shape to convert to.
+    #[arg(long, value_enum, default_value_t = ConvertShape::Modelpack)]
+    to: ConvertShape,
+    /// Layer encoding for --to modelpack: raw (default), tar, tar+gzip, tar+zstd. An ORAS
+    /// artifact is one raw layer per file.
+    #[arg(long, value_parser = parse::layer_format)]
+    layer_format: Option<LayerFormat>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ConvertShape {
+    Modelpack,
+    Oras,
+    /// An image that containerd and CRI-O mount as the model's folder.
+    ImageVolume,
+}
+
+pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
+    let src_ref = Reference::parse(&args.source)?;
+    let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
+    if tags.is_empty() && dst_ref.digest.is_none() {
+        tags.push(src_ref.tag.clone().unwrap_or_else(|| "latest".into()));
+    }
+    let (src, dst) = (env.ctx.target(&src_ref)?, env.ctx.target(&dst_ref)?);
+    let report = transfer::copy(
+        &src,
+        &src_ref.target(),
+        &dst,
+        &tags,
+        args.concurrency,
+        observer(env.ui),
+    )
+    .await?;
+    let attached = if args.recursive {
+        Some(transfer::copy_referrers(&src, &dst, &report.digest, args.concurrency).await?)
+    } else {
+        None
+    };
+    if args.json {
+        print_json(&serde_json::json!({
+            "source": src_ref.to_string(),
+            "destination": dst.describe(),
+            "tags": tags,
+            "report": report,
+            "attached": attached,
+        }));
+        return Ok(());
+    }
+    if let Some(n) = attached {
+        println!("Copied {}", count(n, "attached artifact"));
+    }
+    println!(
+        "Copied {src_ref} to {} as {}: {} copied ({}), {} mounted, {} already there",
+        dst.describe(),
+        tags.join(", "),
+        count(report.copied, "blob"),
+        human_bytes(report.copied_bytes),
+        report.mounted,
+        report.skipped
+    );
+    println!("Digest: {}", report.digest);
+    Ok(())
+}
+
+/// Repack an artifact in another shape: pull (verified) into a scratch folder, pack, push.
+pub async fn convert(args: ConvertArgs, env: &Env) -> Result<(), Error> {
+    let to = match (args.to, args.layer_format) {
+        (ConvertShape::Oras, Some(format)) if format != LayerFormat::Raw => {
+            return Err(Error::Usage(
+                "--to oras makes one raw layer per file: --layer-format applies to --to modelpack"
+                    .into(),
+            ))
+        }
+        (ConvertShape::ImageVolume, Some(format)) if format != LayerFormat::Tar => {
+            return Err(Error::Usage(
+                "--to image-volume makes one uncompressed tar layer per file: --layer-format applies to --to modelpack"
+                    .into(),
+            ))
+        }
+        (ConvertShape::Oras, _) => transfer::ConvertTo::Oras,
+        (ConvertShape::ImageVolume, _) => transfer::ConvertTo::ImageVolume,
+        (ConvertShape::Modelpack, _) => transfer::ConvertTo::ModelPack,
+    };
+    let src = Reference::parse(&args.source)?;
+    let (dst, tags) = all_tags(&args.destination, &[])?;
+    let source = env.ctx.target(&src)?;
+    let dest = env.ctx.target(&dst)?;
+    let scratch_root = env.ctx.store()?.root().join("ingest");
+    let scratch = tempfile::Builder::new()
+        .prefix("hoist-convert-")
+        .tempdir_in(&scratch_root)
+        .map_err(|source| Error::Write {
+            what: "a scratch folder in",
+            path: scratch_root.clone(),
+            source,
+        })?;
+    let opts = PackOptions {
+        layer_format: args.layer_format.unwrap_or(LayerFormat::Raw),
+        name: Some(
+            src.repository
+                .rsplit('/')
+                .next()
+                .unwrap_or("model")
+                .to_string(),
+        ),
+        ..Default::default()
+    };
+    let report = transfer::convert(
+        &source,
+        &src.target(),
+        &dest,
+        &tags,
+        to,
+        &opts,
+        scratch.path(),
+        observer(env.ui),
+    )
+    .await?;
+    if args.json {
+        print_json(&report);
+        return Ok(());
+    }
+    if !env.ui.quiet {
+        eprintln!(
+            "Converted {} to {}: {} of {} uploaded, {} mounted, {} already there",
+            args.source,
+            args.destination,
+            report.uploaded,
+            count(report.blobs, "blob"),
+            report.mounted,
+            report.skipped
+        );
+    }
+    println!("Digest: {}", report.digest);
+    Ok(())
+}
