@@ -282,7 +282,7 @@ impl Tree {
     }
 
     fn is_test(&self, m: &ModPath) -> bool {
-        (1..=m.len()).any(|n| self.test_only.contains(&m[..n].to_vec()))
+        (1..=m.len()).any(|n| self.test_only.contains(&m[..n]))
             || m.last().is_some_and(|l| l == "tests")
     }
 }
