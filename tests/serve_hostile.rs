@@ -192,6 +192,90 @@ fn half_sent_requests_are_cut_and_connections_are_bounded() {
     assert_eq!(status, 200);
 }
 
+/// `n` connections each holding a request whose headers never end.
+fn half_sent(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut c = connect(addr);
+            let _ = c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n");
+            c
+        })
+        .collect()
+}
+
+/// One request on a fresh connection, answered within `within` (else the test fails).
+fn answered_within(addr: &str, within: Duration) -> (u16, String) {
+    let started = Instant::now();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(within)).unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no answer within {within:?} ({e}), {:?} after connecting",
+                started.elapsed()
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {head:?}"));
+    (status, head)
+}
+
+/// Issue 27: started with `ulimit -n 256`, `hoist serve` held by 300 half-sent requests
+/// refused every new client until the header timeout freed them (each held connection took
+/// a descriptor; accept then failed for all). The soft limit is raised to the hard one, and
+/// under a low hard limit the connections are capped below it (said in the log) and a client
+/// past the cap is answered at once.
+#[test]
+fn half_sent_requests_never_use_up_the_descriptors() {
+    let logs = tempfile::tempdir().unwrap();
+    // A low soft limit under a high hard one: raised at start, so every client is served.
+    let served = Served::start_with_open_files(256, 4096, &logs.path().join("soft.log"), &[]);
+    let held = half_sent(&served.addr, 300);
+    let (status, _) = answered_within(&served.addr, Duration::from_secs(5));
+    assert_eq!(status, 200, "a new client is served beside 300 held connections");
+    drop(held);
+    drop(served);
+
+    // Both limits at 256: the cap fits under them, the log says so, and a client past it is
+    // told to come back (429 with Retry-After) at once instead of waiting in the queue.
+    let log = logs.path().join("hard.log");
+    let served = Served::start_with_open_files(256, 256, &log, &[]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("serving at most 96 connections at once, not 1024")
+            && text.contains("ulimit -n"),
+        "{text}"
+    );
+    let held = half_sent(&served.addr, 300);
+    // The refusals of the connections past the cap end within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, head) = answered_within(&served.addr, Duration::from_secs(2));
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    drop(held);
+    // Once the held connections are gone, clients are served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = answered_within(&served.addr, Duration::from_secs(2));
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused after the held ones left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Findings 18 and 19: pull-through joined names into upstream URLs; tags were not checked.
 #[test]
 fn names_and_tags_follow_the_grammar_on_every_route() {

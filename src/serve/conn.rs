@@ -5,8 +5,15 @@
 //! (one idle TCP connection blocked every HTTPS client) and has no read deadline. Here each
 //! connection is its own task; a handshake has a deadline; headers must arrive within the
 //! header timeout; a connection that moves no byte in either direction for the idle timeout
-//! is closed (a half-sent request, an idle keep-alive); at most `max_connections` are open
-//! at once (more are closed at accept); accept errors (out of descriptors) back off.
+//! is closed (a half-sent request, an idle keep-alive); accept errors back off.
+//!
+//! Descriptors: at start the soft limit on open files is raised to the hard one, and
+//! `max_connections` is capped so that the connections, with the blob file each may stream,
+//! fit under it with a reserve left for the store, the upstreams and the answers below. A
+//! connection past the cap is answered at once (plain HTTP: `429` with `Retry-After`, which
+//! registry clients wait out) and closed; it never waits in the kernel's queue for a
+//! descriptor while half-sent requests hold them all. (Over TLS it is closed: an answer
+//! would need the handshake first.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,6 +48,65 @@ impl Default for ConnLimits {
     }
 }
 
+/// Descriptors kept for everything but client sockets: the store's files and locks, the
+/// upstreams' connections, log files, and the sockets of connections being refused.
+const RESERVED_FILES: u64 = 64;
+/// Descriptors one connection may hold at once: its socket and the blob file it streams.
+const FILES_PER_CONNECTION: u64 = 2;
+/// Connections past the cap answered at the same time (each holds its socket briefly).
+const REFUSALS_AT_ONCE: usize = 16;
+/// How long a refused client's request is read (and dropped) after the answer, so that
+/// closing with unread bytes does not reset the connection before the answer is read.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Raise the soft limit on open files to the hard one; the connections that fit under it:
+/// `requested`, or fewer when the limit is too low (then `Some(limit)` says why).
+pub fn fit_to_open_files(requested: usize) -> (usize, Option<u64>) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+            limit = raised;
+        }
+    }
+    let Some(files) = limit.current else {
+        return (requested, None); // unlimited
+    };
+    let fit = (files.saturating_sub(RESERVED_FILES) / FILES_PER_CONNECTION).max(1);
+    match usize::try_from(fit) {
+        Ok(fit) if fit < requested => (fit, Some(files)),
+        _ => (requested, None),
+    }
+}
+
+/// Answer a connection past the cap (429, wait a second) and close it.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"the server is at its connection limit; retry shortly"}]}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let linger = async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64 << 10;
+        while left > 0 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => left -= n.min(left),
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
 /// Accept connections for ever, each served by `app` in its own task.
 pub async fn serve(
     listener: TcpListener,
@@ -49,6 +115,7 @@ pub async fn serve(
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     let mut backoff = Duration::from_millis(5);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -66,10 +133,18 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(
-                "closing a connection from {peer}: {} connections are open (the limit)",
+                "refusing a connection from {peer}: {} connections are open (the limit)",
                 limits.max_connections
             );
-            drop(tcp);
+            match (&tls, refusals.clone().try_acquire_owned()) {
+                (None, Ok(permit)) => {
+                    tokio::spawn(async move {
+                        refuse(tcp).await;
+                        drop(permit);
+                    });
+                }
+                _ => drop(tcp),
+            }
             continue;
         };
         let _ = tcp.set_nodelay(true);

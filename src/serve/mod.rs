@@ -95,6 +95,15 @@ pub async fn bind(
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
     };
-    let server = conn::serve(listener, tls, app, opts.limits);
+    let mut limits = opts.limits;
+    let (fit, files) = conn::fit_to_open_files(limits.max_connections);
+    if let Some(files) = files {
+        tracing::warn!(
+            "serving at most {fit} connections at once, not {}: this process may open {files} files (ulimit -n); raise the limit for more",
+            limits.max_connections
+        );
+        limits.max_connections = fit;
+    }
+    let server = conn::serve(listener, tls, app, limits);
     Ok((addr, server))
 }

@@ -467,6 +467,13 @@ pub fn visible_entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How a test server is constrained and where its log goes.
+#[derive(Default)]
+struct Limits {
+    open_files: Option<(u64, u64)>,
+    log: Option<PathBuf>,
+}
+
 /// `hoist serve` on a free loopback port over its own store, stopped when dropped.
 pub struct Served {
     pub addr: String,
@@ -513,19 +520,55 @@ impl Served {
         panic!("hoist serve did not start on any of 5 free ports");
     }
 
+    /// [`Served::start_free`] with the open-files limit set to `soft` and `hard` (as
+    /// `ulimit -Sn`/`-Hn` would) and its log written to `log`.
+    pub fn start_with_open_files(soft: u64, hard: u64, log: &Path, extra: &[&str]) -> Served {
+        let root = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            open_files: Some((soft, hard)),
+            log: Some(log.to_path_buf()),
+        };
+        match Self::try_start_limited(root, free_port(), extra, &limits) {
+            Ok(served) => served,
+            Err((_, why)) => panic!("{why}"),
+        }
+    }
+
     /// Spawn `hoist serve` and wait until this very process answers `/healthz`.
     fn try_start(
         root: tempfile::TempDir,
         port: u16,
         extra: &[&str],
     ) -> Result<Served, (tempfile::TempDir, String)> {
+        Self::try_start_limited(root, port, extra, &Limits::default())
+    }
+
+    fn try_start_limited(
+        root: tempfile::TempDir,
+        port: u16,
+        extra: &[&str],
+        limits: &Limits,
+    ) -> Result<Served, (tempfile::TempDir, String)> {
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(hoist_bin())
+        let mut command = match limits.open_files {
+            // prlimit (util-linux) runs the server with the limits set.
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}")).arg(hoist_bin());
+                c
+            }
+            None => Command::new(hoist_bin()),
+        };
+        let stderr = match &limits.log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
+        let mut child = command
             .args(["serve", "--addr", &addr, "--root"])
             .arg(root.path())
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
