@@ -243,7 +243,10 @@ fn half_sent_requests_never_use_up_the_descriptors() {
     let served = Served::start_with_open_files(256, 4096, &logs.path().join("soft.log"), &[]);
     let held = half_sent(&served.addr, 300);
     let (status, _) = answered_within(&served.addr, Duration::from_secs(5));
-    assert_eq!(status, 200, "a new client is served beside 300 held connections");
+    assert_eq!(
+        status, 200,
+        "a new client is served beside 300 held connections"
+    );
     drop(held);
     drop(served);
 
@@ -271,7 +274,10 @@ fn half_sent_requests_never_use_up_the_descriptors() {
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "still refused after the held ones left");
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the held ones left"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{io_err, write_atomic, Store, StoreError, MAX_CHUNK_LISTS};
+use super::{io_err, Store, StoreError, MAX_CHUNK_LISTS};
 use crate::digest::{Digest, Hasher};
 use crate::oci::Descriptor;
 
@@ -26,7 +26,12 @@ impl Store {
     pub fn remember_chunks(&self, digest: &Digest, known: &crate::chunks::KnownChunks) {
         let _ = fs::create_dir_all(self.root.join("chunks"));
         let bytes = serde_json::to_vec(known).expect("chunk list serialises");
-        let _ = write_atomic(&self.chunks_path(digest), &bytes);
+        // A hint like a stamp (each chunk is re-hashed when used): not synced.
+        let _ = crate::fsutil::write_atomic(
+            &self.chunks_path(digest),
+            &bytes,
+            crate::fsutil::Replace::FAST,
+        );
     }
 
     /// The chunk lists remembered for blobs still in the store, with each blob's size (at most

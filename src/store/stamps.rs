@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use super::{io_err, read_small, write_atomic, BlobCheck, Store, StoreError};
+use super::{io_err, read_small, BlobCheck, Store, StoreError};
 use crate::digest::Digest;
 
 impl Store {
@@ -26,9 +26,13 @@ impl Store {
         }
         if let Some(stamp) = Stamp::of(&path, Some(digest.clone())) {
             let _ = fs::create_dir_all(self.root.join("stamps"));
-            let _ = write_atomic(
+            // Not synced: a stamp is a hint checked against the file at every use (a lost or
+            // torn one costs a re-hash, never a wrong byte), and every hard-linked pull
+            // renews one per blob, where a sync each would wait on the node's other writes.
+            let _ = crate::fsutil::write_atomic(
                 &self.stamp_path(digest),
                 &serde_json::to_vec(&stamp).expect("stamp serialises"),
+                crate::fsutil::Replace::FAST,
             );
         }
     }
