@@ -7,6 +7,11 @@
 //! place, and a failure half-way puts back what was there. On any failure the staging folder
 //! is removed and nothing partial is visible. Writes never pass through a symlink: every
 //! parent folder is checked when it is created or entered.
+//!
+//! Where each part lives: `staging` (the state folder and the commit), `plan` (the whole
+//! placement validated first), `paths` (which names may be placed, walking without passing
+//! a link), `record` (what earlier pulls placed), `tar_layer`, `link` (hard link, reflink,
+//! copy), `verify` (a folder against a manifest).
 
 mod link;
 mod paths;

@@ -4,6 +4,11 @@
 //! itself (a file already there with the right digest), the node cache (the local store,
 //! with `--cache`), a download resumed from the state folder, or a fresh ranged download.
 //! Nothing appears in the output folder until every blob is verified (see `materialize`).
+//!
+//! This file runs the steps in order; each lives in its own file: `plan` (the files, and
+//! what is refused before any download), `obtain` (one blob from the first place that has
+//! it; the delta step is `transfer::delta`, called here, never calling back), `commit`
+//! (placement, chunk lists and stamps), `referrers` (`--include-referrers`).
 
 mod commit;
 mod obtain;
