@@ -69,7 +69,7 @@ pub fn fit_to_open_files(requested: usize) -> (usize, Option<u64>) {
             current: limit.maximum,
             maximum: limit.maximum,
         };
-        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             limit = raised;
         }
     }
