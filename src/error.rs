@@ -239,3 +239,41 @@ fn materialize_code(e: &MaterializeError) -> ExitCode {
         _ => ExitCode::InvalidContent,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The features' errors keep their codes and messages now that they classify themselves.
+    #[cfg(all(feature = "mount", feature = "bench"))]
+    #[test]
+    fn feature_errors_keep_their_codes_and_messages() {
+        let corrupt = Error::from(crate::mount::MountError::Corrupt {
+            files: vec!["w.bin".into()],
+        });
+        assert_eq!(corrupt.exit_code(), ExitCode::Verification);
+        assert!(corrupt
+            .to_string()
+            .starts_with("verification failed: 1 did not match"));
+        let gone = Error::from(crate::mount::MountError::NotMounted {
+            path: "/m".into(),
+            why: String::new(),
+        });
+        assert_eq!(gone.exit_code(), ExitCode::NotFound);
+        let bench = Error::from(crate::bench::BenchError::Mismatch {
+            config: "raw".into(),
+            detail: "w.bin".into(),
+        });
+        assert_eq!(bench.exit_code(), ExitCode::Verification);
+        assert_eq!(
+            bench.to_string(),
+            "bench failed: the folder pulled for raw differs from the model: w.bin"
+        );
+        let transfer = Error::from(crate::bench::BenchError::Transfer(TransferError::GaveUp {
+            what: "w.bin".into(),
+            attempts: 3,
+            last: "reset".into(),
+        }));
+        assert_eq!(transfer.exit_code(), ExitCode::Network);
+    }
+}
