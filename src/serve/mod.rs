@@ -17,6 +17,7 @@
 mod access;
 mod conn;
 mod error;
+mod file_body;
 mod metrics;
 mod routes;
 mod tls;

@@ -187,6 +187,7 @@ impl Store {
         let path = self.blob_path(digest);
         let _ = fs::remove_file(self.stamp_path(digest));
         let _ = fs::remove_file(self.chunks_path(digest));
+        let _ = fs::remove_file(self.used_path(digest));
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -194,7 +195,10 @@ impl Store {
         }
     }
 
-    /// Every verified blob with its size and last use (mtime; readers touch it), oldest first.
+    /// Every verified blob with its size and last use (its arrival, or the last [`touch`]),
+    /// oldest first.
+    ///
+    /// [`touch`]: Store::touch
     pub fn blobs_by_age(&self) -> Vec<(Digest, u64, std::time::SystemTime)> {
         let mut blobs: Vec<_> = fs::read_dir(self.root.join("blobs/sha256"))
             .into_iter()
@@ -205,7 +209,9 @@ impl Store {
                     .parse()
                     .ok()?;
                 let meta = e.metadata().ok()?;
-                Some((digest, meta.len(), meta.modified().ok()?))
+                let arrived = meta.modified().ok()?;
+                let used = fs::metadata(self.used_path(&digest)).and_then(|m| m.modified());
+                Some((digest, meta.len(), used.map_or(arrived, |u| u.max(arrived))))
             })
             .collect();
         blobs.sort_by_key(|(_, _, t)| *t);
@@ -216,19 +222,28 @@ impl Store {
         self.blobs_by_age().iter().map(|(_, n, _)| n).sum()
     }
 
-    /// Mark a blob as just used (for least-recently-used eviction). Its stamp is renewed only
-    /// if it matched before: touching never blesses changed bytes.
+    /// Where a blob's last use is kept: the modification time of an empty file beside it.
+    pub(super) fn used_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("used").join(digest.hex())
+    }
+
+    /// Mark a blob as just used (for least-recently-used eviction). The blob itself is left
+    /// alone: changing its times would invalidate its stamp, and every reader checking it
+    /// meanwhile (a cache serving many clients at once) would hash it again.
     pub fn touch(&self, digest: &Digest) {
-        let was_good = self.stamp_matches(digest);
-        if let Ok(f) = File::options()
-            .write(true)
-            .open(self.blob_path(digest))
-            .or_else(|_| File::open(self.blob_path(digest)))
-        {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
-        if was_good {
-            self.write_stamp(digest);
+        use rustix::fs::{utimensat, AtFlags, Timestamps, CWD};
+        let path = self.used_path(digest);
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let times = Timestamps {
+            last_access: now,
+            last_modification: now,
+        };
+        if utimensat(CWD, &path, &times, AtFlags::empty()).is_err() {
+            let _ = fs::create_dir_all(self.root.join("used"));
+            let _ = File::create(&path);
         }
     }
 }

@@ -4,8 +4,6 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::*;
 use crate::digest::Digest;
@@ -41,7 +39,7 @@ pub(super) async fn get_blob(
 ) -> Result<Response> {
     let digest = parse_digest(digest)?;
     let upstream = state.upstreams.pick(ns);
-    let local = local_size(state, name, &digest, upstream).await?;
+    let local = local_size(state, name, &digest, upstream, !head).await?;
     let size = match (local, upstream) {
         (Some(size), upstream) => {
             if upstream.is_some() {
@@ -52,9 +50,6 @@ pub(super) async fn get_blob(
         (None, Some(upstream)) => return miss(state, upstream, name, &digest, head).await,
         (None, None) => return Err(ApiError::blob_unknown(digest.as_str())),
     };
-    if !head {
-        state.store.touch(&digest);
-    }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(h) => match byte_range(h, size) {
@@ -66,7 +61,8 @@ pub(super) async fn get_blob(
 }
 
 /// The size of `digest` as this repository may be served it from the store, checked first (a
-/// cache file changed on disk is not served as good); `None` if it is not here for it.
+/// cache file changed on disk is not served as good); `None` if it is not here for it. A blob
+/// about to be read is marked used (`touch`) in the same trip off the async workers.
 ///
 /// A repository serves only what it holds: its own blobs, and its manifests (which the blobs
 /// endpoint also serves). Through a pull-through cache, nothing reaches a repository that
@@ -77,6 +73,7 @@ async fn local_size(
     name: &str,
     digest: &Digest,
     upstream: Option<&crate::serve::Upstream>,
+    touch: bool,
 ) -> Result<Option<u64>> {
     let mut held = state.store.is_linked(name, LinkKind::Blob, digest)
         || state.store.is_linked(name, LinkKind::Manifest, digest);
@@ -93,11 +90,15 @@ async fn local_size(
         return Ok(None);
     }
     let (store, digest) = (state.store.clone(), digest.clone());
-    Ok(
-        tokio::task::spawn_blocking(move || store.good_blob_size(&digest))
-            .await
-            .expect("check task does not panic"),
-    )
+    Ok(tokio::task::spawn_blocking(move || {
+        let size = store.good_blob_size(&digest);
+        if touch && size.is_some() {
+            store.touch(&digest);
+        }
+        size
+    })
+    .await
+    .expect("check task does not panic"))
 }
 
 /// A pull-through miss: streamed whole as the bytes arrive from the upstream (Range is for
@@ -172,9 +173,11 @@ async fn serve_file(
     if head {
         return Ok(builder.body(Body::empty()).expect("response"));
     }
-    let mut file = tokio::fs::File::open(state.store.blob_path(digest)).await?;
-    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let path = state.store.blob_path(digest);
+    let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+        .await
+        .map_err(std::io::Error::other)??;
     state.metrics.bytes_served.fetch_add(len, Relaxed);
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
+    let body = crate::serve::file_body::file_body(file, start, len);
     Ok(builder.body(body).expect("response"))
 }
