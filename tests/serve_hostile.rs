@@ -282,6 +282,38 @@ fn half_sent_requests_never_use_up_the_descriptors() {
     }
 }
 
+/// Over TLS a connection past the cap cannot be answered before a handshake: it is closed at
+/// once, never left waiting in the queue.
+#[test]
+fn over_tls_a_connection_past_the_cap_is_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = tls_files(dir.path());
+    let log = dir.path().join("tls.log");
+    let served =
+        Served::start_with_open_files(256, 256, &log, &["--tls-cert", &cert, "--tls-key", &key]);
+    // 300 connections that never start a handshake hold every slot (96).
+    let held: Vec<TcpStream> = (0..300).map(|_| connect(&served.addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut late = TcpStream::connect(&served.addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 16];
+    match late.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "not closed at once: {other:?} after {:?}",
+            started.elapsed()
+        ),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+}
+
 /// Findings 18 and 19: pull-through joined names into upstream URLs; tags were not checked.
 #[test]
 fn names_and_tags_follow_the_grammar_on_every_route() {
