@@ -42,6 +42,10 @@ impl TransportOptions {
     }
 
     pub(crate) fn build_client(&self) -> Result<reqwest::Client, RegistryError> {
+        // reqwest is built without a crypto provider of its own (its default, aws-lc-rs, needs a
+        // C toolchain and cmake): ring, the one the server uses too, is the process default.
+        // Installing it again is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(15)))
