@@ -79,38 +79,19 @@ async fn read_piece(file: &Arc<std::fs::File>, at: u64, want: usize) -> std::io:
         rustix::io::preadv2(&**file, &mut slices, at, rustix::io::ReadWriteFlags::NOWAIT)
     };
     // EAGAIN (not in memory) or a filesystem without RWF_NOWAIT: all from the blocking pool.
-    let mut filled = cached.unwrap_or(0);
+    let filled = cached.unwrap_or(0);
     if filled < want {
+        // The rest, waiting for the disk; a file shorter than its size is `UnexpectedEof`.
+        use std::os::unix::fs::FileExt;
         let file = file.clone();
-        (buf, filled) = tokio::task::spawn_blocking(move || {
-            fill(&file, &mut buf, filled, want, at).map(|n| (buf, n))
+        buf = tokio::task::spawn_blocking(move || {
+            file.read_exact_at(&mut buf[filled..want], at + filled as u64)
+                .map(|()| buf)
         })
         .await
         .map_err(std::io::Error::other)??;
     }
-    debug_assert_eq!(filled, want);
     Ok(Bytes::from_owner(Piece { buf, len: want }))
-}
-
-/// Read `buf[filled..want]` from `at + filled`; `want` once done.
-fn fill(
-    file: &std::fs::File,
-    buf: &mut [u8],
-    mut filled: usize,
-    want: usize,
-    at: u64,
-) -> std::io::Result<usize> {
-    while filled < want {
-        let n = rustix::io::pread(file, &mut buf[filled..want], at + filled as u64)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the blob file is shorter than its size",
-            ));
-        }
-        filled += n;
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub use referrers::pull_referrers;
 
 use commit::{commit, give_up, remember_chunks, restamp_links};
 use obtain::{Ctx, JobResult};
-use plan::{blob_jobs, bytes_to_fetch, plan_for, refuse_foreign_files, refuse_reserved_in};
+use plan::{blob_jobs, bytes_to_fetch, plan_for, refuse_foreign_files};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -145,8 +145,7 @@ pub async fn pull(
     observer: Observer,
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
-    let plan = plan_for(&resolved.manifest, opts)?;
-    refuse_reserved_in(out, &plan)?;
+    let plan = plan_for(&resolved.manifest, out, opts)?;
     let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
     if image {
         super::volume::check_diff_ids(source, &resolved.manifest).await?;

@@ -18,10 +18,12 @@ pub(super) struct BlobJob<'a> {
     pub(super) layers: Vec<(usize, &'a FileLayer)>,
 }
 
-/// The files to pull: every layer (by name, or by digest with `raw`), narrowed by the
-/// filter, with no name that could leave the folder or reach hoist's own state.
+/// The files to pull into `out`: every layer (by name, or by digest with `raw`), narrowed by
+/// the filter, with no name that could leave the folder or reach hoist's own state (where
+/// versioned pulls run, `current` is theirs too).
 pub(super) fn plan_for(
     manifest: &crate::oci::Manifest,
+    out: &Path,
     opts: &PullOptions,
 ) -> Result<LayerPlan, TransferError> {
     let mut plan = if opts.raw {
@@ -40,32 +42,22 @@ pub(super) fn plan_for(
             return Err(TransferError::NothingSelected(all.join(", ")));
         }
     }
-    if opts.allow_path_traversal {
-        for layer in &plan.layers {
-            if crate::reserved::refusal(&layer.path).is_some()
+    for layer in &plan.layers {
+        let leaves = || {
+            crate::reserved::refusal(&layer.path).is_some()
                 || layer.path.is_absolute()
                 || layer
                     .path
                     .components()
                     .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(crate::oci::OciError::UnsafePath {
-                    digest: layer.descriptor.digest.to_string(),
-                    path: layer.path.display().to_string(),
-                    why: "hoist never writes outside the output folder, even with --allow-path-traversal",
-                }
-                .into());
-            }
-        }
-    }
-    Ok(plan)
-}
-
-/// Where versioned pulls run, `current` is theirs: a plain pull may not place a file there
-/// (the names reserved in every folder were refused with the plan).
-pub(super) fn refuse_reserved_in(out: &Path, plan: &LayerPlan) -> Result<(), TransferError> {
-    for layer in &plan.layers {
-        if let Some(why) = crate::reserved::refusal_in(out, &layer.path) {
+        };
+        let why = match opts.allow_path_traversal && leaves() {
+            true => Some(
+                "hoist never writes outside the output folder, even with --allow-path-traversal",
+            ),
+            false => crate::reserved::refusal_in(out, &layer.path),
+        };
+        if let Some(why) = why {
             return Err(crate::oci::OciError::UnsafePath {
                 digest: layer.descriptor.digest.to_string(),
                 path: layer.path.display().to_string(),
@@ -74,7 +66,7 @@ pub(super) fn refuse_reserved_in(out: &Path, plan: &LayerPlan) -> Result<(), Tra
             .into());
         }
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// A file of the plan that would replace one of the user's (no pull placed it, and it holds
