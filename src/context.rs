@@ -105,17 +105,33 @@ impl Context {
 
     /// What `reference` names: the local store or a registry repository with its mirrors.
     pub fn target(&self, reference: &Reference) -> Result<Target, Error> {
+        self.target_with(reference, None)
+    }
+
+    /// [`Context::target`], with `credentials` for the registry in place of the configured
+    /// ones when given (a CSI volume's pull secret); mirrors keep their own.
+    pub fn target_with(
+        &self,
+        reference: &Reference,
+        credentials: Option<Credentials>,
+    ) -> Result<Target, Error> {
         let repository = reference.repository.clone();
         match &reference.registry {
             None => Ok(Target::Local {
                 store: self.store()?,
                 repository,
             }),
-            Some(registry) => Ok(Target::Remote {
-                client: self.client(registry)?,
-                repository,
-                mirrors: self.mirrors(registry)?,
-            }),
+            Some(registry) => {
+                let client = match credentials {
+                    Some(creds) => RegistryClient::new(registry, &self.settings.transport, creds)?,
+                    None => self.client(registry)?,
+                };
+                Ok(Target::Remote {
+                    client,
+                    repository,
+                    mirrors: self.mirrors(registry)?,
+                })
+            }
         }
     }
 

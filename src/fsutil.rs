@@ -82,3 +82,74 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+/// One line of `/proc/self/mountinfo`: where something is mounted, its type and source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub point: std::path::PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// This process's mount table, oldest mount first (a later line covers an earlier one at the
+/// same point).
+pub fn mount_table() -> io::Result<Vec<MountEntry>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(table.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+/// Is `path` (absolute, as the kernel spells it) a mount point in this namespace? Read from
+/// the mount table, never by touching `path`: a dead FUSE mount answers ENOTCONN.
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mount_table()?.iter().any(|m| m.point == path))
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (before, after) = line.split_once(" - ")?;
+    let point = unescape_mount_field(before.split(' ').nth(4)?);
+    let mut rest = after.split(' ');
+    let (fstype, source) = (rest.next()?, rest.next()?);
+    Some(MountEntry {
+        point: point.into(),
+        fstype: fstype.to_string(),
+        source: unescape_mount_field(source),
+    })
+}
+
+/// The kernel writes spaces, tabs, newlines and backslashes in mount fields as octal escapes.
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod mount_table_tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_fields_are_unescaped() {
+        let line = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse hoist:r/m\\072v1 rw";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.point, std::path::PathBuf::from("/mnt/a b"));
+        assert_eq!(m.fstype, "fuse");
+        assert_eq!(m.source, "hoist:r/m:v1");
+        assert!(parse_mountinfo_line("garbage").is_none());
+    }
+}

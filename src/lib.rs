@@ -72,6 +72,7 @@
 //! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
 //! | `mount`         | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
 //! | `serve`         | `hoist serve`: the distribution API over the store                 |
+//! | `csi`           | `hoist csi`: the CSI node plugin (model volumes from the node cache) |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
 //! | `bench`         | `hoist bench`: images vs artifacts, built, pushed and pulled       |
 //! | [`context`]     | settings → store, registry clients, mirrors, targets (one place)   |
@@ -81,6 +82,8 @@
 pub mod bench;
 pub mod chunks;
 pub mod context;
+#[cfg(feature = "csi")]
+pub mod csi;
 pub mod digest;
 pub mod error;
 pub mod fsutil;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod copy;
+mod csi;
 mod global;
 mod graph;
 mod inspect;
@@ -98,6 +99,9 @@ enum Command {
     /// Compare ways to ship a model: as a single-layer gzip image, as multi-layer images and
     /// as artifacts; build, push and pull times side by side, with a chart.
     Bench(bench::BenchArgs),
+    /// Run the CSI node plugin: model volumes for Pods, pulled into the node cache and
+    /// bind-mounted read-only (deploy/csi/).
+    Csi(csi::CsiArgs),
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
     WanProxy(serve::WanProxyArgs),
@@ -112,7 +116,7 @@ pub fn main() -> std::process::ExitCode {
     let cli = parse_args();
     let server = matches!(
         cli.command,
-        Command::Serve(_) | Command::Mount(_) | Command::WanProxy(_)
+        Command::Serve(_) | Command::Mount(_) | Command::WanProxy(_) | Command::Csi(_)
     );
     logging::Logging::choose(cli.global.debug(), server, cli.global.ui()).init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -154,6 +158,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Tag(args) => store::tag(args, env),
         Command::Prune(args) => store::prune(args, env),
         Command::WanProxy(args) => serve::wan_proxy(args).await,
+        Command::Csi(args) => csi::csi(args, env).await,
         Command::Login(args) => login::login(args, env).await,
         Command::Serve(args) => serve::serve(args, env).await,
         Command::Verify(args) => verify::verify(args, env).await,

@@ -122,20 +122,7 @@ pub fn age(s: &str) -> Result<std::time::Duration, String> {
 
 /// Globs of `--include`/`--exclude`.
 pub fn globs(flag: &str, patterns: &[String]) -> Result<Option<globset::GlobSet>, Error> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut set = globset::GlobSetBuilder::new();
-    for p in patterns {
-        let glob = globset::GlobBuilder::new(p)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| Error::Usage(format!("{flag} {p:?} is not a glob: {e}")))?;
-        set.add(glob);
-    }
-    set.build()
-        .map(Some)
-        .map_err(|e| Error::Usage(format!("{flag}: {e}")))
+    hoist::transfer::LayerFilter::globs(patterns).map_err(|e| Error::Usage(format!("{flag}: {e}")))
 }
 
 /// `UID:GID`, numeric.

@@ -3,6 +3,9 @@
 //! the server's and the mount's metrics too.
 
 pub mod text;
+mod totals;
+
+pub use totals::PullTotals;
 
 use std::path::Path;
 
@@ -68,63 +71,9 @@ impl PullMetrics {
     pub fn render(&self) -> String {
         let repo = [("repository", self.repository.as_str())];
         let mut e = Exposition::new();
-        let ok = self.failure.is_none();
-        let name = "kaito_model_download_duration_seconds";
-        e.family(
-            name,
-            Kind::Histogram,
-            "Time to pull a model into its folder, verified, in seconds.",
-        );
-        let bucket = format!("{name}_bucket");
-        for le in BUCKETS {
-            let le_text = le.to_string();
-            let labels = [repo[0], ("le", le_text.as_str())];
-            e.sample(&bucket, &labels, u64::from(ok && self.seconds <= le));
-        }
-        e.sample(&bucket, &[repo[0], ("le", "+Inf")], u64::from(ok));
-        e.sample(
-            &format!("{name}_sum"),
-            &repo,
-            if ok { self.seconds } else { 0.0 },
-        );
-        e.sample(&format!("{name}_count"), &repo, u64::from(ok));
-
-        let failures = "kaito_model_download_failures_total";
-        e.family(failures, Kind::Counter, "Pulls that failed, by reason.");
-        for reason in REASONS {
-            let n = u64::from(self.failure == Some(reason));
-            e.sample(failures, &[repo[0], ("reason", reason)], n);
-        }
-        let counters = [
-            (
-                "hoist_download_bytes_total",
-                "Bytes downloaded from registries.",
-                self.bytes_downloaded,
-            ),
-            (
-                "hoist_reused_bytes_total",
-                "Bytes of changed files taken from the folder's earlier version instead of the network.",
-                self.bytes_reused,
-            ),
-            (
-                "hoist_model_bytes_total",
-                "Bytes of model files placed in the folder.",
-                self.bytes_total,
-            ),
-            (
-                "hoist_cache_hits_total",
-                "Blobs taken from the local store instead of the network.",
-                self.cache_hits,
-            ),
-            (
-                "hoist_cache_misses_total",
-                "Blobs that had to be downloaded.",
-                self.cache_misses,
-            ),
-        ];
-        for (name, help, value) in counters {
-            e.single(name, Kind::Counter, help, &repo, value);
-        }
+        let mut one = PullTotals::default();
+        one.add(self);
+        one.render_into(&mut e);
         if let Some(ready) = self.ready_seconds {
             e.single(
                 "kaito_pod_ready_duration_seconds",

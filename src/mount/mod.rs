@@ -398,43 +398,16 @@ pub fn mounted(path: &Path) -> Result<String, MountError> {
         why,
     };
     let want = std::fs::canonicalize(path).map_err(|e| not(format!(" ({e})")))?;
-    let table = std::fs::read_to_string("/proc/self/mountinfo")
+    let table = crate::fsutil::mount_table()
         .map_err(|e| not(format!(" (cannot read the mount table: {e})")))?;
-    let reference = table.lines().rev().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        let point = unescape_mount_field(before.split(' ').nth(4)?);
-        let mut rest = after.split(' ');
-        let (fstype, source) = (rest.next()?, rest.next()?);
-        (Path::new(&point) == want && fstype.starts_with("fuse"))
-            .then(|| source.strip_prefix("hoist:").map(unescape_mount_field))
+    let reference = table.iter().rev().find_map(|m| {
+        (m.point == want && m.fstype.starts_with("fuse"))
+            .then(|| m.source.strip_prefix("hoist:").map(str::to_string))
             .flatten()
     });
     let reference = reference.ok_or_else(|| not(String::new()))?;
     std::fs::read_dir(&want).map_err(|e| not(format!(" (its root does not answer: {e})")))?;
     Ok(reference)
-}
-
-/// The kernel writes spaces, tabs, newlines and backslashes in mount fields as octal escapes.
-fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmount a hoist mount from outside (`hoist umount`): a lazy detach, so open files do not

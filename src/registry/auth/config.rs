@@ -165,6 +165,28 @@ fn from_config_file(path: &Path, registry: &str) -> Result<Option<Credentials>, 
             )));
         }
     }
+    from_auths(&config, registry, &source)
+}
+
+/// A Kubernetes pull secret's `.dockerconfigjson` (what a CSI request carries): only its
+/// `auths` are read. A credential helper named in a Secret is never run: the Secret's author
+/// does not choose programs for the node to execute.
+pub fn from_pull_secret(json: &[u8], registry: &str) -> Result<Option<Credentials>, ConfigError> {
+    let source = "the volume's pull secret".to_string();
+    let config: Value = serde_json::from_slice(json).map_err(|e| ConfigError::File {
+        path: PathBuf::from(".dockerconfigjson"),
+        detail: format!("not valid JSON: {e}"),
+    })?;
+    from_auths(&config, registry, &source)
+}
+
+/// The `auths` entry for `registry` in a Docker config: an identity token, `auth`
+/// (base64 of user:password), or username and password.
+fn from_auths(
+    config: &Value,
+    registry: &str,
+    source: &str,
+) -> Result<Option<Credentials>, ConfigError> {
     let Some(entry) = config["auths"]
         .as_object()
         .and_then(|m| m.iter().find(|(k, _)| normalize(k) == registry))
@@ -188,7 +210,7 @@ fn from_config_file(path: &Path, registry: &str) -> Result<Option<Credentials>, 
                     .map(|(u, p)| (u.to_string(), p.to_string()))
             })
             .ok_or_else(|| ConfigError::File {
-                path: path.to_path_buf(),
+                path: PathBuf::from(source),
                 detail: format!("the auth entry for {registry} is not base64 of user:password"),
             })?;
         return Ok(Some(Credentials::new(

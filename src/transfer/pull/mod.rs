@@ -92,6 +92,23 @@ pub struct LayerFilter {
 }
 
 impl LayerFilter {
+    /// The set matching any of `patterns` (`*` crosses `/`, as `--include` promises);
+    /// `None` for no pattern.
+    pub fn globs(patterns: &[String]) -> Result<Option<globset::GlobSet>, globset::Error> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()?,
+            );
+        }
+        set.build().map(Some)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.include.is_none() && self.exclude.is_none() && self.kinds.is_none()
     }
@@ -216,8 +233,11 @@ pub async fn pull(
         delta: delta.as_ref(),
         reused: &reused,
     };
-    let downloads = stream::iter(jobs.iter())
-        .map(|job| ctx.obtain(job))
+    // The futures are made first (they start only when polled): with a closure inside the
+    // stream's type, rustc cannot prove the pull's future `Send` for every lifetime of the
+    // closure's argument, and a pull could not be spawned as a task.
+    let obtains: Vec<_> = jobs.iter().map(|job| ctx.obtain(job)).collect();
+    let downloads = stream::iter(obtains)
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<JobResult>>();
     // The late lookup may not hold up a pull whose downloads are done: a short grace, then
