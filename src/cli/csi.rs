@@ -39,6 +39,10 @@ pub struct CsiArgs {
     /// HTTP connections of one volume's pull open at once.
     #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB); a pull
+    /// cut short resumes from its last whole range.
+    #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
+    range_size: Option<u64>,
     /// Attempts per range before a pull gives up (kubelet's retry then resumes it).
     #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
     retries: u32,
@@ -55,6 +59,7 @@ pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
             concurrency: args.concurrency.max(1),
             fetch: FetchOptions {
                 max_connections: args.max_connections.max(1),
+                range_size: args.range_size,
                 retry: RetryPolicy {
                     attempts: args.retries.max(1),
                     ..Default::default()

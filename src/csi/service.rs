@@ -188,9 +188,7 @@ impl NodePlugin {
         if volume.lazy {
             return self.publish_lazy(volume, mounted).await;
         }
-        if mounted {
-            return Ok(()); // published already: the spec's idempotent answer
-        }
+        // A placed folder answers at once (a conflicting one too), before the mount check.
         let folder = match self.volumes.place(volume, wait).await {
             Ok(Some(folder)) => folder,
             Ok(None) => {
@@ -202,6 +200,9 @@ impl NodePlugin {
             Err(Refused::Conflict(message)) => return Err(Status::already_exists(message)),
             Err(Refused::Failed(Failure { code, message })) => return Err(status(code, message)),
         };
+        if mounted {
+            return Ok(()); // published already: the spec's idempotent answer
+        }
         let target = volume.target.clone();
         tokio::task::spawn_blocking(move || bind::mount_read_only(&folder, &target))
             .await

@@ -1,0 +1,770 @@
+//! `hoist csi` driven over its unix socket as kubelet drives it, by a gRPC client generated
+//! from the spec's `csi.proto`: publish (the model's files, read-only), publish twice, a
+//! second volume from the node's store alone, unpublish twice, the fields a request must
+//! have, a pull longer than the caller's deadline finished by retries with its bytes crossing
+//! the link once, the plugin killed mid-pull and resumed, one download for concurrent
+//! volumes, a private registry through the volume's secret, a lazy volume, /metrics.
+//!
+//! Mounting needs root (CAP_SYS_ADMIN): where it is missing the tests say so and pass,
+//! unless CI is set.
+#![cfg(feature = "csi")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{
+    cannot_run, free_port, hoist_bin, large_model, push_small, tree, Hoist, Registry, Wan,
+};
+use hoist::csi::proto::identity_client::IdentityClient;
+use hoist::csi::proto::node_client::NodeClient;
+use hoist::csi::proto::{self as csi, volume_capability};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+fn can_mount() -> bool {
+    rustix::process::geteuid().is_root()
+        || !cannot_run(
+            "mounting a volume needs root (CAP_SYS_ADMIN), so hoist csi cannot be tested",
+        )
+}
+
+/// A `hoist csi` process with its own store, volumes folder and kubelet folder (all in one
+/// temporary folder, kept across a restart). Dropped: killed, and every mount it left under
+/// its folder detached.
+struct Plugin {
+    child: Child,
+    dir: Option<tempfile::TempDir>,
+    metrics: String,
+}
+
+impl Plugin {
+    fn start(extra: &[&str]) -> Plugin {
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Plugin {
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("kubelet/pods")).unwrap();
+        std::fs::create_dir_all(root.join("docker")).unwrap();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("log"))
+            .unwrap();
+        let child = Command::new(hoist_bin())
+            .env("HOIST_HOME", root.join("store"))
+            .env("DOCKER_CONFIG", root.join("docker"))
+            .env_remove("HOIST_USERNAME")
+            .env_remove("HOIST_PASSWORD")
+            .env("RUST_LOG", "info")
+            .args(["csi", "--node-id", "node-1", "--metrics-addr", &metrics])
+            .arg("--endpoint")
+            .arg(format!("unix://{}", root.join("csi.sock").display()))
+            .arg("--kubelet-dir")
+            .arg(root.join("kubelet"))
+            .arg("--volumes-dir")
+            .arg(root.join("volumes"))
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut plugin = Plugin {
+            child,
+            dir: Some(dir),
+            metrics,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::os::unix::net::UnixStream::connect(plugin.socket()).is_err() {
+            assert!(
+                plugin.child.try_wait().unwrap().is_none(),
+                "hoist csi exited: {}",
+                plugin.log()
+            );
+            assert!(Instant::now() < deadline, "hoist csi did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        plugin
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root().join("csi.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root().join("log")).unwrap_or_default()
+    }
+
+    /// Kubelet's target path for a Pod's volume.
+    fn target(&self, pod: &str) -> PathBuf {
+        self.root()
+            .join("kubelet/pods")
+            .join(pod)
+            .join("volumes/kubernetes.io~csi/model/mount")
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        common::all_entries(&self.root().join("volumes"))
+    }
+
+    async fn channel(&self) -> Channel {
+        let socket = self.socket();
+        Endpoint::try_from("http://[::1]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap()
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await)
+    }
+
+    fn metrics(&self) -> String {
+        common::curl(&["-s", &format!("http://{}/metrics", self.metrics)]).2
+    }
+
+    /// Kill -9 (a node's plugin Pod evicted mid-pull); its folder, for the next start.
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.take().unwrap()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            detach_mounts_under(dir.path());
+        }
+    }
+}
+
+fn detach_mounts_under(root: &Path) {
+    for m in hoist::fsutil::mount_table()
+        .unwrap_or_default()
+        .iter()
+        .rev()
+    {
+        if m.point.starts_with(root) {
+            let _ = rustix::mount::unmount(&m.point, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
+
+fn publish_request(
+    id: &str,
+    target: &Path,
+    attrs: &[(&str, &str)],
+) -> csi::NodePublishVolumeRequest {
+    let mut context: HashMap<String, String> = attrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    context.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+    context.insert("csi.storage.k8s.io/pod.name".into(), "inference-0".into());
+    csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(csi::VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(Default::default())),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: volume_capability::access_mode::Mode::SingleNodeReaderOnly as i32,
+            }),
+        }),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+async fn publish(
+    node: &mut NodeClient<Channel>,
+    req: csi::NodePublishVolumeRequest,
+    deadline: Option<Duration>,
+) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(req);
+    if let Some(d) = deadline {
+        req.set_timeout(d);
+    }
+    node.node_publish_volume(req).await.map(|_| ())
+}
+
+async fn unpublish(
+    node: &mut NodeClient<Channel>,
+    id: &str,
+    target: &Path,
+) -> Result<(), tonic::Status> {
+    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Publish as kubelet does: a deadline per call, retried until it succeeds. Returns how
+/// many calls answered DEADLINE_EXCEEDED first.
+async fn publish_until_done(
+    node: &mut NodeClient<Channel>,
+    req: &csi::NodePublishVolumeRequest,
+    per_call: Duration,
+) -> usize {
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut exceeded = 0;
+    loop {
+        match publish(node, req.clone(), Some(per_call)).await {
+            Ok(()) => return exceeded,
+            Err(s) if s.code() == Code::DeadlineExceeded => exceeded += 1,
+            Err(s) => panic!("publish failed: {s:?}"),
+        }
+        assert!(Instant::now() < give_up, "the volume was never published");
+    }
+}
+
+/// The WAN emulator on the test's runtime: a link of `rate` bytes per second to `reg`.
+async fn wan(reg: &Registry, rate: u64) -> hoist::wan::Proxy {
+    let link = hoist::wan::Link {
+        link_rate: rate,
+        ..Default::default()
+    };
+    hoist::wan::Proxy::start("127.0.0.1:0", reg.addr.parse().unwrap(), link)
+        .await
+        .unwrap()
+}
+
+fn wan_ref(wan: &hoist::wan::Proxy, repo_tag: &str) -> String {
+    format!("{}/{repo_tag}", wan.addr)
+}
+
+fn is_mounted(path: &Path) -> bool {
+    hoist::fsutil::is_mount_point(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_gives_the_models_files_read_only_and_unpublish_takes_them_away() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/minilm:v1");
+    let src = push_small(&h, &reference);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let target = plugin.target("pod-a");
+    let req = publish_request("csi-a", &target, &[("reference", &reference)]);
+
+    publish(&mut node, req.clone(), None).await.unwrap();
+    assert!(is_mounted(&target));
+    assert_eq!(tree(src.path(), false), tree(&target, false));
+    let write = std::fs::write(target.join("config.json"), b"changed");
+    assert_eq!(
+        write.unwrap_err().raw_os_error(),
+        Some(libc::EROFS),
+        "a write through the volume must fail: it is read-only"
+    );
+    assert!(std::fs::write(target.join("new.txt"), b"x").is_err());
+    // Published twice: OK, and still one mount.
+    publish(&mut node, req.clone(), None).await.unwrap();
+    let mounts = hoist::fsutil::mount_table().unwrap();
+    assert_eq!(mounts.iter().filter(|m| m.point == target).count(), 1);
+    // The same volume id with another model: refused.
+    let other = publish_request(
+        "csi-a",
+        &target,
+        &[("reference", &reg.reference("team/minilm:v2"))],
+    );
+    assert_eq!(
+        publish(&mut node, other, None).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+
+    unpublish(&mut node, "csi-a", &target).await.unwrap();
+    assert!(!is_mounted(&target));
+    assert!(!target.exists(), "the target folder is removed");
+    assert!(
+        plugin.volumes().is_empty(),
+        "the volume's folder is removed: {:?}",
+        plugin.volumes()
+    );
+    unpublish(&mut node, "csi-a", &target).await.unwrap();
+    // The node cache keeps the blobs for the next volume.
+    let listed = h
+        .run(&[
+            "list",
+            "--store",
+            plugin.root().join("store").to_str().unwrap(),
+        ])
+        .ok();
+    assert!(listed.stdout.contains("csi/"), "{}", listed.stdout);
+
+    // A missing model: NOT_FOUND, with hoist's message.
+    let missing = publish_request(
+        "csi-b",
+        &plugin.target("pod-b"),
+        &[("reference", &reg.reference("team/none:v1"))],
+    );
+    let status = publish(&mut node, missing, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(!is_mounted(&plugin.target("pod-b")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_volume_of_the_model_comes_from_the_node_without_the_registry() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/minilm:v1");
+    let src = push_small(&h, &reference);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let first = plugin.target("pod-a");
+    publish(
+        &mut node,
+        publish_request("csi-a", &first, &[("reference", &reference)]),
+        None,
+    )
+    .await
+    .unwrap();
+    let requests =
+        reg.log().matches("\"GET /v2/").count() + reg.log().matches("\"HEAD /v2/").count();
+
+    let second = plugin.target("pod-b");
+    let started = Instant::now();
+    publish(
+        &mut node,
+        publish_request("csi-b", &second, &[("reference", &reference)]),
+        None,
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the second volume took {took:?}"
+    );
+    let after = reg.log().matches("\"GET /v2/").count() + reg.log().matches("\"HEAD /v2/").count();
+    assert_eq!(
+        requests,
+        after,
+        "the second volume asked the registry:\n{}",
+        reg.log()
+    );
+    assert_eq!(tree(src.path(), false), tree(&second, false));
+    // Hard links to the store's blobs: the files of both volumes are one inode each.
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(first.join("model.safetensors")).unwrap(),
+        std::fs::metadata(second.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+
+    // Always: the registry is asked again (the tag may have moved), the blobs still come from the store.
+    let third = plugin.target("pod-c");
+    let always = publish_request(
+        "csi-c",
+        &third,
+        &[("reference", &reference), ("pullPolicy", "Always")],
+    );
+    let blobs = reg.blob_get_count();
+    publish(&mut node, always, None).await.unwrap();
+    assert!(reg.log().matches("/manifests/").count() > 0);
+    assert_eq!(reg.blob_get_count(), blobs, "no blob fetched again");
+
+    let metrics = plugin.metrics();
+    for line in [
+        "hoist_csi_volumes_from_store_total 2",
+        "hoist_csi_publish_total{mode=\"copy\",result=\"ok\"} 3",
+        "kaito_model_download_duration_seconds_count{repository=\"team/minilm\"} 3",
+        "kaito_model_download_failures_total{repository=\"team/minilm\",reason=\"network\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("hoist_cache_hits_total{repository=\"team/minilm\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    for (id, t) in [("csi-a", &first), ("csi-b", &second), ("csi-c", &third)] {
+        unpublish(&mut node, id, t).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_their_fields_are_invalid_arguments() {
+    if !can_mount() {
+        return;
+    }
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let mut identity = IdentityClient::new(plugin.channel().await);
+    let info = identity
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, hoist::csi::DRIVER_NAME);
+    assert!(!info.vendor_version.is_empty());
+    let probe = identity
+        .probe(csi::ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let node_info = node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node_info.node_id, "node-1");
+    node.node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap();
+
+    let target = plugin.target("pod-a");
+    let good = publish_request("csi-a", &target, &[("reference", "127.0.0.1:1/m:v1")]);
+    let mut cases: Vec<(&str, csi::NodePublishVolumeRequest)> = Vec::new();
+    let mut r = good.clone();
+    r.volume_id.clear();
+    cases.push(("volume_id", r));
+    let mut r = good.clone();
+    r.target_path.clear();
+    cases.push(("target_path", r));
+    let mut r = good.clone();
+    r.volume_capability = None;
+    cases.push(("volume_capability", r));
+    let mut r = good.clone();
+    r.volume_context.remove("reference");
+    cases.push(("reference", r));
+    let mut r = good.clone();
+    r.target_path = plugin.root().join("elsewhere").display().to_string();
+    cases.push(("pods folder", r));
+    let mut r = good.clone();
+    r.target_path = format!("{}/../../../etc", plugin.target("pod-a").display());
+    cases.push(("pods folder", r));
+    for (why, req) in cases {
+        let status = publish(&mut node, req, None).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
+        assert!(
+            status.message().contains(why),
+            "{why}: {}",
+            status.message()
+        );
+    }
+    assert!(!plugin.root().join("elsewhere").exists());
+    let status = node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: String::new(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = unpublish(&mut node, "csi-a", &plugin.root().join("store"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        plugin.root().join("store").exists(),
+        "nothing outside the pods folder is removed"
+    );
+}
+
+/// A 12 MiB model behind a 3 MiB/s link and a 2 s deadline per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_longer_than_the_deadline_is_finished_by_retries_and_crosses_the_link_once() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    large_model(src.path(), 12);
+    let size: u64 = tree(src.path(), false)
+        .values()
+        .map(|v| v.len() as u64)
+        .sum();
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &reg.reference("big/m:v1"),
+    ])
+    .ok();
+    let wan = wan(&reg, 3 << 20).await;
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let target = plugin.target("pod-a");
+    let req = publish_request(
+        "csi-big",
+        &target,
+        &[("reference", &wan_ref(&wan, "big/m:v1"))],
+    );
+
+    let exceeded = publish_until_done(&mut node, &req, Duration::from_secs(2)).await;
+    assert!(
+        exceeded >= 1,
+        "the pull was expected to outlast one 2 s call"
+    );
+    assert_eq!(tree(src.path(), false), tree(&target, false));
+    let crossed = wan.bytes_down();
+    assert!(
+        crossed >= size && crossed < size + size / 50 + (64 << 10),
+        "{crossed} bytes crossed the link for a {size}-byte model"
+    );
+    let metrics = plugin.metrics();
+    assert!(!metrics.contains("hoist_csi_joined_total 0"), "{metrics}");
+    assert!(metrics.contains("result=\"DeadlineExceeded\""), "{metrics}");
+
+    // Two more volumes at once, of a model not on the node: one download between them.
+    let src2 = tempfile::tempdir().unwrap();
+    large_model(src2.path(), 6);
+    std::fs::write(
+        src2.path().join("config.json"),
+        br#"{"model_type":"other"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        src2.path().join("tokenizer.json"),
+        common::noise(1 << 20, 9),
+    )
+    .unwrap();
+    let size2: u64 = tree(src2.path(), false)
+        .values()
+        .map(|v| v.len() as u64)
+        .sum();
+    h.run(&[
+        "push",
+        src2.path().to_str().unwrap(),
+        &reg.reference("big/m:v2"),
+    ])
+    .ok();
+    let before = wan.bytes_down();
+    let (t1, t2) = (plugin.target("pod-b"), plugin.target("pod-c"));
+    let r1 = publish_request("csi-b", &t1, &[("reference", &wan_ref(&wan, "big/m:v2"))]);
+    let r2 = publish_request("csi-c", &t2, &[("reference", &wan_ref(&wan, "big/m:v2"))]);
+    let mut node2 = plugin.node().await;
+    let (a, b) = tokio::join!(publish(&mut node, r1, None), publish(&mut node2, r2, None));
+    a.unwrap();
+    b.unwrap();
+    let crossed = wan.bytes_down() - before;
+    assert!(
+        crossed < size2 + size2 / 50 + (64 << 10),
+        "{crossed} bytes crossed the link for two volumes of a {size2}-byte model"
+    );
+    assert_eq!(tree(src2.path(), false), tree(&t1, false));
+    assert_eq!(tree(src2.path(), false), tree(&t2, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_killed_mid_pull_resumes_when_kubelet_retries() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    large_model(src.path(), 16);
+    let size: u64 = tree(src.path(), false)
+        .values()
+        .map(|v| v.len() as u64)
+        .sum();
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &reg.reference("big/m:v1"),
+    ])
+    .ok();
+    let wan = wan(&reg, 2 << 20).await;
+    let flags = ["--range-size", "1MiB", "--max-connections", "2"];
+    let plugin = Plugin::start(&flags);
+    let mut node = plugin.node().await;
+    let target = plugin.target("pod-a");
+    let req = publish_request(
+        "csi-big",
+        &target,
+        &[("reference", &wan_ref(&wan, "big/m:v1"))],
+    );
+    let status = publish(&mut node, req.clone(), Some(Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wan.bytes_down() < 6 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the pull went on after the call's deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = plugin.kill();
+    let before_restart = wan.bytes_down();
+
+    let plugin = Plugin::start_in(dir, &flags);
+    let mut node = plugin.node().await;
+    publish_until_done(&mut node, &req, Duration::from_secs(2)).await;
+    assert_eq!(tree(src.path(), false), tree(&target, false));
+    let crossed = wan.bytes_down();
+    // Started over, the pull would have crossed the 6 MiB before the kill again.
+    assert!(
+        crossed < size + (3 << 20),
+        "{crossed} bytes crossed the link for a {size}-byte model ({before_restart} before the kill)"
+    );
+    unpublish(&mut node, "csi-big", &target).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_read_with_the_volumes_secret_and_never_logged() {
+    if !can_mount() {
+        return;
+    }
+    const PASSWORD: &str = "csi-secret-0123";
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "alice", PASSWORD])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    let reg = Registry::start_with_files(
+        &[("htpasswd", &out.stdout)],
+        "auth:\n  htpasswd: {realm: basic-realm, path: {root}/htpasswd}\n",
+    );
+    let h = Hoist::new();
+    let reference = reg.reference("private/m:v1");
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    common::run(
+        h.cmd()
+            .env("HOIST_USERNAME", "alice")
+            .env("HOIST_PASSWORD", PASSWORD)
+            .args(["push", src.path().to_str().unwrap(), &reference]),
+    )
+    .ok();
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+
+    let bare = publish_request(
+        "csi-a",
+        &plugin.target("pod-a"),
+        &[("reference", &reference)],
+    );
+    let status = publish(&mut node, bare, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    let mut wrong = publish_request(
+        "csi-w",
+        &plugin.target("pod-w"),
+        &[("reference", &reference)],
+    );
+    wrong.secrets = HashMap::from([
+        ("username".into(), "alice".into()),
+        ("password".into(), "nope".into()),
+    ]);
+    assert_eq!(
+        publish(&mut node, wrong, None).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    let mut with_password = publish_request(
+        "csi-b",
+        &plugin.target("pod-b"),
+        &[("reference", &reference), ("pullPolicy", "Always")],
+    );
+    with_password.secrets = HashMap::from([
+        ("username".into(), "alice".into()),
+        ("password".into(), PASSWORD.into()),
+    ]);
+    publish(&mut node, with_password, None).await.unwrap();
+    assert_eq!(
+        tree(src.path(), false),
+        tree(&plugin.target("pod-b"), false)
+    );
+
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{PASSWORD}"));
+    let config = format!(
+        "{{\"auths\":{{\"http://{}\":{{\"auth\":\"{auth}\"}}}}}}",
+        reg.addr
+    );
+    let mut with_config = publish_request(
+        "csi-c",
+        &plugin.target("pod-c"),
+        &[("reference", &reference), ("pullPolicy", "Always")],
+    );
+    with_config.secrets = HashMap::from([(".dockerconfigjson".into(), config)]);
+    publish(&mut node, with_config, None).await.unwrap();
+    assert_eq!(
+        tree(src.path(), false),
+        tree(&plugin.target("pod-c"), false)
+    );
+
+    let log = plugin.log();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(&auth),
+        "the secret reached the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_volume_is_readable_at_once_and_read_only() {
+    if !can_mount() {
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+        && cannot_run("/dev/fuse cannot be opened here, so a lazy volume cannot be tested")
+    {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/minilm:v1");
+    let src = push_small(&h, &reference);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let target = plugin.target("pod-a");
+    let req = publish_request(
+        "csi-lazy",
+        &target,
+        &[("reference", &reference), ("mode", "lazy")],
+    );
+    publish(&mut node, req.clone(), None).await.unwrap();
+    let t = target.clone();
+    let (files, write) = tokio::task::spawn_blocking(move || {
+        (tree(&t, false), std::fs::write(t.join("config.json"), b"x"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(tree(src.path(), false), files);
+    assert!(write.is_err(), "a lazy volume is read-only");
+    publish(&mut node, req, None).await.unwrap();
+    unpublish(&mut node, "csi-lazy", &target).await.unwrap();
+    assert!(!is_mounted(&target));
+    assert!(!target.exists());
+    let metrics = plugin.metrics();
+    assert!(
+        metrics.contains("hoist_csi_publish_total{mode=\"lazy\",result=\"ok\"} 2"),
+        "{metrics}"
+    );
+}
