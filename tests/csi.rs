@@ -48,28 +48,39 @@ impl Plugin {
 
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Plugin {
         let root = dir.path();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = ["csi", "--node-id", "node-1", "--metrics-addr", &metrics]
+            .map(String::from)
+            .to_vec();
+        args.push(format!(
+            "--endpoint=unix://{}",
+            root.join("csi.sock").display()
+        ));
+        args.push(format!("--kubelet-dir={}", root.join("kubelet").display()));
+        args.push(format!("--volumes-dir={}", root.join("volumes").display()));
+        args.push(format!("--store={}", root.join("store").display()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(dir, args, metrics)
+    }
+
+    /// Run `hoist ARGS` as the plugin, its socket at DIR/csi.sock and kubelet's folder at
+    /// DIR/kubelet.
+    fn spawn(dir: tempfile::TempDir, args: Vec<String>, metrics: String) -> Plugin {
+        let root = dir.path();
         std::fs::create_dir_all(root.join("kubelet/pods")).unwrap();
         std::fs::create_dir_all(root.join("docker")).unwrap();
-        let metrics = format!("127.0.0.1:{}", free_port());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(root.join("log"))
             .unwrap();
         let child = Command::new(hoist_bin())
-            .env("HOIST_HOME", root.join("store"))
+            .env_remove("HOIST_HOME")
             .env("DOCKER_CONFIG", root.join("docker"))
             .env_remove("HOIST_USERNAME")
             .env_remove("HOIST_PASSWORD")
             .env("RUST_LOG", "info")
-            .args(["csi", "--node-id", "node-1", "--metrics-addr", &metrics])
-            .arg("--endpoint")
-            .arg(format!("unix://{}", root.join("csi.sock").display()))
-            .arg("--kubelet-dir")
-            .arg(root.join("kubelet"))
-            .arg("--volumes-dir")
-            .arg(root.join("volumes"))
-            .args(extra)
+            .args(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -767,4 +778,151 @@ async fn a_lazy_volume_is_readable_at_once_and_read_only() {
         metrics.contains("hoist_csi_publish_total{mode=\"lazy\",result=\"ok\"} 2"),
         "{metrics}"
     );
+}
+
+/// The DaemonSet's plugin container as written in deploy/csi/daemonset.yaml (its args, with
+/// its host folders under a temporary folder and the node's address on loopback, where no
+/// node cache runs: the mirror is left for the registry), the registrar pointed at its
+/// socket, and the real model published through it, loaded by python `safetensors`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemonsets_plugin_runs_as_written_and_serves_the_real_model() {
+    if !can_mount() {
+        return;
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/csi/daemonset.yaml");
+    let spec: serde_json::Value = serde_json::from_str(&common::python(&format!(
+        "import yaml, json\nd = yaml.safe_load(open({:?}))\nprint(json.dumps(d['spec']['template']['spec']))",
+        manifest.display().to_string()
+    )))
+    .unwrap();
+    let container = |name: &str| {
+        spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} container"))
+            .clone()
+    };
+    let (plugin_c, registrar) = (container("plugin"), container("node-driver-registrar"));
+    let host_path = |volume: &str| {
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("no hostPath volume {volume}"))
+            .to_string()
+    };
+    let mount_of = |c: &serde_json::Value, volume: &str| {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("{} does not mount {volume}", c["name"]))
+            .clone()
+    };
+    let strings = |c: &serde_json::Value| -> Vec<String> {
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    // The registrar tells kubelet where the plugin's socket is on the host.
+    let socket_dir = mount_of(&plugin_c, "socket-dir");
+    assert_eq!(
+        socket_dir["mountPath"],
+        mount_of(&registrar, "socket-dir")["mountPath"]
+    );
+    let plugin_args = strings(&plugin_c);
+    let endpoint =
+        plugin_args[plugin_args.iter().position(|a| a == "--endpoint").unwrap() + 1].clone();
+    let in_container = endpoint.strip_prefix("unix://").unwrap();
+    assert!(strings(&registrar).contains(&format!("--csi-address={in_container}")));
+    let on_host = Path::new(&host_path("socket-dir")).join(
+        Path::new(in_container)
+            .strip_prefix(socket_dir["mountPath"].as_str().unwrap())
+            .unwrap(),
+    );
+    assert!(strings(&registrar).contains(&format!(
+        "--kubelet-registration-path={}",
+        on_host.display()
+    )));
+    let kubelet = mount_of(&plugin_c, "kubelet");
+    assert_eq!(
+        kubelet["mountPropagation"], "Bidirectional",
+        "mounts must reach kubelet"
+    );
+    assert_eq!(plugin_c["securityContext"]["privileged"], true);
+
+    // The container's folders, under one temporary folder.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let folders = [
+        (
+            socket_dir["mountPath"].as_str().unwrap().to_string(),
+            root.clone(),
+        ),
+        (
+            kubelet["mountPath"].as_str().unwrap().to_string(),
+            root.join("kubelet"),
+        ),
+        (
+            mount_of(&plugin_c, "state")["mountPath"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            root.join("state"),
+        ),
+    ];
+    let args: Vec<String> = plugin_args
+        .iter()
+        .map(|a| {
+            let mut a = a
+                .replace("$(NODE_NAME)", "node-1")
+                .replace("$(HOST_IP)", "127.0.0.1")
+                .replace("0.0.0.0:9810", &metrics);
+            for (inside, here) in &folders {
+                if let Some(rest) = a.clone().strip_prefix(inside.as_str()) {
+                    a = format!("{}{rest}", here.display());
+                } else if let Some(rest) = a.clone().strip_prefix(&format!("unix://{inside}")) {
+                    a = format!("unix://{}{rest}", here.display());
+                }
+            }
+            a
+        })
+        .collect();
+    std::fs::create_dir_all(root.join("state")).unwrap();
+    let plugin = Plugin::spawn(dir, args, metrics);
+
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("models/all-minilm-l6-v2:v1");
+    let model = common::real_model();
+    h.run(&["push", model.to_str().unwrap(), &reference]).ok();
+    let mut node = plugin.node().await;
+    let target = plugin.target("pod-real");
+    let req = publish_request("csi-real", &target, &[("reference", &reference)]);
+    publish(&mut node, req, Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(tree(&model, false), tree(&target, false));
+    let loaded = common::python(&format!(
+        "from safetensors.numpy import load_file\nt = load_file({:?})\nprint(len(t), sum(v.size for v in t.values()))",
+        target.join("model.safetensors").display().to_string()
+    ));
+    let mut counts = loaded.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    assert!(counts.next().unwrap() > 50, "{loaded}");
+    assert!(counts.next().unwrap() > 20_000_000, "{loaded}");
+    assert!(
+        plugin.root().join("state/store/oci-layout").is_file(),
+        "the store is where the DaemonSet keeps it"
+    );
+    unpublish(&mut node, "csi-real", &target).await.unwrap();
+    assert!(!target.exists());
 }

@@ -27,7 +27,7 @@ pub struct CsiArgs {
     #[arg(
         long,
         env = "HOIST_VOLUMES_DIR",
-        default_value = "/var/lib/hoist/volumes"
+        default_value = "/var/lib/hoist-csi/volumes"
     )]
     volumes_dir: PathBuf,
     /// Serve Prometheus metrics on `IP:PORT` at /metrics.
