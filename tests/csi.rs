@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{
-    cannot_run, free_port, hoist_bin, large_model, push_small, tree, Hoist, Registry, Wan,
-};
+use common::{cannot_run, free_port, hoist_bin, large_model, push_small, tree, Hoist, Registry};
 use hoist::csi::proto::identity_client::IdentityClient;
 use hoist::csi::proto::node_client::NodeClient;
 use hoist::csi::proto::{self as csi, volume_capability};

@@ -65,7 +65,6 @@ pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
                     ..Default::default()
                 },
                 stall_timeout: env.ctx.settings().stall_timeout,
-                ..Default::default()
             },
             ..Default::default()
         },

@@ -2,13 +2,11 @@
 //! failures by reason, bytes, cache hits), summed over the plugin's life, plus its own
 //! publish counters.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use super::{CsiError, Volumes};
+use super::CsiError;
 use crate::metrics::text::{Exposition, Kind};
 use crate::metrics::{PullMetrics, PullTotals};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 /// What the plugin counts.
 #[derive(Debug, Default)]
@@ -37,7 +35,7 @@ impl Counters {
             .or_default() += 1;
     }
 
-    fn render(&self, in_flight: usize) -> String {
+    pub fn render(&self, in_flight: usize) -> String {
         let mut e = Exposition::new();
         self.pulls.render_into(&mut e);
         let name = "hoist_csi_publish_total";
@@ -74,23 +72,19 @@ impl Counters {
     }
 }
 
-/// Serve `GET /metrics` on `addr` in the background.
-pub async fn serve(addr: SocketAddr, volumes: Arc<Volumes>) -> Result<(), CsiError> {
+/// Serve `GET /metrics` on `addr` in the background; `render` writes the text.
+pub async fn serve(
+    addr: SocketAddr,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> Result<(), CsiError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| CsiError::Metrics { addr, source })?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let volumes = volumes.clone();
+            let text = render();
             async move {
-                // Never both locks at once: a publish takes the jobs' lock, then this one.
-                let in_flight = volumes.pulls_in_flight();
-                let text = volumes
-                    .counters
-                    .lock()
-                    .expect("counters lock")
-                    .render(in_flight);
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -120,7 +120,8 @@ pub async fn serve(
     let listener = bind_socket(&socket)?;
     let volumes = Arc::new(Volumes::new(ctx, store, &opts));
     if let Some(addr) = opts.metrics_addr {
-        metrics::serve(addr, volumes.clone()).await?;
+        let volumes = volumes.clone();
+        metrics::serve(addr, move || volumes.render_metrics()).await?;
     }
     tracing::info!(
         "hoist csi: {DRIVER_NAME} on node {} listening on {}",

@@ -105,9 +105,14 @@ impl Volumes {
         self.root.join(&hex[..32])
     }
 
-    /// Pulls running now.
-    pub fn pulls_in_flight(&self) -> usize {
-        self.jobs.lock().expect("jobs lock").len()
+    /// The plugin's metrics text.
+    pub fn render_metrics(&self) -> String {
+        // Never both locks at once: a publish takes the jobs' lock, then the counters'.
+        let in_flight = self.jobs.lock().expect("jobs lock").len();
+        self.counters
+            .lock()
+            .expect("counters lock")
+            .render(in_flight)
     }
 
     /// The folder to mount for `volume` once its model is in place, pulling it first if it

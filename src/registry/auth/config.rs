@@ -364,6 +364,16 @@ fn write_private(path: &Path, config: &Value) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pull_secret_never_runs_a_credential_helper() {
+        // A helper that does not exist: running it would be an error, not `None`.
+        let secret = br#"{"credsStore":"hoist-never-run","credHelpers":{"r.io":"hoist-never-run"},"auths":{"q.io":{"username":"u","password":"p"}}}"#;
+        assert!(from_pull_secret(secret, "r.io").unwrap().is_none());
+        assert!(from_pull_secret(secret, "q.io").unwrap().is_some());
+        assert!(from_pull_secret(b"not json", "q.io").is_err());
+    }
+
     use super::*;
 
     #[test]
