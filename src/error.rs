@@ -90,6 +90,9 @@ pub enum ExitCode {
     Verification = 6,
     Disk = 7,
     InvalidContent = 8,
+    /// A model signature required by `--verify-key` is missing, invalid or does not cover
+    /// the model: nothing was placed.
+    Signature = 9,
     /// Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
     Interrupted = 130,
 }
@@ -107,6 +110,7 @@ impl ExitCode {
             ExitCode::Verification => "verification",
             ExitCode::Disk => "disk",
             ExitCode::InvalidContent => "invalid_content",
+            ExitCode::Signature => "signature",
             ExitCode::Interrupted => "interrupted",
         }
     }
@@ -123,6 +127,7 @@ impl ExitCode {
             ExitCode::Verification,
             ExitCode::Disk,
             ExitCode::InvalidContent,
+            ExitCode::Signature,
             ExitCode::Interrupted,
         ]
         .into_iter()
@@ -171,6 +176,8 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::NothingSelected(_) => ExitCode::Usage,
         TransferError::Verify(e) => verify_code(e),
         TransferError::Interrupted { source, .. } => transfer_code(source),
+        TransferError::Signature(crate::sign::SignError::Key(_)) => ExitCode::Usage,
+        TransferError::Signature(_) => ExitCode::Signature,
     }
 }
 

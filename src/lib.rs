@@ -98,6 +98,7 @@ pub mod registry;
 pub mod reserved;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod sign;
 pub mod store;
 pub mod transfer;
 pub mod wan;

@@ -32,6 +32,7 @@ localhost and 127.0.0.1 registries are spoken to over plain HTTP.
 
 Exit codes: 0 ok, 1 failure, 2 usage or bad input, 3 auth, 4 not found,
 5 network, 6 verification failed, 7 local disk, 8 invalid or unsafe content,
+9 signature missing or not valid (--verify-key),
 130 interrupted (a pull run again resumes).";
 
 #[derive(Parser)]

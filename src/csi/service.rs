@@ -10,6 +10,7 @@
 //! | 6 verification          | DATA_LOSS             |
 //! | 7 disk                  | RESOURCE_EXHAUSTED    |
 //! | 8 invalid content       | FAILED_PRECONDITION   |
+//! | 9 signature             | PERMISSION_DENIED     |
 //! | 130 interrupted         | ABORTED               |
 //! | 1 other                 | INTERNAL              |
 
@@ -272,6 +273,7 @@ pub fn status(code: ExitCode, message: String) -> Status {
         ExitCode::Verification => Code::DataLoss,
         ExitCode::Disk => Code::ResourceExhausted,
         ExitCode::InvalidContent => Code::FailedPrecondition,
+        ExitCode::Signature => Code::PermissionDenied,
         ExitCode::Interrupted => Code::Aborted,
         ExitCode::Ok | ExitCode::Failure => Code::Internal,
     };

@@ -131,7 +131,7 @@ impl PullMetrics {
 }
 
 /// Every failure reason, always exported (0 or 1) so rates and alerts see the series.
-pub const REASONS: [&str; 9] = [
+pub const REASONS: [&str; 10] = [
     "auth",
     "not_found",
     "network",
@@ -141,6 +141,7 @@ pub const REASONS: [&str; 9] = [
     "usage",
     "other",
     "interrupted",
+    "signature",
 ];
 
 /// Seconds since this process started (the init container's start, for

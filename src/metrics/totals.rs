@@ -41,8 +41,11 @@ impl PullTotals {
                 sums.seconds += pull.seconds;
             }
             Some(reason) => {
-                let i = REASONS.iter().position(|r| *r == reason);
-                sums.failures[i.unwrap_or(REASONS.len() - 2)] += 1;
+                let at = |name| REASONS.iter().position(|r| *r == name);
+                let i = at(reason)
+                    .or_else(|| at("other"))
+                    .expect("other is a reason");
+                sums.failures[i] += 1;
             }
         }
         sums.bytes_downloaded += pull.bytes_downloaded;

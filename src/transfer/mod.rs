@@ -73,6 +73,8 @@ pub enum TransferError {
     NothingSelected(String),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Signature(#[from] crate::sign::SignError),
     #[error("the image's layers are not those its config names ({0}); containerd would refuse to mount it, nothing was written")]
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]

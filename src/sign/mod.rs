@@ -1,0 +1,134 @@
+//! Model signatures in the OpenSSF model signing format (`model_signing` 1.x): a Sigstore
+//! bundle whose signed statement lists every file of the model with its SHA-256.
+//!
+//! A raw layer's digest *is* its file's SHA-256, so hoist signs and verifies from the
+//! manifest alone: no second read of the model. A pull with verification keys checks the
+//! signature before any file is placed, and requires the signed files to be exactly the
+//! manifest's files, digest for digest.
+//!
+//! | file        | owns                                                            |
+//! |-------------|-----------------------------------------------------------------|
+//! | `keys.rs`   | EC keys on P-256/384/521, their hints, ECDSA sign and verify     |
+//! | `bundle.rs` | the bundle, its DSSE envelope and statement: written, and read with every check |
+
+mod bundle;
+mod keys;
+
+use std::collections::BTreeMap;
+
+pub use bundle::{open, sign, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+pub use keys::{PrivateKey, PublicKey};
+
+/// Where a verified pull writes the signature, inside the output folder: the reference
+/// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
+pub const SIGNATURE_FILE: &str = "model.sig";
+
+/// Most signature referrers a pull looks at: a registry may attach any number.
+pub const MAX_CANDIDATES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("key: {0}")]
+    Key(String),
+    #[error("the signature bundle is refused: {0}")]
+    Bundle(String),
+    #[error("the signature bundle is over {0} bytes")]
+    TooLarge(u64),
+    #[error("the signature is keyless (a Sigstore certificate): verifying it needs the transparency log and certificate authority, which hoist does not reach; sign with a key")]
+    Keyless,
+    #[error("the signature names key {0}, which is not one of the verification keys")]
+    OtherKey(String),
+    #[error("the signature does not verify with the verification key: the statement was changed or signed by another key")]
+    BadSignature,
+    #[error("the signed statement is refused: {0}")]
+    Statement(String),
+    #[error("the signature does not cover this model: {0}")]
+    Mismatch(String),
+    #[error("{reference} has no signature from the verification keys ({why})")]
+    Unsigned { reference: String, why: String },
+}
+
+/// Require the signed files to be exactly `files` (path → SHA-256 hex): nothing missing,
+/// nothing more, no digest different. The message lists the first few differences.
+pub fn covers(signed: &Signed, files: &BTreeMap<String, String>) -> Result<(), SignError> {
+    let mut differences = Vec::new();
+    for (path, digest) in files {
+        match signed.files.get(path) {
+            None => differences.push(format!("{path} is not signed")),
+            Some(d) if d != digest => {
+                differences.push(format!("{path} has other bytes than signed"))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in signed.files.keys().filter(|p| !files.contains_key(*p)) {
+        differences.push(format!("{path} is signed but not in the model"));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let n = differences.len();
+    differences.truncate(5);
+    let more = if n > 5 {
+        format!(" and {} more", n - 5)
+    } else {
+        String::new()
+    };
+    Err(SignError::Mismatch(format!(
+        "{}{more}",
+        differences.join("; ")
+    )))
+}
+
+/// What hoist signs as ignored: its own files in an output folder, so that the reference
+/// tool verifying a pulled folder looks past them.
+pub fn own_paths() -> Vec<String> {
+    [
+        crate::reserved::RECORD_FILE,
+        crate::reserved::STAGING_DIR,
+        crate::reserved::VERSIONS_DIR,
+        crate::reserved::REFERRERS_DIR,
+        crate::reserved::CURRENT,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_set_must_be_the_models_exactly() {
+        let files = BTreeMap::from([
+            ("a".to_string(), "11".repeat(32)),
+            ("b".to_string(), "22".repeat(32)),
+        ]);
+        let signed = |f: BTreeMap<String, String>| Signed {
+            key: String::new(),
+            name: "m".into(),
+            files: f,
+            ignore_paths: Vec::new(),
+        };
+        assert!(covers(&signed(files.clone()), &files).is_ok());
+        let mut fewer = files.clone();
+        fewer.remove("b");
+        assert!(covers(&signed(fewer), &files)
+            .unwrap_err()
+            .to_string()
+            .contains("b is not signed"));
+        let mut more = files.clone();
+        more.insert("c".into(), "33".repeat(32));
+        assert!(covers(&signed(more), &files)
+            .unwrap_err()
+            .to_string()
+            .contains("c is signed but not in the model"));
+        let mut other = files.clone();
+        other.insert("a".into(), "44".repeat(32));
+        assert!(covers(&signed(other), &files)
+            .unwrap_err()
+            .to_string()
+            .contains("a has other bytes"));
+    }
+}
