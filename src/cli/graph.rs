@@ -30,6 +30,19 @@ pub struct AttachArgs {
 }
 
 #[derive(Args)]
+pub struct SignArgs {
+    /// The model to sign (tag or digest); its manifest is signed, not re-read files.
+    reference: String,
+    /// The EC private key (PEM: SEC1 or PKCS#8; P-256, P-384 or P-521).
+    #[arg(long, value_name = "KEY.pem")]
+    key: PathBuf,
+    /// The statement's subject name (the model folder's name); default the repository's
+    /// last component.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args)]
 pub struct DiscoverArgs {
     /// The artifact whose attachments to show (tag or digest).
     reference: String,
@@ -45,6 +58,29 @@ pub struct DiscoverArgs {
     /// How many levels of referrers of referrers to follow.
     #[arg(long, default_value_t = 8)]
     depth: usize,
+}
+
+/// `hoist sign`: sign a pushed model and attach the signature as a referrer.
+pub async fn sign(args: SignArgs, env: &Env) -> Result<(), Error> {
+    let key = hoist::sign::load_private_key(&args.key).map_err(transfer::TransferError::from)?;
+    let reference = Reference::parse(&args.reference)?;
+    let target = env.ctx.target(&reference)?;
+    let name = args.name.unwrap_or_else(|| {
+        let repo = &reference.repository;
+        repo.rsplit('/').next().unwrap_or(repo).to_string()
+    });
+    let digest = transfer::signature::sign(&target, &reference.target(), &key, &name).await?;
+    println!("Signed {} with key {}", args.reference, key.public().hint());
+    println!("Digest: {digest}");
+    Ok(())
+}
+
+/// A model folder's name, the subject of its signature.
+pub fn folder_name(dir: &std::path::Path) -> String {
+    std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into())
 }
 
 pub async fn attach(args: AttachArgs, env: &Env) -> Result<(), Error> {

@@ -79,6 +79,9 @@ enum Command {
     Prune(store::PruneArgs),
     /// Attach files (a signature, an SBOM, a report) to an artifact as a referrer.
     Attach(graph::AttachArgs),
+    /// Sign a model (OpenSSF model signing, from its manifest: no file is read again) and
+    /// attach the signature; `pull --verify-key` checks it before placing any file.
+    Sign(graph::SignArgs),
     /// Show what is attached to an artifact, as a tree (referrers API or tag fallback).
     Discover(graph::DiscoverArgs),
     /// Serve the local store as an OCI registry (distribution spec v1.1), optionally as a
@@ -167,6 +170,7 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::InitStore(args) => serve::init_store(args),
         Command::Attach(args) => graph::attach(args, env).await,
         Command::Discover(args) => graph::discover(args, env).await,
+        Command::Sign(args) => graph::sign(args, env).await,
         Command::Logout(args) => login::logout(args, env),
     }
 }

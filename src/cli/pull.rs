@@ -94,6 +94,16 @@ pub struct PullArgs {
     /// ones are removed.
     #[arg(long, env = "HOIST_VERSIONED", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     versioned: bool,
+    /// Require a model signature (OpenSSF model signing) by this public key (PEM; repeatable:
+    /// any one may vouch), checked against the manifest before any file is placed; the
+    /// signature is then written as OUTPUT/model.sig. Exit 9 when none verifies.
+    #[arg(
+        long,
+        value_name = "PUB.pem",
+        env = "HOIST_VERIFY_KEY",
+        value_delimiter = ' '
+    )]
+    verify_key: Vec<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -183,6 +193,23 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
     Ok(())
 }
 
+/// The keys of `--verify-key`, `None` when none is given.
+pub fn verify_keys(
+    paths: &[PathBuf],
+) -> Result<Option<std::sync::Arc<Vec<hoist::sign::PublicKey>>>, Error> {
+    let paths: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .cloned()
+        .collect();
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let keys =
+        hoist::sign::load_public_keys(&paths).map_err(hoist::transfer::TransferError::from)?;
+    Ok(Some(std::sync::Arc::new(keys)))
+}
+
 async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = env.ctx.target(&reference)?;
@@ -216,6 +243,7 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             ..Default::default()
         },
         reuse_from: Vec::new(),
+        verify: verify_keys(&args.verify_key)?,
     };
     let (report, folder) = if args.versioned {
         let v = transfer::pull_versioned(

@@ -70,6 +70,10 @@ pub struct PushArgs {
     /// Prints the reference to put in the Pod spec.
     #[arg(long)]
     image_volume: bool,
+    /// Sign the pushed model with this EC private key (PEM) and attach the signature
+    /// (OpenSSF model signing) as a referrer, as `hoist sign` does.
+    #[arg(long, value_name = "KEY.pem")]
+    sign: Option<PathBuf>,
     /// The default (kept for scripts written when the index was optional).
     #[arg(long, hide = true, conflicts_with = "no_chunk_index")]
     chunk_index: bool,
@@ -113,6 +117,14 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         )));
     }
     let target = env.ctx.target(&reference)?;
+    // Read first: a bad key stops the push before anything is uploaded.
+    let signing_key = match &args.sign {
+        Some(path) => Some(
+            hoist::sign::load_private_key(path).map_err(hoist::transfer::TransferError::from)?,
+        ),
+        None => None,
+    };
+    let model_name = super::graph::folder_name(&args.dir);
     let timestamp = match std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .filter(|v| !v.is_empty())
@@ -201,6 +213,15 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         }
         false => None,
     };
+    let signed = match &signing_key {
+        Some(key) => Some(
+            transfer::signature::sign(&target, report.digest.as_str(), key, &model_name).await?,
+        ),
+        None => None,
+    };
+    if let (Some(referrer), false) = (&signed, env.ui.quiet) {
+        eprintln!("Signed {}: signature {referrer} attached", report.digest);
+    }
     if args.json {
         match &volume {
             Some(v) => print_json(&serde_json::json!({"modelpack": report, "imageVolume": v})),

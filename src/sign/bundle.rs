@@ -299,7 +299,8 @@ mod tests {
     fn hostile_statements_are_refused_even_when_signed() {
         let k = key();
         let good = statement_of(&sign("m", &files(), &[], &k));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "subject's digest",
                 Box::new(|s| s["subject"][0]["digest"]["sha256"] = json!(hex::encode([0u8; 32]))),

@@ -48,6 +48,36 @@ pub enum SignError {
     Unsigned { reference: String, why: String },
 }
 
+/// Read the public keys in these PEM files.
+pub fn load_public_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>, SignError> {
+    paths
+        .iter()
+        .map(|p| PublicKey::from_pem(&read_key(p)?).map_err(|e| in_file(p, e)))
+        .collect()
+}
+
+/// Read the private key in this PEM file.
+pub fn load_private_key(path: &std::path::Path) -> Result<PrivateKey, SignError> {
+    PrivateKey::from_pem(&read_key(path)?).map_err(|e| in_file(path, e))
+}
+
+/// A key file's text, bounded: no key file is larger.
+fn read_key(path: &std::path::Path) -> Result<String, SignError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 << 10).read_to_string(&mut text))
+        .map_err(|e| SignError::Key(format!("{}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn in_file(path: &std::path::Path, e: SignError) -> SignError {
+    match e {
+        SignError::Key(why) => SignError::Key(format!("{}: {why}", path.display())),
+        other => other,
+    }
+}
+
 /// Require the signed files to be exactly `files` (path → SHA-256 hex): nothing missing,
 /// nothing more, no digest different. The message lists the first few differences.
 pub fn covers(signed: &Signed, files: &BTreeMap<String, String>) -> Result<(), SignError> {

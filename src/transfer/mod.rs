@@ -10,6 +10,7 @@ pub mod fetch;
 mod pull;
 mod push;
 mod referrers;
+pub mod signature;
 mod target;
 pub mod verify;
 mod versions;

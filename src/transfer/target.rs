@@ -39,27 +39,29 @@ impl Target {
     /// The manifest's config as JSON when it is small (≤ 1 MiB) JSON whose bytes match its
     /// digest; `null` otherwise (a model's config is informational: its absence is no error).
     pub async fn config_json(&self, manifest: &Manifest) -> serde_json::Value {
-        const LIMIT: u64 = 1 << 20;
-        if manifest.config.size > LIMIT {
-            return serde_json::Value::Null;
+        self.small_blob(&manifest.config, 1 << 20)
+            .await
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A blob of at most `limit` bytes, in memory, when it can be read and matches its
+    /// digest; `None` otherwise (too large, missing, or other bytes).
+    pub async fn small_blob(&self, desc: &Descriptor, limit: u64) -> Option<Vec<u8>> {
+        if desc.size > limit {
+            return None;
         }
         let bytes = match self {
-            Target::Local { store, .. } => store.read_blob(&manifest.config.digest, LIMIT).ok(),
+            Target::Local { store, .. } => store.read_blob(&desc.digest, limit).ok(),
             Target::Remote {
                 client, repository, ..
-            } => match client
-                .get_blob(repository, &manifest.config.digest, None)
-                .await
-            {
-                // At most the size the manifest declares: a server may send more.
-                Ok(b) => client.read_content(b.response, manifest.config.size).await,
+            } => match client.get_blob(repository, &desc.digest, None).await {
+                // At most the size the descriptor declares: a server may send more.
+                Ok(b) => client.read_content(b.response, desc.size).await,
                 Err(_) => None,
             },
         };
-        bytes
-            .filter(|b| Digest::of_bytes(b) == manifest.config.digest)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
+        bytes.filter(|b| Digest::of_bytes(b) == desc.digest)
     }
 
     pub fn repository(&self) -> &str {

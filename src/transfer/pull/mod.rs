@@ -64,6 +64,9 @@ pub struct PullOptions {
     /// Other folders an earlier pull filled whose files may give a new version's chunks
     /// (the output folder's own earlier files always may).
     pub reuse_from: Vec<PathBuf>,
+    /// Require a signature by one of these keys covering the manifest's files, checked
+    /// before any file is placed; the bundle is then written as `OUT/model.sig`.
+    pub verify: Option<Arc<Vec<crate::sign::PublicKey>>>,
 }
 
 impl Default for PullOptions {
@@ -79,6 +82,7 @@ impl Default for PullOptions {
             overwrite: false,
             unpack: UnpackLimits::default(),
             reuse_from: Vec::new(),
+            verify: None,
         }
     }
 }
@@ -163,6 +167,10 @@ pub async fn pull(
 ) -> Result<PullReport, TransferError> {
     let resolved = source.resolve(reference).await?;
     let plan = plan_for(&resolved.manifest, out, opts)?;
+    let signature = match &opts.verify {
+        Some(keys) => Some(super::signature::require(source, &resolved, keys).await?),
+        None => None,
+    };
     let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
     if image {
         super::volume::check_diff_ids(source, &resolved.manifest).await?;
@@ -276,6 +284,12 @@ pub async fn pull(
     });
     let linked_by = commit(staging, &results, opts.overwrite, version).await?;
     restamp_links(source, opts, &results).await;
+    if let Some(bundle) = &signature {
+        // Last, after every file: the reference tool can check the folder against it.
+        let path = out.join(crate::sign::SIGNATURE_FILE);
+        crate::fsutil::write_atomic(&path, bundle, crate::fsutil::Replace::DURABLE)
+            .map_err(TransferError::io(&path))?;
+    }
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     let reused = reused.into_inner();
     Ok(PullReport {

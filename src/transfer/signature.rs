@@ -1,0 +1,140 @@
+//! Model signatures as referrers of the model's manifest: [`sign`] attaches a bundle
+//! (`artifactType` the bundle's media type, one layer `model.sig`); [`require`] finds one
+//! that a verification key vouches for and that covers the manifest's files exactly. Both
+//! work from the manifest alone: a raw layer's digest is its file's SHA-256.
+
+use std::collections::BTreeMap;
+
+use super::{Resolved, Target, TransferError};
+use crate::digest::Digest;
+use crate::oci::{LayerFormat, LayerPlan, Manifest, ManifestKind};
+use crate::sign::{self, PrivateKey, PublicKey, SignError, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+
+/// Each file of the manifest and its SHA-256 (hex), by path. Only raw layers name their
+/// file's digest; a tar layer's files are known only once unpacked, so such an artifact is
+/// refused for signing and verification alike.
+pub fn manifest_files(manifest: &Manifest) -> Result<BTreeMap<String, String>, TransferError> {
+    let plan = LayerPlan::from_manifest(manifest, false)?;
+    let mut files = BTreeMap::new();
+    for layer in &plan.layers {
+        if layer.format != LayerFormat::Raw {
+            return Err(SignError::Mismatch(format!(
+                "{} is a {:?} layer: signatures are checked against raw layers (hoist's default push), whose digests are the files'",
+                layer.path.display(),
+                layer.format
+            ))
+            .into());
+        }
+        let name = layer
+            .path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.insert(name, layer.descriptor.digest.hex().to_string());
+    }
+    Ok(files)
+}
+
+/// Sign the manifest `reference` names with `key` and attach the bundle to it. `name` is the
+/// statement's subject (the model folder's name). Returns the referrer's digest.
+pub async fn sign(
+    target: &Target,
+    reference: &str,
+    key: &PrivateKey,
+    name: &str,
+) -> Result<Digest, TransferError> {
+    let resolved = target.resolve(reference).await?;
+    let files = manifest_files(&resolved.manifest)?;
+    let bundle = sign::sign(name, &files, &sign::own_paths(), key);
+    let dir = tempfile::tempdir().map_err(TransferError::io(&std::env::temp_dir()))?;
+    let path = dir.path().join(sign::SIGNATURE_FILE);
+    std::fs::write(&path, &bundle).map_err(TransferError::io(&path))?;
+    super::attach(
+        target,
+        resolved.manifest_digest.as_str(),
+        &[path],
+        BUNDLE_MEDIA_TYPE,
+        BTreeMap::new(),
+    )
+    .await
+}
+
+/// The bundle of a signature by one of `keys` that covers `resolved`'s files exactly,
+/// looked for among the manifest's signature referrers (the newest [`sign::MAX_CANDIDATES`]).
+/// Nothing is downloaded but manifests and bundles.
+pub async fn require(
+    target: &Target,
+    resolved: &Resolved,
+    keys: &[PublicKey],
+) -> Result<Vec<u8>, TransferError> {
+    let files = manifest_files(&resolved.manifest)?;
+    if files.contains_key(sign::SIGNATURE_FILE) {
+        return Err(SignError::Mismatch(format!(
+            "the model has a file named {}, where a verified pull writes the signature",
+            sign::SIGNATURE_FILE
+        ))
+        .into());
+    }
+    let unsigned = |why: String| SignError::Unsigned {
+        reference: format!("{}@{}", target.repository(), resolved.manifest_digest),
+        why,
+    };
+    let referrers = super::discover(
+        target,
+        &resolved.manifest_digest,
+        Some(BUNDLE_MEDIA_TYPE),
+        1,
+    )
+    .await?;
+    if referrers.is_empty() {
+        return Err(unsigned("no signature is attached".into()).into());
+    }
+    let mut last = None;
+    for referrer in referrers.iter().rev().take(sign::MAX_CANDIDATES) {
+        match candidate(target, &referrer.descriptor.digest, keys, &files).await {
+            Ok(bundle) => return Ok(bundle),
+            Err(e) => {
+                tracing::debug!("signature {}: {e}", referrer.descriptor.digest);
+                // The most telling failure wins: one from a key we hold over "not ours".
+                if !matches!(e, SignError::OtherKey(_)) || last.is_none() {
+                    last = Some(e);
+                }
+            }
+        }
+    }
+    let why = last.map_or_else(|| "none could be read".into(), |e| e.to_string());
+    Err(unsigned(why).into())
+}
+
+/// One signature referrer: its bundle, checked against the keys and the files.
+async fn candidate(
+    target: &Target,
+    digest: &Digest,
+    keys: &[PublicKey],
+    files: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, SignError> {
+    let unreadable = |why: &str| SignError::Bundle(why.to_string());
+    let (media_type, bytes, _) = target
+        .fetch_manifest(digest.as_str())
+        .await
+        .map_err(|e| unreadable(&format!("its manifest cannot be read ({e})")))?;
+    let manifest = match ManifestKind::parse(Some(&media_type), &bytes) {
+        Ok(ManifestKind::Image(m)) => m,
+        _ => return Err(unreadable("its manifest is not an image manifest")),
+    };
+    let layer = manifest
+        .layers
+        .first()
+        .ok_or_else(|| unreadable("its manifest has no layer"))?;
+    if layer.size > MAX_BUNDLE_BYTES {
+        return Err(SignError::TooLarge(MAX_BUNDLE_BYTES));
+    }
+    let bundle = target
+        .small_blob(layer, MAX_BUNDLE_BYTES)
+        .await
+        .ok_or_else(|| unreadable("its bundle cannot be read whole"))?;
+    let signed = sign::open(&bundle, keys)?;
+    sign::covers(&signed, files)?;
+    Ok(bundle)
+}

@@ -1,0 +1,278 @@
+//! Model signatures both ways with the reference implementation (PyPI `model-signing`
+//! 1.1.1): hoist signs, `model_signing verify` passes on the pulled folder; `model_signing
+//! sign` signs, the bundle is attached, `hoist pull --verify-key` passes. A wrong key, an
+//! unsigned model, a signature of other files and an oversized bundle stop the pull with
+//! exit 9 and nothing placed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run, small_model, tree, Hoist, Registry};
+
+const SIGNATURE: i32 = 9;
+const BUNDLE_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+/// An EC key pair on `curve` (openssl's name): (private, public) PEM files.
+fn key_pair(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
+    let (private, public) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.pub.pem")),
+    );
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("openssl")
+        .args(["ecparam", "-genkey", "-noout", "-name", curve, "-out"])
+        .arg(&private));
+    ok(Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .stderr(std::process::Stdio::null()));
+    (private, public)
+}
+
+fn model_signing(args: &[&str]) -> common::Run {
+    run(Command::new("model_signing").args(args))
+}
+
+/// A model folder without hidden files (the reference tool signs those; hoist's push
+/// leaves them out).
+fn model(dir: &Path) -> PathBuf {
+    let m = dir.join("minilm");
+    small_model(&m);
+    std::fs::remove_file(m.join(".hidden")).unwrap();
+    m
+}
+
+fn pull(h: &Hoist, reference: &str, out: &Path, keys: &[&Path]) -> common::Run {
+    let mut args = vec![
+        "pull".to_string(),
+        reference.into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    for k in keys {
+        args.push("--verify-key".into());
+        args.push(k.display().to_string());
+    }
+    let marker = out.with_extension("ready");
+    args.push("--ready-marker".into());
+    args.push(marker.display().to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    h.run(&refs)
+}
+
+/// The model's files in a pulled folder: all but the signature hoist wrote beside them.
+fn model_files(out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = tree(out, false);
+    assert!(
+        files.remove("model.sig").is_some(),
+        "no model.sig in {}",
+        out.display()
+    );
+    files
+}
+
+/// Nothing of the model in `out`, and no ready marker.
+fn nothing_placed(out: &Path) {
+    assert!(
+        common::visible_entries(out).is_empty(),
+        "{:?}",
+        common::all_entries(out)
+    );
+    assert!(
+        !out.with_extension("ready").exists(),
+        "a ready marker was written"
+    );
+}
+
+#[test]
+fn hoist_signs_and_the_reference_tool_verifies_the_pulled_folder() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    for curve in ["prime256v1", "secp384r1", "secp521r1"] {
+        let (key, public) = key_pair(work.path(), curve, curve);
+        let reference = reg.reference(&format!("signed/{curve}:v1"));
+        h.run(&[
+            "push",
+            src.to_str().unwrap(),
+            &reference,
+            "--sign",
+            key.to_str().unwrap(),
+        ])
+        .ok();
+        let out = work.path().join(format!("out-{curve}"));
+        pull(&h, &reference, &out, &[&public]).ok();
+        assert!(
+            tree(&src, false) == model_files(&out),
+            "the pulled files differ"
+        );
+        let sig = out.join("model.sig");
+        assert!(sig.is_file());
+        let r = model_signing(&[
+            "verify",
+            "key",
+            out.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+            "--public_key",
+            public.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            r.code, 0,
+            "{curve}: model_signing verify failed:\n{}\n{}",
+            r.stdout, r.stderr
+        );
+    }
+}
+
+#[test]
+fn the_reference_tool_signs_and_hoist_verifies_before_placing() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (key, public) = key_pair(work.path(), "k", "prime256v1");
+    let reference = reg.reference("team/minilm:v1");
+    h.run(&["push", src.to_str().unwrap(), &reference]).ok();
+    let sig_dir = work.path().join("sig");
+    std::fs::create_dir(&sig_dir).unwrap();
+    let sig = sig_dir.join("model.sig");
+    let r = model_signing(&[
+        "sign",
+        "key",
+        src.to_str().unwrap(),
+        "--private_key",
+        key.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "model_signing sign failed:\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    // Unsigned yet: refused, nothing placed.
+    let out = work.path().join("out-unsigned");
+    pull(&h, &reference, &out, &[&public]).fails_with(SIGNATURE, "no signature is attached");
+    nothing_placed(&out);
+
+    h.run(&[
+        "attach",
+        &reference,
+        sig.to_str().unwrap(),
+        "--artifact-type",
+        BUNDLE_TYPE,
+    ])
+    .ok();
+    let out = work.path().join("out");
+    pull(&h, &reference, &out, &[&public]).ok();
+    assert!(
+        tree(&src, false) == model_files(&out),
+        "the pulled files differ"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.sig")).unwrap(),
+        std::fs::read(&sig).unwrap()
+    );
+
+    // Another key: refused with the key named, nothing placed.
+    let (_, other) = key_pair(work.path(), "other", "prime256v1");
+    let out = work.path().join("out-other");
+    pull(&h, &reference, &out, &[&other]).fails_with(SIGNATURE, "not one of the verification keys");
+    nothing_placed(&out);
+    // Any one of several keys may vouch.
+    let out = work.path().join("out-either");
+    pull(&h, &reference, &out, &[&other, &public]).ok();
+    // HOIST_VERIFY_KEY, as an init container sets it.
+    let out = work.path().join("out-env");
+    run(h.cmd().env("HOIST_VERIFY_KEY", &public).args([
+        "pull",
+        &reference,
+        "-o",
+        out.to_str().unwrap(),
+    ]))
+    .ok();
+    assert!(out.join("model.sig").is_file());
+}
+
+#[test]
+fn a_signature_of_other_files_or_too_large_places_nothing() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (key, public) = key_pair(work.path(), "k", "prime256v1");
+    let v1 = reg.reference("team/minilm:v1");
+    h.run(&["push", src.to_str().unwrap(), &v1]).ok();
+    let sig = work.path().join("model.sig");
+    let r = model_signing(&[
+        "sign",
+        "key",
+        src.to_str().unwrap(),
+        "--private_key",
+        key.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // v2: one file changed. v1's valid signature attached to v2 must not vouch for it.
+    std::fs::write(src.join("config.json"), br#"{"model_type":"bert","v":2}"#).unwrap();
+    let v2 = reg.reference("team/minilm:v2");
+    h.run(&["push", src.to_str().unwrap(), &v2]).ok();
+    h.run(&[
+        "attach",
+        &v2,
+        sig.to_str().unwrap(),
+        "--artifact-type",
+        BUNDLE_TYPE,
+    ])
+    .ok();
+    let out = work.path().join("out");
+    let metrics = work.path().join("metrics.prom");
+    let gets_before = reg.blob_get_count();
+    let r = run(h.cmd().args([
+        "pull",
+        &v2,
+        "-o",
+        out.to_str().unwrap(),
+        "--verify-key",
+        public.to_str().unwrap(),
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]));
+    let r = r.fails_with(SIGNATURE, "config.json has other bytes than signed");
+    assert_eq!(r.stderr.lines().count(), 1, "one error line: {}", r.stderr);
+    nothing_placed(&out);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("reason=\"signature\"} 1"), "{text}");
+    // No blob of the model was fetched (it has seven): only the signature's bundle.
+    assert!(reg.blob_get_count() - gets_before <= 1, "{}", reg.log());
+
+    // A bundle over 16 MiB is refused before it is read.
+    let v3 = reg.reference("team/minilm:v3");
+    std::fs::write(src.join("config.json"), br#"{"model_type":"bert","v":3}"#).unwrap();
+    h.run(&["push", src.to_str().unwrap(), &v3]).ok();
+    let huge = work.path().join("huge").join("model.sig");
+    std::fs::create_dir_all(huge.parent().unwrap()).unwrap();
+    std::fs::write(&huge, vec![b' '; 17 << 20]).unwrap();
+    h.run(&[
+        "attach",
+        &v3,
+        huge.to_str().unwrap(),
+        "--artifact-type",
+        BUNDLE_TYPE,
+    ])
+    .ok();
+    let out = work.path().join("out3");
+    pull(&h, &v3, &out, &[&public]).fails_with(SIGNATURE, "over 16777216 bytes");
+    nothing_placed(&out);
+    // A bad key file is a usage error, before anything.
+    std::fs::write(work.path().join("bad.pem"), b"not a key").unwrap();
+    let out = work.path().join("out4");
+    pull(&h, &v1, &out, &[&work.path().join("bad.pem")]).fails_with(2, "bad.pem");
+}
