@@ -73,6 +73,7 @@
 //! | `mount`         | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
 //! | `serve`         | `hoist serve`: the distribution API over the store                 |
 //! | `csi`           | `hoist csi`: the CSI node plugin (model volumes from the node cache) |
+//! | [`sign`]        | OpenSSF model signing: keys, bundles, statements (sign and verify) |
 //! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
 //! | `bench`         | `hoist bench`: images vs artifacts, built, pushed and pulled       |
 //! | [`context`]     | settings → store, registry clients, mirrors, targets (one place)   |

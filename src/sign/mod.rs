@@ -23,7 +23,8 @@ pub use keys::{PrivateKey, PublicKey};
 /// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
 pub const SIGNATURE_FILE: &str = "model.sig";
 
-/// Most signature referrers a pull looks at: a registry may attach any number.
+/// Most signature referrers a pull looks at (the last the registry lists): a registry may
+/// attach any number.
 pub const MAX_CANDIDATES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
