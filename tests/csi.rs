@@ -924,3 +924,85 @@ async fn the_daemonsets_plugin_runs_as_written_and_serves_the_real_model() {
     unpublish(&mut node, "csi-real", &target).await.unwrap();
     assert!(!target.exists());
 }
+
+/// With `--verify-key`, a volume's model must carry a signature by one of the keys that
+/// covers its files exactly; otherwise PERMISSION_DENIED and nothing is placed or served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_verification_keys_only_signed_models_become_volumes() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("key.pem");
+    let public = work.path().join("pub.pem");
+    for args in [
+        vec![
+            "ecparam",
+            "-genkey",
+            "-noout",
+            "-name",
+            "prime256v1",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-pubout",
+            "-in",
+            key.to_str().unwrap(),
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+    }
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    let signed = reg.reference("team/signed:v1");
+    let unsigned = reg.reference("team/unsigned:v1");
+    let dir = src.path().to_str().unwrap();
+    h.run(&["push", dir, &signed, "--sign", key.to_str().unwrap()])
+        .ok();
+    h.run(&["push", dir, &unsigned]).ok();
+    let plugin = Plugin::start(&["--verify-key", public.to_str().unwrap()]);
+    let mut node = plugin.node().await;
+
+    for (id, mode) in [("csi-u", "copy"), ("csi-ul", "lazy")] {
+        let target = plugin.target(id);
+        let req = publish_request(id, &target, &[("reference", &unsigned), ("mode", mode)]);
+        let status = publish(&mut node, req, None).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{mode}: {status:?}");
+        assert!(
+            status.message().contains("no signature"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !is_mounted(&target),
+            "{mode}: an unsigned model was mounted"
+        );
+    }
+    assert!(
+        common::visible_entries(&plugin.root().join("volumes"))
+            .iter()
+            .all(|v| {
+                common::visible_entries(&plugin.root().join("volumes").join(v).join("model"))
+                    .is_empty()
+            }),
+        "a file of the unsigned model was placed"
+    );
+
+    let target = plugin.target("pod-s");
+    let req = publish_request("csi-s", &target, &[("reference", &signed)]);
+    publish(&mut node, req, None).await.unwrap();
+    let mut files = tree(&target, false);
+    assert!(
+        files.remove("model.sig").is_some(),
+        "the signature is in the volume"
+    );
+    assert_eq!(tree(src.path(), false), files);
+    unpublish(&mut node, "csi-s", &target).await.unwrap();
+}

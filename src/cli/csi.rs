@@ -43,6 +43,9 @@ pub struct CsiArgs {
     /// cut short resumes from its last whole range.
     #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
     range_size: Option<u64>,
+    /// Volumes only of models signed by these keys; PERMISSION_DENIED otherwise.
+    #[command(flatten)]
+    verify: super::pull::VerifyKeyArgs,
     /// Attempts per range before a pull gives up (kubelet's retry then resumes it).
     #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
     retries: u32,
@@ -66,6 +69,7 @@ pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
                 },
                 stall_timeout: env.ctx.settings().stall_timeout,
             },
+            verify: args.verify.keys()?,
             ..Default::default()
         },
     };

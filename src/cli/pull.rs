@@ -94,16 +94,9 @@ pub struct PullArgs {
     /// ones are removed.
     #[arg(long, env = "HOIST_VERSIONED", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     versioned: bool,
-    /// Require a model signature (OpenSSF model signing) by this public key (PEM; repeatable:
-    /// any one may vouch), checked against the manifest before any file is placed; the
-    /// signature is then written as OUTPUT/model.sig. Exit 9 when none verifies.
-    #[arg(
-        long,
-        value_name = "PUB.pem",
-        env = "HOIST_VERIFY_KEY",
-        value_delimiter = ' '
-    )]
-    verify_key: Vec<PathBuf>,
+    /// The signature the model must carry; written as OUTPUT/model.sig. Exit 9 without it.
+    #[command(flatten)]
+    verify: VerifyKeyArgs,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -193,8 +186,28 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
     Ok(())
 }
 
-/// The keys of `--verify-key`, `None` when none is given.
-pub fn verify_keys(
+/// `--verify-key`, for every command that places a model (pull, the CSI plugin).
+#[derive(Args)]
+pub struct VerifyKeyArgs {
+    /// Require a model signature (OpenSSF model signing) by this public key (PEM; repeatable:
+    /// any one may vouch), checked against the manifest before any file is placed.
+    #[arg(
+        long,
+        value_name = "PUB.pem",
+        env = "HOIST_VERIFY_KEY",
+        value_delimiter = ' '
+    )]
+    verify_key: Vec<PathBuf>,
+}
+
+impl VerifyKeyArgs {
+    /// The keys, `None` when none is given.
+    pub fn keys(&self) -> Result<Option<std::sync::Arc<Vec<hoist::sign::PublicKey>>>, Error> {
+        verify_keys(&self.verify_key)
+    }
+}
+
+fn verify_keys(
     paths: &[PathBuf],
 ) -> Result<Option<std::sync::Arc<Vec<hoist::sign::PublicKey>>>, Error> {
     let paths: Vec<PathBuf> = paths
@@ -243,7 +256,7 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             ..Default::default()
         },
         reuse_from: Vec::new(),
-        verify: verify_keys(&args.verify_key)?,
+        verify: args.verify.keys()?,
     };
     let (report, folder) = if args.versioned {
         let v = transfer::pull_versioned(

@@ -306,10 +306,16 @@ impl Volumes {
             path: volume.target.clone(),
             source,
         })?;
+        let mut reference = volume.reference.target();
+        if let Some(keys) = &self.pull.verify {
+            // Checked before anything is served, and the checked manifest is what is mounted.
+            let resolved = target.resolve(&reference).await?;
+            transfer::signature::require(&target, &resolved, keys).await?;
+            reference = resolved.manifest_digest.to_string();
+        }
         let mut opts = crate::mount::MountOptions::new(self.store.clone());
         opts.allow_other = true;
-        let mounted =
-            crate::mount::mount(&target, &volume.reference.target(), &volume.target, opts).await?;
+        let mounted = crate::mount::mount(&target, &reference, &volume.target, opts).await?;
         self.lazy
             .lock()
             .expect("lazy lock")
