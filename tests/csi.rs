@@ -537,6 +537,7 @@ async fn a_pull_longer_than_the_deadline_is_finished_by_retries_and_crosses_the_
     );
     assert_eq!(tree(src.path(), false), tree(&target, false));
     let crossed = wan.bytes_down();
+    eprintln!("{crossed} bytes crossed the link for a {size}-byte model, {exceeded} calls past their deadline");
     assert!(
         crossed >= size && crossed < size + size / 50 + (64 << 10),
         "{crossed} bytes crossed the link for a {size}-byte model"
@@ -634,6 +635,7 @@ async fn a_plugin_killed_mid_pull_resumes_when_kubelet_retries() {
     publish_until_done(&mut node, &req, Duration::from_secs(2)).await;
     assert_eq!(tree(src.path(), false), tree(&target, false));
     let crossed = wan.bytes_down();
+    eprintln!("{crossed} bytes crossed for a {size}-byte model, {before_restart} before the kill");
     // Started over, the pull would have crossed the 6 MiB before the kill again.
     assert!(
         crossed < size + (3 << 20),
