@@ -368,6 +368,7 @@ async fn a_second_volume_of_the_model_comes_from_the_node_without_the_registry()
     .await
     .unwrap();
     let took = started.elapsed();
+    eprintln!("second volume of the model: {took:?}");
     assert!(
         took < Duration::from_secs(1),
         "the second volume took {took:?}"
