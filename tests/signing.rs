@@ -276,3 +276,80 @@ fn a_signature_of_other_files_or_too_large_places_nothing() {
     let out = work.path().join("out4");
     pull(&h, &v1, &out, &[&work.path().join("bad.pem")]).fails_with(2, "bad.pem");
 }
+
+/// `hoist verify DIR --key`: a folder checked offline against its own `model.sig`, whether
+/// the reference tool signed it in place or hoist's pull wrote it; a changed, missing or
+/// added file is exit 6 with the file named, another key exit 9.
+#[test]
+fn hoist_verify_checks_a_folder_against_its_signature() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (key, public) = key_pair(work.path(), "k", "prime256v1");
+    let (_, other) = key_pair(work.path(), "other", "prime256v1");
+    let verify = |dir: &Path, key: &Path, full: bool| {
+        let mut args = vec![
+            "verify",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        if full {
+            args.push("--full");
+        }
+        h.run(&args)
+    };
+
+    // Signed in place by the reference tool (it leaves its own signature file out).
+    let sig = src.join("model.sig");
+    let r = model_signing(&[
+        "sign",
+        "key",
+        src.to_str().unwrap(),
+        "--private_key",
+        key.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = verify(&src, &public, false).ok();
+    assert!(r.stdout.contains("Verified 6 files"), "{}", r.stdout);
+    verify(&src, &other, false).fails_with(SIGNATURE, "not one of the verification keys");
+
+    // Pulled with --verify-key: the folder's model.sig checks, from the record and in full.
+    std::fs::remove_file(&sig).unwrap();
+    let reference = reg.reference("team/minilm:v1");
+    h.run(&[
+        "push",
+        src.to_str().unwrap(),
+        &reference,
+        "--sign",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    let out = work.path().join("out");
+    pull(&h, &reference, &out, &[&public]).ok();
+    verify(&out, &public, false).ok();
+    verify(&out, &public, true).ok();
+
+    // One byte changed, same size: found by --full even where the record vouches.
+    let config = out.join("config.json");
+    let mut bytes = std::fs::read(&config).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&config, &bytes).unwrap();
+    verify(&out, &public, true).fails_with(6, "config.json");
+    verify(&out, &public, false).fails_with(6, "config.json");
+    bytes[0] ^= 1;
+    std::fs::write(&config, &bytes).unwrap();
+    verify(&out, &public, true).ok();
+    // A file added, a file removed.
+    std::fs::write(out.join("extra.bin"), b"x").unwrap();
+    verify(&out, &public, false).fails_with(6, "extra.bin");
+    std::fs::remove_file(out.join("extra.bin")).unwrap();
+    std::fs::remove_file(out.join("README.md")).unwrap();
+    verify(&out, &public, false).fails_with(6, "README.md (missing)");
+    // No signature at all.
+    std::fs::remove_file(out.join("model.sig")).unwrap();
+    verify(&out, &public, false).fails_with(9, "model.sig");
+}

@@ -16,7 +16,7 @@ pub struct VerifyArgs {
     #[arg(default_value = ".", env = "HOIST_OUTPUT")]
     dir: PathBuf,
     /// Check against this artifact's manifest (sizes and digests of its files).
-    #[arg(value_name = "REFERENCE", required_unless_present = "marker")]
+    #[arg(value_name = "REFERENCE", required_unless_present_any = ["marker", "key"])]
     reference: Option<String>,
     /// Check offline against the ready marker `hoist pull --ready-marker` wrote.
     #[arg(
@@ -26,6 +26,10 @@ pub struct VerifyArgs {
         conflicts_with = "reference"
     )]
     marker: Option<PathBuf>,
+    /// Check offline against the folder's signature (DIR/model.sig, OpenSSF model signing)
+    /// by this public key (PEM; repeatable): exactly the signed files, digest for digest.
+    #[arg(long, value_name = "PUB.pem", conflicts_with_all = ["reference", "marker"])]
+    key: Vec<PathBuf>,
     /// Hash every file, even those the pull's record vouches for.
     #[arg(long)]
     full: bool,
@@ -44,7 +48,11 @@ pub async fn verify(args: VerifyArgs, env: &Env) -> Result<(), Error> {
             transfer::verify_folder(&source, &parsed.target(), &args.dir, args.full).await?
         }
         (None, Some(marker)) => transfer::verify_marker(&args.dir, marker, args.full)?,
-        (None, None) => unreachable!("clap requires one"),
+        (None, None) => {
+            let keys =
+                hoist::sign::load_public_keys(&args.key).map_err(transfer::TransferError::from)?;
+            transfer::verify::verify_signature(&args.dir, &keys, args.full)?
+        }
     };
     if args.json {
         print_json(&verified);

@@ -37,12 +37,13 @@ impl FolderCheck {
 /// here that a pull placed), and the paths the caller names.
 fn is_own_state(rel: &Path, ignore: &[PathBuf]) -> bool {
     let first = rel.components().next().map(|c| c.as_os_str());
-    first.is_some_and(crate::reserved::is_own) || ignore.iter().any(|i| i == rel)
+    first.is_some_and(crate::reserved::is_own) || ignore.iter().any(|i| rel.starts_with(i))
 }
 
 /// Check `dir` against `expected`. `extras`: also list files nobody expects (skip it when the
 /// artifact has tar layers whose file lists are not known). `ignore`: relative paths that are
-/// not the model's (a ready marker kept inside the folder).
+/// not the model's (a ready marker kept inside the folder, a signature's ignored paths), with
+/// everything under them.
 pub fn check_folder(
     dir: &Path,
     expected: &[Expected],

@@ -159,6 +159,63 @@ pub fn verify_marker(dir: &Path, marker: &Path, full: bool) -> Result<Verified, 
     })
 }
 
+/// Check `dir` against its signature `dir/model.sig` (OpenSSF model signing): the signature
+/// must verify with one of `keys`, and the folder must hold exactly the signed files with
+/// their digests (those the pull's record vouches for are not hashed again unless `full`).
+/// The signer's ignored paths and hoist's own files aside.
+pub fn verify_signature(
+    dir: &Path,
+    keys: &[crate::sign::PublicKey],
+    full: bool,
+) -> Result<Verified, TransferError> {
+    require_folder(dir)?;
+    let path = dir.join(crate::sign::SIGNATURE_FILE);
+    let mut bundle = Vec::new();
+    use std::io::Read;
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        // An unsigned folder is a verdict on the model, not a fault of the disk.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::sign::SignError::Unsigned {
+                reference: dir.display().to_string(),
+                why: format!("no {}", path.display()),
+            }
+            .into())
+        }
+        Err(e) => return Err(TransferError::io(&path)(e)),
+    };
+    file.take(crate::sign::MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut bundle)
+        .map_err(TransferError::io(&path))?;
+    let signed = crate::sign::open(&bundle, keys)?;
+    let mut expected = Vec::with_capacity(signed.files.len());
+    for (name, hex) in &signed.files {
+        let digest: Digest = format!("sha256:{hex}")
+            .parse()
+            .expect("a signed digest is 64 hex digits");
+        let rel = PathBuf::from(name);
+        // The statement carries no sizes: the digest decides.
+        let size = std::fs::symlink_metadata(dir.join(&rel)).map_or(0, |m| m.len());
+        expected.push(Expected {
+            path: rel,
+            size,
+            digest: Some(digest),
+        });
+    }
+    let mut ignore: Vec<PathBuf> = signed.ignore_paths.iter().map(PathBuf::from).collect();
+    ignore.push(PathBuf::from(crate::sign::SIGNATURE_FILE));
+    let check = check_folder(dir, &expected, full, true, &ignore);
+    let what = format!("the signature by key {}", signed.key);
+    passed(dir, &what, check)?;
+    Ok(Verified {
+        reference: format!("{} ({what})", signed.name),
+        digest: Digest::of_bytes(&bundle),
+        dir: dir.to_path_buf(),
+        checked: expected.len(),
+        unchecked_tar_layers: 0,
+    })
+}
+
 /// Check `dir` against the files `reference` holds in `source`: each raw layer's file must be
 /// there with its size and digest, and nothing else (unless tar layers bring unlisted files).
 pub async fn verify_folder(
