@@ -353,3 +353,109 @@ fn hoist_verify_checks_a_folder_against_its_signature() {
     std::fs::remove_file(out.join("model.sig")).unwrap();
     verify(&out, &public, false).fails_with(9, "model.sig");
 }
+
+/// A registry that lists 10,000 signature referrers, none valid: hoist looks at the newest
+/// 16 only, refuses with exit 9, places nothing, in bounded time.
+#[test]
+fn ten_thousand_signature_referrers_are_a_bounded_refusal() {
+    use common::fake::{FakeRegistry, Request, Response};
+    use hoist::digest::Digest;
+    use std::collections::HashMap;
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let manifest_of = |config: &Digest, layers: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                       "digest": config.as_str(), "size": 2},
+            "layers": layers,
+        }))
+        .unwrap()
+    };
+    let empty = Digest::of_bytes(b"{}");
+    let weights = b"weights".to_vec();
+    let wd = Digest::of_bytes(&weights);
+    let model = manifest_of(
+        &empty,
+        serde_json::json!([{"mediaType": "application/octet-stream", "digest": wd.as_str(),
+            "size": weights.len(), "annotations": {"org.opencontainers.image.title": "w.bin"}}]),
+    );
+    let subject = Digest::of_bytes(&model);
+    // Each referrer a distinct manifest (fetched by digest, so it must hash right) whose
+    // layer is a bundle that is not one.
+    let bundle = b"{\"not\":\"a bundle\"}".to_vec();
+    let bd = Digest::of_bytes(&bundle);
+    let mut manifests: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut listed = Vec::new();
+    for i in 0..10_000 {
+        let m = manifest_of(
+            &empty,
+            serde_json::json!([{"mediaType": BUNDLE_TYPE, "digest": bd.as_str(),
+                "size": bundle.len(), "annotations": {"n": i.to_string()}}]),
+        );
+        let d = Digest::of_bytes(&m);
+        listed.push(
+            serde_json::json!({"mediaType": MANIFEST, "digest": d.as_str(),
+            "size": m.len(), "artifactType": BUNDLE_TYPE}),
+        );
+        manifests.insert(d.as_str().to_string(), m);
+    }
+    let index = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": listed}),
+    )
+    .unwrap();
+    let blobs: HashMap<String, Vec<u8>> = [
+        (empty.as_str().to_string(), b"{}".to_vec()),
+        (wd.as_str().to_string(), weights),
+        (bd.as_str().to_string(), bundle),
+    ]
+    .into();
+    let subject_hex = subject.hex().to_string();
+    let fake = FakeRegistry::start(move |r: &Request| {
+        let last = r.path.rsplit('/').next().unwrap_or("");
+        let last = last.split('?').next().unwrap_or("");
+        if r.path == "/v2/" {
+            Response::new(200)
+        } else if r.path.contains("/referrers/") {
+            Response::json(200, INDEX, index.clone())
+        } else if r.path.contains("/manifests/") {
+            match manifests.get(last) {
+                Some(m) => Response::json(200, MANIFEST, m.clone()),
+                None if last == "v1" || last == subject.as_str() => {
+                    Response::json(200, MANIFEST, model.clone())
+                }
+                None => Response::new(404),
+            }
+        } else if r.path.contains("/blobs/") {
+            match blobs.get(last) {
+                Some(b) => Response::new(200).body(b.clone()),
+                None => Response::new(404),
+            }
+        } else {
+            Response::new(404)
+        }
+    });
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let (_, public) = key_pair(work.path(), "k", "prime256v1");
+    let out = work.path().join("out");
+    let started = std::time::Instant::now();
+    let r = pull(&h, &format!("{}/x:v1", fake.addr), &out, &[&public]);
+    let r = r.fails_with(SIGNATURE, "no signature from the verification keys");
+    assert_eq!(r.stderr.lines().count(), 1, "one error line: {}", r.stderr);
+    nothing_placed(&out);
+    let looked_at = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/manifests/sha256:") && !r.path.ends_with(&subject_hex))
+        .count();
+    assert!(
+        (1..=16).contains(&looked_at),
+        "{looked_at} signature manifests fetched"
+    );
+    assert!(!fake
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with(wd.as_str())));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -169,7 +169,9 @@ async fn walk(
     Ok(out)
 }
 
-async fn list(
+/// The direct referrers of `subject` (one level, of `artifact_type` if given): bounded by the
+/// size of the listing the registry may send, not by the walk's node count.
+pub(super) async fn list(
     target: &Target,
     subject: &Digest,
     artifact_type: Option<&str>,

@@ -80,22 +80,18 @@ pub async fn require(
         reference: format!("{}@{}", target.repository(), resolved.manifest_digest),
         why,
     };
-    let referrers = super::discover(
-        target,
-        &resolved.manifest_digest,
-        Some(BUNDLE_MEDIA_TYPE),
-        1,
-    )
-    .await?;
+    // One level: the listing is bounded by its body size, and only the newest few are read.
+    let referrers =
+        super::referrers::list(target, &resolved.manifest_digest, Some(BUNDLE_MEDIA_TYPE)).await?;
     if referrers.is_empty() {
         return Err(unsigned("no signature is attached".into()).into());
     }
     let mut last = None;
     for referrer in referrers.iter().rev().take(sign::MAX_CANDIDATES) {
-        match candidate(target, &referrer.descriptor.digest, keys, &files).await {
+        match candidate(target, &referrer.digest, keys, &files).await {
             Ok(bundle) => return Ok(bundle),
             Err(e) => {
-                tracing::debug!("signature {}: {e}", referrer.descriptor.digest);
+                tracing::debug!("signature {}: {e}", referrer.digest);
                 // The most telling failure wins: one from a key we hold over "not ours".
                 if !matches!(e, SignError::OtherKey(_)) || last.is_none() {
                     last = Some(e);
