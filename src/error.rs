@@ -176,7 +176,9 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::NothingSelected(_) => ExitCode::Usage,
         TransferError::Verify(e) => verify_code(e),
         TransferError::Interrupted { source, .. } => transfer_code(source),
-        TransferError::Signature(crate::sign::SignError::Key(_)) => ExitCode::Usage,
+        TransferError::Signature(
+            crate::sign::SignError::Key(_) | crate::sign::SignError::Policy(_),
+        ) => ExitCode::Usage,
         TransferError::Signature(_) => ExitCode::Signature,
     }
 }

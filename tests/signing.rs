@@ -127,6 +127,28 @@ fn hoist_signs_and_the_reference_tool_verifies_the_pulled_folder() {
             "{curve}: model_signing verify failed:\n{}\n{}",
             r.stdout, r.stderr
         );
+        // The signature is the pull's own: a check against the ready marker (as the server
+        // container of deploy/overlays/signed runs it) or the registry passes with it there.
+        let marker = out.with_extension("ready");
+        let marker_check = || {
+            run(h.cmd().args([
+                "verify",
+                out.to_str().unwrap(),
+                "--marker",
+                marker.to_str().unwrap(),
+                "--full",
+            ]))
+        };
+        let r = marker_check();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        h.run(&["verify", out.to_str().unwrap(), &reference]).ok();
+        if curve == "prime256v1" {
+            // The marker lists the signature with its digest: other bytes there are caught.
+            let mut bundle = std::fs::read(&sig).unwrap();
+            bundle.push(b' ');
+            std::fs::write(&sig, bundle).unwrap();
+            marker_check().fails_with(6, "model.sig");
+        }
     }
 }
 
@@ -458,4 +480,144 @@ fn ten_thousand_signature_referrers_are_a_bounded_refusal() {
         .iter()
         .any(|r| r.path.ends_with(wd.as_str())));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// `hoist pull --verify-policy POLICY.toml`: each repository as the first rule that matches
+/// it says. `enforce` places only a model signed by the rule's keys; `warn` places an
+/// unsigned model with one warning line and no `model.sig`; `off` checks nothing; a
+/// repository no rule covers is refused before any blob is fetched; key paths are relative
+/// to the policy file; a policy out of shape is a usage error.
+#[test]
+fn a_policy_file_decides_per_repository() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let policy_dir = work.path().join("policy");
+    std::fs::create_dir_all(policy_dir.join("keys")).unwrap();
+    let (key, _) = key_pair(&policy_dir.join("keys"), "team", "prime256v1");
+    key_pair(&policy_dir.join("keys"), "other", "prime256v1");
+    let registry = reg.reference("x");
+    let registry = registry.trim_end_matches("/x");
+    let push = |reference: &str, signed: bool| {
+        let mut args = vec!["push", src.to_str().unwrap(), reference];
+        if signed {
+            args.extend(["--sign", key.to_str().unwrap()]);
+        }
+        h.run(&args).ok();
+    };
+    let [prod, prod_unsigned, scratch, public, elsewhere] = [
+        "prod/minilm:v1",
+        "prod/unsigned:v1",
+        "scratch/minilm:v1",
+        "public/minilm:v1",
+        "elsewhere/minilm:v1",
+    ]
+    .map(|r| reg.reference(r));
+    push(&prod, true);
+    for r in [&prod_unsigned, &scratch, &public, &elsewhere] {
+        push(r, false);
+    }
+    let write_policy = |name: &str, prod_key: &str| {
+        let path = policy_dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[[rule]]
+repositories = "{registry}/public/*"
+mode = "off"
+[[rule]]
+repositories = "{registry}/scratch/*"
+keys = ["keys/team.pub.pem"]
+mode = "warn"
+[[rule]]
+repositories = "{registry}/prod/*"
+keys = ["keys/{prod_key}.pub.pem"]
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let policy = write_policy("policy.toml", "team");
+    let pull_with = |reference: &str, out: &str, policy: &Path| {
+        let out = work.path().join(out);
+        let r = run(h.cmd().args([
+            "pull",
+            reference,
+            "-o",
+            out.to_str().unwrap(),
+            "--verify-policy",
+            policy.to_str().unwrap(),
+        ]));
+        (r, out)
+    };
+
+    // enforce, signed by the rule's key: placed with its signature.
+    let (r, out) = pull_with(&prod, "prod", &policy);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(tree(&src, false) == model_files(&out));
+    // enforce, unsigned: refused, nothing placed.
+    let (r, out) = pull_with(&prod_unsigned, "prod-unsigned", &policy);
+    r.fails_with(SIGNATURE, "no signature from the verification keys");
+    nothing_placed(&out);
+    // warn, unsigned: placed, one warning line, no signature beside it.
+    let (r, out) = pull_with(&scratch, "scratch", &policy);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("placed unverified"),
+        "no warning: {}",
+        r.stderr
+    );
+    assert!(
+        tree(&src, false) == tree(&out, false),
+        "model.sig or other files"
+    );
+    // off: placed, nothing said.
+    let (r, out) = pull_with(&public, "public", &policy);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    assert!(tree(&src, false) == tree(&out, false));
+    // No rule covers it: refused before a blob is fetched.
+    let gets_before = reg.blob_get_count();
+    let (r, out) = pull_with(&elsewhere, "elsewhere", &policy);
+    let r = r.fails_with(SIGNATURE, &format!("no rule of {}", policy.display()));
+    assert_eq!(r.stderr.lines().count(), 1, "one error line: {}", r.stderr);
+    nothing_placed(&out);
+    assert_eq!(reg.blob_get_count(), gets_before, "{}", reg.log());
+    // The same signed model under a policy that trusts another key: refused.
+    let other = write_policy("other.toml", "other");
+    let (r, out) = pull_with(&prod, "prod-other", &other);
+    r.fails_with(SIGNATURE, "no signature from the verification keys");
+    nothing_placed(&out);
+    // From the environment, as a Deployment sets it.
+    let out = work.path().join("prod-env");
+    let r = run(h.cmd().env("HOIST_VERIFY_POLICY", &policy).args([
+        "pull",
+        &prod_unsigned,
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    r.fails_with(SIGNATURE, "no signature");
+    nothing_placed(&out);
+    // A policy out of shape, or both ways at once: usage errors before anything.
+    let bad = policy_dir.join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nrepositories = \"**\"\nmode = \"audit\"\n").unwrap();
+    let (r, out) = pull_with(&prod, "bad", &bad);
+    let r = r.fails_with(2, "bad.toml");
+    assert_eq!(r.stderr.lines().count(), 1, "one error line: {}", r.stderr);
+    nothing_placed(&out);
+    let out = work.path().join("both");
+    run(h.cmd().args([
+        "pull",
+        &prod,
+        "-o",
+        out.to_str().unwrap(),
+        "--verify-policy",
+        policy.to_str().unwrap(),
+        "--verify-key",
+        policy_dir.join("keys/team.pub.pem").to_str().unwrap(),
+    ]))
+    .fails_with(2, "cannot be used with");
 }

@@ -69,7 +69,7 @@ pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
                 },
                 stall_timeout: env.ctx.settings().stall_timeout,
             },
-            verify: args.verify.keys()?,
+            verify: args.verify.verification()?,
             ..Default::default()
         },
     };

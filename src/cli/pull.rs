@@ -186,7 +186,8 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--verify-key`, for every command that places a model (pull, the CSI plugin).
+/// `--verify-key` or `--verify-policy`, for every command that places a model (pull, the
+/// CSI plugin).
 #[derive(Args)]
 pub struct VerifyKeyArgs {
     /// Require a model signature (OpenSSF model signing) by this public key (PEM; repeatable:
@@ -198,29 +199,44 @@ pub struct VerifyKeyArgs {
         value_delimiter = ' '
     )]
     verify_key: Vec<PathBuf>,
+    /// Require signatures as this policy file says per repository: which keys vouch, and
+    /// whether a failure stops the pull (enforce), is reported (warn) or is not checked
+    /// (off); a repository no rule covers is refused. See the README's "Signed models".
+    #[arg(
+        long,
+        value_name = "POLICY.toml",
+        env = "HOIST_VERIFY_POLICY",
+        conflicts_with = "verify_key"
+    )]
+    verify_policy: Option<PathBuf>,
 }
 
 impl VerifyKeyArgs {
-    /// The keys, `None` when none is given.
-    pub fn keys(&self) -> Result<Option<std::sync::Arc<Vec<hoist::sign::PublicKey>>>, Error> {
-        verify_keys(&self.verify_key)
+    /// What is required of signatures, `None` when nothing is.
+    pub fn verification(&self) -> Result<Option<hoist::sign::Verification>, Error> {
+        use hoist::sign::{Policy, Verification};
+        let from = |e: hoist::sign::SignError| hoist::transfer::TransferError::from(e);
+        // An empty value (an unset variable in a manifest) means none.
+        if let Some(path) = self
+            .verify_policy
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            let policy = Policy::load(path).map_err(from)?;
+            return Ok(Some(Verification::Policy(std::sync::Arc::new(policy))));
+        }
+        let paths: Vec<PathBuf> = self
+            .verify_key
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let keys = hoist::sign::load_public_keys(&paths).map_err(from)?;
+        Ok(Some(Verification::Keys(std::sync::Arc::new(keys))))
     }
-}
-
-fn verify_keys(
-    paths: &[PathBuf],
-) -> Result<Option<std::sync::Arc<Vec<hoist::sign::PublicKey>>>, Error> {
-    let paths: Vec<PathBuf> = paths
-        .iter()
-        .filter(|p| !p.as_os_str().is_empty())
-        .cloned()
-        .collect();
-    if paths.is_empty() {
-        return Ok(None);
-    }
-    let keys =
-        hoist::sign::load_public_keys(&paths).map_err(hoist::transfer::TransferError::from)?;
-    Ok(Some(std::sync::Arc::new(keys)))
 }
 
 async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> {
@@ -256,7 +272,7 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
             ..Default::default()
         },
         reuse_from: Vec::new(),
-        verify: args.verify.keys()?,
+        verify: args.verify.verification()?,
     };
     let (report, folder) = if args.versioned {
         let v = transfer::pull_versioned(

@@ -307,10 +307,10 @@ impl Volumes {
             source,
         })?;
         let mut reference = volume.reference.target();
-        if let Some(keys) = &self.pull.verify {
+        if let Some(verification) = &self.pull.verify {
             // Checked before anything is served, and the checked manifest is what is mounted.
             let resolved = target.resolve(&reference).await?;
-            transfer::signature::require(&target, &resolved, keys).await?;
+            transfer::signature::check(&target, &resolved, verification).await?;
             reference = resolved.manifest_digest.to_string();
         }
         let mut opts = crate::mount::MountOptions::new(self.store.clone());

@@ -10,14 +10,17 @@
 //! |-------------|-----------------------------------------------------------------|
 //! | `keys.rs`   | EC keys on P-256/384/521, their hints, ECDSA sign and verify     |
 //! | `bundle.rs` | the bundle, its DSSE envelope and statement: written, and read with every check |
+//! | `policy.rs` | what a pull requires: keys, or a policy file per repository (enforce, warn, off) |
 
 mod bundle;
 mod keys;
+mod policy;
 
 use std::collections::BTreeMap;
 
 pub use bundle::{open, sign, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
 pub use keys::{PrivateKey, PublicKey};
+pub use policy::{Mode, Policy, Requirement, Verification};
 
 /// Where a verified pull writes the signature, inside the output folder: the reference
 /// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
@@ -45,6 +48,10 @@ pub enum SignError {
     Statement(String),
     #[error("the signature does not cover this model: {0}")]
     Mismatch(String),
+    #[error("signature policy {0}")]
+    Policy(String),
+    #[error("the signature policy: {0}")]
+    Uncovered(String),
     #[error("{reference} has no signature from the verification keys ({why})")]
     Unsigned { reference: String, why: String },
 }

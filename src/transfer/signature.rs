@@ -60,6 +60,38 @@ pub async fn sign(
     .await
 }
 
+/// What `verification` requires of `resolved` (from `target`): the bundle of a signature
+/// that vouches for it, `None` when nothing is checked or when a `warn` rule let a failed
+/// check through (reported on one line first). Nothing is placed before this returns.
+pub async fn check(
+    target: &Target,
+    resolved: &Resolved,
+    verification: &sign::Verification,
+) -> Result<Option<Vec<u8>>, TransferError> {
+    let Some(requirement) = verification.for_repository(&policy_name(target))? else {
+        return Ok(None);
+    };
+    match require(target, resolved, &requirement.keys).await {
+        Ok(bundle) => Ok(Some(bundle)),
+        Err(TransferError::Signature(e)) if requirement.mode == sign::Mode::Warn => {
+            tracing::warn!("signature policy warns, the model is placed unverified: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The name a policy's patterns match: `REGISTRY/REPOSITORY` (the repository alone for the
+/// local store).
+fn policy_name(target: &Target) -> String {
+    match target {
+        Target::Local { repository, .. } => repository.clone(),
+        Target::Remote {
+            client, repository, ..
+        } => format!("{}/{repository}", client.registry()),
+    }
+}
+
 /// The bundle of a signature by one of `keys` that covers `resolved`'s files exactly,
 /// looked for among the manifest's signature referrers (the newest [`sign::MAX_CANDIDATES`]).
 /// Nothing is downloaded but manifests and bundles.

@@ -64,9 +64,10 @@ pub struct PullOptions {
     /// Other folders an earlier pull filled whose files may give a new version's chunks
     /// (the output folder's own earlier files always may).
     pub reuse_from: Vec<PathBuf>,
-    /// Require a signature by one of these keys covering the manifest's files, checked
-    /// before any file is placed; the bundle is then written as `OUT/model.sig`.
-    pub verify: Option<Arc<Vec<crate::sign::PublicKey>>>,
+    /// Require a signature (by these keys, or as the policy says for the repository)
+    /// covering the manifest's files, checked before any file is placed; the bundle is then
+    /// written as `OUT/model.sig`.
+    pub verify: Option<crate::sign::Verification>,
 }
 
 impl Default for PullOptions {
@@ -168,7 +169,7 @@ pub async fn pull(
     let resolved = source.resolve(reference).await?;
     let plan = plan_for(&resolved.manifest, out, opts)?;
     let signature = match &opts.verify {
-        Some(keys) => Some(super::signature::require(source, &resolved, keys).await?),
+        Some(verification) => super::signature::check(source, &resolved, verification).await?,
         None => None,
     };
     let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
@@ -318,6 +319,13 @@ pub async fn pull(
                 size: l.descriptor.size,
                 digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
             })
+            // The signature is placed too: the ready marker lists it, so a check against
+            // the marker expects it (and its bytes) rather than calling it a stray file.
+            .chain(signature.as_ref().map(|bundle| PlacedFile {
+                path: PathBuf::from(crate::sign::SIGNATURE_FILE),
+                size: bundle.len() as u64,
+                digest: Some(Digest::of_bytes(bundle)),
+            }))
             .collect(),
     })
 }

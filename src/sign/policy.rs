@@ -1,0 +1,263 @@
+//! Which signatures a pull requires: the keys given on the command line (every model must
+//! be signed by one of them), or a policy file that says per repository which keys vouch and
+//! whether a failure stops the pull (`enforce`), is reported and let through (`warn`), or is
+//! not checked (`off`).
+//!
+//! ```toml
+//! [[rule]]
+//! repositories = "registry.example.com/models/**"   # glob on REGISTRY/REPOSITORY
+//! keys = ["/etc/hoist-keys/team.pem"]                # any one may vouch
+//! mode = "enforce"                                   # the default
+//! ```
+//!
+//! The first rule whose pattern matches decides. A repository no rule matches is refused:
+//! a policy is a list of what is allowed, so a forgotten repository fails closed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{load_public_keys, PublicKey, SignError};
+
+/// Most rules a policy file may hold, and its largest size: it is read whole.
+const MAX_RULES: usize = 1024;
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// What a failed signature check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The pull stops (exit 9) and places nothing.
+    Enforce,
+    /// The failure is reported on one line and the model is placed (without `model.sig`).
+    Warn,
+    /// No signature is looked for.
+    Off,
+}
+
+/// The keys one repository's models must be signed by, and what a failure does.
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    pub keys: Arc<Vec<PublicKey>>,
+    pub mode: Mode,
+}
+
+/// What a command that places models requires of their signatures.
+#[derive(Debug, Clone)]
+pub enum Verification {
+    /// Every model, signed by one of these keys.
+    Keys(Arc<Vec<PublicKey>>),
+    /// Per repository, as the policy says.
+    Policy(Arc<Policy>),
+}
+
+impl Verification {
+    /// The requirement for `repository` (`REGISTRY/REPOSITORY`), `None` when nothing is
+    /// checked; an error when a policy covers no such repository.
+    pub fn for_repository(&self, repository: &str) -> Result<Option<Requirement>, SignError> {
+        match self {
+            Verification::Keys(keys) => Ok(Some(Requirement {
+                keys: keys.clone(),
+                mode: Mode::Enforce,
+            })),
+            Verification::Policy(policy) => policy.for_repository(repository),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Policy {
+    path: PathBuf,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    pattern: String,
+    matcher: globset::GlobMatcher,
+    requirement: Requirement,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    repositories: String,
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    #[serde(default = "enforce")]
+    mode: Mode,
+}
+
+fn enforce() -> Mode {
+    Mode::Enforce
+}
+
+impl Policy {
+    /// Read and check the policy at `path`: every pattern compiles, every key loads (key
+    /// paths relative to the policy's folder), every rule that checks names a key.
+    pub fn load(path: &Path) -> Result<Policy, SignError> {
+        use std::io::Read;
+        let bad = |why: String| SignError::Policy(format!("{}: {why}", path.display()));
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > MAX_POLICY_BYTES {
+            return Err(bad(format!("over {MAX_POLICY_BYTES} bytes")));
+        }
+        let file: PolicyFile = toml::from_str(&text).map_err(|e| bad(one_line(&e.to_string())))?;
+        if file.rule.is_empty() {
+            return Err(bad(
+                "no [[rule]]: the policy would refuse every model".into()
+            ));
+        }
+        if file.rule.len() > MAX_RULES {
+            return Err(bad(format!("over {MAX_RULES} rules")));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules = file
+            .rule
+            .into_iter()
+            .map(|r| Rule::new(r, base).map_err(bad))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            path: path.to_path_buf(),
+            rules,
+        })
+    }
+
+    fn for_repository(&self, repository: &str) -> Result<Option<Requirement>, SignError> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.matcher.is_match(repository))
+            .ok_or_else(|| {
+                SignError::Uncovered(format!(
+                    "no rule of {} covers {repository}, so it is refused",
+                    self.path.display()
+                ))
+            })?;
+        tracing::debug!("signature policy for {repository}: rule {:?}", rule.pattern);
+        Ok((rule.requirement.mode != Mode::Off).then(|| rule.requirement.clone()))
+    }
+}
+
+impl Rule {
+    fn new(r: RuleFile, base: &Path) -> Result<Rule, String> {
+        let matcher = globset::GlobBuilder::new(&r.repositories)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
+            .compile_matcher();
+        if r.mode != Mode::Off && r.keys.is_empty() {
+            return Err(format!(
+                "rule {:?} checks signatures but names no key",
+                r.repositories
+            ));
+        }
+        let paths: Vec<PathBuf> = r.keys.iter().map(|k| base.join(k)).collect();
+        let keys = load_public_keys(&paths).map_err(|e| e.to_string())?;
+        Ok(Rule {
+            pattern: r.repositories,
+            matcher,
+            requirement: Requirement {
+                keys: Arc::new(keys),
+                mode: r.mode,
+            },
+        })
+    }
+}
+
+/// TOML's errors span lines (a snippet of the file); the error line is one.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_key(dir: &Path, name: &str, seed: u8) {
+        let key = crate::sign::PrivateKey::P256(
+            p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap(),
+        );
+        std::fs::write(dir.join(name), key.public().pem()).unwrap();
+    }
+
+    fn policy(dir: &Path, text: &str) -> Result<Policy, SignError> {
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, text).unwrap();
+        Policy::load(&path)
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_unmatched_repositories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), "team.pem", 1);
+        let p = policy(
+            dir.path(),
+            r#"
+[[rule]]
+repositories = "reg.example/models/public/*"
+mode = "off"
+[[rule]]
+repositories = "reg.example/models/**"
+keys = ["team.pem"]
+[[rule]]
+repositories = "reg.example/scratch/*"
+keys = ["team.pem"]
+mode = "warn"
+"#,
+        )
+        .unwrap();
+        let mode = |repo: &str| p.for_repository(repo).map(|r| r.map(|r| r.mode));
+        assert_eq!(mode("reg.example/models/public/a").unwrap(), None);
+        assert_eq!(
+            mode("reg.example/models/public/a/b").unwrap(),
+            Some(Mode::Enforce),
+            "* does not cross /"
+        );
+        assert_eq!(mode("reg.example/models/x").unwrap(), Some(Mode::Enforce));
+        assert_eq!(mode("reg.example/scratch/x").unwrap(), Some(Mode::Warn));
+        let err = mode("other.example/models/x").unwrap_err().to_string();
+        assert!(err.contains("covers other.example/models/x"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_out_of_shape_is_refused_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), "k.pem", 2);
+        for (text, why) in [
+            ("", "no [[rule]]"),
+            ("[[rule]]\nrepositories = \"**\"\n", "names no key"),
+            (
+                "[[rule]]\nrepositories = \"**\"\nkeys = [\"missing.pem\"]\n",
+                "missing.pem",
+            ),
+            (
+                "[[rule]]\nrepositories = \"a/[\"\nkeys = [\"k.pem\"]\n",
+                "a/[",
+            ),
+            (
+                "[[rule]]\nrepositories = \"**\"\nkeys = [\"k.pem\"]\nmode = \"audit\"\n",
+                "audit",
+            ),
+            ("[[rule]]\nrepository = \"**\"\n", "repository"),
+        ] {
+            let err = policy(dir.path(), text).unwrap_err().to_string();
+            assert!(err.contains(why), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let huge = "#".repeat((MAX_POLICY_BYTES + 1) as usize);
+        assert!(policy(dir.path(), &huge)
+            .unwrap_err()
+            .to_string()
+            .contains("over"));
+    }
+}
