@@ -938,30 +938,7 @@ async fn with_verification_keys_only_signed_models_become_volumes() {
     let reg = Registry::start();
     let h = Hoist::new();
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("key.pem");
-    let public = work.path().join("pub.pem");
-    for args in [
-        vec![
-            "ecparam",
-            "-genkey",
-            "-noout",
-            "-name",
-            "prime256v1",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "ec",
-            "-pubout",
-            "-in",
-            key.to_str().unwrap(),
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let out = Command::new("openssl").args(&args).output().unwrap();
-        assert!(out.status.success(), "{args:?}");
-    }
+    let (key, public) = key_pair(work.path());
     let src = tempfile::tempdir().unwrap();
     common::small_model(src.path());
     let signed = reg.reference("team/signed:v1");
@@ -1008,4 +985,97 @@ async fn with_verification_keys_only_signed_models_become_volumes() {
     );
     assert_eq!(tree(src.path(), false), files);
     unpublish(&mut node, "csi-s", &target).await.unwrap();
+}
+
+/// An EC key pair made by openssl: (private, public) PEM files in `dir`.
+fn key_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("key.pem");
+    let public = dir.join("pub.pem");
+    for args in [
+        vec![
+            "ecparam",
+            "-genkey",
+            "-noout",
+            "-name",
+            "prime256v1",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-pubout",
+            "-in",
+            key.to_str().unwrap(),
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+    }
+    (key, public)
+}
+
+/// With `--verify-policy`, each volume's repository is checked as the policy's first
+/// matching rule says: enforced, off, or (no rule) refused with PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_policy_decides_per_repository() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = key_pair(work.path());
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    let dir = src.path().to_str().unwrap();
+    let [signed, unsigned, open, elsewhere] = [
+        "team/signed:v1",
+        "team/unsigned:v1",
+        "open/m:v1",
+        "other/m:v1",
+    ]
+    .map(|r| reg.reference(r));
+    h.run(&["push", dir, &signed, "--sign", key.to_str().unwrap()])
+        .ok();
+    for r in [&unsigned, &open, &elsewhere] {
+        h.run(&["push", dir, r]).ok();
+    }
+    let registry = reg.reference("x");
+    let registry = registry.trim_end_matches("/x");
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nrepositories = \"{registry}/open/*\"\nmode = \"off\"\n\
+             [[rule]]\nrepositories = \"{registry}/team/*\"\nkeys = [\"pub.pem\"]\n"
+        ),
+    )
+    .unwrap();
+    let plugin = Plugin::start(&["--verify-policy", policy.to_str().unwrap()]);
+    let mut node = plugin.node().await;
+    for (id, reference, placed, why) in [
+        ("p-signed", &signed, true, ""),
+        ("p-open", &open, true, ""),
+        ("p-unsigned", &unsigned, false, "no signature"),
+        ("p-elsewhere", &elsewhere, false, "no rule of"),
+    ] {
+        let target = plugin.target(id);
+        let req = publish_request(id, &target, &[("reference", reference)]);
+        match publish(&mut node, req, None).await {
+            Ok(_) => {
+                assert!(placed, "{id}: published");
+                let files = tree(&target, false);
+                assert_eq!(files.contains_key("model.sig"), id == "p-signed", "{id}");
+                unpublish(&mut node, id, &target).await.unwrap();
+            }
+            Err(status) => {
+                assert!(!placed, "{id}: {status:?}");
+                assert_eq!(status.code(), Code::PermissionDenied, "{id}: {status:?}");
+                assert!(status.message().contains(why), "{id}: {}", status.message());
+                assert!(!is_mounted(&target), "{id}: mounted");
+            }
+        }
+    }
 }
