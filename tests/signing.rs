@@ -14,6 +14,11 @@ use common::{run, small_model, tree, Hoist, Registry};
 const SIGNATURE: i32 = 9;
 const BUNDLE_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
 /// An EC key pair on `curve` (openssl's name): (private, public) PEM files.
 fn key_pair(dir: &Path, name: &str, curve: &str) -> (PathBuf, PathBuf) {
     let (private, public) = (
@@ -142,6 +147,16 @@ fn hoist_signs_and_the_reference_tool_verifies_the_pulled_folder() {
         let r = marker_check();
         assert_eq!(r.code, 0, "{}", r.stderr);
         h.run(&["verify", out.to_str().unwrap(), &reference]).ok();
+        // inspect shows the signature as its bundle claims: the key's hint, all files.
+        let shown = h.run(&["inspect", &reference]).ok().stdout;
+        let hint = sha256_hex(&std::fs::read(&public).unwrap());
+        assert!(
+            shown.contains("Signatures:    1 (claims, not verified here")
+                && shown.contains(&format!(
+                    " key {hint} \"minilm\" 6 files: covers these files"
+                )),
+            "{shown}"
+        );
         if curve == "prime256v1" {
             // The marker lists the signature with its digest: other bytes there are caught.
             let mut bundle = std::fs::read(&sig).unwrap();
@@ -274,6 +289,14 @@ fn a_signature_of_other_files_or_too_large_places_nothing() {
     assert!(text.contains("reason=\"signature\"} 1"), "{text}");
     // No blob of the model was fetched (it has seven): only the signature's bundle.
     assert!(reg.blob_get_count() - gets_before <= 1, "{}", reg.log());
+    // inspect names the same mismatch; v1, never signed, has none.
+    let shown = h.run(&["inspect", &v2]).ok().stdout;
+    assert!(
+        shown.contains("6 files: the signature does not cover this model: config.json has other bytes than signed"),
+        "{shown}"
+    );
+    let shown = h.run(&["inspect", &v1]).ok().stdout;
+    assert!(shown.contains("Signatures:    none"), "{shown}");
 
     // A bundle over 16 MiB is refused before it is read.
     let v3 = reg.reference("team/minilm:v3");
@@ -293,6 +316,18 @@ fn a_signature_of_other_files_or_too_large_places_nothing() {
     let out = work.path().join("out3");
     pull(&h, &v3, &out, &[&public]).fails_with(SIGNATURE, "over 16777216 bytes");
     nothing_placed(&out);
+    let shown = h.run(&["inspect", &v3, "--json"]).ok().stdout;
+    let doc: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let claims = &doc["signatures"]["claims"];
+    assert_eq!(doc["signatures"]["total"], 1, "{shown}");
+    assert!(
+        claims[0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("over 16777216 bytes")
+            && claims[0].get("keyHint").is_none(),
+        "{shown}"
+    );
     // A bad key file is a usage error, before anything.
     std::fs::write(work.path().join("bad.pem"), b"not a key").unwrap();
     let out = work.path().join("out4");
@@ -480,6 +515,22 @@ fn ten_thousand_signature_referrers_are_a_bounded_refusal() {
         .iter()
         .any(|r| r.path.ends_with(wd.as_str())));
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // inspect is bounded the same way: it counts them all, reads the newest 16.
+    let before = fake.requests().len();
+    let shown = h
+        .run(&["inspect", &format!("{}/x:v1", fake.addr)])
+        .ok()
+        .stdout;
+    assert!(
+        shown.contains("Signatures:    10000, the newest 16 shown (claims, not verified here")
+            && shown.matches(": the signature bundle is refused: ").count() == 16,
+        "{shown}"
+    );
+    let fetched = fake.requests()[before..]
+        .iter()
+        .filter(|r| r.path.contains("/manifests/sha256:") && !r.path.ends_with(&subject_hex))
+        .count();
+    assert!(fetched <= 16, "{fetched} signature manifests fetched");
 }
 
 /// `hoist pull --verify-policy POLICY.toml`: each repository as the first rule that matches

@@ -1,10 +1,11 @@
-//! `hoist inspect`: what an artifact is (its model, its files) and whether it has an
-//! image-volume form.
+//! `hoist inspect`: what an artifact is (its model, its files), whether it has an
+//! image-volume form, and which signatures claim to cover it.
 
 use clap::Args;
 use hoist::oci::LayerPlan;
 use hoist::reference::Reference;
 use hoist::transfer;
+use hoist::transfer::signature::SignatureClaim;
 use hoist::Error;
 
 use super::global::Env;
@@ -41,6 +42,9 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
         }
         _ => (None, None),
     };
+    // Signatures, like the volume form, are a side note: shown as claims (no keys here),
+    // unknown when the registry will not list them.
+    let signatures = transfer::signature::claims(&source, &resolved).await;
     if args.json {
         let config = source.config_json(manifest).await;
         let doc = serde_json::json!({
@@ -50,6 +54,7 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             "config": config,
             "isImageVolume": volume_form,
             "imageVolume": volume,
+            "signatures": signatures_json(&signatures),
         });
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         return Ok(());
@@ -97,6 +102,7 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             ),
         }
     }
+    print_signatures(&signatures);
     println!();
     println!("{:<40} {:>12}  MEDIA TYPE", "FILE", "SIZE");
     let plan = LayerPlan::from_manifest(manifest, true).ok();
@@ -123,6 +129,57 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
         count(manifest.layers.len(), "layer")
     );
     Ok(())
+}
+
+type Claims = Result<(Vec<SignatureClaim>, usize), hoist::transfer::TransferError>;
+
+/// `{"total": N, "claims": [...]}`, or `{"unknown": why}`.
+fn signatures_json(signatures: &Claims) -> serde_json::Value {
+    match signatures {
+        Ok((claims, total)) => serde_json::json!({ "total": total, "claims": claims }),
+        Err(e) => serde_json::json!({ "unknown": e.to_string() }),
+    }
+}
+
+/// `Signatures:    2 (claims, not verified here: ...)` and a line per claim.
+fn print_signatures(signatures: &Claims) {
+    let (claims, total) = match signatures {
+        Ok(found) => found,
+        Err(e) => return println!("Signatures:    unknown ({e})"),
+    };
+    if *total == 0 {
+        return println!("Signatures:    none (hoist sign or push --sign attaches one)");
+    }
+    let shown = if claims.len() < *total {
+        format!(", the newest {} shown", claims.len())
+    } else {
+        String::new()
+    };
+    println!(
+        "Signatures:    {total}{shown} (claims, not verified here: pull --verify-key checks them)"
+    );
+    for claim in claims {
+        println!("  {}", claim_line(claim));
+    }
+}
+
+/// `sha256:0123456789ab key 5f2c…e1 "minilm" 7 files: covers these files`, or what is wrong.
+fn claim_line(claim: &SignatureClaim) -> String {
+    let mut line = claim.digest.as_str()[..19.min(claim.digest.as_str().len())].to_string();
+    if let Some(hint) = &claim.key_hint {
+        line.push_str(&format!(" key {hint}"));
+    }
+    if let Some(name) = &claim.name {
+        line.push_str(&format!(" {name:?}"));
+    }
+    if let Some(files) = claim.files {
+        line.push_str(&format!(" {}", count(files, "file")));
+    }
+    match &claim.problem {
+        None => line.push_str(": covers these files"),
+        Some(why) => line.push_str(&format!(": {why}")),
+    }
+    line
 }
 
 /// What a ModelPack config says the model is, on one line: `BertModel, 22.7m parameters,

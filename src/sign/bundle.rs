@@ -104,58 +104,88 @@ pub fn sign(
 
 /// Check `bundle` against `keys` (any one may vouch) and read what it vouches for.
 pub fn open(bundle: &[u8], keys: &[PublicKey]) -> Result<Signed, SignError> {
-    if bundle.len() as u64 > MAX_BUNDLE_BYTES {
-        return Err(SignError::TooLarge(MAX_BUNDLE_BYTES));
-    }
-    let bad = |why: &str| SignError::Bundle(why.to_string());
-    let v: Value = serde_json::from_slice(bundle).map_err(|e| bad(&format!("not JSON ({e})")))?;
-    let media_type = v["mediaType"].as_str().unwrap_or_default();
-    if media_type != BUNDLE_MEDIA_TYPE {
-        return Err(bad(&format!(
-            "its media type is {media_type:?}, not {BUNDLE_MEDIA_TYPE}"
-        )));
-    }
-    let material = &v["verificationMaterial"];
-    if material.get("publicKey").is_none()
-        && (material.get("certificate").is_some() || material.get("x509CertificateChain").is_some())
-    {
-        return Err(SignError::Keyless);
-    }
-    let envelope = &v["dsseEnvelope"];
-    if envelope["payloadType"].as_str() != Some(PAYLOAD_TYPE) {
-        return Err(bad("it holds no DSSE envelope of an in-toto statement"));
-    }
-    let signatures = envelope["signatures"].as_array().map_or(&[][..], |s| s);
-    let [signature] = signatures else {
-        return Err(bad(&format!(
-            "its envelope has {} signatures; a model signature has exactly one",
-            signatures.len()
-        )));
-    };
-    let decode = |field: &Value, what: &str| {
-        field
-            .as_str()
-            .and_then(|s| b64().decode(s).ok())
-            .ok_or_else(|| bad(&format!("its {what} is not base64")))
-    };
-    let payload = decode(&envelope["payload"], "payload")?;
-    let sig = decode(&signature["sig"], "signature")?;
-    let hint = material["publicKey"]["hint"].as_str().unwrap_or_default();
-    let candidates: Vec<&PublicKey> = match hint {
+    let envelope = Envelope::read(bundle)?;
+    let candidates: Vec<&PublicKey> = match envelope.hint.as_str() {
         "" => keys.iter().collect(),
         hint => keys.iter().filter(|k| k.hint() == hint).collect(),
     };
     if candidates.is_empty() {
-        return Err(SignError::OtherKey(hint.to_string()));
+        return Err(SignError::OtherKey(envelope.hint));
     }
-    let message = pae(&payload);
+    let message = pae(&envelope.payload);
     let key = candidates
         .into_iter()
-        .find(|k| k.verifies(&message, &sig))
+        .find(|k| k.verifies(&message, &envelope.signature))
         .ok_or(SignError::BadSignature)?;
-    let mut signed = statement(&payload)?;
+    let mut signed = statement(&envelope.payload)?;
     signed.key = key.hint();
     Ok(signed)
+}
+
+/// What `bundle` claims, read with every check but the signature's: for showing a signature
+/// (`hoist inspect`), never for trusting one. `key` is the bundle's key hint.
+pub fn describe(bundle: &[u8]) -> Result<Signed, SignError> {
+    let envelope = Envelope::read(bundle)?;
+    let mut claimed = statement(&envelope.payload)?;
+    claimed.key = envelope.hint;
+    Ok(claimed)
+}
+
+/// A bundle's DSSE envelope, its shape checked: the signed payload, its one signature and the
+/// hint of the key that claims it.
+struct Envelope {
+    hint: String,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+impl Envelope {
+    fn read(bundle: &[u8]) -> Result<Envelope, SignError> {
+        if bundle.len() as u64 > MAX_BUNDLE_BYTES {
+            return Err(SignError::TooLarge(MAX_BUNDLE_BYTES));
+        }
+        let bad = |why: &str| SignError::Bundle(why.to_string());
+        let v: Value =
+            serde_json::from_slice(bundle).map_err(|e| bad(&format!("not JSON ({e})")))?;
+        let media_type = v["mediaType"].as_str().unwrap_or_default();
+        if media_type != BUNDLE_MEDIA_TYPE {
+            return Err(bad(&format!(
+                "its media type is {media_type:?}, not {BUNDLE_MEDIA_TYPE}"
+            )));
+        }
+        let material = &v["verificationMaterial"];
+        if material.get("publicKey").is_none()
+            && (material.get("certificate").is_some()
+                || material.get("x509CertificateChain").is_some())
+        {
+            return Err(SignError::Keyless);
+        }
+        let envelope = &v["dsseEnvelope"];
+        if envelope["payloadType"].as_str() != Some(PAYLOAD_TYPE) {
+            return Err(bad("it holds no DSSE envelope of an in-toto statement"));
+        }
+        let signatures = envelope["signatures"].as_array().map_or(&[][..], |s| s);
+        let [signature] = signatures else {
+            return Err(bad(&format!(
+                "its envelope has {} signatures; a model signature has exactly one",
+                signatures.len()
+            )));
+        };
+        let decode = |field: &Value, what: &str| {
+            field
+                .as_str()
+                .and_then(|s| b64().decode(s).ok())
+                .ok_or_else(|| bad(&format!("its {what} is not base64")))
+        };
+        Ok(Envelope {
+            payload: decode(&envelope["payload"], "payload")?,
+            signature: decode(&signature["sig"], "signature")?,
+            hint: material["publicKey"]["hint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
 }
 
 /// The statement's files, after checking its types, subject and names.

@@ -18,7 +18,7 @@ mod policy;
 
 use std::collections::BTreeMap;
 
-pub use bundle::{open, sign, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+pub use bundle::{describe, open, sign, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
 pub use keys::{PrivateKey, PublicKey};
 pub use policy::{Mode, Policy, Requirement, Verification};
 

@@ -142,6 +142,15 @@ async fn candidate(
     keys: &[PublicKey],
     files: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, SignError> {
+    let bundle = fetch_bundle(target, digest).await?;
+    let signed = sign::open(&bundle, keys)?;
+    sign::covers(&signed, files)?;
+    Ok(bundle)
+}
+
+/// The bundle of the signature referrer `digest`: its manifest's first layer, at most
+/// [`MAX_BUNDLE_BYTES`].
+async fn fetch_bundle(target: &Target, digest: &Digest) -> Result<Vec<u8>, SignError> {
     let unreadable = |why: &str| SignError::Bundle(why.to_string());
     let (media_type, bytes, _) = target
         .fetch_manifest(digest.as_str())
@@ -158,11 +167,68 @@ async fn candidate(
     if layer.size > MAX_BUNDLE_BYTES {
         return Err(SignError::TooLarge(MAX_BUNDLE_BYTES));
     }
-    let bundle = target
+    target
         .small_blob(layer, MAX_BUNDLE_BYTES)
         .await
-        .ok_or_else(|| unreadable("its bundle cannot be read whole"))?;
-    let signed = sign::open(&bundle, keys)?;
-    sign::covers(&signed, files)?;
-    Ok(bundle)
+        .ok_or_else(|| unreadable("its bundle cannot be read whole"))
+}
+
+/// A signature attached to a manifest as its bundle claims, read without keys: for showing
+/// (`hoist inspect`), not for trusting. Only a pull with keys verifies one.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureClaim {
+    /// The signature referrer's manifest.
+    pub digest: Digest,
+    /// The hint of the key that claims to have signed (hex SHA-256 of its DER).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hint: Option<String>,
+    /// The signed folder's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How many files the statement lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
+    /// Why the bundle does not cover the manifest's files exactly, or cannot be read;
+    /// `None` when its statement lists exactly them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The signatures attached to `resolved` (the newest [`sign::MAX_CANDIDATES`], newest
+/// first) with what each claims, and how many are attached in all.
+pub async fn claims(
+    target: &Target,
+    resolved: &Resolved,
+) -> Result<(Vec<SignatureClaim>, usize), TransferError> {
+    let referrers =
+        super::referrers::list(target, &resolved.manifest_digest, Some(BUNDLE_MEDIA_TYPE)).await?;
+    let files = manifest_files(&resolved.manifest).map_err(|e| e.to_string());
+    let mut claims = Vec::new();
+    for referrer in referrers.iter().rev().take(sign::MAX_CANDIDATES) {
+        let claimed = match fetch_bundle(target, &referrer.digest).await {
+            Ok(bundle) => sign::describe(&bundle),
+            Err(e) => Err(e),
+        };
+        claims.push(match claimed {
+            Ok(signed) => SignatureClaim {
+                digest: referrer.digest.clone(),
+                key_hint: Some(signed.key.clone()).filter(|k| !k.is_empty()),
+                name: Some(signed.name.clone()),
+                files: Some(signed.files.len()),
+                problem: match &files {
+                    Ok(files) => sign::covers(&signed, files).err().map(|e| e.to_string()),
+                    Err(e) => Some(e.clone()),
+                },
+            },
+            Err(e) => SignatureClaim {
+                digest: referrer.digest.clone(),
+                key_hint: None,
+                name: None,
+                files: None,
+                problem: Some(e.to_string()),
+            },
+        });
+    }
+    Ok((claims, referrers.len()))
 }
