@@ -163,6 +163,13 @@ fn hoist_signs_and_the_reference_tool_verifies_the_pulled_folder() {
             bundle.push(b' ');
             std::fs::write(&sig, bundle).unwrap();
             marker_check().fails_with(6, "model.sig");
+            // A later pull without a key into the same folder leaves no signature behind
+            // to vouch for files it never saw.
+            let plain = reg.reference("unsigned/minilm:v1");
+            h.run(&["push", src.to_str().unwrap(), &plain]).ok();
+            pull(&h, &plain, &out, &[]).ok();
+            assert!(!sig.exists(), "a stale model.sig stayed");
+            marker_check().ok();
         }
     }
 }

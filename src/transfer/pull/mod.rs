@@ -283,13 +283,28 @@ pub async fn pull(
             .map(|l| l.path.clone())
             .collect::<BTreeSet<PathBuf>>()
     });
+    // A whole version that is not verified leaves no earlier pull's signature behind: it
+    // would claim to vouch for files it never saw.
+    let stale_signature = version.is_some()
+        && signature.is_none()
+        && !plan
+            .layers
+            .iter()
+            .any(|l| l.path == Path::new(crate::sign::SIGNATURE_FILE));
     let linked_by = commit(staging, &results, opts.overwrite, version).await?;
     restamp_links(source, opts, &results).await;
+    let path = out.join(crate::sign::SIGNATURE_FILE);
     if let Some(bundle) = &signature {
         // Last, after every file: the reference tool can check the folder against it.
-        let path = out.join(crate::sign::SIGNATURE_FILE);
         crate::fsutil::write_atomic(&path, bundle, crate::fsutil::Replace::DURABLE)
             .map_err(TransferError::io(&path))?;
+    } else if stale_signature {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TransferError::io(&path)(e))
+            }
+            _ => {}
+        }
     }
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     let reused = reused.into_inner();
