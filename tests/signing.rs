@@ -335,6 +335,29 @@ fn a_signature_of_other_files_or_too_large_places_nothing() {
             && claims[0].get("keyHint").is_none(),
         "{shown}"
     );
+    // What a bundle says reaches the terminal without control characters: a key hint that
+    // is not hex is not shown as one.
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sig).unwrap()).unwrap();
+    bundle["verificationMaterial"]["publicKey"]["hint"] = "\u{1b}[2Jowned".into();
+    let hostile = work.path().join("hostile").join("model.sig");
+    std::fs::create_dir_all(hostile.parent().unwrap()).unwrap();
+    std::fs::write(&hostile, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    h.run(&[
+        "attach",
+        &v1,
+        hostile.to_str().unwrap(),
+        "--artifact-type",
+        BUNDLE_TYPE,
+    ])
+    .ok();
+    let shown = h.run(&["inspect", &v1]).ok().stdout;
+    assert!(
+        !shown.contains('\u{1b}')
+            && !shown.contains(" key ")
+            && shown.contains("6 files: covers these files"),
+        "{shown:?}"
+    );
     // A bad key file is a usage error, before anything.
     std::fs::write(work.path().join("bad.pem"), b"not a key").unwrap();
     let out = work.path().join("out4");

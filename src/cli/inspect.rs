@@ -159,7 +159,13 @@ fn print_signatures(signatures: &Claims) {
         "Signatures:    {total}{shown} (claims, not verified here: pull --verify-key checks them)"
     );
     for claim in claims {
-        println!("  {}", claim_line(claim));
+        // Everything but the digest is what a bundle says: no control character reaches the
+        // terminal.
+        let line: String = claim_line(claim)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        println!("  {line}");
     }
 }
 

@@ -213,7 +213,10 @@ pub async fn claims(
         claims.push(match claimed {
             Ok(signed) => SignatureClaim {
                 digest: referrer.digest.clone(),
-                key_hint: Some(signed.key.clone()).filter(|k| !k.is_empty()),
+                // A hint is hex; anything else is not shown as one.
+                key_hint: Some(signed.key.clone()).filter(|k| {
+                    (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_hexdigit())
+                }),
                 name: Some(signed.name.clone()),
                 files: Some(signed.files.len()),
                 problem: match &files {
