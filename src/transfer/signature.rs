@@ -112,18 +112,16 @@ pub async fn require(
         reference: format!("{}@{}", target.repository(), resolved.manifest_digest),
         why,
     };
-    // One level: the listing is bounded by its body size, and only the newest few are read.
-    let referrers =
-        super::referrers::list(target, &resolved.manifest_digest, Some(BUNDLE_MEDIA_TYPE)).await?;
-    if referrers.is_empty() {
+    let (newest, total) = newest_signatures(target, resolved).await?;
+    if total == 0 {
         return Err(unsigned("no signature is attached".into()).into());
     }
     let mut last = None;
-    for referrer in referrers.iter().rev().take(sign::MAX_CANDIDATES) {
-        match candidate(target, &referrer.digest, keys, &files).await {
+    for digest in &newest {
+        match candidate(target, digest, keys, &files).await {
             Ok(bundle) => return Ok(bundle),
             Err(e) => {
-                tracing::debug!("signature {}: {e}", referrer.digest);
+                tracing::debug!("signature {digest}: {e}");
                 // The most telling failure wins: one from a key we hold over "not ours".
                 if !matches!(e, SignError::OtherKey(_)) || last.is_none() {
                     last = Some(e);
@@ -133,6 +131,24 @@ pub async fn require(
     }
     let why = last.map_or_else(|| "none could be read".into(), |e| e.to_string());
     Err(unsigned(why).into())
+}
+
+/// The signature referrers of `resolved` that are looked at, the newest
+/// [`sign::MAX_CANDIDATES`] first, and how many are attached in all. One level: the listing
+/// is bounded by its body size, and only the newest few are read.
+async fn newest_signatures(
+    target: &Target,
+    resolved: &Resolved,
+) -> Result<(Vec<Digest>, usize), TransferError> {
+    let referrers =
+        super::referrers::list(target, &resolved.manifest_digest, Some(BUNDLE_MEDIA_TYPE)).await?;
+    let newest = referrers
+        .iter()
+        .rev()
+        .take(sign::MAX_CANDIDATES)
+        .map(|r| r.digest.clone())
+        .collect();
+    Ok((newest, referrers.len()))
 }
 
 /// One signature referrer: its bundle, checked against the keys and the files.
@@ -180,7 +196,8 @@ async fn fetch_bundle(target: &Target, digest: &Digest) -> Result<Vec<u8>, SignE
 pub struct SignatureClaim {
     /// The signature referrer's manifest.
     pub digest: Digest,
-    /// The hint of the key that claims to have signed (hex SHA-256 of its DER).
+    /// The hint of the key that claims to have signed (hex SHA-256 of its PEM text); only
+    /// a hex one is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
     /// The signed folder's name.
@@ -201,18 +218,16 @@ pub async fn claims(
     target: &Target,
     resolved: &Resolved,
 ) -> Result<(Vec<SignatureClaim>, usize), TransferError> {
-    let referrers =
-        super::referrers::list(target, &resolved.manifest_digest, Some(BUNDLE_MEDIA_TYPE)).await?;
+    let (newest, total) = newest_signatures(target, resolved).await?;
     let files = manifest_files(&resolved.manifest).map_err(|e| e.to_string());
     let mut claims = Vec::new();
-    for referrer in referrers.iter().rev().take(sign::MAX_CANDIDATES) {
-        let claimed = match fetch_bundle(target, &referrer.digest).await {
-            Ok(bundle) => sign::describe(&bundle),
-            Err(e) => Err(e),
-        };
+    for digest in newest {
+        let claimed = fetch_bundle(target, &digest)
+            .await
+            .and_then(|bundle| sign::describe(&bundle));
         claims.push(match claimed {
             Ok(signed) => SignatureClaim {
-                digest: referrer.digest.clone(),
+                digest,
                 // A hint is hex; anything else is not shown as one.
                 key_hint: Some(signed.key.clone()).filter(|k| {
                     (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_hexdigit())
@@ -225,7 +240,7 @@ pub async fn claims(
                 },
             },
             Err(e) => SignatureClaim {
-                digest: referrer.digest.clone(),
+                digest,
                 key_hint: None,
                 name: None,
                 files: None,
@@ -233,5 +248,5 @@ pub async fn claims(
             },
         });
     }
-    Ok((claims, referrers.len()))
+    Ok((claims, total))
 }
