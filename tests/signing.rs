@@ -702,3 +702,50 @@ keys = ["keys/{prod_key}.pub.pem"]
     ]))
     .fails_with(2, "cannot be used with");
 }
+
+/// A registry that will not list referrers leaves inspect's signatures unknown, with the
+/// reason, rather than failing the inspect.
+#[test]
+fn inspect_says_signatures_are_unknown_when_the_registry_will_not_list_them() {
+    use common::fake::{FakeRegistry, Request, Response};
+    use hoist::digest::Digest;
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let weights = b"weights".to_vec();
+    let model = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                   "digest": Digest::of_bytes(b"{}").as_str(), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream",
+                    "digest": Digest::of_bytes(&weights).as_str(), "size": weights.len(),
+                    "annotations": {"org.opencontainers.image.title": "w.bin"}}],
+    }))
+    .unwrap();
+    let fake = FakeRegistry::start(move |r: &Request| {
+        if r.path == "/v2/" {
+            Response::new(200)
+        } else if r.path.contains("/referrers/") {
+            Response::json(
+                403,
+                "application/json",
+                br#"{"errors":[{"code":"DENIED"}]}"#.to_vec(),
+            )
+        } else if r.path.contains("/manifests/") {
+            Response::json(200, MANIFEST, model.clone())
+        } else if r.path.contains("/blobs/") {
+            Response::new(200).body(b"{}".to_vec())
+        } else {
+            Response::new(404)
+        }
+    });
+    let h = Hoist::new();
+    let reference = format!("{}/x:v1", fake.addr);
+    let r = h.run(&["inspect", &reference]).ok();
+    assert!(
+        r.stdout.contains("Signatures:    unknown (") && r.stdout.contains("w.bin"),
+        "{}",
+        r.stdout
+    );
+    let r = h.run(&["inspect", &reference, "--json"]).ok();
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(doc["signatures"]["unknown"].is_string(), "{}", r.stdout);
+}
