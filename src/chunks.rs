@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -146,14 +145,49 @@ fn cut(
 ) -> std::io::Result<Vec<Chunk>> {
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
-    let segments = match chunker {
-        TENSORS => safetensors_segments(&file, size).unwrap_or_else(|| vec![(0, size)]),
-        _ => vec![(0, size)],
-    };
+    cut_reader(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        size,
+        chunker,
+        hash,
+        whole,
+    )
+}
+
+/// The digest and chunks of `size` bytes read once from `reader` (a download as it
+/// arrives: `hoist copy hf://…` cuts what it streams, as `push` cuts a file).
+pub fn digest_and_chunks_of(
+    reader: impl Read,
+    size: u64,
+    chunker: &str,
+    hash: ChunkHash,
+) -> std::io::Result<(Digest, Vec<Chunk>)> {
+    let mut hasher = Hasher::new();
+    let chunks = cut_reader(reader, size, chunker, hash, Some(&mut hasher))?;
+    Ok((hasher.finish(), chunks))
+}
+
+/// Cut what `reader` gives (`size` bytes expected) into chunks, in one sequential read; every
+/// byte read also goes to `whole` when given. A safetensors header is read first, from the
+/// same stream, to find the tensors' bounds.
+fn cut_reader(
+    reader: impl Read,
+    size: u64,
+    chunker: &str,
+    hash: ChunkHash,
+    whole: Option<&mut Hasher>,
+) -> std::io::Result<Vec<Chunk>> {
     let mut reader = Tee {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        inner: reader,
         whole,
     };
+    let mut head = Vec::new();
+    let segments = match chunker {
+        TENSORS => safetensors_segments(&mut reader, size, &mut head),
+        _ => None,
+    }
+    .unwrap_or_else(|| vec![(0, size)]);
+    let mut reader = std::io::Cursor::new(head).chain(reader);
     let mut out = Vec::new();
     for (start, len) in segments {
         // Segments are in order and cover the file: one reader goes through them all.
@@ -169,8 +203,9 @@ fn cut(
     }
     // Whatever the file grew by since `size` was read still reaches the whole-file digest
     // (which must describe every byte pushed), though it is in no chunk.
-    if let Some(h) = reader.whole.as_deref_mut() {
-        std::io::copy(&mut reader.inner, h)?;
+    let (_, mut rest) = reader.into_inner();
+    if rest.whole.is_some() {
+        std::io::copy(&mut rest, &mut std::io::sink())?;
     }
     Ok(out)
 }
@@ -192,18 +227,21 @@ impl<R: Read> Read for Tee<'_, R> {
 }
 
 /// A safetensors file cut into its header and each tensor's bytes (and any gap between), in
-/// order and covering the whole file; `None` if it is not one.
-fn safetensors_segments(file: &std::fs::File, size: u64) -> Option<Vec<(u64, u64)>> {
-    let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0).ok()?;
-    let header_len = u64::from_le_bytes(len);
+/// order and covering the whole file; `None` if it is not one. The bytes read to find out
+/// are left in `head`, for the caller to read again.
+fn safetensors_segments(
+    reader: &mut impl Read,
+    size: u64,
+    head: &mut Vec<u8>,
+) -> Option<Vec<(u64, u64)>> {
+    reader.take(8).read_to_end(head).ok()?;
+    let header_len = u64::from_le_bytes(head.as_slice().try_into().ok()?);
     if header_len > MAX_HEADER_BYTES || 8 + header_len > size {
         return None;
     }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact_at(&mut header, 8).ok()?;
+    reader.take(header_len).read_to_end(head).ok()?;
     let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).ok()?;
+        serde_json::from_slice(head.get(8..)?).ok()?;
     let base = 8 + header_len;
     let mut cuts: Vec<u64> = vec![0, base, size];
     for (name, tensor) in &header {

@@ -88,6 +88,7 @@ pub mod csi;
 pub mod digest;
 pub mod error;
 pub mod fsutil;
+pub mod hub;
 pub mod materialize;
 pub mod metrics;
 #[cfg(feature = "mount")]

@@ -9,9 +9,67 @@ use std::io::Read;
 use super::ModelFile;
 use crate::oci::modelpack::{LayerKind, ModelDescriptor, ModelProperties, TransformerConfig};
 
+/// The most of a small file (`config.json`, the model card) read to describe a model.
+pub const MAX_SMALL_FILE: u64 = 16 << 20;
+/// The most of a weight file's start kept while its header is read from a stream.
+pub const MAX_HEADER_READ: u64 = 64 << 20;
+
+/// What a weight file's header says about the model.
+#[derive(Debug, Default)]
+pub struct WeightFacts {
+    /// (dtype, element count) per tensor of a safetensors file.
+    pub tensors: Vec<(String, u64)>,
+    pub gguf: Option<super::gguf::GgufMeta>,
+}
+
+/// Where a model's files are read from to describe it: a folder on disk, or what a copy
+/// kept while streaming them (`transfer::import`).
+pub trait ModelSource: Sync {
+    /// The header facts of a weight file; `None` when it has none that can be read.
+    fn weight_facts(&self, file: &ModelFile) -> Option<WeightFacts>;
+    /// A small file's bytes (at most [`MAX_SMALL_FILE`]); `None` when larger or unreadable.
+    fn small_file(&self, file: &ModelFile) -> Option<Vec<u8>>;
+}
+
+/// The files of a folder on disk.
+pub struct OnDisk;
+
+impl ModelSource for OnDisk {
+    fn weight_facts(&self, file: &ModelFile) -> Option<WeightFacts> {
+        let f = std::fs::File::open(&file.source).ok()?;
+        weight_facts(&file.relative, std::io::BufReader::new(f), file.size)
+    }
+
+    fn small_file(&self, file: &ModelFile) -> Option<Vec<u8>> {
+        if file.size > MAX_SMALL_FILE {
+            return None;
+        }
+        std::fs::read(&file.source).ok()
+    }
+}
+
+/// The facts in the header at the start of weight file `relative` (`size` bytes), read
+/// sequentially from `reader`: a safetensors header, or GGUF metadata. Reads only the header.
+pub fn weight_facts(relative: &str, reader: impl Read, size: u64) -> Option<WeightFacts> {
+    if relative.ends_with(".safetensors") {
+        return Some(WeightFacts {
+            tensors: safetensors_header(reader, size)?,
+            gguf: None,
+        });
+    }
+    if relative.ends_with(".gguf") {
+        return Some(WeightFacts {
+            tensors: Vec::new(),
+            gguf: Some(super::gguf::read_from(reader)?),
+        });
+    }
+    None
+}
+
 /// Fill `props` and the descriptor's family and licences from the files.
 pub fn describe_model(
     files: &[ModelFile],
+    source: &dyn ModelSource,
     props: &mut ModelProperties,
     desc: &mut ModelDescriptor,
 ) {
@@ -30,19 +88,12 @@ pub fn describe_model(
 
     let mut params: u64 = 0;
     let mut dtype_counts: BTreeMap<String, u64> = BTreeMap::new();
-    for f in weights
-        .iter()
-        .filter(|f| f.relative.ends_with(".safetensors"))
-    {
-        if let Some(tensors) = safetensors_header(&f.source) {
-            for (dtype, count) in tensors {
-                params += count;
-                *dtype_counts.entry(dtype).or_default() += count;
-            }
+    for facts in weights.iter().filter_map(|f| source.weight_facts(f)) {
+        for (dtype, count) in facts.tensors {
+            params += count;
+            *dtype_counts.entry(dtype).or_default() += count;
         }
-    }
-    for f in weights.iter().filter(|f| f.relative.ends_with(".gguf")) {
-        if let Some(meta) = super::gguf::read(&f.source) {
+        if let Some(meta) = facts.gguf {
             params += meta.parameters;
             props.architecture = props.architecture.take().or(meta.architecture);
             props.quantization = props.quantization.take().or(meta.quantization);
@@ -56,7 +107,7 @@ pub fn describe_model(
         .max_by_key(|(_, n)| *n)
         .map(|(d, _)| precision_name(&d));
 
-    let hf = root_json(files, "config.json");
+    let hf = root_json(files, source, "config.json");
     if let Some(hf) = &hf {
         let text = |k: &str| hf.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let count = |k: &str| hf.get(k).and_then(|v| v.as_u64()).filter(|n| *n > 0);
@@ -84,17 +135,18 @@ pub fn describe_model(
     desc.licenses = files
         .iter()
         .find(|f| f.relative.eq_ignore_ascii_case("README.md"))
-        .and_then(|f| std::fs::read_to_string(&f.source).ok())
-        .map(|card| front_matter_licenses(&card))
+        .and_then(|f| source.small_file(f))
+        .map(|card| front_matter_licenses(&String::from_utf8_lossy(&card)))
         .unwrap_or_default();
 }
 
-fn root_json(files: &[ModelFile], name: &str) -> Option<serde_json::Value> {
+fn root_json(
+    files: &[ModelFile],
+    source: &dyn ModelSource,
+    name: &str,
+) -> Option<serde_json::Value> {
     let f = files.iter().find(|f| f.relative == name)?;
-    if f.size > 16 << 20 {
-        return None;
-    }
-    serde_json::from_slice(&std::fs::read(&f.source).ok()?).ok()
+    serde_json::from_slice(&source.small_file(f)?).ok()
 }
 
 /// `license:` in a Hugging Face model card's YAML front matter (a value or a list).
@@ -135,10 +187,9 @@ fn unquote(s: &str) -> String {
     s.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
 }
 
-/// (dtype, element count) per tensor from a safetensors header; `None` if it is not one.
-fn safetensors_header(path: &std::path::Path) -> Option<Vec<(String, u64)>> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let file_len = f.metadata().ok()?.len();
+/// (dtype, element count) per tensor from a safetensors header at the start of `f` (a file
+/// of `file_len` bytes); `None` if it is not one.
+fn safetensors_header(mut f: impl Read, file_len: u64) -> Option<Vec<(String, u64)>> {
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;
     let len = u64::from_le_bytes(len);
@@ -236,7 +287,7 @@ mod props {
                 data[..8].copy_from_slice(&claim.to_le_bytes());
             }
             std::fs::write(&p, &data).unwrap();
-            let _ = super::safetensors_header(&p);
+            let _ = super::safetensors_header(std::fs::File::open(&p).unwrap(), data.len() as u64);
         }
 
         /// A real header with arbitrary shapes: counts saturate instead of overflowing.
@@ -248,7 +299,7 @@ mod props {
             let mut data = (header.len() as u64).to_le_bytes().to_vec();
             data.extend(header.as_bytes());
             std::fs::write(&p, &data).unwrap();
-            let got = super::safetensors_header(&p).unwrap();
+            let got = super::safetensors_header(std::fs::File::open(&p).unwrap(), data.len() as u64).unwrap();
             prop_assert_eq!(got.len(), 1);
         }
     }

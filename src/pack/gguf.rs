@@ -5,6 +5,7 @@
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+#[derive(Debug)]
 pub struct GgufMeta {
     pub architecture: Option<String>,
     pub quantization: Option<String>,
@@ -17,7 +18,12 @@ const MAX_ITEMS: u64 = 1 << 24;
 const MAX_DIMS: u32 = 8;
 
 pub fn read(path: &Path) -> Option<GgufMeta> {
-    let mut r = BufReader::new(std::fs::File::open(path).ok()?);
+    read_from(BufReader::new(std::fs::File::open(path).ok()?))
+}
+
+/// The header from the start of a GGUF file, read sequentially (a file on disk or a download
+/// as it arrives); only the header is read.
+pub fn read_from(mut r: impl Read) -> Option<GgufMeta> {
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic).ok()?;
     if &magic != b"GGUF" {

@@ -5,12 +5,13 @@
 mod classify;
 mod describe;
 mod encode;
-mod gguf;
+pub mod gguf;
 pub mod volume;
 mod walk;
 
 pub use classify::classify;
-pub use describe::front_matter_licenses;
+pub use describe::{front_matter_licenses, weight_facts, ModelSource, OnDisk, WeightFacts};
+pub use encode::EncodedLayer;
 pub use walk::{walk, ModelFile, WalkOptions};
 
 use std::path::{Path, PathBuf};
@@ -158,14 +159,31 @@ pub fn pack_with(
         scratch.as_ref().map(|t| t.path()),
         &|i, layer| on_layer(&layer_blob(&files[i], layer, opts, &mtime)),
     )?;
+    let name = opts.name.clone().unwrap_or_else(|| folder_name(dir));
+    let mut packed = assemble(&files, &layers, name, opts, &OnDisk)?;
+    packed._scratch = scratch;
+    Ok(packed)
+}
 
+/// The config and manifest over layers already made, one per file in `files`' order (by
+/// [`pack_with`] from a folder, or by `hoist copy hf://…` as it streams the files): the same
+/// files, names and options give the same digests either way. `source` reads what describes
+/// the model.
+pub fn assemble(
+    files: &[ModelFile],
+    layers: &[EncodedLayer],
+    name: String,
+    opts: &PackOptions,
+    source: &dyn ModelSource,
+) -> Result<Packed, PackError> {
+    let mtime = rfc3339(opts.timestamp.unwrap_or(0));
     let mut descriptor = ModelDescriptor {
-        name: Some(opts.name.clone().unwrap_or_else(|| folder_name(dir))),
+        name: Some(name),
         created_at: opts.timestamp.map(rfc3339),
         ..Default::default()
     };
     let mut properties = ModelProperties::default();
-    describe::describe_model(&files, &mut properties, &mut descriptor);
+    describe::describe_model(files, source, &mut properties, &mut descriptor);
     let config = ModelConfig {
         descriptor,
         config: properties,
@@ -190,7 +208,7 @@ pub fn pack_with(
         source: BlobSource::Bytes(config_bytes),
     }];
     let mut layer_descs = Vec::with_capacity(layers.len());
-    for (file, layer) in files.iter().zip(&layers) {
+    for (file, layer) in files.iter().zip(layers) {
         let blob = layer_blob(file, layer, opts, &mtime);
         layer_descs.push(blob.descriptor.clone());
         blobs.push(blob);
@@ -223,7 +241,7 @@ pub fn pack_with(
         manifest,
         manifest_bytes,
         blobs,
-        _scratch: scratch,
+        _scratch: None,
     })
 }
 

@@ -42,6 +42,15 @@ impl TransportOptions {
     }
 
     pub(crate) fn build_client(&self) -> Result<reqwest::Client, RegistryError> {
+        self.client_builder()?
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+            .map_err(|e| RegistryError::Tls(super::error::chain(&e)))
+    }
+
+    /// The client's settings (TLS roots, timeouts, resolver, pool) before its redirect
+    /// policy: the Hub client follows redirects itself, to keep its token off other hosts.
+    pub(crate) fn client_builder(&self) -> Result<reqwest::ClientBuilder, RegistryError> {
         // reqwest is built without a crypto provider of its own (its default, aws-lc-rs, needs a
         // C toolchain and cmake): ring, the one the server uses too, is the process default.
         // Installing it again is a no-op.
@@ -54,8 +63,7 @@ impl TransportOptions {
             // A resolver of our own (reads /etc/resolv.conf and /etc/hosts), so a static
             // binary in a scratch image resolves names without glibc NSS.
             .hickory_dns(true)
-            .pool_max_idle_per_host(self.max_connections.max(8))
-            .redirect(reqwest::redirect::Policy::limited(10));
+            .pool_max_idle_per_host(self.max_connections.max(8));
         if self.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -71,9 +79,7 @@ impl TransportOptions {
             })?;
             builder = builder.add_root_certificate(cert);
         }
-        builder
-            .build()
-            .map_err(|e| RegistryError::Tls(super::error::chain(&e)))
+        Ok(builder)
     }
 }
 
