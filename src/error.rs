@@ -180,10 +180,24 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
             crate::sign::SignError::Key(_) | crate::sign::SignError::Policy(_),
         ) => ExitCode::Usage,
         TransferError::Signature(_) => ExitCode::Signature,
+        TransferError::Hub(e) => hub_code(e),
     }
 }
 
 /// The exit code of a packing failure.
+pub fn hub_code(e: &crate::hub::HubError) -> ExitCode {
+    use crate::hub::HubError;
+    match e {
+        HubError::Spec(_) | HubError::TokenFile { .. } => ExitCode::Usage,
+        HubError::Denied { .. } => ExitCode::Auth,
+        HubError::NotFound { .. } => ExitCode::NotFound,
+        HubError::Unavailable { .. } => ExitCode::Network,
+        HubError::Status { .. } => ExitCode::Failure,
+        HubError::Invalid { .. } => ExitCode::InvalidContent,
+        HubError::Mismatch { .. } => ExitCode::Verification,
+    }
+}
+
 pub fn pack_code(e: &PackError) -> ExitCode {
     match e {
         PackError::Read { .. } | PackError::Encode { .. } => ExitCode::Disk,

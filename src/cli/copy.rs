@@ -2,6 +2,7 @@
 //! or repacked in another shape.
 
 use clap::Args;
+use hoist::hub::HubRepo;
 use hoist::oci::LayerFormat;
 use hoist::pack::PackOptions;
 use hoist::reference::Reference;
@@ -16,7 +17,8 @@ use super::push::all_tags;
 
 #[derive(Args)]
 pub struct CopyArgs {
-    /// Source reference.
+    /// Source reference, or a Hugging Face Hub repository: hf://ORG/NAME[@REVISION],
+    /// hf://datasets/ORG/NAME[@REVISION] (HF_ENDPOINT, HF_TOKEN as the Hub's own tools).
     source: String,
     /// Destination reference (`repo:v1,latest` tags twice).
     destination: String,
@@ -26,6 +28,15 @@ pub struct CopyArgs {
     /// Also copy what is attached to the artifact (signatures, SBOMs), recursively.
     #[arg(long, short = 'r')]
     recursive: bool,
+    /// From the Hub: copy only the files matching this glob (repeatable; `*` crosses `/`).
+    #[arg(long)]
+    include: Vec<String>,
+    /// From the Hub: leave out the files matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// From the Hub: no chunk index (delta pulls of the next revision then fetch whole files).
+    #[arg(long)]
+    no_chunk_index: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -58,6 +69,15 @@ pub enum ConvertShape {
 }
 
 pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
+    if HubRepo::is_hub(&args.source) {
+        return copy_from_hub(args, env).await;
+    }
+    if !args.include.is_empty() || !args.exclude.is_empty() || args.no_chunk_index {
+        return Err(Error::Usage(
+            "--include, --exclude and --no-chunk-index apply to a copy from the Hub (hf://…)"
+                .into(),
+        ));
+    }
     let src_ref = Reference::parse(&args.source)?;
     let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
     if tags.is_empty() && dst_ref.digest.is_none() {
@@ -99,6 +119,56 @@ pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
         human_bytes(report.copied_bytes),
         report.mounted,
         report.skipped
+    );
+    println!("Digest: {}", report.digest);
+    Ok(())
+}
+
+/// `hoist copy hf://… DEST`: the Hub repository streamed into DEST as a ModelPack artifact.
+async fn copy_from_hub(args: CopyArgs, env: &Env) -> Result<(), Error> {
+    if args.recursive {
+        return Err(Error::Usage(
+            "--recursive copies what is attached to an OCI artifact; a Hub repository has none"
+                .into(),
+        ));
+    }
+    let repo = HubRepo::parse(&args.source).map_err(transfer::TransferError::from)?;
+    let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
+    if tags.is_empty() && dst_ref.digest.is_none() {
+        // An explicit revision names the tag (`@v1.0` → `:v1.0`); `main` is `latest`.
+        let named = (repo.revision != "main" && hoist::reference::valid_tag(&repo.revision))
+            .then(|| repo.revision.clone());
+        tags.push(named.unwrap_or_else(|| "latest".into()));
+    }
+    let filter = hoist::transfer::LayerFilter {
+        include: parse::globs("--include", &args.include)?,
+        exclude: parse::globs("--exclude", &args.exclude)?,
+        kinds: None,
+    };
+    let opts = transfer::ImportOptions {
+        concurrency: args.concurrency,
+        filter,
+        chunk_index: !args.no_chunk_index,
+    };
+    let (hub, dst) = (env.ctx.hub()?, env.ctx.target(&dst_ref)?);
+    let report = transfer::import(&hub, &repo, &dst, &tags, &opts, observer(env.ui)).await?;
+    if args.json {
+        print_json(&report);
+        return Ok(());
+    }
+    println!(
+        "Copied {} (commit {}) to {} as {}: {} streamed ({}), {} already there{}",
+        report.source,
+        report.commit,
+        dst.describe(),
+        tags.join(", "),
+        count(report.uploaded, "file"),
+        human_bytes(report.uploaded_bytes),
+        report.skipped,
+        match report.resumed {
+            0 => String::new(),
+            n => format!(", {} resumed", count(n as usize, "broken read")),
+        }
     );
     println!("Digest: {}", report.digest);
     Ok(())

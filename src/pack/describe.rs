@@ -15,7 +15,7 @@ pub const MAX_SMALL_FILE: u64 = 16 << 20;
 pub const MAX_HEADER_READ: u64 = 64 << 20;
 
 /// What a weight file's header says about the model.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct WeightFacts {
     /// (dtype, element count) per tensor of a safetensors file.
     pub tensors: Vec<(String, u64)>,

@@ -5,7 +5,7 @@
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GgufMeta {
     pub architecture: Option<String>,
     pub quantization: Option<String>,

@@ -10,7 +10,10 @@ pub mod volume;
 mod walk;
 
 pub use classify::classify;
-pub use describe::{front_matter_licenses, weight_facts, ModelSource, OnDisk, WeightFacts};
+pub use describe::{
+    front_matter_licenses, weight_facts, ModelSource, OnDisk, WeightFacts, MAX_HEADER_READ,
+    MAX_SMALL_FILE,
+};
 pub use encode::EncodedLayer;
 pub use walk::{walk, ModelFile, WalkOptions};
 

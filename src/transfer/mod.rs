@@ -7,6 +7,7 @@ mod convert;
 mod copy;
 mod delta;
 pub mod fetch;
+mod import;
 mod pull;
 mod push;
 mod referrers;
@@ -21,6 +22,7 @@ mod tests;
 
 pub use convert::{convert, index_artifact, ConvertTo};
 pub use copy::{copy, copy_referrers, CopyReport};
+pub use import::{import, ImportOptions, ImportReport};
 pub use pull::{pull, pull_referrers, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, discover, Referrer};
@@ -76,6 +78,8 @@ pub enum TransferError {
     Verify(#[from] VerifyError),
     #[error(transparent)]
     Signature(#[from] crate::sign::SignError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("the image's layers are not those its config names ({0}); containerd would refuse to mount it, nothing was written")]
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]

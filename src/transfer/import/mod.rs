@@ -1,0 +1,216 @@
+//! `hoist copy hf://ORG/NAME[@REVISION] DEST`: a Hugging Face Hub repository streamed into a
+//! target as the artifact `push` would make of it, with no local copy of the model.
+//!
+//! The revision is resolved to its commit first, so every file comes from one commit and
+//! the artifact records it (`org.opencontainers.image.revision`). Each file streams from the
+//! Hub straight into the destination's upload while a blocking task hashes it, cuts its
+//! chunks and reads its header (`file`); the bytes are checked against the Hub's own hashes
+//! (SHA-256 of an LFS file, the git blob id of the others) before the upload may complete.
+//! The config, manifest and chunk index are then those `pack::assemble` gives, so one
+//! commit always gives one manifest digest.
+
+mod file;
+
+use std::collections::BTreeMap;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+
+use super::{push, Action, Event, LayerFilter, Observer, Target, TransferError};
+use crate::digest::Digest;
+use crate::hub::{HubClient, HubFile, HubRepo, RepoKind};
+use crate::oci::media;
+use crate::oci::modelpack::LayerKind;
+use crate::pack::{self, ModelFile, ModelSource, PackOptions, WeightFacts};
+
+#[derive(Clone)]
+pub struct ImportOptions {
+    /// Files streamed at once.
+    pub concurrency: usize,
+    /// `--include` / `--exclude` over the repository's paths (kinds are not used).
+    pub filter: LayerFilter,
+    /// Cut the files into chunks for a chunk index (delta pulls of the next revision).
+    pub chunk_index: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            concurrency: 4,
+            filter: LayerFilter::default(),
+            chunk_index: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    /// `hf://…@REVISION` as asked.
+    pub source: String,
+    pub commit: String,
+    pub digest: Digest,
+    pub files: usize,
+    pub bytes: u64,
+    /// Files streamed from the Hub into the destination.
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    /// Files the destination had already (read back from it, not from the Hub).
+    pub skipped: usize,
+    /// Reads from the Hub taken up again after a broken connection.
+    pub resumed: u32,
+    pub tags: Vec<String>,
+    pub chunk_index: Option<Digest>,
+}
+
+/// Stream `repo` into `dst` under `tags`.
+pub async fn import(
+    hub: &HubClient,
+    repo: &HubRepo,
+    dst: &Target,
+    tags: &[String],
+    opts: &ImportOptions,
+    observer: Observer,
+) -> Result<ImportReport, TransferError> {
+    let commit = hub.commit(repo).await?;
+    let listed = hub.files(repo, &commit).await?;
+    let files: Vec<HubFile> = listed
+        .iter()
+        .filter(|f| !hidden(&f.path) && keeps(&opts.filter, &f.path))
+        .cloned()
+        .collect();
+    if files.is_empty() {
+        let names: Vec<&str> = listed.iter().take(20).map(|f| f.path.as_str()).collect();
+        return Err(TransferError::NothingSelected(names.join(", ")));
+    }
+    let model_files: Vec<ModelFile> = files.iter().map(|f| model_file(repo, f)).collect();
+    observer(&Event::Start {
+        reference: dst.describe(),
+        files: files.len(),
+        bytes: files.iter().map(|f| f.size).sum(),
+    });
+    let chunker = opts.chunk_index.then(crate::chunks::default_chunker);
+    let (commit_ref, models, observer_ref) = (&commit, &model_files, &observer);
+    let mut brought: Vec<(usize, file::Brought)> = stream::iter(files.iter().enumerate())
+        .map(|(i, f)| {
+            let ctx = file::Ctx {
+                hub,
+                url: hub.file_url(repo, commit_ref, &f.path),
+                dst,
+                observer: observer_ref,
+                chunker,
+            };
+            async move { Ok::<_, TransferError>((i, file::bring(&ctx, f, &models[i]).await?)) }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    brought.sort_by_key(|(i, _)| *i);
+    let brought: Vec<file::Brought> = brought.into_iter().map(|(_, b)| b).collect();
+
+    let mut annotations = BTreeMap::new();
+    annotations.insert(media::ANNOTATION_SOURCE.into(), repo.page(&hub.settings.endpoint));
+    annotations.insert(media::ANNOTATION_REVISION.into(), commit.clone());
+    let pack_opts = PackOptions {
+        annotations,
+        chunk_index: opts.chunk_index,
+        ..Default::default()
+    };
+    let (kept, layers) = Kept::split(brought);
+    let packed = pack::assemble(&model_files, &layers, repo.id.clone(), &pack_opts, &kept)?;
+    let config = push::push_blob(
+        dst,
+        packed.blobs[0].clone(),
+        &push::PushOptions::default(),
+        &observer,
+    )
+    .await?;
+    let document = (
+        packed.manifest.media_type(),
+        &packed.manifest_bytes,
+        &packed.manifest_digest,
+    );
+    let pushed = push::finish_with(document, dst, tags, vec![config]).await?;
+    let chunk_index = push::attach_chunk_index(&packed, dst).await?;
+    Ok(ImportReport {
+        source: repo.to_string(),
+        commit,
+        digest: pushed.digest,
+        files: files.len(),
+        bytes: files.iter().map(|f| f.size).sum(),
+        uploaded: kept.uploaded.len(),
+        uploaded_bytes: kept.uploaded.iter().sum(),
+        skipped: files.len() - kept.uploaded.len(),
+        resumed: kept.resumed,
+        tags: tags.to_vec(),
+        chunk_index,
+    })
+}
+
+/// Dot-files and dot-folders (`.gitattributes`, `.cache/`) stay out, as `push` leaves them
+/// out of a folder: the Hub's copy and a pushed download give the same artifact.
+fn hidden(path: &str) -> bool {
+    path.split('/').any(|part| part.starts_with('.'))
+}
+
+fn keeps(filter: &LayerFilter, path: &str) -> bool {
+    filter.include.as_ref().is_none_or(|g| g.is_match(path))
+        && !filter.exclude.as_ref().is_some_and(|g| g.is_match(path))
+}
+
+/// The file as `push` would describe it from a download: its kind from its name and size
+/// (a dataset's files are `dataset` layers, its card a `doc`), mode 0644 as the Hub's files
+/// are checked out.
+fn model_file(repo: &HubRepo, f: &HubFile) -> ModelFile {
+    let (mut kind, mut untested) = pack::classify(&f.path, f.size);
+    if repo.kind == RepoKind::Dataset && kind != LayerKind::Doc {
+        (kind, untested) = (LayerKind::Dataset, false);
+    }
+    ModelFile {
+        source: f.path.clone().into(),
+        relative: f.path.clone(),
+        size: f.size,
+        mode: 0o644,
+        kind,
+        kind_untested: untested,
+    }
+}
+
+/// What the streams kept to describe the model: header facts and the small root files.
+#[derive(Default)]
+struct Kept {
+    facts: BTreeMap<String, WeightFacts>,
+    small: BTreeMap<String, bytes::Bytes>,
+    uploaded: Vec<u64>,
+    resumed: u32,
+}
+
+impl Kept {
+    /// What each file's stream kept, and its layer, in file order.
+    fn split(brought: Vec<file::Brought>) -> (Kept, Vec<pack::EncodedLayer>) {
+        let mut kept = Kept::default();
+        let mut layers = Vec::with_capacity(brought.len());
+        for b in brought {
+            kept.resumed += b.resumed;
+            if b.action == Action::Uploaded {
+                kept.uploaded.push(b.layer.size);
+            }
+            if let Some(small) = b.small {
+                kept.small.insert(b.path.clone(), small);
+            }
+            if let Some(facts) = b.facts {
+                kept.facts.insert(b.path, facts);
+            }
+            layers.push(b.layer);
+        }
+        (kept, layers)
+    }
+}
+
+impl ModelSource for Kept {
+    fn weight_facts(&self, file: &ModelFile) -> Option<WeightFacts> {
+        self.facts.get(&file.relative).cloned()
+    }
+
+    fn small_file(&self, file: &ModelFile) -> Option<Vec<u8>> {
+        self.small.get(&file.relative).map(|b| b.to_vec())
+    }
+}
