@@ -107,9 +107,12 @@ impl Context {
     /// The Hugging Face Hub client, set up as `huggingface_hub` would be (`HF_ENDPOINT`,
     /// `HF_TOKEN`, the token file) over this context's TLS settings.
     pub fn hub(&self) -> Result<crate::hub::HubClient, Error> {
-        let settings = crate::hub::HubSettings::from_env().map_err(crate::transfer::TransferError::from)?;
-        Ok(crate::hub::HubClient::new(settings, &self.settings.transport)
-            .map_err(crate::transfer::TransferError::from)?)
+        let settings =
+            crate::hub::HubSettings::from_env().map_err(crate::transfer::TransferError::from)?;
+        Ok(
+            crate::hub::HubClient::new(settings, &self.settings.transport)
+                .map_err(crate::transfer::TransferError::from)?,
+        )
     }
 
     pub fn target(&self, reference: &Reference) -> Result<Target, Error> {

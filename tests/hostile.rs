@@ -484,46 +484,6 @@ fn decompression_bombs_are_bounded_and_cleaned_up() {
     );
 }
 
-/// Peak resident memory of the largest child process this test binary waited for, in bytes.
-/// Run a hoist command and return its outcome with its own peak RSS in bytes (`wait4` on
-/// that child: other tests' processes running at the same time do not count).
-#[allow(clippy::zombie_processes)] // reaped by the wait4 below, which std cannot see
-fn run_peak(cmd: &mut std::process::Command) -> (Run, u64) {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let mut status = 0;
-    // SAFETY: waiting for our own child, with a zeroed struct for the kernel to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(pid > 0, "wait4 failed");
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    let run = Run {
-        code,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    };
-    (run, usage.ru_maxrss as u64 * 1024)
-}
-
 /// Finding 8: a config declared as 7 bytes but sent as 768 MiB, a referrers list, an error
 /// body and a token answer were read whole into memory.
 #[test]

@@ -221,7 +221,12 @@ impl HubClient {
     }
 
     /// One attempt: the request and each redirect hop, the token only on the Hub's host.
-    async fn follow(&self, what: &str, mut url: Url, offset: Option<u64>) -> Result<Attempt, HubError> {
+    async fn follow(
+        &self,
+        what: &str,
+        mut url: Url,
+        offset: Option<u64>,
+    ) -> Result<Attempt, HubError> {
         let mut etag = None;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self
@@ -241,8 +246,15 @@ impl HubClient {
                 Err(e) => return Ok(Attempt::Failed(error_chain(&e))),
             };
             let headers = response.headers();
-            let text = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
-            etag = etag.or_else(|| text("x-linked-etag")).or_else(|| text("etag"));
+            let text = |k: &str| {
+                headers
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            etag = etag
+                .or_else(|| text("x-linked-etag"))
+                .or_else(|| text("etag"));
             if response.status().is_redirection() {
                 if let Some(location) = text("location") {
                     url = url
@@ -255,7 +267,10 @@ impl HubClient {
             }
             return Ok(Attempt::Answered(Opened { response, etag }));
         }
-        Err(invalid(what, format!("more than {MAX_REDIRECTS} redirects")))
+        Err(invalid(
+            what,
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
     }
 
     /// The Hub's error as one line: its `X-Error-Message` (or the body's `error`), sorted by
@@ -331,7 +346,10 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// At most [`MAX_API_BODY`] bytes of JSON.
-async fn read_json(what: &str, mut response: reqwest::Response) -> Result<serde_json::Value, HubError> {
+async fn read_json(
+    what: &str,
+    mut response: reqwest::Response,
+) -> Result<serde_json::Value, HubError> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
@@ -381,7 +399,10 @@ fn next_page(response: &reqwest::Response, endpoint: &Url) -> Result<Option<Url>
             .join(target)
             .map_err(|_| format!("a next page that is not a URL: {target:?}"))?;
         if !same_origin(&url, endpoint) {
-            return Err(format!("a next page on another host ({})", url.origin().ascii_serialization()));
+            return Err(format!(
+                "a next page on another host ({})",
+                url.origin().ascii_serialization()
+            ));
         }
         return Ok(Some(url));
     }
@@ -440,7 +461,8 @@ mod tests {
         let ok = serde_json::json!({"type": "file", "path": "a/b.json", "size": 3, "oid": "a".repeat(40)});
         assert_eq!(file_entry(&ok).unwrap().path, "a/b.json");
         for path in ["../x", "/etc/passwd", "a/./b", "a//b", ""] {
-            let bad = serde_json::json!({"type": "file", "path": path, "size": 3, "oid": "a".repeat(40)});
+            let bad =
+                serde_json::json!({"type": "file", "path": path, "size": 3, "oid": "a".repeat(40)});
             assert!(file_entry(&bad).is_err(), "{path}");
         }
         let lfs = serde_json::json!({"type": "file", "path": "m", "size": 3, "oid": "a".repeat(40),

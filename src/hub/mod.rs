@@ -144,7 +144,9 @@ impl HubSettings {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
             .ok_or_else(|| {
-                HubError::Spec(format!("HF_ENDPOINT {endpoint_text:?} is not an http(s) URL"))
+                HubError::Spec(format!(
+                    "HF_ENDPOINT {endpoint_text:?} is not an http(s) URL"
+                ))
             })?;
         let token = match var("HF_TOKEN") {
             Some(t) => Some(t.trim().to_string()),
@@ -160,10 +162,10 @@ fn token_path() -> PathBuf {
     }
     let home = std::env::var_os("HF_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface")))
         .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
+            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("huggingface"))
         })
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
         .unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
     home.join("token")
 }
@@ -225,7 +227,11 @@ mod tests {
         let r = HubRepo::parse("hf://sentence-transformers/all-MiniLM-L6-v2").unwrap();
         assert_eq!(
             (r.kind, r.id.as_str(), r.revision.as_str()),
-            (RepoKind::Model, "sentence-transformers/all-MiniLM-L6-v2", "main")
+            (
+                RepoKind::Model,
+                "sentence-transformers/all-MiniLM-L6-v2",
+                "main"
+            )
         );
         let r = HubRepo::parse("hf://datasets/org/set@refs/pr/1").unwrap();
         assert_eq!(

@@ -1,5 +1,8 @@
 //! Walking a model folder: relative paths in a stable order, hidden files skipped, symlinks
-//! followed only while they stay inside the folder.
+//! followed only while they stay inside the folder — or, in a Hugging Face cache snapshot
+//! (`models--ORG--NAME/snapshots/REVISION`), inside that repository's `blobs/`, where the
+//! Hub's client keeps the files its links name. `hf download --local-dir` leaves its
+//! bookkeeping in `.cache/huggingface/`, never packed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -46,15 +49,30 @@ pub fn walk(dir: &Path, opts: &WalkOptions) -> Result<Vec<ModelFile>, PackError>
         source,
     })?;
     let mut files = Vec::new();
-    visit(&root, &root, "", opts, &mut files)?;
+    let blobs = hub_cache_blobs(&root);
+    visit(&root, &root, "", blobs.as_deref(), opts, &mut files)?;
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok(files)
+}
+
+/// The `blobs/` folder a Hugging Face cache snapshot's links point into, when `root` is one.
+fn hub_cache_blobs(root: &Path) -> Option<PathBuf> {
+    let snapshots = root.parent()?;
+    let repo = snapshots.parent()?;
+    let repo_name = repo.file_name()?.to_str()?;
+    let is_cache_repo = ["models--", "datasets--", "spaces--"]
+        .iter()
+        .any(|p| repo_name.starts_with(p));
+    (snapshots.file_name()? == "snapshots" && is_cache_repo)
+        .then(|| std::fs::canonicalize(repo.join("blobs")).ok())
+        .flatten()
 }
 
 fn visit(
     root: &Path,
     dir: &Path,
     prefix: &str,
+    blobs: Option<&Path>,
     opts: &WalkOptions,
     out: &mut Vec<ModelFile>,
 ) -> Result<(), PackError> {
@@ -81,10 +99,14 @@ fn visit(
         } else {
             format!("{prefix}/{name}")
         };
+        if relative == ".cache/huggingface" {
+            continue;
+        }
         let link_meta = std::fs::symlink_metadata(&path).map_err(read_err(&path))?;
         let (source, meta) = if link_meta.file_type().is_symlink() {
             let target = std::fs::canonicalize(&path).map_err(read_err(&path))?;
-            if !target.starts_with(root) && !opts.follow_external_symlinks {
+            let in_cache = blobs.is_some_and(|b| target.starts_with(b));
+            if !target.starts_with(root) && !in_cache && !opts.follow_external_symlinks {
                 return Err(PackError::SymlinkEscape { link: path, target });
             }
             let meta = std::fs::metadata(&target).map_err(read_err(&target))?;
@@ -97,7 +119,7 @@ fn visit(
             (path.clone(), link_meta)
         };
         if meta.is_dir() {
-            visit(root, &source, &relative, opts, out)?;
+            visit(root, &source, &relative, blobs, opts, out)?;
         } else if meta.is_file() {
             // Open once now so an unreadable file fails the walk, not the upload.
             std::fs::File::open(&source).map_err(read_err(&source))?;

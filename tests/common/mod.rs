@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod hub;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -900,4 +901,43 @@ pub fn anonymous_client(reg: &Registry) -> RegistryClient {
         Credentials::anonymous(),
     )
     .unwrap()
+}
+
+/// Run a hoist command and return its outcome with its own peak RSS in bytes (`wait4` on
+/// that child: other tests' processes running at the same time do not count).
+#[allow(clippy::zombie_processes)] // reaped by the wait4 below, which std cannot see
+pub fn run_peak(cmd: &mut std::process::Command) -> (Run, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let mut status = 0;
+    // SAFETY: waiting for our own child, with a zeroed struct for the kernel to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0, "wait4 failed");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let run = Run {
+        code,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (run, usage.ru_maxrss as u64 * 1024)
 }

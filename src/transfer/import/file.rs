@@ -50,7 +50,11 @@ struct Seen {
     facts: Option<WeightFacts>,
 }
 
-pub async fn bring(ctx: &Ctx<'_>, file: &HubFile, model: &ModelFile) -> Result<Brought, TransferError> {
+pub async fn bring(
+    ctx: &Ctx<'_>,
+    file: &HubFile,
+    model: &ModelFile,
+) -> Result<Brought, TransferError> {
     match &file.lfs_sha256 {
         Some(sha) => bring_lfs(ctx, file, model, sha).await,
         None => bring_small(ctx, file, model).await,
@@ -59,7 +63,11 @@ pub async fn bring(ctx: &Ctx<'_>, file: &HubFile, model: &ModelFile) -> Result<B
 
 /// A git (non-LFS) file: small by the Hub's rules, so read whole, checked against its git
 /// blob id, then sent.
-async fn bring_small(ctx: &Ctx<'_>, file: &HubFile, model: &ModelFile) -> Result<Brought, TransferError> {
+async fn bring_small(
+    ctx: &Ctx<'_>,
+    file: &HubFile,
+    model: &ModelFile,
+) -> Result<Brought, TransferError> {
     if file.size > pack::MAX_SMALL_FILE {
         return Err(HubError::Invalid {
             what: file.path.clone(),
@@ -101,7 +109,14 @@ async fn bring_small(ctx: &Ctx<'_>, file: &HubFile, model: &ModelFile) -> Result
     };
     progress(ctx, file, seen.size);
     let describes = file.path == "config.json" || file.path.eq_ignore_ascii_case("README.md");
-    Ok(done(ctx, file, seen, action, describes.then_some(body), stream.resumed))
+    Ok(done(
+        ctx,
+        file,
+        seen,
+        action,
+        describes.then_some(body),
+        stream.resumed,
+    ))
 }
 
 /// An LFS file: streamed, checked against the Hub's SHA-256 on the way.
@@ -119,7 +134,11 @@ async fn bring_lfs(
     let mut source = if have {
         Source::read_back(ctx.dst, &desc).await?
     } else {
-        Source::Hub(FileStream::new(ctx.hub.clone(), ctx.url.clone(), file.clone()))
+        Source::Hub(FileStream::new(
+            ctx.hub.clone(),
+            ctx.url.clone(),
+            file.clone(),
+        ))
     };
     let (cut_tx, cut_rx) = mpsc::channel::<Bytes>(PIPE);
     let looking = look(cut_rx, model.clone(), ctx.chunker);
@@ -180,7 +199,11 @@ async fn bring_lfs(
         }
     };
     uploaded?;
-    let action = if have { Action::Skipped } else { Action::Uploaded };
+    let action = if have {
+        Action::Skipped
+    } else {
+        Action::Uploaded
+    };
     Ok(done(ctx, file, seen, action, None, resumed))
 }
 
@@ -248,7 +271,12 @@ fn look(
             let mut head = Recording::new(&mut reader, pack::MAX_HEADER_READ);
             let facts = pack::weight_facts(&model.relative, &mut head, model.size);
             let seen = head.seen;
-            return finish(std::io::Cursor::new(seen).chain(reader), &model, chunker, facts);
+            return finish(
+                std::io::Cursor::new(seen).chain(reader),
+                &model,
+                chunker,
+                facts,
+            );
         } else {
             None
         };
@@ -270,7 +298,10 @@ fn finish(
     chunker: Option<&'static str>,
     facts: Option<WeightFacts>,
 ) -> std::io::Result<Seen> {
-    let mut counted = Counted { inner: reader, n: 0 };
+    let mut counted = Counted {
+        inner: reader,
+        n: 0,
+    };
     let (digest, chunks) = match chunker {
         Some(chunker) => {
             let (digest, chunks) = crate::chunks::digest_and_chunks_of(
@@ -381,7 +412,10 @@ impl Source {
                 client, repository, ..
             } => Ok(Source::Registry(
                 client.registry().to_string(),
-                client.get_blob(repository, &desc.digest, None).await?.response,
+                client
+                    .get_blob(repository, &desc.digest, None)
+                    .await?
+                    .response,
             )),
             Target::Local { store, .. } => {
                 let path = store.blob_path(&desc.digest);
@@ -405,11 +439,12 @@ impl Source {
             }),
             Source::Local(f) => {
                 let mut buf = vec![0u8; 1 << 20];
-                let n = tokio::task::block_in_place(|| f.read(&mut buf))
-                    .map_err(|source| TransferError::Io {
+                let n = tokio::task::block_in_place(|| f.read(&mut buf)).map_err(|source| {
+                    TransferError::Io {
                         path: "store blob".into(),
                         source,
-                    })?;
+                    }
+                })?;
                 buf.truncate(n);
                 Ok((n > 0).then(|| Bytes::from(buf)))
             }

@@ -107,7 +107,10 @@ pub async fn import(
     let brought: Vec<file::Brought> = brought.into_iter().map(|(_, b)| b).collect();
 
     let mut annotations = BTreeMap::new();
-    annotations.insert(media::ANNOTATION_SOURCE.into(), repo.page(&hub.settings.endpoint));
+    annotations.insert(
+        media::ANNOTATION_SOURCE.into(),
+        repo.page(&hub.settings.endpoint),
+    );
     annotations.insert(media::ANNOTATION_REVISION.into(), commit.clone());
     let pack_opts = PackOptions {
         annotations,

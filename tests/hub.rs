@@ -1,0 +1,586 @@
+//! `hoist copy hf://…`: the Hugging Face Hub to a registry in one streamed command, against
+//! a Hub stand-in (tests/common/hub.rs) that the official `huggingface_hub` client reads.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::hub::{commit_of, files_of, HubFile, HubRepoSpec, HubStandIn};
+use common::*;
+
+const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The real model as one repository at one commit (`main` and tag `v1` name it).
+fn real_repo() -> HubRepoSpec {
+    let commit = commit_of("real");
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit.clone());
+    spec.refs.insert("v1".into(), commit.clone());
+    spec.commits.insert(commit, files_of(&real_model()));
+    spec
+}
+
+fn stand_in(repos: Vec<(&str, HubRepoSpec)>) -> HubStandIn {
+    HubStandIn::start(repos.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// `hoist` with the Hub's settings pointing at the stand-in, and no token of the machine's.
+fn hoist_for(h: &Hoist, hub: &HubStandIn) -> std::process::Command {
+    let mut cmd = h.cmd();
+    cmd.env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_HOME", h.home.path().join("hf-home"))
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_TOKEN_PATH");
+    cmd
+}
+
+fn manifest(reg: &Registry, repo: &str, tag: &str) -> serde_json::Value {
+    let (status, _, body) = curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{}/v2/{repo}/manifests/{tag}", reg.addr),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn blob_json(reg: &Registry, repo: &str, digest: &str) -> serde_json::Value {
+    let (status, _, body) = curl(&[&format!("http://{}/v2/{repo}/blobs/{digest}", reg.addr)]);
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The files a model folder holds, as a pull or a download leaves them (hidden ones out).
+fn visible(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    tree(dir, false)
+}
+
+#[test]
+fn the_stand_in_serves_the_official_client() {
+    let hub = stand_in(vec![(REPO, real_repo())]);
+    let out = tempfile::tempdir().unwrap();
+    python(&format!(
+        r#"
+import os
+os.environ["HF_ENDPOINT"] = "{endpoint}"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = "{out}/home"
+from huggingface_hub import snapshot_download
+snapshot_download("{REPO}", local_dir="{out}/local")
+snapshot_download("{REPO}", revision="v1", cache_dir="{out}/cache")
+"#,
+        endpoint = hub.endpoint,
+        out = out.path().display()
+    ));
+    let source = visible(&real_model());
+    assert_eq!(visible(&out.path().join("local")), source);
+    let snapshots = out
+        .path()
+        .join("cache/models--sentence-transformers--all-MiniLM-L6-v2/snapshots")
+        .join(commit_of("real"));
+    assert_eq!(
+        visible(&snapshots),
+        source,
+        "the cache snapshot (links into blobs/)"
+    );
+    // The official client went to the CDN host for the LFS file, as with the real Hub.
+    assert!(hub.seen().iter().any(|s| s.path.starts_with("/lfs/")));
+}
+
+#[test]
+fn the_real_model_goes_from_the_hub_to_a_registry_and_back_identical() {
+    let hub = stand_in(vec![(REPO, real_repo())]);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let dest = reg.reference("hub/minilm");
+    let first = run(hoist_for(&h, &hub)
+        .env("HF_TOKEN", "hf_secret_token")
+        .args(["copy", &format!("hf://{REPO}"), &dest, "--json"]))
+    .ok();
+    let report: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
+    assert_eq!(report["commit"], commit_of("real"));
+    let listed = visible(&real_model()).len();
+    assert_eq!(report["files"], listed);
+    assert_eq!(report["uploaded"], listed);
+
+    // The artifact push makes: ModelPack, one titled layer per file, the model described
+    // from its config.json and safetensors header, the source and commit recorded.
+    let m = manifest(&reg, "hub/minilm", "latest");
+    assert_eq!(
+        m["artifactType"],
+        "application/vnd.cncf.model.manifest.v1+json"
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.source"],
+        format!("{}/{REPO}", hub.endpoint)
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.revision"],
+        commit_of("real")
+    );
+    let config = blob_json(&reg, "hub/minilm", m["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["descriptor"]["name"], REPO);
+    assert_eq!(config["config"]["paramSize"], "22.7m");
+    assert_eq!(config["config"]["architecture"], "BertModel");
+    assert!(
+        report["chunk_index"].is_string(),
+        "a chunk index is attached"
+    );
+
+    // Pulled back: the same files; and the model opens with safetensors.
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &dest, "-o", out.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(visible(out.path()), visible(&real_model()));
+    python(&format!(
+        "from safetensors import safe_open\nf = safe_open('{}/model.safetensors', 'np')\nassert f.get_tensor('embeddings.word_embeddings.weight').shape == (30522, 384)",
+        out.path().display()
+    ));
+
+    // The token went to the Hub's API and never to the CDN host.
+    let seen = hub.seen();
+    let cdn: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs/"))
+        .collect();
+    assert!(!cdn.is_empty(), "the LFS file came from the CDN host");
+    assert!(cdn.iter().all(|s| s.authorization.is_none()), "{cdn:?}");
+    assert!(seen
+        .iter()
+        .filter(|s| s.path.starts_with("/api/"))
+        .all(|s| s.authorization.as_deref() == Some("Bearer hf_secret_token")));
+
+    // Reproducible: the same commit, named by tag or by commit, gives the same digest; the
+    // destination has every blob, so nothing is uploaded again.
+    let again = run(hoist_for(&h, &hub).args([
+        "copy",
+        &format!("hf://{REPO}@{}", commit_of("real")),
+        &reg.reference("hub/minilm:pinned"),
+        "--json",
+    ]))
+    .ok();
+    let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(again["digest"], report["digest"]);
+    assert_eq!(again["uploaded"], 0);
+}
+
+#[test]
+fn revisions_pin_commits_and_a_wrong_one_is_not_found() {
+    let (old, new) = (commit_of("old"), commit_of("new"));
+    let file = |path: &str, bytes: &[u8], lfs: bool| HubFile {
+        path: path.into(),
+        bytes: Arc::new(bytes.to_vec()),
+        lfs,
+    };
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), new.clone());
+    spec.refs.insert("v1.0".into(), old.clone());
+    spec.commits.insert(
+        old.clone(),
+        vec![
+            file("config.json", b"{\"model_type\":\"x\"}", false),
+            file("w.bin", &noise(300_000, 1), true),
+        ],
+    );
+    spec.commits.insert(
+        new.clone(),
+        vec![
+            file("config.json", b"{\"model_type\":\"y\"}", false),
+            file("w.bin", &noise(300_000, 2), true),
+        ],
+    );
+    let hub = stand_in(vec![("org/model", spec)]);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    // A tag as revision: that commit's files, tagged with the revision's name.
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/model@v1.0", &reg.reference("org/model")]))
+        .ok();
+    let m = manifest(&reg, "org/model", "v1.0");
+    assert_eq!(m["annotations"]["org.opencontainers.image.revision"], old);
+    let out = tempfile::tempdir().unwrap();
+    h.run(&[
+        "pull",
+        &reg.reference("org/model:v1.0"),
+        "-o",
+        out.path().to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(out.path().join("w.bin")).unwrap(),
+        noise(300_000, 1)
+    );
+    // No revision: main.
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/model", &reg.reference("org/model")])).ok();
+    assert_eq!(
+        manifest(&reg, "org/model", "latest")["annotations"]["org.opencontainers.image.revision"],
+        new
+    );
+    // A revision the repository does not have: exit 4 with the Hub's words, nothing tagged.
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/model@v9", &reg.reference("org/model:v9")]))
+        .fails_with(4, "Invalid rev id: v9");
+    let (status, _, _) = curl(&[&format!("http://{}/v2/org/model/manifests/v9", reg.addr)]);
+    assert_eq!(status, 404);
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/missing", &reg.reference("x/y")]))
+        .fails_with(3, "Repository Not Found");
+}
+
+#[test]
+fn a_gated_repository_needs_a_token_from_the_environment_or_the_token_file() {
+    let mut spec = real_repo();
+    spec.gated_token = Some("hf_granted".into());
+    let hub = stand_in(vec![("meta/gated", spec)]);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let dest = reg.reference("meta/gated:v1");
+    let refused = run(hoist_for(&h, &hub).args(["copy", "hf://meta/gated", &dest]))
+        .fails_with(3, "Access to model meta/gated is restricted");
+    assert!(
+        refused.error_line().contains("HF_TOKEN"),
+        "{}",
+        refused.stderr
+    );
+    run(hoist_for(&h, &hub)
+        .env("HF_TOKEN", "hf_wrong")
+        .args(["copy", "hf://meta/gated", &dest]))
+    .fails_with(3, "restricted");
+    run(hoist_for(&h, &hub)
+        .env("HF_TOKEN", "hf_granted")
+        .args(["copy", "hf://meta/gated", &dest]))
+    .ok();
+    // `hf auth login` saves the token as HF_HOME/token.
+    let home = h.home.path().join("hf-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), "hf_granted\n").unwrap();
+    run(hoist_for(&h, &hub).args(["copy", "hf://meta/gated", &reg.reference("meta/gated:v2")]))
+        .ok();
+    let seen = hub.seen();
+    assert!(seen
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs/"))
+        .all(|s| s.authorization.is_none()));
+}
+
+#[test]
+fn a_broken_connection_resumes_and_throttling_is_waited_out() {
+    let hub = stand_in(vec![(REPO, real_repo())]);
+    let weights = std::fs::read(real_model().join("model.safetensors")).unwrap();
+    hub.faults(|f| {
+        f.cut = Some((common::hub::sha256_hex(&weights), 5_000_000));
+        f.throttle_once = Some("/tree/".into());
+    });
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let dest = reg.reference("hub/resumed");
+    let copied =
+        run(hoist_for(&h, &hub).args(["copy", &format!("hf://{REPO}"), &dest, "--json"])).ok();
+    let report: serde_json::Value = serde_json::from_str(&copied.stdout).unwrap();
+    assert_eq!(report["resumed"], 1, "one read taken up again");
+    let seen = hub.seen();
+    let cdn_gets = seen.iter().filter(|s| s.path.starts_with("/lfs/")).count();
+    assert_eq!(cdn_gets, 2, "the file was not started over: {seen:?}");
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &dest, "-o", out.path().to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read(out.path().join("model.safetensors")).unwrap(),
+        weights
+    );
+}
+
+#[test]
+fn bytes_that_are_not_the_hubs_are_never_published() {
+    let hub = stand_in(vec![(REPO, real_repo())]);
+    hub.faults(|f| f.corrupt = Some("model.safetensors".into()));
+    let reg = Registry::start();
+    let h = Hoist::new();
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        &format!("hf://{REPO}"),
+        &reg.reference("hub/bad:v1"),
+    ]))
+    .fails_with(6, "model.safetensors");
+    let (status, _, _) = curl(&[&format!("http://{}/v2/hub/bad/manifests/v1", reg.addr)]);
+    assert_eq!(status, 404, "no manifest");
+    let weights = std::fs::read(real_model().join("model.safetensors")).unwrap();
+    let digest = hoist::digest::Digest::of_bytes(&weights);
+    for blob in [
+        digest.to_string(),
+        hoist::digest::Digest::of_bytes(&{
+            let mut w = weights.clone();
+            let last = w.len() - 1;
+            w[last] ^= 0xff;
+            w
+        })
+        .to_string(),
+    ] {
+        let (status, _, _) = curl(&[
+            "-I",
+            &format!("http://{}/v2/hub/bad/blobs/{blob}", reg.addr),
+        ]);
+        assert_eq!(status, 404, "no blob of the weights was completed");
+    }
+}
+
+#[test]
+fn globs_pick_files_and_datasets_are_dataset_layers() {
+    let file = |path: &str, bytes: Vec<u8>| HubFile {
+        path: path.into(),
+        bytes: Arc::new(bytes),
+        lfs: path.ends_with(".gguf") || path.ends_with(".parquet"),
+    };
+    let mut model = HubRepoSpec::default();
+    model.refs.insert("main".into(), commit_of("gguf"));
+    model.commits.insert(
+        commit_of("gguf"),
+        vec![
+            file("README.md", b"---\nlicense: mit\n---\n".to_vec()),
+            file("model-Q4_K_M.gguf", noise(200_000, 3)),
+            file("model-Q8_0.gguf", noise(300_000, 4)),
+            file(".gitattributes", b"*.gguf filter=lfs".to_vec()),
+        ],
+    );
+    let mut data = HubRepoSpec {
+        dataset: true,
+        ..Default::default()
+    };
+    data.refs.insert("main".into(), commit_of("data"));
+    data.commits.insert(
+        commit_of("data"),
+        vec![
+            file("README.md", b"# a set".to_vec()),
+            file("train/part-0.parquet", noise(100_000, 5)),
+            file("labels.txt", b"a\nb\n".to_vec()),
+        ],
+    );
+    let hub = stand_in(vec![("org/gguf", model), ("org/set", data)]);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        "hf://org/gguf",
+        &reg.reference("org/gguf:q4"),
+        "--include",
+        "*Q4_K_M*",
+        "--include",
+        "README.md",
+    ]))
+    .ok();
+    let m = manifest(&reg, "org/gguf", "q4");
+    let titles: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        ["README.md", "model-Q4_K_M.gguf"],
+        "no .gitattributes, no Q8"
+    );
+    let config = blob_json(&reg, "org/gguf", m["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["descriptor"]["licenses"], serde_json::json!(["mit"]));
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        "hf://org/gguf",
+        &reg.reference("org/gguf:none"),
+        "--include",
+        "*.safetensors",
+    ]))
+    .fails_with(2, "model-Q8_0.gguf");
+
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        "hf://datasets/org/set",
+        &reg.reference("org/set:v1"),
+    ]))
+    .ok();
+    let m = manifest(&reg, "org/set", "v1");
+    let kinds: BTreeMap<&str, &str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["annotations"]["org.opencontainers.image.title"]
+                    .as_str()
+                    .unwrap(),
+                l["mediaType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds["README.md"], "application/vnd.cncf.model.doc.v1.raw");
+    assert_eq!(
+        kinds["train/part-0.parquet"],
+        "application/vnd.cncf.model.dataset.v1.raw"
+    );
+    assert_eq!(
+        kinds["labels.txt"],
+        "application/vnd.cncf.model.dataset.v1.raw"
+    );
+    // A model repository is not a dataset: the kinds must match, as on the Hub.
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/set", &reg.reference("org/set:v2")]))
+        .fails_with(3, "Repository Not Found");
+}
+
+/// Run `cmd` and return its peak RSS. Started by a small Python parent, not by this test:
+/// a child forked from this process (which holds the stand-in's 400 MiB) counts those
+/// pages in its peak until it execs.
+fn peak_of(cmd: &std::process::Command) -> (Run, u64) {
+    let mut py = std::process::Command::new("python3");
+    py.args([
+        "-c",
+        "import resource, subprocess, sys\n\
+         r = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True)\n\
+         sys.stdout.buffer.write(r.stdout)\n\
+         sys.stderr.buffer.write(r.stderr)\n\
+         print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+         sys.exit(r.returncode)",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => py.env(k, v),
+            None => py.env_remove(k),
+        };
+    }
+    let mut out = run(&mut py);
+    let last = out
+        .stdout
+        .trim_end()
+        .rsplit('\n')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let kib: u64 = last
+        .parse()
+        .unwrap_or_else(|_| panic!("no peak in {:?}", out.stdout));
+    out.stdout
+        .truncate(out.stdout.trim_end().len() - last.len());
+    (out, kib * 1024)
+}
+
+#[test]
+fn memory_stays_bounded_while_a_large_file_streams() {
+    let big = 400 << 20;
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit_of("big"));
+    spec.commits.insert(
+        commit_of("big"),
+        vec![HubFile {
+            path: "weights.bin".into(),
+            bytes: Arc::new(noise(big, 9)),
+            lfs: true,
+        }],
+    );
+    let hub = stand_in(vec![("org/big", spec)]);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let mut cmd = hoist_for(&h, &hub);
+    cmd.args(["copy", "hf://org/big", &reg.reference("org/big:v1")]);
+    let (run, rss) = peak_of(&cmd);
+    let run = run.ok();
+    assert!(run.stdout.contains("Digest: sha256:"), "{}", run.stdout);
+    eprintln!("peak RSS of a {} MiB copy: {} MiB", big >> 20, rss >> 20);
+    assert!(rss < 100 << 20, "peak RSS {} MiB", rss >> 20);
+}
+
+#[test]
+fn hub_cache_and_local_dir_folders_push_as_they_are() {
+    let hub = stand_in(vec![(REPO, real_repo())]);
+    let dl = tempfile::tempdir().unwrap();
+    python(&format!(
+        r#"
+import os
+os.environ["HF_ENDPOINT"] = "{endpoint}"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+from huggingface_hub import snapshot_download
+snapshot_download("{REPO}", cache_dir="{dl}/cache")
+snapshot_download("{REPO}", local_dir="{dl}/local")
+"#,
+        endpoint = hub.endpoint,
+        dl = dl.path().display()
+    ));
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let snapshot = dl
+        .path()
+        .join("cache/models--sentence-transformers--all-MiniLM-L6-v2/snapshots")
+        .join(commit_of("real"));
+    assert!(
+        std::fs::symlink_metadata(snapshot.join("model.safetensors"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    h.run(&[
+        "push",
+        snapshot.to_str().unwrap(),
+        &reg.reference("hub/cache:v1"),
+    ])
+    .ok();
+    assert!(dl.path().join("local/.cache/huggingface").exists());
+    let local_dir = dl.path().join("local");
+    h.run(&[
+        "push",
+        local_dir.to_str().unwrap(),
+        &reg.reference("hub/local:v1"),
+    ])
+    .ok();
+    // Even with hidden files asked for, the Hub client's bookkeeping stays out.
+    h.run(&[
+        "push",
+        "--include-hidden",
+        local_dir.to_str().unwrap(),
+        &reg.reference("hub/local:hidden"),
+    ])
+    .ok();
+    let hidden = manifest(&reg, "hub/local", "hidden");
+    let titles: Vec<&str> = hidden["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert!(titles.contains(&".gitattributes"), "{titles:?}");
+    assert!(
+        !titles.iter().any(|t| t.starts_with(".cache/")),
+        "{titles:?}"
+    );
+    // Both are the artifact `copy hf://` makes of that commit: the same config and layers.
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        &format!("hf://{REPO}"),
+        &reg.reference("hub/copied:v1"),
+    ]))
+    .ok();
+    let copied = manifest(&reg, "hub/copied", "v1");
+    let cached = manifest(&reg, "hub/cache", "v1");
+    assert_eq!(cached["layers"], copied["layers"]);
+    assert_eq!(cached["config"], copied["config"]);
+    let local = manifest(&reg, "hub/local", "v1");
+    assert_eq!(
+        local["layers"], copied["layers"],
+        ".cache/huggingface left out"
+    );
+    // A link out of the Hub cache is still refused.
+    let outside = dl.path().join("secret");
+    std::fs::write(&outside, b"not the model's").unwrap();
+    std::os::unix::fs::symlink(&outside, snapshot.join("leak.txt")).unwrap();
+    h.run(&[
+        "push",
+        snapshot.to_str().unwrap(),
+        &reg.reference("hub/cache:v2"),
+    ])
+    .fails_with(2, "outside the model folder");
+}
