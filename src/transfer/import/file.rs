@@ -134,11 +134,11 @@ async fn bring_lfs(
     let mut source = if have {
         Source::read_back(ctx.dst, &desc).await?
     } else {
-        Source::Hub(FileStream::new(
+        Source::Hub(Box::new(FileStream::new(
             ctx.hub.clone(),
             ctx.url.clone(),
             file.clone(),
-        ))
+        )))
     };
     let (cut_tx, cut_rx) = mpsc::channel::<Bytes>(PIPE);
     let looking = look(cut_rx, model.clone(), ctx.chunker);
@@ -400,7 +400,7 @@ impl<R: Read> Read for Recording<'_, R> {
 
 /// Where an LFS file's bytes come from: the Hub, or the destination that has it.
 enum Source {
-    Hub(FileStream),
+    Hub(Box<FileStream>),
     Registry(String, reqwest::Response),
     Local(std::fs::File),
 }
