@@ -153,7 +153,12 @@ fn the_real_model_goes_from_the_hub_to_a_registry_and_back_identical() {
         .all(|s| s.authorization.as_deref() == Some("Bearer hf_secret_token")));
 
     // Reproducible: the same commit, named by tag or by commit, gives the same digest; the
-    // destination has every blob, so nothing is uploaded again.
+    // destination has every blob, so nothing is uploaded again or read from the CDN.
+    let cdn_before = hub
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs/"))
+        .count();
     let again = run(hoist_for(&h, &hub).args([
         "copy",
         &format!("hf://{REPO}@{}", commit_of("real")),
@@ -164,6 +169,55 @@ fn the_real_model_goes_from_the_hub_to_a_registry_and_back_identical() {
     let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
     assert_eq!(again["digest"], report["digest"]);
     assert_eq!(again["uploaded"], 0);
+    let cdn_after = hub
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs/"))
+        .count();
+    assert_eq!(
+        cdn_after, cdn_before,
+        "the weights were read back from the registry"
+    );
+}
+
+#[test]
+fn a_hostile_file_list_is_refused_before_anything_is_sent() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    for (path, size, lfs, needle) in [
+        ("../escape.json", 10, false, "contains '..'"),
+        ("/etc/passwd", 10, false, "is absolute"),
+        ("a/./b.json", 10, false, "not in plain form"),
+        ("big.json", 17 << 20, false, "outside LFS"),
+    ] {
+        let mut spec = HubRepoSpec::default();
+        spec.refs.insert("main".into(), commit_of(path));
+        spec.commits.insert(
+            commit_of(path),
+            vec![
+                HubFile {
+                    path: "config.json".into(),
+                    bytes: Arc::new(b"{}".to_vec()),
+                    lfs: false,
+                },
+                HubFile {
+                    path: path.into(),
+                    bytes: Arc::new(vec![b'x'; size]),
+                    lfs,
+                },
+            ],
+        );
+        let hub = stand_in(vec![("org/hostile", spec)]);
+        run(hoist_for(&h, &hub).args([
+            "copy",
+            "hf://org/hostile",
+            &reg.reference("org/hostile:v1"),
+        ]))
+        .fails_with(8, needle);
+        let (status, _, _) = curl(&[&format!("http://{}/v2/org/hostile/manifests/v1", reg.addr)]);
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(reg.upload_count(), 0, "{path}: nothing was sent");
+    }
 }
 
 #[test]
@@ -583,4 +637,73 @@ snapshot_download("{REPO}", local_dir="{dl}/local")
         &reg.reference("hub/cache:v2"),
     ])
     .fails_with(2, "outside the model folder");
+}
+
+/// A registry that checks nothing and counts the bytes each blob upload brought: a copy
+/// holds the last bytes of a file back until they matched the Hub's SHA-256, so even a
+/// registry that does not check digests never gets the whole of other bytes.
+#[test]
+fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let size = 300_000;
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit_of("tamper"));
+    spec.commits.insert(
+        commit_of("tamper"),
+        vec![HubFile {
+            path: "weights.bin".into(),
+            bytes: Arc::new(noise(size, 11)),
+            lfs: true,
+        }],
+    );
+    let hub = stand_in(vec![("org/tamper", spec)]);
+    hub.faults(|f| f.corrupt = Some("weights.bin".into()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let got = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let got = got.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut length = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut out = stream;
+                let answer = if line.starts_with("POST") {
+                    "202 Accepted\r\nLocation: /v2/org/tamper/blobs/uploads/1"
+                } else if line.starts_with("PUT") && line.contains("/blobs/uploads/") {
+                    let mut body = Vec::new();
+                    let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
+                    got.lock().unwrap().push(body.len());
+                    "201 Created"
+                } else if line.starts_with("GET /v2/ ") {
+                    "200 OK"
+                } else {
+                    "404 Not Found"
+                };
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    let h = Hoist::new();
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/tamper", &format!("{addr}/org/tamper:v1")]))
+        .fails_with(6, "weights.bin");
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one upload of the weights was started");
+    assert!(got[0] < size, "the upload got every byte: {got:?}");
 }

@@ -69,15 +69,7 @@ async fn bring_small(
     model: &ModelFile,
 ) -> Result<Brought, TransferError> {
     if file.size > pack::MAX_SMALL_FILE {
-        return Err(HubError::Invalid {
-            what: file.path.clone(),
-            message: format!(
-                "{} bytes outside LFS (hoist holds such files in memory, up to {})",
-                file.size,
-                pack::MAX_SMALL_FILE
-            ),
-        }
-        .into());
+        return Err(outside_lfs(file).into());
     }
     let mut stream = FileStream::new(ctx.hub.clone(), ctx.url.clone(), file.clone());
     let mut body = Vec::with_capacity(file.size as usize);
@@ -117,6 +109,18 @@ async fn bring_small(
         describes.then_some(body),
         stream.resumed,
     ))
+}
+
+/// A file outside LFS is read whole into memory: one larger than this is refused.
+pub fn outside_lfs(file: &HubFile) -> HubError {
+    HubError::Invalid {
+        what: file.path.clone(),
+        message: format!(
+            "{} bytes outside LFS (hoist holds such files in memory, up to {})",
+            file.size,
+            pack::MAX_SMALL_FILE
+        ),
+    }
 }
 
 /// An LFS file: streamed, checked against the Hub's SHA-256 on the way.

@@ -81,6 +81,13 @@ pub async fn import(
         let names: Vec<&str> = listed.iter().take(20).map(|f| f.path.as_str()).collect();
         return Err(TransferError::NothingSelected(names.join(", ")));
     }
+    // Checked before any file is sent: what would only fail later stops the copy here.
+    if let Some(f) = files
+        .iter()
+        .find(|f| f.lfs_sha256.is_none() && f.size > pack::MAX_SMALL_FILE)
+    {
+        return Err(file::outside_lfs(f).into());
+    }
     let model_files: Vec<ModelFile> = files.iter().map(|f| model_file(repo, f)).collect();
     observer(&Event::Start {
         reference: dst.describe(),
