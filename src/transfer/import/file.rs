@@ -195,14 +195,18 @@ async fn bring_lfs(
         }
     };
     let (fed, uploaded) = tokio::join!(feed, uploading);
-    let (seen, resumed) = match fed? {
-        Some(seen) => seen,
-        None => {
-            uploaded?;
-            unreachable!("an upload that stopped reading ended in an error")
-        }
-    };
+    // A failed download or check is the cause of a failed upload, not the other way round.
+    let fed = fed?;
     uploaded?;
+    // An upload that stopped reading the file and still succeeded: the registry answered
+    // before it had the bytes, and cannot hold them.
+    let (seen, resumed) = fed.ok_or_else(|| HubError::Invalid {
+        what: file.path.clone(),
+        message: format!(
+            "{} accepted the upload before receiving the file",
+            ctx.dst.describe()
+        ),
+    })?;
     let action = if have {
         Action::Skipped
     } else {
@@ -271,20 +275,19 @@ fn look(
     let path = model.relative.clone();
     let task = tokio::task::spawn_blocking(move || {
         let mut reader = Pieces::new(rx);
-        let facts = if model.kind == LayerKind::Weight {
-            let mut head = Recording::new(&mut reader, pack::MAX_HEADER_READ);
-            let facts = pack::weight_facts(&model.relative, &mut head, model.size);
-            let seen = head.seen;
-            return finish(
-                std::io::Cursor::new(seen).chain(reader),
-                &model,
-                chunker,
-                facts,
-            );
-        } else {
-            None
-        };
-        finish(reader, &model, chunker, facts)
+        if model.kind != LayerKind::Weight {
+            return finish(reader, &model, chunker, None);
+        }
+        // The header is read first, kept, and read again by the hashing that follows.
+        let mut head = Recording::new(&mut reader, pack::MAX_HEADER_READ);
+        let facts = pack::weight_facts(&model.relative, &mut head, model.size);
+        let seen = head.seen;
+        finish(
+            std::io::Cursor::new(seen).chain(reader),
+            &model,
+            chunker,
+            facts,
+        )
     });
     async move {
         task.await
