@@ -707,3 +707,69 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
     assert_eq!(got.len(), 1, "one upload of the weights was started");
     assert!(got[0] < size, "the upload got every byte: {got:?}");
 }
+
+/// By hand (`cargo test --release --test hub -- --ignored --nocapture`): a 1 GiB model from
+/// the stand-in into distribution, `hoist copy hf://` against the two-step flow it replaces
+/// (`huggingface_hub.snapshot_download` into a folder, then `hoist push`), medians of 3 with
+/// the page cache dropped before each run when this runs as root.
+#[test]
+#[ignore = "a benchmark, run by hand"]
+fn bench_copy_against_download_then_push() {
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit_of("bench"));
+    let mut files = files_of(&real_model());
+    files.push(HubFile {
+        path: "extra.safetensors".into(),
+        bytes: Arc::new(noise(1 << 30, 21)),
+        lfs: true,
+    });
+    spec.commits.insert(commit_of("bench"), files);
+    let hub = stand_in(vec![("org/bench", spec)]);
+    let drop_caches = || {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (mut copy, mut two_step) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let reg = Registry::start();
+        let h = Hoist::new();
+        drop_caches();
+        let t = std::time::Instant::now();
+        run(hoist_for(&h, &hub).args([
+            "copy",
+            "hf://org/bench",
+            &reg.reference(&format!("b/copy:{i}")),
+        ]))
+        .ok();
+        copy.push(t.elapsed().as_secs_f64());
+
+        let reg = Registry::start();
+        let dl = tempfile::tempdir().unwrap();
+        drop_caches();
+        let t = std::time::Instant::now();
+        python(&format!(
+            "import os\nos.environ['HF_ENDPOINT'] = '{}'\nfrom huggingface_hub import snapshot_download\nsnapshot_download('org/bench', local_dir='{}/m')",
+            hub.endpoint,
+            dl.path().display()
+        ));
+        h.run(&[
+            "push",
+            dl.path().join("m").to_str().unwrap(),
+            &reg.reference(&format!("b/push:{i}")),
+        ])
+        .ok();
+        two_step.push(t.elapsed().as_secs_f64());
+    }
+    eprintln!("1.09 GiB model, stand-in Hub → distribution on loopback, median of 3:");
+    eprintln!(
+        "  hoist copy hf://                      {:6.2} s  (no disk copy)",
+        median(copy)
+    );
+    eprintln!(
+        "  snapshot_download + hoist push        {:6.2} s  (model written and read once more)",
+        median(two_step)
+    );
+}
