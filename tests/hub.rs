@@ -639,6 +639,51 @@ snapshot_download("{REPO}", local_dir="{dl}/local")
     .fails_with(2, "outside the model folder");
 }
 
+/// A tree listed over more than 1,000 pages is refused (exit 8) before any upload: a Hub
+/// that never stops paginating cannot keep a copy listing forever.
+#[test]
+fn a_file_list_without_end_is_refused() {
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit_of("pages"));
+    let files = (0..1_001)
+        .map(|i| HubFile {
+            path: format!("f{i:04}.txt"),
+            bytes: Arc::new(b"x".to_vec()),
+            lfs: false,
+        })
+        .collect();
+    spec.commits.insert(commit_of("pages"), files);
+    let hub = stand_in(vec![("org/pages", spec)]);
+    hub.page_size(1);
+    let reg = Registry::start();
+    let h = Hoist::new();
+    run(hoist_for(&h, &hub).args(["copy", "hf://org/pages", &reg.reference("org/pages:v1")]))
+        .fails_with(8, "more than 1000 pages");
+    assert_eq!(reg.upload_count(), 0);
+    // 1,000 pages are read to the end.
+    let mut spec = HubRepoSpec::default();
+    spec.refs.insert("main".into(), commit_of("pages-ok"));
+    let files = (0..1_000)
+        .map(|i| HubFile {
+            path: format!("f{i:04}.txt"),
+            bytes: Arc::new(format!("{i}").into_bytes()),
+            lfs: false,
+        })
+        .collect();
+    spec.commits.insert(commit_of("pages-ok"), files);
+    let hub = stand_in(vec![("org/pages", spec)]);
+    hub.page_size(1);
+    let copied = run(hoist_for(&h, &hub).args([
+        "copy",
+        "hf://org/pages",
+        &reg.reference("org/pages:v2"),
+        "--json",
+    ]))
+    .ok();
+    let report: serde_json::Value = serde_json::from_str(&copied.stdout).unwrap();
+    assert_eq!(report["files"], 1000);
+}
+
 /// A registry that checks nothing and counts the bytes each blob upload brought: a copy
 /// holds the last bytes of a file back until they matched the Hub's SHA-256, so even a
 /// registry that does not check digests never gets the whole of other bytes.

@@ -138,6 +138,11 @@ impl HubStandIn {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// Entries per page of the tree (3 unless set).
+    pub fn page_size(&self, n: usize) {
+        self.state.lock().unwrap().page_size = n;
+    }
+
     pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.state.lock().unwrap().faults)
     }
