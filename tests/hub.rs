@@ -52,6 +52,20 @@ fn blob_json(reg: &Registry, repo: &str, digest: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The titles of a manifest's layers, in order.
+fn titles(manifest: &serde_json::Value) -> Vec<&str> {
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["annotations"]["org.opencontainers.image.title"]
+                .as_str()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// The files a model folder holds, as a pull or a download leaves them (hidden ones out).
 fn visible(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     tree(dir, false)
@@ -86,7 +100,7 @@ snapshot_download("{REPO}", revision="v1", cache_dir="{out}/cache")
         "the cache snapshot (links into blobs/)"
     );
     // The official client went to the CDN host for the LFS file, as with the real Hub.
-    assert!(hub.seen().iter().any(|s| s.path.starts_with("/lfs/")));
+    assert!(!hub.cdn_requests().is_empty());
 }
 
 #[test]
@@ -140,25 +154,18 @@ fn the_real_model_goes_from_the_hub_to_a_registry_and_back_identical() {
     ));
 
     // The token went to the Hub's API and never to the CDN host.
-    let seen = hub.seen();
-    let cdn: Vec<_> = seen
-        .iter()
-        .filter(|s| s.path.starts_with("/lfs/"))
-        .collect();
+    let cdn = hub.cdn_requests();
     assert!(!cdn.is_empty(), "the LFS file came from the CDN host");
     assert!(cdn.iter().all(|s| s.authorization.is_none()), "{cdn:?}");
-    assert!(seen
+    assert!(hub
+        .seen()
         .iter()
         .filter(|s| s.path.starts_with("/api/"))
         .all(|s| s.authorization.as_deref() == Some("Bearer hf_secret_token")));
 
     // Reproducible: the same commit, named by tag or by commit, gives the same digest; the
     // destination has every blob, so nothing is uploaded again or read from the CDN.
-    let cdn_before = hub
-        .seen()
-        .iter()
-        .filter(|s| s.path.starts_with("/lfs/"))
-        .count();
+    let cdn_before = hub.cdn_requests().len();
     let again = run(hoist_for(&h, &hub).args([
         "copy",
         &format!("hf://{REPO}@{}", commit_of("real")),
@@ -169,11 +176,7 @@ fn the_real_model_goes_from_the_hub_to_a_registry_and_back_identical() {
     let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
     assert_eq!(again["digest"], report["digest"]);
     assert_eq!(again["uploaded"], 0);
-    let cdn_after = hub
-        .seen()
-        .iter()
-        .filter(|s| s.path.starts_with("/lfs/"))
-        .count();
+    let cdn_after = hub.cdn_requests().len();
     assert_eq!(
         cdn_after, cdn_before,
         "the weights were read back from the registry"
@@ -190,21 +193,11 @@ fn a_hostile_file_list_is_refused_before_anything_is_sent() {
         ("a/./b.json", 10, false, "not in plain form"),
         ("big.json", 17 << 20, false, "outside LFS"),
     ] {
-        let mut spec = HubRepoSpec::default();
-        spec.refs.insert("main".into(), commit_of(path));
-        spec.commits.insert(
-            commit_of(path),
+        let spec = HubRepoSpec::at_main(
+            path,
             vec![
-                HubFile {
-                    path: "config.json".into(),
-                    bytes: Arc::new(b"{}".to_vec()),
-                    lfs: false,
-                },
-                HubFile {
-                    path: path.into(),
-                    bytes: Arc::new(vec![b'x'; size]),
-                    lfs,
-                },
+                HubFile::new("config.json", b"{}".to_vec(), false),
+                HubFile::new(path, vec![b'x'; size], lfs),
             ],
         );
         let hub = stand_in(vec![("org/hostile", spec)]);
@@ -223,11 +216,7 @@ fn a_hostile_file_list_is_refused_before_anything_is_sent() {
 #[test]
 fn revisions_pin_commits_and_a_wrong_one_is_not_found() {
     let (old, new) = (commit_of("old"), commit_of("new"));
-    let file = |path: &str, bytes: &[u8], lfs: bool| HubFile {
-        path: path.into(),
-        bytes: Arc::new(bytes.to_vec()),
-        lfs,
-    };
+    let file = |path: &str, bytes: &[u8], lfs: bool| HubFile::new(path, bytes.to_vec(), lfs);
     let mut spec = HubRepoSpec::default();
     spec.refs.insert("main".into(), new.clone());
     spec.refs.insert("v1.0".into(), old.clone());
@@ -309,11 +298,7 @@ fn a_gated_repository_needs_a_token_from_the_environment_or_the_token_file() {
     std::fs::write(home.join("token"), "hf_granted\n").unwrap();
     run(hoist_for(&h, &hub).args(["copy", "hf://meta/gated", &reg.reference("meta/gated:v2")]))
         .ok();
-    let seen = hub.seen();
-    assert!(seen
-        .iter()
-        .filter(|s| s.path.starts_with("/lfs/"))
-        .all(|s| s.authorization.is_none()));
+    assert!(hub.cdn_requests().iter().all(|s| s.authorization.is_none()));
 }
 
 #[test]
@@ -331,9 +316,8 @@ fn a_broken_connection_resumes_and_throttling_is_waited_out() {
         run(hoist_for(&h, &hub).args(["copy", &format!("hf://{REPO}"), &dest, "--json"])).ok();
     let report: serde_json::Value = serde_json::from_str(&copied.stdout).unwrap();
     assert_eq!(report["resumed"], 1, "one read taken up again");
-    let seen = hub.seen();
-    let cdn_gets = seen.iter().filter(|s| s.path.starts_with("/lfs/")).count();
-    assert_eq!(cdn_gets, 2, "the file was not started over: {seen:?}");
+    let cdn = hub.cdn_requests();
+    assert_eq!(cdn.len(), 2, "the file was not started over: {cdn:?}");
     let out = tempfile::tempdir().unwrap();
     h.run(&["pull", &dest, "-o", out.path().to_str().unwrap()])
         .ok();
@@ -379,15 +363,15 @@ fn bytes_that_are_not_the_hubs_are_never_published() {
 
 #[test]
 fn globs_pick_files_and_datasets_are_dataset_layers() {
-    let file = |path: &str, bytes: Vec<u8>| HubFile {
-        path: path.into(),
-        bytes: Arc::new(bytes),
-        lfs: path.ends_with(".gguf") || path.ends_with(".parquet"),
+    let file = |path: &str, bytes: Vec<u8>| {
+        HubFile::new(
+            path,
+            bytes,
+            path.ends_with(".gguf") || path.ends_with(".parquet"),
+        )
     };
-    let mut model = HubRepoSpec::default();
-    model.refs.insert("main".into(), commit_of("gguf"));
-    model.commits.insert(
-        commit_of("gguf"),
+    let model = HubRepoSpec::at_main(
+        "gguf",
         vec![
             file("README.md", b"---\nlicense: mit\n---\n".to_vec()),
             file("model-Q4_K_M.gguf", noise(200_000, 3)),
@@ -395,19 +379,17 @@ fn globs_pick_files_and_datasets_are_dataset_layers() {
             file(".gitattributes", b"*.gguf filter=lfs".to_vec()),
         ],
     );
-    let mut data = HubRepoSpec {
+    let data = HubRepoSpec {
         dataset: true,
-        ..Default::default()
+        ..HubRepoSpec::at_main(
+            "data",
+            vec![
+                file("README.md", b"# a set".to_vec()),
+                file("train/part-0.parquet", noise(100_000, 5)),
+                file("labels.txt", b"a\nb\n".to_vec()),
+            ],
+        )
     };
-    data.refs.insert("main".into(), commit_of("data"));
-    data.commits.insert(
-        commit_of("data"),
-        vec![
-            file("README.md", b"# a set".to_vec()),
-            file("train/part-0.parquet", noise(100_000, 5)),
-            file("labels.txt", b"a\nb\n".to_vec()),
-        ],
-    );
     let hub = stand_in(vec![("org/gguf", model), ("org/set", data)]);
     let reg = Registry::start();
     let h = Hoist::new();
@@ -422,18 +404,8 @@ fn globs_pick_files_and_datasets_are_dataset_layers() {
     ]))
     .ok();
     let m = manifest(&reg, "org/gguf", "q4");
-    let titles: Vec<&str> = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            l["annotations"]["org.opencontainers.image.title"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
     assert_eq!(
-        titles,
+        titles(&m),
         ["README.md", "model-Q4_K_M.gguf"],
         "no .gitattributes, no Q8"
     );
@@ -477,6 +449,17 @@ fn globs_pick_files_and_datasets_are_dataset_layers() {
         kinds["labels.txt"],
         "application/vnd.cncf.model.dataset.v1.raw"
     );
+    // Copied again without a chunk index: a file the registry has, and whose header says
+    // nothing of the model, is not read back from it.
+    let gets = reg.blob_get_count();
+    run(hoist_for(&h, &hub).args([
+        "copy",
+        "hf://datasets/org/set",
+        &reg.reference("org/set:v1b"),
+        "--no-chunk-index",
+    ]))
+    .ok();
+    assert_eq!(reg.blob_get_count(), gets, "nothing read back");
     // A model repository is not a dataset: the kinds must match, as on the Hub.
     run(hoist_for(&h, &hub).args(["copy", "hf://org/set", &reg.reference("org/set:v2")]))
         .fails_with(3, "Repository Not Found");
@@ -523,15 +506,9 @@ fn peak_of(cmd: &std::process::Command) -> (Run, u64) {
 #[test]
 fn memory_stays_bounded_while_a_large_file_streams() {
     let big = 400 << 20;
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit_of("big"));
-    spec.commits.insert(
-        commit_of("big"),
-        vec![HubFile {
-            path: "weights.bin".into(),
-            bytes: Arc::new(noise(big, 9)),
-            lfs: true,
-        }],
+    let spec = HubRepoSpec::at_main(
+        "big",
+        vec![HubFile::new("weights.bin", noise(big, 9), true)],
     );
     let hub = stand_in(vec![("org/big", spec)]);
     let reg = Registry::start();
@@ -596,16 +573,7 @@ snapshot_download("{REPO}", local_dir="{dl}/local")
     ])
     .ok();
     let hidden = manifest(&reg, "hub/local", "hidden");
-    let titles: Vec<&str> = hidden["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            l["annotations"]["org.opencontainers.image.title"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
+    let titles = titles(&hidden);
     assert!(titles.contains(&".gitattributes"), "{titles:?}");
     assert!(
         !titles.iter().any(|t| t.starts_with(".cache/")),
@@ -643,16 +611,10 @@ snapshot_download("{REPO}", local_dir="{dl}/local")
 /// that never stops paginating cannot keep a copy listing forever.
 #[test]
 fn a_file_list_without_end_is_refused() {
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit_of("pages"));
     let files = (0..1_001)
-        .map(|i| HubFile {
-            path: format!("f{i:04}.txt"),
-            bytes: Arc::new(b"x".to_vec()),
-            lfs: false,
-        })
+        .map(|i| HubFile::new(&format!("f{i:04}.txt"), b"x".to_vec(), false))
         .collect();
-    spec.commits.insert(commit_of("pages"), files);
+    let spec = HubRepoSpec::at_main("pages", files);
     let hub = stand_in(vec![("org/pages", spec)]);
     hub.page_size(1);
     let reg = Registry::start();
@@ -661,16 +623,10 @@ fn a_file_list_without_end_is_refused() {
         .fails_with(8, "more than 1000 pages");
     assert_eq!(reg.upload_count(), 0);
     // 1,000 pages are read to the end.
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit_of("pages-ok"));
     let files = (0..1_000)
-        .map(|i| HubFile {
-            path: format!("f{i:04}.txt"),
-            bytes: Arc::new(format!("{i}").into_bytes()),
-            lfs: false,
-        })
+        .map(|i| HubFile::new(&format!("f{i:04}.txt"), format!("{i}").into_bytes(), false))
         .collect();
-    spec.commits.insert(commit_of("pages-ok"), files);
+    let spec = HubRepoSpec::at_main("pages-ok", files);
     let hub = stand_in(vec![("org/pages", spec)]);
     hub.page_size(1);
     let copied = run(hoist_for(&h, &hub).args([
@@ -691,15 +647,9 @@ fn a_file_list_without_end_is_refused() {
 fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
     use std::io::{BufRead, BufReader, Read, Write};
     let size = 300_000;
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit_of("tamper"));
-    spec.commits.insert(
-        commit_of("tamper"),
-        vec![HubFile {
-            path: "weights.bin".into(),
-            bytes: Arc::new(noise(size, 11)),
-            lfs: true,
-        }],
+    let spec = HubRepoSpec::at_main(
+        "tamper",
+        vec![HubFile::new("weights.bin", noise(size, 11), true)],
     );
     let hub = stand_in(vec![("org/tamper", spec)]);
     hub.faults(|f| f.corrupt = Some("weights.bin".into()));
@@ -760,15 +710,9 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
 #[test]
 #[ignore = "a benchmark, run by hand"]
 fn bench_copy_against_download_then_push() {
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit_of("bench"));
     let mut files = files_of(&real_model());
-    files.push(HubFile {
-        path: "extra.safetensors".into(),
-        bytes: Arc::new(noise(1 << 30, 21)),
-        lfs: true,
-    });
-    spec.commits.insert(commit_of("bench"), files);
+    files.push(HubFile::new("extra.safetensors", noise(1 << 30, 21), true));
+    let spec = HubRepoSpec::at_main("bench", files);
     let hub = stand_in(vec![("org/bench", spec)]);
     let drop_caches = || {
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");

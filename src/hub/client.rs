@@ -8,10 +8,13 @@ use reqwest::{header, StatusCode};
 use url::Url;
 
 use super::{HubError, HubRepo, HubSettings};
-use crate::registry::{error_chain, parse_retry_after, RetryPolicy, TransportOptions};
+use crate::registry::{
+    error_chain, parse_retry_after, read_bounded, RetryPolicy, TransportOptions, Unread,
+    MAX_ERROR_BODY,
+};
 
 /// The most bytes of one API answer read (a page of the tree, a revision's info).
-const MAX_API_BODY: usize = 16 << 20;
+const MAX_API_BODY: u64 = 16 << 20;
 /// The most files a repository may list, and pages followed to list them.
 const MAX_FILES: usize = 100_000;
 const MAX_PAGES: usize = 1_000;
@@ -91,13 +94,19 @@ impl HubClient {
         url
     }
 
-    /// The commit a branch, tag or commit names.
-    pub async fn commit(&self, repo: &HubRepo) -> Result<String, HubError> {
+    /// `/api/{models,datasets}/ORG/NAME/{verb}/{revision}`.
+    fn repo_api_url(&self, repo: &HubRepo, verb: &str, revision: &str) -> Url {
         let mut segments = vec!["api", repo.api_kind()];
         segments.extend(repo.id.split('/'));
-        segments.extend(["revision", repo.revision.as_str()]);
+        segments.extend([verb, revision]);
+        self.api_url(&segments)
+    }
+
+    /// The commit a branch, tag or commit names.
+    pub async fn commit(&self, repo: &HubRepo) -> Result<String, HubError> {
         let what = format!("{repo}");
-        let body = self.get_json(&what, self.api_url(&segments)).await?;
+        let url = self.repo_api_url(repo, "revision", &repo.revision);
+        let body = self.get_json(&what, url).await?;
         let sha = body
             .get("sha")
             .and_then(|s| s.as_str())
@@ -117,15 +126,12 @@ impl HubClient {
 
     /// Every file of the repository at `commit`, following the tree's pages.
     pub async fn files(&self, repo: &HubRepo, commit: &str) -> Result<Vec<HubFile>, HubError> {
-        let mut segments = vec!["api", repo.api_kind()];
-        segments.extend(repo.id.split('/'));
-        segments.extend(["tree", commit]);
-        let mut next = Some(self.api_url(&segments));
-        if let Some(url) = &mut next {
-            url.query_pairs_mut()
-                .append_pair("recursive", "true")
-                .append_pair("expand", "false");
-        }
+        let mut first = self.repo_api_url(repo, "tree", commit);
+        first
+            .query_pairs_mut()
+            .append_pair("recursive", "true")
+            .append_pair("expand", "false");
+        let mut next = Some(first);
         let what = format!("the file list of {repo}");
         let mut files = Vec::new();
         let mut pages = 0;
@@ -137,7 +143,7 @@ impl HubClient {
             let opened = self.get(&what, url, None).await?;
             next = next_page(&opened.response, &self.settings.endpoint)
                 .map_err(|m| invalid(&what, m))?;
-            let page = read_json(&what, opened.response).await?;
+            let page = read_json(&what, opened.response, MAX_API_BODY).await?;
             let entries = page
                 .as_array()
                 .ok_or_else(|| invalid(&what, "not a list of entries".into()))?;
@@ -167,7 +173,7 @@ impl HubClient {
 
     async fn get_json(&self, what: &str, url: Url) -> Result<serde_json::Value, HubError> {
         let opened = self.get(what, url, None).await?;
-        read_json(what, opened.response).await
+        read_json(what, opened.response, MAX_API_BODY).await
     }
 
     /// GET `url` (from byte `offset`), through redirects, waiting out 429s and retrying
@@ -287,7 +293,7 @@ impl HubClient {
         let code = header("x-error-code").unwrap_or_default();
         let mut message = header("x-error-message");
         if message.is_none() {
-            message = read_json(what, response)
+            message = read_json(what, response, MAX_ERROR_BODY)
                 .await
                 .ok()
                 .and_then(|b| b.get("error")?.as_str().map(str::to_string));
@@ -345,29 +351,19 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// At most [`MAX_API_BODY`] bytes of JSON.
+/// At most `limit` bytes of JSON.
 async fn read_json(
     what: &str,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
+    limit: u64,
 ) -> Result<serde_json::Value, HubError> {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(piece)) => {
-                if body.len() + piece.len() > MAX_API_BODY {
-                    return Err(invalid(what, format!("larger than {MAX_API_BODY} bytes")));
-                }
-                body.extend_from_slice(&piece);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(HubError::Unavailable {
-                    what: what.into(),
-                    message: error_chain(&e),
-                })
-            }
-        }
-    }
+    let body = read_bounded(response, limit).await.map_err(|e| match e {
+        Unread::TooLong => invalid(what, format!("larger than {limit} bytes")),
+        Unread::Failed(e) => HubError::Unavailable {
+            what: what.into(),
+            message: error_chain(&e),
+        },
+    })?;
     serde_json::from_slice(&body).map_err(|e| invalid(what, format!("not JSON: {e}")))
 }
 

@@ -14,6 +14,7 @@ mod transport;
 mod upload;
 
 pub use auth::{Credential, Credentials};
+pub(crate) use body::{read_bounded, Unread, MAX_ERROR_BODY};
 pub use client::{BlobResponse, RegistryClient};
 pub(crate) use error::chain as error_chain;
 pub use error::RegistryError;

@@ -143,12 +143,23 @@ impl Store {
 
     /// Copy a local file into the store, hashing as it goes.
     pub fn put_file(&self, expected: &Descriptor, source: &Path) -> Result<PathBuf, StoreError> {
+        let reader = File::open(source).map_err(io_err(source))?;
+        self.put_reader(expected, reader, source)
+    }
+
+    /// Copy what `reader` gives into the store, hashing as it goes; kept only if it is the
+    /// expected blob. `source` names it in errors.
+    pub fn put_reader(
+        &self,
+        expected: &Descriptor,
+        mut reader: impl io::Read,
+        source: &Path,
+    ) -> Result<PathBuf, StoreError> {
         let mut ingest = self.ingest_file()?;
-        let mut reader = File::open(source).map_err(io_err(source))?;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = io::Read::read(&mut reader, &mut buf).map_err(io_err(source))?;
+            let n = reader.read(&mut buf).map_err(io_err(source))?;
             if n == 0 {
                 break;
             }

@@ -24,6 +24,16 @@ pub struct HubFile {
     pub lfs: bool,
 }
 
+impl HubFile {
+    pub fn new(path: &str, bytes: Vec<u8>, lfs: bool) -> HubFile {
+        HubFile {
+            path: path.into(),
+            bytes: Arc::new(bytes),
+            lfs,
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct HubRepoSpec {
     /// branches and tags → commit
@@ -33,6 +43,16 @@ pub struct HubRepoSpec {
     /// The token a gated repository wants (`None`: public).
     pub gated_token: Option<String>,
     pub dataset: bool,
+}
+
+impl HubRepoSpec {
+    /// A repository of one commit (named `commit_of(name)`), which `main` names.
+    pub fn at_main(name: &str, files: Vec<HubFile>) -> HubRepoSpec {
+        let mut spec = HubRepoSpec::default();
+        spec.refs.insert("main".into(), commit_of(name));
+        spec.commits.insert(commit_of(name), files);
+        spec
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +156,14 @@ impl HubStandIn {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// The requests the "CDN" host got (LFS downloads after the Hub's redirect).
+    pub fn cdn_requests(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path.starts_with("/lfs/"))
+            .collect()
     }
 
     /// Entries per page of the tree (3 unless set).

@@ -87,7 +87,7 @@ async fn bring_small(
         .into());
     }
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx.send(body.clone()).await;
+    let _ = tx.send(Ok(body.clone())).await;
     drop(tx);
     let seen = look(rx, model.clone(), ctx.chunker).await?;
     let desc = Descriptor::new(media_type(model), seen.digest.clone(), seen.size);
@@ -135,6 +135,16 @@ async fn bring_lfs(
         .expect("a checked SHA-256 is a digest");
     let desc = Descriptor::new(media_type(model), expected.clone(), file.size);
     let have = ctx.dst.has_blob(&desc).await?;
+    if have && ctx.chunker.is_none() && model.kind != LayerKind::Weight {
+        // Neither chunks nor a header wanted: the destination's blob is all there is to it.
+        let seen = Seen {
+            digest: expected,
+            size: file.size,
+            chunks: None,
+            facts: None,
+        };
+        return Ok(done(ctx, file, seen, Action::Skipped, None, 0));
+    }
     let mut source = if have {
         Source::read_back(ctx.dst, &desc).await?
     } else {
@@ -144,7 +154,7 @@ async fn bring_lfs(
             file.clone(),
         )))
     };
-    let (cut_tx, cut_rx) = mpsc::channel::<Bytes>(PIPE);
+    let (cut_tx, cut_rx) = mpsc::channel(PIPE);
     let looking = look(cut_rx, model.clone(), ctx.chunker);
     let (up_tx, upload) = match have {
         true => (None, None),
@@ -157,7 +167,7 @@ async fn bring_lfs(
         let mut held: Option<Bytes> = None;
         while let Some(piece) = source.next().await? {
             progress(ctx, file, piece.len() as u64);
-            if cut_tx.send(piece.clone()).await.is_err() {
+            if cut_tx.send(Ok(piece.clone())).await.is_err() {
                 break; // the hashing task stopped: its error says why
             }
             if let Some(tx) = &up_tx {
@@ -268,7 +278,7 @@ fn git_blob_id(content: &[u8]) -> String {
 /// Hash, cut and read the header of the pieces `rx` brings, on a blocking thread started
 /// now (the pieces are sent before the result is awaited).
 fn look(
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
     model: ModelFile,
     chunker: Option<&'static str>,
 ) -> impl std::future::Future<Output = Result<Seen, TransferError>> {
@@ -346,14 +356,14 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// The pieces of a channel as a blocking reader.
+/// The pieces of a channel as a blocking reader (a piece that is an error fails the read).
 struct Pieces {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl Pieces {
-    fn new(rx: mpsc::Receiver<Bytes>) -> Pieces {
+    fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Pieces {
         Pieces {
             rx,
             current: Bytes::new(),
@@ -365,7 +375,7 @@ impl Read for Pieces {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                Some(piece) => self.current = piece,
+                Some(piece) => self.current = piece?,
                 None => return Ok(0),
             }
         }
@@ -485,23 +495,13 @@ async fn upload_stream(
         }
         Target::Local { store, .. } => {
             let (store, desc) = (store.clone(), desc.clone());
-            tokio::task::spawn_blocking(move || -> Result<(), TransferError> {
-                use std::io::Write;
-                let mut ingest = store.ingest_file()?;
-                let mut hasher = crate::digest::Hasher::new();
-                while let Some(piece) = rx.blocking_recv() {
-                    let piece = piece.map_err(TransferError::io(ingest.path().to_path_buf()))?;
-                    hasher.update(&piece);
-                    ingest
-                        .write_all(&piece)
-                        .map_err(TransferError::io(ingest.path().to_path_buf()))?;
-                }
-                let size = hasher.len();
-                store.commit(ingest, &desc, hasher.finish(), size)?;
-                Ok(())
+            tokio::task::spawn_blocking(move || {
+                let name = std::path::PathBuf::from(desc.digest.as_str());
+                store.put_reader(&desc, Pieces::new(rx), &name).map(drop)
             })
             .await
-            .expect("the store task does not panic")
+            .expect("the store task does not panic")?;
+            Ok(())
         }
     }
 }

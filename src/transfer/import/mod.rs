@@ -74,7 +74,7 @@ pub async fn import(
     let listed = hub.files(repo, &commit).await?;
     let files: Vec<HubFile> = listed
         .iter()
-        .filter(|f| !hidden(&f.path) && keeps(&opts.filter, &f.path))
+        .filter(|f| !hidden(&f.path) && opts.filter.keeps_path(&f.path))
         .cloned()
         .collect();
     if files.is_empty() {
@@ -159,11 +159,6 @@ pub async fn import(
 /// out of a folder: the Hub's copy and a pushed download give the same artifact.
 fn hidden(path: &str) -> bool {
     path.split('/').any(|part| part.starts_with('.'))
-}
-
-fn keeps(filter: &LayerFilter, path: &str) -> bool {
-    filter.include.as_ref().is_none_or(|g| g.is_match(path))
-        && !filter.exclude.as_ref().is_some_and(|g| g.is_match(path))
 }
 
 /// The file as `push` would describe it from a download: its kind from its name and size

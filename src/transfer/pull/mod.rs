@@ -118,10 +118,15 @@ impl LayerFilter {
         self.include.is_none() && self.exclude.is_none() && self.kinds.is_none()
     }
 
-    pub fn keeps(&self, layer: &FileLayer) -> bool {
-        let path = &layer.path;
+    /// Whether `path` passes `--include` and `--exclude` (kinds aside).
+    pub fn keeps_path(&self, path: impl AsRef<std::path::Path>) -> bool {
+        let path = path.as_ref();
         self.include.as_ref().is_none_or(|g| g.is_match(path))
             && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+    }
+
+    pub fn keeps(&self, layer: &FileLayer) -> bool {
+        self.keeps_path(&layer.path)
             && self.kinds.as_ref().is_none_or(|kinds| {
                 kind_of_media_type(&layer.descriptor.media_type).is_some_and(|k| kinds.contains(&k))
             })
