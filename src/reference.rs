@@ -39,6 +39,25 @@ impl Reference {
         Ok(reference)
     }
 
+    /// Where to push or copy to, and under which tags: the tags in `input` (`repo:v1,latest`)
+    /// then `extra` ones; `default_tag` when there are none and no digest is named.
+    pub fn parse_destination(
+        input: &str,
+        extra: &[String],
+        default_tag: impl FnOnce() -> String,
+    ) -> Result<(Reference, Vec<String>), ReferenceError> {
+        let (parsed, mut tags) = Reference::parse_with_tags(input)?;
+        for tag in extra {
+            let (_, more) = Reference::parse_with_tags(&format!("{}:{tag}", parsed.repository))?;
+            tags.extend(more);
+        }
+        if tags.is_empty() && parsed.digest.is_none() {
+            tags.push(default_tag());
+        }
+        tags.dedup();
+        Ok((parsed, tags))
+    }
+
     /// Parse a reference whose tag part may list several tags (`repo:v1,latest`), as `push`
     /// accepts. The reference carries the first tag; all tags are returned in order.
     pub fn parse_with_tags(input: &str) -> Result<(Reference, Vec<String>), ReferenceError> {

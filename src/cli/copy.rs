@@ -79,10 +79,9 @@ pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
         ));
     }
     let src_ref = Reference::parse(&args.source)?;
-    let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
-    if tags.is_empty() && dst_ref.digest.is_none() {
-        tags.push(src_ref.tag.clone().unwrap_or_else(|| "latest".into()));
-    }
+    let (dst_ref, tags) = Reference::parse_destination(&args.destination, &[], || {
+        src_ref.tag.clone().unwrap_or_else(|| "latest".into())
+    })?;
     let (src, dst) = (env.ctx.target(&src_ref)?, env.ctx.target(&dst_ref)?);
     let report = transfer::copy(
         &src,
@@ -133,13 +132,8 @@ async fn copy_from_hub(args: CopyArgs, env: &Env) -> Result<(), Error> {
         ));
     }
     let repo = HubRepo::parse(&args.source).map_err(transfer::TransferError::from)?;
-    let (dst_ref, mut tags) = Reference::parse_with_tags(&args.destination)?;
-    if tags.is_empty() && dst_ref.digest.is_none() {
-        // An explicit revision names the tag (`@v1.0` → `:v1.0`); `main` is `latest`.
-        let named = (repo.revision != "main" && hoist::reference::valid_tag(&repo.revision))
-            .then(|| repo.revision.clone());
-        tags.push(named.unwrap_or_else(|| "latest".into()));
-    }
+    let (dst_ref, tags) =
+        Reference::parse_destination(&args.destination, &[], || repo.default_tag())?;
     let filter = hoist::transfer::LayerFilter {
         include: parse::globs("--include", &args.include)?,
         exclude: parse::globs("--exclude", &args.exclude)?,

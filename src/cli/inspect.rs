@@ -2,9 +2,9 @@
 //! image-volume form, and which signatures claim to cover it.
 
 use clap::Args;
-use hoist::oci::LayerPlan;
 use hoist::reference::Reference;
 use hoist::transfer;
+use hoist::transfer::inspect::Signatures;
 use hoist::transfer::signature::SignatureClaim;
 use hoist::Error;
 
@@ -23,44 +23,14 @@ pub struct InspectArgs {
 pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = env.ctx.target(&reference)?;
-    let resolved = source
-        .resolve(&reference.target())
-        .await
-        .map_err(Error::from)?;
-    let manifest = &resolved.manifest;
-    let volume_form = hoist::pack::volume::is_volume_form(manifest);
-    let modelpack =
-        manifest.artifact_type.as_deref() == Some(hoist::oci::media::MODELPACK_ARTIFACT);
-    // Whether a volume form exists is a side note: a registry that will not say (auth, a
-    // hiccup) leaves it unknown rather than failing the inspect.
-    let (volume, volume_unknown) = match (&reference.tag, modelpack) {
-        (Some(tag), true) => {
-            match transfer::find_volume_form(&source, tag, &resolved.manifest_digest).await {
-                Ok(found) => (found, None),
-                Err(e) => (None, Some(e.to_string())),
-            }
-        }
-        _ => (None, None),
-    };
-    // Signatures, like the volume form, are a side note: shown as claims (no keys here),
-    // unknown when the registry will not list them.
-    let signatures = transfer::signature::claims(&source, &resolved).await;
+    let found = transfer::inspect::inspect(&source, &reference).await?;
     if args.json {
-        let config = source.config_json(manifest).await;
-        let doc = serde_json::json!({
-            "digest": resolved.digest,
-            "manifestDigest": resolved.manifest_digest,
-            "manifest": manifest,
-            "config": config,
-            "isImageVolume": volume_form,
-            "imageVolume": volume,
-            "signatures": signatures_json(&signatures),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        println!("{}", serde_json::to_string_pretty(&found).expect("json"));
         return Ok(());
     }
+    let manifest = &found.manifest;
     println!("Reference:     {reference}");
-    println!("Digest:        {}", resolved.digest);
+    println!("Digest:        {}", found.digest);
     println!(
         "Artifact type: {}",
         manifest
@@ -68,19 +38,19 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             .as_deref()
             .unwrap_or(&manifest.config.media_type)
     );
-    if modelpack {
-        if let Some(line) = model_line(&source.config_json(manifest).await) {
+    if found.is_modelpack() {
+        if let Some(line) = model_line(&found.config) {
             println!("Model:         {line}");
         }
     }
-    if volume_form {
+    if found.is_image_volume {
         println!(
             "Image volume:  yes (containerd and CRI-O mount this reference as the model's folder)"
         );
-    } else if let Some(why) = &volume_unknown {
+    } else if let Some(why) = &found.image_volume_unknown {
         println!("Image volume:  unknown ({why})");
-    } else if modelpack {
-        match &volume {
+    } else if found.is_modelpack() {
+        match &found.image_volume {
             Some(v) => {
                 let at = Reference {
                     tag: Some(v.tag.clone()),
@@ -102,50 +72,32 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
             ),
         }
     }
-    print_signatures(&signatures);
+    print_signatures(&found.signatures);
     println!();
     println!("{:<40} {:>12}  MEDIA TYPE", "FILE", "SIZE");
-    let plan = LayerPlan::from_manifest(manifest, true).ok();
-    for layer in &manifest.layers {
-        let name = plan
-            .as_ref()
-            .and_then(|p| p.layers.iter().find(|l| l.descriptor == *layer))
-            .map_or_else(
-                || format!("<{}>", &layer.digest.hex()[..12]),
-                |l| l.path.display().to_string(),
-            );
+    for file in &found.files {
         println!(
             "{:<40} {:>12}  {}",
-            name,
-            human_bytes(layer.size),
-            layer.media_type
+            file.path,
+            human_bytes(file.size),
+            file.media_type
         );
     }
-    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    let total: u64 = found.files.iter().map(|f| f.size).sum();
     println!(
         "{:<40} {:>12}  ({})",
         "TOTAL",
         human_bytes(total),
-        count(manifest.layers.len(), "layer")
+        count(found.files.len(), "layer")
     );
     Ok(())
 }
 
-type Claims = Result<(Vec<SignatureClaim>, usize), hoist::transfer::TransferError>;
-
-/// `{"total": N, "claims": [...]}`, or `{"unknown": why}`.
-fn signatures_json(signatures: &Claims) -> serde_json::Value {
-    match signatures {
-        Ok((claims, total)) => serde_json::json!({ "total": total, "claims": claims }),
-        Err(e) => serde_json::json!({ "unknown": e.to_string() }),
-    }
-}
-
 /// `Signatures:    2 (claims, not verified here: ...)` and a line per claim.
-fn print_signatures(signatures: &Claims) {
+fn print_signatures(signatures: &Signatures) {
     let (claims, total) = match signatures {
-        Ok(found) => found,
-        Err(e) => return println!("Signatures:    unknown ({e})"),
+        Signatures::Found { claims, total } => (claims, total),
+        Signatures::Unknown { unknown } => return println!("Signatures:    unknown ({unknown})"),
     };
     if *total == 0 {
         return println!("Signatures:    none (hoist sign or push --sign attaches one)");

@@ -214,28 +214,8 @@ pub struct VerifyKeyArgs {
 impl VerifyKeyArgs {
     /// What is required of signatures, `None` when nothing is.
     pub fn verification(&self) -> Result<Option<hoist::sign::Verification>, Error> {
-        use hoist::sign::{Policy, Verification};
-        let from = |e: hoist::sign::SignError| hoist::transfer::TransferError::from(e);
-        // An empty value (an unset variable in a manifest) means none.
-        if let Some(path) = self
-            .verify_policy
-            .as_ref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            let policy = Policy::load(path).map_err(from)?;
-            return Ok(Some(Verification::Policy(std::sync::Arc::new(policy))));
-        }
-        let paths: Vec<PathBuf> = self
-            .verify_key
-            .iter()
-            .filter(|p| !p.as_os_str().is_empty())
-            .cloned()
-            .collect();
-        if paths.is_empty() {
-            return Ok(None);
-        }
-        let keys = hoist::sign::load_public_keys(&paths).map_err(from)?;
-        Ok(Some(Verification::Keys(std::sync::Arc::new(keys))))
+        hoist::sign::Verification::from_files(&self.verify_key, self.verify_policy.as_deref())
+            .map_err(|e| hoist::transfer::TransferError::from(e).into())
     }
 }
 

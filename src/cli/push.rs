@@ -93,16 +93,9 @@ pub(super) fn all_tags(
     reference: &str,
     extra: &[String],
 ) -> Result<(Reference, Vec<String>), Error> {
-    let (parsed, mut tags) = Reference::parse_with_tags(reference)?;
-    for tag in extra {
-        let (_, more) = Reference::parse_with_tags(&format!("{}:{tag}", parsed.repository))?;
-        tags.extend(more);
-    }
-    if tags.is_empty() && parsed.digest.is_none() {
-        tags.push("latest".into());
-    }
-    tags.dedup();
-    Ok((parsed, tags))
+    Ok(Reference::parse_destination(reference, extra, || {
+        "latest".into()
+    })?)
 }
 
 pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
@@ -125,22 +118,7 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         None => None,
     };
     let model_name = super::graph::folder_name(&args.dir);
-    let timestamp = match std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .filter(|v| !v.is_empty())
-    {
-        Some(v) => Some(v.parse::<i64>().map_err(|_| {
-            Error::Usage(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        })?),
-        None if args.created => Some(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-        ),
-        None => None,
-    };
+    let timestamp = hoist::pack::creation_time(args.created).map_err(Error::Usage)?;
     let opts = PackOptions {
         walk: WalkOptions {
             include_hidden: args.include_hidden,

@@ -1,7 +1,6 @@
 //! The local store's own commands: `list`, `rm`, `tag`, `prune`.
 
 use clap::Args;
-use hoist::oci::ManifestKind;
 use hoist::reference::Reference;
 use hoist::Error;
 
@@ -18,30 +17,9 @@ pub struct ListArgs {
 
 pub fn list(args: ListArgs, env: &Env) -> Result<(), Error> {
     let store = env.ctx.existing_store()?;
-    let entries = store.list()?;
-    let rows: Vec<(String, Option<u64>, hoist::digest::Digest)> = entries
-        .into_iter()
-        .map(|(name, desc)| {
-            let size = store
-                .read_blob(&desc.digest, hoist::oci::MAX_MANIFEST_BYTES)
-                .ok()
-                .and_then(|b| match ManifestKind::parse(Some(&desc.media_type), &b) {
-                    Ok(ManifestKind::Image(m)) => {
-                        Some(m.layers.iter().map(|l| l.size).sum::<u64>())
-                    }
-                    _ => None,
-                });
-            (name, size, desc.digest)
-        })
-        .collect();
+    let rows = store.listing()?;
     if args.json {
-        let doc: Vec<_> = rows
-            .iter()
-            .map(|(name, size, digest)| {
-                serde_json::json!({"reference": name, "size": size, "digest": digest})
-            })
-            .collect();
-        print_json(&doc);
+        print_json(&rows);
         return Ok(());
     }
     if rows.is_empty() {
@@ -52,12 +30,12 @@ pub fn list(args: ListArgs, env: &Env) -> Result<(), Error> {
         return Ok(());
     }
     println!("{:<40} {:>12}  DIGEST", "REFERENCE", "SIZE");
-    for (name, size, digest) in rows {
+    for row in rows {
         println!(
             "{:<40} {:>12}  {}",
-            name,
-            size.map_or("-".into(), human_bytes),
-            digest
+            row.reference,
+            row.size.map_or("-".into(), human_bytes),
+            row.digest
         );
     }
     Ok(())

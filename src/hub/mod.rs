@@ -34,6 +34,16 @@ pub enum RepoKind {
 const MAX_NAME: usize = 256;
 
 impl HubRepo {
+    /// The tag a copy gets when its destination names none: an explicit revision names it
+    /// (`@v1.0` → `:v1.0`); `main`, or a revision that is no tag, gives `latest`.
+    pub fn default_tag(&self) -> String {
+        if self.revision != "main" && crate::reference::valid_tag(&self.revision) {
+            self.revision.clone()
+        } else {
+            "latest".into()
+        }
+    }
+
     /// `true` for a source that names the Hub.
     pub fn is_hub(source: &str) -> bool {
         source.starts_with("hf://")

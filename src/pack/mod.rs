@@ -92,6 +92,26 @@ impl Default for PackOptions {
     }
 }
 
+/// `createdAt` for a push: `$SOURCE_DATE_EPOCH` when set (reproducible builds), else now when
+/// `created` asks for it, else none (the same folder always gives the same digest).
+pub fn creation_time(created: bool) -> Result<Option<i64>, String> {
+    match std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        None if created => Ok(Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Where a blob's bytes come from when it is sent somewhere.
 #[derive(Debug, Clone)]
 pub enum BlobSource {

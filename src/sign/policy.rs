@@ -51,6 +51,26 @@ pub enum Verification {
 }
 
 impl Verification {
+    /// What `--verify-key`/`--verify-policy` ask for, `None` when nothing is: a policy file,
+    /// else any of the public keys. Empty paths (an unset variable in a manifest) are none.
+    pub fn from_files(
+        keys: &[PathBuf],
+        policy: Option<&Path>,
+    ) -> Result<Option<Verification>, SignError> {
+        if let Some(path) = policy.filter(|p| !p.as_os_str().is_empty()) {
+            return Ok(Some(Verification::Policy(Arc::new(Policy::load(path)?))));
+        }
+        let keys: Vec<PathBuf> = keys
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Verification::Keys(Arc::new(load_public_keys(&keys)?))))
+    }
+
     /// The requirement for `repository` (`REGISTRY/REPOSITORY`), `None` when nothing is
     /// checked; an error when a policy covers no such repository.
     pub fn for_repository(&self, repository: &str) -> Result<Option<Requirement>, SignError> {

@@ -22,6 +22,7 @@ mod stamps;
 #[cfg(test)]
 mod suite;
 mod tags;
+pub use tags::Listed;
 
 pub use gc::{GcReport, VerifyReport};
 pub use manage::{Keep, Pruned, Removed};

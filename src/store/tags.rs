@@ -325,6 +325,16 @@ pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
     fs::remove_file(&marker).map_err(io_err(&marker))
 }
 
+/// One tag of the store, as `hoist list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    /// `repo:tag`.
+    pub reference: String,
+    /// The layers' total size.
+    pub size: Option<u64>,
+    pub digest: Digest,
+}
+
 impl Store {
     /// The manifest `repo:tag` points at.
     pub fn resolve(&self, repository: &str, tag: &str) -> Result<Descriptor, StoreError> {
@@ -400,6 +410,30 @@ impl Store {
     /// Every tagged manifest: (`repo:tag`, descriptor).
     pub fn list(&self) -> Result<Vec<(String, Descriptor)>, StoreError> {
         all(self)
+    }
+
+    /// Every tag with its digest and the total size of its layers (`None` for an index or
+    /// a manifest that cannot be read): what `hoist list` shows.
+    pub fn listing(&self) -> Result<Vec<Listed>, StoreError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|(reference, desc)| Listed {
+                size: self.layers_size(&desc),
+                reference,
+                digest: desc.digest,
+            })
+            .collect())
+    }
+
+    fn layers_size(&self, desc: &Descriptor) -> Option<u64> {
+        let bytes = self
+            .read_blob(&desc.digest, crate::oci::MAX_MANIFEST_BYTES)
+            .ok()?;
+        match crate::oci::ManifestKind::parse(Some(&desc.media_type), &bytes) {
+            Ok(crate::oci::ManifestKind::Image(m)) => Some(m.layers.iter().map(|l| l.size).sum()),
+            _ => None,
+        }
     }
 
     pub(crate) fn read_index(&self) -> Result<Index, StoreError> {

@@ -8,6 +8,7 @@ mod copy;
 mod delta;
 pub mod fetch;
 mod import;
+pub mod inspect;
 mod pull;
 mod push;
 mod referrers;
