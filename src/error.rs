@@ -173,7 +173,7 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::Io { .. } => ExitCode::Disk,
         TransferError::NoPlatform(_) => ExitCode::NotFound,
         TransferError::GaveUp { .. } => ExitCode::Network,
-        TransferError::NothingSelected(_) => ExitCode::Usage,
+        TransferError::NothingSelected(_) | TransferError::Refused(_) => ExitCode::Usage,
         TransferError::Verify(e) => verify_code(e),
         TransferError::Interrupted { source, .. } => transfer_code(source),
         TransferError::Signature(

@@ -76,12 +76,6 @@ pub async fn sign(args: SignArgs, env: &Env) -> Result<(), Error> {
 }
 
 /// A model folder's name, the subject of its signature.
-pub fn folder_name(dir: &std::path::Path) -> String {
-    std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into())
-}
 
 pub async fn attach(args: AttachArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;

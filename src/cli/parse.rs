@@ -45,18 +45,8 @@ pub fn link_mode(s: &str) -> Result<LinkMode, String> {
 }
 
 pub fn kind(s: &str) -> Result<LayerKind, String> {
-    Ok(match s {
-        "weight" | "weights" => LayerKind::Weight,
-        "config" | "weight.config" => LayerKind::WeightConfig,
-        "doc" | "docs" => LayerKind::Doc,
-        "code" => LayerKind::Code,
-        "dataset" => LayerKind::Dataset,
-        _ => {
-            return Err(format!(
-                "{s:?} is not one of weight, config, doc, code, dataset"
-            ))
-        }
-    })
+    LayerKind::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of weight, config, doc, code, dataset"))
 }
 
 /// `LISTEN=UPSTREAM` of the WAN emulator.

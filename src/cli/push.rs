@@ -7,7 +7,7 @@ use clap::Args;
 use hoist::oci::LayerFormat;
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
-use hoist::transfer::{self, PushOptions, Target};
+use hoist::transfer::{self, PublishOptions, PushOptions, Target};
 use hoist::Error;
 
 use super::global::Env;
@@ -100,140 +100,86 @@ pub(super) fn all_tags(
 
 pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
     let (reference, tags) = all_tags(&args.reference, &args.tags)?;
-    if let Some(bad) = args
-        .mount_from
-        .iter()
-        .find(|r| !hoist::reference::valid_repository(r))
-    {
-        return Err(Error::Usage(format!(
-            "--mount-from {bad:?} is not a repository name (e.g. team/model)"
-        )));
-    }
     let target = env.ctx.target(&reference)?;
-    // Read first: a bad key stops the push before anything is uploaded.
-    let signing_key = match &args.sign {
-        Some(path) => Some(
-            hoist::sign::load_private_key(path).map_err(hoist::transfer::TransferError::from)?,
-        ),
-        None => None,
-    };
-    let model_name = super::graph::folder_name(&args.dir);
-    let timestamp = hoist::pack::creation_time(args.created).map_err(Error::Usage)?;
-    let opts = PackOptions {
-        walk: WalkOptions {
-            include_hidden: args.include_hidden,
-            follow_external_symlinks: args.follow_external_symlinks,
+    let opts = PublishOptions {
+        pack: PackOptions {
+            walk: WalkOptions {
+                include_hidden: args.include_hidden,
+                follow_external_symlinks: args.follow_external_symlinks,
+            },
+            layer_format: args.layer_format,
+            compression_level: args.compression_level,
+            name: args.name,
+            timestamp: hoist::pack::creation_time(args.created).map_err(Error::Usage)?,
+            annotations: args.annotations.into_iter().collect(),
+            config_override: match &args.config_file {
+                Some(path) => Some(read_config_file(path)?),
+                None => None,
+            },
+            chunk_index: !args.no_chunk_index,
+            ..Default::default()
         },
-        layer_format: args.layer_format,
-        compression_level: args.compression_level,
-        name: args.name,
-        timestamp,
-        temp_dir: match &target {
-            Target::Local { store, .. } => Some(store.root().join("ingest")),
-            Target::Remote { .. } => None,
+        push: PushOptions {
+            concurrency: args.concurrency,
+            chunk_size: args.chunk_size,
+            mount_from: args.mount_from.clone(),
+            // Where earlier pushes went, as mount sources; a store that cannot open costs only that.
+            remember: match &target {
+                Target::Remote { .. } => env.ctx.store().ok(),
+                Target::Local { .. } => None,
+            },
         },
-        annotations: args.annotations.into_iter().collect(),
-        config_override: match &args.config_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                    .map_err(|e| Error::Usage(format!("--config-file {}: {e}", path.display())))?,
-            ),
-            None => None,
-        },
-        chunk_index: !args.no_chunk_index,
-        ..Default::default()
+        image_volume: args.image_volume,
+        sign_key: args.sign.clone(),
     };
     let started = std::time::Instant::now();
-    let push_opts = PushOptions {
-        concurrency: args.concurrency,
-        chunk_size: args.chunk_size,
-        mount_from: args.mount_from.clone(),
-        // Where earlier pushes went, as mount sources; a store that cannot open costs only that.
-        remember: match &target {
-            Target::Remote { .. } => env.ctx.store().ok(),
-            Target::Local { .. } => None,
-        },
-    };
-    if args.image_volume && tags.is_empty() {
-        return Err(Error::Usage(
-            "--image-volume names its form after the tag: push with a tag".into(),
-        ));
-    }
-    let (packed, report) = transfer::push_folder(
-        &args.dir,
-        &opts,
-        &target,
-        &tags,
-        &push_opts,
-        observer(env.ui),
-    )
-    .await?;
-    let (files, bytes) = (
-        packed.manifest.layers.len(),
-        packed.manifest.layers.iter().map(|l| l.size).sum(),
-    );
-    let volume = match args.image_volume {
-        true => {
-            let vtags: Vec<String> = tags.iter().map(|t| transfer::volume_tag(t)).collect();
-            let (_, vreport) = transfer::push_volume_beside(
-                packed,
-                &args.dir,
-                &opts,
-                &target,
-                &vtags,
-                &push_opts,
-                observer(env.ui),
-            )
-            .await?;
-            Some(vreport)
-        }
-        false => None,
-    };
-    let signed = match &signing_key {
-        Some(key) => Some(
-            transfer::signature::sign(&target, report.digest.as_str(), key, &model_name).await?,
-        ),
-        None => None,
-    };
-    if let (Some(referrer), false) = (&signed, env.ui.quiet) {
+    let published = transfer::publish(&args.dir, &target, &tags, &opts, observer(env.ui)).await?;
+    let report = &published.report;
+    if let (Some(referrer), false) = (&published.signature, env.ui.quiet) {
         eprintln!("Signed {}: signature {referrer} attached", report.digest);
     }
     if args.json {
-        match &volume {
+        match &published.image_volume {
             Some(v) => print_json(&serde_json::json!({"modelpack": report, "imageVolume": v})),
-            None => print_json(&report),
+            None => print_json(report),
         }
-    } else {
+        return Ok(());
+    }
+    println!(
+        "Pushed {} ({}, {}) as {}: {} of {} blobs uploaded ({}), {} mounted, {} already there, in {:.1}s",
+        target.describe(),
+        count(published.files, "file"),
+        human_bytes(published.bytes),
+        tags.join(", "),
+        report.uploaded,
+        report.blobs,
+        human_bytes(report.uploaded_bytes),
+        report.mounted,
+        report.skipped,
+        started.elapsed().as_secs_f64()
+    );
+    println!("Digest: {}", report.digest);
+    if let Some(v) = &published.image_volume {
+        let at = Reference {
+            tag: v.tags.first().cloned(),
+            digest: None,
+            ..reference.clone()
+        };
         println!(
-            "Pushed {} ({}, {}) as {}: {} of {} blobs uploaded ({}), {} mounted, {} already there, in {:.1}s",
-            target.describe(),
-            count(files, "file"),
-            human_bytes(bytes),
-            tags.join(", "),
-            report.uploaded,
-            report.blobs,
-            human_bytes(report.uploaded_bytes),
-            report.mounted,
-            report.skipped,
-            started.elapsed().as_secs_f64()
+            "Image volume: {at} ({}; {} uploaded) — the reference for a Pod's volumes[].image.reference",
+            v.digest,
+            human_bytes(v.uploaded_bytes)
         );
-        println!("Digest: {}", report.digest);
-        if let Some(v) = &volume {
-            let at = Reference {
-                tag: v.tags.first().cloned(),
-                digest: None,
-                ..reference.clone()
-            };
-            println!(
-                "Image volume: {at} ({}; {} uploaded) — the reference for a Pod's volumes[].image.reference",
-                v.digest,
-                human_bytes(v.uploaded_bytes)
-            );
-        }
     }
     Ok(())
+}
+
+/// `--config-file`: a partial ModelPack config as JSON.
+fn read_config_file(path: &std::path::Path) -> Result<serde_json::Value, Error> {
+    std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| Error::Usage(format!("--config-file {}: {e}", path.display())))
 }
 
 /// A scratch folder in the store's ingest area (same filesystem as the store).

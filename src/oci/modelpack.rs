@@ -18,6 +18,19 @@ pub enum LayerKind {
 }
 
 impl LayerKind {
+    /// A kind as `--kind` takes it: weight, config (weight.config), doc, code, dataset
+    /// (plurals accepted).
+    pub fn parse(s: &str) -> Option<LayerKind> {
+        Some(match s {
+            "weight" | "weights" => LayerKind::Weight,
+            "config" | "weight.config" => LayerKind::WeightConfig,
+            "doc" | "docs" => LayerKind::Doc,
+            "code" => LayerKind::Code,
+            "dataset" => LayerKind::Dataset,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             LayerKind::Weight => "weight",

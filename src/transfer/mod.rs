@@ -9,6 +9,7 @@ mod delta;
 pub mod fetch;
 mod import;
 pub mod inspect;
+mod publish;
 mod pull;
 mod push;
 mod referrers;
@@ -25,6 +26,7 @@ pub use convert::{convert, index_artifact, ConvertTo};
 pub use copy::{copy, copy_referrers, CopyReport};
 pub use import::{import, ImportOptions, ImportReport};
 pub use pull::{pull, pull_referrers, LayerFilter, PlacedFile, PullOptions, PullReport};
+pub use publish::{folder_name, publish, PublishOptions, Published};
 pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, discover, Referrer};
 pub use target::{Resolved, Target};
@@ -85,6 +87,9 @@ pub enum TransferError {
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
+    /// Options that cannot go together, refused before anything is sent (exit 2).
+    #[error("{0}")]
+    Refused(String),
     /// A pull that failed but kept its verified and partial downloads for the next run.
     #[error("{source}; {kept_bytes} bytes kept in {} for the next pull to resume (delete it to start over)", kept.display())]
     Interrupted {
