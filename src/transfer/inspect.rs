@@ -67,12 +67,10 @@ pub async fn inspect(source: &Target, reference: &Reference) -> Result<Inspectio
     let manifest = &resolved.manifest;
     let modelpack = manifest.artifact_type.as_deref() == Some(media::MODELPACK_ARTIFACT);
     let (image_volume, image_volume_unknown) = match (&reference.tag, modelpack) {
-        (Some(tag), true) => {
-            match find_volume_form(source, tag, &resolved.manifest_digest).await {
-                Ok(found) => (found, None),
-                Err(e) => (None, Some(e.to_string())),
-            }
-        }
+        (Some(tag), true) => match find_volume_form(source, tag, &resolved.manifest_digest).await {
+            Ok(found) => (found, None),
+            Err(e) => (None, Some(e.to_string())),
+        },
         _ => (None, None),
     };
     let signatures = match signature::claims(source, &resolved).await {
