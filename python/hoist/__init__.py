@@ -290,6 +290,7 @@ def pull(
     verify_policy: Optional[PathLike] = None,
     concurrency: int = 4,
     max_connections: int = 16,
+    range_size: Optional[int] = None,
     link_mode: str = "auto",
     overwrite: bool = False,
     progress: ProgressArg = None,
@@ -301,8 +302,10 @@ def pull(
     are kept. Keywords are the CLI's ``hoist pull`` flags: ``include``/``exclude`` globs,
     ``kind`` (weight, config, doc, code, dataset), ``cache`` (use the local store as a node
     cache), ``verify_key`` (public keys, PEM: the model must carry a signature by one of them,
-    checked before any file is placed), ``link_mode`` (auto, reflink, hardlink, copy),
-    ``overwrite`` (replace files no earlier pull placed).
+    checked before any file is placed), ``max_connections`` and ``range_size`` (bytes; large
+    files are fetched as ranges in parallel, and an interrupted pull keeps whole ranges),
+    ``link_mode`` (auto, reflink, hardlink, copy), ``overwrite`` (replace files no earlier
+    pull placed).
 
     >>> r = hoist.pull("localhost:5000/team/bert:step-500", "/models/bert")  # doctest: +SKIP
     >>> [f.path for f in r.files]  # doctest: +SKIP
@@ -323,6 +326,7 @@ def pull(
         _path(verify_policy),
         concurrency,
         max_connections,
+        range_size,
         link_mode,
         overwrite,
     )

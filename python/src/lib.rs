@@ -121,7 +121,7 @@ fn push(
 /// Pull into a folder; returns the `PullReport` as JSON.
 #[pyfunction]
 #[pyo3(signature = (conn, reference, output, include, exclude, kind, cache, verify_key,
-    verify_policy, concurrency, max_connections, link_mode, overwrite, progress))]
+    verify_policy, concurrency, max_connections, range_size, link_mode, overwrite, progress))]
 #[allow(clippy::too_many_arguments)]
 fn pull(
     py: Python<'_>,
@@ -136,6 +136,7 @@ fn pull(
     verify_policy: Option<PathBuf>,
     concurrency: usize,
     max_connections: usize,
+    range_size: Option<u64>,
     link_mode: String,
     overwrite: bool,
     progress: Option<Py<PyAny>>,
@@ -176,6 +177,7 @@ fn pull(
             ..Default::default()
         };
         opts.fetch.max_connections = max_connections.max(1);
+        opts.fetch.range_size = range_size;
         opts.fetch.stall_timeout = stall_timeout;
         let report = transfer::pull(&source, &reference.target(), &output, &opts, observer).await?;
         Ok(json(&report))
