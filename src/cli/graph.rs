@@ -75,8 +75,6 @@ pub async fn sign(args: SignArgs, env: &Env) -> Result<(), Error> {
     Ok(())
 }
 
-/// A model folder's name, the subject of its signature.
-
 pub async fn attach(args: AttachArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let dest = env.ctx.target(&reference)?;
