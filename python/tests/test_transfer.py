@@ -130,3 +130,17 @@ def test_calls_from_threads_run_at_once_without_the_gil(registry, model, slow_pr
     assert results[0].digest == results[1].digest
     assert files_of(tmp_path / "out0") == files_of(tmp_path / "out1") == files_of(model)
     assert spins > 100_000
+
+
+def test_cache_and_layer_format_as_the_cli_flags(registry, model, tmp_path):
+    ref = registry.ref("team/bert:zst")
+    pushed = hoist.push(model, ref, layer_format="tar+zstd")
+    layers = hoist.inspect(ref)["manifest"]["layers"]
+    assert all(layer["mediaType"].endswith("tar+zstd") for layer in layers)
+    first = hoist.pull(ref, tmp_path / "a", cache=True)
+    second = hoist.pull(ref, tmp_path / "b", cache=True)
+    assert first.cache_hits == 0 and second.cache_hits == len(layers)
+    assert second.downloaded_bytes == 0 and second.digest == pushed.digest
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b") == files_of(model)
+    with pytest.raises(hoist.UsageError, match="layer_format"):
+        hoist.push(model, ref, layer_format="zip")
