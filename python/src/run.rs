@@ -65,7 +65,8 @@ where
             .map_err(|e| NativeError::new_err((1, format!("cannot start a thread: {e}"))))?
     };
     let raised = loop {
-        if py.detach(|| outcome.wait(TICK)) {
+        // A worker that panicked ends without a result: its join reports it.
+        if py.detach(|| outcome.wait(TICK)) || worker.is_finished() {
             break None;
         }
         if let Err(raised) = py
