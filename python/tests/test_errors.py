@@ -26,6 +26,7 @@ def test_auth_error_for_wrong_credentials(auth_registry, model, tmp_path):
     with pytest.raises(hoist.AuthError) as e:
         hoist.push(model, ref, username="alice", password="wrong")
     assert e.value.exit_code == 3 and "rejected the credentials" in str(e.value)
+    assert "username=/password= in Python" in str(e.value)
     pushed = hoist.push(model, ref, username="alice", password="s3cret")
     os.environ["HOIST_USERNAME"], os.environ["HOIST_PASSWORD"] = "alice", "s3cret"
     try:

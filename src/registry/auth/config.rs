@@ -42,7 +42,7 @@ pub fn resolve(registry: &str, opts: &CredentialOptions) -> Result<Credentials, 
         (Some(u), Some(p)) => {
             return Ok(Credentials::new(
                 password(u, p),
-                "the --username/--password-stdin flags",
+                "the username and password given (--username/--password-stdin; username=/password= in Python)",
             ))
         }
         (Some(_), None) => {
