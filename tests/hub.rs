@@ -52,17 +52,28 @@ fn blob_json(reg: &Registry, repo: &str, digest: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// The titles of a manifest's layers, in order.
-fn titles(manifest: &serde_json::Value) -> Vec<&str> {
+/// Each layer of a manifest as (title, media type), in order.
+fn layers(manifest: &serde_json::Value) -> Vec<(&str, &str)> {
     manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            l["annotations"]["org.opencontainers.image.title"]
-                .as_str()
-                .unwrap()
+            (
+                l["annotations"]["org.opencontainers.image.title"]
+                    .as_str()
+                    .unwrap(),
+                l["mediaType"].as_str().unwrap(),
+            )
         })
+        .collect()
+}
+
+/// The titles of a manifest's layers, in order.
+fn titles(manifest: &serde_json::Value) -> Vec<&str> {
+    layers(manifest)
+        .into_iter()
+        .map(|(title, _)| title)
         .collect()
 }
 
@@ -427,19 +438,7 @@ fn globs_pick_files_and_datasets_are_dataset_layers() {
     ]))
     .ok();
     let m = manifest(&reg, "org/set", "v1");
-    let kinds: BTreeMap<&str, &str> = m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["annotations"]["org.opencontainers.image.title"]
-                    .as_str()
-                    .unwrap(),
-                l["mediaType"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let kinds: BTreeMap<&str, &str> = layers(&m).into_iter().collect();
     assert_eq!(kinds["README.md"], "application/vnd.cncf.model.doc.v1.raw");
     assert_eq!(
         kinds["train/part-0.parquet"],

@@ -199,17 +199,16 @@ class _Reporter:
 
 
 def _call(native: Callable[..., str], progress: ProgressArg, what: str, *args: Any) -> Any:
+    """A call that reports progress: the reporter's tick goes last."""
     reporter = _Reporter(progress, what)
     try:
-        return json.loads(native(*args, reporter.native()))
-    except _native.NativeError as e:
-        code, message = e.args
-        raise from_code(code, message) from None
+        return _plain(native, *args, reporter.native())
     finally:
         reporter.close()
 
 
 def _plain(native: Callable[..., str], *args: Any) -> Any:
+    """The native call's JSON report, its error raised as the class of its exit code."""
     try:
         return json.loads(native(*args))
     except _native.NativeError as e:

@@ -175,9 +175,7 @@ impl Tally {
             Event::Progress { name, bytes } => {
                 self.done += bytes;
                 *self.moving.entry(name.clone()).or_default() += bytes;
-                if *name != self.last {
-                    self.last.clone_from(name);
-                }
+                self.last.clone_from(name);
             }
             Event::Done { name, size, .. } => {
                 let seen = self.moving.remove(name).unwrap_or(0);
