@@ -163,6 +163,53 @@ impl fmt::Display for Reference {
     }
 }
 
+/// The one spelling of a registry host that signature policies are matched against: how the
+/// URL parser (and so the HTTP client) reads it. Case is folded, a port is a number (`05930`
+/// is `5930`), IPv4 literals in any of their spellings (`127.1`, `127.000.000.001`,
+/// `0x7f.0.0.1`) are dotted quads, IPv6 literals are compressed (an IPv4-mapped one is its
+/// IPv4 address), and the loopback name `localhost` is `127.0.0.1`. Other names that reach
+/// the same server (DNS aliases, another address of it) are other names: see SECURITY.md.
+pub fn canonical_registry(registry: &str) -> String {
+    let (host, port) = split_port(registry);
+    let host = match url::Host::parse(host) {
+        Ok(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            if name == "localhost" {
+                "127.0.0.1".to_string()
+            } else {
+                name.to_string()
+            }
+        }
+        Ok(url::Host::Ipv4(ip)) => ip.to_string(),
+        Ok(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{ip}]"),
+        },
+        Err(_) => host.to_ascii_lowercase(),
+    };
+    match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) => format!("{host}:{n}"),
+            Err(_) => format!("{host}:{p}"),
+        },
+        None => host,
+    }
+}
+
+/// `host:port` → (`host`, `port`); a bracketed IPv6 literal keeps its colons.
+fn split_port(registry: &str) -> (&str, Option<&str>) {
+    if registry.starts_with('[') {
+        return match registry.find(']') {
+            Some(end) => (&registry[..=end], registry[end + 1..].strip_prefix(':')),
+            None => (registry, None),
+        };
+    }
+    match registry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (registry, None),
+    }
+}
+
 fn valid_host(host: &str) -> bool {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, Some(p)),
@@ -244,6 +291,31 @@ mod tests {
         assert_eq!(r.tag.as_deref(), Some("v2"));
         let r = Reference::parse("127.0.0.1:5000/m").unwrap();
         assert_eq!(r.target(), "latest");
+    }
+
+    #[test]
+    fn every_spelling_of_a_registry_has_one_canonical_form() {
+        for spelling in [
+            "127.0.0.1:5930",
+            "127.0.0.1:05930",
+            "localhost:5930",
+            "LOCALHOST:5930",
+            "LocalHost:5930",
+            "127.1:5930",
+            "127.000.000.001:5930",
+            "0x7f.0.0.1:5930",
+            "2130706433:5930",
+            "[::ffff:7f00:1]:5930",
+        ] {
+            assert_eq!(canonical_registry(spelling), "127.0.0.1:5930", "{spelling}");
+        }
+        assert_eq!(
+            canonical_registry("Registry.Example.COM"),
+            "registry.example.com"
+        );
+        assert_eq!(canonical_registry("[0:0::1]:443"), "[::1]:443");
+        assert_eq!(canonical_registry("reg.io:443"), "reg.io:443", "ports stay");
+        assert_ne!(canonical_registry("127.0.0.2:5930"), "127.0.0.1:5930");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct Counters {
     from_store: u64,
     /// Publishes that joined a pull another call started.
     pub joined: u64,
+    /// Publishes refused because the registry did not let the volume's credentials read a
+    /// model the node's cache holds.
+    pub denied: u64,
 }
 
 impl Counters {
@@ -60,6 +63,13 @@ impl Counters {
             "Publishes that joined a pull already under way (kubelet's retries).",
             &[],
             self.joined,
+        );
+        e.single(
+            "hoist_csi_cache_access_denied_total",
+            Kind::Counter,
+            "Publishes refused: the registry does not let the volume's credentials read a model the node's cache holds.",
+            &[],
+            self.denied,
         );
         e.single(
             "hoist_csi_pulls_in_flight",

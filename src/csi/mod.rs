@@ -17,17 +17,23 @@
 //! | file          | owns                                                              |
 //! |---------------|-------------------------------------------------------------------|
 //! | `request.rs`  | a publish request → a checked [`request::Volume`] (or INVALID_ARGUMENT) |
-//! | `volumes.rs`  | the volumes: pulls as tasks, joined by retries; lazy FUSE volumes  |
-//! | `bind.rs`     | the read-only bind mount and its removal                           |
+//! | `target.rs`   | kubelet's target paths, opened beneath `pods/` without links       |
+//! | `access.rs`   | whether a volume's credentials may have a model from the cache     |
+//! | `volumes.rs`  | the volumes: pulls as tasks, joined by retries; targets per folder; lazy FUSE volumes |
+//! | `bind.rs`     | the read-only bind mount on an opened target, and its removal      |
+//! | `authority.rs`| the socket's HTTP/2 front: any `:authority` a gRPC client sends     |
 //! | `service.rs`  | the gRPC Identity and Node services, errors → gRPC codes           |
 //! | `metrics.rs`  | `/metrics`: pulls by repository, publishes, cache hits             |
 //!
 //! The gRPC code is generated at build time from `proto/csi.proto` (the spec's own file).
 
+mod access;
+mod authority;
 mod bind;
 mod metrics;
 mod request;
 mod service;
+mod target;
 mod volumes;
 
 /// The CSI v1.9 messages, servers and clients, generated from `proto/csi.proto`.

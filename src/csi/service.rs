@@ -44,10 +44,8 @@ pub(super) async fn serve(
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityPlugin))
         .add_service(NodeServer::new(node))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
+        // Through the authority front: stock gRPC clients name the socket's path there.
+        .serve_with_incoming_shutdown(super::authority::front(listener), shutdown)
         .await
         .map_err(|e| CsiError::Server(crate::registry::error_chain(&e)).into())
 }
@@ -123,7 +121,7 @@ impl Node for NodePlugin {
         self.volumes
             .unpublish(&id, &target)
             .await
-            .map_err(|e| status(e.exit_code(), e.to_string()))?;
+            .map_err(refused)?;
         tracing::info!("volume {id}: unpublished from {}", target.display());
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
@@ -180,60 +178,32 @@ impl Node for NodePlugin {
 
 impl NodePlugin {
     async fn publish(&self, volume: &Volume, wait: Option<Duration>) -> Result<(), Status> {
+        if volume.lazy {
+            return self.publish_lazy(volume).await;
+        }
+        self.volumes.publish(volume, wait).await.map_err(refused)
+    }
+
+    #[cfg(feature = "mount")]
+    async fn publish_lazy(&self, volume: &Volume) -> Result<(), Status> {
+        // Opened (and made) without links first; the FUSE mount then goes on that path.
+        let target = self
+            .volumes
+            .open_target(&volume.target, true)
+            .map_err(refused)?
+            .expect("a created target exists");
         let mounted = is_mount_point(&volume.target).map_err(|e| {
             status(
                 ExitCode::Failure,
                 format!("cannot read the mount table: {e}"),
             )
         })?;
-        if volume.lazy {
-            return self.publish_lazy(volume, mounted).await;
-        }
-        // A placed folder answers at once (a conflicting one too), before the mount check.
-        let folder = match self.volumes.place(volume, wait).await {
-            Ok(Some(folder)) => folder,
-            Ok(None) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "{} is still being pulled; the pull goes on, and a retry of this call joins it",
-                    volume.reference
-                )))
-            }
-            Err(Refused::Conflict(message)) => return Err(Status::already_exists(message)),
-            Err(Refused::Failed(Failure { code, message })) => return Err(status(code, message)),
-        };
-        if mounted {
-            return Ok(()); // published already: the spec's idempotent answer
-        }
-        let target = volume.target.clone();
-        tokio::task::spawn_blocking(move || bind::mount_read_only(&folder, &target))
-            .await
-            .expect("mount task does not panic")
-            .map_err(|e| {
-                status(
-                    ExitCode::Failure,
-                    format!(
-                        "cannot mount the volume at {}: {e}",
-                        volume.target.display()
-                    ),
-                )
-            })?;
-        tracing::info!(
-            "volume {}: {} mounted read-only at {}",
-            volume.id,
-            volume.reference,
-            volume.target.display()
-        );
-        Ok(())
-    }
-
-    #[cfg(feature = "mount")]
-    async fn publish_lazy(&self, volume: &Volume, mounted: bool) -> Result<(), Status> {
         if mounted && self.volumes.serves_lazy(&volume.id) {
             return Ok(());
         }
         if mounted {
             // A FUSE mount whose server (an earlier run of this plugin) is gone.
-            bind::unmount_and_remove(&volume.target).map_err(|e| {
+            bind::detach(&target).map_err(|e| {
                 status(
                     ExitCode::Failure,
                     format!(
@@ -250,10 +220,22 @@ impl NodePlugin {
     }
 
     #[cfg(not(feature = "mount"))]
-    async fn publish_lazy(&self, _: &Volume, _: bool) -> Result<(), Status> {
+    async fn publish_lazy(&self, _: &Volume) -> Result<(), Status> {
         Err(Status::invalid_argument(
             "mode lazy needs hoist built with the mount feature",
         ))
+    }
+}
+
+/// The gRPC status of a refused publish or unpublish.
+fn refused(r: Refused) -> Status {
+    match r {
+        Refused::Conflict(m) => Status::already_exists(m),
+        Refused::Denied(m) => Status::permission_denied(m),
+        Refused::Invalid(m) => Status::invalid_argument(m),
+        Refused::Unknown(m) => Status::not_found(m),
+        Refused::Pending(m) => Status::deadline_exceeded(m),
+        Refused::Failed(Failure { code, message }) => status(code, message),
     }
 }
 

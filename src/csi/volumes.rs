@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::access::{Access, Model, Verdict};
+use super::bind;
 use super::metrics::Counters;
 use super::request::Volume;
+use super::target::{Target as TargetDir, TargetError};
 use super::CsiOptions;
 use crate::digest::Digest;
 use crate::materialize::LinkMode;
@@ -56,18 +59,54 @@ struct Job {
     task: JoinHandle<()>,
 }
 
-/// A publish that cannot go on.
+/// A publish or unpublish that cannot go on, by the gRPC code it answers.
 #[derive(Debug)]
 pub enum Refused {
-    /// The volume id is published (or being pulled) with other content.
+    /// The volume id is published (or being pulled) with other content, or something else
+    /// is mounted at the target: ALREADY_EXISTS.
     Conflict(String),
+    /// The registry does not let this volume's credentials read the model: PERMISSION_DENIED.
+    Denied(String),
+    /// A link on the way to the target: INVALID_ARGUMENT.
+    Invalid(String),
+    /// An unpublish of a volume this plugin does not know, at a target holding something
+    /// else: NOT_FOUND, and nothing is touched.
+    Unknown(String),
+    /// The pull goes on past the caller's deadline: DEADLINE_EXCEEDED.
+    Pending(String),
     Failed(Failure),
+}
+
+impl Refused {
+    fn failed(code: ExitCode, message: String) -> Refused {
+        Refused::Failed(Failure { code, message })
+    }
+
+    fn io(what: &str, path: &Path, e: std::io::Error) -> Refused {
+        Refused::failed(ExitCode::Failure, format!("{what} {}: {e}", path.display()))
+    }
+}
+
+impl From<TargetError> for Refused {
+    fn from(e: TargetError) -> Refused {
+        match e {
+            TargetError::Refused { .. } => Refused::Invalid(e.to_string()),
+            TargetError::Io { .. } => Refused::failed(ExitCode::Failure, e.to_string()),
+        }
+    }
 }
 
 pub struct Volumes {
     ctx: Context,
     store: Store,
     root: PathBuf,
+    /// Kubelet's pods folder: every target is opened beneath it.
+    pods: PathBuf,
+    access: Access,
+    /// Held while a target is mounted and recorded, or unmounted and forgotten: a volume's
+    /// folder is removed only when no target of it is left, and never under a mount being
+    /// made.
+    mounts: Mutex<()>,
     pull: PullOptions,
     jobs: Mutex<HashMap<String, Job>>,
     generation: std::sync::atomic::AtomicU64,
@@ -91,6 +130,9 @@ impl Volumes {
             },
             store,
             root: opts.volumes_dir.clone(),
+            pods: opts.kubelet_dir.join("pods"),
+            access: Access::default(),
+            mounts: Mutex::new(()),
             jobs: Mutex::new(HashMap::new()),
             generation: Default::default(),
             #[cfg(feature = "mount")]
@@ -126,9 +168,16 @@ impl Volumes {
         let folder = self.folder(&volume.id);
         let model = folder.join("model");
         match placed(&folder) {
-            Some(content) if content == volume.content_key() => return Ok(Some(model)),
-            Some(content) => return Err(conflict(volume, &content)),
+            Some(p) if p.content == volume.content_key() => {
+                self.authorize(volume, &p.digest).await?;
+                return Ok(Some(model));
+            }
+            Some(p) => return Err(conflict(volume, &p.content)),
             None => {}
+        }
+        if let Some(digest) = self.cached_digest(volume) {
+            // Before anything is placed from the cache.
+            self.authorize(volume, &digest).await?;
         }
         let mut done = self.join_or_start(volume)?;
         let finished = done.wait_for(Option::is_some);
@@ -140,7 +189,19 @@ impl Volumes {
             None => finished.await.map(|o| o.clone()),
         };
         match outcome {
-            Ok(Some(Ok(()))) => Ok(Some(model)),
+            Ok(Some(Ok(()))) => match placed(&folder) {
+                Some(p) => {
+                    self.authorize(volume, &p.digest).await?;
+                    Ok(Some(model))
+                }
+                None => Err(Refused::failed(
+                    ExitCode::Interrupted,
+                    format!(
+                        "volume {} was unpublished as its model was placed",
+                        volume.id
+                    ),
+                )),
+            },
             Ok(Some(Err(failure))) => Err(Refused::Failed(failure)),
             // The task ended without a word: the volume was unpublished while it ran.
             Ok(None) | Err(_) => Err(Refused::Failed(Failure {
@@ -150,6 +211,76 @@ impl Volumes {
                     volume.id
                 ),
             })),
+        }
+    }
+
+    /// The digest the node's store holds for the volume's reference, when a publish would
+    /// be served from it (`IfNotPresent`).
+    fn cached_digest(&self, volume: &Volume) -> Option<Digest> {
+        if volume.always {
+            return None;
+        }
+        if let Some(digest) = &volume.reference.digest {
+            return Some(digest.clone());
+        }
+        let (repository, tag) = local_name(&volume.reference)?;
+        self.store.resolve(&repository, &tag).ok().map(|d| d.digest)
+    }
+
+    /// Is `volume` let read `digest` by its registry, with its own credentials? See
+    /// `access.rs`: free models and fresh verdicts need no request.
+    async fn authorize(&self, volume: &Volume, digest: &Digest) -> Result<(), Refused> {
+        let model = Model::of(volume, digest);
+        let verdict = match self.access.known(volume, &model) {
+            Some(v) => v,
+            None => {
+                let v = self.ask_registry(volume, digest).await?;
+                self.access.remember(volume, &model, v);
+                v
+            }
+        };
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::Denied => {
+                self.counters.lock().expect("counters lock").denied += 1;
+                Err(Refused::Denied(format!(
+                    "the registry does not let this volume's credentials read {}@{digest}: a model pulled with other credentials is not served from the node's cache",
+                    volume.reference.repository
+                )))
+            }
+        }
+    }
+
+    /// One manifest request by digest, to the registry itself (a mirror may hold what the
+    /// registry would refuse), with the volume's credentials.
+    async fn ask_registry(&self, volume: &Volume, digest: &Digest) -> Result<Verdict, Refused> {
+        let fail = |e: &Error| Refused::Failed(Failure::from(e));
+        let target = match self.remote(volume).map_err(|e| fail(&e))? {
+            Target::Remote {
+                client, repository, ..
+            } => Target::Remote {
+                client,
+                repository,
+                mirrors: Vec::new(),
+            },
+            local => local,
+        };
+        match target.resolve(digest.as_str()).await {
+            Ok(_) => Ok(Verdict::Allowed),
+            Err(e) => {
+                let e = Error::from(e);
+                match e.exit_code() {
+                    ExitCode::Auth | ExitCode::NotFound => {
+                        tracing::info!(
+                            "volume {}: the registry refuses its credentials for {}@{digest}: {e}",
+                            volume.id,
+                            volume.reference.repository
+                        );
+                        Ok(Verdict::Denied)
+                    }
+                    _ => Err(fail(&e)),
+                }
+            }
         }
     }
 
@@ -254,6 +385,8 @@ impl Volumes {
         let resolved = target.resolve(&volume.reference.target()).await?;
         let digest = resolved.manifest_digest.to_string();
         let report = transfer::pull(&target, &digest, model, &opts, transfer::silent()).await?;
+        self.access
+            .pulled(volume, &Model::of(volume, &report.digest));
         if let Some((repository, reference)) = &local {
             self.remember(repository, reference, &resolved);
         }
@@ -329,37 +462,204 @@ impl Volumes {
         self.lazy.lock().expect("lazy lock").contains_key(id)
     }
 
-    /// Unmount and remove the target, stop the volume's pull if one runs, and remove the
-    /// volume's folder. The store keeps the blobs.
-    pub async fn unpublish(&self, id: &str, target: &Path) -> Result<(), Error> {
+    /// Open a target beneath kubelet's pods folder, never through a link.
+    pub fn open_target(&self, path: &Path, create: bool) -> Result<Option<TargetDir>, Refused> {
+        Ok(TargetDir::open(&self.pods, path, create)?)
+    }
+
+    /// Publish a copied volume: its model placed (pulled first if need be), its folder bind
+    /// mounted read-only at the target, and the target recorded in the folder, so the folder
+    /// lives while any target uses it.
+    pub async fn publish(
+        self: &Arc<Self>,
+        volume: &Volume,
+        wait: Option<Duration>,
+    ) -> Result<(), Refused> {
+        // A link on the way is refused before anything is pulled.
+        self.open_target(&volume.target, false)?;
+        // Twice at most: the folder may be removed by the unpublish of its last other target
+        // between its placing and the mount.
+        for _ in 0..2 {
+            let Some(model) = self.place(volume, wait).await? else {
+                return Err(Refused::Pending(format!(
+                    "{} is still being pulled; the pull goes on, and a retry of this call joins it",
+                    volume.reference
+                )));
+            };
+            let _mounts = self.mounts.lock().expect("mounts lock");
+            let folder = self.folder(&volume.id);
+            if placed(&folder).is_none_or(|p| p.content != volume.content_key()) {
+                continue;
+            }
+            let mut target = self
+                .open_target(&volume.target, true)?
+                .expect("a created target exists");
+            if !bind::holds(&target, &model) {
+                if is_mount_point(&volume.target) {
+                    return Err(Refused::Conflict(format!(
+                        "something other than volume {} is mounted at {}",
+                        volume.id,
+                        volume.target.display()
+                    )));
+                }
+                bind::mount_read_only(&model, &mut target)
+                    .map_err(|e| Refused::io("cannot mount the volume at", &volume.target, e))?;
+                tracing::info!(
+                    "volume {}: {} mounted read-only at {}",
+                    volume.id,
+                    volume.reference,
+                    volume.target.display()
+                );
+            }
+            record_target(&folder, &volume.target)
+                .map_err(|e| Refused::io("cannot record the target in", &folder, e))?;
+            return Ok(());
+        }
+        Err(Refused::failed(
+            ExitCode::Interrupted,
+            format!(
+                "volume {} was unpublished while it was published",
+                volume.id
+            ),
+        ))
+    }
+
+    /// Unpublish `id` at `path`: the plugin's own mount there is removed, and the empty
+    /// target folder; anything else is left as it is. The volume's folder (and a pull of it
+    /// still running) goes with its last target. The store keeps the blobs.
+    pub async fn unpublish(&self, id: &str, path: &Path) -> Result<(), Refused> {
+        let target = self.open_target(path, false)?;
+        let mut known = false;
         #[cfg(feature = "mount")]
         {
             let mounted = self.lazy.lock().expect("lazy lock").remove(id);
             if let Some(mounted) = mounted {
+                known = true;
                 let _ = tokio::task::spawn_blocking(move || mounted.unmount()).await;
             }
         }
-        let io = |what: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Write { what, path, source }
-        };
-        let t = target.to_path_buf();
-        tokio::task::spawn_blocking(move || super::bind::unmount_and_remove(&t))
-            .await
-            .expect("unmount task does not panic")
-            .map_err(io("cannot unmount the volume at", target))?;
+        let folder = self.folder(id);
+        let model = folder.join("model");
+        known |= folder.exists() || self.jobs.lock().expect("jobs lock").contains_key(id);
+        let mounts = self.mounts.lock().expect("mounts lock");
+        if let Some(mut target) = target {
+            let unmounted = bind::unmount_own(&model, &mut target)
+                .map_err(|e| Refused::io("cannot unmount the volume at", path, e))?;
+            if is_mount_point(path) && is_dead_lazy_mount(path) {
+                // A lazy volume of an earlier run of the plugin, its FUSE server gone.
+                bind::detach(&target)
+                    .map_err(|e| Refused::io("cannot unmount the dead volume at", path, e))?;
+                known = true;
+                target.reopen()?;
+            }
+            known |= unmounted > 0;
+            let foreign = is_mount_point(path);
+            let removed = !foreign
+                && target
+                    .remove_if_empty()
+                    .map_err(|e| Refused::io("cannot remove", path, e))?;
+            if !known && !removed {
+                return Err(Refused::Unknown(format!(
+                    "volume {id} is not published at {}, which holds something else: left as it is",
+                    path.display()
+                )));
+            }
+        }
+        if !known {
+            return Ok(()); // unpublished already: the spec's idempotent answer
+        }
+        forget_target(&folder, path);
+        if self.live_targets(&folder, &model) > 0 {
+            tracing::info!("volume {id}: other targets still use its folder");
+            return Ok(());
+        }
+        drop(mounts);
         let job = self.jobs.lock().expect("jobs lock").remove(id);
         if let Some(job) = job {
             job.task.abort();
             let _ = job.task.await;
         }
-        let folder = self.folder(id);
+        let _mounts = self.mounts.lock().expect("mounts lock");
+        if self.live_targets(&folder, &model) > 0 {
+            return Ok(()); // published again meanwhile
+        }
         match std::fs::remove_dir_all(&folder) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("cannot remove the volume's folder", &folder)(e)),
+            Err(e) => Err(Refused::io("cannot remove the volume's folder", &folder, e)),
         }
     }
+
+    /// How many recorded targets still hold the volume's bind mount; the records of those
+    /// that no longer do (kubelet tore them down while the plugin was away) are dropped.
+    fn live_targets(&self, folder: &Path, model: &Path) -> usize {
+        recorded_targets(folder)
+            .into_iter()
+            .filter(|(record, path)| {
+                let live = matches!(
+                    TargetDir::open(&self.pods, path, false),
+                    Ok(Some(t)) if bind::holds(&t, model)
+                );
+                if !live {
+                    let _ = std::fs::remove_file(record);
+                }
+                live
+            })
+            .count()
+    }
+}
+
+/// Is there a mount at `path` (read from the mount table, never by touching it)?
+fn is_mount_point(path: &Path) -> bool {
+    crate::fsutil::is_mount_point(path).unwrap_or(false)
+}
+
+/// A FUSE mount of `hoist mount` at `path` (its source is `hoist:REFERENCE`).
+fn is_dead_lazy_mount(path: &Path) -> bool {
+    crate::fsutil::mount_table()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.point == path && m.fstype.starts_with("fuse") && m.source.starts_with("hoist:"))
+}
+
+/// The folder keeps one file per target it is mounted at, so it outlives each but the last,
+/// across restarts of the plugin.
+fn target_record(folder: &Path, target: &Path) -> PathBuf {
+    let hex = Digest::of_bytes(target.as_os_str().as_encoded_bytes())
+        .hex()
+        .to_string();
+    folder.join("targets").join(&hex[..32])
+}
+
+fn record_target(folder: &Path, target: &Path) -> std::io::Result<()> {
+    let record = target_record(folder, target);
+    std::fs::create_dir_all(record.parent().expect("in targets/"))?;
+    crate::fsutil::write_atomic(
+        &record,
+        target.as_os_str().as_encoded_bytes(),
+        crate::fsutil::Replace::DURABLE,
+    )
+}
+
+fn forget_target(folder: &Path, target: &Path) {
+    let _ = std::fs::remove_file(target_record(folder, target));
+}
+
+/// The recorded targets: (record file, target path).
+fn recorded_targets(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(folder.join("targets")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let bytes = std::fs::read(e.path()).ok()?;
+            let path = PathBuf::from(std::ffi::OsString::from(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes),
+            ));
+            Some((e.path(), path))
+        })
+        .collect()
 }
 
 fn conflict(volume: &Volume, content: &str) -> Refused {
@@ -369,11 +669,20 @@ fn conflict(volume: &Volume, content: &str) -> Refused {
     ))
 }
 
-/// The content a placed folder holds (its `volume.json`), `None` if not placed.
-fn placed(folder: &Path) -> Option<String> {
+/// What a placed folder holds (its `volume.json`).
+struct Placed {
+    content: String,
+    digest: Digest,
+}
+
+/// The folder's `volume.json`, `None` if it is not placed.
+fn placed(folder: &Path) -> Option<Placed> {
     let bytes = std::fs::read(folder.join("volume.json")).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v["content"].as_str().map(String::from)
+    Some(Placed {
+        content: v["content"].as_str()?.to_string(),
+        digest: v["digest"].as_str()?.parse().ok()?,
+    })
 }
 
 fn write_placed(folder: &Path, volume: &Volume, report: &PullReport) -> Result<(), Error> {

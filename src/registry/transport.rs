@@ -66,6 +66,10 @@ impl TransportOptions {
             .pool_max_idle_per_host(self.max_connections.max(8));
         if self.insecure {
             builder = builder.danger_accept_invalid_certs(true);
+        } else if !system_roots_found() {
+            // A scratch image with no CA bundle: plain HTTP needs none, and TLS is checked
+            // against the Mozilla roots built in (as uv does) rather than failing to start.
+            builder = builder.tls_certs_merge(bundled_roots());
         }
         if let Some(path) = &self.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -83,14 +87,40 @@ impl TransportOptions {
     }
 }
 
-/// `localhost`, `127.x.x.x` and `[::1]`, with or without a port.
+/// Whether the system has CA certificates (the platform verifier refuses to start without
+/// any). Read once per process.
+fn system_roots_found() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let found = !rustls_native_certs::load_native_certs().certs.is_empty();
+        if !found {
+            tracing::debug!("no CA certificates on this system: using the bundled roots");
+        }
+        found
+    })
+}
+
+/// The Mozilla root certificates compiled in (`webpki-root-certs`).
+fn bundled_roots() -> Vec<reqwest::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect()
+}
+
+/// `localhost`, `127.x.x.x` and `[::1]`, with or without a port, in any of their spellings
+/// (`LOCALHOST`, `127.1`): the host as the URL parser reads it.
 pub fn is_loopback(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let canonical = crate::reference::canonical_registry(host);
+    let name = match canonical.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => canonical.split(':').next().unwrap_or_default(),
     };
-    name == "localhost" || name == "::1" || name.starts_with("127.")
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[test]
@@ -99,4 +129,7 @@ fn loopback_hosts() {
     assert!(is_loopback("127.0.0.1"));
     assert!(is_loopback("[::1]:5000"));
     assert!(!is_loopback("registry.example.com"));
+    assert!(is_loopback("LOCALHOST:5000"));
+    assert!(is_loopback("127.1:5000"));
+    assert!(!is_loopback("127.example.com"));
 }

@@ -12,11 +12,19 @@
 //!
 //! The first rule whose pattern matches decides. A repository no rule matches is refused:
 //! a policy is a list of what is allowed, so a forgotten repository fails closed.
+//!
+//! Registries are matched in one canonical spelling ([`canonical_registry`]): a pattern's
+//! registry part, when it is written without glob characters, is read the same way as the
+//! registry of a pull, so `localhost:05930`, `LOCALHOST:5930` and `127.1:5930` all meet a
+//! rule for `127.0.0.1:5930`. Names no parser can tie together (a DNS alias, another address
+//! of the same server) stay apart; a permissive rule (`off`, `warn`) after `enforce` rules
+//! would let them through, so loading warns about that order.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{load_public_keys, PublicKey, SignError};
+use crate::reference::canonical_registry;
 
 /// Most rules a policy file may hold, and its largest size: it is read whole.
 const MAX_RULES: usize = 1024;
@@ -32,6 +40,16 @@ pub enum Mode {
     Warn,
     /// No signature is looked for.
     Off,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Off => "off",
+        }
+    }
 }
 
 /// The keys one repository's models must be signed by, and what a failure does.
@@ -146,10 +164,39 @@ impl Policy {
             .into_iter()
             .map(|r| Rule::new(r, base).map_err(bad))
             .collect::<Result<_, _>>()?;
-        Ok(Policy {
+        let policy = Policy {
             path: path.to_path_buf(),
             rules,
-        })
+        };
+        for warning in policy.warnings() {
+            tracing::warn!("{}: {warning}", path.display());
+        }
+        Ok(policy)
+    }
+
+    /// What is legal but likely a hole: a permissive rule (`off` or `warn`) after an
+    /// `enforce` rule takes every name the enforce rules miss, other spellings of their
+    /// registry included.
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(first_enforce) = self
+            .rules
+            .iter()
+            .position(|r| r.requirement.mode == Mode::Enforce)
+        else {
+            return Vec::new();
+        };
+        self.rules[first_enforce + 1..]
+            .iter()
+            .filter(|r| r.requirement.mode != Mode::Enforce)
+            .map(|r| {
+                format!(
+                    "rule {:?} (mode {}) follows the enforce rule {:?}: a name the enforce rules do not match, such as another name of the same registry, is let through unverified; prefer enforce as the last, catch-all rule and list the exceptions before it",
+                    r.pattern,
+                    r.requirement.mode.name(),
+                    self.rules[first_enforce].pattern
+                )
+            })
+            .collect()
     }
 
     fn for_repository(&self, repository: &str) -> Result<Option<Requirement>, SignError> {
@@ -170,7 +217,7 @@ impl Policy {
 
 impl Rule {
     fn new(r: RuleFile, base: &Path) -> Result<Rule, String> {
-        let matcher = globset::GlobBuilder::new(&r.repositories)
+        let matcher = globset::GlobBuilder::new(&canonical_pattern(&r.repositories))
             .literal_separator(true)
             .build()
             .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
@@ -191,6 +238,21 @@ impl Rule {
                 mode: r.mode,
             },
         })
+    }
+}
+
+/// A pattern with its registry part in the canonical spelling, when that part is written
+/// without glob characters (`LOCALHOST:5930/m/**` → `127.0.0.1:5930/m/**`); folded to lower
+/// case otherwise, as registry names are.
+fn canonical_pattern(pattern: &str) -> String {
+    let Some((registry, rest)) = pattern.split_once('/') else {
+        return pattern.to_string();
+    };
+    let is_glob = registry.contains(['*', '?', '[', '{']);
+    if is_glob {
+        format!("{}/{rest}", registry.to_ascii_lowercase())
+    } else {
+        format!("{}/{rest}", canonical_registry(registry))
     }
 }
 
@@ -247,6 +309,49 @@ mode = "warn"
         assert_eq!(mode("reg.example/scratch/x").unwrap(), Some(Mode::Warn));
         let err = mode("other.example/models/x").unwrap_err().to_string();
         assert!(err.contains("covers other.example/models/x"), "{err}");
+    }
+
+    #[test]
+    fn other_spellings_of_a_registry_meet_its_rules_and_a_late_permissive_rule_is_warned_of() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), "team.pem", 1);
+        let p = policy(
+            dir.path(),
+            r#"
+[[rule]]
+repositories = "LocalHost:05930/secure/**"
+keys = ["team.pem"]
+[[rule]]
+repositories = "**"
+mode = "off"
+"#,
+        )
+        .unwrap();
+        let mode = |repo: &str| p.for_repository(repo).unwrap().map(|r| r.mode);
+        // What signature::check passes: the registry in its canonical spelling.
+        for registry in [
+            "127.0.0.1:5930",
+            "localhost:5930",
+            "127.1:05930",
+            "LOCALHOST:5930",
+        ] {
+            let name = format!("{}/secure/m", canonical_registry(registry));
+            assert_eq!(mode(&name), Some(Mode::Enforce), "{registry}");
+        }
+        assert_eq!(mode("127.0.0.1:5931/secure/m"), None);
+        let warnings = p.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"**\" (mode off) follows"),
+            "{warnings:?}"
+        );
+
+        let safe = policy(
+            dir.path(),
+            "[[rule]]\nrepositories = \"r.io/public/**\"\nmode = \"off\"\n[[rule]]\nrepositories = \"**\"\nkeys = [\"team.pem\"]\n",
+        )
+        .unwrap();
+        assert!(safe.warnings().is_empty());
     }
 
     #[test]

@@ -81,14 +81,18 @@ pub async fn check(
     }
 }
 
-/// The name a policy's patterns match: `REGISTRY/REPOSITORY` (the repository alone for the
-/// local store).
+/// The name a policy's patterns match: `REGISTRY/REPOSITORY` with the registry in its one
+/// canonical spelling (the repository alone for the local store), so `LOCALHOST:05930` or
+/// `127.1:5930` meet the rules written for `127.0.0.1:5930`.
 fn policy_name(target: &Target) -> String {
     match target {
         Target::Local { repository, .. } => repository.clone(),
         Target::Remote {
             client, repository, ..
-        } => format!("{}/{repository}", client.registry()),
+        } => format!(
+            "{}/{repository}",
+            crate::reference::canonical_registry(client.registry())
+        ),
     }
 }
 
