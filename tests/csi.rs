@@ -1079,3 +1079,457 @@ async fn a_verification_policy_decides_per_repository() {
         }
     }
 }
+
+// ---- A shared node: tenants who do not trust each other (SECURITY.md, "A shared node") ----
+
+/// A registry that asks for credentials on every request, holding `private/m:v1` pushed by
+/// alice; returns the registry, the reference and the pushed folder.
+fn private_registry(password: &str) -> (Registry, String, tempfile::TempDir) {
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "alice", password])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    let reg = Registry::start_with_files(
+        &[("htpasswd", &out.stdout)],
+        "auth:\n  htpasswd: {realm: basic-realm, path: {root}/htpasswd}\n",
+    );
+    let h = Hoist::new();
+    let reference = reg.reference("private/m:v1");
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    common::run(
+        h.cmd()
+            .env("HOIST_USERNAME", "alice")
+            .env("HOIST_PASSWORD", password)
+            .args(["push", src.path().to_str().unwrap(), &reference]),
+    )
+    .ok();
+    (reg, reference, src)
+}
+
+fn with_password(
+    mut req: csi::NodePublishVolumeRequest,
+    password: &str,
+) -> csi::NodePublishVolumeRequest {
+    req.secrets = HashMap::from([
+        ("username".into(), "alice".into()),
+        ("password".into(), password.into()),
+    ]);
+    req
+}
+
+fn manifest_requests(reg: &Registry) -> usize {
+    reg.log().matches("/manifests/").count()
+}
+
+/// Case 1: a model that came through a Secret is served from the node's cache only to a
+/// volume whose own credentials the registry accepts for it: one manifest request, then the
+/// verdict is kept. Without the Secret, with a wrong one, by digest: PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_pulled_with_a_secret_is_not_served_to_a_volume_without_it() {
+    if !can_mount() {
+        return;
+    }
+    const PASSWORD: &str = "tenant-a-secret";
+    let (reg, reference, src) = private_registry(PASSWORD);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+
+    let a = plugin.target("pod-a");
+    let req = publish_request("csi-a", &a, &[("reference", &reference)]);
+    publish(&mut node, with_password(req, PASSWORD), None)
+        .await
+        .unwrap();
+    assert_eq!(tree(src.path(), false), tree(&a, false));
+    let digest = std::fs::read_dir(plugin.root().join("volumes"))
+        .unwrap()
+        .flatten()
+        .find_map(|e| std::fs::read(e.path().join("volume.json")).ok())
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()["digest"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .unwrap();
+    let by_digest = format!("{}/private/m@{digest}", reg.addr);
+
+    // (pod, reference, secret, whether the registry is asked: pod-d's anonymous verdict
+    // for this digest is the one pod-b got, kept)
+    for (pod, reference, secret, asks) in [
+        ("pod-b", reference.as_str(), None, true),
+        ("pod-c", reference.as_str(), Some("wrong-password"), true),
+        ("pod-d", by_digest.as_str(), None, false),
+    ] {
+        let before = manifest_requests(&reg);
+        let target = plugin.target(pod);
+        let mut req = publish_request(&format!("csi-{pod}"), &target, &[("reference", reference)]);
+        if let Some(p) = secret {
+            req = with_password(req, p);
+        }
+        let status = publish(&mut node, req, None).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{pod}: {status:?}");
+        assert!(
+            status
+                .message()
+                .contains("not served from the node's cache"),
+            "{pod}: {status:?}"
+        );
+        assert!(!is_mounted(&target), "{pod}: nothing mounted");
+        assert!(
+            !target.exists() || common::all_entries(&target).is_empty(),
+            "{pod}: no file placed"
+        );
+        assert_eq!(
+            manifest_requests(&reg) > before,
+            asks,
+            "{pod}: the registry asked or not as expected"
+        );
+    }
+
+    // The right Secret again: allowed, its verdict kept — a rollout asks once.
+    let e = plugin.target("pod-e");
+    let req = publish_request("csi-e", &e, &[("reference", &reference)]);
+    publish(&mut node, with_password(req, PASSWORD), None)
+        .await
+        .unwrap();
+    assert_eq!(tree(src.path(), false), tree(&e, false));
+    let before = manifest_requests(&reg);
+    let f = plugin.target("pod-f");
+    let req = publish_request("csi-f", &f, &[("reference", &reference)]);
+    publish(&mut node, with_password(req, PASSWORD), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest_requests(&reg),
+        before,
+        "the kept verdict asks nothing"
+    );
+    assert!(plugin
+        .metrics()
+        .contains("hoist_csi_cache_access_denied_total 3"));
+}
+
+/// A PersistentVolume's publish request: no ephemeral attribute, the same volume id for
+/// every Pod that uses it.
+fn pv_request(id: &str, target: &Path, reference: &str) -> csi::NodePublishVolumeRequest {
+    let mut req = publish_request(id, target, &[("reference", reference)]);
+    req.volume_context.remove("csi.storage.k8s.io/ephemeral");
+    req
+}
+
+/// Case 2: two Pods on one node use one ReadOnlyMany volume; unpublishing one leaves the
+/// other's files, across a restart of the plugin; the last unpublish removes the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublishing_one_pod_leaves_another_pods_volume_whole_across_restarts() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/shared:v1");
+    let src = push_small(&h, &reference);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let (a, b, c) = (
+        plugin.target("pod-a"),
+        plugin.target("pod-b"),
+        plugin.target("pod-c"),
+    );
+    for t in [&a, &b] {
+        publish(&mut node, pv_request("pv-model", t, &reference), None)
+            .await
+            .unwrap();
+    }
+    unpublish(&mut node, "pv-model", &a).await.unwrap();
+    assert!(!a.exists());
+    assert_eq!(
+        tree(src.path(), false),
+        tree(&b, false),
+        "B keeps its files"
+    );
+
+    // kubelet calls unpublish after restarts too: the bookkeeping is on disk.
+    publish(&mut node, pv_request("pv-model", &c, &reference), None)
+        .await
+        .unwrap();
+    let dir = plugin.kill();
+    let plugin = Plugin::start_in(dir, &[]);
+    let mut node = plugin.node().await;
+    unpublish(&mut node, "pv-model", &b).await.unwrap();
+    assert_eq!(
+        tree(src.path(), false),
+        tree(&c, false),
+        "C keeps its files"
+    );
+    unpublish(&mut node, "pv-model", &c).await.unwrap();
+    assert!(plugin.volumes().is_empty(), "{:?}", plugin.volumes());
+    unpublish(&mut node, "pv-model", &c).await.unwrap();
+}
+
+/// Case 3: a link on the way to the target (a folder of the Pod's, or the target itself)
+/// is INVALID_ARGUMENT, for publish and unpublish, and nothing is mounted or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_on_the_way_to_the_target_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/m:v1");
+    push_small(&h, &reference);
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let pods = plugin.root().join("kubelet/pods");
+    let elsewhere = plugin.root().join("elsewhere");
+    let victim = plugin.root().join("victim");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious"), b"keep").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, pods.join("pod-l")).unwrap();
+    let through_link = plugin.target("pod-l");
+    let link_target = plugin.target("pod-t");
+    std::fs::create_dir_all(link_target.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&victim, &link_target).unwrap();
+
+    for target in [&through_link, &link_target] {
+        let req = publish_request("csi-l", target, &[("reference", &reference)]);
+        let status = publish(&mut node, req, None).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("link"), "{status:?}");
+        let status = unpublish(&mut node, "csi-l", target).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    assert!(
+        common::all_entries(&elsewhere).is_empty(),
+        "nothing made through the link"
+    );
+    assert!(!is_mounted(&victim) && !is_mounted(&elsewhere));
+    assert_eq!(std::fs::read(victim.join("precious")).unwrap(), b"keep");
+    assert!(link_target.is_symlink());
+}
+
+/// Case 4: an unpublish never unmounts or removes what this plugin did not make: another
+/// driver's mount at the target of an unknown volume, or a folder holding a file, is left
+/// and the answer is NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_leaves_what_the_plugin_never_made() {
+    if !can_mount() {
+        return;
+    }
+    let plugin = Plugin::start(&[]);
+    let mut node = plugin.node().await;
+    let other = plugin.root().join("other-driver");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("data"), b"theirs").unwrap();
+    let foreign = plugin.target("pod-x");
+    std::fs::create_dir_all(&foreign).unwrap();
+    rustix::mount::mount_bind(&other, &foreign).unwrap();
+    let status = unpublish(&mut node, "csi-unknown", &foreign)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(is_mounted(&foreign), "another driver's mount is left");
+    assert_eq!(std::fs::read(foreign.join("data")).unwrap(), b"theirs");
+
+    let full = plugin.target("pod-y");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("file"), b"x").unwrap();
+    let status = unpublish(&mut node, "csi-unknown", &full)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(full.join("file").exists());
+
+    // Nothing there, or an empty folder: unpublished already (the spec's idempotent OK).
+    unpublish(&mut node, "csi-unknown", &plugin.target("pod-z"))
+        .await
+        .unwrap();
+    let empty = plugin.target("pod-e");
+    std::fs::create_dir_all(&empty).unwrap();
+    unpublish(&mut node, "csi-unknown", &empty).await.unwrap();
+    assert!(!empty.exists());
+}
+
+/// Case 5: gRPC clients of kubelet's ecosystem name the socket's path as `:authority`:
+/// PyPI's grpcio with its defaults, and a raw HTTP/2 request with the path as authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_grpc_clients_that_send_the_socket_path_as_authority_are_answered() {
+    let plugin = Plugin::start(&[]);
+    let socket = plugin.socket();
+
+    // grpcio (gRPC C-core), as csc and the sidecars' clients dial: unix://PATH, no options.
+    let script = r#"
+import sys, grpc
+channel = grpc.insecure_channel("unix://" + sys.argv[1])
+ident = lambda b: b
+info = channel.unary_unary("/csi.v1.Identity/GetPluginInfo", request_serializer=ident, response_deserializer=ident)(b"", timeout=10)
+assert b"csi.hoist.dev" in info, info
+probe = channel.unary_unary("/csi.v1.Identity/Probe", request_serializer=ident, response_deserializer=ident)(b"", timeout=10)
+caps = channel.unary_unary("/csi.v1.Node/NodeGetInfo", request_serializer=ident, response_deserializer=ident)(b"", timeout=10)
+assert b"node-1" in caps, caps
+print("grpcio ok")
+"#;
+    let has_grpcio = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_grpcio || !cannot_run("python3 with grpcio is missing (scripts/setup installs it)") {
+        let out = Command::new("python3")
+            .args(["-c", script, socket.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grpcio failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A raw request: the authority is the socket's path, as grpc-go's older releases send.
+    let frames = raw_grpc_call(
+        &socket,
+        socket.to_str().unwrap(),
+        "/csi.v1.Identity/GetPluginInfo",
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|(kind, stream, _)| *kind == 0x3 && *stream == 1),
+        "RST_STREAM on the request: {frames:?}"
+    );
+    let data: Vec<u8> = frames
+        .iter()
+        .filter(|(kind, stream, _)| *kind == 0x0 && *stream == 1)
+        .flat_map(|(_, _, p)| p.clone())
+        .collect();
+    assert!(
+        data.windows(13).any(|w| w == b"csi.hoist.dev"),
+        "no answer: {frames:?}"
+    );
+}
+
+/// One gRPC call by hand over HTTP/2 (literal HPACK headers, no Huffman), with `authority`
+/// as `:authority`; the frames the server sent back until the stream ended: (type, stream,
+/// payload).
+fn raw_grpc_call(socket: &Path, authority: &str, path: &str) -> Vec<(u8, u32, Vec<u8>)> {
+    use std::io::{Read, Write};
+    fn head(len: usize, kind: u8, flags: u8, stream: u32, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+    }
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0x00);
+        for s in [n, v] {
+            assert!(s.len() < 127);
+            block.push(s.len() as u8);
+            block.extend_from_slice(s.as_bytes());
+        }
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    head(0, 0x4, 0, 0, &mut out);
+    head(block.len(), 0x1, 0x4, 1, &mut out);
+    out.extend_from_slice(&block);
+    head(5, 0x0, 0x1, 1, &mut out);
+    out.extend_from_slice(&[0, 0, 0, 0, 0]);
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(&out).unwrap();
+    let mut frames = Vec::new();
+    let mut acked = false;
+    loop {
+        let mut h = [0u8; 9];
+        if conn.read_exact(&mut h).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        let (kind, flags) = (h[3], h[4]);
+        if kind == 0x4 && flags & 0x1 == 0 && !acked {
+            let mut ack = Vec::new();
+            head(0, 0x4, 0x1, 0, &mut ack);
+            conn.write_all(&ack).unwrap();
+            acked = true;
+        }
+        frames.push((kind, stream, payload));
+        let ends = (kind == 0x1 && flags & 0x1 != 0 && stream == 1)
+            || (kind == 0x3 && stream == 1)
+            || kind == 0x7;
+        if ends {
+            break;
+        }
+    }
+    frames
+}
+
+/// Case 6 through the plugin: the Pod author writes the reference, the admin the policy; an
+/// unsigned model of an enforced registry is refused however its host is spelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_holds_for_every_spelling_a_pod_author_may_write() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let (_, public) = key_pair(work.path());
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    let port = reg.addr.rsplit_once(':').unwrap().1.to_string();
+    h.run(&[
+        "push",
+        src.path().to_str().unwrap(),
+        &format!("127.0.0.1:{port}/secure/m:v1"),
+    ])
+    .ok();
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nrepositories = \"127.0.0.1:{port}/secure/**\"\nkeys = [\"{}\"]\n[[rule]]\nrepositories = \"**\"\nmode = \"off\"\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    let plugin = Plugin::start(&["--verify-policy", policy.to_str().unwrap()]);
+    let mut node = plugin.node().await;
+    for (i, host) in [
+        "localhost",
+        "LOCALHOST",
+        "127.1",
+        "127.000.000.001",
+        "127.0.0.1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = plugin.target(&format!("pod-{i}"));
+        let reference = format!("{host}:0{port}/secure/m:v1");
+        let req = publish_request(&format!("csi-{i}"), &target, &[("reference", &reference)]);
+        let status = publish(&mut node, req, None).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{reference}: {status:?}"
+        );
+        assert!(!is_mounted(&target), "{reference}");
+    }
+    assert!(
+        plugin.log().contains("follows the enforce rule"),
+        "{}",
+        plugin.log()
+    );
+}

@@ -503,3 +503,26 @@ fn model_runner_v0_2_files_are_named_by_their_filepath() {
     assert_eq!(files["LICENSE"], b"MIT");
     assert_eq!(files.len(), 3);
 }
+
+/// SECURITY.md, shared node, case 11: a system with no CA certificates (a `FROM scratch`
+/// image holding only the binary) still pulls from a plain-HTTP registry (TLS would check
+/// against the bundled Mozilla roots; the client is built with them here).
+#[test]
+fn no_ca_store_is_needed_for_plain_http_and_tls_falls_back_to_bundled_roots() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let reference = reg.reference("team/m:v1");
+    push_small(&h, &reference);
+    let empty = tempfile::tempdir().unwrap();
+    let bundle = empty.path().join("empty.pem");
+    std::fs::write(&bundle, b"").unwrap();
+    let no_roots = |cmd: &mut std::process::Command| {
+        cmd.env("SSL_CERT_FILE", &bundle)
+            .env("SSL_CERT_DIR", empty.path().join("none"));
+    };
+    let out = empty.path().join("out");
+    let mut cmd = h.cmd();
+    no_roots(&mut cmd);
+    run(cmd.args(["pull", &reference, "-o", out.to_str().unwrap()])).ok();
+    assert!(out.join("config.json").is_file());
+}

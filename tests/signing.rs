@@ -749,3 +749,205 @@ fn inspect_says_signatures_are_unknown_when_the_registry_will_not_list_them() {
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(doc["signatures"]["unknown"].is_string(), "{}", r.stdout);
 }
+
+/// SECURITY.md, shared node, case 6: a policy's rule holds for every spelling of its
+/// registry (case, port, IP literal, `localhost`), and a permissive rule after it is warned
+/// of when the policy loads.
+#[test]
+fn a_policy_rule_holds_for_every_spelling_of_its_registry() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (_, public) = key_pair(work.path(), "k", "prime256v1");
+    let port = reg.addr.rsplit_once(':').unwrap().1.to_string();
+    h.run(&[
+        "push",
+        src.to_str().unwrap(),
+        &format!("127.0.0.1:{port}/secure/m:v1"),
+    ])
+    .ok();
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nrepositories = \"127.0.0.1:{port}/secure/**\"\nkeys = [\"{}\"]\n[[rule]]\nrepositories = \"**\"\nmode = \"off\"\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:0{port}"),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("127.1:{port}"),
+        format!("127.000.000.001:{port}"),
+    ] {
+        let out = work.path().join("out");
+        let r = run(h.cmd().args([
+            "pull",
+            &format!("{host}/secure/m:v1"),
+            "-o",
+            out.to_str().unwrap(),
+            "--verify-policy",
+            policy.to_str().unwrap(),
+        ]));
+        assert_eq!(r.code, SIGNATURE, "{host}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("follows the enforce rule"),
+            "{host}: {}",
+            r.stderr
+        );
+        assert!(
+            !out.exists() || common::visible_entries(&out).is_empty(),
+            "{host}"
+        );
+    }
+}
+
+/// Case 7: a file under a folder named `current` is one of the model's like any other:
+/// `push --sign` no longer ignores it, and `hoist verify` ignores a signer's `current` only
+/// where hoist keeps it (a versioned root's link), so a file the signature does not name
+/// fails verification — with hoist and with the reference tool.
+#[test]
+fn files_hidden_under_current_fail_verification() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (key, public) = key_pair(work.path(), "k", "prime256v1");
+    let reference = reg.reference("team/signed:v1");
+    h.run(&[
+        "push",
+        src.to_str().unwrap(),
+        &reference,
+        "--sign",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    let out = work.path().join("out");
+    pull(&h, &reference, &out, &[&public]).ok();
+    std::fs::create_dir(out.join("current")).unwrap();
+    std::fs::write(
+        out.join("current/modeling_x.py"),
+        b"import os; os.system('id')",
+    )
+    .unwrap();
+    let verify = |dir: &Path| {
+        h.run(&[
+            "verify",
+            dir.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ])
+    };
+    verify(&out).fails_with(6, "current/modeling_x.py");
+    let sig = out.join("model.sig");
+    let r = model_signing(&[
+        "verify",
+        "key",
+        out.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+        "--public_key",
+        public.to_str().unwrap(),
+    ]);
+    assert_ne!(
+        r.code, 0,
+        "the reference tool passed a file hidden under current/"
+    );
+
+    // A signature that lists `current` among its ignored paths (as earlier releases of
+    // push --sign wrote): hoist still checks what is under an ordinary `current` folder.
+    let folder = work.path().join("legacy");
+    let files = model(&folder);
+    let legacy_sig = folder.join("legacy.sig");
+    let r = model_signing(&[
+        "sign",
+        "key",
+        files.to_str().unwrap(),
+        "--private_key",
+        key.to_str().unwrap(),
+        "--signature",
+        legacy_sig.to_str().unwrap(),
+        "--ignore-paths",
+        files.join("current").to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::rename(&legacy_sig, files.join("model.sig")).unwrap();
+    let bundle = std::fs::read_to_string(files.join("model.sig")).unwrap();
+    verify(&files).ok();
+    std::fs::create_dir(files.join("current")).unwrap();
+    std::fs::write(files.join("current/modeling_x.py"), b"x").unwrap();
+    verify(&files).fails_with(6, "current/modeling_x.py");
+    // The legacy signature does list it (so the reference tool would pass this folder).
+    use base64::Engine as _;
+    let bundle: serde_json::Value = serde_json::from_str(&bundle).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let ignored = statement["predicate"]["serialization"]["ignore_paths"].to_string();
+    assert!(ignored.contains("current"), "{ignored}");
+}
+
+/// Case 8: a pull without verification that changes a file the folder's signature covers
+/// removes that signature, filtered or not; one that changes nothing keeps it.
+#[test]
+fn a_filtered_unverified_pull_that_changes_a_signed_file_removes_the_signature() {
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let src = model(work.path());
+    let (key, public) = key_pair(work.path(), "k", "prime256v1");
+    let v1 = reg.reference("team/m:v1");
+    h.run(&[
+        "push",
+        src.to_str().unwrap(),
+        &v1,
+        "--sign",
+        key.to_str().unwrap(),
+    ])
+    .ok();
+    std::fs::write(src.join("config.json"), b"{\"changed\": true}").unwrap();
+    let v2 = reg.reference("team/m:v2");
+    h.run(&["push", src.to_str().unwrap(), &v2]).ok();
+    let out = work.path().join("out");
+    pull(&h, &v1, &out, &[&public]).ok();
+    let sig = out.join("model.sig");
+    let verify = || {
+        h.run(&[
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ])
+    };
+    let filtered = |reference: &str| {
+        h.run(&[
+            "pull",
+            reference,
+            "-o",
+            out.to_str().unwrap(),
+            "--include",
+            "config.json",
+        ])
+    };
+    filtered(&v1).ok();
+    assert!(
+        sig.exists(),
+        "a pull that changed nothing keeps the signature"
+    );
+    verify().ok();
+    filtered(&v2).ok();
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        b"{\"changed\": true}"
+    );
+    assert!(
+        !sig.exists(),
+        "a stale model.sig stayed after config.json changed"
+    );
+    verify().fails_with(SIGNATURE, "model.sig");
+}

@@ -133,6 +133,11 @@ pub async fn mount(
 ) -> Result<Mounted, MountError> {
     let resolved = target.resolve(reference).await?;
     let plan = LayerPlan::from_manifest(&resolved.manifest, false).map_err(TransferError::from)?;
+    // An image (the volume form) is mounted only as containerd would: its layers must be
+    // what its config's diff_ids say, as `pull` checks.
+    if crate::oci::files::is_image_config(&resolved.manifest.config.media_type) {
+        crate::transfer::check_diff_ids(target, &resolved.manifest).await?;
+    }
     let local_store = match target {
         Target::Local { store, .. } => Some(store.clone()),
         Target::Remote { .. } => None,

@@ -119,14 +119,15 @@ pub fn covers(signed: &Signed, files: &BTreeMap<String, String>) -> Result<(), S
 }
 
 /// What hoist signs as ignored: its own files in an output folder, so that the reference
-/// tool verifying a pulled folder looks past them.
+/// tool verifying a pulled folder looks past them. Only names a pull refuses as a model's
+/// file (`.hoist-*`, `.referrers`): `current` is an ordinary name outside a versioned root,
+/// and a signature that ignored it everywhere would pass files hidden under it.
 pub fn own_paths() -> Vec<String> {
     [
         crate::reserved::RECORD_FILE,
         crate::reserved::STAGING_DIR,
         crate::reserved::VERSIONS_DIR,
         crate::reserved::REFERRERS_DIR,
-        crate::reserved::CURRENT,
     ]
     .iter()
     .map(|s| s.to_string())

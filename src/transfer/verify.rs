@@ -202,7 +202,12 @@ pub fn verify_signature(
             digest: Some(digest),
         });
     }
-    let mut ignore: Vec<PathBuf> = signed.ignore_paths.iter().map(PathBuf::from).collect();
+    let mut ignore: Vec<PathBuf> = signed
+        .ignore_paths
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| ignorable_here(dir, p))
+        .collect();
     ignore.push(PathBuf::from(crate::sign::SIGNATURE_FILE));
     let check = check_folder(dir, &expected, full, true, &ignore);
     let what = format!("the signature by key {}", signed.key);
@@ -214,6 +219,18 @@ pub fn verify_signature(
         checked: expected.len(),
         unchecked_tar_layers: 0,
     })
+}
+
+/// Does a path the signer ignored stay out of the check in `dir`? `current` only where
+/// hoist keeps it: the link of a versioned root into its versions. Elsewhere it is an
+/// ordinary name (earlier releases of `push --sign` listed it, which would pass any file
+/// hidden under a folder of that name). Every other ignored path is the signer's word.
+fn ignorable_here(dir: &Path, ignored: &Path) -> bool {
+    if ignored != Path::new(crate::reserved::CURRENT) {
+        return true;
+    }
+    crate::reserved::is_versioned_root(dir)
+        && std::fs::symlink_metadata(dir.join(ignored)).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Check `dir` against the files `reference` holds in `source`: each raw layer's file must be

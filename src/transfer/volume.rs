@@ -146,12 +146,30 @@ pub async fn find_volume_form(
 /// An image's layers must be what its config's `rootfs.diff_ids` says, as containerd checks
 /// before it mounts: as many, and each uncompressed tar layer's digest equal to its diff_id
 /// (a compressed layer's diff_id names its content, verified only by its own digest here).
-/// A config without `rootfs` (not an image containerd could mount anyway) is not checked.
-pub(super) async fn check_diff_ids(
+/// The check fails closed: a config that is missing, is not its digest's bytes, is over
+/// 1 MiB or is not JSON fails it (a form whose config cannot be read is not mountable by
+/// containerd either). A config without `rootfs` (not an image containerd could mount) is
+/// not checked.
+pub(crate) async fn check_diff_ids(
     target: &Target,
     manifest: &crate::oci::Manifest,
 ) -> Result<(), TransferError> {
-    let config = target.config_json(manifest).await;
+    const MAX_CONFIG: u64 = 1 << 20;
+    let unreadable = |why: &str| {
+        Err(TransferError::DiffIds(format!(
+            "the image config {} {why}, so its rootfs.diff_ids cannot be checked",
+            manifest.config.digest
+        )))
+    };
+    if manifest.config.size > MAX_CONFIG {
+        return unreadable("is over 1 MiB");
+    }
+    let Some(bytes) = target.small_blob(&manifest.config, MAX_CONFIG).await else {
+        return unreadable("is missing or is not the bytes of its digest");
+    };
+    let Ok(config) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return unreadable("is not JSON");
+    };
     let Some(ids) = config.get("rootfs").and_then(|r| r.get("diff_ids")) else {
         return Ok(());
     };

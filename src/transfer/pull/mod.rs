@@ -288,9 +288,11 @@ pub async fn pull(
             .map(|l| l.path.clone())
             .collect::<BTreeSet<PathBuf>>()
     });
-    // A whole version that is not verified leaves no earlier pull's signature behind: it
-    // would claim to vouch for files it never saw.
-    let stale_signature = version.is_some()
+    // A pull that is not verified leaves no earlier pull's signature behind once it changed
+    // a file (a whole version replaces them all; a filtered one may change any of them): the
+    // signature would claim to vouch for files it never saw.
+    let changed_files = version.is_some() || results.iter().any(|r| r.action != Action::Skipped);
+    let stale_signature = changed_files
         && signature.is_none()
         && !plan
             .layers
