@@ -457,3 +457,105 @@ fn pull_refuses_a_volume_form_whose_diff_ids_do_not_match() {
         );
     }
 }
+
+/// SECURITY.md, shared node, case 9: the diff_ids check fails closed. An image config that
+/// is missing (404), is not its digest's bytes, or is over 1 MiB is no config to check the
+/// layers against: exit 6, nothing placed. `hoist mount` checks diff_ids as `pull` does.
+#[test]
+fn the_diff_ids_check_fails_closed_and_mount_makes_it_too() {
+    use hoist::digest::Digest;
+    use hoist::oci::{media, Descriptor, Manifest};
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let layer_bytes = tar_with(&[("model.bin", tar::EntryType::Regular, "", b"weights")]);
+    let swapped = vec![Digest::of_bytes(b"another layer")];
+    let config_of = |ids: &[Digest], pad: usize| {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": ids},
+            "config": {"Labels": {"pad": "x".repeat(pad)}},
+        }))
+        .unwrap()
+    };
+    let mut layer = Descriptor::new(
+        media::OCI_LAYER_TAR,
+        Digest::of_bytes(&layer_bytes),
+        layer_bytes.len() as u64,
+    );
+    layer
+        .annotations
+        .insert(media::ANNOTATION_FILEPATH.into(), "model.bin".into());
+    let manifest_with = |config: &Descriptor| Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.into()),
+        artifact_type: None,
+        config: config.clone(),
+        layers: vec![layer.clone()],
+        subject: None,
+        annotations: Default::default(),
+    };
+    // (repository, the config uploaded, the config's descriptor in the manifest)
+    let small = config_of(&swapped, 0);
+    let big = config_of(&swapped, 1 << 20);
+    let desc = |bytes: &[u8]| {
+        Descriptor::new(media::OCI_IMAGE_CONFIG, Digest::of_bytes(bytes), bytes.len() as u64)
+    };
+    let mut short = desc(&small);
+    short.size -= 1; // what a registry sends stops before the digest's bytes end
+    for (repo, uploaded, declared, why) in [
+        ("missing", &small, desc(&small), "is missing"),
+        ("short", &small, short, "is missing or is not the bytes of its digest"),
+        ("oversized", &big, desc(&big), "is over 1 MiB"),
+    ] {
+        let full = desc(uploaded);
+        let blobs: Vec<(&Descriptor, &[u8])> = vec![(&layer, &layer_bytes), (&full, uploaded)];
+        put_raw(&reg, repo, "v1", &blobs, &manifest_with(&declared));
+        if repo == "missing" {
+            // The registry loses the config after the manifest was accepted: a 404.
+            let url = format!("http://{}/v2/{repo}/blobs/{}", reg.addr, full.digest);
+            let (code, _, body) = curl(&["-X", "DELETE", &url]);
+            assert_eq!(code, 202, "{body}");
+        }
+        let out = tempfile::tempdir().unwrap();
+        h.run(&["pull", &reg.reference(&format!("{repo}:v1")), "-o", s(out.path())])
+            .fails_with(VERIFICATION, why);
+        assert!(visible_entries(out.path()).is_empty(), "{repo}: files placed");
+    }
+
+    // hoist mount: swapped diff_ids are refused before anything is mounted.
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !fuse && cannot_run("/dev/fuse cannot be opened here, so hoist mount's check is not run") {
+        return;
+    }
+    let reference = put_volume_layer_with(&reg, "swapped", &layer_bytes, "model.bin", 7, &swapped);
+    let point = tempfile::tempdir().unwrap();
+    let mut child = h
+        .cmd()
+        .args(["mount", &reference, s(point.path())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+            let _ = Command::new("umount").arg("-l").arg(point.path()).status();
+            panic!("hoist mount served a volume form whose diff_ids do not match");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(VERIFICATION), "{stderr}");
+    assert!(stderr.contains("rootfs.diff_ids"), "{stderr}");
+}
