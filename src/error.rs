@@ -172,6 +172,7 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::DigestMismatch { .. } | TransferError::DiffIds(_) => ExitCode::Verification,
         TransferError::Io { .. } => ExitCode::Disk,
         TransferError::NoPlatform(_) => ExitCode::NotFound,
+        TransferError::AmbiguousPlatform(_) => ExitCode::InvalidContent,
         TransferError::GaveUp { .. } => ExitCode::Network,
         TransferError::NothingSelected(_) | TransferError::Refused(_) => ExitCode::Usage,
         TransferError::Verify(e) => verify_code(e),

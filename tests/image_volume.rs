@@ -498,13 +498,22 @@ fn the_diff_ids_check_fails_closed_and_mount_makes_it_too() {
     let small = config_of(&swapped, 0);
     let big = config_of(&swapped, 1 << 20);
     let desc = |bytes: &[u8]| {
-        Descriptor::new(media::OCI_IMAGE_CONFIG, Digest::of_bytes(bytes), bytes.len() as u64)
+        Descriptor::new(
+            media::OCI_IMAGE_CONFIG,
+            Digest::of_bytes(bytes),
+            bytes.len() as u64,
+        )
     };
     let mut short = desc(&small);
     short.size -= 1; // what a registry sends stops before the digest's bytes end
     for (repo, uploaded, declared, why) in [
         ("missing", &small, desc(&small), "is missing"),
-        ("short", &small, short, "is missing or is not the bytes of its digest"),
+        (
+            "short",
+            &small,
+            short,
+            "is missing or is not the bytes of its digest",
+        ),
         ("oversized", &big, desc(&big), "is over 1 MiB"),
     ] {
         let full = desc(uploaded);
@@ -517,9 +526,17 @@ fn the_diff_ids_check_fails_closed_and_mount_makes_it_too() {
             assert_eq!(code, 202, "{body}");
         }
         let out = tempfile::tempdir().unwrap();
-        h.run(&["pull", &reg.reference(&format!("{repo}:v1")), "-o", s(out.path())])
-            .fails_with(VERIFICATION, why);
-        assert!(visible_entries(out.path()).is_empty(), "{repo}: files placed");
+        h.run(&[
+            "pull",
+            &reg.reference(&format!("{repo}:v1")),
+            "-o",
+            s(out.path()),
+        ])
+        .fails_with(VERIFICATION, why);
+        assert!(
+            visible_entries(out.path()).is_empty(),
+            "{repo}: files placed"
+        );
     }
 
     // hoist mount: swapped diff_ids are refused before anything is mounted.
@@ -555,7 +572,147 @@ fn the_diff_ids_check_fails_closed_and_mount_makes_it_too() {
     };
     let mut stderr = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(VERIFICATION), "{stderr}");
     assert!(stderr.contains("rootfs.diff_ids"), "{stderr}");
+}
+
+/// SECURITY.md, shared node, case 10: a volume form whose platforms list other layers is
+/// pulled by the node's platform (or `--platform`), saying which; an index that lists a
+/// platform twice is refused; inspect compares every platform's layers, not the annotation.
+#[test]
+fn a_volume_form_whose_platforms_disagree_is_pulled_by_platform_and_named_by_inspect() {
+    use hoist::digest::Digest;
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    let reference = reg.reference("small:v1");
+    h.run(&["push", s(src.path()), &reference, "--image-volume"])
+        .ok();
+    let index_url = format!("http://{}/v2/small/manifests/v1-volume", reg.addr);
+    let accept = format!("Accept: {}", hoist::oci::media::OCI_INDEX);
+    let (code, _, body) = curl(&["-H", &accept, &index_url]);
+    assert_eq!(code, 200, "{body}");
+    let mut index: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+    // Another image (one file, other bytes) in the same repository, for arm64's entry.
+    let layer = tar_with(&[("other.bin", tar::EntryType::Regular, "", b"arm64 only")]);
+    let other_ref = put_volume_layer_with(
+        &reg,
+        "small",
+        &layer,
+        "other.bin",
+        10,
+        &[Digest::of_bytes(&layer)],
+    );
+    let (_, head, _) = curl(&[
+        "-I",
+        "-H",
+        &format!("Accept: {}", hoist::oci::media::OCI_MANIFEST),
+        &format!("http://{}/v2/small/manifests/v1", reg.addr),
+    ]);
+    let other_digest = head
+        .lines()
+        .find_map(|l| l.strip_prefix("docker-content-digest: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (_, _, other_body) = curl(&[
+        "-H",
+        &format!("Accept: {}", hoist::oci::media::OCI_MANIFEST),
+        &format!("http://{}/v2/small/manifests/{other_digest}", reg.addr),
+    ]);
+    let other_size = other_body.len();
+    assert!(other_ref.ends_with("small:v1"));
+    for entry in index["manifests"].as_array_mut().unwrap() {
+        if entry["platform"]["architecture"] == "arm64" {
+            entry["digest"] = other_digest.clone().into();
+            entry["size"] = other_size.into();
+        }
+    }
+    let put_index = |tag: &str, index: &serde_json::Value| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), serde_json::to_vec(index).unwrap()).unwrap();
+        let (code, _, body) = curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {}", hoist::oci::media::OCI_INDEX),
+            "--data-binary",
+            &format!("@{}", file.path().display()),
+            &format!("http://{}/v2/small/manifests/{tag}", reg.addr),
+        ]);
+        assert_eq!(code, 201, "{body}");
+    };
+    put_index("v1-volume", &index);
+    // The ModelPack tag again (put_volume_layer_with moved small:v1).
+    h.run(&["push", s(src.path()), &reference]).ok();
+
+    let volume_ref = format!("{reference}-volume");
+    let host = hoist::oci::Platform::host().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let pulled = h.run(&["pull", &volume_ref, "-o", s(out.path())]).ok();
+    assert!(
+        pulled.stdout.contains(&format!("Platform: {host}")),
+        "{}",
+        pulled.stdout
+    );
+    let arm = tempfile::tempdir().unwrap();
+    let pulled = h
+        .run(&[
+            "pull",
+            &volume_ref,
+            "-o",
+            s(arm.path()),
+            "--platform",
+            "linux/arm64",
+        ])
+        .ok();
+    assert!(
+        pulled.stdout.contains("Platform: linux/arm64"),
+        "{}",
+        pulled.stdout
+    );
+    assert_eq!(
+        std::fs::read(arm.path().join("other.bin")).unwrap(),
+        b"arm64 only"
+    );
+    assert!(!arm.path().join("config.json").exists());
+    h.run(&[
+        "pull",
+        &volume_ref,
+        "-o",
+        s(arm.path()),
+        "--platform",
+        "linux",
+    ])
+    .fails_with(2, "not a platform");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&h.run(&["inspect", &reference, "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["imageVolume"]["platformsAgree"], false, "{json}");
+    assert_eq!(json["imageVolume"]["current"], false, "{json}");
+    let text = h.run(&["inspect", &reference]).ok().stdout;
+    assert!(text.contains("do not list the same layers"), "{text}");
+
+    // The host's platform listed twice: no pick is made.
+    let entries = index["manifests"].as_array().unwrap().clone();
+    let mine = entries
+        .iter()
+        .find(|e| e["platform"]["architecture"] == host.split('/').nth(1).unwrap())
+        .unwrap()
+        .clone();
+    let mut twice = index.clone();
+    twice["manifests"].as_array_mut().unwrap().push(mine);
+    put_index("twice", &twice);
+    let out = tempfile::tempdir().unwrap();
+    h.run(&["pull", &reg.reference("small:twice"), "-o", s(out.path())])
+        .fails_with(8, "more than once");
+    assert!(visible_entries(out.path()).is_empty());
 }

@@ -59,6 +59,11 @@ pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
                 };
                 let which = if v.current {
                     "holds these files".to_string()
+                } else if !v.platforms_agree {
+                    format!(
+                        "its platforms ({}) do not list the same layers: a node mounts other files by its architecture; push --image-volume again",
+                        v.platforms.join(", ")
+                    )
                 } else {
                     match &v.of {
                         Some(of) => format!("made from another version, {of}: push --image-volume again"),

@@ -40,6 +40,12 @@ pub fn size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+pub fn platform(s: &str) -> Result<hoist::oci::Platform, String> {
+    hoist::oci::Platform::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a platform: write os/architecture[/variant], e.g. linux/arm64")
+    })
+}
+
 pub fn link_mode(s: &str) -> Result<LinkMode, String> {
     LinkMode::parse(s).ok_or_else(|| format!("{s:?} is not one of auto, reflink, hardlink, copy"))
 }

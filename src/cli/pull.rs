@@ -62,6 +62,10 @@ pub struct PullArgs {
     /// Only these ModelPack kinds: weight, config (weight.config), doc, code, dataset.
     #[arg(long, value_delimiter = ',', value_parser = parse::kind, env = "HOIST_KIND")]
     kind: Vec<LayerKind>,
+    /// From an index (the image-volume form), the manifest of this platform
+    /// (os/architecture[/variant]) rather than this host's; the pull says which it took.
+    #[arg(long, value_parser = parse::platform, env = "HOIST_PLATFORM")]
+    platform: Option<hoist::oci::Platform>,
     /// Accept layer titles with `..` or absolute paths (they are still kept inside the folder).
     #[arg(long)]
     allow_path_traversal: bool,
@@ -182,6 +186,9 @@ pub async fn pull(args: PullArgs, env: &Env) -> Result<(), Error> {
             started.elapsed().as_secs_f64()
         );
         println!("Digest: {}", report.digest);
+        if let Some(platform) = &report.platform {
+            println!("Platform: {platform} (the index's manifest for it)");
+        }
     }
     Ok(())
 }
@@ -253,6 +260,7 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
         },
         reuse_from: Vec::new(),
         verify: args.verify.verification()?,
+        platform: args.platform.clone(),
     };
     let (report, folder) = if args.versioned {
         let v = transfer::pull_versioned(

@@ -93,23 +93,78 @@ pub struct Index {
     pub annotations: BTreeMap<String, String>,
 }
 
-impl Index {
-    /// The child to follow when a reference resolves to an index: the only child, else the one
-    /// built for this host's platform.
-    pub fn select_for_host(&self) -> Option<&Descriptor> {
-        if self.manifests.len() == 1 {
-            return self.manifests.first();
-        }
-        let arch = match std::env::consts::ARCH {
+impl Platform {
+    /// This host's platform, as OCI names it (`linux/amd64`, `linux/arm64`).
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
+            "powerpc64" => "ppc64le",
             other => other,
         };
-        self.manifests.iter().find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        Platform {
+            architecture: architecture.into(),
+            os: "linux".into(),
+            variant: None,
+        }
+    }
+
+    /// `os/architecture[/variant]`, as `--platform` takes it.
+    pub fn parse(text: &str) -> Option<Platform> {
+        let mut parts = text.split('/');
+        let (os, architecture) = (parts.next()?, parts.next()?);
+        let variant = parts.next().map(String::from);
+        let name_ok =
+            |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        (parts.next().is_none()
+            && name_ok(os)
+            && name_ok(architecture)
+            && variant.as_deref().is_none_or(name_ok))
+        .then(|| Platform {
+            architecture: architecture.into(),
+            os: os.into(),
+            variant,
         })
+    }
+
+    /// Does an index entry for `other` serve a request for this platform? A variant is
+    /// compared only when this one names it.
+    fn serves(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    /// The child to follow when a reference resolves to an index: the only child (when no
+    /// platform is asked for), else the one built for `platform` (this host's when `None`).
+    /// An index that lists the platform twice is ambiguous: which one a node mounts is up to
+    /// its runtime, so no pick is made (`Err` says why).
+    pub fn select(&self, platform: Option<&Platform>) -> Result<Option<&Descriptor>, String> {
+        if platform.is_none() && self.manifests.len() == 1 {
+            return Ok(self.manifests.first());
+        }
+        let want = platform.cloned().unwrap_or_else(Platform::host);
+        let mut matching = self
+            .manifests
+            .iter()
+            .filter(|d| d.platform.as_ref().is_some_and(|p| want.serves(p)));
+        let first = matching.next();
+        if first.is_some() && matching.next().is_some() {
+            return Err(format!("the index lists {want} more than once"));
+        }
+        Ok(first)
     }
 }
 

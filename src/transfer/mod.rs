@@ -88,6 +88,10 @@ pub enum TransferError {
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]
     NoPlatform(String),
+    /// An index that lists the platform asked for more than once: which one a runtime
+    /// would take is not ours to guess (exit 8).
+    #[error("{0}: nothing was written")]
+    AmbiguousPlatform(String),
     /// Options that cannot go together, refused before anything is sent (exit 2).
     #[error("{0}")]
     Refused(String),

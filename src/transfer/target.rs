@@ -33,6 +33,8 @@ pub struct Resolved {
     pub manifest: Manifest,
     pub manifest_digest: Digest,
     pub manifest_bytes: Bytes,
+    /// The platform whose manifest an index led to (`None`: the reference named a manifest).
+    pub platform: Option<crate::oci::Platform>,
 }
 
 impl Target {
@@ -159,8 +161,18 @@ impl Target {
         }
     }
 
-    /// Resolve a tag or digest to an image manifest.
+    /// Resolve a tag or digest to an image manifest (this host's, from an index).
     pub async fn resolve(&self, reference: &str) -> Result<Resolved, TransferError> {
+        self.resolve_on(reference, None).await
+    }
+
+    /// Resolve a tag or digest to an image manifest; from an index, `platform`'s (this
+    /// host's when `None`).
+    pub async fn resolve_on(
+        &self,
+        reference: &str,
+        platform: Option<&crate::oci::Platform>,
+    ) -> Result<Resolved, TransferError> {
         let (media_type, bytes, digest) = self.fetch_manifest(reference).await?;
         if let Ok(expected) = reference.parse::<Digest>() {
             verify_manifest(&expected, &digest)?;
@@ -171,11 +183,15 @@ impl Target {
                 digest,
                 manifest: *manifest,
                 manifest_bytes: bytes,
+                platform: None,
             }),
             ManifestKind::Index(index) => {
-                let child = index.select_for_host().ok_or_else(|| {
-                    TransferError::NoPlatform(format!("{}:{reference}", self.repository()))
-                })?;
+                let name = || format!("{}:{reference}", self.repository());
+                let child = index
+                    .select(platform)
+                    .map_err(|why| TransferError::AmbiguousPlatform(format!("{}: {why}", name())))?
+                    .ok_or_else(|| TransferError::NoPlatform(name()))?;
+                let picked = child.platform.clone();
                 let (child_type, child_bytes, child_digest) =
                     self.fetch_manifest(child.digest.as_str()).await?;
                 verify_manifest(&child.digest, &child_digest)?;
@@ -190,6 +206,7 @@ impl Target {
                         manifest: *manifest,
                         manifest_digest: child_digest,
                         manifest_bytes: child_bytes,
+                        platform: picked,
                     }),
                     ManifestKind::Index(_) => Err(crate::oci::OciError::UnsupportedMediaType(
                         "nested index".into(),

@@ -41,7 +41,7 @@ pub async fn pull_versioned(
     observer: Observer,
 ) -> Result<Versioned, TransferError> {
     // By digest from here on: a tag that moves mid-pull cannot put other bytes under this name.
-    let resolved = source.resolve(reference).await?;
+    let resolved = source.resolve_on(reference, opts.platform.as_ref()).await?;
     let versions = root.join(VERSIONS_DIR);
     prepare_root(root, &versions)?;
     let name = format!("sha256-{}", resolved.digest.hex());

@@ -108,9 +108,18 @@ pub struct VolumeForm {
     pub digest: Digest,
     /// The ModelPack manifest it was made from, as its index says.
     pub of: Option<Digest>,
-    /// It holds the files of the manifest inspected (its `of` names that manifest).
+    /// The platforms its index lists (`linux/amd64`, …), in its order.
+    pub platforms: Vec<String>,
+    /// Every platform's manifest lists the same layers (a node of any architecture mounts
+    /// the same files).
+    pub platforms_agree: bool,
+    /// It holds the files of the manifest inspected: its `of` names that manifest and its
+    /// platforms agree (an annotation alone proves nothing of the layers).
     pub current: bool,
 }
+
+/// Most platforms of a volume form compared; an index listing more is not taken as agreeing.
+const MAX_PLATFORMS: usize = 64;
 
 /// The volume form published beside `tag` (at [`volume_tag`]), if there is one.
 pub async fn find_volume_form(
@@ -125,22 +134,75 @@ pub async fn find_volume_form(
         | Err(TransferError::Store(crate::store::StoreError::NotFound { .. })) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let of = match crate::oci::ManifestKind::parse(Some(&media_type), &bytes)? {
-        crate::oci::ManifestKind::Index(index) => index
-            .annotations
-            .get(media::ANNOTATION_VOLUME_OF)
-            .and_then(|d| d.parse::<Digest>().ok()),
-        crate::oci::ManifestKind::Image(m) => m
-            .annotations
-            .get(media::ANNOTATION_VOLUME_OF)
-            .and_then(|d| d.parse::<Digest>().ok()),
-    };
+    let (of, platforms, platforms_agree) =
+        match crate::oci::ManifestKind::parse(Some(&media_type), &bytes)? {
+            crate::oci::ManifestKind::Index(index) => {
+                let of = index
+                    .annotations
+                    .get(media::ANNOTATION_VOLUME_OF)
+                    .and_then(|d| d.parse::<Digest>().ok());
+                let platforms = index
+                    .manifests
+                    .iter()
+                    .map(|d| {
+                        d.platform
+                            .as_ref()
+                            .map_or("unknown".into(), |p| p.to_string())
+                    })
+                    .collect();
+                (of, platforms, platforms_agree(target, &index).await?)
+            }
+            crate::oci::ManifestKind::Image(m) => (
+                m.annotations
+                    .get(media::ANNOTATION_VOLUME_OF)
+                    .and_then(|d| d.parse::<Digest>().ok()),
+                Vec::new(),
+                true,
+            ),
+        };
     Ok(Some(VolumeForm {
         tag: vtag,
         digest,
-        current: of.as_ref() == Some(manifest_digest),
+        current: of.as_ref() == Some(manifest_digest) && platforms_agree,
         of,
+        platforms,
+        platforms_agree,
     }))
+}
+
+/// Do all of the index's manifests list the same layers (each fetched and checked against
+/// its digest), each platform once?
+async fn platforms_agree(
+    target: &Target,
+    index: &crate::oci::Index,
+) -> Result<bool, TransferError> {
+    if index.manifests.len() > MAX_PLATFORMS {
+        return Ok(false);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first: Option<Vec<Digest>> = None;
+    for child in &index.manifests {
+        let name = child.platform.as_ref().map(|p| p.to_string());
+        if !seen.insert(name) {
+            return Ok(false);
+        }
+        let (media_type, bytes, digest) = target.fetch_manifest(child.digest.as_str()).await?;
+        if digest != child.digest {
+            return Ok(false);
+        }
+        let crate::oci::ManifestKind::Image(m) =
+            crate::oci::ManifestKind::parse(Some(&media_type), &bytes)?
+        else {
+            return Ok(false);
+        };
+        let layers: Vec<Digest> = m.layers.iter().map(|l| l.digest.clone()).collect();
+        match &first {
+            None => first = Some(layers),
+            Some(f) if *f != layers => return Ok(false),
+            Some(_) => {}
+        }
+    }
+    Ok(true)
 }
 
 /// An image's layers must be what its config's `rootfs.diff_ids` says, as containerd checks

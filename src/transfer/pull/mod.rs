@@ -68,6 +68,8 @@ pub struct PullOptions {
     /// covering the manifest's files, checked before any file is placed; the bundle is then
     /// written as `OUT/model.sig`.
     pub verify: Option<crate::sign::Verification>,
+    /// From an index, this platform's manifest (this host's when `None`).
+    pub platform: Option<crate::oci::Platform>,
 }
 
 impl Default for PullOptions {
@@ -84,6 +86,7 @@ impl Default for PullOptions {
             unpack: UnpackLimits::default(),
             reuse_from: Vec::new(),
             verify: None,
+            platform: None,
         }
     }
 }
@@ -154,6 +157,8 @@ pub struct PullReport {
     pub linked_by: crate::materialize::LinkCounts,
     /// Every file placed: its path and, for single-file layers, its digest.
     pub placed: Vec<PlacedFile>,
+    /// The platform whose manifest an index led to (`None`: the reference named a manifest).
+    pub platform: Option<crate::oci::Platform>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -171,7 +176,10 @@ pub async fn pull(
     opts: &PullOptions,
     observer: Observer,
 ) -> Result<PullReport, TransferError> {
-    let resolved = source.resolve(reference).await?;
+    let resolved = source.resolve_on(reference, opts.platform.as_ref()).await?;
+    if let Some(platform) = &resolved.platform {
+        tracing::info!("{reference}: the index's manifest for {platform}");
+    }
     let plan = plan_for(&resolved.manifest, out, opts)?;
     let signature = match &opts.verify {
         Some(verification) => super::signature::check(source, &resolved, verification).await?,
@@ -316,6 +324,7 @@ pub async fn pull(
     let count = |a: Action| results.iter().filter(|r| r.action == a).count();
     let reused = reused.into_inner();
     Ok(PullReport {
+        platform: resolved.platform.clone(),
         digest: resolved.digest,
         files: plan.layers.len(),
         bytes: plan.total_size(),
