@@ -14,6 +14,13 @@
 //! registry clients wait out) and closed; it never waits in the kernel's queue for a
 //! descriptor while half-sent requests hold them all. (Over TLS it is closed: an answer
 //! would need the handshake first.)
+//!
+//! Before refusing, the cap makes room: the connection that has waited longest for a
+//! request (its TLS handshake or its headers, or idle between requests) is closed and the
+//! newcomer takes its slot — Apache's `RequestReadTimeout … MinRate` idea, so that clients
+//! dribbling headers cannot lock out a client that sends a whole request. A connection
+//! serving a request (reading its body, streaming its answer) is never taken. Only when
+//! every connection is serving one is the newcomer refused.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +28,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 /// Limits on what one client may hold.
@@ -83,6 +94,130 @@ pub fn fit_to_open_files(requested: usize) -> (usize, Option<u64>) {
     }
 }
 
+/// How long a newcomer waits for the slot of the connection closed for it.
+const MAKE_ROOM_WAIT: Duration = Duration::from_millis(500);
+
+/// The open connections, and since when each has waited for a request (`None` while it
+/// serves one), with the signal that closes it.
+#[derive(Default)]
+struct Waiting {
+    next_id: u64,
+    conns: HashMap<u64, Conn>,
+}
+
+struct Conn {
+    waiting_since: Option<Instant>,
+    /// Requests being served (HTTP/1.1 serves one at a time; counted all the same).
+    serving: u32,
+    close: Arc<Notify>,
+}
+
+#[derive(Clone, Default)]
+struct Tracker(Arc<Mutex<Waiting>>);
+
+impl Tracker {
+    fn open(&self) -> (u64, Arc<Notify>) {
+        let mut w = self.0.lock().expect("tracker lock");
+        let id = w.next_id;
+        w.next_id += 1;
+        let close = Arc::new(Notify::new());
+        w.conns.insert(
+            id,
+            Conn {
+                waiting_since: Some(Instant::now()),
+                serving: 0,
+                close: close.clone(),
+            },
+        );
+        (id, close)
+    }
+
+    fn closed(&self, id: u64) {
+        self.0.lock().expect("tracker lock").conns.remove(&id);
+    }
+
+    fn request_started(&self, id: u64) {
+        if let Some(c) = self.0.lock().expect("tracker lock").conns.get_mut(&id) {
+            c.serving += 1;
+            c.waiting_since = None;
+        }
+    }
+
+    fn request_done(&self, id: u64) {
+        if let Some(c) = self.0.lock().expect("tracker lock").conns.get_mut(&id) {
+            c.serving = c.serving.saturating_sub(1);
+            if c.serving == 0 {
+                c.waiting_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Close the connection that has waited longest for a request; `false` when every
+    /// connection is serving one.
+    fn close_longest_waiting(&self) -> bool {
+        let mut w = self.0.lock().expect("tracker lock");
+        let oldest = w
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.waiting_since.map(|since| (since, *id)))
+            .min();
+        match oldest {
+            Some((since, id)) => {
+                let conn = w.conns.remove(&id).expect("listed");
+                tracing::debug!(
+                    "closing a connection that waited {:?} for a request, to make room",
+                    since.elapsed()
+                );
+                conn.close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A response body that tells the tracker when it is done (sent whole, or dropped with the
+/// connection).
+struct Tracked {
+    inner: axum::body::Body,
+    done: Option<(Tracker, u64)>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some((tracker, id)) = self.done.take() {
+            tracker.request_done(id);
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            if let Some((tracker, id)) = this.done.take() {
+                tracker.request_done(id);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Answer a connection past the cap (429, wait a second) and close it.
 async fn refuse(mut tcp: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,6 +250,7 @@ pub async fn serve(
     limits: ConnLimits,
 ) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let tracker = Tracker::default();
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -131,9 +267,20 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            // Make room: the longest waiter's slot, once its task has let it go.
+            Err(_) if tracker.close_longest_waiting() => {
+                tokio::time::timeout(MAKE_ROOM_WAIT, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             tracing::warn!(
-                "refusing a connection from {peer}: {} connections are open (the limit)",
+                "refusing a connection from {peer}: {} connections are open (the limit), each serving a request",
                 limits.max_connections
             );
             match (&tls, refusals.clone().try_acquire_owned()) {
@@ -148,29 +295,62 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (app, tls) = (app.clone(), tls.clone());
+        let (app, tls, tracker) = (app.clone(), tls.clone(), tracker.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match tls {
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(Idle::new(tcp, limits.idle_timeout));
-                    match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
-                        Ok(Ok(stream)) => serve_one(stream, app, limits, peer).await,
-                        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+            let (id, close) = tracker.open();
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(Idle::new(tcp, limits.idle_timeout));
+                        match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
+                            Ok(Ok(stream)) => {
+                                serve_one(stream, app, limits, peer, (tracker.clone(), id)).await
+                            }
+                            Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+                            Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
+                        }
+                    }
+                    None => {
+                        let io = Idle::new(tcp, limits.idle_timeout);
+                        serve_one(io, app, limits, peer, (tracker.clone(), id)).await
                     }
                 }
-                None => serve_one(Idle::new(tcp, limits.idle_timeout), app, limits, peer).await,
+            };
+            tokio::select! {
+                () = served => {}
+                () = close.notified() => tracing::debug!("closed {peer} to make room for a newcomer"),
             }
+            tracker.closed(id);
         });
     }
 }
 
-async fn serve_one<S>(io: S, app: axum::Router, limits: ConnLimits, peer: std::net::SocketAddr)
-where
+async fn serve_one<S>(
+    io: S,
+    app: axum::Router,
+    limits: ConnLimits,
+    peer: std::net::SocketAddr,
+    (tracker, id): (Tracker, u64),
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper_util::service::TowerToHyperService::new(app);
+    use tower::ServiceExt as _;
+    // Each request marks the connection as serving until its answer's body is done.
+    let tracked = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (app, tracker) = (app.clone(), tracker.clone());
+        async move {
+            tracker.request_started(id);
+            let response = app.oneshot(req.map(axum::body::Body::new)).await?;
+            Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                axum::body::Body::new(Tracked {
+                    inner,
+                    done: Some((tracker, id)),
+                })
+            }))
+        }
+    });
+    let service = hyper_util::service::TowerToHyperService::new(tracked);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -287,5 +467,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_waiter_is_closed_and_a_connection_serving_a_request_never_is() {
+        let t = Tracker::default();
+        let (a, close_a) = t.open();
+        std::thread::sleep(Duration::from_millis(5));
+        let (b, _close_b) = t.open();
+        let (c, _close_c) = t.open();
+        t.request_started(a); // a serves a request: not a candidate however old
+        assert!(t.close_longest_waiting());
+        assert!(
+            !t.0.lock().unwrap().conns.contains_key(&b),
+            "b waited longest"
+        );
+        t.request_started(c);
+        assert!(
+            !t.close_longest_waiting(),
+            "every connection left serves a request"
+        );
+        t.request_done(a);
+        assert!(t.close_longest_waiting());
+        assert!(!t.0.lock().unwrap().conns.contains_key(&a));
+        drop(close_a);
     }
 }

@@ -18,6 +18,7 @@ mod target;
 pub mod verify;
 mod versions;
 mod volume;
+#[cfg(feature = "mount")]
 pub(crate) use volume::check_diff_ids;
 
 #[cfg(all(test, feature = "serve"))]
