@@ -227,12 +227,13 @@ fn valid_host(host: &str) -> bool {
                         .all(|c| c.is_ascii_alphanumeric() || c == b'-')
             })
     };
-    // Docker's grammar takes any digits; a number a port can be (leading zeros allowed).
+    // Docker's grammar takes any digits: up to five, or more when leading zeros pad a
+    // number a port can be (`05930`).
     let port_ok = port.is_none_or(|p| {
         !p.is_empty()
             && p.len() <= 8
             && p.bytes().all(|c| c.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|n| n <= u32::from(u16::MAX))
+            && (p.len() <= 5 || p.parse::<u32>().is_ok_and(|n| n <= u32::from(u16::MAX)))
     });
     name_ok && port_ok
 }

@@ -4,6 +4,11 @@
 //! have, a pull longer than the caller's deadline finished by retries with its bytes crossing
 //! the link once, the plugin killed mid-pull and resumed, one download for concurrent
 //! volumes, a private registry through the volume's secret, a lazy volume, /metrics.
+//! A shared node (SECURITY.md): a private model never served from the cache to a volume
+//! without its Secret, one Pod's unpublish leaving another's volume whole across restarts,
+//! links on the way to a target refused, foreign mounts left alone, stock gRPC clients
+//! (PyPI's `grpcio` with its defaults, a raw HTTP/2 request) naming the socket's path as
+//! authority, and a policy holding for every spelling of its registry.
 //!
 //! Mounting needs root (CAP_SYS_ADMIN): where it is missing the tests say so and pass,
 //! unless CI is set.

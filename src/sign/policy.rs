@@ -243,13 +243,18 @@ impl Rule {
 
 /// A pattern with its registry part in the canonical spelling, when that part is written
 /// without glob characters (`LOCALHOST:5930/m/**` → `127.0.0.1:5930/m/**`); folded to lower
-/// case otherwise, as registry names are.
+/// case otherwise, as registry names are. A first part that is no host is left as written.
 fn canonical_pattern(pattern: &str) -> String {
     let Some((registry, rest)) = pattern.split_once('/') else {
         return pattern.to_string();
     };
+    // Docker's rule for what is a host: a `.` or a `:`, or `localhost` (a local store's
+    // repository pattern such as `team/**` is left as it is).
+    let is_host = registry.contains(['.', ':']) || registry.eq_ignore_ascii_case("localhost");
     let is_glob = registry.contains(['*', '?', '[', '{']);
-    if is_glob {
+    if !is_host {
+        pattern.to_string()
+    } else if is_glob {
         format!("{}/{rest}", registry.to_ascii_lowercase())
     } else {
         format!("{}/{rest}", canonical_registry(registry))
@@ -346,6 +351,9 @@ mode = "off"
             "{warnings:?}"
         );
 
+        assert_eq!(canonical_pattern("1/**"), "1/**", "a local repository");
+        assert_eq!(canonical_pattern("Reg.IO:0443/m/*"), "reg.io:443/m/*");
+        assert_eq!(canonical_pattern("*.Reg.io/m"), "*.reg.io/m");
         let safe = policy(
             dir.path(),
             "[[rule]]\nrepositories = \"r.io/public/**\"\nmode = \"off\"\n[[rule]]\nrepositories = \"**\"\nkeys = [\"team.pem\"]\n",
