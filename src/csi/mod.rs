@@ -20,6 +20,7 @@
 //! | `target.rs`   | kubelet's target paths, opened beneath `pods/` without links       |
 //! | `access.rs`   | whether a volume's credentials may have a model from the cache     |
 //! | `volumes.rs`  | the volumes: pulls as tasks, joined by retries; targets per folder; lazy FUSE volumes |
+//! | `mounts.rs`   | publish and unpublish at a target; the targets recorded per folder  |
 //! | `bind.rs`     | the read-only bind mount on an opened target, and its removal      |
 //! | `authority.rs`| the socket's HTTP/2 front: any `:authority` a gRPC client sends     |
 //! | `service.rs`  | the gRPC Identity and Node services, errors → gRPC codes           |
@@ -31,6 +32,7 @@ mod access;
 mod authority;
 mod bind;
 mod metrics;
+mod mounts;
 mod request;
 mod service;
 mod target;
