@@ -110,6 +110,7 @@ async fn registry(
         read_only: false,
         tls: None,
         limits: Default::default(),
+        hub: Default::default(),
     })
     .await
     .map_err(io("starting the embedded registry"))?;

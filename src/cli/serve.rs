@@ -28,6 +28,20 @@ pub struct ServeArgs {
     /// with --htpasswd the access policy decides instead.
     #[arg(long)]
     allow_push: bool,
+    /// The Hugging Face Hub API (`HF_ENDPOINT=http://ADDR`): put this before every Hub
+    /// repository id to find its OCI repository (`models/` serves `org/name` from
+    /// `models/org/name`).
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "PREFIX",
+        env = "HOIST_HUB_PREFIX"
+    )]
+    hub_prefix: String,
+    /// The tag the Hub revision `main` names (default: `main` when the repository has it,
+    /// else `latest`).
+    #[arg(long, value_name = "TAG", env = "HOIST_HUB_MAIN_TAG")]
+    hub_main_tag: Option<String>,
     /// Seconds a manifest fetched by tag is served before it is checked upstream again.
     #[arg(long, default_value_t = 60)]
     manifest_ttl: u64,
@@ -186,6 +200,7 @@ fn write_stats(path: Option<&std::path::Path>, stats: &hoist::wan::Stats) -> Res
 }
 
 pub(super) async fn serve(args: ServeArgs, env: &Env) -> Result<(), Error> {
+    let hub = hub_names(&args)?;
     let store = match args.root {
         Some(root) => Store::open(root)?,
         None => env.ctx.store()?,
@@ -233,6 +248,7 @@ pub(super) async fn serve(args: ServeArgs, env: &Env) -> Result<(), Error> {
         },
         addr: args.addr,
         store,
+        hub,
     })
     .await
     .map_err(|source| Error::Server {
@@ -290,4 +306,26 @@ pub(super) fn gc(args: GcArgs, env: &Env) -> Result<(), Error> {
         args.grace
     );
     Ok(())
+}
+
+/// `--hub-prefix` as a folder of repositories (`models` → `models/`), checked.
+fn hub_names(args: &ServeArgs) -> Result<hoist::serve::hub::HubNames, Error> {
+    let prefix = match args.hub_prefix.trim_end_matches('/') {
+        "" => String::new(),
+        p if hoist::reference::valid_repository(p) => format!("{p}/"),
+        p => {
+            return Err(Error::Usage(format!(
+                "--hub-prefix {p:?} is no repository path: lowercase letters, digits and separators"
+            )))
+        }
+    };
+    if let Some(tag) = args.hub_main_tag.as_deref() {
+        if !hoist::reference::valid_tag(tag) {
+            return Err(Error::Usage(format!("--hub-main-tag {tag:?} is not a tag")));
+        }
+    }
+    Ok(hoist::serve::hub::HubNames {
+        prefix,
+        main_tag: args.hub_main_tag.clone(),
+    })
 }

@@ -311,6 +311,37 @@ impl Access {
         Some(response)
     }
 
+    /// May the caller read `repository` through the Hub API? The credentials `HF_TOKEN`
+    /// carries (`Authorization: Bearer …`) are one of serve's tokens, or `USER:PASSWORD` for
+    /// a user of `--htpasswd`; Basic auth is taken too; none is the anonymous caller.
+    pub async fn may_read(&self, headers: &HeaderMap, repository: &str) -> bool {
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return self.anonymous_read || self.policy.allows(None, repository, "pull");
+        };
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            if let Some(claims) = self.verify(token) {
+                return claims
+                    .access
+                    .iter()
+                    .any(|(r, actions)| r == repository && actions.iter().any(|a| a == "pull"));
+            }
+            return match token.split_once(':') {
+                Some((user, password)) => {
+                    self.check_password(user, password).await
+                        && self.policy.allows(Some(user), repository, "pull")
+                }
+                None => false,
+            };
+        }
+        match self.basic_user(headers).await {
+            Some(Ok(user)) => self.policy.allows(Some(&user), repository, "pull"),
+            _ => false,
+        }
+    }
+
     /// May this request `action` (`pull`/`push`) on `repository` (None: the `/v2/` ping)?
     /// `None` if so, else the refusal to send.
     pub async fn authorize(

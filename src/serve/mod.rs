@@ -18,6 +18,7 @@ mod access;
 mod conn;
 mod error;
 mod file_body;
+pub mod hub;
 mod metrics;
 mod routes;
 mod tls;
@@ -49,6 +50,8 @@ pub struct ServeOptions {
     /// Certificate and key (PEM) to serve HTTPS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub limits: ConnLimits,
+    /// How the Hub API's repository names and `main` map onto the store.
+    pub hub: hub::HubNames,
 }
 
 pub(crate) struct AppState {
@@ -58,6 +61,7 @@ pub(crate) struct AppState {
     pub metrics: metrics::ServeMetrics,
     pub access: Option<Access>,
     pub read_only: bool,
+    pub hub: hub::HubNames,
 }
 
 /// Bind and serve until the process ends. Prints nothing; the caller reports the address.
@@ -90,6 +94,7 @@ pub async fn bind(
         metrics: metrics::ServeMetrics::default(),
         access: opts.access,
         read_only: opts.read_only,
+        hub: opts.hub,
     });
     let app = routes::router(state);
     let tls = match &opts.tls {

@@ -36,6 +36,7 @@ async fn registry() -> InProcess {
         read_only: false,
         tls: None,
         limits: Default::default(),
+        hub: Default::default(),
     })
     .await
     .unwrap();

@@ -52,6 +52,28 @@ pub(super) async fn get_manifest(
     head: bool,
     ns: Option<&str>,
 ) -> Result<Response> {
+    refresh_manifest(state, name, reference, ns).await?;
+    let (desc, bytes) = find_manifest(state, name, reference)?;
+    let headers = [
+        (header::CONTENT_TYPE.as_str(), desc.media_type.clone()),
+        ("Docker-Content-Digest", desc.digest.to_string()),
+        (header::CONTENT_LENGTH.as_str(), bytes.len().to_string()),
+    ];
+    Ok(if head {
+        (StatusCode::OK, headers).into_response()
+    } else {
+        (StatusCode::OK, headers, bytes).into_response()
+    })
+}
+
+/// On a pull-through cache, bring the manifest from upstream unless the cached one holds
+/// (a digest, or a tag within its TTL); a cached one is served if upstream fails.
+pub(super) async fn refresh_manifest(
+    state: &Shared,
+    name: &str,
+    reference: &str,
+    ns: Option<&str>,
+) -> Result<()> {
     if let Some(upstream) = state.upstreams.pick(ns) {
         let by_digest = reference.parse::<Digest>().is_ok();
         let cached = find_manifest(state, name, reference).is_ok();
@@ -84,17 +106,7 @@ pub(super) async fn get_manifest(
             }
         }
     }
-    let (desc, bytes) = find_manifest(state, name, reference)?;
-    let headers = [
-        (header::CONTENT_TYPE.as_str(), desc.media_type.clone()),
-        ("Docker-Content-Digest", desc.digest.to_string()),
-        (header::CONTENT_LENGTH.as_str(), bytes.len().to_string()),
-    ];
-    Ok(if head {
-        (StatusCode::OK, headers).into_response()
-    } else {
-        (StatusCode::OK, headers, bytes).into_response()
-    })
+    Ok(())
 }
 
 pub(super) async fn put_manifest(

@@ -14,6 +14,7 @@ use crate::digest::Digest;
 use crate::store::LinkKind;
 
 mod blobs;
+mod hub;
 mod manifests;
 mod uploads;
 
@@ -139,7 +140,10 @@ async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
             "{method} {path}: closing the connection (request body left unread: over {MAX_DRAIN_BYTES} bytes, too slow, or broken)"
         );
     }
-    let label = parse(&path).map_or("unknown", |r| r.label());
+    let label = match crate::serve::hub::parse(&path) {
+        Some(_) => "hub",
+        None => parse(&path).map_or("unknown", |r| r.label()),
+    };
     state.metrics.request(label, response.status().as_u16());
     tracing::info!(
         target: "hoist::serve::access",
@@ -176,6 +180,15 @@ async fn drain(body: &SharedBody) -> bool {
 /// One request: its path parsed and checked, its caller authorized, then handled.
 async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Result<Response> {
     let method = request.method().clone();
+    if let Some(hub_route) = crate::serve::hub::parse(path) {
+        return Ok(match hub_route {
+            Ok(r) => {
+                let params = query_params(query);
+                hub::handle_hub(state, r, &method, request.headers(), &params).await
+            }
+            Err(e) => e.into_response(),
+        });
+    }
     let Some(route) = parse(path) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

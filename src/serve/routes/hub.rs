@@ -1,0 +1,185 @@
+//! The Hub routes' work (see `serve::hub` for the names, revisions and views): the caller
+//! authorized first, then the revision resolved through the same manifest path as the OCI
+//! routes (a pull-through cache brings it from upstream), then the answer. A file's bytes
+//! come from the same blob path as `GET /v2/…/blobs/…`: ranges, pull-through misses
+//! streamed and verified, the node cache's counters.
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::*;
+use crate::serve::hub::{self, HubError, HubRoute, Kind, Revision, Snapshot};
+
+/// The answer to a Hub request: success, or the Hub's error headers.
+pub(super) async fn handle_hub(
+    state: &Shared,
+    route: HubRoute,
+    method: &Method,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Response {
+    serve(state, route, method, headers, params)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn serve(
+    state: &Shared,
+    route: HubRoute,
+    method: &Method,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> std::result::Result<Response, HubError> {
+    let head = match *method {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            return Err(HubError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "MethodNotAllowed",
+                message: "hoist serve answers the Hub's read API: GET and HEAD".into(),
+            })
+        }
+    };
+    let name = state
+        .hub
+        .repository(route.repo())
+        .ok_or_else(HubError::repo_not_found)?;
+    // Before anything is looked up: a repository the caller may not read is the same answer
+    // as one that does not exist.
+    if let Some(access) = &state.access {
+        if !access.may_read(headers, &name).await {
+            return Err(HubError::repo_not_found());
+        }
+    }
+    match route {
+        HubRoute::Info {
+            kind,
+            repo,
+            revision,
+        } => {
+            let snap = resolve(state, kind, &name, revision.as_deref().unwrap_or("main")).await?;
+            Ok(json(&hub::info_json(kind, &repo, &snap)))
+        }
+        HubRoute::Tree {
+            kind,
+            repo,
+            revision,
+            path,
+        } => {
+            let snap = resolve(state, kind, &name, &revision).await?;
+            let recursive = param(params, "recursive").is_some_and(|v| v == "true" || v == "1");
+            let cursor = match param(params, "cursor") {
+                None => 0,
+                Some(c) => c
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| *c <= snap.files.len() * 2)
+                    .ok_or_else(|| HubError::bad_request("cursor is not a page of this tree"))?,
+            };
+            let (page, next) = hub::tree_page(&snap, &path, recursive, cursor)?;
+            let mut response = json(&serde_json::Value::Array(page));
+            if let Some(next) = next {
+                let link = hub::next_link(headers, kind, &repo, &revision, &path, recursive, next);
+                if let Ok(v) = HeaderValue::from_str(&link) {
+                    response.headers_mut().insert("Link", v);
+                }
+            }
+            Ok(response)
+        }
+        HubRoute::Resolve {
+            kind,
+            revision,
+            path,
+            ..
+        } => {
+            let snap = resolve(state, kind, &name, &revision).await?;
+            let file = snap
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .ok_or_else(|| HubError::entry_not_found(&path, &revision))?;
+            let mut response = get_blob(state, &name, file.digest.as_str(), headers, head, None)
+                .await
+                .map_err(|e| HubError::internal(format!("{}: {}", file.path, e.message)))?;
+            let out = response.headers_mut();
+            for (k, v) in hub::file_headers(file, &snap.commit) {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    out.insert(k, v);
+                }
+            }
+            out.insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            out.remove("Docker-Content-Digest");
+            Ok(response)
+        }
+    }
+}
+
+fn json(v: &serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// The files a revision of `name` holds, as the Hub view shows them.
+async fn resolve(
+    state: &Shared,
+    kind: Kind,
+    name: &str,
+    revision: &str,
+) -> std::result::Result<Snapshot, HubError> {
+    let rev = hub::revision(revision, &state.hub, |t| {
+        state.store.resolve(name, t).is_ok()
+    })
+    .ok_or_else(|| HubError::revision_not_found(revision))?;
+    let mut candidates =
+        match rev {
+            Revision::Tag(t) => vec![t],
+            Revision::Digest(d) => vec![d.to_string()],
+            Revision::Commit(c) => vec![find_commit(state, name, &c)
+                .ok_or_else(|| HubError::revision_not_found(revision))?],
+        };
+    // `main` on a cache that holds neither tag yet: upstream's `main`, else its `latest`.
+    if revision == "main" && state.hub.main_tag.is_none() && candidates[0] == "latest" {
+        candidates.insert(0, "main".into());
+    }
+    for reference in &candidates {
+        if let Err(e) = refresh_manifest(state, name, reference, None).await {
+            if e.status == StatusCode::TOO_MANY_REQUESTS || e.status.is_server_error() {
+                return Err(HubError {
+                    status: e.status,
+                    code: "Upstream",
+                    message: e.message,
+                });
+            }
+        }
+        if let Ok((desc, bytes)) = find_manifest(state, name, reference) {
+            return hub::snapshot(kind, &desc.media_type, &bytes, &desc.digest);
+        }
+    }
+    Err(if state.store.tags(name).is_ok_and(|t| !t.is_empty()) {
+        HubError::revision_not_found(revision)
+    } else {
+        HubError::repo_not_found()
+    })
+}
+
+/// The tag whose manifest has commit id `commit` (the first [`hub::MAX_TAGS_SCANNED`]
+/// tags are looked through).
+fn find_commit(state: &Shared, name: &str, commit: &str) -> Option<String> {
+    let tags = state.store.tags(name).ok()?;
+    tags.into_iter().take(hub::MAX_TAGS_SCANNED).find(|tag| {
+        find_manifest(state, name, tag).is_ok_and(|(desc, bytes)| {
+            matches!(
+                crate::oci::ManifestKind::parse(Some(&desc.media_type), &bytes),
+                Ok(crate::oci::ManifestKind::Image(m)) if hub::commit_id(&m, &desc.digest) == commit
+            )
+        })
+    })
+}
