@@ -115,10 +115,16 @@ pub(crate) async fn attach_chunk_index(
     let Some(index) = &packed.chunks else {
         return Ok(None);
     };
+    // Beside a local store (always writable, and there even in a scratch image with no
+    // /tmp); the temporary folder for a registry.
+    let parent = match target {
+        Target::Local { store, .. } => store.root().to_path_buf(),
+        Target::Remote { .. } => std::env::temp_dir(),
+    };
     let scratch = tempfile::Builder::new()
-        .prefix("hoist-index-")
-        .tempdir()
-        .map_err(TransferError::io(std::env::temp_dir()))?;
+        .prefix(".hoist-index-")
+        .tempdir_in(&parent)
+        .map_err(TransferError::io(&parent))?;
     let digest =
         super::chunk_index::attach_index(target, &packed.manifest_digest, index, scratch.path())
             .await?;
