@@ -241,6 +241,7 @@ print("missing-info", kind(lambda: HfApi().model_info("nobody/nothing")))
 print("missing-revision", kind(lambda: hf_hub_download("{REPO}", "config.json", revision="v9")))
 print("missing-commit", kind(lambda: hf_hub_download("{REPO}", "config.json", revision="0123456789abcdef0123456789abcdef01234567")))
 print("missing-file", kind(lambda: hf_hub_download("{REPO}", "nope.json")))
+print("pr-revision", kind(lambda: hf_hub_download("{REPO}", "config.json", revision="refs/pr/1")))
 print("a-dataset", kind(lambda: HfApi().dataset_info("{REPO}")))
 "#
         ),
@@ -251,6 +252,7 @@ print("a-dataset", kind(lambda: HfApi().dataset_info("{REPO}")))
         "missing-revision revision",
         "missing-commit revision",
         "missing-file entry",
+        "pr-revision revision",
         "a-dataset repo",
     ] {
         assert!(out.contains(line), "{line} in\n{out}");

@@ -213,19 +213,36 @@ pub fn parse(path: &str) -> Option<Result<HubRoute, HubError>> {
     Some(resolve_route(kind, rest))
 }
 
-/// Split raw path segments, each percent-decoded on its own and checked.
-fn segments(raw: &str) -> Result<Vec<String>, HubError> {
-    raw.split('/').map(decode_segment).collect()
-}
-
+/// A path segment percent-decoded on its own: a plain name (no `/`, `\\`, NUL, not `.`
+/// or `..`, not empty, at most 256 bytes), as repository and file path parts must be.
 fn decode_segment(raw: &str) -> Result<String, HubError> {
-    let text = String::from_utf8(percent_decode(raw.as_bytes()))
-        .map_err(|_| HubError::bad_request("a path segment is not UTF-8"))?;
-    if text.is_empty() || text == "." || text == ".." || text.contains(['/', '\\', '\0']) {
+    let text = decode_text(raw)?;
+    if text.is_empty() || text == "." || text == ".." || text.contains(['/', '\\']) {
         return Err(HubError::bad_request(format!(
             "the path segment {:?} is not a plain name",
             printable(raw)
         )));
+    }
+    Ok(text)
+}
+
+/// A revision segment: the Hub's revisions may hold an encoded `/` (`refs%2Fpr%2F1`). It
+/// is only ever compared with tags and commit ids, never used as a path.
+fn decode_revision(raw: &str) -> Result<String, HubError> {
+    let text = decode_text(raw)?;
+    if text.is_empty() {
+        return Err(HubError::bad_request("an empty revision"));
+    }
+    Ok(text)
+}
+
+fn decode_text(raw: &str) -> Result<String, HubError> {
+    let text = String::from_utf8(percent_decode(raw.as_bytes()))
+        .map_err(|_| HubError::bad_request("a path segment is not UTF-8"))?;
+    if text.contains('\0') || text.chars().any(char::is_control) {
+        return Err(HubError::bad_request(
+            "a path segment holds a control character",
+        ));
     }
     if text.len() > MAX_NAME {
         return Err(HubError::bad_request("a path segment over 256 bytes"));
@@ -252,44 +269,56 @@ fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The repository id (one or two segments) before `keyword` in `segs`, and what follows.
-fn split_at_keyword<'a>(segs: &'a [String], keyword: &str) -> Option<(String, &'a [String])> {
+/// Decoded plain names joined with `/` (a repository id, a file path).
+fn join_decoded(raw: &[&str]) -> Result<String, HubError> {
+    Ok(raw
+        .iter()
+        .map(|s| decode_segment(s))
+        .collect::<Result<Vec<_>, _>>()?
+        .join("/"))
+}
+
+/// The repository id (one or two raw segments) before `keyword`, and the raw segments after.
+fn split_at_keyword<'a>(
+    segs: &'a [&'a str],
+    keyword: &str,
+) -> Result<Option<(String, &'a [&'a str])>, HubError> {
     // `ORG/NAME/keyword/…` first, then `NAME/keyword/…`.
     for n in [2, 1] {
         if segs.len() > n && segs[n] == keyword {
-            return Some((segs[..n].join("/"), &segs[n + 1..]));
+            return Ok(Some((join_decoded(&segs[..n])?, &segs[n + 1..])));
         }
     }
-    None
+    Ok(None)
 }
 
 fn api_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
-    let segs = segments(rest.trim_end_matches('/'))?;
-    if let Some((repo, tail)) = split_at_keyword(&segs, "revision") {
+    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    if let Some((repo, tail)) = split_at_keyword(&segs, "revision")? {
         let [revision] = tail else {
             return Err(HubError::bad_request("expected /revision/{revision}"));
         };
         return Ok(HubRoute::Info {
             kind,
             repo,
-            revision: Some(revision.clone()),
+            revision: Some(decode_revision(revision)?),
         });
     }
-    if let Some((repo, tail)) = split_at_keyword(&segs, "tree") {
+    if let Some((repo, tail)) = split_at_keyword(&segs, "tree")? {
         let Some((revision, path)) = tail.split_first() else {
             return Err(HubError::bad_request("expected /tree/{revision}[/{path}]"));
         };
         return Ok(HubRoute::Tree {
             kind,
             repo,
-            revision: revision.clone(),
-            path: path.join("/"),
+            revision: decode_revision(revision)?,
+            path: join_decoded(path)?,
         });
     }
     match segs.len() {
         1 | 2 => Ok(HubRoute::Info {
             kind,
-            repo: segs.join("/"),
+            repo: join_decoded(&segs)?,
             revision: None,
         }),
         _ => Err(HubError::repo_not_found()),
@@ -297,21 +326,22 @@ fn api_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
 }
 
 fn resolve_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
-    let segs = segments(rest)?;
-    let Some((repo, tail)) = split_at_keyword(&segs, "resolve") else {
+    let segs: Vec<&str> = rest.split('/').collect();
+    let Some((repo, tail)) = split_at_keyword(&segs, "resolve")? else {
         return Err(HubError::repo_not_found());
     };
     let Some((revision, path)) = tail.split_first() else {
         return Err(HubError::bad_request("expected /resolve/{revision}/{path}"));
     };
+    let revision = decode_revision(revision)?;
     if path.is_empty() {
-        return Err(HubError::entry_not_found("", revision));
+        return Err(HubError::entry_not_found("", &revision));
     }
     Ok(HubRoute::Resolve {
         kind,
         repo,
-        revision: revision.clone(),
-        path: path.join("/"),
+        revision,
+        path: join_decoded(path)?,
     })
 }
 
