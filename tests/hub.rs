@@ -697,6 +697,11 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
     let h = Hoist::new();
     run(hoist_for(&h, &hub).args(["copy", "hf://org/tamper", &format!("{addr}/org/tamper:v1")]))
         .fails_with(6, "weights.bin");
+    // The registry's thread may still be reading the cut upload when hoist has exited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while received.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "one upload of the weights was started");
     assert!(got[0] < size, "the upload got every byte: {got:?}");

@@ -527,3 +527,62 @@ except RepositoryNotFoundError:
     assert_eq!(got["data/train.csv"], b"a,b\n1,2\n");
     assert_eq!(got.len(), 2);
 }
+
+/// `HF_TOKEN` may also be one of serve's own tokens (`--auth token`), scoped as for the OCI
+/// routes: a token for one repository reads that one and no other.
+#[test]
+fn a_serve_token_in_hf_token_reads_what_it_is_scoped_to() {
+    if !clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = htpasswd(dir.path(), &[("alice", "a-pass")]);
+    let served = Served::start_free(&["--htpasswd", s(&users), "--auth", "token"]);
+    let h = Hoist::new();
+    for repo in [OCI_REPO, "other/model"] {
+        run(h
+            .cmd()
+            .env("HOIST_USERNAME", "alice")
+            .env("HOIST_PASSWORD", "a-pass")
+            .args([
+                "push",
+                s(&real_model()),
+                &served.reference(&format!("{repo}:main")),
+            ]))
+        .ok();
+    }
+    let (status, _, body) = curl(&[
+        "-u",
+        "alice:a-pass",
+        &served.url(&format!(
+            "/token?service=hoist&scope=repository:{OCI_REPO}:pull"
+        )),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let work = tempfile::tempdir().unwrap();
+    let out = hf_python(
+        &format!("http://{}", served.addr),
+        &work.path().join("hf"),
+        &format!(
+            r#"
+os.environ["HF_TOKEN"] = "{token}"
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
+print("scoped", HfApi().model_info("{REPO}").sha is not None)
+try:
+    HfApi().model_info("other/model")
+    print("other ok")
+except RepositoryNotFoundError:
+    print("other repo")
+"#
+        ),
+    );
+    assert!(
+        out.contains("scoped True") && out.contains("other repo"),
+        "{out}"
+    );
+}
