@@ -586,3 +586,20 @@ except RepositoryNotFoundError:
         "{out}"
     );
 }
+
+/// The OCI routes come first: a repository with a component named `resolve` (or `api`) is
+/// pushed and pulled as any other.
+#[test]
+fn oci_repositories_named_like_hub_routes_stay_oci() {
+    let served = Served::start_free(&[]);
+    let h = Hoist::new();
+    let src = tempfile::tempdir().unwrap();
+    small_model(src.path());
+    for repo in ["team/resolve/m", "api/models/x"] {
+        let reference = served.reference(&format!("{repo}:v1"));
+        h.run(&["push", s(src.path()), &reference]).ok();
+        let out = tempfile::tempdir().unwrap();
+        h.run(&["pull", &reference, "-o", s(out.path())]).ok();
+        assert_eq!(visible(out.path()), visible(src.path()), "{repo}");
+    }
+}

@@ -101,7 +101,13 @@ pub async fn mend_requests(
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let in_block = matches!(&block, Some(b) if b.stream == stream);
-        if kind == HEADERS || (kind == CONTINUATION && in_block) {
+        if block.is_some() && !(kind == CONTINUATION && in_block) {
+            // RFC 9113 §6.10: nothing but its CONTINUATIONs may follow an open header block.
+            return Err(io::Error::other(
+                "a frame other than CONTINUATION inside a header block",
+            ));
+        }
+        if kind == HEADERS || kind == CONTINUATION && in_block {
             if len > MAX_BLOCK {
                 return Err(io::Error::other("a header frame over 1 MiB"));
             }
@@ -414,6 +420,17 @@ mod tests {
 
         let http1 = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         assert_eq!(mend(http1.clone()).await, http1);
+    }
+
+    #[tokio::test]
+    async fn a_frame_inside_an_open_header_block_ends_the_connection() {
+        let mut input = PREFACE.to_vec();
+        frame_head(3, HEADERS, 0, 1, &mut input);
+        input.extend_from_slice(&[0x82, 0x86, 0x84]);
+        frame_head(0, 0x4, 0, 0, &mut input); // SETTINGS where a CONTINUATION must be
+        let mut out = Vec::new();
+        assert!(mend_requests(&input[..], &mut out).await.is_err());
+        assert_eq!(out, PREFACE, "nothing of the block was passed on");
     }
 
     #[test]

@@ -195,6 +195,11 @@ fn one_header_line(s: &str) -> String {
 /// Is `path` (raw, percent-encoded) a Hub route? `None`: not one (the OCI routes answer);
 /// `Some(Err)`: a Hub route that is malformed or hostile.
 pub fn parse(path: &str) -> Option<Result<HubRoute, HubError>> {
+    // The distribution API's own paths come first: an OCI repository may well have a
+    // component named `resolve` (`/v2/team/resolve/manifests/v1`).
+    if path == "/v2" || path.starts_with("/v2/") {
+        return None;
+    }
     if let Some(rest) = path.strip_prefix("/api/") {
         let (kind, rest) = match rest.split_once('/') {
             Some(("models", r)) => (Kind::Model, r),
@@ -456,6 +461,8 @@ mod tests {
             }
         );
         assert!(parse("/v2/x/manifests/v1").is_none());
+        assert!(parse("/v2/team/resolve/manifests/v1").is_none());
+        assert!(parse("/v2/team/resolve/blobs/uploads/").is_none());
         assert!(parse("/healthz").is_none());
     }
 
