@@ -603,3 +603,37 @@ fn oci_repositories_named_like_hub_routes_stay_oci() {
         assert_eq!(visible(out.path()), visible(src.path()), "{repo}");
     }
 }
+
+/// A tree longer than a page (1,000 entries) is listed whole by the client, following the
+/// `Link` to the next page, in a folder whose name needs encoding.
+#[test]
+fn a_tree_of_more_than_a_page_is_listed_whole() {
+    if !clients() {
+        return;
+    }
+    let served = Served::start_free(&[]);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("sub dir")).unwrap();
+    for i in 0..1005 {
+        std::fs::write(src.path().join(format!("sub dir/f{i}.txt")), i.to_string()).unwrap();
+    }
+    std::fs::write(src.path().join("config.json"), b"{}").unwrap();
+    let h = Hoist::new();
+    h.run(&["push", s(src.path()), &served.reference("org/many:main")])
+        .ok();
+    let work = tempfile::tempdir().unwrap();
+    let out = hf_python(
+        &format!("http://{}", served.addr),
+        &work.path().join("hf"),
+        r#"
+from huggingface_hub import HfApi
+api = HfApi()
+print("files", len(api.list_repo_files("org/many")))
+print("in-folder", len(list(api.list_repo_tree("org/many", path_in_repo="sub dir"))))
+"#,
+    );
+    assert!(
+        out.contains("files 1006") && out.contains("in-folder 1005"),
+        "{out}"
+    );
+}

@@ -62,6 +62,8 @@ pub(crate) struct AppState {
     pub access: Option<Access>,
     pub read_only: bool,
     pub hub: hub::HubNames,
+    /// Served over TLS: links the server hands out say `https`.
+    pub tls: bool,
 }
 
 /// Bind and serve until the process ends. Prints nothing; the caller reports the address.
@@ -95,6 +97,7 @@ pub async fn bind(
         access: opts.access,
         read_only: opts.read_only,
         hub: opts.hub,
+        tls: opts.tls.is_some(),
     });
     let app = routes::router(state);
     let tls = match &opts.tls {

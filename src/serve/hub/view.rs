@@ -1,8 +1,6 @@
 //! What the Hub shows of a manifest: its raw layers as files described as the Hub describes
 //! LFS files, the model or dataset info, the paged tree, the headers of a file's answer.
 
-use axum::http::{header, HeaderMap};
-
 use super::{commit_id, HubError, Kind};
 use crate::digest::Digest;
 use crate::oci::{media, LayerFormat, LayerPlan, Manifest, ManifestKind};
@@ -197,13 +195,14 @@ pub fn tree_page(
     }));
     let total = entries.len();
     let page: Vec<serde_json::Value> = entries.into_iter().skip(cursor).take(TREE_PAGE).collect();
-    let next = (cursor + TREE_PAGE < total).then_some(cursor + TREE_PAGE);
+    let next = cursor.checked_add(TREE_PAGE).filter(|n| *n < total);
     Ok((page, next))
 }
 
-/// The `Link` header of the next page.
+/// The `Link` header of the next page; `base` is the server as the client reached it
+/// (`http://HOST` or `https://HOST`).
 pub fn next_link(
-    headers: &HeaderMap,
+    base: &str,
     kind: Kind,
     repo: &str,
     revision: &str,
@@ -211,24 +210,31 @@ pub fn next_link(
     recursive: bool,
     cursor: usize,
 ) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let path = if path.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "/{}",
-            path.split('/').map(enc).collect::<Vec<_>>().join("/")
-        )
-    };
+    let path: String = path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("/{}", encode_segment(p)))
+        .collect();
+    let repo: Vec<String> = repo.split('/').map(encode_segment).collect();
     format!(
-        "<http://{host}/api/{}/{repo}/tree/{}{path}?recursive={recursive}&expand=false&cursor={cursor}>; rel=\"next\"",
+        "<{base}/api/{}/{}/tree/{}{path}?recursive={recursive}&expand=false&cursor={cursor}>; rel=\"next\"",
         kind.api(),
-        enc(revision)
+        repo.join("/"),
+        encode_segment(revision)
     )
+}
+
+/// A path segment percent-encoded: RFC 3986's unreserved characters stay, all else is
+/// `%XX` (a `/` in a revision included).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The headers a file's answer carries beside its bytes.
@@ -246,6 +252,49 @@ pub fn file_headers(file: &HubFile, commit: &str) -> [(&'static str, String); 5]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_page_is_linked_as_the_client_reached_the_server() {
+        let link = next_link(
+            "https://h:5000",
+            Kind::Dataset,
+            "o/d",
+            "refs/pr/1",
+            "a b/c",
+            true,
+            1000,
+        );
+        assert_eq!(
+            link,
+            "<https://h:5000/api/datasets/o/d/tree/refs%2Fpr%2F1/a%20b/c?recursive=true&expand=false&cursor=1000>; rel=\"next\""
+        );
+    }
+
+    #[test]
+    fn a_deep_tree_of_few_files_pages_to_its_end() {
+        let digest = Digest::of_bytes(b"x");
+        let files = (0..600)
+            .map(|i| HubFile {
+                path: format!("a{i}/b/c/d/f"),
+                size: 1,
+                digest: digest.clone(),
+            })
+            .collect();
+        let snap = Snapshot {
+            commit: "c".repeat(40),
+            files,
+            created: None,
+        };
+        let mut cursor = Some(0);
+        let mut seen = 0;
+        while let Some(c) = cursor {
+            let (page, next) = tree_page(&snap, "", true, c).unwrap();
+            seen += page.len();
+            cursor = next;
+        }
+        assert_eq!(seen, 600 * 5, "600 files and their 2,400 folders");
+        assert!(tree_page(&snap, "", true, usize::MAX).unwrap().0.is_empty());
+    }
 
     #[test]
     fn the_tree_is_paged_and_folders_are_listed() {

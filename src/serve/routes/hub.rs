@@ -73,14 +73,18 @@ async fn serve(
                 None => 0,
                 Some(c) => c
                     .parse::<usize>()
-                    .ok()
-                    .filter(|c| *c <= snap.files.len() * 2)
-                    .ok_or_else(|| HubError::bad_request("cursor is not a page of this tree"))?,
+                    .map_err(|_| HubError::bad_request("cursor is not a page of this tree"))?,
             };
             let (page, next) = hub::tree_page(&snap, &path, recursive, cursor)?;
             let mut response = json(&serde_json::Value::Array(page));
             if let Some(next) = next {
-                let link = hub::next_link(headers, kind, &repo, &revision, &path, recursive, next);
+                let host = headers
+                    .get(axum::http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost");
+                let scheme = if state.tls { "https" } else { "http" };
+                let base = format!("{scheme}://{host}");
+                let link = hub::next_link(&base, kind, &repo, &revision, &path, recursive, next);
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     response.headers_mut().insert("Link", v);
                 }
