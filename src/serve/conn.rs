@@ -29,6 +29,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Mutex;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -97,97 +99,111 @@ pub fn fit_to_open_files(requested: usize) -> (usize, Option<u64>) {
 /// How long a newcomer waits for the slot of the connection closed for it.
 const MAKE_ROOM_WAIT: Duration = Duration::from_millis(500);
 
-/// The open connections, and since when each has waited for a request (`None` while it
-/// serves one), with the signal that closes it.
-#[derive(Default)]
-struct Waiting {
-    next_id: u64,
-    conns: HashMap<u64, Conn>,
-}
-
-struct Conn {
-    waiting_since: Option<Instant>,
+/// One connection as the cap sees it. Requests touch only their own connection's state
+/// (two atomics), never a lock all connections share: the map below is locked once when a
+/// connection opens, once when it closes, and when the cap makes room.
+struct ConnState {
     /// Requests being served (HTTP/1.1 serves one at a time; counted all the same).
-    serving: u32,
-    close: Arc<Notify>,
+    serving: AtomicU32,
+    /// When it last began to wait for a request: milliseconds since the tracker's epoch.
+    waiting_since: AtomicU64,
+    close: Notify,
 }
 
-#[derive(Clone, Default)]
-struct Tracker(Arc<Mutex<Waiting>>);
+impl ConnState {
+    fn request_started(&self) {
+        self.serving.fetch_add(1, SeqCst);
+    }
+
+    fn request_done(&self, now_ms: u64) {
+        // The time first: whoever sees the count at 0 sees when the wait began.
+        self.waiting_since.store(now_ms, SeqCst);
+        self.serving.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The open connections, by id.
+#[derive(Clone)]
+struct Tracker {
+    epoch: Instant,
+    next_id: Arc<AtomicU64>,
+    conns: Arc<Mutex<HashMap<u64, Arc<ConnState>>>>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            epoch: Instant::now(),
+            next_id: Arc::default(),
+            conns: Arc::default(),
+        }
+    }
+}
 
 impl Tracker {
-    fn open(&self) -> (u64, Arc<Notify>) {
-        let mut w = self.0.lock().expect("tracker lock");
-        let id = w.next_id;
-        w.next_id += 1;
-        let close = Arc::new(Notify::new());
-        w.conns.insert(
-            id,
-            Conn {
-                waiting_since: Some(Instant::now()),
-                serving: 0,
-                close: close.clone(),
-            },
-        );
-        (id, close)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A connection accepted: it waits for a request (its TLS handshake, its headers).
+    fn open(&self) -> (u64, Arc<ConnState>) {
+        let id = self.next_id.fetch_add(1, SeqCst);
+        let state = Arc::new(ConnState {
+            serving: AtomicU32::new(0),
+            waiting_since: AtomicU64::new(self.now_ms()),
+            close: Notify::new(),
+        });
+        self.conns
+            .lock()
+            .expect("tracker lock")
+            .insert(id, state.clone());
+        (id, state)
     }
 
     fn closed(&self, id: u64) {
-        self.0.lock().expect("tracker lock").conns.remove(&id);
-    }
-
-    fn request_started(&self, id: u64) {
-        if let Some(c) = self.0.lock().expect("tracker lock").conns.get_mut(&id) {
-            c.serving += 1;
-            c.waiting_since = None;
-        }
-    }
-
-    fn request_done(&self, id: u64) {
-        if let Some(c) = self.0.lock().expect("tracker lock").conns.get_mut(&id) {
-            c.serving = c.serving.saturating_sub(1);
-            if c.serving == 0 {
-                c.waiting_since = Some(Instant::now());
-            }
-        }
+        self.conns.lock().expect("tracker lock").remove(&id);
     }
 
     /// Close the connection that has waited longest for a request; `false` when every
     /// connection is serving one.
     fn close_longest_waiting(&self) -> bool {
-        let mut w = self.0.lock().expect("tracker lock");
-        let oldest = w
-            .conns
+        let mut conns = self.conns.lock().expect("tracker lock");
+        let oldest = conns
             .iter()
-            .filter_map(|(id, c)| c.waiting_since.map(|since| (since, *id)))
+            .filter(|(_, c)| c.serving.load(SeqCst) == 0)
+            .map(|(id, c)| (c.waiting_since.load(SeqCst), *id))
             .min();
-        match oldest {
-            Some((since, id)) => {
-                let conn = w.conns.remove(&id).expect("listed");
-                tracing::debug!(
-                    "closing a connection that waited {:?} for a request, to make room",
-                    since.elapsed()
-                );
-                conn.close.notify_one();
-                true
-            }
-            None => false,
+        let Some((since, id)) = oldest else {
+            return false;
+        };
+        let conn = conns.remove(&id).expect("listed");
+        tracing::debug!(
+            "closing a connection that waited {} ms for a request, to make room",
+            self.now_ms().saturating_sub(since)
+        );
+        conn.close.notify_one();
+        true
+    }
+}
+
+/// A response body that tells its connection when it is done (sent whole, or dropped with
+/// the connection).
+struct Tracked {
+    inner: axum::body::Body,
+    done: Option<(Tracker, Arc<ConnState>)>,
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        if let Some((tracker, conn)) = self.done.take() {
+            conn.request_done(tracker.now_ms());
         }
     }
 }
 
-/// A response body that tells the tracker when it is done (sent whole, or dropped with the
-/// connection).
-struct Tracked {
-    inner: axum::body::Body,
-    done: Option<(Tracker, u64)>,
-}
-
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if let Some((tracker, id)) = self.done.take() {
-            tracker.request_done(id);
-        }
+        self.finish();
     }
 }
 
@@ -202,9 +218,7 @@ impl http_body::Body for Tracked {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            if let Some((tracker, id)) = this.done.take() {
-                tracker.request_done(id);
-            }
+            this.finish();
         }
         r
     }
@@ -298,14 +312,21 @@ pub async fn serve(
         let (app, tls, tracker) = (app.clone(), tls.clone(), tracker.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let (id, close) = tracker.open();
+            let (id, conn) = tracker.open();
             let served = async {
                 match tls {
                     Some(acceptor) => {
                         let handshake = acceptor.accept(Idle::new(tcp, limits.idle_timeout));
                         match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
                             Ok(Ok(stream)) => {
-                                serve_one(stream, app, limits, peer, (tracker.clone(), id)).await
+                                serve_one(
+                                    stream,
+                                    app,
+                                    limits,
+                                    peer,
+                                    (tracker.clone(), conn.clone()),
+                                )
+                                .await
                             }
                             Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
                             Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
@@ -313,13 +334,13 @@ pub async fn serve(
                     }
                     None => {
                         let io = Idle::new(tcp, limits.idle_timeout);
-                        serve_one(io, app, limits, peer, (tracker.clone(), id)).await
+                        serve_one(io, app, limits, peer, (tracker.clone(), conn.clone())).await
                     }
                 }
             };
             tokio::select! {
                 () = served => {}
-                () = close.notified() => tracing::debug!("closed {peer} to make room for a newcomer"),
+                () = conn.close.notified() => tracing::debug!("closed {peer} to make room for a newcomer"),
             }
             tracker.closed(id);
         });
@@ -331,21 +352,21 @@ async fn serve_one<S>(
     app: axum::Router,
     limits: ConnLimits,
     peer: std::net::SocketAddr,
-    (tracker, id): (Tracker, u64),
+    (tracker, conn): (Tracker, Arc<ConnState>),
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use tower::ServiceExt as _;
     // Each request marks the connection as serving until its answer's body is done.
     let tracked = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (app, tracker) = (app.clone(), tracker.clone());
+        let (app, tracker, conn) = (app.clone(), tracker.clone(), conn.clone());
         async move {
-            tracker.request_started(id);
+            conn.request_started();
             let response = app.oneshot(req.map(axum::body::Body::new)).await?;
             Ok::<_, std::convert::Infallible>(response.map(|inner| {
                 axum::body::Body::new(Tracked {
                     inner,
-                    done: Some((tracker, id)),
+                    done: Some((tracker, conn)),
                 })
             }))
         }
@@ -477,24 +498,21 @@ mod tests {
     #[test]
     fn the_longest_waiter_is_closed_and_a_connection_serving_a_request_never_is() {
         let t = Tracker::default();
-        let (a, close_a) = t.open();
+        let (a, conn_a) = t.open();
         std::thread::sleep(Duration::from_millis(5));
-        let (b, _close_b) = t.open();
-        let (c, _close_c) = t.open();
-        t.request_started(a); // a serves a request: not a candidate however old
+        let (b, _conn_b) = t.open();
+        let (_, conn_c) = t.open();
+        let listed = |id| t.conns.lock().unwrap().contains_key(&id);
+        conn_a.request_started(); // a serves a request: not a candidate however old
         assert!(t.close_longest_waiting());
-        assert!(
-            !t.0.lock().unwrap().conns.contains_key(&b),
-            "b waited longest"
-        );
-        t.request_started(c);
+        assert!(!listed(b), "b waited longest");
+        conn_c.request_started();
         assert!(
             !t.close_longest_waiting(),
             "every connection left serves a request"
         );
-        t.request_done(a);
+        conn_a.request_done(t.now_ms());
         assert!(t.close_longest_waiting());
-        assert!(!t.0.lock().unwrap().conns.contains_key(&a));
-        drop(close_a);
+        assert!(!listed(a));
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct AppState {
     pub access: Option<Access>,
     pub read_only: bool,
     pub hub: hub::HubNames,
+    /// Commit ids the Hub routes found (`serve::hub::CommitMemo`).
+    pub hub_commits: hub::CommitMemo,
     /// Served over TLS: links the server hands out say `https`.
     pub tls: bool,
 }
@@ -97,6 +99,7 @@ pub async fn bind(
         access: opts.access,
         read_only: opts.read_only,
         hub: opts.hub,
+        hub_commits: Default::default(),
         tls: opts.tls.is_some(),
     });
     let app = routes::router(state);

@@ -367,6 +367,32 @@ impl HubNames {
     }
 }
 
+/// Commit ids already found: (repository, commit) → manifest digest. A client pins every
+/// file of a revision by its commit id (`snapshot_download` does), which would otherwise
+/// look through the repository's tags once per file. Digests never change, so an entry is
+/// only dropped when the memo is full (or its manifest is gone, which the caller checks).
+#[derive(Default)]
+pub struct CommitMemo(std::sync::Mutex<std::collections::HashMap<(String, String), Digest>>);
+
+/// Most commit ids remembered; past it the memo starts over.
+const MAX_COMMITS_REMEMBERED: usize = 4096;
+
+impl CommitMemo {
+    pub fn get(&self, repository: &str, commit: &str) -> Option<Digest> {
+        let memo = self.0.lock().expect("commit memo lock");
+        memo.get(&(repository.to_string(), commit.to_string()))
+            .cloned()
+    }
+
+    pub fn put(&self, repository: &str, commit: &str, digest: &Digest) {
+        let mut memo = self.0.lock().expect("commit memo lock");
+        if memo.len() >= MAX_COMMITS_REMEMBERED {
+            memo.clear();
+        }
+        memo.insert((repository.to_string(), commit.to_string()), digest.clone());
+    }
+}
+
 /// A revision as the store names it: a tag, or a manifest digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revision {
@@ -485,6 +511,18 @@ mod tests {
         }
         let long = format!("/org/{}/resolve/main/x", "a".repeat(300));
         assert!(matches!(parse(&long), Some(Err(_))));
+    }
+
+    #[test]
+    fn the_commit_memo_is_bounded() {
+        let memo = CommitMemo::default();
+        let d = Digest::of_bytes(b"m");
+        for i in 0..=MAX_COMMITS_REMEMBERED {
+            memo.put("r", &i.to_string(), &d);
+        }
+        assert!(memo.0.lock().unwrap().len() <= MAX_COMMITS_REMEMBERED);
+        assert_eq!(memo.get("r", &MAX_COMMITS_REMEMBERED.to_string()), Some(d));
+        assert_eq!(memo.get("other", "0"), None);
     }
 
     #[test]

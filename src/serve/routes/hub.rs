@@ -174,16 +174,30 @@ async fn resolve(
     })
 }
 
-/// The tag whose manifest has commit id `commit` (the first [`hub::MAX_TAGS_SCANNED`]
-/// tags are looked through).
+/// The digest of the manifest whose commit id is `commit`: remembered from an earlier
+/// request (a client pins every file of a revision by its commit), else found among the
+/// repository's tags (the first [`hub::MAX_TAGS_SCANNED`] are looked through).
 fn find_commit(state: &Shared, name: &str, commit: &str) -> Option<String> {
+    if let Some(digest) = state.hub_commits.get(name, commit) {
+        if find_manifest(state, name, digest.as_str()).is_ok() {
+            return Some(digest.to_string());
+        }
+    }
     let tags = state.store.tags(name).ok()?;
-    tags.into_iter().take(hub::MAX_TAGS_SCANNED).find(|tag| {
-        find_manifest(state, name, tag).is_ok_and(|(desc, bytes)| {
-            matches!(
-                crate::oci::ManifestKind::parse(Some(&desc.media_type), &bytes),
-                Ok(crate::oci::ManifestKind::Image(m)) if hub::commit_id(&m, &desc.digest) == commit
-            )
-        })
-    })
+    let digest = tags
+        .into_iter()
+        .take(hub::MAX_TAGS_SCANNED)
+        .find_map(|tag| {
+            let (desc, bytes) = find_manifest(state, name, &tag).ok()?;
+            match crate::oci::ManifestKind::parse(Some(&desc.media_type), &bytes) {
+                Ok(crate::oci::ManifestKind::Image(m))
+                    if hub::commit_id(&m, &desc.digest) == commit =>
+                {
+                    Some(desc.digest)
+                }
+                _ => None,
+            }
+        })?;
+    state.hub_commits.put(name, commit, &digest);
+    Some(digest.to_string())
 }
