@@ -656,25 +656,7 @@ async fn a_private_registry_is_read_with_the_volumes_secret_and_never_logged() {
         return;
     }
     const PASSWORD: &str = "csi-secret-0123";
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", "alice", PASSWORD])
-        .output()
-        .expect("htpasswd (apache2-utils)");
-    let reg = Registry::start_with_files(
-        &[("htpasswd", &out.stdout)],
-        "auth:\n  htpasswd: {realm: basic-realm, path: {root}/htpasswd}\n",
-    );
-    let h = Hoist::new();
-    let reference = reg.reference("private/m:v1");
-    let src = tempfile::tempdir().unwrap();
-    common::small_model(src.path());
-    common::run(
-        h.cmd()
-            .env("HOIST_USERNAME", "alice")
-            .env("HOIST_PASSWORD", PASSWORD)
-            .args(["push", src.path().to_str().unwrap(), &reference]),
-    )
-    .ok();
+    let (reg, reference, src) = private_registry(PASSWORD);
     let plugin = Plugin::start(&[]);
     let mut node = plugin.node().await;
 
@@ -686,30 +668,27 @@ async fn a_private_registry_is_read_with_the_volumes_secret_and_never_logged() {
     let status = publish(&mut node, bare, None).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
-    let mut wrong = publish_request(
+    let wrong = publish_request(
         "csi-w",
         &plugin.target("pod-w"),
         &[("reference", &reference)],
     );
-    wrong.secrets = HashMap::from([
-        ("username".into(), "alice".into()),
-        ("password".into(), "nope".into()),
-    ]);
     assert_eq!(
-        publish(&mut node, wrong, None).await.unwrap_err().code(),
+        publish(&mut node, with_password(wrong, "nope"), None)
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
 
-    let mut with_password = publish_request(
+    let right = publish_request(
         "csi-b",
         &plugin.target("pod-b"),
         &[("reference", &reference), ("pullPolicy", "Always")],
     );
-    with_password.secrets = HashMap::from([
-        ("username".into(), "alice".into()),
-        ("password".into(), PASSWORD.into()),
-    ]);
-    publish(&mut node, with_password, None).await.unwrap();
+    publish(&mut node, with_password(right, PASSWORD), None)
+        .await
+        .unwrap();
     assert_eq!(
         tree(src.path(), false),
         tree(&plugin.target("pod-b"), false)
@@ -1500,15 +1479,7 @@ async fn a_policy_holds_for_every_spelling_a_pod_author_may_write() {
         &format!("127.0.0.1:{port}/secure/m:v1"),
     ])
     .ok();
-    let policy = work.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[[rule]]\nrepositories = \"127.0.0.1:{port}/secure/**\"\nkeys = [\"{}\"]\n[[rule]]\nrepositories = \"**\"\nmode = \"off\"\n",
-            public.display()
-        ),
-    )
-    .unwrap();
+    let policy = common::enforce_then_off_policy(work.path(), &port, &public);
     let plugin = Plugin::start(&["--verify-policy", policy.to_str().unwrap()]);
     let mut node = plugin.node().await;
     for (i, host) in [

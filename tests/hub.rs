@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::hub::{commit_of, files_of, HubFile, HubRepoSpec, HubStandIn};
+use common::hub::{commit_of, files_of, hoist_for, HubFile, HubRepoSpec, HubStandIn};
 use common::*;
 
 const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -24,16 +24,6 @@ fn real_repo() -> HubRepoSpec {
 
 fn stand_in(repos: Vec<(&str, HubRepoSpec)>) -> HubStandIn {
     HubStandIn::start(repos.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-}
-
-/// `hoist` with the Hub's settings pointing at the stand-in, and no token of the machine's.
-fn hoist_for(h: &Hoist, hub: &HubStandIn) -> std::process::Command {
-    let mut cmd = h.cmd();
-    cmd.env("HF_ENDPOINT", &hub.endpoint)
-        .env("HF_HOME", h.home.path().join("hf-home"))
-        .env_remove("HF_TOKEN")
-        .env_remove("HF_TOKEN_PATH");
-    cmd
 }
 
 fn manifest(reg: &Registry, repo: &str, tag: &str) -> serde_json::Value {

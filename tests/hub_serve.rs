@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::hub::{commit_of, files_of, HubRepoSpec, HubStandIn};
+use common::hub::{commit_of, files_of, hoist_for, HubRepoSpec, HubStandIn};
 use common::*;
 
 const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -65,6 +65,16 @@ fn serve_real_model(extra: &[&str]) -> (Served, String) {
     let digest = digest_line(&pushed.stdout);
     let commit = digest.trim_start_matches("sha256:")[..40].to_string();
     (served, commit)
+}
+
+/// A hoist serve holding what `hoist copy SOURCE` brought from a Hub stand-in serving
+/// `spec` as `repo`, at `dest` (`REPOSITORY:TAG`).
+fn copied_from_stand_in(repo: &str, spec: HubRepoSpec, source: &str, dest: &str) -> Served {
+    let hub = HubStandIn::start([(repo.to_string(), spec)].into_iter().collect());
+    let served = Served::start_free(&[]);
+    let h = Hoist::new();
+    run(hoist_for(&h, &hub).args(["copy", source, &served.reference(dest)])).ok();
+    served
 }
 
 #[test]
@@ -176,23 +186,13 @@ fn a_model_copied_from_the_hub_keeps_its_commit_id() {
         return;
     }
     let commit = commit_of("real");
-    let mut spec = HubRepoSpec::default();
-    spec.refs.insert("main".into(), commit.clone());
-    spec.commits.insert(commit.clone(), files_of(&real_model()));
-    let hub = HubStandIn::start([(REPO.to_string(), spec)].into_iter().collect());
-    let served = Served::start_free(&[]);
-    let h = Hoist::new();
-    run(h
-        .cmd()
-        .env("HF_ENDPOINT", &hub.endpoint)
-        .env("HF_HOME", h.home.path().join("hf-home"))
-        .env_remove("HF_TOKEN")
-        .args([
-            "copy",
-            &format!("hf://{REPO}"),
-            &served.reference(&format!("{OCI_REPO}:main")),
-        ]))
-    .ok();
+    let spec = HubRepoSpec::at_main("real", files_of(&real_model()));
+    let served = copied_from_stand_in(
+        REPO,
+        spec,
+        &format!("hf://{REPO}"),
+        &format!("{OCI_REPO}:main"),
+    );
     let work = tempfile::tempdir().unwrap();
     let out = hf_python(
         &format!("http://{}", served.addr),
@@ -485,20 +485,12 @@ fn a_dataset_copied_from_the_hub_is_served_under_the_datasets_routes() {
     ];
     let mut spec = HubRepoSpec::at_main("tiny-set", files);
     spec.dataset = true;
-    let hub = HubStandIn::start([(DATASET.to_string(), spec)].into_iter().collect());
-    let served = Served::start_free(&[]);
-    let h = Hoist::new();
-    run(h
-        .cmd()
-        .env("HF_ENDPOINT", &hub.endpoint)
-        .env("HF_HOME", h.home.path().join("hf-home"))
-        .env_remove("HF_TOKEN")
-        .args([
-            "copy",
-            &format!("hf://datasets/{DATASET}"),
-            &served.reference("org/tiny-set:main"),
-        ]))
-    .ok();
+    let served = copied_from_stand_in(
+        DATASET,
+        spec,
+        &format!("hf://datasets/{DATASET}"),
+        "org/tiny-set:main",
+    );
     let work = tempfile::tempdir().unwrap();
     let out = hf_python(
         &format!("http://{}", served.addr),

@@ -767,15 +767,7 @@ fn a_policy_rule_holds_for_every_spelling_of_its_registry() {
         &format!("127.0.0.1:{port}/secure/m:v1"),
     ])
     .ok();
-    let policy = work.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[[rule]]\nrepositories = \"127.0.0.1:{port}/secure/**\"\nkeys = [\"{}\"]\n[[rule]]\nrepositories = \"**\"\nmode = \"off\"\n",
-            public.display()
-        ),
-    )
-    .unwrap();
+    let policy = common::enforce_then_off_policy(work.path(), &port, &public);
     for host in [
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:0{port}"),

@@ -123,6 +123,16 @@ pub fn files_of(dir: &std::path::Path) -> Vec<HubFile> {
     out
 }
 
+/// `hoist` with the Hub's settings pointing at the stand-in, and no token of the machine's.
+pub fn hoist_for(h: &super::Hoist, hub: &HubStandIn) -> std::process::Command {
+    let mut cmd = h.cmd();
+    cmd.env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_HOME", h.home.path().join("hf-home"))
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_TOKEN_PATH");
+    cmd
+}
+
 impl HubStandIn {
     pub fn start(repos: BTreeMap<String, HubRepoSpec>) -> HubStandIn {
         let api = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -941,3 +941,19 @@ pub fn run_peak(cmd: &mut std::process::Command) -> (Run, u64) {
     };
     (run, usage.ru_maxrss as u64 * 1024)
 }
+
+/// A signature policy (`DIR/policy.toml`) whose first rule enforces `public`'s signature on
+/// `127.0.0.1:PORT/secure/**` and whose last lets everything else through unchecked: the
+/// shape that other spellings of the registry used to slip past (SECURITY.md, case 6).
+pub fn enforce_then_off_policy(dir: &Path, port: &str, public: &Path) -> PathBuf {
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nrepositories = \"127.0.0.1:{port}/secure/**\"\nkeys = [\"{}\"]\n[[rule]]\nrepositories = \"**\"\nmode = \"off\"\n",
+            public.display()
+        ),
+    )
+    .unwrap();
+    policy
+}

@@ -253,6 +253,24 @@ pub fn file_headers(file: &HubFile, commit: &str) -> [(&'static str, String); 5]
 mod tests {
     use super::*;
 
+    /// A snapshot of files of `size` 1 at these paths (their bytes are never read).
+    fn snapshot_of(paths: impl IntoIterator<Item = String>) -> Snapshot {
+        let digest = Digest::of_bytes(b"x");
+        let files = paths
+            .into_iter()
+            .map(|path| HubFile {
+                path,
+                size: 1,
+                digest: digest.clone(),
+            })
+            .collect();
+        Snapshot {
+            commit: "c".repeat(40),
+            files,
+            created: None,
+        }
+    }
+
     #[test]
     fn the_next_page_is_linked_as_the_client_reached_the_server() {
         let link = next_link(
@@ -272,19 +290,7 @@ mod tests {
 
     #[test]
     fn a_deep_tree_of_few_files_pages_to_its_end() {
-        let digest = Digest::of_bytes(b"x");
-        let files = (0..600)
-            .map(|i| HubFile {
-                path: format!("a{i}/b/c/d/f"),
-                size: 1,
-                digest: digest.clone(),
-            })
-            .collect();
-        let snap = Snapshot {
-            commit: "c".repeat(40),
-            files,
-            created: None,
-        };
+        let snap = snapshot_of((0..600).map(|i| format!("a{i}/b/c/d/f")));
         let mut cursor = Some(0);
         let mut seen = 0;
         while let Some(c) = cursor {
@@ -298,24 +304,11 @@ mod tests {
 
     #[test]
     fn the_tree_is_paged_and_folders_are_listed() {
-        let digest = Digest::of_bytes(b"x");
-        let files = (0..1500)
-            .map(|i| HubFile {
-                path: format!("d{}/f{i}", i % 3),
-                size: 1,
-                digest: digest.clone(),
-            })
-            .chain([HubFile {
-                path: "config.json".into(),
-                size: 2,
-                digest: digest.clone(),
-            }])
-            .collect();
-        let snap = Snapshot {
-            commit: "c".repeat(40),
-            files,
-            created: None,
-        };
+        let snap = snapshot_of(
+            (0..1500)
+                .map(|i| format!("d{}/f{i}", i % 3))
+                .chain(["config.json".to_string()]),
+        );
         let (page, next) = tree_page(&snap, "", true, 0).unwrap();
         assert_eq!(page.len(), TREE_PAGE);
         let (rest, end) = tree_page(&snap, "", true, next.unwrap()).unwrap();
