@@ -67,6 +67,20 @@ fn serve_real_model(extra: &[&str]) -> (Served, String) {
     (served, commit)
 }
 
+/// Push the real model to `REPOSITORY:main` on `served` as the user alice (`a-pass`).
+fn push_real_model_as_alice(served: &Served, repository: &str) {
+    run(Hoist::new()
+        .cmd()
+        .env("HOIST_USERNAME", "alice")
+        .env("HOIST_PASSWORD", "a-pass")
+        .args([
+            "push",
+            s(&real_model()),
+            &served.reference(&format!("{repository}:main")),
+        ]))
+    .ok();
+}
+
 /// A hoist serve holding what `hoist copy SOURCE` brought from a Hub stand-in serving
 /// `spec` as `repo`, at `dest` (`REPOSITORY:TAG`).
 fn copied_from_stand_in(repo: &str, spec: HubRepoSpec, source: &str, dest: &str) -> Served {
@@ -273,17 +287,7 @@ fn a_private_repository_is_read_with_a_token_and_reveals_nothing_without_one() {
     )
     .unwrap();
     let served = Served::start_free(&["--htpasswd", s(&users), "--access-policy", s(&policy)]);
-    let h = Hoist::new();
-    run(h
-        .cmd()
-        .env("HOIST_USERNAME", "alice")
-        .env("HOIST_PASSWORD", "a-pass")
-        .args([
-            "push",
-            s(&real_model()),
-            &served.reference(&format!("{OCI_REPO}:main")),
-        ]))
-    .ok();
+    push_real_model_as_alice(&served, OCI_REPO);
     let endpoint = format!("http://{}", served.addr);
     let work = tempfile::tempdir().unwrap();
     let probe = format!(
@@ -530,18 +534,8 @@ fn a_serve_token_in_hf_token_reads_what_it_is_scoped_to() {
     let dir = tempfile::tempdir().unwrap();
     let users = htpasswd(dir.path(), &[("alice", "a-pass")]);
     let served = Served::start_free(&["--htpasswd", s(&users), "--auth", "token"]);
-    let h = Hoist::new();
     for repo in [OCI_REPO, "other/model"] {
-        run(h
-            .cmd()
-            .env("HOIST_USERNAME", "alice")
-            .env("HOIST_PASSWORD", "a-pass")
-            .args([
-                "push",
-                s(&real_model()),
-                &served.reference(&format!("{repo}:main")),
-            ]))
-        .ok();
+        push_real_model_as_alice(&served, repo);
     }
     let (status, _, body) = curl(&[
         "-u",
