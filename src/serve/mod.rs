@@ -64,6 +64,8 @@ pub(crate) struct AppState {
     pub hub: hub::HubNames,
     /// Commit ids the Hub routes found (`serve::hub::CommitMemo`).
     pub hub_commits: hub::CommitMemo,
+    /// Signs the Hub's Xet tokens and xorb URLs (`serve::hub::xet`).
+    pub xet: hub::xet::XetKeys,
     /// Served over TLS: links the server hands out say `https`.
     pub tls: bool,
 }
@@ -100,6 +102,7 @@ pub async fn bind(
         read_only: opts.read_only,
         hub: opts.hub,
         hub_commits: Default::default(),
+        xet: Default::default(),
         tls: opts.tls.is_some(),
     });
     let app = routes::router(state);

@@ -32,7 +32,10 @@ use crate::digest::Digest;
 use crate::oci::{media, Manifest};
 
 mod view;
-pub use view::{file_headers, info_json, next_link, snapshot, tree_page, HubFile, Snapshot};
+pub mod xet;
+pub use view::{
+    file_headers, info_json, next_link, snapshot, tree_page, xet_auth_link, HubFile, Snapshot,
+};
 
 /// Longest repository id and revision taken (the Hub's limit on names is 96 per part).
 const MAX_NAME: usize = 256;
@@ -71,6 +74,12 @@ pub enum HubRoute {
         revision: String,
         path: String,
     },
+    /// `GET /api/{…}/{repo}/xet-read-token/{rev}`: a token for the Xet routes (`xet`).
+    XetToken {
+        kind: Kind,
+        repo: String,
+        revision: String,
+    },
     /// `HEAD|GET /[datasets/]{repo}/resolve/{rev}/{path}`.
     Resolve {
         kind: Kind,
@@ -85,6 +94,7 @@ impl HubRoute {
         match self {
             HubRoute::Info { kind, .. }
             | HubRoute::Tree { kind, .. }
+            | HubRoute::XetToken { kind, .. }
             | HubRoute::Resolve { kind, .. } => *kind,
         }
     }
@@ -93,6 +103,7 @@ impl HubRoute {
         match self {
             HubRoute::Info { repo, .. }
             | HubRoute::Tree { repo, .. }
+            | HubRoute::XetToken { repo, .. }
             | HubRoute::Resolve { repo, .. } => repo,
         }
     }
@@ -320,6 +331,16 @@ fn api_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
             path: join_decoded(path)?,
         });
     }
+    if let Some((repo, tail)) = split_at_keyword(&segs, "xet-read-token")? {
+        let [revision] = tail else {
+            return Err(HubError::bad_request("expected /xet-read-token/{revision}"));
+        };
+        return Ok(HubRoute::XetToken {
+            kind,
+            repo,
+            revision: decode_revision(revision)?,
+        });
+    }
     match segs.len() {
         1 | 2 => Ok(HubRoute::Info {
             kind,
@@ -457,6 +478,14 @@ mod tests {
                 kind: Kind::Model,
                 repo: "gpt2".into(),
                 revision: None
+            }
+        );
+        assert_eq!(
+            r("/api/models/o/n/xet-read-token/abc"),
+            HubRoute::XetToken {
+                kind: Kind::Model,
+                repo: "o/n".into(),
+                revision: "abc".into()
             }
         );
         assert_eq!(

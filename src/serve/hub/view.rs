@@ -154,11 +154,14 @@ pub fn info_json(kind: Kind, repo: &str, snap: &Snapshot) -> serde_json::Value {
 
 /// A page of the tree listing under `path` (recursive or one level), from entry `cursor`;
 /// and the cursor of the next page, if any.
+/// A file `over_xet` says is served over Xet carries `xetHash`, as on the Hub: a client that
+/// listed the tree then skips the file's `HEAD`.
 pub fn tree_page(
     snap: &Snapshot,
     path: &str,
     recursive: bool,
     cursor: usize,
+    over_xet: impl Fn(&HubFile) -> bool,
 ) -> Result<(Vec<serde_json::Value>, Option<usize>), HubError> {
     let prefix = if path.is_empty() {
         String::new()
@@ -194,7 +197,17 @@ pub fn tree_page(
         serde_json::json!({"type": "file", "oid": f.oid(), "size": f.size, "path": f.path, "lfs": f.lfs()})
     }));
     let total = entries.len();
-    let page: Vec<serde_json::Value> = entries.into_iter().skip(cursor).take(TREE_PAGE).collect();
+    let mut page: Vec<serde_json::Value> =
+        entries.into_iter().skip(cursor).take(TREE_PAGE).collect();
+    // Entries are the folders, then the files.
+    for (i, entry) in page.iter_mut().enumerate() {
+        let file = (cursor + i)
+            .checked_sub(folders.len())
+            .and_then(|k| files.get(k));
+        if let Some(f) = file.filter(|f| over_xet(f)) {
+            entry["xetHash"] = f.digest.hex().into();
+        }
+    }
     let next = cursor.checked_add(TREE_PAGE).filter(|n| *n < total);
     Ok((page, next))
 }
@@ -221,6 +234,18 @@ pub fn next_link(
         kind.api(),
         repo.join("/"),
         encode_segment(revision)
+    )
+}
+
+/// The `Link` a file's `HEAD` carries to say it downloads over Xet: where its client gets a
+/// token (`xet-read-token`) for the revision's commit.
+pub fn xet_auth_link(base: &str, kind: Kind, repo: &str, commit: &str) -> String {
+    let repo: Vec<String> = repo.split('/').map(encode_segment).collect();
+    format!(
+        "<{base}/api/{}/{}/xet-read-token/{}>; rel=\"xet-auth\"",
+        kind.api(),
+        repo.join("/"),
+        encode_segment(commit)
     )
 }
 
@@ -294,12 +319,33 @@ mod tests {
         let mut cursor = Some(0);
         let mut seen = 0;
         while let Some(c) = cursor {
-            let (page, next) = tree_page(&snap, "", true, c).unwrap();
+            let (page, next) = tree_page(&snap, "", true, c, |_| false).unwrap();
             seen += page.len();
             cursor = next;
         }
         assert_eq!(seen, 600 * 5, "600 files and their 2,400 folders");
-        assert!(tree_page(&snap, "", true, usize::MAX).unwrap().0.is_empty());
+        assert!(tree_page(&snap, "", true, usize::MAX, |_| false)
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn xet_hashes_go_to_the_files_that_have_them_on_every_page() {
+        let snap = snapshot_of((0..1500).map(|i| format!("d{}/f{i}", i % 3)));
+        let over_xet = |f: &HubFile| f.path.ends_with('7');
+        let (mut cursor, mut marked) = (Some(0), 0);
+        while let Some(c) = cursor {
+            let (page, next) = tree_page(&snap, "", true, c, over_xet).unwrap();
+            for e in &page {
+                let path = e["path"].as_str().unwrap();
+                let want = e["type"] == "file" && path.ends_with('7');
+                assert_eq!(e.get("xetHash").is_some(), want, "{path}");
+                marked += usize::from(want);
+            }
+            cursor = next;
+        }
+        assert_eq!(marked, 150);
     }
 
     #[test]
@@ -309,17 +355,19 @@ mod tests {
                 .map(|i| format!("d{}/f{i}", i % 3))
                 .chain(["config.json".to_string()]),
         );
-        let (page, next) = tree_page(&snap, "", true, 0).unwrap();
+        let (page, next) = tree_page(&snap, "", true, 0, |_| false).unwrap();
         assert_eq!(page.len(), TREE_PAGE);
-        let (rest, end) = tree_page(&snap, "", true, next.unwrap()).unwrap();
+        let (rest, end) = tree_page(&snap, "", true, next.unwrap(), |_| false).unwrap();
         assert_eq!(page.len() + rest.len(), 1501 + 3);
         assert!(end.is_none());
-        let (top, _) = tree_page(&snap, "", false, 0).unwrap();
+        let (top, _) = tree_page(&snap, "", false, 0, |_| false).unwrap();
         assert_eq!(top.len(), 4, "three folders and config.json");
-        let (sub, _) = tree_page(&snap, "d1", false, 0).unwrap();
+        let (sub, _) = tree_page(&snap, "d1", false, 0, |_| false).unwrap();
         assert_eq!(sub.len(), 500);
         assert_eq!(
-            tree_page(&snap, "nope", true, 0).unwrap_err().code,
+            tree_page(&snap, "nope", true, 0, |_| false)
+                .unwrap_err()
+                .code,
             "EntryNotFound"
         );
     }

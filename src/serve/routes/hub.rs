@@ -75,15 +75,12 @@ async fn serve(
                     .parse::<usize>()
                     .map_err(|_| HubError::bad_request("cursor is not a page of this tree"))?,
             };
-            let (page, next) = hub::tree_page(&snap, &path, recursive, cursor)?;
+            let (page, next) = hub::tree_page(&snap, &path, recursive, cursor, |f| {
+                xet_ready(state, &name, f)
+            })?;
             let mut response = json(&serde_json::Value::Array(page));
             if let Some(next) = next {
-                let host = headers
-                    .get(axum::http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost");
-                let scheme = if state.tls { "https" } else { "http" };
-                let base = format!("{scheme}://{host}");
+                let base = base_url(state, headers);
                 let link = hub::next_link(&base, kind, &repo, &revision, &path, recursive, next);
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     response.headers_mut().insert("Link", v);
@@ -91,11 +88,16 @@ async fn serve(
             }
             Ok(response)
         }
+        HubRoute::XetToken { kind, revision, .. } => {
+            // The revision must be one the caller can see; the token then reads the repository.
+            resolve(state, kind, &name, &revision).await?;
+            Ok(xet_token(state, headers, &name))
+        }
         HubRoute::Resolve {
             kind,
+            repo,
             revision,
             path,
-            ..
         } => {
             let snap = resolve(state, kind, &name, &revision).await?;
             let file = snap
@@ -117,9 +119,66 @@ async fn serve(
                 HeaderValue::from_static("application/octet-stream"),
             );
             out.remove("Docker-Content-Digest");
+            if head && xet_ready(state, &name, file) {
+                let link = hub::xet_auth_link(&base_url(state, headers), kind, &repo, &snap.commit);
+                for (k, v) in [
+                    ("X-Xet-Hash", file.digest.hex().to_string()),
+                    ("Link", link),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        out.insert(k, v);
+                    }
+                }
+            }
             Ok(response)
         }
     }
+}
+
+/// `scheme://host` as the client reached this server: links it is handed lead back here.
+pub(super) fn base_url(state: &Shared, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = if state.tls { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
+/// Is `file` served over Xet (`serve::hub::xet`)? Only a blob this repository holds whole
+/// here: a pull-through miss goes the `/resolve` way, streamed as it arrives.
+fn xet_ready(state: &Shared, name: &str, file: &hub::HubFile) -> bool {
+    file.size > 0
+        && state
+            .store
+            .is_linked(name, crate::store::LinkKind::Blob, &file.digest)
+        && state.store.blob_size(&file.digest) == Some(file.size)
+}
+
+/// A Xet read token for `name`, as the Hub answers `xet-read-token`: in headers (what
+/// `huggingface_hub` reads) and in the body.
+fn xet_token(state: &Shared, headers: &HeaderMap, name: &str) -> Response {
+    let (token, exp) = state.xet.token(name, unix_now());
+    let cas = format!("{}{}", base_url(state, headers), hub::xet::CAS_PREFIX);
+    let body = serde_json::json!({ "casUrl": cas, "accessToken": token, "exp": exp });
+    let mut response = json(&body);
+    let out = response.headers_mut();
+    for (k, v) in [
+        ("X-Xet-Cas-Url", cas),
+        ("X-Xet-Access-Token", token),
+        ("X-Xet-Token-Expiration", exp.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            out.insert(k, v);
+        }
+    }
+    response
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn json(v: &serde_json::Value) -> Response {

@@ -17,6 +17,7 @@ mod blobs;
 mod hub;
 mod manifests;
 mod uploads;
+mod xet;
 
 use blobs::*;
 use manifests::*;
@@ -140,9 +141,12 @@ async fn dispatch(State(state): State<Shared>, request: Request) -> Response {
             "{method} {path}: closing the connection (request body left unread: over {MAX_DRAIN_BYTES} bytes, too slow, or broken)"
         );
     }
-    let label = match crate::serve::hub::parse(&path) {
-        Some(_) => "hub",
-        None => parse(&path).map_or("unknown", |r| r.label()),
+    let label = if crate::serve::hub::xet::parse(&path).is_some() {
+        "xet"
+    } else if crate::serve::hub::parse(&path).is_some() {
+        "hub"
+    } else {
+        parse(&path).map_or("unknown", |r| r.label())
     };
     state.metrics.request(label, response.status().as_u16());
     tracing::info!(
@@ -180,6 +184,10 @@ async fn drain(body: &SharedBody) -> bool {
 /// One request: its path parsed and checked, its caller authorized, then handled.
 async fn route(state: &Shared, request: Request, path: &str, query: &str) -> Result<Response> {
     let method = request.method().clone();
+    if let Some(cas) = crate::serve::hub::xet::parse(path) {
+        let params = query_params(query);
+        return Ok(xet::handle_cas(state, cas, &method, request.headers(), &params).await);
+    }
     if let Some(hub_route) = crate::serve::hub::parse(path) {
         return Ok(match hub_route {
             Ok(r) => {
