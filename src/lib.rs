@@ -59,25 +59,7 @@
 //! model dir ──pack──▶ store / registry ──transfer──▶ materialize ──▶ volume
 //! ```
 //!
-//! | module          | owns                                                               |
-//! |-----------------|--------------------------------------------------------------------|
-//! | [`reference`]   | parsing `[registry/]repo[:tag][@digest]`, local-store references   |
-//! | [`digest`]      | sha256 digests, hashing while bytes flow                           |
-//! | [`oci`]         | media types, manifests, ModelPack config, layer → file mapping     |
-//! | [`pack`]        | a model folder → layers, config and manifest                       |
-//! | [`chunks`]      | content-defined chunks and the chunk index (delta pulls)           |
-//! | [`store`]       | the local OCI-layout store (embedded default, cache)               |
-//! | [`registry`]    | the distribution API client                                        |
-//! | [`transfer`]    | push, pull and copy engines over stores and registries             |
-//! | [`materialize`] | verified blobs → files in the output folder, atomically and safely |
-//! | `mount`         | `hoist mount`: a lazy FUSE view of an artifact, fetched as read    |
-//! | `serve`         | `hoist serve`: the distribution API over the store                 |
-//! | `csi`           | `hoist csi`: the CSI node plugin (model volumes from the node cache) |
-//! | [`sign`]        | OpenSSF model signing: keys, bundles, statements (sign and verify) |
-//! | [`metrics`]     | Prometheus text for operators (`kaito_model_download_*`)           |
-//! | `bench`         | `hoist bench`: images vs artifacts, built, pushed and pulled       |
-//! | [`context`]     | settings → store, registry clients, mirrors, targets (one place)   |
-//! | [`wan`]         | a loopback WAN emulator (bandwidth caps, latency, faults)          |
+//! What each owns is in one table, in `docs/architecture.md` (a test keeps it whole).
 
 #[cfg(feature = "bench")]
 pub mod bench;

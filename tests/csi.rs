@@ -360,8 +360,8 @@ async fn a_second_volume_of_the_model_comes_from_the_node_without_the_registry()
     )
     .await
     .unwrap();
-    let requests =
-        reg.log().matches("\"GET /v2/").count() + reg.log().matches("\"HEAD /v2/").count();
+    let log = reg.settled_log();
+    let requests = log.matches("\"GET /v2/").count() + log.matches("\"HEAD /v2/").count();
 
     let second = plugin.target("pod-b");
     let started = Instant::now();
@@ -374,16 +374,19 @@ async fn a_second_volume_of_the_model_comes_from_the_node_without_the_registry()
     .unwrap();
     let took = started.elapsed();
     eprintln!("second volume of the model: {took:?}");
+    // What is claimed is that nothing is fetched again (counted below); the time is a guard
+    // against a copy of the files, loose enough for a loaded machine.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(10),
         "the second volume took {took:?}"
     );
-    let after = reg.log().matches("\"GET /v2/").count() + reg.log().matches("\"HEAD /v2/").count();
+    let log = reg.settled_log();
+    let after = log.matches("\"GET /v2/").count() + log.matches("\"HEAD /v2/").count();
     assert_eq!(
         requests,
         after,
         "the second volume asked the registry:\n{}",
-        reg.log()
+        reg.settled_log()
     );
     assert_eq!(tree(src.path(), false), tree(&second, false));
     // Hard links to the store's blobs: the files of both volumes are one inode each.
@@ -403,7 +406,7 @@ async fn a_second_volume_of_the_model_comes_from_the_node_without_the_registry()
     );
     let blobs = reg.blob_get_count();
     publish(&mut node, always, None).await.unwrap();
-    assert!(reg.log().matches("/manifests/").count() > 0);
+    assert!(reg.settled_log().matches("/manifests/").count() > 0);
     assert_eq!(reg.blob_get_count(), blobs, "no blob fetched again");
 
     let metrics = plugin.metrics();
@@ -1103,7 +1106,7 @@ fn with_password(
 }
 
 fn manifest_requests(reg: &Registry) -> usize {
-    reg.log().matches("/manifests/").count()
+    reg.settled_log().matches("/manifests/").count()
 }
 
 /// Case 1: a model that came through a Secret is served from the node's cache only to a

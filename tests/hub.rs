@@ -316,9 +316,19 @@ fn a_broken_connection_resumes_and_throttling_is_waited_out() {
     let copied =
         run(hoist_for(&h, &hub).args(["copy", &format!("hf://{REPO}"), &dest, "--json"])).ok();
     let report: serde_json::Value = serde_json::from_str(&copied.stdout).unwrap();
-    assert_eq!(report["resumed"], 1, "one read taken up again");
+    assert!(
+        report["resumed"].as_u64() >= Some(1),
+        "a read taken up again: {report}"
+    );
+    // Not started over: one read from the start, every later one (one, unless a slow machine
+    // made a read stall again) takes up where the bytes stopped.
     let cdn = hub.cdn_requests();
-    assert_eq!(cdn.len(), 2, "the file was not started over: {cdn:?}");
+    assert_eq!(cdn[0].range_start(), 0, "{cdn:?}");
+    assert!(cdn.len() >= 2, "{cdn:?}");
+    assert!(
+        cdn[1..].iter().all(|s| s.range_start() > 0),
+        "the file was started over: {cdn:?}"
+    );
     let out = tempfile::tempdir().unwrap();
     h.run(&["pull", &dest, "-o", out.path().to_str().unwrap()])
         .ok();
@@ -693,8 +703,11 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let got = received.lock().unwrap().clone();
-    assert_eq!(got.len(), 1, "one upload of the weights was started");
-    assert!(got[0] < size, "the upload got every byte: {got:?}");
+    assert!(!got.is_empty(), "the weights' upload was started");
+    assert!(
+        got.iter().all(|n| *n < size),
+        "an upload got every byte: {got:?}"
+    );
 }
 
 /// By hand (`cargo test --release --test hub -- --ignored --nocapture`): a 1 GiB model from

@@ -429,7 +429,7 @@ fn a_registry_without_range_support_gets_one_stream() {
         &["--range-size", "256KiB"],
     );
     assert!(
-        reg.log().contains("\" 200 3145745 "),
+        reg.settled_log().contains("\" 200 3145745 "),
         "the weights came as one 200 response"
     );
 }

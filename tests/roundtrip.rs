@@ -412,7 +412,7 @@ fn copy_within_a_registry_mounts_instead_of_uploading() {
 /// The bytes the registry accepted into `repo` through uploads (`PUT …/blobs/uploads/…`
 /// requests, with the size distribution logs for each).
 fn uploaded_to(reg: &Registry, repo: &str) -> usize {
-    reg.log()
+    reg.settled_log()
         .lines()
         .filter(|l| l.contains(&format!("\"PUT /v2/{repo}/blobs/uploads/")))
         .count()

@@ -105,11 +105,18 @@ def auth_registry(tmp_path: Path):
 
 class SlowProxy:
     """A TCP proxy to ``upstream`` passing at most ``rate`` bytes per second per direction
-    per connection: slow enough to stop a pull in the middle."""
+    per connection: slow enough to stop a pull in the middle. With ``hold_after``, it passes
+    that many bytes towards the client (all connections together) and then holds the rest
+    until ``release()``: a pull through it cannot end before the test lets it, however slow
+    the machine (an event, not a race against the proxy's speed)."""
 
-    def __init__(self, upstream: str, rate: int) -> None:
+    def __init__(self, upstream: str, rate: int, hold_after: int | None = None) -> None:
         self.upstream = upstream
         self.rate = rate
+        self.hold_after = hold_after
+        self.passed = 0
+        self.lock = threading.Lock()
+        self.released = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -125,16 +132,29 @@ class SlowProxy:
                 return
             host, port = self.upstream.rsplit(":", 1)
             server = socket.create_connection((host, int(port)))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, down in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, down), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _hold(self, n: int) -> None:
+        """Count ``n`` bytes towards the client; past ``hold_after``, wait for release."""
+        if self.hold_after is None:
+            return
+        with self.lock:
+            self.passed += n
+            over = self.passed > self.hold_after
+        if over:
+            # Bounded: a test whose interrupt never comes fails, it does not hang.
+            self.released.wait(timeout=60)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
         step = max(1, self.rate // 20)
         try:
             while True:
                 data = src.recv(step)
                 if not data:
                     break
+                if down:
+                    self._hold(len(data))
                 dst.sendall(data)
                 time.sleep(len(data) / self.rate)
         except OSError:
@@ -146,8 +166,12 @@ class SlowProxy:
                 except OSError:
                     pass
 
+    def release(self) -> None:
+        self.released.set()
+
     def close(self) -> None:
         self.closed = True
+        self.released.set()
         self.listener.close()
 
 
@@ -155,8 +179,8 @@ class SlowProxy:
 def slow_proxy():
     proxies = []
 
-    def make(upstream: str, rate: int) -> SlowProxy:
-        proxy = SlowProxy(upstream, rate)
+    def make(upstream: str, rate: int, hold_after: int | None = None) -> SlowProxy:
+        proxy = SlowProxy(upstream, rate, hold_after)
         proxies.append(proxy)
         return proxy
 

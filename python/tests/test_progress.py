@@ -46,9 +46,14 @@ def test_ctrl_c_stops_a_pull_and_the_next_call_resumes(registry, tmp_path, slow_
     next pull of the same reference into the same folder takes up from it."""
     folder = _big_model(tmp_path, 12)
     hoist.push(folder, registry.ref("team/big:v1"), chunk_index=False)
-    proxy = slow_proxy(registry.addr, 4 << 20)  # ~3 s for the weights
+    # The weights stop at 6 of 12 MiB until the interrupt has been seen: the pull cannot end
+    # first, however late the callback runs on a loaded machine.
+    proxy = slow_proxy(registry.addr, 4 << 20, hold_after=6 << 20)
     out = tmp_path / "out"
     sent = []
+    # Python's own Ctrl-C handler, whatever this process inherited: a process started in the
+    # background by a non-interactive shell has SIGINT ignored, and Python then installs none.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def interrupt(p: hoist.Progress) -> None:
         if p.bytes_done > (3 << 20) and not sent:
@@ -58,6 +63,8 @@ def test_ctrl_c_stops_a_pull_and_the_next_call_resumes(registry, tmp_path, slow_
     with pytest.raises(KeyboardInterrupt):
         hoist.pull(f"{proxy.addr}/team/big:v1", out, progress=interrupt, max_connections=1,
                    range_size=1 << 20)
+    proxy.release()
+    signal.signal(signal.SIGINT, previous)
     assert sent, "the pull ended before it could be interrupted"
     assert not (out / "model.safetensors").exists()
     assert (out / ".hoist-partial").is_dir()
@@ -71,7 +78,7 @@ def test_ctrl_c_stops_a_pull_and_the_next_call_resumes(registry, tmp_path, slow_
 def test_a_raising_callback_stops_the_call_like_ctrl_c(registry, tmp_path, slow_proxy):
     folder = _big_model(tmp_path, 8)
     hoist.push(folder, registry.ref("team/big:v1"), chunk_index=False)
-    proxy = slow_proxy(registry.addr, 4 << 20)
+    proxy = slow_proxy(registry.addr, 4 << 20, hold_after=5 << 20)
 
     class Stop(Exception):
         pass
@@ -83,6 +90,7 @@ def test_a_raising_callback_stops_the_call_like_ctrl_c(registry, tmp_path, slow_
     with pytest.raises(Stop):
         hoist.pull(f"{proxy.addr}/team/big:v1", tmp_path / "out", progress=stop, max_connections=1,
                    range_size=1 << 20)
+    proxy.release()
     again = hoist.pull(registry.ref("team/big:v1"), tmp_path / "out", range_size=1 << 20)
     assert again.resumed_bytes > 0 and files_of(tmp_path / "out") == files_of(folder)
 

@@ -61,6 +61,20 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
+}
+
+impl Seen {
+    /// Where the request asked to start: 0 without a range.
+    pub fn range_start(&self) -> u64 {
+        self.range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Default)]
@@ -267,6 +281,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             method: req.method.clone(),
             path: req.target.clone(),
             authorization: req.headers.get("authorization").cloned(),
+            range: req.headers.get("range").cloned(),
         });
         answer(&mut st, &req)
     };

@@ -77,9 +77,37 @@ impl Registry {
         std::fs::read_to_string(self.root.path().join("log")).unwrap_or_default()
     }
 
+    /// The access log once the requests made before this call are in it. distribution
+    /// writes a request's line after it has answered, so a client can be done before its
+    /// last line is written: a marker request is made and its line waited for (10 s).
+    pub fn settled_log(&self) -> String {
+        use std::io::{Read, Write};
+        static MARKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mark = format!(
+            "settle-{}",
+            MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
+            let request = format!(
+                "GET /v2/{mark}/tags/list HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.addr
+            );
+            let _ = s.write_all(request.as_bytes());
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(&mark) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Blob upload sessions opened so far (`POST …/blobs/uploads/` in the access log).
     pub fn upload_count(&self) -> usize {
-        self.log()
+        self.settled_log()
             .lines()
             .filter(|l| l.contains("\"POST /v2/") && l.contains("/blobs/uploads/"))
             .count()
@@ -87,7 +115,7 @@ impl Registry {
 
     /// Blob GETs so far.
     pub fn blob_get_count(&self) -> usize {
-        self.log()
+        self.settled_log()
             .lines()
             .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
             .count()
