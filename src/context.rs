@@ -78,6 +78,13 @@ impl Context {
         Ok(Store::open(self.store_root())?)
     }
 
+    /// Where a push remembers which registry repositories got which blobs (to mount them
+    /// from later): the local store, for a push to a registry; nothing for a push into the
+    /// store itself. A store that cannot open costs only the memory.
+    pub fn push_memory(&self, target: &Target) -> Option<Store> {
+        target.is_remote().then(|| self.store().ok()).flatten()
+    }
+
     /// The local store for commands that only read or change what is there (`list`, `rm`,
     /// `tag`): a mistyped `--store` is an error, not a new empty store.
     pub fn existing_store(&self) -> Result<Store, Error> {

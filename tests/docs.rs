@@ -29,10 +29,15 @@ fn documents() -> Vec<PathBuf> {
             }
         }
     }
-    let mut out: Vec<PathBuf> = ["README.md", "CONTRIBUTING.md", "SECURITY.md", "python/README.md"]
-        .iter()
-        .map(|p| root().join(p))
-        .collect();
+    let mut out: Vec<PathBuf> = [
+        "README.md",
+        "CONTRIBUTING.md",
+        "SECURITY.md",
+        "python/README.md",
+    ]
+    .iter()
+    .map(|p| root().join(p))
+    .collect();
     walk(&root().join("docs"), &mut out);
     out
 }
@@ -63,7 +68,10 @@ fn links(text: &str) -> Vec<String> {
 #[test]
 fn the_readme_is_a_page() {
     let lines = read("README.md").lines().count();
-    assert!(lines <= 250, "README.md has {lines} lines: the manual is docs/");
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines: the manual is docs/"
+    );
 }
 
 #[test]
@@ -81,7 +89,11 @@ fn every_link_in_the_docs_leads_to_a_file() {
             }
         }
     }
-    assert!(broken.is_empty(), "links to nothing:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "links to nothing:\n{}",
+        broken.join("\n")
+    );
     assert!(links("[a](b.md) and [c](d#e)\n```\n[no](x)\n```") == ["b.md", "d#e"]);
 }
 
@@ -147,7 +159,10 @@ fn every_environment_variable_a_flag_reads_is_in_the_reference() {
             }
         }
     }
-    assert!(missing.is_empty(), "not in docs/reference/environment.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/reference/environment.md: {missing:?}"
+    );
 }
 
 /// The commands of the README's quickstart, as written.
@@ -197,7 +212,9 @@ fn the_readme_quickstart_runs_as_written() {
             .replace("oras ", &format!("{} ", oras.display()))
     };
     let serve = real(&steps[0]);
-    let serve = serve.strip_suffix(" &").expect("the server runs in the background");
+    let serve = serve
+        .strip_suffix(" &")
+        .expect("the server runs in the background");
     let mut server = std::process::Command::new("bash")
         .args(["-c", &format!("exec {serve}")])
         .env("HOIST_HOME", work.path().join("served"))
@@ -205,7 +222,10 @@ fn the_readme_quickstart_runs_as_written() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(std::time::Instant::now() < deadline, "hoist serve did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hoist serve did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut outputs = Vec::new();

@@ -16,6 +16,7 @@ use hoist::materialize::LinkMode;
 use hoist::oci::modelpack::LayerKind;
 use hoist::oci::LayerFormat;
 use hoist::pack::{PackOptions, WalkOptions};
+use hoist::transfer::fetch::FetchOptions;
 use hoist::transfer::{self, LayerFilter, PublishOptions, PullOptions, PushOptions, Target};
 use hoist::{Error, Reference};
 use pyo3::create_exception;
@@ -105,10 +106,7 @@ fn push(
                 concurrency,
                 chunk_size,
                 mount_from,
-                remember: match &target {
-                    Target::Remote { .. } => ctx.store().ok(),
-                    Target::Local { .. } => None,
-                },
+                remember: ctx.push_memory(&target),
             },
             image_volume,
             sign_key,
@@ -163,8 +161,10 @@ fn pull(
         let verify = hoist::sign::Verification::from_files(&verify_key, verify_policy.as_deref())
             .map_err(transfer::TransferError::from)?;
         let source = ctx.target(&reference)?;
-        let mut opts = PullOptions {
+        let attempts = FetchOptions::default().retry.attempts;
+        let opts = PullOptions {
             concurrency,
+            fetch: FetchOptions::new(max_connections, range_size, attempts, stall_timeout),
             cache: if cache { Some(ctx.store()?) } else { None },
             link_mode,
             filter: LayerFilter {
@@ -176,9 +176,6 @@ fn pull(
             verify,
             ..Default::default()
         };
-        opts.fetch.max_connections = max_connections.max(1);
-        opts.fetch.range_size = range_size;
-        opts.fetch.stall_timeout = stall_timeout;
         let report = transfer::pull(&source, &reference.target(), &output, &opts, observer).await?;
         Ok(json(&report))
     })

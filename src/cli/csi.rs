@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hoist::csi::{self, CsiOptions};
-use hoist::transfer::fetch::{FetchOptions, RetryPolicy};
 use hoist::{Error, PullOptions};
 
 use super::global::Env;
@@ -33,22 +32,12 @@ pub struct CsiArgs {
     /// Serve Prometheus metrics on `IP:PORT` at /metrics.
     #[arg(long, env = "HOIST_METRICS_ADDR", value_parser = parse::listen_addr)]
     metrics_addr: Option<SocketAddr>,
-    /// Blobs of one volume fetched at once.
-    #[arg(long, default_value_t = 4, env = "HOIST_CONCURRENCY")]
-    concurrency: usize,
-    /// HTTP connections of one volume's pull open at once.
-    #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
-    max_connections: usize,
-    /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB); a pull
-    /// cut short resumes from its last whole range.
-    #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
-    range_size: Option<u64>,
+    /// How each volume's pull fetches (a pull that gives up is resumed by kubelet's retry).
+    #[command(flatten)]
+    fetch: super::pull::FetchArgs,
     /// Volumes only of models signed by these keys; PERMISSION_DENIED otherwise.
     #[command(flatten)]
     verify: super::pull::VerifyKeyArgs,
-    /// Attempts per range before a pull gives up (kubelet's retry then resumes it).
-    #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
-    retries: u32,
 }
 
 pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
@@ -59,16 +48,8 @@ pub async fn csi(args: CsiArgs, env: &Env) -> Result<(), Error> {
         volumes_dir: args.volumes_dir,
         metrics_addr: args.metrics_addr,
         pull: PullOptions {
-            concurrency: args.concurrency.max(1),
-            fetch: FetchOptions {
-                max_connections: args.max_connections.max(1),
-                range_size: args.range_size,
-                retry: RetryPolicy {
-                    attempts: args.retries.max(1),
-                    ..Default::default()
-                },
-                stall_timeout: env.ctx.settings().stall_timeout,
-            },
+            concurrency: args.fetch.concurrency(),
+            fetch: args.fetch.options(env.ctx.settings().stall_timeout),
             verify: args.verify.verification()?,
             ..Default::default()
         },

@@ -7,13 +7,48 @@ use hoist::materialize::LinkMode;
 use hoist::metrics::PullMetrics;
 use hoist::oci::modelpack::LayerKind;
 use hoist::reference::Reference;
-use hoist::transfer::fetch::{FetchOptions, RetryPolicy};
+use hoist::transfer::fetch::FetchOptions;
 use hoist::transfer::{self, LayerFilter, PullOptions, ReadyMarker};
 use hoist::Error;
 
 use super::global::Env;
 use super::output::{count, human_bytes, observer, print_json};
 use super::parse;
+
+/// How blobs are fetched: the flags `pull` and `csi` share, made into the library's
+/// options in one place.
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Blobs fetched at once (per volume, for `csi`).
+    #[arg(long, default_value_t = 4, env = "HOIST_CONCURRENCY")]
+    concurrency: usize,
+    /// HTTP connections open at once (per volume, for `csi`); large blobs are split into
+    /// byte ranges fetched in parallel.
+    #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
+    max_connections: usize,
+    /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB); a pull
+    /// cut short resumes from its last whole range.
+    #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
+    range_size: Option<u64>,
+    /// Attempts per range before giving up (backoff with jitter between them).
+    #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
+    retries: u32,
+}
+
+impl FetchArgs {
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.max(1)
+    }
+
+    pub fn options(&self, stall_timeout: std::time::Duration) -> FetchOptions {
+        FetchOptions::new(
+            self.max_connections,
+            self.range_size,
+            self.retries,
+            stall_timeout,
+        )
+    }
+}
 
 #[derive(Args)]
 pub struct PullArgs {
@@ -28,18 +63,8 @@ pub struct PullArgs {
     /// main container or readiness probe waits on it; `hoist verify --marker` checks it.
     #[arg(long, env = "HOIST_READY_MARKER", value_name = "FILE")]
     ready_marker: Option<PathBuf>,
-    /// Blobs fetched at once.
-    #[arg(long, default_value_t = 4, env = "HOIST_CONCURRENCY")]
-    concurrency: usize,
-    /// HTTP connections open at once; large blobs are split into byte ranges fetched in parallel.
-    #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
-    max_connections: usize,
-    /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB).
-    #[arg(long, value_name = "BYTES", value_parser = parse::size, env = "HOIST_RANGE_SIZE")]
-    range_size: Option<u64>,
-    /// Attempts per range before giving up (backoff with jitter between them).
-    #[arg(long, default_value_t = 6, env = "HOIST_RETRIES")]
-    retries: u32,
+    #[command(flatten)]
+    fetch: FetchArgs,
     /// Use the local store as a node cache: blobs found there are not downloaded, and
     /// downloaded blobs are kept there (concurrent pulls download each blob once).
     /// `HOIST_CACHE` takes 1/0, true/false, yes/no, on/off.
@@ -230,18 +255,10 @@ async fn run(args: &PullArgs, env: &Env) -> Result<transfer::PullReport, Error> 
     let reference = Reference::parse(&args.reference)?;
     let source = env.ctx.target(&reference)?;
     let opts = PullOptions {
-        concurrency: args.concurrency,
+        concurrency: args.fetch.concurrency(),
         allow_path_traversal: args.allow_path_traversal,
         raw: args.raw,
-        fetch: FetchOptions {
-            max_connections: args.max_connections.max(1),
-            range_size: args.range_size,
-            retry: RetryPolicy {
-                attempts: args.retries.max(1),
-                ..Default::default()
-            },
-            stall_timeout: env.ctx.settings().stall_timeout,
-        },
+        fetch: args.fetch.options(env.ctx.settings().stall_timeout),
         cache: if args.cache {
             Some(env.ctx.store()?)
         } else {

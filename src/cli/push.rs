@@ -7,7 +7,7 @@ use clap::Args;
 use hoist::oci::LayerFormat;
 use hoist::pack::{PackOptions, WalkOptions};
 use hoist::reference::Reference;
-use hoist::transfer::{self, PublishOptions, PushOptions, Target};
+use hoist::transfer::{self, PublishOptions, PushOptions};
 use hoist::Error;
 
 use super::global::Env;
@@ -124,10 +124,7 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
             chunk_size: args.chunk_size,
             mount_from: args.mount_from.clone(),
             // Where earlier pushes went, as mount sources; a store that cannot open costs only that.
-            remember: match &target {
-                Target::Remote { .. } => env.ctx.store().ok(),
-                Target::Local { .. } => None,
-            },
+            remember: env.ctx.push_memory(&target),
         },
         image_volume: args.image_volume,
         sign_key: args.sign.clone(),

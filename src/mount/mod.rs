@@ -138,10 +138,7 @@ pub async fn mount(
     if crate::oci::files::is_image_config(&resolved.manifest.config.media_type) {
         crate::transfer::check_diff_ids(target, &resolved.manifest).await?;
     }
-    let local_store = match target {
-        Target::Local { store, .. } => Some(store.clone()),
-        Target::Remote { .. } => None,
-    };
+    let local_store = target.local_store().cloned();
     // The tree first, from the manifest alone: nothing is created on disk for a manifest
     // that cannot be mounted.
     let volume = crate::pack::volume::is_volume_form(&resolved.manifest);

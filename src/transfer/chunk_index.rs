@@ -78,7 +78,7 @@ async fn read_small_blob(target: &Target, desc: &Descriptor) -> Option<Vec<u8>> 
 /// The artifact's chunk index, looked up for at most [`LOOKUP_TIMEOUT`]; `None` when the
 /// target is not a registry or has none.
 pub async fn lookup(target: &Target, manifest: &Digest) -> Option<ChunkIndex> {
-    if !matches!(target, Target::Remote { .. }) {
+    if !target.is_remote() {
         return None;
     }
     tokio::time::timeout(LOOKUP_TIMEOUT, find_index(target, manifest))

@@ -285,10 +285,7 @@ impl Delta {
         observer: &Observer,
         (start, len): (u64, u64),
     ) -> Result<u64, TransferError> {
-        let Target::Remote {
-            client, repository, ..
-        } = target
-        else {
+        let Some((client, repository)) = target.registry() else {
             return Err(delta_failed(name, "not a registry"));
         };
         let stalled = || delta_failed(name, "a range stalled");

@@ -59,7 +59,7 @@ pub async fn publish(
         None => None,
     };
     let mut pack = opts.pack.clone();
-    if let (None, Target::Local { store, .. }) = (&pack.temp_dir, target) {
+    if let (None, Some(store)) = (&pack.temp_dir, target.local_store()) {
         pack.temp_dir = Some(store.root().join("ingest"));
     }
     let (packed, report) =

@@ -115,12 +115,7 @@ pub(crate) async fn attach_chunk_index(
     let Some(index) = &packed.chunks else {
         return Ok(None);
     };
-    // Beside a local store (always writable, and there even in a scratch image with no
-    // /tmp); the temporary folder for a registry.
-    let parent = match target {
-        Target::Local { store, .. } => store.root().to_path_buf(),
-        Target::Remote { .. } => std::env::temp_dir(),
-    };
+    let parent = target.scratch_parent();
     let scratch = tempfile::Builder::new()
         .prefix(".hoist-index-")
         .tempdir_in(&parent)

@@ -66,6 +66,43 @@ impl Target {
         bytes.filter(|b| Digest::of_bytes(b) == desc.digest)
     }
 
+    /// The local store this target is, if it is one.
+    pub fn local_store(&self) -> Option<&Store> {
+        match self {
+            Target::Local { store, .. } => Some(store),
+            Target::Remote { .. } => None,
+        }
+    }
+
+    /// The registry and repository this target is, if it is one.
+    pub fn registry(&self) -> Option<(&RegistryClient, &str)> {
+        match self {
+            Target::Remote {
+                client, repository, ..
+            } => Some((client, repository)),
+            Target::Local { .. } => None,
+        }
+    }
+
+    /// Where a push's temporary files go: beside a local store (always writable, there even
+    /// in a scratch image with no /tmp); the temporary folder for a registry.
+    pub fn scratch_parent(&self) -> std::path::PathBuf {
+        match self {
+            Target::Local { store, .. } => store.root().to_path_buf(),
+            Target::Remote { .. } => std::env::temp_dir(),
+        }
+    }
+
+    /// A registry (not the local store).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Target::Remote { .. })
+    }
+
+    /// A registry reached without mirrors: what it is asked, it answers itself.
+    pub fn is_direct(&self) -> bool {
+        matches!(self, Target::Remote { mirrors, .. } if mirrors.is_empty())
+    }
+
     pub fn repository(&self) -> &str {
         match self {
             Target::Local { repository, .. } | Target::Remote { repository, .. } => repository,

@@ -52,13 +52,19 @@ async fn serve(
             return Err(HubError::repo_not_found());
         }
     }
+    let caller = Caller {
+        state,
+        headers,
+        name,
+    };
     match route {
         HubRoute::Info {
             kind,
             repo,
             revision,
         } => {
-            let snap = resolve(state, kind, &name, revision.as_deref().unwrap_or("main")).await?;
+            let revision = revision.as_deref().unwrap_or("main");
+            let snap = resolve(state, kind, &caller.name, revision).await?;
             Ok(json(&hub::info_json(kind, &repo, &snap)))
         }
         HubRoute::Tree {
@@ -66,72 +72,97 @@ async fn serve(
             repo,
             revision,
             path,
-        } => {
-            let snap = resolve(state, kind, &name, &revision).await?;
-            let recursive = param(params, "recursive").is_some_and(|v| v == "true" || v == "1");
-            let cursor = match param(params, "cursor") {
-                None => 0,
-                Some(c) => c
-                    .parse::<usize>()
-                    .map_err(|_| HubError::bad_request("cursor is not a page of this tree"))?,
-            };
-            let (page, next) = hub::tree_page(&snap, &path, recursive, cursor, |f| {
-                xet_ready(state, &name, f)
-            })?;
-            let mut response = json(&serde_json::Value::Array(page));
-            if let Some(next) = next {
-                let base = base_url(state, headers);
-                let link = hub::next_link(&base, kind, &repo, &revision, &path, recursive, next);
-                if let Ok(v) = HeaderValue::from_str(&link) {
-                    response.headers_mut().insert("Link", v);
-                }
-            }
-            Ok(response)
-        }
+        } => caller.tree(kind, &repo, &revision, &path, params).await,
         HubRoute::XetToken { kind, revision, .. } => {
             // The revision must be one the caller can see; the token then reads the repository.
-            resolve(state, kind, &name, &revision).await?;
-            Ok(xet_token(state, headers, &name))
+            resolve(state, kind, &caller.name, &revision).await?;
+            Ok(xet_token(state, headers, &caller.name))
         }
         HubRoute::Resolve {
             kind,
             repo,
             revision,
             path,
-        } => {
-            let snap = resolve(state, kind, &name, &revision).await?;
-            let file = snap
-                .files
-                .iter()
-                .find(|f| f.path == path)
-                .ok_or_else(|| HubError::entry_not_found(&path, &revision))?;
-            let mut response = get_blob(state, &name, file.digest.as_str(), headers, head, None)
-                .await
-                .map_err(|e| HubError::internal(format!("{}: {}", file.path, e.message)))?;
-            let out = response.headers_mut();
-            for (k, v) in hub::file_headers(file, &snap.commit) {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    out.insert(k, v);
-                }
+        } => caller.file(kind, &repo, &revision, &path, head).await,
+    }
+}
+
+/// A request to the Hub routes, once its caller may read the OCI repository `name`.
+struct Caller<'a> {
+    state: &'a Shared,
+    headers: &'a HeaderMap,
+    name: String,
+}
+
+impl Caller<'_> {
+    /// A page of the tree listing, linked to the next.
+    async fn tree(
+        &self,
+        kind: Kind,
+        repo: &str,
+        revision: &str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> std::result::Result<Response, HubError> {
+        let snap = resolve(self.state, kind, &self.name, revision).await?;
+        let recursive = param(params, "recursive").is_some_and(|v| v == "true" || v == "1");
+        let cursor = match param(params, "cursor") {
+            None => 0,
+            Some(c) => c
+                .parse::<usize>()
+                .map_err(|_| HubError::bad_request("cursor is not a page of this tree"))?,
+        };
+        let (page, next) = hub::tree_page(&snap, path, recursive, cursor, |f| {
+            xet_ready(self.state, &self.name, f)
+        })?;
+        let mut response = json(&serde_json::Value::Array(page));
+        if let Some(next) = next {
+            let base = base_url(self.state, self.headers);
+            let link = hub::next_link(&base, kind, repo, revision, path, recursive, next);
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                response.headers_mut().insert("Link", v);
             }
-            out.insert(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            out.remove("Docker-Content-Digest");
-            if head && xet_ready(state, &name, file) {
-                let link = hub::xet_auth_link(&base_url(state, headers), kind, &repo, &snap.commit);
-                for (k, v) in [
-                    ("X-Xet-Hash", file.digest.hex().to_string()),
-                    ("Link", link),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(&v) {
-                        out.insert(k, v);
-                    }
-                }
-            }
-            Ok(response)
         }
+        Ok(response)
+    }
+
+    /// A file's bytes (or, for `HEAD`, its headers), through the blob path of `/v2/`.
+    async fn file(
+        &self,
+        kind: Kind,
+        repo: &str,
+        revision: &str,
+        path: &str,
+        head: bool,
+    ) -> std::result::Result<Response, HubError> {
+        let snap = resolve(self.state, kind, &self.name, revision).await?;
+        let file = snap
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .ok_or_else(|| HubError::entry_not_found(path, revision))?;
+        let digest = file.digest.as_str();
+        let mut response = get_blob(self.state, &self.name, digest, self.headers, head, None)
+            .await
+            .map_err(|e| HubError::internal(format!("{}: {}", file.path, e.message)))?;
+        let mut add = hub::file_headers(file, &snap.commit).to_vec();
+        if head && xet_ready(self.state, &self.name, file) {
+            let base = base_url(self.state, self.headers);
+            add.push(("X-Xet-Hash", file.digest.hex().to_string()));
+            add.push(("Link", hub::xet_auth_link(&base, kind, repo, &snap.commit)));
+        }
+        let out = response.headers_mut();
+        for (k, v) in add {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                out.insert(k, v);
+            }
+        }
+        out.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        out.remove("Docker-Content-Digest");
+        Ok(response)
     }
 }
 

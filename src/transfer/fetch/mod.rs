@@ -60,6 +60,25 @@ impl Default for FetchOptions {
 }
 
 impl FetchOptions {
+    /// The one way a front end makes fetch options from what its user gave: at least one
+    /// connection and one attempt per range.
+    pub fn new(
+        max_connections: usize,
+        range_size: Option<u64>,
+        attempts: u32,
+        stall_timeout: Duration,
+    ) -> FetchOptions {
+        FetchOptions {
+            max_connections: max_connections.max(1),
+            range_size,
+            retry: RetryPolicy {
+                attempts: attempts.max(1),
+                ..Default::default()
+            },
+            stall_timeout,
+        }
+    }
+
     /// Range size for a blob: large enough to amortise a request, small enough that every
     /// connection gets several ranges and a slow one does not hold up the end.
     pub fn range_size_for(&self, size: u64) -> u64 {

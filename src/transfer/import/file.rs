@@ -145,14 +145,13 @@ async fn bring_lfs(
         };
         return Ok(done(ctx, file, seen, Action::Skipped, None, 0));
     }
-    let mut source = if have {
-        Source::read_back(ctx.dst, &desc).await?
-    } else {
-        Source::Hub(Box::new(FileStream::new(
+    let mut source = match have {
+        true => Source::read_back(ctx.dst, &desc).await?,
+        false => Source::Hub(Box::new(FileStream::new(
             ctx.hub.clone(),
             ctx.url.clone(),
             file.clone(),
-        )))
+        ))),
     };
     let (cut_tx, cut_rx) = mpsc::channel(PIPE);
     let looking = look(cut_rx, model.clone(), ctx.chunker);
@@ -180,18 +179,12 @@ async fn bring_lfs(
         }
         drop(cut_tx);
         let seen = looking.await?;
-        if seen.digest != expected || seen.size != file.size {
+        if let Err(e) = the_hubs_bytes(file, &expected, &seen) {
+            // The upload ends in an error: the registry never gets the whole file.
             if let Some(tx) = &up_tx {
-                let _ = tx
-                    .send(Err(std::io::Error::other("the bytes are not the Hub's")))
-                    .await;
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
             }
-            return Err(HubError::Mismatch {
-                path: file.path.clone(),
-                expected: format!("{expected} ({} bytes)", file.size),
-                actual: format!("{} ({} bytes)", seen.digest, seen.size),
-            }
-            .into());
+            return Err(e.into());
         }
         if let (Some(tx), Some(last)) = (&up_tx, held) {
             let _ = tx.send(Ok(last)).await;
@@ -223,6 +216,18 @@ async fn bring_lfs(
         Action::Uploaded
     };
     Ok(done(ctx, file, seen, action, None, resumed))
+}
+
+/// Are these the bytes the Hub lists: its SHA-256, its size?
+fn the_hubs_bytes(file: &HubFile, expected: &Digest, seen: &Seen) -> Result<(), HubError> {
+    if seen.digest == *expected && seen.size == file.size {
+        return Ok(());
+    }
+    Err(HubError::Mismatch {
+        path: file.path.clone(),
+        expected: format!("{expected} ({} bytes)", file.size),
+        actual: format!("{} ({} bytes)", seen.digest, seen.size),
+    })
 }
 
 fn done(

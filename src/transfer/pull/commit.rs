@@ -79,8 +79,8 @@ pub(super) async fn restamp_links(source: &Target, opts: &PullOptions, results: 
     if opts.link_mode != LinkMode::Hardlink {
         return;
     }
-    let store = match (source, &opts.cache) {
-        (Target::Local { store, .. }, _) | (_, Some(store)) => store.clone(),
+    let store = match (source.local_store(), &opts.cache) {
+        (Some(store), _) | (_, Some(store)) => store.clone(),
         _ => return,
     };
     let linked: Vec<Digest> = results

@@ -29,10 +29,11 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::fetch::{FetchOptions, Fetcher};
 use super::{Action, Event, Observer, Target, TransferError};
+use crate::chunks::ChunkIndex;
 use crate::digest::Digest;
 use crate::materialize::{LinkMode, Staging, UnpackLimits};
 use crate::oci::modelpack::{kind_of_media_type, LayerKind};
-use crate::oci::{FileLayer, LayerFormat};
+use crate::oci::{FileLayer, LayerFormat, LayerPlan};
 use crate::store::Store;
 
 /// Below this many bytes to download, no chunk index is looked up: the lookup's requests
@@ -169,6 +170,9 @@ pub struct PlacedFile {
     pub digest: Option<Digest>,
 }
 
+/// Pull what `reference` names from `source` into `out`: resolve, plan, check what must be
+/// checked before a byte is fetched, obtain every blob (from the folder, the cache, earlier
+/// versions or the network), then commit them all at once.
 pub async fn pull(
     source: &Target,
     reference: &str,
@@ -181,69 +185,15 @@ pub async fn pull(
         tracing::info!("{reference}: the index's manifest for {platform}");
     }
     let plan = plan_for(&resolved.manifest, out, opts)?;
-    let signature = match &opts.verify {
-        Some(verification) => super::signature::check(source, &resolved, verification).await?,
-        None => None,
-    };
-    let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
-    if image {
-        super::volume::check_diff_ids(source, &resolved.manifest).await?;
-    }
+    let (signature, image) = check_before_download(source, &resolved, opts).await?;
     observer(&Event::Start {
         reference: format!("{}:{reference}", source.describe()),
         files: plan.layers.len(),
         bytes: plan.total_size(),
     });
-    let out_owned = out.to_path_buf();
-    let staging = tokio::task::spawn_blocking(move || Staging::open(&out_owned))
-        .await
-        .expect("staging task does not panic")?;
-    let staging = Arc::new(staging);
-    if !opts.overwrite {
-        if let Err(e) = refuse_foreign_files(&staging, &plan).await {
-            return Err(give_up(staging, e).await);
-        }
-    }
+    let staging = open_staging(out, &plan, opts).await?;
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
-    let jobs = blob_jobs(&plan);
-    // Enough to download that reuse could pay for the index lookup: look for the index, and
-    // for the chunks this machine has.
-    let to_fetch = bytes_to_fetch(out, &plan, opts.cache.as_ref()).await;
-    let worth_it = to_fetch >= MIN_DELTA_BYTES;
-    let earlier = match (source, worth_it) {
-        (Target::Remote { .. }, true) => {
-            let mut folders = vec![out.to_path_buf()];
-            folders.extend(opts.reuse_from.iter().cloned());
-            let cache = opts.cache.clone();
-            tokio::task::spawn_blocking(move || {
-                super::delta::Earlier::find(&folders, cache.as_ref())
-            })
-            .await
-            .expect("earlier-bytes task does not panic")
-        }
-        _ => super::delta::Earlier::none(),
-    };
-    let manifest_digest = &resolved.manifest_digest;
-    // With earlier bytes the index is needed before the first blob; without, it is only
-    // remembered for the next version, and looked up while the download runs.
-    let delta = match earlier.is_empty() {
-        false => match super::chunk_index::lookup(source, manifest_digest).await {
-            Some(index) => super::delta::Delta::new(index, earlier, opts.fetch.stall_timeout).await,
-            None => None,
-        },
-        true => None,
-    };
-    // Not through mirrors: the cache tiers do not pass referrers on, and N nodes asking the
-    // origin around them for an index they only remember would undo what the tiers save.
-    // Nor for a filtered pull (small files, usually).
-    let direct = matches!(source, Target::Remote { mirrors, .. } if mirrors.is_empty());
-    let remember = direct && opts.filter.is_empty() && worth_it;
-    let late_lookup = async {
-        match (remember, &delta) {
-            (true, None) => super::chunk_index::lookup(source, manifest_digest).await,
-            _ => None,
-        }
-    };
+    let reuse = Reuse::find(source, out, &plan, opts, &resolved.manifest_digest).await;
     let reused = std::sync::atomic::AtomicU64::new(0);
     let ctx = Ctx {
         image,
@@ -252,9 +202,148 @@ pub async fn pull(
         fetcher: &fetcher,
         opts,
         observer: &observer,
-        delta: delta.as_ref(),
+        delta: reuse.delta.as_ref(),
         reused: &reused,
     };
+    let late_lookup = reuse.late_lookup(source, &resolved.manifest_digest);
+    let (results, late_index) = match obtain_all(&ctx, &plan, opts, late_lookup).await {
+        Ok(done) => done,
+        // Unpacking tasks of other layers may still hold the staging: abort through the
+        // shared handle rather than waiting for them.
+        Err(e) => return Err(give_up(staging, e).await),
+    };
+    let index = reuse
+        .delta
+        .as_ref()
+        .map(|d| d.index())
+        .or(late_index.as_ref());
+    if let Some(index) = index {
+        remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
+    }
+    let version = whole_version(&plan, opts);
+    let stale_signature = leaves_a_stale_signature(&plan, &results, &signature, &version);
+    let linked_by = commit(staging, &results, opts.overwrite, version).await?;
+    restamp_links(source, opts, &results).await;
+    settle_signature(out, signature.as_deref(), stale_signature)?;
+    let outcome = Outcome {
+        results: &results,
+        fetcher: &fetcher,
+        reused: reused.into_inner(),
+        linked_by,
+        signature: signature.as_deref(),
+    };
+    Ok(outcome.report(resolved, &plan))
+}
+
+/// What is checked before any blob is fetched: the signature a verification requires (the
+/// bundle, to be placed last), and an image's layers against its config's `diff_ids`.
+/// Whether the artifact is a container image comes back too.
+async fn check_before_download(
+    source: &Target,
+    resolved: &super::target::Resolved,
+    opts: &PullOptions,
+) -> Result<(Option<Vec<u8>>, bool), TransferError> {
+    let signature = match &opts.verify {
+        Some(verification) => super::signature::check(source, resolved, verification).await?,
+        None => None,
+    };
+    let image = crate::oci::files::is_image_config(&resolved.manifest.config.media_type);
+    if image {
+        super::volume::check_diff_ids(source, &resolved.manifest).await?;
+    }
+    Ok((signature, image))
+}
+
+/// The output folder's staging area, after refusing (without `--overwrite`) to replace
+/// files no earlier pull placed.
+async fn open_staging(
+    out: &Path,
+    plan: &LayerPlan,
+    opts: &PullOptions,
+) -> Result<Arc<Staging>, TransferError> {
+    let out_owned = out.to_path_buf();
+    let staging = tokio::task::spawn_blocking(move || Staging::open(&out_owned))
+        .await
+        .expect("staging task does not panic")?;
+    let staging = Arc::new(staging);
+    if !opts.overwrite {
+        if let Err(e) = refuse_foreign_files(&staging, plan).await {
+            return Err(give_up(staging, e).await);
+        }
+    }
+    Ok(staging)
+}
+
+/// What earlier versions can give this pull: the delta (chunk index and the bytes this
+/// machine has), and whether the index is to be looked up only to be remembered.
+struct Reuse {
+    delta: Option<super::delta::Delta>,
+    remember: bool,
+}
+
+impl Reuse {
+    async fn find(
+        source: &Target,
+        out: &Path,
+        plan: &LayerPlan,
+        opts: &PullOptions,
+        manifest: &Digest,
+    ) -> Reuse {
+        // Enough to download that reuse could pay for the index lookup: look for the index,
+        // and for the chunks this machine has.
+        let worth_it = bytes_to_fetch(out, plan, opts.cache.as_ref()).await >= MIN_DELTA_BYTES;
+        let earlier = match source.is_remote() && worth_it {
+            true => earlier_bytes(out, opts).await,
+            false => super::delta::Earlier::none(),
+        };
+        // With earlier bytes the index is needed before the first blob; without, it is
+        // only remembered for the next version, and looked up while the download runs.
+        let delta = match earlier.is_empty() {
+            false => match super::chunk_index::lookup(source, manifest).await {
+                Some(index) => {
+                    super::delta::Delta::new(index, earlier, opts.fetch.stall_timeout).await
+                }
+                None => None,
+            },
+            true => None,
+        };
+        // Not through mirrors: the cache tiers do not pass referrers on, and N nodes asking
+        // the origin around them for an index they only remember would undo what the tiers
+        // save. Nor for a filtered pull (small files, usually).
+        let remember = source.is_direct() && opts.filter.is_empty() && worth_it;
+        Reuse { delta, remember }
+    }
+
+    /// The index looked up beside the downloads, when it is only to be remembered.
+    async fn late_lookup(&self, source: &Target, manifest: &Digest) -> Option<ChunkIndex> {
+        match (self.remember, &self.delta) {
+            (true, None) => super::chunk_index::lookup(source, manifest).await,
+            _ => None,
+        }
+    }
+}
+
+/// The bytes earlier versions left on this machine: the output folder, `--reuse-from`
+/// folders and the cache.
+async fn earlier_bytes(out: &Path, opts: &PullOptions) -> super::delta::Earlier {
+    let mut folders = vec![out.to_path_buf()];
+    folders.extend(opts.reuse_from.iter().cloned());
+    let cache = opts.cache.clone();
+    tokio::task::spawn_blocking(move || super::delta::Earlier::find(&folders, cache.as_ref()))
+        .await
+        .expect("earlier-bytes task does not panic")
+}
+
+/// Every blob obtained, `concurrency` at once, and the chunk index if `late_lookup` found it.
+/// The late lookup may not hold up a pull whose downloads are done: a short grace, then the
+/// pull goes on without remembering.
+async fn obtain_all(
+    ctx: &Ctx<'_>,
+    plan: &LayerPlan,
+    opts: &PullOptions,
+    late_lookup: impl std::future::Future<Output = Option<ChunkIndex>>,
+) -> Result<(Vec<JobResult>, Option<ChunkIndex>), TransferError> {
+    let jobs = blob_jobs(plan);
     // The futures are made first (they start only when polled): with a closure inside the
     // stream's type, rustc cannot prove the pull's future `Send` for every lifetime of the
     // closure's argument, and a pull could not be spawned as a task.
@@ -262,58 +351,60 @@ pub async fn pull(
     let downloads = stream::iter(obtains)
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<JobResult>>();
-    // The late lookup may not hold up a pull whose downloads are done: a short grace, then
-    // the pull goes on without remembering.
-    let (result, late_index) =
-        match futures_util::future::select(std::pin::pin!(downloads), std::pin::pin!(late_lookup))
-            .await
-        {
-            futures_util::future::Either::Left((result, late)) => (
-                result,
-                tokio::time::timeout(LATE_LOOKUP_GRACE, late)
-                    .await
-                    .ok()
-                    .flatten(),
-            ),
-            futures_util::future::Either::Right((index, downloads)) => (downloads.await, index),
-        };
-    let results = match result {
-        Ok(r) => r,
-        // Unpacking tasks of other layers may still hold the staging: abort through the
-        // shared handle rather than waiting for them.
-        Err(e) => return Err(give_up(staging, e).await),
+    use futures_util::future::{select, Either};
+    let (result, index) = match select(std::pin::pin!(downloads), std::pin::pin!(late_lookup)).await
+    {
+        Either::Left((result, late)) => {
+            let index = tokio::time::timeout(LATE_LOOKUP_GRACE, late).await;
+            (result, index.ok().flatten())
+        }
+        Either::Right((index, downloads)) => (downloads.await, index),
     };
-    let index = delta.as_ref().map(|d| d.index()).or(late_index.as_ref());
-    if let Some(index) = index {
-        remember_chunks(index, &plan, &staging, opts.cache.as_ref()).await;
-    }
-    // A whole version (no filter) replaces what an earlier pull placed: its files the new
-    // version lacks go.
-    let version = opts.filter.is_empty().then(|| {
+    Ok((result?, index))
+}
+
+/// A whole version (no filter) replaces what an earlier pull placed: the raw files it
+/// places, so that files the new version lacks go.
+fn whole_version(plan: &LayerPlan, opts: &PullOptions) -> Option<BTreeSet<PathBuf>> {
+    opts.filter.is_empty().then(|| {
         plan.layers
             .iter()
             .filter(|l| l.format == LayerFormat::Raw)
             .map(|l| l.path.clone())
-            .collect::<BTreeSet<PathBuf>>()
-    });
-    // A pull that is not verified leaves no earlier pull's signature behind once it changed
-    // a file (a whole version replaces them all; a filtered one may change any of them): the
-    // signature would claim to vouch for files it never saw.
+            .collect()
+    })
+}
+
+/// A pull that is not verified leaves no earlier pull's signature behind once it changed a
+/// file (a whole version replaces them all; a filtered one may change any of them): the
+/// signature would claim to vouch for files it never saw.
+fn leaves_a_stale_signature(
+    plan: &LayerPlan,
+    results: &[JobResult],
+    signature: &Option<Vec<u8>>,
+    version: &Option<BTreeSet<PathBuf>>,
+) -> bool {
     let changed_files = version.is_some() || results.iter().any(|r| r.action != Action::Skipped);
-    let stale_signature = changed_files
+    changed_files
         && signature.is_none()
         && !plan
             .layers
             .iter()
-            .any(|l| l.path == Path::new(crate::sign::SIGNATURE_FILE));
-    let linked_by = commit(staging, &results, opts.overwrite, version).await?;
-    restamp_links(source, opts, &results).await;
+            .any(|l| l.path == Path::new(crate::sign::SIGNATURE_FILE))
+}
+
+/// The verified signature written last, after every file (the reference tool can check the
+/// folder against it), or a stale one removed.
+fn settle_signature(
+    out: &Path,
+    signature: Option<&[u8]>,
+    stale: bool,
+) -> Result<(), TransferError> {
     let path = out.join(crate::sign::SIGNATURE_FILE);
-    if let Some(bundle) = &signature {
-        // Last, after every file: the reference tool can check the folder against it.
+    if let Some(bundle) = signature {
         crate::fsutil::write_atomic(&path, bundle, crate::fsutil::Replace::DURABLE)
             .map_err(TransferError::io(&path))?;
-    } else if stale_signature {
+    } else if stale {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(TransferError::io(&path)(e))
@@ -321,42 +412,61 @@ pub async fn pull(
             _ => {}
         }
     }
-    let count = |a: Action| results.iter().filter(|r| r.action == a).count();
-    let reused = reused.into_inner();
-    Ok(PullReport {
-        platform: resolved.platform.clone(),
-        digest: resolved.digest,
-        files: plan.layers.len(),
-        bytes: plan.total_size(),
-        // What came over the network this time: an earlier run's bytes are counted apart.
-        downloaded_bytes: results
+    Ok(())
+}
+
+/// What the pull did, to be told in its report.
+struct Outcome<'a> {
+    results: &'a [JobResult],
+    fetcher: &'a Fetcher,
+    reused: u64,
+    linked_by: crate::materialize::LinkCounts,
+    signature: Option<&'a [u8]>,
+}
+
+impl Outcome<'_> {
+    fn report(self, resolved: super::target::Resolved, plan: &LayerPlan) -> PullReport {
+        let results = self.results;
+        let count = |a: Action| results.iter().filter(|r| r.action == a).count();
+        let downloaded: u64 = results
             .iter()
             .filter(|r| r.action == Action::Downloaded)
             .map(|r| r.size)
-            .sum::<u64>()
-            .saturating_sub(fetcher.resumed_bytes())
-            .saturating_sub(reused),
-        reused_bytes: reused,
-        skipped: results.iter().map(|r| r.skipped_files).sum(),
-        cache_hits: count(Action::Linked),
-        cache_misses: count(Action::Downloaded),
-        resumed_bytes: fetcher.resumed_bytes(),
-        linked_by,
-        placed: plan
-            .layers
-            .iter()
-            .map(|l| PlacedFile {
-                path: l.path.clone(),
-                size: l.descriptor.size,
-                digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
-            })
-            // The signature is placed too: the ready marker lists it, so a check against
-            // the marker expects it (and its bytes) rather than calling it a stray file.
-            .chain(signature.as_ref().map(|bundle| PlacedFile {
-                path: PathBuf::from(crate::sign::SIGNATURE_FILE),
-                size: bundle.len() as u64,
-                digest: Some(Digest::of_bytes(bundle)),
-            }))
-            .collect(),
-    })
+            .sum();
+        PullReport {
+            platform: resolved.platform,
+            digest: resolved.digest,
+            files: plan.layers.len(),
+            bytes: plan.total_size(),
+            // What came over the network this time: an earlier run's bytes are counted apart.
+            downloaded_bytes: downloaded
+                .saturating_sub(self.fetcher.resumed_bytes())
+                .saturating_sub(self.reused),
+            reused_bytes: self.reused,
+            skipped: results.iter().map(|r| r.skipped_files).sum(),
+            cache_hits: count(Action::Linked),
+            cache_misses: count(Action::Downloaded),
+            resumed_bytes: self.fetcher.resumed_bytes(),
+            linked_by: self.linked_by,
+            placed: placed_files(plan, self.signature),
+        }
+    }
+}
+
+/// Every file placed. The signature is one too: the ready marker lists it, so a check
+/// against the marker expects it (and its bytes) rather than calling it a stray file.
+fn placed_files(plan: &LayerPlan, signature: Option<&[u8]>) -> Vec<PlacedFile> {
+    plan.layers
+        .iter()
+        .map(|l| PlacedFile {
+            path: l.path.clone(),
+            size: l.descriptor.size,
+            digest: (l.format == LayerFormat::Raw).then(|| l.descriptor.digest.clone()),
+        })
+        .chain(signature.map(|bundle| PlacedFile {
+            path: PathBuf::from(crate::sign::SIGNATURE_FILE),
+            size: bundle.len() as u64,
+            digest: Some(Digest::of_bytes(bundle)),
+        }))
+        .collect()
 }
