@@ -83,6 +83,7 @@ pub mod reserved;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod sign;
+pub mod stamp;
 pub mod store;
 pub mod transfer;
 pub mod wan;

@@ -19,7 +19,7 @@ impl Store {
     /// blob's last change (at most one tick, a few ms): a stamp taken in the same tick is
     /// "racy", never trusted, and would cost a full re-hash at the blob's next use.
     pub(super) fn write_stamp(&self, digest: &Digest) {
-        use crate::materialize::record::{wait_past, Stamp};
+        use crate::stamp::{wait_past, Stamp};
         let path = self.blob_path(digest);
         if let Some(before) = Stamp::of(&path, None) {
             wait_past(before.ctime_ns);
@@ -38,7 +38,7 @@ impl Store {
     }
 
     /// The stamp written when the blob was last verified, if any (and readable).
-    pub(super) fn saved_stamp(&self, digest: &Digest) -> Option<crate::materialize::record::Stamp> {
+    pub(super) fn saved_stamp(&self, digest: &Digest) -> Option<crate::stamp::Stamp> {
         let bytes = read_small(&self.stamp_path(digest)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
@@ -47,7 +47,7 @@ impl Store {
         let Some(saved) = self.saved_stamp(digest) else {
             return false;
         };
-        crate::materialize::record::Stamp::of(&self.blob_path(digest), Some(digest.clone()))
+        crate::stamp::Stamp::of(&self.blob_path(digest), Some(digest.clone()))
             .is_some_and(|now| saved.still_holds(&now))
     }
 
@@ -55,7 +55,7 @@ impl Store {
     /// if nothing else about the file changed since it was stamped (same inode, size and
     /// modification time).
     pub fn restamp_after_link(&self, digest: &Digest) {
-        use crate::materialize::record::Stamp;
+        use crate::stamp::Stamp;
         let saved = self.saved_stamp(digest);
         let now = Stamp::of(&self.blob_path(digest), Some(digest.clone()));
         if let (Some(saved), Some(now)) = (saved, now) {
@@ -63,7 +63,7 @@ impl Store {
                 == (now.dev, now.ino, now.size, now.mtime_ns)
             {
                 // Past the link's clock tick (usually already so), or the stamp is racy.
-                crate::materialize::record::wait_past(now.ctime_ns);
+                crate::stamp::wait_past(now.ctime_ns);
                 self.write_stamp(digest);
             }
         }
