@@ -651,7 +651,22 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
         vec![HubFile::new("weights.bin", noise(size, 11), true)],
     );
     let hub = stand_in(vec![("org/tamper", spec)]);
-    hub.faults(|f| f.corrupt = Some("weights.bin".into()));
+    // The Hub sends the last 4 KiB of the tampered file only once the registry has the
+    // upload's request in hand: the upload is surely under way when the copy finds the bytes
+    // are not the Hub's (an event, not a race between the two).
+    let put_started = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let gate = put_started.clone();
+    let hold: common::hub::HoldFn = Arc::new(move || {
+        let (started, cv) = &*gate;
+        let guard = started.lock().unwrap();
+        let _ = cv
+            .wait_timeout_while(guard, std::time::Duration::from_secs(30), |s| !*s)
+            .unwrap();
+    });
+    hub.faults(|f| {
+        f.corrupt = Some("weights.bin".into());
+        f.hold_last = Some((4096, hold));
+    });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
@@ -660,6 +675,7 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
             let got = got.clone();
+            let put_started = put_started.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut line = String::new();
@@ -678,6 +694,9 @@ fn a_registry_that_checks_nothing_never_gets_a_whole_tampered_file() {
                 let answer = if line.starts_with("POST") {
                     "202 Accepted\r\nLocation: /v2/org/tamper/blobs/uploads/1"
                 } else if line.starts_with("PUT") && line.contains("/blobs/uploads/") {
+                    let (started, cv) = &*put_started;
+                    *started.lock().unwrap() = true;
+                    cv.notify_all();
                     let mut body = Vec::new();
                     let _ = (&mut reader).take(length as u64).read_to_end(&mut body);
                     got.lock().unwrap().push(body.len());

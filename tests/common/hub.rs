@@ -85,7 +85,12 @@ pub struct Faults {
     pub throttle_once: Option<String>,
     /// Send other bytes for this path's CDN download (a tampered copy).
     pub corrupt: Option<String>,
+    /// Before the last this-many bytes of an LFS download, call this and wait for it (a
+    /// test's event: the bytes before are surely out before it returns).
+    pub hold_last: Option<(usize, HoldFn)>,
 }
+
+pub type HoldFn = Arc<dyn Fn() + Send + Sync>;
 
 struct State {
     repos: BTreeMap<String, HubRepoSpec>,
@@ -239,6 +244,8 @@ struct Resp {
     window: Option<(Arc<Vec<u8>>, usize, usize)>,
     /// Close the connection after this many body bytes (a cut download).
     cut_after: Option<usize>,
+    /// Send all but the last N bytes, call the function, then send the rest.
+    hold: Option<(usize, HoldFn)>,
 }
 
 impl Resp {
@@ -249,6 +256,7 @@ impl Resp {
             body: Vec::new(),
             window: None,
             cut_after: None,
+            hold: None,
         }
     }
     fn header(mut self, k: &str, v: impl Into<String>) -> Resp {
@@ -310,7 +318,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         Some(n) => &body[..n.min(body.len())],
         None => body,
     };
-    let _ = out.write_all(body);
+    if let Some((n, wait)) = &resp.hold {
+        let (first, last) = body.split_at(body.len().saturating_sub(*n));
+        let _ = out.write_all(first);
+        let _ = out.flush();
+        wait();
+        let _ = out.write_all(last);
+    } else {
+        let _ = out.write_all(body);
+    }
     let _ = out.flush();
     if resp.cut_after.is_some() {
         let _ = out.shutdown(std::net::Shutdown::Both);
@@ -518,6 +534,7 @@ fn cdn(st: &mut State, req: &Req, rest: &str) -> Resp {
         bytes = Arc::new(other);
     }
     let mut resp = ranged(req, &bytes).header("ETag", format!("\"{sha}\""));
+    resp.hold = st.faults.hold_last.clone();
     if let Some((cut_sha, n)) = st.faults.cut.clone() {
         if cut_sha == sha {
             st.faults.cut = None;
