@@ -13,23 +13,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::hub::{commit_of, files_of, hoist_for, HubRepoSpec, HubStandIn};
+use common::hub::{push_as_alice, python_can_import, serve_real_model};
+use common::hub::{MINILM as REPO, MINILM_OCI as OCI_REPO};
 use common::*;
-
-const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
-/// Where hoist serve keeps it: the Hub's name folded to lower case.
-const OCI_REPO: &str = "sentence-transformers/all-minilm-l6-v2";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Can the clients run here? (scripts/setup installs them.)
+/// Can the clients run here?
 fn clients() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import huggingface_hub, transformers, safetensors"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok || !cannot_run("python3 with huggingface_hub, transformers and safetensors is missing")
+    python_can_import("huggingface_hub, transformers, safetensors")
 }
 
 /// Python with the Hub's settings pointing at `endpoint` and a home of its own.
@@ -49,36 +43,6 @@ os.environ.pop("HF_TOKEN", None)
 
 fn visible(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     tree(dir, false)
-}
-
-/// A hoist serve holding the real model at `OCI_REPO:main` and `:v1`; its commit id.
-fn serve_real_model(extra: &[&str]) -> (Served, String) {
-    let served = Served::start_free(extra);
-    let h = Hoist::new();
-    let pushed = h
-        .run(&[
-            "push",
-            s(&real_model()),
-            &served.reference(&format!("{OCI_REPO}:main,v1")),
-        ])
-        .ok();
-    let digest = digest_line(&pushed.stdout);
-    let commit = digest.trim_start_matches("sha256:")[..40].to_string();
-    (served, commit)
-}
-
-/// Push the real model to `REPOSITORY:main` on `served` as the user alice (`a-pass`).
-fn push_real_model_as_alice(served: &Served, repository: &str) {
-    run(Hoist::new()
-        .cmd()
-        .env("HOIST_USERNAME", "alice")
-        .env("HOIST_PASSWORD", "a-pass")
-        .args([
-            "push",
-            s(&real_model()),
-            &served.reference(&format!("{repository}:main")),
-        ]))
-    .ok();
 }
 
 /// A hoist serve holding what `hoist copy SOURCE` brought from a Hub stand-in serving
@@ -287,7 +251,7 @@ fn a_private_repository_is_read_with_a_token_and_reveals_nothing_without_one() {
     )
     .unwrap();
     let served = Served::start_free(&["--htpasswd", s(&users), "--access-policy", s(&policy)]);
-    push_real_model_as_alice(&served, OCI_REPO);
+    push_as_alice(&served, &real_model(), OCI_REPO);
     let endpoint = format!("http://{}", served.addr);
     let work = tempfile::tempdir().unwrap();
     let probe = format!(
@@ -535,7 +499,7 @@ fn a_serve_token_in_hf_token_reads_what_it_is_scoped_to() {
     let users = htpasswd(dir.path(), &[("alice", "a-pass")]);
     let served = Served::start_free(&["--htpasswd", s(&users), "--auth", "token"]);
     for repo in [OCI_REPO, "other/model"] {
-        push_real_model_as_alice(&served, repo);
+        push_as_alice(&served, &real_model(), repo);
     }
     let (status, _, body) = curl(&[
         "-u",

@@ -7,22 +7,17 @@ mod common;
 
 use std::path::Path;
 
+use common::hub::{push_as_alice, python_can_import, serve_real_model, sha256_hex};
+use common::hub::MINILM as REPO;
 use common::*;
 use serde_json::Value;
-
-const REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
-const OCI_REPO: &str = "sentence-transformers/all-minilm-l6-v2";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 fn clients() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import huggingface_hub, hf_xet, safetensors"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok || !cannot_run("python3 with huggingface_hub, hf_xet and safetensors is missing")
+    python_can_import("huggingface_hub, hf_xet, safetensors")
 }
 
 /// Requests to the Xet routes `served` answered so far, by status.
@@ -125,13 +120,7 @@ fn snapshot_download_goes_over_xet_by_default_and_over_resolve_without_it() {
     if !clients() {
         return;
     }
-    let served = Served::start_free(&[]);
-    run(Hoist::new().cmd().args([
-        "push",
-        s(&real_model()),
-        &served.reference(&format!("{OCI_REPO}:main")),
-    ]))
-    .ok();
+    let (served, _) = serve_real_model(&[]);
     let work = tempfile::tempdir().unwrap();
     let download = |disable_xet: bool, dir: &str| {
         python(&format!(
@@ -184,21 +173,8 @@ fn the_xet_routes_read_only_what_a_token_grants_and_only_as_signed() {
     let served = Served::start_free(&["--htpasswd", s(&users), "--access-policy", s(&policy)]);
     let small = tempfile::tempdir().unwrap();
     small_model(small.path());
-    for (model, repo) in [
-        (real_model(), "team/a"),
-        (small.path().to_path_buf(), "team/b"),
-    ] {
-        run(Hoist::new()
-            .cmd()
-            .env("HOIST_USERNAME", "alice")
-            .env("HOIST_PASSWORD", "a-pass")
-            .args([
-                "push",
-                s(&model),
-                &served.reference(&format!("{repo}:main")),
-            ]))
-        .ok();
-    }
+    push_as_alice(&served, &real_model(), "team/a");
+    push_as_alice(&served, small.path(), "team/b");
     let weights = std::fs::read(real_model().join("model.safetensors")).unwrap();
     let blob = sha256_hex(&weights);
     let as_user = |who: &str| format!("Authorization: Bearer {who}");
@@ -331,13 +307,7 @@ fn a_pull_through_cache_serves_over_xet_what_it_holds_and_brings_back_what_it_lo
     if !clients() {
         return;
     }
-    let origin = Served::start_free(&[]);
-    run(Hoist::new().cmd().args([
-        "push",
-        s(&real_model()),
-        &origin.reference(&format!("{OCI_REPO}:main")),
-    ]))
-    .ok();
+    let (origin, _) = serve_real_model(&[]);
     let cache = Served::start_free(&["--upstream", &origin.addr]);
     let work = tempfile::tempdir().unwrap();
     let download = |dir: &str| {
@@ -398,9 +368,4 @@ fn bytes_served(served: &Served) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("hoist_serve_bytes_served_total "))
         .map_or(0, |n| n.trim().parse().unwrap())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
 }

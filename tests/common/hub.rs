@@ -108,6 +108,53 @@ pub struct HubStandIn {
     state: Arc<Mutex<State>>,
 }
 
+/// The real model's Hub name, and the OCI repository `hoist serve` keeps it under (the
+/// Hub's name folded to lower case).
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+pub const MINILM_OCI: &str = "sentence-transformers/all-minilm-l6-v2";
+
+/// Can python3 import `modules` (a comma-separated list; scripts/setup installs them)? If
+/// not, the test says why it cannot run (and fails under `CI`).
+pub fn python_can_import(modules: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || !super::cannot_run(&format!("python3 cannot import {modules}"))
+}
+
+/// A hoist serve (with `extra` flags) holding the real model at `MINILM_OCI:main` and `:v1`;
+/// its commit id.
+pub fn serve_real_model(extra: &[&str]) -> (super::Served, String) {
+    let served = super::Served::start_free(extra);
+    let pushed = super::Hoist::new()
+        .run(&[
+            "push",
+            super::real_model().to_str().unwrap(),
+            &served.reference(&format!("{MINILM_OCI}:main,v1")),
+        ])
+        .ok();
+    let digest = super::digest_line(&pushed.stdout);
+    let commit = digest.trim_start_matches("sha256:")[..40].to_string();
+    (served, commit)
+}
+
+/// Push the folder `model` to `REPOSITORY:main` on `served` as the user alice (`a-pass`).
+pub fn push_as_alice(served: &super::Served, model: &std::path::Path, repository: &str) {
+    super::run(
+        super::Hoist::new()
+            .cmd()
+            .env("HOIST_USERNAME", "alice")
+            .env("HOIST_PASSWORD", "a-pass")
+            .args([
+                "push",
+                model.to_str().unwrap(),
+                &served.reference(&format!("{repository}:main")),
+            ]),
+    )
+    .ok();
+}
+
 pub fn git_oid(bytes: &[u8]) -> String {
     let mut h = sha1::Sha1::new();
     h.update(format!("blob {}\0", bytes.len()).as_bytes());
