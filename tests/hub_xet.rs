@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use common::hub::{push_as_alice, python_can_import, serve_real_model, sha256_hex};
 use common::hub::MINILM as REPO;
+use common::hub::{push_as_alice, python_can_import, serve_real_model, sha256_hex};
 use common::*;
 use serde_json::Value;
 

@@ -308,16 +308,23 @@ fn split_at_keyword<'a>(
     Ok(None)
 }
 
+/// The one revision segment after `/keyword/`, decoded.
+fn one_revision(tail: &[&str], keyword: &str) -> Result<String, HubError> {
+    let [revision] = tail else {
+        return Err(HubError::bad_request(format!(
+            "expected /{keyword}/{{revision}}"
+        )));
+    };
+    decode_revision(revision)
+}
+
 fn api_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
     let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     if let Some((repo, tail)) = split_at_keyword(&segs, "revision")? {
-        let [revision] = tail else {
-            return Err(HubError::bad_request("expected /revision/{revision}"));
-        };
         return Ok(HubRoute::Info {
             kind,
             repo,
-            revision: Some(decode_revision(revision)?),
+            revision: Some(one_revision(tail, "revision")?),
         });
     }
     if let Some((repo, tail)) = split_at_keyword(&segs, "tree")? {
@@ -332,13 +339,10 @@ fn api_route(kind: Kind, rest: &str) -> Result<HubRoute, HubError> {
         });
     }
     if let Some((repo, tail)) = split_at_keyword(&segs, "xet-read-token")? {
-        let [revision] = tail else {
-            return Err(HubError::bad_request("expected /xet-read-token/{revision}"));
-        };
         return Ok(HubRoute::XetToken {
             kind,
             repo,
-            revision: decode_revision(revision)?,
+            revision: one_revision(tail, "xet-read-token")?,
         });
     }
     match segs.len() {

@@ -112,9 +112,15 @@ impl Caller<'_> {
                 .parse::<usize>()
                 .map_err(|_| HubError::bad_request("cursor is not a page of this tree"))?,
         };
-        let (page, next) = hub::tree_page(&snap, path, recursive, cursor, |f| {
-            xet_ready(self.state, &self.name, f)
-        })?;
+        // Off the async workers: a page asks the store about each of its (up to 1,000) files.
+        let (state, name, dir) = (self.state.clone(), self.name.clone(), path.to_string());
+        let (page, next) = tokio::task::spawn_blocking(move || {
+            hub::tree_page(&snap, &dir, recursive, cursor, |f| {
+                xet_ready(&state, &name, f)
+            })
+        })
+        .await
+        .map_err(HubError::internal)??;
         let mut response = json(&serde_json::Value::Array(page));
         if let Some(next) = next {
             let base = base_url(self.state, self.headers);
