@@ -311,9 +311,8 @@ fn split_at_keyword<'a>(
 /// The one revision segment after `/keyword/`, decoded.
 fn one_revision(tail: &[&str], keyword: &str) -> Result<String, HubError> {
     let [revision] = tail else {
-        return Err(HubError::bad_request(format!(
-            "expected /{keyword}/{{revision}}"
-        )));
+        let expected = format!("expected /{keyword}/{{revision}}");
+        return Err(HubError::bad_request(expected));
     };
     decode_revision(revision)
 }
