@@ -9,12 +9,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::hub::HubRepo;
 use crate::reference::Reference;
 use crate::registry::auth::{self, CredentialOptions};
 use crate::registry::mirrors::{replica_hosts, Mirror, MirrorConfig, MirrorError};
 use crate::registry::{Credentials, RegistryClient, TransportOptions, MIRROR_CONNECT};
 use crate::store::{Store, StoreError};
-use crate::transfer::Target;
+use crate::transfer::import::{HubSource, ImportSource};
+use crate::transfer::{Target, TransferError};
 use crate::Error;
 
 /// How to reach registries and where the local store is: plain data, no I/O.
@@ -110,10 +112,19 @@ impl Context {
         )?)
     }
 
-    /// What `reference` names: the local store or a registry repository with its mirrors.
+    /// The import source `source` names by its scheme (`hf://…`), or `None` when it names
+    /// an OCI artifact. The one place a scheme is matched: a new source is an arm here.
+    pub fn import_source(&self, source: &str) -> Result<Option<Box<dyn ImportSource>>, Error> {
+        if HubRepo::is_hub(source) {
+            let repo = HubRepo::parse(source).map_err(TransferError::from)?;
+            return Ok(Some(Box::new(HubSource::new(self.hub()?, repo))));
+        }
+        Ok(None)
+    }
+
     /// The Hugging Face Hub client, set up as `huggingface_hub` would be (`HF_ENDPOINT`,
     /// `HF_TOKEN`, the token file) over this context's TLS settings.
-    pub fn hub(&self) -> Result<crate::hub::HubClient, Error> {
+    fn hub(&self) -> Result<crate::hub::HubClient, Error> {
         let settings =
             crate::hub::HubSettings::from_env().map_err(crate::transfer::TransferError::from)?;
         Ok(
@@ -122,6 +133,7 @@ impl Context {
         )
     }
 
+    /// What `reference` names: the local store or a registry repository with its mirrors.
     pub fn target(&self, reference: &Reference) -> Result<Target, Error> {
         self.target_with(reference, None)
     }

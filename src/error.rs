@@ -182,10 +182,20 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         ) => ExitCode::Usage,
         TransferError::Signature(_) => ExitCode::Signature,
         TransferError::Hub(e) => hub_code(e),
+        TransferError::Import(e) => import_code(e),
     }
 }
 
-/// The exit code of a packing failure.
+/// The exit code of an import's refusal, whichever the source.
+pub fn import_code(e: &crate::transfer::import::ImportError) -> ExitCode {
+    use crate::transfer::import::ImportError;
+    match e {
+        ImportError::Mismatch { .. } => ExitCode::Verification,
+        ImportError::Refused { .. } => ExitCode::InvalidContent,
+    }
+}
+
+/// The exit code of a failure talking to the Hugging Face Hub.
 pub fn hub_code(e: &crate::hub::HubError) -> ExitCode {
     use crate::hub::HubError;
     match e {

@@ -11,7 +11,6 @@ mod run;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hoist::hub::HubRepo;
 use hoist::materialize::LinkMode;
 use hoist::oci::modelpack::LayerKind;
 use hoist::oci::LayerFormat;
@@ -199,9 +198,8 @@ fn copy(
 ) -> PyResult<String> {
     let ctx = conn.context();
     run::run(py, progress.as_ref(), move |observer| async move {
-        if HubRepo::is_hub(&source) {
-            let repo = HubRepo::parse(&source).map_err(transfer::TransferError::from)?;
-            let default_tag = repo.default_tag();
+        if let Some(from) = ctx.import_source(&source)? {
+            let default_tag = from.default_tag();
             let (dst_ref, tags) =
                 Reference::parse_destination(&destination, &[], move || default_tag)?;
             let opts = transfer::ImportOptions {
@@ -213,8 +211,8 @@ fn copy(
                 },
                 chunk_index,
             };
-            let (hub, dst) = (ctx.hub()?, ctx.target(&dst_ref)?);
-            let report = transfer::import(&hub, &repo, &dst, &tags, &opts, observer).await?;
+            let dst = ctx.target(&dst_ref)?;
+            let report = transfer::import(from.as_ref(), &dst, &tags, &opts, observer).await?;
             return Ok(copied(&source, &dst, &tags, &report));
         }
         if !include.is_empty() || !exclude.is_empty() || !chunk_index {

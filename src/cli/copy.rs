@@ -2,10 +2,10 @@
 //! or repacked in another shape.
 
 use clap::Args;
-use hoist::hub::HubRepo;
 use hoist::oci::LayerFormat;
 use hoist::pack::PackOptions;
 use hoist::reference::Reference;
+use hoist::transfer::import::ImportSource;
 use hoist::transfer::{self};
 use hoist::Error;
 
@@ -69,8 +69,8 @@ pub enum ConvertShape {
 }
 
 pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
-    if HubRepo::is_hub(&args.source) {
-        return copy_from_hub(args, env).await;
+    if let Some(source) = env.ctx.import_source(&args.source)? {
+        return import(source.as_ref(), args, env).await;
     }
     if !args.include.is_empty() || !args.exclude.is_empty() || args.no_chunk_index {
         return Err(Error::Usage(
@@ -123,17 +123,17 @@ pub async fn copy(args: CopyArgs, env: &Env) -> Result<(), Error> {
     Ok(())
 }
 
-/// `hoist copy hf://… DEST`: the Hub repository streamed into DEST as a ModelPack artifact.
-async fn copy_from_hub(args: CopyArgs, env: &Env) -> Result<(), Error> {
+/// `hoist copy hf://… DEST`: the source's repository streamed into DEST as a ModelPack
+/// artifact.
+async fn import(source: &dyn ImportSource, args: CopyArgs, env: &Env) -> Result<(), Error> {
     if args.recursive {
         return Err(Error::Usage(
             "--recursive copies what is attached to an OCI artifact; a Hub repository has none"
                 .into(),
         ));
     }
-    let repo = HubRepo::parse(&args.source).map_err(transfer::TransferError::from)?;
     let (dst_ref, tags) =
-        Reference::parse_destination(&args.destination, &[], || repo.default_tag())?;
+        Reference::parse_destination(&args.destination, &[], || source.default_tag())?;
     let filter = hoist::transfer::LayerFilter {
         include: parse::globs("--include", &args.include)?,
         exclude: parse::globs("--exclude", &args.exclude)?,
@@ -144,8 +144,8 @@ async fn copy_from_hub(args: CopyArgs, env: &Env) -> Result<(), Error> {
         filter,
         chunk_index: !args.no_chunk_index,
     };
-    let (hub, dst) = (env.ctx.hub()?, env.ctx.target(&dst_ref)?);
-    let report = transfer::import(&hub, &repo, &dst, &tags, &opts, observer(env.ui)).await?;
+    let dst = env.ctx.target(&dst_ref)?;
+    let report = transfer::import(source, &dst, &tags, &opts, observer(env.ui)).await?;
     if args.json {
         print_json(&report);
         return Ok(());

@@ -7,7 +7,7 @@ mod convert;
 mod copy;
 mod delta;
 pub mod fetch;
-mod import;
+pub mod import;
 pub mod inspect;
 mod publish;
 mod pull;
@@ -85,6 +85,8 @@ pub enum TransferError {
     Signature(#[from] crate::sign::SignError),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
+    #[error(transparent)]
+    Import(#[from] import::ImportError),
     #[error("the image's layers are not those its config names ({0}); containerd would refuse to mount it, nothing was written")]
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]

@@ -1,8 +1,9 @@
-//! One file of a Hub repository brought into the destination: streamed from the Hub (or,
-//! when the destination has it already, read back from there) through a blocking task that
+//! One file of a source brought into the destination: streamed from the source (or, when
+//! the destination has it already, read back from there) through a blocking task that
 //! hashes it, cuts its chunks and reads its header, and, when the destination lacks it, into
 //! the destination's upload. The last piece of an upload is held back until the whole file
-//! matches the Hub's SHA-256, so a registry never completes an upload of other bytes.
+//! matches the SHA-256 the source listed, so a registry never completes an upload of other
+//! bytes.
 
 use std::io::Read;
 
@@ -10,8 +11,8 @@ use bytes::Bytes;
 use sha1::Digest as _;
 use tokio::sync::mpsc;
 
+use super::source::{Check, FileReader, ImportError, ImportSource, SourceFile};
 use crate::digest::Digest;
-use crate::hub::{FileStream, HubClient, HubError, HubFile};
 use crate::oci::modelpack::LayerKind;
 use crate::oci::Descriptor;
 use crate::pack::{self, BlobSource, EncodedLayer, ModelFile, WeightFacts};
@@ -23,8 +24,8 @@ use crate::transfer::{Action, Event, Observer, Target, TransferError};
 const PIPE: usize = 32;
 
 pub struct Ctx<'a> {
-    pub hub: &'a HubClient,
-    pub url: url::Url,
+    pub source: &'a dyn ImportSource,
+    pub commit: &'a str,
     pub dst: &'a Target,
     pub observer: &'a Observer,
     /// The chunker for the chunk index, when one is made.
@@ -52,36 +53,41 @@ struct Seen {
 
 pub async fn bring(
     ctx: &Ctx<'_>,
-    file: &HubFile,
+    file: &SourceFile,
     model: &ModelFile,
 ) -> Result<Brought, TransferError> {
-    match &file.lfs_sha256 {
-        Some(sha) => bring_lfs(ctx, file, model, sha).await,
-        None => bring_small(ctx, file, model).await,
+    match &file.check {
+        Check::Sha256(sha) => bring_streamed(ctx, file, model, sha).await,
+        Check::GitBlob(oid) => bring_small(ctx, file, model, oid).await,
     }
 }
 
-/// A git (non-LFS) file: small by the Hub's rules, so read whole, checked against its git
-/// blob id, then sent.
+/// A file kept in git (not LFS): small by the Hub's rules, so read whole, checked against
+/// its git blob id, then sent.
 async fn bring_small(
     ctx: &Ctx<'_>,
-    file: &HubFile,
+    file: &SourceFile,
     model: &ModelFile,
+    expected: &str,
 ) -> Result<Brought, TransferError> {
-    if file.size > pack::MAX_SMALL_FILE {
-        return Err(outside_lfs(file).into());
+    if too_big_to_hold(file) {
+        return Err(held_whole(ctx.source, file).into());
     }
-    let mut stream = FileStream::new(ctx.hub.clone(), ctx.url.clone(), file.clone());
+    let mut stream = ctx.source.open(ctx.commit, file).await?;
     let mut body = Vec::with_capacity(file.size as usize);
     while let Some(piece) = stream.next().await? {
+        if body.len() + piece.len() > file.size as usize {
+            return Err(more_than_listed(ctx.source, file).into());
+        }
         body.extend_from_slice(&piece);
     }
     let body = Bytes::from(body);
     let oid = git_blob_id(&body);
-    if oid != file.oid {
-        return Err(HubError::Mismatch {
+    if oid != expected {
+        return Err(ImportError::Mismatch {
+            source_name: ctx.source.describe(),
             path: file.path.clone(),
-            expected: format!("git blob {}", file.oid),
+            expected: format!("git blob {expected}"),
             actual: format!("git blob {oid}"),
         }
         .into());
@@ -107,14 +113,20 @@ async fn bring_small(
         seen,
         action,
         describes.then_some(body),
-        stream.resumed,
+        stream.resumed(),
     ))
 }
 
-/// A file outside LFS is read whole into memory: one larger than this is refused.
-pub fn outside_lfs(file: &HubFile) -> HubError {
-    HubError::Invalid {
-        what: file.path.clone(),
+/// A file checked by its git blob id is read whole into memory: one larger than
+/// `pack::MAX_SMALL_FILE` is refused.
+pub fn too_big_to_hold(file: &SourceFile) -> bool {
+    matches!(file.check, Check::GitBlob(_)) && file.size > pack::MAX_SMALL_FILE
+}
+
+pub fn held_whole(source: &dyn ImportSource, file: &SourceFile) -> ImportError {
+    ImportError::Refused {
+        source_name: source.describe(),
+        path: file.path.clone(),
         message: format!(
             "{} bytes outside LFS (hoist holds such files in memory, up to {})",
             file.size,
@@ -123,16 +135,22 @@ pub fn outside_lfs(file: &HubFile) -> HubError {
     }
 }
 
-/// An LFS file: streamed, checked against the Hub's SHA-256 on the way.
-async fn bring_lfs(
+fn more_than_listed(source: &dyn ImportSource, file: &SourceFile) -> ImportError {
+    ImportError::Refused {
+        source_name: source.describe(),
+        path: file.path.clone(),
+        message: format!("more bytes than the {} it lists", file.size),
+    }
+}
+
+/// A file with a SHA-256: streamed, checked against it on the way.
+async fn bring_streamed(
     ctx: &Ctx<'_>,
-    file: &HubFile,
+    file: &SourceFile,
     model: &ModelFile,
-    sha: &str,
+    expected: &Digest,
 ) -> Result<Brought, TransferError> {
-    let expected: Digest = format!("sha256:{sha}")
-        .parse()
-        .expect("a checked SHA-256 is a digest");
+    let expected = expected.clone();
     let desc = Descriptor::new(media_type(model), expected.clone(), file.size);
     let have = ctx.dst.has_blob(&desc).await?;
     if have && ctx.chunker.is_none() && model.kind != LayerKind::Weight {
@@ -145,13 +163,9 @@ async fn bring_lfs(
         };
         return Ok(done(ctx, file, seen, Action::Skipped, None, 0));
     }
-    let mut source = match have {
-        true => Source::read_back(ctx.dst, &desc).await?,
-        false => Source::Hub(Box::new(FileStream::new(
-            ctx.hub.clone(),
-            ctx.url.clone(),
-            file.clone(),
-        ))),
+    let origin = match have {
+        true => Origin::read_back(ctx.dst, &desc).await?,
+        false => Origin::Listed(ctx.source.open(ctx.commit, file).await?),
     };
     let (cut_tx, cut_rx) = mpsc::channel(PIPE);
     let looking = look(cut_rx, model.clone(), ctx.chunker);
@@ -162,53 +176,30 @@ async fn bring_lfs(
             (Some(tx), Some(upload_stream(ctx.dst, &desc, rx)))
         }
     };
-    let feed = async move {
-        let mut held: Option<Bytes> = None;
-        while let Some(piece) = source.next().await? {
-            progress(ctx, file, piece.len() as u64);
-            if cut_tx.send(Ok(piece.clone())).await.is_err() {
-                break; // the hashing task stopped: its error says why
-            }
-            if let Some(tx) = &up_tx {
-                if let Some(previous) = held.replace(piece) {
-                    if tx.send(Ok(previous)).await.is_err() {
-                        return Ok::<_, TransferError>(None); // the upload failed: its error says why
-                    }
-                }
-            }
-        }
-        drop(cut_tx);
-        let seen = looking.await?;
-        if let Err(e) = the_hubs_bytes(file, &expected, &seen) {
-            // The upload ends in an error: the registry never gets the whole file.
-            if let Some(tx) = &up_tx {
-                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-            }
-            return Err(e.into());
-        }
-        if let (Some(tx), Some(last)) = (&up_tx, held) {
-            let _ = tx.send(Ok(last)).await;
-        }
-        Ok(Some((seen, source.resumed())))
-    };
+    let fed = feed(
+        ctx,
+        (file, &expected),
+        origin,
+        cut_tx,
+        looking,
+        UploadPipe(up_tx),
+    );
     let uploading = async move {
         match upload {
             Some(u) => u.await,
             None => Ok(()),
         }
     };
-    let (fed, uploaded) = tokio::join!(feed, uploading);
+    let (fed, uploaded) = tokio::join!(fed, uploading);
     // A failed download or check is the cause of a failed upload, not the other way round.
     let fed = fed?;
     uploaded?;
     // An upload that stopped reading the file and still succeeded: the registry answered
     // before it had the bytes, and cannot hold them.
-    let (seen, resumed) = fed.ok_or_else(|| HubError::Invalid {
-        what: file.path.clone(),
-        message: format!(
-            "{} accepted the upload before receiving the file",
-            ctx.dst.describe()
-        ),
+    let (seen, resumed) = fed.ok_or_else(|| ImportError::Refused {
+        source_name: ctx.dst.describe(),
+        path: file.path.clone(),
+        message: "the destination accepted the upload before receiving the file".into(),
     })?;
     let action = if have {
         Action::Skipped
@@ -218,12 +209,81 @@ async fn bring_lfs(
     Ok(done(ctx, file, seen, action, None, resumed))
 }
 
-/// Are these the bytes the Hub lists: its SHA-256, its size?
-fn the_hubs_bytes(file: &HubFile, expected: &Digest, seen: &Seen) -> Result<(), HubError> {
+/// The upload's end of the pipe, when the destination lacks the file.
+struct UploadPipe(Option<mpsc::Sender<std::io::Result<Bytes>>>);
+
+impl UploadPipe {
+    /// Hand the upload a piece; `false` when it stopped reading.
+    async fn send(&self, piece: Bytes) -> bool {
+        match &self.0 {
+            Some(tx) => tx.send(Ok(piece)).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// End the upload in an error: the destination never gets the whole file.
+    async fn abort(&self, why: &ImportError) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(Err(std::io::Error::other(why.to_string()))).await;
+        }
+    }
+}
+
+/// Hand each piece of `origin` to the hashing task and, one piece behind, to the upload;
+/// the last piece goes to the upload only once the whole file is the one listed. `None`:
+/// the upload stopped reading (its own error says why).
+async fn feed(
+    ctx: &Ctx<'_>,
+    (file, expected): (&SourceFile, &Digest),
+    mut origin: Origin,
+    cut_tx: mpsc::Sender<std::io::Result<Bytes>>,
+    looking: impl std::future::Future<Output = Result<Seen, TransferError>>,
+    upload: UploadPipe,
+) -> Result<Option<(Seen, u32)>, TransferError> {
+    let mut held: Option<Bytes> = None;
+    let mut arrived = 0u64;
+    while let Some(piece) = origin.next().await? {
+        arrived += piece.len() as u64;
+        if arrived > file.size {
+            // Bounded as it arrives: a source that never stops is not streamed on.
+            let e = more_than_listed(ctx.source, file);
+            upload.abort(&e).await;
+            return Err(e.into());
+        }
+        progress(ctx, file, piece.len() as u64);
+        if cut_tx.send(Ok(piece.clone())).await.is_err() {
+            break; // the hashing task stopped: its error says why
+        }
+        if let Some(previous) = held.replace(piece) {
+            if !upload.send(previous).await {
+                return Ok(None);
+            }
+        }
+    }
+    drop(cut_tx);
+    let seen = looking.await?;
+    if let Err(e) = the_listed_bytes(ctx.source, file, expected, &seen) {
+        upload.abort(&e).await;
+        return Err(e.into());
+    }
+    if let Some(last) = held {
+        upload.send(last).await;
+    }
+    Ok(Some((seen, origin.resumed())))
+}
+
+/// Are these the bytes the source lists: its SHA-256, its size?
+fn the_listed_bytes(
+    source: &dyn ImportSource,
+    file: &SourceFile,
+    expected: &Digest,
+    seen: &Seen,
+) -> Result<(), ImportError> {
     if seen.digest == *expected && seen.size == file.size {
         return Ok(());
     }
-    Err(HubError::Mismatch {
+    Err(ImportError::Mismatch {
+        source_name: source.describe(),
         path: file.path.clone(),
         expected: format!("{expected} ({} bytes)", file.size),
         actual: format!("{} ({} bytes)", seen.digest, seen.size),
@@ -232,7 +292,7 @@ fn the_hubs_bytes(file: &HubFile, expected: &Digest, seen: &Seen) -> Result<(), 
 
 fn done(
     ctx: &Ctx<'_>,
-    file: &HubFile,
+    file: &SourceFile,
     seen: Seen,
     action: Action,
     small: Option<Bytes>,
@@ -261,7 +321,7 @@ fn done(
     }
 }
 
-fn progress(ctx: &Ctx<'_>, file: &HubFile, bytes: u64) {
+fn progress(ctx: &Ctx<'_>, file: &SourceFile, bytes: u64) {
     (ctx.observer)(&Event::Progress {
         name: file.path.clone(),
         bytes,
@@ -420,19 +480,19 @@ impl<R: Read> Read for Recording<'_, R> {
     }
 }
 
-/// Where an LFS file's bytes come from: the Hub, or the destination that has it.
-enum Source {
-    Hub(Box<FileStream>),
+/// Where a streamed file's bytes come from: the source, or the destination that has it.
+enum Origin {
+    Listed(Box<dyn FileReader>),
     Registry(String, reqwest::Response),
     Local(std::fs::File),
 }
 
-impl Source {
-    async fn read_back(dst: &Target, desc: &Descriptor) -> Result<Source, TransferError> {
+impl Origin {
+    async fn read_back(dst: &Target, desc: &Descriptor) -> Result<Origin, TransferError> {
         match dst {
             Target::Remote {
                 client, repository, ..
-            } => Ok(Source::Registry(
+            } => Ok(Origin::Registry(
                 client.registry().to_string(),
                 client
                     .get_blob(repository, &desc.digest, None)
@@ -442,7 +502,7 @@ impl Source {
             Target::Local { store, .. } => {
                 let path = store.blob_path(&desc.digest);
                 std::fs::File::open(&path)
-                    .map(Source::Local)
+                    .map(Origin::Local)
                     .map_err(TransferError::io(path))
             }
         }
@@ -450,8 +510,8 @@ impl Source {
 
     async fn next(&mut self) -> Result<Option<Bytes>, TransferError> {
         match self {
-            Source::Hub(s) => Ok(s.next().await?),
-            Source::Registry(registry, r) => r.chunk().await.map_err(|e| {
+            Origin::Listed(s) => s.next().await,
+            Origin::Registry(registry, r) => r.chunk().await.map_err(|e| {
                 crate::registry::RegistryError::Transfer {
                     registry: registry.clone(),
                     context: "reading back a blob it has".into(),
@@ -459,7 +519,7 @@ impl Source {
                 }
                 .into()
             }),
-            Source::Local(f) => {
+            Origin::Local(f) => {
                 let mut buf = vec![0u8; 1 << 20];
                 let n = tokio::task::block_in_place(|| f.read(&mut buf)).map_err(|source| {
                     TransferError::Io {
@@ -475,7 +535,7 @@ impl Source {
 
     fn resumed(&self) -> u32 {
         match self {
-            Source::Hub(s) => s.resumed,
+            Origin::Listed(s) => s.resumed(),
             _ => 0,
         }
     }
