@@ -247,38 +247,58 @@ impl Report {
                 )])
                 .map_err(err)?;
             // Shape names under the axis, in two lines.
-            let (px, py) = chart.backend_coord(&(x + 0.5, 0.0));
             let label = s.shape.replacen(", ", ",\n", 1);
-            for (line_no, line) in label.lines().enumerate() {
-                root.draw(&Text::new(
-                    line.to_string(),
-                    (px - 60, py + 8 + 18 * line_no as i32),
-                    ("sans-serif", 14).into_font(),
-                ))
-                .map_err(err)?;
-            }
+            text_lines(&root, chart.backend_coord(&(x + 0.5, 0.0)), &label).map_err(err)?;
         }
-        for (j, (name, color)) in [("build + push", build), ("pull (cold)", pull)]
-            .into_iter()
-            .enumerate()
-        {
-            let (px, py) = chart.backend_coord(&(n as f64 * 0.72, top * 0.97));
-            let y = py + 20 * j as i32;
-            root.draw(&Rectangle::new(
-                [(px, y), (px + 14, y + 14)],
-                color.filled(),
-            ))
-            .map_err(err)?;
-            root.draw(&Text::new(
-                name,
-                (px + 20, y),
-                ("sans-serif", 14).into_font(),
-            ))
-            .map_err(err)?;
-        }
+        let corner = chart.backend_coord(&(n as f64 * 0.72, top * 0.97));
+        legend(
+            &root,
+            corner,
+            &[("build + push", build), ("pull (cold)", pull)],
+        )
+        .map_err(err)?;
         root.present().map_err(err)?;
         Ok(())
     }
+}
+
+type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// `text`'s lines under the point `(px, py)` of the drawing.
+fn text_lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    (px, py): (i32, i32),
+    text: &str,
+) -> Drawn<DB> {
+    for (line_no, line) in text.lines().enumerate() {
+        root.draw(&Text::new(
+            line.to_string(),
+            (px - 60, py + 8 + 18 * line_no as i32),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// A colour square and a name for each series, one under the other from `(px, py)`.
+fn legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    (px, py): (i32, i32),
+    entries: &[(&str, RGBColor)],
+) -> Drawn<DB> {
+    for (j, (name, color)) in entries.iter().enumerate() {
+        let y = py + 20 * j as i32;
+        root.draw(&Rectangle::new(
+            [(px, y), (px + 14, y + 14)],
+            color.filled(),
+        ))?;
+        root.draw(&Text::new(
+            *name,
+            (px + 20, y),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
+    Ok(())
 }
 
 /// Register a system TrueType font for the chart's text (plotters draws text with ab_glyph).

@@ -263,16 +263,7 @@ impl Volumes {
     /// registry would refuse), with the volume's credentials.
     async fn ask_registry(&self, volume: &Volume, digest: &Digest) -> Result<Verdict, Refused> {
         let fail = |e: &Error| Refused::Failed(Failure::from(e));
-        let target = match self.remote(volume).map_err(|e| fail(&e))? {
-            Target::Remote {
-                client, repository, ..
-            } => Target::Remote {
-                client,
-                repository,
-                mirrors: Vec::new(),
-            },
-            local => local,
-        };
+        let target = self.remote(volume).map_err(|e| fail(&e))?.without_mirrors();
         match target.resolve(digest.as_str()).await {
             Ok(_) => Ok(Verdict::Allowed),
             Err(e) => {

@@ -11,7 +11,6 @@ pub use crate::chunks::{ChunkIndex, INDEX_TYPE};
 
 use super::{Target, TransferError};
 use crate::digest::Digest;
-use crate::oci::Descriptor;
 
 /// Attach `index` to the manifest `subject` as a referrer; its digest.
 pub async fn attach_index(
@@ -50,7 +49,7 @@ pub async fn find_index(target: &Target, manifest: &Digest) -> Option<ChunkIndex
         let Some(layer) = m.layers.first().filter(|l| l.size <= MAX_INDEX_BYTES) else {
             continue;
         };
-        let Some(bytes) = read_small_blob(target, layer).await else {
+        let Some(bytes) = target.small_blob(layer, MAX_INDEX_BYTES).await else {
             continue;
         };
         match serde_json::from_slice::<ChunkIndex>(&bytes) {
@@ -59,20 +58,6 @@ pub async fn find_index(target: &Target, manifest: &Digest) -> Option<ChunkIndex
         }
     }
     None
-}
-
-/// A small blob's bytes, checked against its digest.
-async fn read_small_blob(target: &Target, desc: &Descriptor) -> Option<Vec<u8>> {
-    let bytes = match target {
-        Target::Local { store, .. } => store.read_blob(&desc.digest, desc.size).ok()?,
-        Target::Remote {
-            client, repository, ..
-        } => {
-            let b = client.get_blob(repository, &desc.digest, None).await.ok()?;
-            client.read_content(b.response, desc.size).await?
-        }
-    };
-    (Digest::of_bytes(&bytes) == desc.digest).then_some(bytes)
 }
 
 /// The artifact's chunk index, looked up for at most [`LOOKUP_TIMEOUT`]; `None` when the

@@ -56,15 +56,11 @@ pub async fn convert(
     .await?;
     // Into the source's registry: unchanged files (raw layers keep their digests) are
     // mounted from the source repository instead of uploaded again.
-    let mount_from = match (source, dest) {
-        (
-            Target::Remote {
-                client, repository, ..
-            },
-            Target::Remote { client: to, .. },
-        ) if client.registry() == to.registry() => vec![repository.clone()],
-        _ => Vec::new(),
-    };
+    let mount_from: Vec<String> = dest
+        .same_registry_as(source)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let push_opts = PushOptions {
         mount_from,
         ..PushOptions::default()

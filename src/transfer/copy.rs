@@ -6,8 +6,10 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use super::{Action, Event, Observer, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ManifestKind};
-use crate::registry::UploadBody;
 use crate::store::manifest_media_type;
+
+/// Pieces in flight between a registry's GET and another's PUT.
+const PIPE: usize = 32;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CopyReport {
@@ -131,53 +133,52 @@ async fn copy_blobs(
 
 /// Copy one blob the destination lacks: mounted within one registry, else sent.
 async fn copy_blob(src: &Target, dst: &Target, desc: &Descriptor) -> Result<Action, TransferError> {
-    match (src, dst) {
-        (Target::Local { store, .. }, _) => {
-            let source = crate::pack::BlobSource::File(store.blob_path(&desc.digest));
-            dst.put_blob(desc, &source, None).await?;
-            Ok(Action::Uploaded)
-        }
-        (
-            Target::Remote {
-                client, repository, ..
-            },
-            Target::Remote {
-                client: to,
-                repository: to_repo,
-                ..
-            },
-        ) => {
-            // Within one registry: mount it from the source repository, sending nothing.
-            if client.registry() == to.registry()
-                && to.mount_blob(to_repo, &desc.digest, repository).await?
-            {
-                return Ok(Action::Mounted);
-            }
-            // Registry to registry: the GET body streams straight into the PUT; the
-            // destination registry checks the digest before accepting it.
-            let blob = client.get_blob(repository, &desc.digest, None).await?;
-            let body = reqwest::Body::wrap_stream(blob.response.bytes_stream());
-            to.upload_blob(to_repo, desc, UploadBody::Stream(body), None)
-                .await?;
-            Ok(Action::Uploaded)
-        }
-        (Target::Remote { .. }, Target::Local { store, .. }) => {
-            let fetcher = super::fetch::Fetcher::new(Default::default(), super::silent());
-            let name = desc
-                .annotation(crate::oci::media::ANNOTATION_TITLE)
-                .unwrap_or("blob")
-                .to_string();
-            super::fetch::fetch_into_store(
-                &fetcher,
-                &src.sources(desc.digest.as_str()),
-                store,
-                desc,
-                &name,
-            )
-            .await?;
-            Ok(Action::Downloaded)
+    if let Some(store) = src.local_store() {
+        let source = crate::pack::BlobSource::File(store.blob_path(&desc.digest));
+        dst.put_blob(desc, &source, None).await?;
+        return Ok(Action::Uploaded);
+    }
+    if let Some(store) = dst.local_store() {
+        let fetcher = super::fetch::Fetcher::new(Default::default(), super::silent());
+        let name = desc
+            .annotation(crate::oci::media::ANNOTATION_TITLE)
+            .unwrap_or("blob")
+            .to_string();
+        let sources = src.sources(desc.digest.as_str());
+        super::fetch::fetch_into_store(&fetcher, &sources, store, desc, &name).await?;
+        return Ok(Action::Downloaded);
+    }
+    // Within one registry: mount it from the source repository, sending nothing.
+    if let Some(from) = dst.same_registry_as(src) {
+        if dst.mount_from_any(desc, &[from.to_string()]).await? {
+            return Ok(Action::Mounted);
         }
     }
+    // Registry to registry: the GET body streams straight into the PUT; the destination
+    // registry checks the digest before accepting it.
+    let mut blob = src.open_blob(desc).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(PIPE);
+    let sending = async move {
+        loop {
+            match blob.next().await {
+                Ok(Some(piece)) => {
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return Ok(()); // the upload stopped: its error says why
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // The upload ends in an error, not short.
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let (sent, uploaded) = tokio::join!(sending, dst.put_blob_stream(desc, rx));
+    sent?;
+    uploaded?;
+    Ok(Action::Uploaded)
 }
 
 /// Copy everything attached to `subject` (recursively) from `src` to `dst`, indexing it there

@@ -31,7 +31,7 @@ pub use publish::{folder_name, publish, PublishOptions, Published};
 pub use pull::{pull, pull_referrers, LayerFilter, PlacedFile, PullOptions, PullReport};
 pub use push::{push, push_folder, PushOptions, PushReport};
 pub use referrers::{attach, discover, Referrer};
-pub use target::{Resolved, Target};
+pub use target::{BlobReader, Resolved, Target};
 pub use verify::{verify_folder, verify_marker, ReadyMarker, Verified, VerifyError};
 pub use versions::{pull_versioned, Versioned};
 pub use volume::{

@@ -153,13 +153,7 @@ pub(super) async fn push_blob(
         target.put_blob(desc, &blob.source, opts.chunk_size).await?;
         Action::Uploaded
     };
-    if let (
-        Some(store),
-        Target::Remote {
-            client, repository, ..
-        },
-    ) = (&opts.remember, target)
-    {
+    if let (Some(store), Some((client, repository))) = (&opts.remember, target.registry()) {
         store.remember_pushed(&desc.digest, client.registry(), repository);
     }
     observer(&Event::Done {
@@ -223,7 +217,7 @@ pub(super) async fn finish_with(
 /// remembers pushing it to on this registry.
 fn mount_sources(opts: &PushOptions, target: &Target, digest: &Digest) -> Vec<String> {
     let mut from = opts.mount_from.clone();
-    if let (Some(store), Target::Remote { client, .. }) = (&opts.remember, target) {
+    if let (Some(store), Some((client, _))) = (&opts.remember, target.registry()) {
         for repo in store.pushed_to(digest, client.registry()) {
             if !from.contains(&repo) {
                 from.push(repo);

@@ -176,25 +176,20 @@ pub(super) async fn list(
     subject: &Digest,
     artifact_type: Option<&str>,
 ) -> Result<Vec<Descriptor>, TransferError> {
-    let mut list = match target {
-        Target::Local { store, .. } => store.referrers(subject)?,
-        Target::Remote {
-            client, repository, ..
-        } => match client.referrers(repository, subject, artifact_type).await? {
-            Some(list) => list,
-            None => match target
-                .fetch_manifest(&format!("sha256-{}", subject.hex()))
-                .await
-            {
-                Ok((mt, bytes, _)) => match ManifestKind::parse(Some(&mt), &bytes)? {
-                    ManifestKind::Index(i) => i.manifests,
-                    ManifestKind::Image(_) => Vec::new(),
-                },
-                Err(TransferError::Registry(crate::registry::RegistryError::NotFound {
-                    ..
-                })) => Vec::new(),
-                Err(e) => return Err(e),
+    let mut list = match target.indexed_referrers(subject, artifact_type).await? {
+        Some(list) => list,
+        None => match target
+            .fetch_manifest(&format!("sha256-{}", subject.hex()))
+            .await
+        {
+            Ok((mt, bytes, _)) => match ManifestKind::parse(Some(&mt), &bytes)? {
+                ManifestKind::Index(i) => i.manifests,
+                ManifestKind::Image(_) => Vec::new(),
             },
+            Err(TransferError::Registry(crate::registry::RegistryError::NotFound { .. })) => {
+                Vec::new()
+            }
+            Err(e) => return Err(e),
         },
     };
     if let Some(t) = artifact_type {
@@ -209,16 +204,10 @@ pub(super) async fn register(
     subject: &Digest,
     entry: Descriptor,
 ) -> Result<(), TransferError> {
-    match dst {
-        // The store indexed it when its manifest was put.
-        Target::Local { .. } => Ok(()),
-        Target::Remote {
-            client, repository, ..
-        } => {
-            if client.referrers(repository, subject, None).await?.is_none() {
-                update_fallback_tag(dst, subject, entry).await?;
-            }
-            Ok(())
-        }
+    // The store indexed it when its manifest was put; a registry with the referrers API
+    // indexes it itself.
+    if dst.indexed_referrers(subject, None).await?.is_none() {
+        update_fallback_tag(dst, subject, entry).await?;
     }
+    Ok(())
 }

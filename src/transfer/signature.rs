@@ -68,7 +68,7 @@ pub async fn check(
     resolved: &Resolved,
     verification: &sign::Verification,
 ) -> Result<Option<Vec<u8>>, TransferError> {
-    let Some(requirement) = verification.for_repository(&policy_name(target))? else {
+    let Some(requirement) = verification.for_repository(&target.policy_name())? else {
         return Ok(None);
     };
     match require(target, resolved, &requirement.keys).await {
@@ -78,21 +78,6 @@ pub async fn check(
             Ok(None)
         }
         Err(e) => Err(e),
-    }
-}
-
-/// The name a policy's patterns match: `REGISTRY/REPOSITORY` with the registry in its one
-/// canonical spelling (the repository alone for the local store), so `LOCALHOST:05930` or
-/// `127.1:5930` meet the rules written for `127.0.0.1:5930`.
-fn policy_name(target: &Target) -> String {
-    match target {
-        Target::Local { repository, .. } => repository.clone(),
-        Target::Remote {
-            client, repository, ..
-        } => format!(
-            "{}/{repository}",
-            crate::reference::canonical_registry(client.registry())
-        ),
     }
 }
 

@@ -93,6 +93,51 @@ impl Target {
         }
     }
 
+    /// The same target without its mirrors: what the registry itself answers.
+    pub fn without_mirrors(self) -> Target {
+        match self {
+            Target::Remote {
+                client, repository, ..
+            } => Target::Remote {
+                client,
+                repository,
+                mirrors: Vec::new(),
+            },
+            local => local,
+        }
+    }
+
+    /// The repository `other` is, when both are repositories of one registry: a blob may
+    /// be mounted from it, with no byte sent.
+    pub fn same_registry_as<'o>(&self, other: &'o Target) -> Option<&'o str> {
+        match (self, other) {
+            (
+                Target::Remote { client, .. },
+                Target::Remote {
+                    client: from,
+                    repository,
+                    ..
+                },
+            ) if client.registry() == from.registry() => Some(repository),
+            _ => None,
+        }
+    }
+
+    /// The name a policy's patterns match: `REGISTRY/REPOSITORY` with the registry in its
+    /// one canonical spelling (the repository alone for the local store), so `LOCALHOST:05930`
+    /// or `127.1:5930` meet the rules written for `127.0.0.1:5930`.
+    pub fn policy_name(&self) -> String {
+        match self {
+            Target::Local { repository, .. } => repository.clone(),
+            Target::Remote {
+                client, repository, ..
+            } => format!(
+                "{}/{repository}",
+                crate::reference::canonical_registry(client.registry())
+            ),
+        }
+    }
+
     /// A registry (not the local store).
     pub fn is_remote(&self) -> bool {
         matches!(self, Target::Remote { .. })
@@ -343,6 +388,142 @@ impl Target {
                 Ok(())
             }
         }
+    }
+}
+
+/// Referrers and blobs as streams: what the engines that index, copy and import need of a
+/// target beyond whole blobs.
+impl Target {
+    /// The referrers of `subject` as the target indexes them: the store's index, or the
+    /// registry's referrers API; `None` when the registry has no such API (the caller falls
+    /// back to the `sha256-…` tag).
+    pub async fn indexed_referrers(
+        &self,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<Descriptor>>, TransferError> {
+        match self {
+            Target::Local { store, .. } => Ok(Some(store.referrers(subject)?)),
+            Target::Remote {
+                client, repository, ..
+            } => Ok(client.referrers(repository, subject, artifact_type).await?),
+        }
+    }
+
+    /// A blob the target holds, to be read a piece at a time.
+    pub async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader, TransferError> {
+        match self {
+            Target::Remote {
+                client, repository, ..
+            } => Ok(BlobReader::Registry(
+                client.registry().to_string(),
+                client
+                    .get_blob(repository, &desc.digest, None)
+                    .await?
+                    .response,
+            )),
+            Target::Local { store, .. } => {
+                let path = store.blob_path(&desc.digest);
+                std::fs::File::open(&path)
+                    .map(BlobReader::Local)
+                    .map_err(TransferError::io(path))
+            }
+        }
+    }
+
+    /// Store as one blob what `rx` brings: a streaming PUT to a registry (which checks the
+    /// digest), or a verified file in the local store. A piece that is an error fails it.
+    pub async fn put_blob_stream(
+        &self,
+        desc: &Descriptor,
+        mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> Result<(), TransferError> {
+        match self {
+            Target::Remote {
+                client, repository, ..
+            } => {
+                let pieces = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                let body = reqwest::Body::wrap_stream(pieces);
+                Ok(client
+                    .upload_blob(repository, desc, UploadBody::Stream(body), None)
+                    .await?)
+            }
+            Target::Local { store, .. } => {
+                let (store, desc) = (store.clone(), desc.clone());
+                tokio::task::spawn_blocking(move || {
+                    let name = std::path::PathBuf::from(desc.digest.as_str());
+                    store
+                        .put_reader(&desc, ChannelReader::new(rx), &name)
+                        .map(drop)
+                })
+                .await
+                .expect("the store task does not panic")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A blob's bytes from a registry or the local store, a piece at a time.
+pub enum BlobReader {
+    Registry(String, reqwest::Response),
+    Local(std::fs::File),
+}
+
+impl BlobReader {
+    /// The next piece; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, TransferError> {
+        match self {
+            BlobReader::Registry(registry, r) => r.chunk().await.map_err(|e| {
+                crate::registry::RegistryError::Transfer {
+                    registry: registry.clone(),
+                    context: "reading back a blob it has".into(),
+                    detail: crate::registry::error_chain(&e),
+                }
+                .into()
+            }),
+            BlobReader::Local(f) => {
+                use std::io::Read;
+                let mut buf = vec![0u8; 1 << 20];
+                let n = tokio::task::block_in_place(|| f.read(&mut buf)).map_err(|source| {
+                    TransferError::Io {
+                        path: "store blob".into(),
+                        source,
+                    }
+                })?;
+                buf.truncate(n);
+                Ok((n > 0).then(|| Bytes::from(buf)))
+            }
+        }
+    }
+}
+
+/// The pieces of a channel as a blocking reader (a piece that is an error fails the read).
+pub(crate) struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(piece) => self.current = piece?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

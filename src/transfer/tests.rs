@@ -2,7 +2,7 @@
 //! (`hoist serve` on a loopback port of this test process, its store in a temp folder) and
 //! the in-process WAN emulator: no binary to spawn, no external registry.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -710,6 +710,38 @@ async fn remembered_chunk_lists_are_used_and_a_lying_one_costs_only_a_download()
     assert_eq!(report.downloaded_bytes, v2.len() as u64);
 }
 
+/// A thread listing a folder over and over, keeping every distinct listing it saw.
+struct Lister {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeSet<Vec<String>>>,
+}
+
+impl Lister {
+    fn start(folder: PathBuf) -> Lister {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut names: Vec<String> = std::fs::read_dir(&folder)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(".hoist"))
+                    .collect();
+                names.sort();
+                seen.insert(names);
+            }
+            seen
+        });
+        Lister { stop, thread }
+    }
+
+    fn stop(self) -> std::collections::BTreeSet<Vec<String>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// A versioned pull switches `current` in one step: a reader listing `current` while v1 is
 /// replaced by v3 (v2 re-sharded) only ever sees all of v1's files or all of v3's; the
 /// version before stays, older ones go, and the user's own file in the root is untouched.
@@ -751,29 +783,12 @@ async fn a_versioned_pull_switches_current_in_one_step() {
     assert_eq!(files_in(&current), ["config.json", "model.safetensors"]);
     let v1_set = files_in(&current);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (stop, current) = (stop.clone(), current.clone());
-        std::thread::spawn(move || {
-            let mut seen = std::collections::BTreeSet::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut names: Vec<String> = std::fs::read_dir(&current)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with(".hoist"))
-                    .collect();
-                names.sort();
-                seen.insert(names);
-            }
-            seen
-        })
-    };
+    let reader = Lister::start(current.clone());
     let third = pull_versioned(&target, "v3", &root, &PullOptions::default(), silent())
         .await
         .unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = reader.join().unwrap();
+    let seen = reader.stop();
     let v3_set = files_in(&current);
     assert_eq!(
         v3_set,
@@ -814,9 +829,13 @@ async fn a_versioned_pull_switches_current_in_one_step() {
     assert!(third.version_dir.exists());
     assert_eq!(std::fs::read(root.join("NOTES.md")).unwrap(), b"mine");
     assert_eq!(files_in(&current), ["config.json"]);
+    a_link_at_a_versions_name_is_refused(&target, &root, work.path()).await;
+}
 
-    // A link planted at a version's name is refused, and nothing is written through it.
-    let elsewhere = work.path().join("elsewhere");
+/// A link planted at a version's name is refused, and nothing is written through it.
+async fn a_link_at_a_versions_name_is_refused(target: &Target, root: &Path, work: &Path) {
+    let current = root.join(CURRENT);
+    let elsewhere = work.join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     let resolved = target.resolve("v1").await.unwrap();
     std::os::unix::fs::symlink(
@@ -825,7 +844,7 @@ async fn a_versioned_pull_switches_current_in_one_step() {
             .join(format!("sha256-{}", resolved.digest.hex())),
     )
     .unwrap();
-    let err = pull_versioned(&target, "v1", &root, &PullOptions::default(), silent())
+    let err = pull_versioned(target, "v1", root, &PullOptions::default(), silent())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not a folder hoist made"), "{err}");

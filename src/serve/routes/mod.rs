@@ -344,16 +344,7 @@ async fn handle(
             )
             .await
         }
-        (Route::Blob(n, d), Method::DELETE) => {
-            // Only this repository's link goes; the content stays for the repositories that
-            // still hold it (and `gc` removes what none does).
-            let digest = parse_digest(&d)?;
-            if state.store.unlink(&n, LinkKind::Blob, &digest)? {
-                Ok(StatusCode::ACCEPTED.into_response())
-            } else {
-                Err(ApiError::blob_unknown(&d))
-            }
-        }
+        (Route::Blob(n, d), Method::DELETE) => delete_blob(state, &n, &d),
         (Route::UploadStart(n), Method::POST) => {
             start_upload(state, &n, &params, &headers, body).await
         }
@@ -363,14 +354,7 @@ async fn handle(
             Ok(upload_status(StatusCode::ACCEPTED, &n, &id, len))
         }
         (Route::Upload(n, id), Method::PUT) => {
-            let digest = parse_digest(
-                param(&params, "digest")
-                    .ok_or_else(|| ApiError::digest_invalid("PUT needs ?digest="))?,
-            )?;
-            let start = content_range_start(&headers)?;
-            state.uploads.append(&id, start, body).await?;
-            state.uploads.finish(&id, &digest, &state.store, &n).await?;
-            Ok(blob_created(&n, &digest))
+            finish_upload(state, (&n, &id), &params, &headers, body).await
         }
         (Route::Upload(n, id), Method::GET) => {
             let len = state.uploads.len(&id)?;
@@ -386,6 +370,39 @@ async fn handle(
             "{m} is not supported on {path}"
         ))),
     }
+}
+
+/// Only this repository's link goes; the content stays for the repositories that still
+/// hold it (and `gc` removes what none does).
+fn delete_blob(state: &Shared, name: &str, digest: &str) -> Result<Response> {
+    if state
+        .store
+        .unlink(name, LinkKind::Blob, &parse_digest(digest)?)?
+    {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(ApiError::blob_unknown(digest))
+    }
+}
+
+/// The upload's last piece (if any) appended, and the whole checked against `?digest=`.
+async fn finish_upload(
+    state: &Shared,
+    (name, id): (&str, &str),
+    params: &[(String, String)],
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let digest = parse_digest(
+        param(params, "digest").ok_or_else(|| ApiError::digest_invalid("PUT needs ?digest="))?,
+    )?;
+    let start = content_range_start(headers)?;
+    state.uploads.append(id, start, body).await?;
+    state
+        .uploads
+        .finish(id, &digest, &state.store, name)
+        .await?;
+    Ok(blob_created(name, &digest))
 }
 
 fn query_params(query: &str) -> Vec<(String, String)> {

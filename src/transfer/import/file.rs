@@ -16,7 +16,8 @@ use crate::digest::Digest;
 use crate::oci::modelpack::LayerKind;
 use crate::oci::Descriptor;
 use crate::pack::{self, BlobSource, EncodedLayer, ModelFile, WeightFacts};
-use crate::registry::UploadBody;
+use crate::transfer::target::ChannelReader;
+use crate::transfer::BlobReader;
 use crate::transfer::{Action, Event, Observer, Target, TransferError};
 
 /// Pieces in flight between the download, the hashing task and the upload, each way: with
@@ -164,7 +165,7 @@ async fn bring_streamed(
         return Ok(done(ctx, file, seen, Action::Skipped, None, 0));
     }
     let origin = match have {
-        true => Origin::read_back(ctx.dst, &desc).await?,
+        true => Origin::Destination(ctx.dst.open_blob(&desc).await?),
         false => Origin::Listed(ctx.source.open(ctx.commit, file).await?),
     };
     let (cut_tx, cut_rx) = mpsc::channel(PIPE);
@@ -173,7 +174,7 @@ async fn bring_streamed(
         true => (None, None),
         false => {
             let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(PIPE);
-            (Some(tx), Some(upload_stream(ctx.dst, &desc, rx)))
+            (Some(tx), Some(ctx.dst.put_blob_stream(&desc, rx)))
         }
     };
     let fed = feed(
@@ -349,7 +350,7 @@ fn look(
 ) -> impl std::future::Future<Output = Result<Seen, TransferError>> {
     let path = model.relative.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let mut reader = Pieces::new(rx);
+        let mut reader = ChannelReader::new(rx);
         if model.kind != LayerKind::Weight {
             return finish(reader, &model, chunker, None);
         }
@@ -421,35 +422,6 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// The pieces of a channel as a blocking reader (a piece that is an error fails the read).
-struct Pieces {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Pieces {
-    fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Pieces {
-        Pieces {
-            rx,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for Pieces {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(piece) => self.current = piece?,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 /// A reader that keeps what it reads (a header, read again for hashing), up to a bound.
 struct Recording<'r, R> {
     inner: &'r mut R,
@@ -483,90 +455,21 @@ impl<R: Read> Read for Recording<'_, R> {
 /// Where a streamed file's bytes come from: the source, or the destination that has it.
 enum Origin {
     Listed(Box<dyn FileReader>),
-    Registry(String, reqwest::Response),
-    Local(std::fs::File),
+    Destination(BlobReader),
 }
 
 impl Origin {
-    async fn read_back(dst: &Target, desc: &Descriptor) -> Result<Origin, TransferError> {
-        match dst {
-            Target::Remote {
-                client, repository, ..
-            } => Ok(Origin::Registry(
-                client.registry().to_string(),
-                client
-                    .get_blob(repository, &desc.digest, None)
-                    .await?
-                    .response,
-            )),
-            Target::Local { store, .. } => {
-                let path = store.blob_path(&desc.digest);
-                std::fs::File::open(&path)
-                    .map(Origin::Local)
-                    .map_err(TransferError::io(path))
-            }
-        }
-    }
-
     async fn next(&mut self) -> Result<Option<Bytes>, TransferError> {
         match self {
             Origin::Listed(s) => s.next().await,
-            Origin::Registry(registry, r) => r.chunk().await.map_err(|e| {
-                crate::registry::RegistryError::Transfer {
-                    registry: registry.clone(),
-                    context: "reading back a blob it has".into(),
-                    detail: crate::registry::error_chain(&e),
-                }
-                .into()
-            }),
-            Origin::Local(f) => {
-                let mut buf = vec![0u8; 1 << 20];
-                let n = tokio::task::block_in_place(|| f.read(&mut buf)).map_err(|source| {
-                    TransferError::Io {
-                        path: "store blob".into(),
-                        source,
-                    }
-                })?;
-                buf.truncate(n);
-                Ok((n > 0).then(|| Bytes::from(buf)))
-            }
+            Origin::Destination(b) => b.next().await,
         }
     }
 
     fn resumed(&self) -> u32 {
         match self {
             Origin::Listed(s) => s.resumed(),
-            _ => 0,
-        }
-    }
-}
-
-/// Send what `rx` brings as one blob: a streaming PUT to a registry (which checks the
-/// digest as well), or a verified file in the local store.
-async fn upload_stream(
-    dst: &Target,
-    desc: &Descriptor,
-    mut rx: mpsc::Receiver<std::io::Result<Bytes>>,
-) -> Result<(), TransferError> {
-    match dst {
-        Target::Remote {
-            client, repository, ..
-        } => {
-            let pieces = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            let body = reqwest::Body::wrap_stream(pieces);
-            Ok(client
-                .upload_blob(repository, desc, UploadBody::Stream(body), None)
-                .await?)
-        }
-        Target::Local { store, .. } => {
-            let (store, desc) = (store.clone(), desc.clone());
-            tokio::task::spawn_blocking(move || {
-                let name = std::path::PathBuf::from(desc.digest.as_str());
-                store.put_reader(&desc, Pieces::new(rx), &name).map(drop)
-            })
-            .await
-            .expect("the store task does not panic")?;
-            Ok(())
+            Origin::Destination(_) => 0,
         }
     }
 }

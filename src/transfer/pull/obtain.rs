@@ -89,16 +89,22 @@ impl Ctx<'_> {
         desc: &Descriptor,
         name: &str,
     ) -> Result<(PathBuf, bool, Action), TransferError> {
-        match (self.source, &self.opts.cache) {
-            (Target::Local { store, repository }, _) => match checked(store, desc).await? {
+        if let Some(store) = self.source.local_store() {
+            return match checked(store, desc).await? {
                 BlobCheck::Good(path) => Ok((path, false, Action::Linked)),
                 BlobCheck::Missing => Err(crate::store::StoreError::NotFound {
-                    reference: format!("{repository} blob {} ({name})", desc.digest),
+                    reference: format!(
+                        "{} blob {} ({name})",
+                        self.source.repository(),
+                        desc.digest
+                    ),
                     root: store.root().to_path_buf(),
                 }
                 .into()),
-            },
-            (Target::Remote { .. }, Some(cache)) => {
+            };
+        }
+        match &self.opts.cache {
+            Some(cache) => {
                 let sources = self.source.sources(desc.digest.as_str());
                 let (path, fresh) = into_store(cache, desc, |part| async move {
                     self.download(&sources, desc, &part, name).await
@@ -111,7 +117,7 @@ impl Ctx<'_> {
                 };
                 Ok((path, false, action))
             }
-            (Target::Remote { .. }, None) => {
+            None => {
                 let verified = self.staging.blob_path(&desc.digest);
                 // A blob verified by an interrupted earlier run is a file on disk like any
                 // other: checked again before it is used.
