@@ -281,18 +281,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            // Make room: the longest waiter's slot, once its task has let it go.
-            Err(_) if tracker.close_longest_waiting() => {
-                tokio::time::timeout(MAKE_ROOM_WAIT, slots.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            Err(_) => None,
-        };
-        let Some(slot) = slot else {
+        let Some(slot) = take_slot(&slots, &tracker).await else {
             tracing::warn!(
                 "refusing a connection from {peer}: {} connections are open (the limit), each serving a request",
                 limits.max_connections
@@ -313,37 +302,51 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let (id, conn) = tracker.open();
-            let served = async {
-                match tls {
-                    Some(acceptor) => {
-                        let handshake = acceptor.accept(Idle::new(tcp, limits.idle_timeout));
-                        match tokio::time::timeout(limits.tls_handshake_timeout, handshake).await {
-                            Ok(Ok(stream)) => {
-                                serve_one(
-                                    stream,
-                                    app,
-                                    limits,
-                                    peer,
-                                    (tracker.clone(), conn.clone()),
-                                )
-                                .await
-                            }
-                            Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
-                            Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
-                        }
-                    }
-                    None => {
-                        let io = Idle::new(tcp, limits.idle_timeout);
-                        serve_one(io, app, limits, peer, (tracker.clone(), conn.clone())).await
-                    }
-                }
-            };
+            let served =
+                serve_accepted(tcp, peer, tls, app, limits, (tracker.clone(), conn.clone()));
             tokio::select! {
                 () = served => {}
                 () = conn.close.notified() => tracing::debug!("closed {peer} to make room for a newcomer"),
             }
             tracker.closed(id);
         });
+    }
+}
+
+/// A connection slot: a free one, or the longest waiter's once its task has let it go.
+async fn take_slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+    tracker: &Tracker,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) if tracker.close_longest_waiting() => {
+            tokio::time::timeout(MAKE_ROOM_WAIT, slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+        Err(_) => None,
+    }
+}
+
+/// One accepted connection served, over TLS when the server has it (the handshake bounded).
+async fn serve_accepted(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: axum::Router,
+    limits: ConnLimits,
+    tracked: (Tracker, Arc<ConnState>),
+) {
+    let io = Idle::new(tcp, limits.idle_timeout);
+    let Some(acceptor) = tls else {
+        return serve_one(io, app, limits, peer, tracked).await;
+    };
+    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => serve_one(stream, app, limits, peer, tracked).await,
+        Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
+        Err(_) => tracing::debug!("TLS handshake with {peer} timed out"),
     }
 }
 

@@ -30,9 +30,53 @@ pub async fn fetch(
         realm: realm.to_string(),
         detail,
     };
-    let mut url =
+    let url =
         reqwest::Url::parse(realm).map_err(|e| failed(format!("the realm is not a URL: {e}")))?;
-    let request = match credential {
+    let request = token_request(http, url, service, scopes, credential);
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| failed(crate::registry::error_chain(&e)))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(RegistryError::Unauthorized {
+            registry: registry.to_string(),
+            repository: if scopes.is_empty() {
+                "the registry".to_string()
+            } else {
+                scopes.join(" ")
+            },
+            credential_source: source.map(str::to_string),
+        });
+    }
+    if !status.is_success() {
+        return Err(failed(format!("HTTP {}", status.as_u16())));
+    }
+    let bytes = crate::registry::body::read_capped(resp, crate::registry::body::MAX_JSON_BODY)
+        .await
+        .ok_or_else(|| failed("the answer is over the 4 MiB limit or was cut off".into()))?;
+    let body: TokenResponse = serde_json::from_slice(&bytes)
+        .map_err(|e| failed(format!("the answer is not a token: {e}")))?;
+    let token = body
+        .token
+        .or(body.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| failed("the answer holds no token".into()))?;
+    // The spec's default lifetime is 60 s; refresh 10 s early.
+    let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(11) - 10);
+    Ok((token, Instant::now() + lifetime))
+}
+
+/// The token request: an OAuth2 refresh-token POST for an identity token, else Docker's GET
+/// (with Basic credentials when there is a password).
+fn token_request(
+    http: &reqwest::Client,
+    mut url: reqwest::Url,
+    service: Option<&str>,
+    scopes: &[String],
+    credential: Option<&Credential>,
+) -> reqwest::RequestBuilder {
+    match credential {
         Some(Credential::IdentityToken(refresh)) => {
             let mut form = vec![
                 ("grant_type", "refresh_token"),
@@ -68,37 +112,5 @@ pub async fn fetch(
                 _ => req,
             }
         }
-    };
-    let resp = request
-        .send()
-        .await
-        .map_err(|e| failed(crate::registry::error_chain(&e)))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(RegistryError::Unauthorized {
-            registry: registry.to_string(),
-            repository: if scopes.is_empty() {
-                "the registry".to_string()
-            } else {
-                scopes.join(" ")
-            },
-            credential_source: source.map(str::to_string),
-        });
     }
-    if !status.is_success() {
-        return Err(failed(format!("HTTP {}", status.as_u16())));
-    }
-    let bytes = crate::registry::body::read_capped(resp, crate::registry::body::MAX_JSON_BODY)
-        .await
-        .ok_or_else(|| failed("the answer is over the 4 MiB limit or was cut off".into()))?;
-    let body: TokenResponse = serde_json::from_slice(&bytes)
-        .map_err(|e| failed(format!("the answer is not a token: {e}")))?;
-    let token = body
-        .token
-        .or(body.access_token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| failed("the answer holds no token".into()))?;
-    // The spec's default lifetime is 60 s; refresh 10 s early.
-    let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(11) - 10);
-    Ok((token, Instant::now() + lifetime))
 }
