@@ -154,17 +154,15 @@ fn cut(
     )
 }
 
-/// The digest and chunks of `size` bytes read once from `reader` (a download as it
-/// arrives: `hoist copy hf://…` cuts what it streams, as `push` cuts a file).
-pub fn digest_and_chunks_of(
+/// The chunks of `size` bytes read once from `reader` (a download as it arrives, hashed
+/// whole elsewhere at the same time).
+pub fn chunks_of_reader(
     reader: impl Read,
     size: u64,
     chunker: &str,
     hash: ChunkHash,
-) -> std::io::Result<(Digest, Vec<Chunk>)> {
-    let mut hasher = Hasher::new();
-    let chunks = cut_reader(reader, size, chunker, hash, Some(&mut hasher))?;
-    Ok((hasher.finish(), chunks))
+) -> std::io::Result<Vec<Chunk>> {
+    cut_reader(reader, size, chunker, hash, None)
 }
 
 /// Cut what `reader` gives (`size` bytes expected) into chunks, in one sequential read; every

@@ -42,7 +42,7 @@ impl Default for Settings {
         Settings {
             store: None,
             transport: TransportOptions {
-                max_connections: 16,
+                max_connections: crate::transfer::fetch::DEFAULT_MAX_CONNECTIONS,
                 ..Default::default()
             },
             credentials: CredentialOptions::default(),

@@ -183,6 +183,7 @@ pub fn transfer_code(e: &TransferError) -> ExitCode {
         TransferError::Signature(_) => ExitCode::Signature,
         TransferError::Hub(e) => hub_code(e),
         TransferError::Import(e) => import_code(e),
+        TransferError::Tensors(_) => ExitCode::InvalidContent,
     }
 }
 

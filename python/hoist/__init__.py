@@ -56,6 +56,7 @@ from .errors import (
     VerifyError,
     from_code,
 )
+from .tensors import Tensors
 from .results import (
     CopyResult,
     PlacedFile,
@@ -76,6 +77,8 @@ __all__ = [
     "push",
     "pull",
     "copy",
+    "open_safetensors",
+    "Tensors",
     "inspect",
     "verify",
     "list",
@@ -288,7 +291,7 @@ def pull(
     verify_key: Union[PathLike, Sequence[PathLike], None] = None,
     verify_policy: Optional[PathLike] = None,
     concurrency: int = 4,
-    max_connections: int = 16,
+    max_connections: int = 64,
     range_size: Optional[int] = None,
     link_mode: str = "auto",
     overwrite: bool = False,
@@ -330,6 +333,42 @@ def pull(
         overwrite,
     )
     return pull_result(report, ref, Path(output), time.monotonic() - started)
+
+
+def open_safetensors(
+    ref: str,
+    *,
+    cache: bool = False,
+    concurrency: int = 4,
+    max_connections: int = 64,
+    range_size: Optional[int] = None,
+    progress: ProgressArg = None,
+    **connection: Any,
+) -> "Tensors":
+    """The tensors of ``ref``'s ``.safetensors`` files, straight from the registry into memory.
+
+    Returns a read-only mapping from tensor name to a NumPy array (a view into memory; no file
+    is written). Every byte is checked against its layer's digest before this returns; a
+    header that lies about its tensors' offsets or sizes raises before the memory is taken.
+    ``cache`` uses the local store as a node cache (a blob it holds is mapped where it is,
+    after its digest is checked again); ``max_connections`` and ``range_size`` are
+    ``pull``'s. ``.raw(name)`` gives a tensor's bytes for other frameworks.
+
+    >>> with hoist.open_safetensors("localhost:5000/team/bert:v1") as t:  # doctest: +SKIP
+    ...     t["embeddings.word_embeddings.weight"].shape
+    """
+    listed = _call(
+        _native.open_safetensors,
+        progress,
+        "open",
+        _connection(connection),
+        ref,
+        cache,
+        concurrency,
+        max_connections,
+        range_size,
+    )
+    return Tensors(listed)
 
 
 def copy(

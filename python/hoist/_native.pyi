@@ -72,6 +72,15 @@ def copy(
     chunk_index: bool,
     progress: Tick,
 ) -> str: ...
+def open_safetensors(
+    conn: Connection,
+    reference: str,
+    cache: bool,
+    concurrency: int,
+    max_connections: int,
+    range_size: Optional[int],
+    progress: Tick,
+) -> str: ...
 def inspect(conn: Connection, reference: str) -> str: ...
 def verify(
     conn: Connection,

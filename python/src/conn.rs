@@ -39,7 +39,7 @@ impl Connection {
                     plain_http,
                     insecure,
                     ca_file,
-                    max_connections: 16,
+                    max_connections: hoist::transfer::fetch::DEFAULT_MAX_CONNECTIONS,
                     connect_timeout: None,
                     read_timeout: None,
                 },

@@ -239,6 +239,54 @@ fn copied<T: serde::Serialize>(source: &str, dst: &Target, tags: &[String], repo
     }))
 }
 
+/// Every `.safetensors` file of an artifact in memory, verified; returns JSON, a list of
+/// `{"path", "digest", "size", "fd", "tensors", "metadata"}`. Each `fd` (a memfd, or the
+/// store's blob read-only) is the caller's to map and close.
+#[pyfunction]
+#[pyo3(signature = (conn, reference, cache, concurrency, max_connections, range_size, progress))]
+#[allow(clippy::too_many_arguments)]
+fn open_safetensors(
+    py: Python<'_>,
+    conn: &Connection,
+    reference: String,
+    cache: bool,
+    concurrency: usize,
+    max_connections: usize,
+    range_size: Option<u64>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    use std::os::fd::IntoRawFd;
+    let ctx = conn.context();
+    let stall_timeout = conn.stall_timeout();
+    run::run(py, progress.as_ref(), move |observer| async move {
+        let reference = Reference::parse(&reference)?;
+        let source = ctx.target(&reference)?;
+        let attempts = FetchOptions::default().retry.attempts;
+        let opts = transfer::tensors::TensorOptions {
+            fetch: FetchOptions::new(max_connections, range_size, attempts, stall_timeout),
+            concurrency,
+            cache: if cache { Some(ctx.store()?) } else { None },
+        };
+        let files =
+            transfer::tensors::open_safetensors(&source, &reference.target(), &opts, observer)
+                .await?;
+        let listed: Vec<serde_json::Value> = files
+            .into_iter()
+            .map(|f| {
+                serde_json::json!({
+                    "path": f.path,
+                    "digest": f.digest,
+                    "size": f.size,
+                    "tensors": f.header.tensors,
+                    "metadata": f.header.metadata,
+                    "fd": f.file.into_raw_fd(),
+                })
+            })
+            .collect();
+        Ok(json(&listed))
+    })
+}
+
 /// Describe an artifact; returns the `Inspection` as JSON.
 #[pyfunction]
 fn inspect(py: Python<'_>, conn: &Connection, reference: String) -> PyResult<String> {
@@ -305,6 +353,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(push, m)?)?;
     m.add_function(wrap_pyfunction!(pull, m)?)?;
     m.add_function(wrap_pyfunction!(copy, m)?)?;
+    m.add_function(wrap_pyfunction!(open_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(list, m)?)?;

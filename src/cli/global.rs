@@ -159,7 +159,7 @@ impl TryFrom<&GlobalArgs> for Context {
                 plain_http: global.plain_http.then_some(true),
                 insecure: global.insecure,
                 ca_file: global.ca_file.clone(),
-                max_connections: 16,
+                max_connections: hoist::transfer::fetch::DEFAULT_MAX_CONNECTIONS,
                 connect_timeout: None,
                 read_timeout: None,
             },

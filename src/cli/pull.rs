@@ -24,7 +24,7 @@ pub struct FetchArgs {
     concurrency: usize,
     /// HTTP connections open at once (per volume, for `csi`); large blobs are split into
     /// byte ranges fetched in parallel.
-    #[arg(long, default_value_t = 16, env = "HOIST_MAX_CONNECTIONS")]
+    #[arg(long, default_value_t = hoist::transfer::fetch::DEFAULT_MAX_CONNECTIONS, env = "HOIST_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Byte-range size for large blobs (default: adapted to the blob, 8–64 MiB); a pull
     /// cut short resumes from its last whole range.

@@ -15,6 +15,7 @@ mod push;
 mod referrers;
 pub mod signature;
 mod target;
+pub mod tensors;
 pub mod verify;
 mod versions;
 mod volume;
@@ -87,6 +88,9 @@ pub enum TransferError {
     Hub(#[from] crate::hub::HubError),
     #[error(transparent)]
     Import(#[from] import::ImportError),
+    /// A safetensors file whose header hoist will not map (exit 8).
+    #[error("{0}")]
+    Tensors(String),
     #[error("the image's layers are not those its config names ({0}); containerd would refuse to mount it, nothing was written")]
     DiffIds(String),
     #[error("{0} resolves to an index with no manifest for this platform")]

@@ -410,6 +410,59 @@ impl Target {
         }
     }
 
+    /// The first `n` bytes of a blob (at most its size): a ranged read; the answer of a
+    /// registry that ignores the range is cut after `n`.
+    pub async fn read_blob_prefix(
+        &self,
+        desc: &Descriptor,
+        n: u64,
+    ) -> Result<Vec<u8>, TransferError> {
+        let n = n.min(desc.size);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        let mut blob = match self {
+            Target::Local { store, .. } => {
+                use std::os::unix::fs::FileExt;
+                let path = store.blob_path(&desc.digest);
+                let file = std::fs::File::open(&path).map_err(TransferError::io(&path))?;
+                out.resize(n as usize, 0);
+                file.read_exact_at(&mut out, 0)
+                    .map_err(TransferError::io(&path))?;
+                return Ok(out);
+            }
+            Target::Remote {
+                client, repository, ..
+            } => {
+                client
+                    .get_blob(repository, &desc.digest, Some((0, n - 1)))
+                    .await?
+                    .response
+            }
+        };
+        while (out.len() as u64) < n {
+            let Some(piece) =
+                blob.chunk()
+                    .await
+                    .map_err(|e| crate::registry::RegistryError::Transfer {
+                        registry: self.describe(),
+                        context: "reading the start of a blob".into(),
+                        detail: crate::registry::error_chain(&e),
+                    })?
+            else {
+                return Err(TransferError::Refused(format!(
+                    "{}: the registry sent {} of the first {n} bytes",
+                    desc.digest,
+                    out.len()
+                )));
+            };
+            let room = n as usize - out.len();
+            out.extend_from_slice(&piece[..piece.len().min(room)]);
+        }
+        Ok(out)
+    }
+
     /// A blob the target holds, to be read a piece at a time.
     pub async fn open_blob(&self, desc: &Descriptor) -> Result<BlobReader, TransferError> {
         match self {

@@ -36,6 +36,11 @@ use super::{Event, Observer, TransferError};
 use crate::oci::Descriptor;
 use crate::registry::RegistryClient;
 
+/// Connections a pull may open at once by default: enough to fill a link that caps each
+/// connection (cloud blob stores and their CDNs, 5–50 MB/s each); the controller opens them
+/// only while they raise the rate, so a fast local link stays near [`INITIAL_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
 /// Knobs of the download engine.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -51,7 +56,7 @@ pub struct FetchOptions {
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
-            max_connections: 16,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             range_size: None,
             retry: RetryPolicy::default(),
             stall_timeout: Duration::from_secs(30),
@@ -233,6 +238,36 @@ impl Fetcher {
         part: &Path,
         name: &str,
     ) -> Result<(), TransferError> {
+        self.download_any(sources, desc, Part::File(part), name)
+            .await
+    }
+
+    /// Download `desc` into anonymous memory (a `memfd`: no file in any filesystem), over the
+    /// same ranged connections and with the same check as [`Fetcher::download`]; the memory
+    /// holds exactly the verified bytes when this returns. Nothing is kept for a resume.
+    pub async fn download_to_memory(
+        &self,
+        sources: &[Source],
+        desc: &Descriptor,
+        name: &str,
+    ) -> Result<std::fs::File, TransferError> {
+        let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| TransferError::io("memfd")(e.into()))?;
+        let file = Arc::new(std::fs::File::from(fd));
+        file.set_len(desc.size)
+            .map_err(TransferError::io("memfd"))?;
+        self.download_any(sources, desc, Part::Memory(&file), name)
+            .await?;
+        Ok(Arc::try_unwrap(file).expect("the download let its file go"))
+    }
+
+    async fn download_any(
+        &self,
+        sources: &[Source],
+        desc: &Descriptor,
+        part: Part<'_>,
+        name: &str,
+    ) -> Result<(), TransferError> {
         let mut last = None;
         for (i, source) in sources.iter().enumerate() {
             let host = source.client.registry();
@@ -276,10 +311,14 @@ impl Fetcher {
         &self,
         source: &Source,
         desc: &Descriptor,
-        part: &Path,
+        part: Part<'_>,
         name: &str,
         first_try: bool,
     ) -> Result<(), TransferError> {
+        let part = match part {
+            Part::File(path) => path,
+            Part::Memory(file) => return self.download_memory(source, desc, file, name).await,
+        };
         let state_path = state::path_for(part);
         let range_size = self.opts.range_size_for(desc.size);
         let mut state = state::RangeState::load_or_new(&state_path, part, desc, range_size)
@@ -315,6 +354,37 @@ impl Fetcher {
     }
 }
 
+/// Where a download writes.
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    /// A part file, with its resume record beside it.
+    File(&'a Path),
+    /// A memory file, started over on each try.
+    Memory(&'a Arc<std::fs::File>),
+}
+
+impl Fetcher {
+    async fn download_memory(
+        &self,
+        source: &Source,
+        desc: &Descriptor,
+        file: &Arc<std::fs::File>,
+        name: &str,
+    ) -> Result<(), TransferError> {
+        let mut state = state::RangeState::in_memory(desc, self.opts.range_size_for(desc.size));
+        let actual = range::fetch_ranges(self, source, desc, file, &mut state, name).await?;
+        if actual != desc.digest {
+            return Err(TransferError::DigestMismatch {
+                what: name.to_string(),
+                expected: desc.digest.clone(),
+                actual,
+                size: desc.size,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Open more connections while each step up raises the aggregate rate by more than 15% and
 /// the machine has idle CPU: a link that caps every connection (cloud blob storage) gets
 /// many, a local or CPU-bound one stays near the start, where extra connections only cost
@@ -325,12 +395,14 @@ async fn grow_connections(
     initial: usize,
     max: usize,
 ) {
-    const TICK: Duration = Duration::from_millis(500);
+    // Short enough to reach 64 connections in about a second and a half, long enough that
+    // a 20 ms first byte and TCP's slow start do not hide what the last step brought.
+    const TICK: Duration = Duration::from_millis(250);
     let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
     let mut last = received.load(Ordering::Relaxed);
     let mut cpu = CpuTimes::read();
-    // The first half second holds the connection set-up, the manifest and the small files:
-    // its rate is low on any link and would make the first step look like it paid.
+    // The first tick holds the connection set-up, the manifest and the small files: its
+    // rate is low on any link and would make the first step look like it paid.
     tokio::time::sleep(TICK).await;
     last = received.load(Ordering::Relaxed).max(last);
     cpu = CpuTimes::read().or(cpu);

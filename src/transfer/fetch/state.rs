@@ -87,6 +87,18 @@ impl RangeState {
         }
     }
 
+    /// A record kept in memory only, for a download into memory: nothing to resume from.
+    pub fn in_memory(desc: &Descriptor, range_size: u64) -> RangeState {
+        let ranges = desc.size.div_ceil(range_size).max(1) as usize;
+        RangeState {
+            digest: desc.digest.clone(),
+            size: desc.size,
+            range_size,
+            done: "0".repeat(ranges),
+            path: PathBuf::new(),
+        }
+    }
+
     pub fn ranges(&self) -> usize {
         self.done.len()
     }
@@ -113,6 +125,9 @@ impl RangeState {
         let mut bytes = std::mem::take(&mut self.done).into_bytes();
         bytes[index] = b'1';
         self.done = String::from_utf8(bytes).expect("ascii");
+        if self.path.as_os_str().is_empty() {
+            return Ok(()); // in memory: nothing is kept past this download
+        }
         let bytes = serde_json::to_vec(self).expect("state serialises");
         crate::fsutil::write_atomic(&self.path, &bytes, crate::fsutil::Replace::FAST)
     }

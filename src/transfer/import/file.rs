@@ -5,8 +5,6 @@
 //! matches the SHA-256 the source listed, so a registry never completes an upload of other
 //! bytes.
 
-use std::io::Read;
-
 use bytes::Bytes;
 use sha1::Digest as _;
 use tokio::sync::mpsc;
@@ -16,13 +14,11 @@ use crate::digest::Digest;
 use crate::oci::modelpack::LayerKind;
 use crate::oci::Descriptor;
 use crate::pack::{self, BlobSource, EncodedLayer, ModelFile, WeightFacts};
-use crate::transfer::target::ChannelReader;
 use crate::transfer::BlobReader;
 use crate::transfer::{Action, Event, Observer, Target, TransferError};
 
-/// Pieces in flight between the download, the hashing task and the upload, each way: with
-/// the pieces hyper hands over (≤ 64 KiB or so), a few MiB per file at most.
-const PIPE: usize = 32;
+use super::look::{Lookers, Seen};
+use super::PIPE;
 
 pub struct Ctx<'a> {
     pub source: &'a dyn ImportSource,
@@ -42,14 +38,6 @@ pub struct Brought {
     /// The bytes of a small root file that describes the model (`config.json`, the card).
     pub small: Option<Bytes>,
     pub resumed: u32,
-}
-
-/// What the hashing task found in one file's bytes.
-struct Seen {
-    digest: Digest,
-    size: u64,
-    chunks: Option<crate::chunks::ChunkList>,
-    facts: Option<WeightFacts>,
 }
 
 pub async fn bring(
@@ -93,10 +81,9 @@ async fn bring_small(
         }
         .into());
     }
-    let (tx, rx) = mpsc::channel(1);
-    let _ = tx.send(Ok(body.clone())).await;
-    drop(tx);
-    let seen = look(rx, model.clone(), ctx.chunker).await?;
+    let lookers = Lookers::start(model, ctx.chunker);
+    lookers.send(&body).await;
+    let seen = lookers.finish().await?;
     let desc = Descriptor::new(media_type(model), seen.digest.clone(), seen.size);
     let action = if ctx.dst.has_blob(&desc).await? {
         Action::Skipped
@@ -144,7 +131,7 @@ fn more_than_listed(source: &dyn ImportSource, file: &SourceFile) -> ImportError
     }
 }
 
-/// A file with a SHA-256: streamed, checked against it on the way.
+/// A file with a SHA-256: streamed, checked against it on the way (`feed`).
 async fn bring_streamed(
     ctx: &Ctx<'_>,
     file: &SourceFile,
@@ -168,8 +155,7 @@ async fn bring_streamed(
         true => Origin::Destination(ctx.dst.open_blob(&desc).await?),
         false => Origin::Listed(ctx.source.open(ctx.commit, file).await?),
     };
-    let (cut_tx, cut_rx) = mpsc::channel(PIPE);
-    let looking = look(cut_rx, model.clone(), ctx.chunker);
+    let lookers = Lookers::start(model, ctx.chunker);
     let (up_tx, upload) = match have {
         true => (None, None),
         false => {
@@ -177,14 +163,7 @@ async fn bring_streamed(
             (Some(tx), Some(ctx.dst.put_blob_stream(&desc, rx)))
         }
     };
-    let fed = feed(
-        ctx,
-        (file, &expected),
-        origin,
-        cut_tx,
-        looking,
-        UploadPipe(up_tx),
-    );
+    let fed = feed(ctx, (file, &expected), origin, lookers, UploadPipe(up_tx));
     let uploading = async move {
         match upload {
             Some(u) => u.await,
@@ -223,7 +202,7 @@ impl UploadPipe {
     }
 
     /// End the upload in an error: the destination never gets the whole file.
-    async fn abort(&self, why: &ImportError) {
+    async fn abort(&self, why: &dyn std::fmt::Display) {
         if let Some(tx) = &self.0 {
             let _ = tx.send(Err(std::io::Error::other(why.to_string()))).await;
         }
@@ -237,8 +216,7 @@ async fn feed(
     ctx: &Ctx<'_>,
     (file, expected): (&SourceFile, &Digest),
     mut origin: Origin,
-    cut_tx: mpsc::Sender<std::io::Result<Bytes>>,
-    looking: impl std::future::Future<Output = Result<Seen, TransferError>>,
+    lookers: Lookers,
     upload: UploadPipe,
 ) -> Result<Option<(Seen, u32)>, TransferError> {
     let mut held: Option<Bytes> = None;
@@ -252,8 +230,8 @@ async fn feed(
             return Err(e.into());
         }
         progress(ctx, file, piece.len() as u64);
-        if cut_tx.send(Ok(piece.clone())).await.is_err() {
-            break; // the hashing task stopped: its error says why
+        if !lookers.send(&piece).await {
+            break; // a reader stopped: its error says why
         }
         if let Some(previous) = held.replace(piece) {
             if !upload.send(previous).await {
@@ -261,8 +239,13 @@ async fn feed(
             }
         }
     }
-    drop(cut_tx);
-    let seen = looking.await?;
+    let seen = match lookers.finish().await {
+        Ok(seen) => seen,
+        Err(e) => {
+            upload.abort(&e).await;
+            return Err(e);
+        }
+    };
     if let Err(e) = the_listed_bytes(ctx.source, file, expected, &seen) {
         upload.abort(&e).await;
         return Err(e.into());
@@ -339,117 +322,6 @@ fn git_blob_id(content: &[u8]) -> String {
     h.update(format!("blob {}\0", content.len()).as_bytes());
     h.update(content);
     hex::encode(h.finalize())
-}
-
-/// Hash, cut and read the header of the pieces `rx` brings, on a blocking thread started
-/// now (the pieces are sent before the result is awaited).
-fn look(
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    model: ModelFile,
-    chunker: Option<&'static str>,
-) -> impl std::future::Future<Output = Result<Seen, TransferError>> {
-    let path = model.relative.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let mut reader = ChannelReader::new(rx);
-        if model.kind != LayerKind::Weight {
-            return finish(reader, &model, chunker, None);
-        }
-        // The header is read first, kept, and read again by the hashing that follows.
-        let mut head = Recording::new(&mut reader, pack::MAX_HEADER_READ);
-        let facts = pack::weight_facts(&model.relative, &mut head, model.size);
-        let seen = head.seen;
-        finish(
-            std::io::Cursor::new(seen).chain(reader),
-            &model,
-            chunker,
-            facts,
-        )
-    });
-    async move {
-        task.await
-            .expect("the hashing task does not panic")
-            .map_err(|source| TransferError::Io {
-                path: path.into(),
-                source,
-            })
-    }
-}
-
-fn finish(
-    reader: impl Read,
-    model: &ModelFile,
-    chunker: Option<&'static str>,
-    facts: Option<WeightFacts>,
-) -> std::io::Result<Seen> {
-    let mut counted = Counted {
-        inner: reader,
-        n: 0,
-    };
-    let (digest, chunks) = match chunker {
-        Some(chunker) => {
-            let (digest, chunks) = crate::chunks::digest_and_chunks_of(
-                &mut counted,
-                model.size,
-                chunker,
-                crate::chunks::ChunkHash::NEW,
-            )?;
-            (digest, Some(crate::chunks::listed(chunks)))
-        }
-        None => {
-            let mut hasher = crate::digest::Hasher::new();
-            std::io::copy(&mut counted, &mut hasher)?;
-            (hasher.finish(), None)
-        }
-    };
-    Ok(Seen {
-        digest,
-        size: counted.n,
-        chunks,
-        facts,
-    })
-}
-
-struct Counted<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
-/// A reader that keeps what it reads (a header, read again for hashing), up to a bound.
-struct Recording<'r, R> {
-    inner: &'r mut R,
-    seen: Vec<u8>,
-    limit: u64,
-}
-
-impl<'r, R: Read> Recording<'r, R> {
-    fn new(inner: &'r mut R, limit: u64) -> Self {
-        Recording {
-            inner,
-            seen: Vec::new(),
-            limit,
-        }
-    }
-}
-
-impl<R: Read> Read for Recording<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let room = self.limit.saturating_sub(self.seen.len() as u64) as usize;
-        if room == 0 {
-            return Err(std::io::Error::other("header larger than the bound read"));
-        }
-        let want = buf.len().min(room);
-        let n = self.inner.read(&mut buf[..want])?;
-        self.seen.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Where a streamed file's bytes come from: the source, or the destination that has it.

@@ -13,6 +13,7 @@
 
 mod file;
 mod hub;
+mod look;
 mod source;
 
 pub use hub::HubSource;
@@ -27,6 +28,10 @@ use crate::digest::Digest;
 use crate::oci::media;
 use crate::oci::modelpack::LayerKind;
 use crate::pack::{self, ModelFile, ModelSource, PackOptions, WeightFacts};
+
+/// Pieces in flight between the download, each reader of the bytes and the upload, each
+/// way: with the pieces hyper hands over (≤ 64 KiB or so), a few MiB per file at most.
+const PIPE: usize = 32;
 
 #[derive(Clone)]
 pub struct ImportOptions {
