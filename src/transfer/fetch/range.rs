@@ -191,13 +191,14 @@ impl Job<'_> {
     /// connection has run out of ranges (or one fails).
     async fn fetch_all(&self) -> Result<(), TransferError> {
         let first = self.claims().claim().expect("a free range");
-        let permit = self.fetcher.first_connection().await;
+        let host = self.source.client.registry();
+        let permit = self.fetcher.first_connection(host).await;
         let mut running = FuturesUnordered::new();
         running.push(self.connection(permit, first));
         loop {
             if self.probe.get().is_some_and(|p| p.ranged) {
                 while self.claims().any_free() {
-                    let Some(spare) = self.fetcher.spare_connection() else {
+                    let Some(spare) = self.fetcher.spare_connection(host) else {
                         break;
                     };
                     let Some(run) = self.claims().claim() else {
