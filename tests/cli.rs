@@ -491,3 +491,105 @@ fn prune_keeps_the_newest_versions() {
     h.run(&["inspect", "m:v2"]).ok();
     h.run(&["prune"]).fails_with(2, "--keep");
 }
+
+/// `hoist --version` names the version, the commit it was built from and its features.
+#[test]
+fn the_version_names_the_commit_and_the_features() {
+    let out = Hoist::new().run(&["--version"]).ok().stdout;
+    let line = out.trim();
+    assert!(
+        line.starts_with(&format!("hoist {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    let commit = line
+        .split("(commit ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{line}"
+    );
+    for feature in ["serve", "mount", "bench", "csi"] {
+        assert!(line.contains(feature), "{feature} missing: {line}");
+    }
+}
+
+/// Completions come from the parser's own definitions: bash loads them, every shell gets a
+/// script that knows the subcommands, and a reader that goes away ends it quietly.
+#[test]
+fn completions_load_in_bash_and_name_every_command() {
+    let h = Hoist::new();
+    let bin = hoist_bin();
+    let script = format!(
+        "source <('{}' completions bash) && complete -p hoist",
+        bin.display()
+    );
+    let loaded = run(std::process::Command::new("bash").args(["-c", &script])).ok();
+    assert!(
+        loaded.stdout.contains("-F _hoist hoist"),
+        "{}",
+        loaded.stdout
+    );
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = h.run(&["completions", shell]).ok().stdout;
+        for command in ["push", "pull", "copy", "serve", "completions"] {
+            assert!(out.contains(command), "{shell}: no {command}");
+        }
+    }
+    let refused = h.run(&["completions", "tcsh"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+}
+
+/// `hoist man --out DIR` writes `hoist.1` and one page per command, each of which `man`
+/// renders without a warning.
+#[test]
+fn man_pages_render_for_every_command() {
+    if std::process::Command::new("man")
+        .arg("--version")
+        .output()
+        .is_err()
+        && cannot_run("man is not installed (scripts/setup installs man-db)")
+    {
+        return;
+    }
+    let h = Hoist::new();
+    let dir = tempfile::tempdir().unwrap();
+    let written = h.run(&["man", "--out", s(dir.path())]).ok().stdout;
+    let pages: Vec<&str> = written.lines().collect();
+    for command in [
+        "hoist",
+        "hoist-push",
+        "hoist-pull",
+        "hoist-copy",
+        "hoist-man",
+    ] {
+        assert!(
+            pages.iter().any(|p| p.ends_with(&format!("/{command}.1"))),
+            "{command}.1 not written: {written}"
+        );
+    }
+    for page in &pages {
+        let rendered = run(std::process::Command::new("man")
+            .args(["-l", page])
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_STDERR", "1"))
+        .ok();
+        let name = Path::new(page).file_stem().unwrap().to_str().unwrap();
+        assert!(
+            rendered.stdout.contains(&name.to_uppercase()),
+            "{page} did not render"
+        );
+        assert!(
+            rendered.stderr.trim().is_empty(),
+            "{page}: {}",
+            rendered.stderr
+        );
+    }
+    let printed = h.run(&["man"]).ok().stdout;
+    assert!(
+        printed.starts_with(".ie") || printed.contains(".TH"),
+        "{printed:.200}"
+    );
+}

@@ -9,6 +9,7 @@ mod graph;
 mod inspect;
 mod logging;
 mod login;
+mod meta;
 mod mount;
 mod output;
 mod parse;
@@ -36,7 +37,7 @@ Exit codes: 0 ok, 1 failure, 2 usage or bad input, 3 auth, 4 not found,
 130 interrupted (a pull run again resumes).";
 
 #[derive(Parser)]
-#[command(name = "hoist", version, about = "Ship ML models as OCI artifacts: pack, push, pull, verified.", after_help = AFTER_HELP)]
+#[command(name = "hoist", version = meta::LONG_VERSION, about = "Ship ML models as OCI artifacts: pack, push, pull, verified.", after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,6 +110,10 @@ enum Command {
     /// Run the WAN emulator: a loopback proxy with bandwidth caps, latency and faults
     /// (for benchmarks and fault tests).
     WanProxy(serve::WanProxyArgs),
+    /// Print the completion script for a shell (`source <(hoist completions bash)`).
+    Completions(meta::CompletionsArgs),
+    /// Write the man pages (`hoist.1`, `hoist-pull.1`, …), or print `hoist.1`.
+    Man(meta::ManArgs),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -172,6 +177,8 @@ async fn run(command: Command, env: &Env) -> Result<(), Error> {
         Command::Discover(args) => graph::discover(args, env).await,
         Command::Sign(args) => graph::sign(args, env).await,
         Command::Logout(args) => login::logout(args, env),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man(args) => meta::man(args),
     }
 }
 
