@@ -148,11 +148,15 @@ impl Caller<'_> {
             .find(|f| f.path == path)
             .ok_or_else(|| HubError::entry_not_found(path, revision))?;
         let digest = file.digest.as_str();
+        // Judged as the request arrives: a HEAD that makes a pull-through cache fetch the
+        // blob is still a miss, answered the `/resolve` way (whether the fetch of a small
+        // file ends before the answer is a race the client must not see).
+        let over_xet = head && xet_ready(self.state, &self.name, file);
         let mut response = get_blob(self.state, &self.name, digest, self.headers, head, None)
             .await
             .map_err(|e| HubError::internal(format!("{}: {}", file.path, e.message)))?;
         let mut add = hub::file_headers(file, &snap.commit).to_vec();
-        if head && xet_ready(self.state, &self.name, file) {
+        if over_xet {
             let base = base_url(self.state, self.headers);
             add.push(("X-Xet-Hash", file.digest.hex().to_string()));
             add.push(("Link", hub::xet_auth_link(&base, kind, repo, &snap.commit)));

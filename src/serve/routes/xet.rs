@@ -65,8 +65,22 @@ async fn held_blob(state: &Shared, name: &str, blob: &str) -> Option<(Digest, u6
     while let Some(piece) = futures_util::StreamExt::next(&mut body).await {
         piece.ok()?;
     }
-    whole_blob(state, blob).await.filter(|(d, _)| held(d))
+    // The last byte reaches the stream before the fetch has verified the blob and linked it
+    // into the store: wait for that (bounded), not for the first look to be lucky.
+    let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
+    loop {
+        if let Some(found) = whole_blob(state, blob).await.filter(|(d, _)| held(d)) {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
+
+/// How long a reconstruction waits for a blob it just brought back to be in the store.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn reconstruction(state: &Shared, version: u8, blob: &str, headers: &HeaderMap) -> Response {
     let now = unix_now();
