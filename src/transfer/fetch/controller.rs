@@ -11,9 +11,11 @@ use tokio::sync::Semaphore;
 
 use super::DEFAULT_MAX_CONNECTIONS;
 
-/// Connections to one registry (or mirror) host across every pull of this process: the CSI
-/// plugin's volumes and `hoist serve`'s pull-through share one node's link to a registry, so
-/// each pull grows within its own ceiling and all of them within this one.
+/// Connections to one registry (or mirror) host across every download of this process that
+/// goes through a `Fetcher` (the CSI plugin's volumes, a Python program's concurrent pulls and
+/// `open_safetensors`): they share one node's link to a registry, so each grows within its
+/// own ceiling and all of them within this one. (`hoist serve`'s pull-through fetches a blob
+/// on one connection of its own and is not counted here.)
 pub const REGISTRY_BUDGET: usize = DEFAULT_MAX_CONNECTIONS;
 
 pub(super) fn registry_budget(host: &str) -> Arc<Semaphore> {
