@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hoist::registry::auth::CredentialOptions;
 use hoist::registry::TransportOptions;
+use hoist::transfer::fetch::FetchOptions;
 use hoist::{Context, Settings};
 use pyo3::prelude::*;
 
@@ -61,7 +62,15 @@ impl Connection {
         Context::new(self.settings.clone())
     }
 
-    pub fn stall_timeout(&self) -> Duration {
-        self.settings.stall_timeout
+    /// The download engine's options for a call: its connections and range size, this
+    /// connection's stall timeout, and the CLI's default retries (the package has no knob).
+    pub fn fetch_options(&self, max_connections: usize, range_size: Option<u64>) -> FetchOptions {
+        let attempts = FetchOptions::default().retry.attempts;
+        FetchOptions::new(
+            max_connections,
+            range_size,
+            attempts,
+            self.settings.stall_timeout,
+        )
     }
 }

@@ -15,7 +15,6 @@ use hoist::materialize::LinkMode;
 use hoist::oci::modelpack::LayerKind;
 use hoist::oci::LayerFormat;
 use hoist::pack::{PackOptions, WalkOptions};
-use hoist::transfer::fetch::FetchOptions;
 use hoist::transfer::{self, LayerFilter, PublishOptions, PullOptions, PushOptions, Target};
 use hoist::{Error, Reference};
 use pyo3::create_exception;
@@ -36,6 +35,11 @@ fn usage(message: String) -> Error {
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("reports serialise")
+}
+
+/// The local store as a node cache, when the call asks for one.
+fn node_cache(ctx: &hoist::Context, cache: bool) -> Result<Option<hoist::Store>, Error> {
+    cache.then(|| ctx.store()).transpose()
 }
 
 fn globs(what: &str, patterns: &[String]) -> Result<Option<globset::GlobSet>, Error> {
@@ -139,7 +143,7 @@ fn pull(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let ctx = conn.context();
-    let stall_timeout = conn.stall_timeout();
+    let fetch = conn.fetch_options(max_connections, range_size);
     run::run(py, progress.as_ref(), move |observer| async move {
         let reference = Reference::parse(&reference)?;
         let kinds = kind
@@ -160,11 +164,10 @@ fn pull(
         let verify = hoist::sign::Verification::from_files(&verify_key, verify_policy.as_deref())
             .map_err(transfer::TransferError::from)?;
         let source = ctx.target(&reference)?;
-        let attempts = FetchOptions::default().retry.attempts;
         let opts = PullOptions {
             concurrency,
-            fetch: FetchOptions::new(max_connections, range_size, attempts, stall_timeout),
-            cache: if cache { Some(ctx.store()?) } else { None },
+            fetch,
+            cache: node_cache(&ctx, cache)?,
             link_mode,
             filter: LayerFilter {
                 include: globs("include", &include)?,
@@ -257,15 +260,14 @@ fn open_safetensors(
 ) -> PyResult<String> {
     use std::os::fd::IntoRawFd;
     let ctx = conn.context();
-    let stall_timeout = conn.stall_timeout();
+    let fetch = conn.fetch_options(max_connections, range_size);
     run::run(py, progress.as_ref(), move |observer| async move {
         let reference = Reference::parse(&reference)?;
         let source = ctx.target(&reference)?;
-        let attempts = FetchOptions::default().retry.attempts;
         let opts = transfer::tensors::TensorOptions {
-            fetch: FetchOptions::new(max_connections, range_size, attempts, stall_timeout),
+            fetch,
             concurrency,
-            cache: if cache { Some(ctx.store()?) } else { None },
+            cache: node_cache(&ctx, cache)?,
         };
         let files =
             transfer::tensors::open_safetensors(&source, &reference.target(), &opts, observer)

@@ -138,3 +138,20 @@ def model_with_shards(tmp_path: Path):
     save_file(second, str(folder / "model-00002-of-00002.safetensors"), metadata={"format": "np"})
     (folder / "config.json").write_text('{"model_type": "test"}')
     return folder, {**first, **second}
+
+
+def test_a_header_longer_than_the_first_read_is_read_to_its_end(registry, tmp_path):
+    # ~2,000 tensors with long names: a header of well over 64 KiB, hoist's first read.
+    tensors = {f"layers.{i:05d}.attention.output.dense.weight": np.full((3,), i, dtype=np.int32)
+               for i in range(2000)}
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    raw = (folder / "model.safetensors").read_bytes()
+    assert struct.unpack("<Q", raw[:8])[0] > 64 << 10
+    ref = registry.ref("team/wide:v1")
+    hoist.push(folder, ref)
+    with hoist.open_safetensors(ref) as got:
+        assert len(got) == 2000
+        for name, array in tensors.items():
+            assert np.array_equal(got[name], array), name

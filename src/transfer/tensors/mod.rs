@@ -107,16 +107,24 @@ pub async fn open_safetensors(
         .await
 }
 
+/// The bytes read first from each blob: most headers fit, so one ranged request reads both
+/// the length and the header; a longer header is read again to its end.
+const FIRST_READ: u64 = 64 << 10;
+
 /// The header at the start of a blob, read with a ranged request and checked.
 async fn read_header(
     target: &Target,
     path: &str,
     desc: &Descriptor,
 ) -> Result<Header, TransferError> {
-    let first8 = target.read_blob_prefix(desc, 8).await?;
-    let len = header::header_len(&first8, desc.size).map_err(|e| refused(path, e.to_string()))?;
-    let prefix = target.read_blob_prefix(desc, 8 + len).await?;
-    header::parse(&prefix[8..], len, desc.size).map_err(|e| refused(path, e.to_string()))
+    let mut prefix = target.read_blob_prefix(desc, FIRST_READ).await?;
+    let first8 = prefix.get(..8).unwrap_or(&prefix);
+    let len = header::header_len(first8, desc.size).map_err(|e| refused(path, e.to_string()))?;
+    if (prefix.len() as u64) < 8 + len {
+        prefix = target.read_blob_prefix(desc, 8 + len).await?;
+    }
+    let json = &prefix[8..(8 + len) as usize];
+    header::parse(json, len, desc.size).map_err(|e| refused(path, e.to_string()))
 }
 
 /// The header of the verified bytes in `file`.
@@ -158,10 +166,10 @@ async fn bring(
             .await
             .expect("the hashing task does not panic");
     }
-    if target.local_store().is_some() {
+    if let Some(store) = target.local_store() {
         return Err(crate::store::StoreError::NotFound {
             reference: format!("{path} ({})", desc.digest),
-            root: target.scratch_parent(),
+            root: store.root().to_path_buf(),
         }
         .into());
     }
@@ -171,7 +179,9 @@ async fn bring(
     Ok(file)
 }
 
-/// `path` opened read-only, when its bytes hash to `desc`'s digest.
+/// `path` opened read-only, when its bytes hash to `desc`'s digest. Hashed through the very
+/// descriptor the caller maps (not `Store::check_blob`, which trusts an unchanged stamp): the
+/// bytes checked are the bytes mapped.
 fn checked_file(
     blob: &std::path::Path,
     desc: &Descriptor,
