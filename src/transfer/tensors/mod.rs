@@ -72,6 +72,17 @@ pub async fn open_safetensors(
             names.join(", ")
         )));
     }
+    // Saturating: sizes come from the manifest, and two of 2^63 must not wrap to a small sum.
+    let total = files
+        .iter()
+        .fold(0u64, |sum, (_, d)| sum.saturating_add(d.size));
+    if let Some(available) = available_memory() {
+        if total > available {
+            return Err(TransferError::Tensors(format!(
+                "the safetensors files of {reference} are {total} bytes and the machine has {available} available: nothing was downloaded (hoist pull puts them on disk)"
+            )));
+        }
+    }
     // Every header before any blob: a lying one stops the call before memory is taken.
     let mut headers = Vec::with_capacity(files.len());
     for (path, desc) in &files {
@@ -80,7 +91,7 @@ pub async fn open_safetensors(
     observer(&Event::Start {
         reference: target.name_of(reference),
         files: files.len(),
-        bytes: files.iter().map(|(_, d)| d.size).sum(),
+        bytes: total,
     });
     let fetcher = Fetcher::new(opts.fetch.clone(), observer.clone());
     let (fetcher, opts) = (&fetcher, opts);
@@ -137,6 +148,18 @@ fn header_of(file: &std::fs::File, path: &str, size: u64) -> Result<Header, Tran
     file.read_exact_at(&mut json, 8)
         .map_err(TransferError::io(path))?;
     header::parse(&json, len, size).map_err(|e| refused(path, e.to_string()))
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes: the most a call may take in memory (a
+/// manifest that claims 2^60 bytes is refused before a byte of it is asked for).
+fn available_memory() -> Option<u64> {
+    mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn refused(path: &str, why: String) -> TransferError {
@@ -201,4 +224,16 @@ fn checked_file(
         });
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(super::mem_available(meminfo), Some(20_000_000 * 1024));
+        assert_eq!(super::mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(super::mem_available("MemAvailable: lots kB\n"), None);
+        assert!(super::available_memory().is_some_and(|n| n > 0));
+    }
 }
