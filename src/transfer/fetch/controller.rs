@@ -41,6 +41,28 @@ pub(super) fn budget_with(host: &str, size: usize) -> Arc<Semaphore> {
 /// a link where more connections do not pay.
 const FAST_CONNECTION: f64 = 100e6;
 
+/// Below this a connection is plainly capped by the link (no disk or CPU is that slow): the
+/// controller steps by four, not two, and a spare connection may take the last range ahead of
+/// another (see `range`).
+const SLOW_CONNECTION: f64 = 25e6;
+
+/// What the controller measured, for the connections to read: bytes a second one
+/// connection carried over the last tick (0 before the first measurement).
+#[derive(Default)]
+pub(super) struct LinkRate(AtomicU64);
+
+impl LinkRate {
+    fn set(&self, per_connection: f64) {
+        self.0.store(per_connection as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds one connection takes to bring `bytes`, if a rate was measured.
+    pub(super) fn seconds_for(&self, bytes: u64) -> Option<f64> {
+        let rate = self.0.load(Ordering::Relaxed);
+        (rate > 0).then(|| bytes as f64 / rate as f64)
+    }
+}
+
 /// Open more connections while each step up raises the aggregate rate by more than 15% and
 /// the machine has idle CPU: a link that caps every connection (cloud blob storage) gets
 /// many, a local or CPU-bound one stays near the start, where extra connections only cost
@@ -48,6 +70,7 @@ const FAST_CONNECTION: f64 = 100e6;
 pub(super) async fn grow_connections(
     permits: Arc<Semaphore>,
     received: Arc<AtomicU64>,
+    link: Arc<LinkRate>,
     initial: usize,
     max: usize,
 ) {
@@ -55,12 +78,18 @@ pub(super) async fn grow_connections(
     // a 20 ms first byte and TCP's slow start do not hide what the last step brought.
     const TICK: Duration = Duration::from_millis(250);
     let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
+    // A step is judged a tick late once: connections opened together are not all streaming
+    // the tick after (TCP's slow start, a first byte 20 ms away).
+    let mut grace = true;
     let mut last = received.load(Ordering::Relaxed);
     let mut cpu = CpuTimes::read();
-    // The first tick holds the connection set-up, the manifest and the small files: its
-    // rate is low on any link and would make the first step look like it paid.
-    tokio::time::sleep(TICK).await;
-    last = received.load(Ordering::Relaxed).max(last);
+    // Measure from the first bytes of a blob: the connection set-up, the manifest and the
+    // small files before them would make any link look slow and the first step look paid.
+    let waited = tokio::time::Instant::now();
+    while received.load(Ordering::Relaxed) == last && waited.elapsed() < 4 * TICK {
+        tokio::time::sleep(TICK / 25).await;
+    }
+    last = received.load(Ordering::Relaxed);
     cpu = CpuTimes::read().or(cpu);
     while granted < max {
         tokio::time::sleep(TICK).await;
@@ -81,6 +110,7 @@ pub(super) async fn grow_connections(
         if rate == 0.0 {
             continue; // nothing downloading right now
         }
+        link.set(rate / granted as f64);
         if best == 0.0 && rate / granted as f64 > FAST_CONNECTION {
             // Each connection already carries more than a capped link gives one (a local
             // registry): more would only split the blobs and cost CPU.
@@ -89,6 +119,10 @@ pub(super) async fn grow_connections(
                 rate / 1e6
             );
             return;
+        }
+        if rate <= best * 1.15 && std::mem::take(&mut grace) {
+            tracing::debug!("{:.0} MB/s: judging the step again next tick", rate / 1e6);
+            continue;
         }
         if rate <= best * 1.15 {
             // The last step did not pay: take it back (permits in use return first) and stop.
@@ -100,12 +134,12 @@ pub(super) async fn grow_connections(
             );
             return;
         }
-        // Double while it pays: under per-connection caps the useful count is reached in a
-        // second or so, not after many small steps. (Quadrupling was tried: 24 connections
-        // opened at once are not all streaming a tick later, so the step looked as if it did
-        // not pay and was taken back — 14 s instead of 7.8 s at 5 MB/s a connection.)
+        // Double while it pays, quadruple while each connection is plainly capped: the
+        // useful count is reached in a second or less, not after many small steps (each
+        // tick at 4 connections of 5 MB/s where 64 would stream costs 75 MB not brought).
         best = rate;
-        last_step = granted.min(max - granted);
+        let factor = if rate / (granted as f64) < SLOW_CONNECTION { 3 } else { 1 };
+        last_step = (granted * factor).min(max - granted);
         permits.add_permits(last_step);
         granted += last_step;
         tracing::debug!(

@@ -24,7 +24,7 @@ pub use crate::registry::RetryPolicy;
 #[cfg(test)]
 use controller::budget_with;
 pub use controller::REGISTRY_BUDGET;
-use controller::{grow_connections, registry_budget};
+use controller::{grow_connections, registry_budget, LinkRate};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -124,6 +124,8 @@ pub struct Fetcher {
     observer: Observer,
     /// Bytes received, sampled by the connection controller.
     received: Arc<AtomicU64>,
+    /// What one connection carries, as the controller last measured it.
+    link: Arc<LinkRate>,
     /// Bytes found already downloaded by an interrupted earlier run.
     resumed: AtomicU64,
     /// Blobs waiting for their first connection: while any does, no blob takes a second.
@@ -151,10 +153,12 @@ impl Fetcher {
         let initial = INITIAL_CONNECTIONS.min(max);
         let connections = Arc::new(Semaphore::new(initial));
         let received = Arc::new(AtomicU64::new(0));
+        let link = Arc::new(LinkRate::default());
         let controller = (max > initial).then(|| {
             tokio::spawn(grow_connections(
                 connections.clone(),
                 received.clone(),
+                link.clone(),
                 initial,
                 max,
             ))
@@ -165,6 +169,7 @@ impl Fetcher {
             opts,
             observer,
             received,
+            link,
             resumed: AtomicU64::new(0),
             starting: AtomicUsize::new(0),
             throttled: Mutex::default(),

@@ -70,8 +70,11 @@ impl Claims {
 
     /// Take the range where a free connection should start, with the end of the run of free
     /// ranges after it: the first run no connection is streaming into, else the middle of
-    /// the longest run one is (splitting what is left of it in two).
-    fn claim(&mut self) -> Option<(usize, usize)> {
+    /// the longest run one is (splitting what is left of it in two). A single range ahead of
+    /// a connection is left to it unless `take_last` (a range takes long on this link: two
+    /// connections bring the last two ranges in half the time, worth a new request).
+    fn claim(&mut self, take_last: bool) -> Option<(usize, usize)> {
+        let shortest = if take_last { 1 } else { 2 };
         let mut best: Option<(usize, usize)> = None;
         let mut best_len = 0;
         let mut i = 0;
@@ -90,7 +93,7 @@ impl Claims {
                 break;
             }
             let len = i - start;
-            if len >= 2 && len > best_len {
+            if len >= shortest && len > best_len {
                 best = Some((start + len / 2, i));
                 best_len = len;
             }
@@ -179,6 +182,17 @@ impl Job<'_> {
         self.claims.lock().expect("claims lock")
     }
 
+    /// Whether a spare connection may take the last free range ahead of another: when one
+    /// range takes over half a second on this link (a capped one), the tail of the pull would
+    /// otherwise wait on one connection bringing two ranges in turn.
+    fn take_last(&self) -> bool {
+        let (start, end) = self.bounds[0];
+        self.fetcher
+            .link
+            .seconds_for(end - start)
+            .is_some_and(|s| s > 0.5)
+    }
+
     fn registry_error(&self, detail: String) -> RegistryError {
         RegistryError::Transfer {
             registry: self.source.client.registry().to_string(),
@@ -190,7 +204,7 @@ impl Job<'_> {
     /// Start on one connection, add spare ones while free ranges are left, end when every
     /// connection has run out of ranges (or one fails).
     async fn fetch_all(&self) -> Result<(), TransferError> {
-        let first = self.claims().claim().expect("a free range");
+        let first = self.claims().claim(false).expect("a free range");
         let host = self.source.client.registry();
         let permit = self.fetcher.first_connection(host).await;
         let mut running = FuturesUnordered::new();
@@ -201,7 +215,7 @@ impl Job<'_> {
                     let Some(spare) = self.fetcher.spare_connection(host) else {
                         break;
                     };
-                    let Some(run) = self.claims().claim() else {
+                    let Some(run) = self.claims().claim(self.take_last()) else {
                         break;
                     };
                     running.push(self.connection(spare, run));
@@ -229,7 +243,7 @@ impl Job<'_> {
             let next = self.fetch_run(&mut run).await?;
             let claimed = match next {
                 Some(index) => Some((index, self.claims().run_end(index))),
-                None => self.claims().claim(),
+                None => self.claims().claim(self.take_last()),
             };
             match claimed {
                 Some((index, end)) => run = Run { index, end },
@@ -497,21 +511,21 @@ mod tests {
     fn a_blob_starts_at_its_first_free_range_and_spares_split_the_longest_run() {
         let mut c = Claims::new(&[false; 8]);
         assert_eq!(
-            c.claim(),
+            c.claim(false),
             Some((0, 8)),
             "the first connection takes the whole run"
         );
         assert_eq!(
-            c.claim(),
+            c.claim(false),
             Some((4, 8)),
             "a spare starts half way through what is left"
         );
         assert_eq!(
-            c.claim(),
+            c.claim(false),
             Some((2, 4)),
             "then splits the longest run (the first of equals)"
         );
-        assert_eq!(c.claim(), Some((6, 8)));
+        assert_eq!(c.claim(false), Some((6, 8)));
         // The first connection finishes range 0 and goes on; it stops before 2.
         assert_eq!(c.finish(0), Some(1));
         assert_eq!(c.run_end(1), 2);
@@ -519,7 +533,7 @@ mod tests {
         assert_eq!(c.finish(2), Some(3));
         assert_eq!(c.finish(4), Some(5));
         assert_eq!(c.finish(6), Some(7));
-        assert_eq!(c.claim(), None);
+        assert_eq!(c.claim(false), None);
         assert!(!c.any_free());
     }
 
@@ -527,18 +541,27 @@ mod tests {
     fn resumed_ranges_are_never_claimed_and_a_run_nobody_feeds_is_taken_whole() {
         // Ranges 0, 1 and 4 were finished by an earlier run.
         let mut c = Claims::new(&[true, true, false, false, true, false]);
-        assert_eq!(c.claim(), Some((2, 4)));
+        assert_eq!(c.claim(false), Some((2, 4)));
         assert_eq!(
-            c.claim(),
+            c.claim(false),
             Some((5, 6)),
             "range 5 follows a finished range: nobody feeds it"
         );
         assert_eq!(
-            c.claim(),
+            c.claim(false),
             None,
             "a run of one that a connection will reach is left to it"
         );
         assert_eq!(c.finish(2), Some(3));
         assert_eq!(c.finish(3), None);
+    }
+
+    #[test]
+    fn on_a_slow_link_a_spare_takes_the_last_range_ahead_of_another() {
+        let mut c = Claims::new(&[false; 2]);
+        assert_eq!(c.claim(true), Some((0, 2)));
+        assert_eq!(c.claim(false), None, "left to the connection ahead of it");
+        assert_eq!(c.claim(true), Some((1, 2)), "taken: both ranges at once");
+        assert_eq!(c.finish(0), None, "the first connection stops where it began");
     }
 }
