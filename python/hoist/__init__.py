@@ -289,6 +289,8 @@ def pull(
     kind: Union[str, Sequence[str], None] = None,
     cache: bool = False,
     verify_key: Union[PathLike, Sequence[PathLike], None] = None,
+    verify_cert_chain: Union[PathLike, Sequence[PathLike], None] = None,
+    cert_identity: Union[str, Sequence[str], None] = None,
     verify_policy: Optional[PathLike] = None,
     concurrency: int = 4,
     max_connections: int = 64,
@@ -304,7 +306,9 @@ def pull(
     are kept. Keywords are the CLI's ``hoist pull`` flags: ``include``/``exclude`` globs,
     ``kind`` (weight, config, doc, code, dataset), ``cache`` (use the local store as a node
     cache), ``verify_key`` (public keys, PEM: the model must carry a signature by one of them,
-    checked before any file is placed), ``max_connections`` and ``range_size`` (bytes; large
+    checked before any file is placed), ``verify_cert_chain`` (root certificates, PEM: or a
+    signature by a certificate chaining to them, for code signing) with ``cert_identity``
+    (the subject or SAN it must name, exact or glob), ``max_connections`` and ``range_size`` (bytes; large
     files are fetched as ranges in parallel, and an interrupted pull keeps whole ranges),
     ``link_mode`` (auto, reflink, hardlink, copy), ``overwrite`` (replace files no earlier
     pull placed).
@@ -325,6 +329,8 @@ def pull(
         _strings(kind),
         cache,
         _paths(verify_key),
+        _paths(verify_cert_chain),
+        _strings(cert_identity),
         _path(verify_policy),
         concurrency,
         max_connections,

@@ -113,6 +113,7 @@ fn push(
             },
             image_volume,
             sign_key,
+            ..Default::default()
         };
         let published = transfer::publish(&folder, &target, &tags, &opts, observer).await?;
         Ok(json(&published))
@@ -122,7 +123,7 @@ fn push(
 /// Pull into a folder; returns the `PullReport` as JSON.
 #[pyfunction]
 #[pyo3(signature = (conn, reference, output, include, exclude, kind, cache, verify_key,
-    verify_policy, concurrency, max_connections, range_size, link_mode, overwrite, progress))]
+    verify_cert_chain, cert_identity, verify_policy, concurrency, max_connections, range_size, link_mode, overwrite, progress))]
 #[allow(clippy::too_many_arguments)]
 fn pull(
     py: Python<'_>,
@@ -134,6 +135,8 @@ fn pull(
     kind: Vec<String>,
     cache: bool,
     verify_key: Vec<PathBuf>,
+    verify_cert_chain: Vec<PathBuf>,
+    cert_identity: Vec<String>,
     verify_policy: Option<PathBuf>,
     concurrency: usize,
     max_connections: usize,
@@ -161,8 +164,13 @@ fn pull(
                 "link_mode {link_mode:?} is not one of auto, reflink, hardlink, copy"
             ))
         })?;
-        let verify = hoist::sign::Verification::from_files(&verify_key, verify_policy.as_deref())
-            .map_err(transfer::TransferError::from)?;
+        let verify = hoist::sign::Verification::from_files(
+            &verify_key,
+            &verify_cert_chain,
+            &cert_identity,
+            verify_policy.as_deref(),
+        )
+        .map_err(transfer::TransferError::from)?;
         let source = ctx.target(&reference)?;
         let opts = PullOptions {
             concurrency,
@@ -325,9 +333,10 @@ fn verify(
             }
             (None, Some(marker), true) => transfer::verify_marker(&folder, &marker, full)?,
             (None, None, false) => {
-                let keys =
-                    hoist::sign::load_public_keys(&key).map_err(transfer::TransferError::from)?;
-                transfer::verify::verify_signature(&folder, &keys, full)?
+                let trust = hoist::sign::Trust::load(&key, &[], &[])
+                    .map_err(transfer::TransferError::from)?
+                    .unwrap_or_default();
+                transfer::verify::verify_signature(&folder, &trust, full)?
             }
             _ => {
                 return Err(usage(

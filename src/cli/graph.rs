@@ -36,6 +36,13 @@ pub struct SignArgs {
     /// The EC private key (PEM: SEC1 or PKCS#8; P-256, P-384 or P-521).
     #[arg(long, value_name = "KEY.pem")]
     key: PathBuf,
+    /// The key's X.509 certificate (PEM): the bundle carries the chain, and verifiers check it
+    /// against their roots (`--verify-cert-chain`) instead of holding the public key.
+    #[arg(long, value_name = "CERT.pem")]
+    cert: Option<PathBuf>,
+    /// Intermediate certificates (PEM, repeatable) between the certificate and the root.
+    #[arg(long, value_name = "CHAIN.pem", requires = "cert")]
+    cert_chain: Vec<PathBuf>,
     /// The statement's subject name (the model folder's name); default the repository's
     /// last component.
     #[arg(long)]
@@ -62,15 +69,16 @@ pub struct DiscoverArgs {
 
 /// `hoist sign`: sign a pushed model and attach the signature as a referrer.
 pub async fn sign(args: SignArgs, env: &Env) -> Result<(), Error> {
-    let key = hoist::sign::load_private_key(&args.key).map_err(transfer::TransferError::from)?;
+    let signer = hoist::sign::SigningKey::load(&args.key, args.cert.as_deref(), &args.cert_chain)
+        .map_err(transfer::TransferError::from)?;
     let reference = Reference::parse(&args.reference)?;
     let target = env.ctx.target(&reference)?;
     let name = args.name.unwrap_or_else(|| {
         let repo = &reference.repository;
         repo.rsplit('/').next().unwrap_or(repo).to_string()
     });
-    let digest = transfer::signature::sign(&target, &reference.target(), &key, &name).await?;
-    println!("Signed {} with key {}", args.reference, key.public().hint());
+    let digest = transfer::signature::sign(&target, &reference.target(), &signer, &name).await?;
+    println!("Signed {} with {}", args.reference, signer.describe());
     println!("Digest: {digest}");
     Ok(())
 }

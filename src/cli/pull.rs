@@ -231,6 +231,21 @@ pub struct VerifyKeyArgs {
         value_delimiter = ' '
     )]
     verify_key: Vec<PathBuf>,
+    /// Require a model signature by a certificate that chains to these roots (PEM;
+    /// repeatable), valid now, for code signing (the reference tool's certificate method).
+    #[arg(
+        long,
+        value_name = "ROOTS.pem",
+        env = "HOIST_VERIFY_CERT_CHAIN",
+        value_delimiter = ' '
+    )]
+    verify_cert_chain: Vec<PathBuf>,
+    /// With --verify-cert-chain: the identity the signing certificate must name — its
+    /// subject (`CN=…, O=…`) or a SAN (email, URI, DNS name), exactly or as a glob
+    /// (repeatable: any one). Without it, any certificate the roots vouch for.
+    /// `HOIST_CERT_IDENTITY` holds one (a glob's `{a,b}` names several).
+    #[arg(long, value_name = "IDENTITY", env = "HOIST_CERT_IDENTITY")]
+    cert_identity: Vec<String>,
     /// Require signatures as this policy file says per repository: which keys vouch, and
     /// whether a failure stops the pull (enforce), is reported (warn) or is not checked
     /// (off); a repository no rule covers is refused. See the README's "Signed models".
@@ -238,7 +253,7 @@ pub struct VerifyKeyArgs {
         long,
         value_name = "POLICY.toml",
         env = "HOIST_VERIFY_POLICY",
-        conflicts_with = "verify_key"
+        conflicts_with_all = ["verify_key", "verify_cert_chain"]
     )]
     verify_policy: Option<PathBuf>,
 }
@@ -246,8 +261,13 @@ pub struct VerifyKeyArgs {
 impl VerifyKeyArgs {
     /// What is required of signatures, `None` when nothing is.
     pub fn verification(&self) -> Result<Option<hoist::sign::Verification>, Error> {
-        hoist::sign::Verification::from_files(&self.verify_key, self.verify_policy.as_deref())
-            .map_err(|e| hoist::transfer::TransferError::from(e).into())
+        hoist::sign::Verification::from_files(
+            &self.verify_key,
+            &self.verify_cert_chain,
+            &self.cert_identity,
+            self.verify_policy.as_deref(),
+        )
+        .map_err(|e| hoist::transfer::TransferError::from(e).into())
     }
 }
 

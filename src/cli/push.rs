@@ -74,6 +74,13 @@ pub struct PushArgs {
     /// (OpenSSF model signing) as a referrer, as `hoist sign` does.
     #[arg(long, value_name = "KEY.pem")]
     sign: Option<PathBuf>,
+    /// With --sign: the key's X.509 certificate (PEM), carried in the signature in place of
+    /// the key's hint (see `hoist sign --cert`).
+    #[arg(long, value_name = "CERT.pem", requires = "sign")]
+    cert: Option<PathBuf>,
+    /// With --cert: intermediate certificates (PEM, repeatable).
+    #[arg(long, value_name = "CHAIN.pem", requires = "cert")]
+    cert_chain: Vec<PathBuf>,
     /// The default (kept for scripts written when the index was optional).
     #[arg(long, hide = true, conflicts_with = "no_chunk_index")]
     chunk_index: bool,
@@ -128,6 +135,8 @@ pub async fn push(args: PushArgs, env: &Env) -> Result<(), Error> {
         },
         image_volume: args.image_volume,
         sign_key: args.sign.clone(),
+        sign_cert: args.cert.clone(),
+        sign_cert_chain: args.cert_chain.clone(),
     };
     let started = std::time::Instant::now();
     let published = transfer::publish(&args.dir, &target, &tags, &opts, observer(env.ui)).await?;

@@ -16,7 +16,7 @@ pub struct VerifyArgs {
     #[arg(default_value = ".", env = "HOIST_OUTPUT")]
     dir: PathBuf,
     /// Check against this artifact's manifest (sizes and digests of its files).
-    #[arg(value_name = "REFERENCE", required_unless_present_any = ["marker", "key"])]
+    #[arg(value_name = "REFERENCE", required_unless_present_any = ["marker", "key", "cert_chain"])]
     reference: Option<String>,
     /// Check offline against the ready marker `hoist pull --ready-marker` wrote.
     #[arg(
@@ -30,6 +30,14 @@ pub struct VerifyArgs {
     /// by this public key (PEM; repeatable): exactly the signed files, digest for digest.
     #[arg(long, value_name = "PUB.pem", conflicts_with_all = ["reference", "marker"])]
     key: Vec<PathBuf>,
+    /// Check offline against the folder's signature by a certificate that chains to these
+    /// roots (PEM; repeatable), valid now and for code signing.
+    #[arg(long, value_name = "ROOTS.pem", conflicts_with_all = ["reference", "marker"])]
+    cert_chain: Vec<PathBuf>,
+    /// With --cert-chain: the identity the signing certificate must name, its subject or a
+    /// SAN (email, URI, DNS name), exactly or as a glob (repeatable: any one).
+    #[arg(long, value_name = "IDENTITY", requires = "cert_chain")]
+    cert_identity: Vec<String>,
     /// Hash every file, even those the pull's record vouches for.
     #[arg(long)]
     full: bool,
@@ -49,9 +57,10 @@ pub async fn verify(args: VerifyArgs, env: &Env) -> Result<(), Error> {
         }
         (None, Some(marker)) => transfer::verify_marker(&args.dir, marker, args.full)?,
         (None, None) => {
-            let keys =
-                hoist::sign::load_public_keys(&args.key).map_err(transfer::TransferError::from)?;
-            transfer::verify::verify_signature(&args.dir, &keys, args.full)?
+            let trust = hoist::sign::Trust::load(&args.key, &args.cert_chain, &args.cert_identity)
+                .map_err(transfer::TransferError::from)?
+                .unwrap_or_default();
+            transfer::verify::verify_signature(&args.dir, &trust, args.full)?
         }
     };
     if args.json {

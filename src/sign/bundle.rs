@@ -14,8 +14,9 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::keys::{PrivateKey, PublicKey};
-use super::SignError;
+use super::certs::{identity_of, CertIdentity, MAX_CERT_BYTES, MAX_CHAIN};
+use super::keys::PrivateKey;
+use super::{SignError, Trust};
 
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
@@ -26,10 +27,22 @@ pub const MAX_BUNDLE_BYTES: u64 = 16 << 20;
 /// Most files a statement may list.
 pub const MAX_RESOURCES: usize = 100_000;
 
+/// How a signature names its signer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// A raw key, named by its hint.
+    Key,
+    /// A certificate chain (the reference tool's `certificate` method): who the signing
+    /// certificate names.
+    Certificate(CertIdentity),
+}
+
 /// What a verified signature vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
-    /// The hint of the key that signed.
+    /// How the signer is named.
+    pub method: Method,
+    /// The hint of the key that signed (empty for a certificate).
     pub key: String,
     /// The subject's name (the signed folder's name).
     pub name: String,
@@ -56,12 +69,14 @@ fn pae(payload: &[u8]) -> Vec<u8> {
 }
 
 /// The bundle signing `files` (path → SHA-256 hex) of the model `name` with `key`; names in
-/// `ignore_paths` are left out by verifiers that re-hash the folder.
+/// `ignore_paths` are left out by verifiers that re-hash the folder. With a certificate
+/// `chain` (DER, the key's certificate first) the bundle carries it in place of the key's hint.
 pub fn sign(
     name: &str,
     files: &BTreeMap<String, String>,
     ignore_paths: &[String],
     key: &PrivateKey,
+    chain: &[Vec<u8>],
 ) -> Vec<u8> {
     let mut root = Sha256::new();
     let resources: Vec<Value> = files
@@ -87,12 +102,18 @@ pub fn sign(
     });
     let payload = serde_json::to_vec(&statement).expect("statement serialises");
     let signature = key.sign(&pae(&payload));
+    let material = if chain.is_empty() {
+        json!({"publicKey": {"hint": key.public().hint()}, "tlogEntries": []})
+    } else {
+        let certificates: Vec<Value> = chain
+            .iter()
+            .map(|der| json!({"rawBytes": b64().encode(der)}))
+            .collect();
+        json!({"x509CertificateChain": {"certificates": certificates}, "tlogEntries": []})
+    };
     let bundle = json!({
         "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": {
-            "publicKey": {"hint": key.public().hint()},
-            "tlogEntries": [],
-        },
+        "verificationMaterial": material,
         "dsseEnvelope": {
             "payload": b64().encode(&payload),
             "payloadType": PAYLOAD_TYPE,
@@ -102,39 +123,105 @@ pub fn sign(
     serde_json::to_vec_pretty(&bundle).expect("bundle serialises")
 }
 
-/// Check `bundle` against `keys` (any one may vouch) and read what it vouches for.
-pub fn open(bundle: &[u8], keys: &[PublicKey]) -> Result<Signed, SignError> {
+/// Check `bundle` against what `trust` holds (any key may vouch; a certificate chain must
+/// reach its roots) and read what it vouches for.
+pub fn open(bundle: &[u8], trust: &Trust) -> Result<Signed, SignError> {
     let envelope = Envelope::read(bundle)?;
-    let candidates: Vec<&PublicKey> = match envelope.hint.as_str() {
-        "" => keys.iter().collect(),
-        hint => keys.iter().filter(|k| k.hint() == hint).collect(),
-    };
-    if candidates.is_empty() {
-        return Err(SignError::OtherKey(envelope.hint));
-    }
     let message = pae(&envelope.payload);
-    let key = candidates
-        .into_iter()
-        .find(|k| k.verifies(&message, &envelope.signature))
-        .ok_or(SignError::BadSignature)?;
+    let (method, key) = match &envelope.signer {
+        Signer::Key(hint) => {
+            let candidates: Vec<_> = match hint.as_str() {
+                "" => trust.keys.iter().collect(),
+                hint => trust.keys.iter().filter(|k| k.hint() == hint).collect(),
+            };
+            if candidates.is_empty() {
+                return Err(SignError::OtherKey(hint.clone()));
+            }
+            let key = candidates
+                .into_iter()
+                .find(|k| k.verifies(&message, &envelope.signature))
+                .ok_or(SignError::BadSignature)?;
+            (Method::Key, key.hint())
+        }
+        Signer::Chain(chain) => {
+            let Some(certs) = &trust.certs else {
+                return Err(SignError::NoRoots(identity_of(&chain[0])?.to_string()));
+            };
+            let (key, identity) = certs.verify(chain, std::time::SystemTime::now())?;
+            if !key.verifies(&message, &envelope.signature) {
+                return Err(SignError::BadSignature);
+            }
+            (Method::Certificate(identity), String::new())
+        }
+    };
     let mut signed = statement(&envelope.payload)?;
-    signed.key = key.hint();
+    signed.method = method;
+    signed.key = key;
     Ok(signed)
 }
 
 /// What `bundle` claims, read with every check but the signature's: for showing a signature
-/// (`hoist inspect`), never for trusting one. `key` is the bundle's key hint.
+/// (`hoist inspect`), never for trusting one. `key` is the bundle's key hint; a certificate's
+/// names are read as written.
 pub fn describe(bundle: &[u8]) -> Result<Signed, SignError> {
     let envelope = Envelope::read(bundle)?;
     let mut claimed = statement(&envelope.payload)?;
-    claimed.key = envelope.hint;
+    match envelope.signer {
+        Signer::Key(hint) => claimed.key = hint,
+        Signer::Chain(chain) => claimed.method = Method::Certificate(identity_of(&chain[0])?),
+    }
     Ok(claimed)
+}
+
+/// Who a bundle says signed: a key (by its hint, maybe empty) or a certificate chain (DER,
+/// signing certificate first, bounded in count and size).
+enum Signer {
+    Key(String),
+    Chain(Vec<Vec<u8>>),
+}
+
+impl Signer {
+    fn read(material: &Value) -> Result<Signer, SignError> {
+        let bad = |why: String| SignError::Bundle(why);
+        if material.get("certificate").is_some() {
+            return Err(SignError::Keyless);
+        }
+        let Some(chain) = material.get("x509CertificateChain") else {
+            let hint = material["publicKey"]["hint"].as_str().unwrap_or_default();
+            return Ok(Signer::Key(hint.to_string()));
+        };
+        if material.get("publicKey").is_some() {
+            return Err(bad("it names both a key and a certificate chain".into()));
+        }
+        let listed = chain["certificates"].as_array().map_or(&[][..], |c| c);
+        if listed.is_empty() || listed.len() > MAX_CHAIN {
+            return Err(bad(format!(
+                "its certificate chain has {} certificates (1 to {MAX_CHAIN})",
+                listed.len()
+            )));
+        }
+        let mut certs = Vec::with_capacity(listed.len());
+        for cert in listed {
+            let text = cert["rawBytes"].as_str().unwrap_or_default();
+            // Base64 is 4/3 of the bytes: refuse a large one before decoding it.
+            if text.len() > MAX_CERT_BYTES * 4 / 3 + 4 {
+                return Err(bad(format!(
+                    "a certificate of its chain is over {MAX_CERT_BYTES} bytes"
+                )));
+            }
+            let der = b64()
+                .decode(text)
+                .map_err(|_| bad("a certificate of its chain is not base64".into()))?;
+            certs.push(der);
+        }
+        Ok(Signer::Chain(certs))
+    }
 }
 
 /// A bundle's DSSE envelope, its shape checked: the signed payload, its one signature and the
 /// hint of the key that claims it.
 struct Envelope {
-    hint: String,
+    signer: Signer,
     payload: Vec<u8>,
     signature: Vec<u8>,
 }
@@ -153,13 +240,7 @@ impl Envelope {
                 "its media type is {media_type:?}, not {BUNDLE_MEDIA_TYPE}"
             )));
         }
-        let material = &v["verificationMaterial"];
-        if material.get("publicKey").is_none()
-            && (material.get("certificate").is_some()
-                || material.get("x509CertificateChain").is_some())
-        {
-            return Err(SignError::Keyless);
-        }
+        let signer = Signer::read(&v["verificationMaterial"])?;
         let envelope = &v["dsseEnvelope"];
         if envelope["payloadType"].as_str() != Some(PAYLOAD_TYPE) {
             return Err(bad("it holds no DSSE envelope of an in-toto statement"));
@@ -180,10 +261,7 @@ impl Envelope {
         Ok(Envelope {
             payload: decode(&envelope["payload"], "payload")?,
             signature: decode(&signature["sig"], "signature")?,
-            hint: material["publicKey"]["hint"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            signer,
         })
     }
 }
@@ -257,6 +335,7 @@ fn statement(payload: &[u8]) -> Result<Signed, SignError> {
         })
         .unwrap_or_default();
     Ok(Signed {
+        method: Method::Key,
         key: String::new(),
         name: subject["name"].as_str().unwrap_or_default().to_string(),
         files,
@@ -280,6 +359,13 @@ mod tests {
 
     fn key() -> PrivateKey {
         PrivateKey::P256(p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap())
+    }
+
+    fn keys(keys: &[crate::sign::PublicKey]) -> Trust {
+        Trust {
+            keys: keys.to_vec(),
+            certs: None,
+        }
     }
 
     fn files() -> BTreeMap<String, String> {
@@ -313,14 +399,14 @@ mod tests {
     #[test]
     fn a_signed_bundle_opens_with_its_key_only() {
         let k = key();
-        let bundle = sign("m", &files(), &[".hoist-record.json".into()], &k);
-        let signed = open(&bundle, &[k.public()]).unwrap();
+        let bundle = sign("m", &files(), &[".hoist-record.json".into()], &k, &[]);
+        let signed = open(&bundle, &keys(&[k.public()])).unwrap();
         assert_eq!(signed.files, files());
         assert_eq!(signed.name, "m");
         assert_eq!(signed.key, k.public().hint());
         let other = PrivateKey::P256(p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap());
         assert!(matches!(
-            open(&bundle, &[other.public()]),
+            open(&bundle, &keys(&[other.public()])),
             Err(SignError::OtherKey(_))
         ));
     }
@@ -328,7 +414,7 @@ mod tests {
     #[test]
     fn hostile_statements_are_refused_even_when_signed() {
         let k = key();
-        let good = statement_of(&sign("m", &files(), &[], &k));
+        let good = statement_of(&sign("m", &files(), &[], &k, &[]));
         type Edit = Box<dyn Fn(&mut Value)>;
         let cases: Vec<(&str, Edit)> = vec![
             (
@@ -360,7 +446,7 @@ mod tests {
         for (why, edit) in cases {
             let mut s = good.clone();
             edit(&mut s);
-            let err = open(&forge(s, &k), &[k.public()]).unwrap_err();
+            let err = open(&forge(s, &k), &keys(&[k.public()])).unwrap_err();
             assert!(err.to_string().contains(why), "{why}: {err}");
         }
     }
@@ -368,10 +454,10 @@ mod tests {
     #[test]
     fn envelopes_and_bundles_out_of_shape_are_refused() {
         let k = key();
-        let bundle = sign("m", &files(), &[], &k);
+        let bundle = sign("m", &files(), &[], &k, &[]);
         let mut v: Value = serde_json::from_slice(&bundle).unwrap();
         v["mediaType"] = json!("application/vnd.dev.sigstore.bundle+json;version=0.1");
-        assert!(open(&serde_json::to_vec(&v).unwrap(), &[k.public()])
+        assert!(open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()]))
             .unwrap_err()
             .to_string()
             .contains("media type"));
@@ -380,7 +466,7 @@ mod tests {
         let good = v["dsseEnvelope"]["signatures"][0].clone();
         v["dsseEnvelope"]["signatures"] =
             json!([{"sig": b64().encode([0u8; 70]), "keyid": ""}, good]);
-        assert!(open(&serde_json::to_vec(&v).unwrap(), &[k.public()])
+        assert!(open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()]))
             .unwrap_err()
             .to_string()
             .contains("exactly one"));
@@ -390,20 +476,20 @@ mod tests {
         s["predicate"]["resources"][0]["digest"] = json!(hex::encode([3u8; 32]));
         v["dsseEnvelope"]["payload"] = json!(b64().encode(serde_json::to_vec(&s).unwrap()));
         assert!(matches!(
-            open(&serde_json::to_vec(&v).unwrap(), &[k.public()]),
+            open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()])),
             Err(SignError::BadSignature)
         ));
         // Keyless.
         let mut v: Value = serde_json::from_slice(&bundle).unwrap();
         v["verificationMaterial"] = json!({"certificate": {"rawBytes": "AAAA"}});
         assert!(matches!(
-            open(&serde_json::to_vec(&v).unwrap(), &[k.public()]),
+            open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()])),
             Err(SignError::Keyless)
         ));
         // Too large, before parsing.
         let huge = vec![b' '; (MAX_BUNDLE_BYTES + 1) as usize];
         assert!(matches!(
-            open(&huge, &[k.public()]),
+            open(&huge, &keys(&[k.public()])),
             Err(SignError::TooLarge(_))
         ));
     }
@@ -411,12 +497,12 @@ mod tests {
     #[test]
     fn a_key_on_another_curve_does_not_verify() {
         let k = key();
-        let bundle = sign("m", &files(), &[], &k);
+        let bundle = sign("m", &files(), &[], &k, &[]);
         let p384 = PrivateKey::P384(p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap());
         let mut v: Value = serde_json::from_slice(&bundle).unwrap();
         v["verificationMaterial"]["publicKey"]["hint"] = json!(p384.public().hint());
         assert!(matches!(
-            open(&serde_json::to_vec(&v).unwrap(), &[p384.public()]),
+            open(&serde_json::to_vec(&v).unwrap(), &keys(&[p384.public()])),
             Err(SignError::BadSignature)
         ));
     }

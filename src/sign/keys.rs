@@ -55,6 +55,23 @@ impl PublicKey {
         ))
     }
 
+    /// A DER SubjectPublicKeyInfo (a certificate's key) on one of the three curves.
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, SignError> {
+        if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(PublicKey::P256(k));
+        }
+        if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(PublicKey::P384(k));
+        }
+        if let Ok(k) = p521::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(PublicKey::P521(k));
+        }
+        Err(SignError::Certificate(
+            "the certificate's key is not on P-256, P-384 or P-521 (the curves model signing uses)"
+                .into(),
+        ))
+    }
+
     pub fn curve(&self) -> &'static str {
         match self {
             PublicKey::P256(_) => "P-256",

@@ -10,17 +10,20 @@
 //! |-------------|-----------------------------------------------------------------|
 //! | `keys.rs`   | EC keys on P-256/384/521, their hints, ECDSA sign and verify     |
 //! | `bundle.rs` | the bundle, its DSSE envelope and statement: written, and read with every check |
-//! | `policy.rs` | what a pull requires: keys, or a policy file per repository (enforce, warn, off) |
+//! | `certs.rs`  | certificate chains to trusted roots (rustls-webpki), identities (subject, SAN) |
+//! | `policy.rs` | what a pull requires: keys, roots, or a policy file per repository (enforce, warn, off) |
 
 mod bundle;
+mod certs;
 mod keys;
 mod policy;
 
 use std::collections::BTreeMap;
 
-pub use bundle::{describe, open, sign, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+pub use bundle::{describe, open, sign, Method, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+pub use certs::{signing_chain, CertIdentity, CertTrust, MAX_CERT_BYTES, MAX_CHAIN};
 pub use keys::{PrivateKey, PublicKey};
-pub use policy::{Mode, Policy, Requirement, Verification};
+pub use policy::{Mode, Policy, Requirement, Trust, Verification};
 
 /// Where a verified pull writes the signature, inside the output folder: the reference
 /// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
@@ -38,8 +41,12 @@ pub enum SignError {
     Bundle(String),
     #[error("the signature bundle is over {0} bytes")]
     TooLarge(u64),
-    #[error("the signature is keyless (a Sigstore certificate): verifying it needs the transparency log and certificate authority, which hoist does not reach; sign with a key")]
+    #[error("the signature is a Sigstore bundle (keyless: a Fulcio certificate and a transparency-log entry), which hoist does not verify yet; sign with a key or a certificate")]
     Keyless,
+    #[error("the signing certificate is refused: {0}")]
+    Certificate(String),
+    #[error("the signature is by certificate {0}, and no certificate roots were given to check it (--verify-cert-chain)")]
+    NoRoots(String),
     #[error("the signature names key {0}, which is not one of the verification keys")]
     OtherKey(String),
     #[error("the signature does not verify with the verification key: the statement was changed or signed by another key")]
@@ -62,6 +69,43 @@ pub fn load_public_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>, 
         .iter()
         .map(|p| PublicKey::from_pem(&read_key(p)?).map_err(|e| in_file(p, e)))
         .collect()
+}
+
+/// What a signer signs with: a key, and the certificate chain that names it (empty for a
+/// raw key).
+pub struct SigningKey {
+    pub key: PrivateKey,
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl SigningKey {
+    /// The key in `key`; with `cert`, its certificate (whose key must be this one) and the
+    /// intermediates in `chain` after it.
+    pub fn load(
+        key: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        chain: &[std::path::PathBuf],
+    ) -> Result<SigningKey, SignError> {
+        let key = load_private_key(key)?;
+        let chain = match cert {
+            Some(cert) => signing_chain(&key, cert, chain)?,
+            None if !chain.is_empty() => {
+                return Err(SignError::Key(
+                    "a certificate chain was given without the signing certificate (--cert)".into(),
+                ))
+            }
+            None => Vec::new(),
+        };
+        Ok(SigningKey { key, chain })
+    }
+
+    /// Who signs, in words: the key's hint or the certificate's names.
+    pub fn describe(&self) -> String {
+        match self.chain.first().map(|c| certs::identity_of(c)) {
+            Some(Ok(identity)) => format!("certificate {identity}"),
+            _ => format!("key {}", self.key.public().hint()),
+        }
+    }
 }
 
 /// Read the private key in this PEM file.
@@ -145,6 +189,7 @@ mod tests {
             ("b".to_string(), "22".repeat(32)),
         ]);
         let signed = |f: BTreeMap<String, String>| Signed {
+            method: Method::Key,
             key: String::new(),
             name: "m".into(),
             files: f,

@@ -7,6 +7,8 @@
 //! [[rule]]
 //! repositories = "registry.example.com/models/**"   # glob on REGISTRY/REPOSITORY
 //! keys = ["/etc/hoist-keys/team.pem"]                # any one may vouch
+//! roots = ["/etc/hoist-keys/corp-ca.pem"]            # or a certificate chaining to these
+//! identities = ["ml-release@example.com"]            # naming one of these (subject or SAN, glob)
 //! mode = "enforce"                                   # the default
 //! ```
 //!
@@ -23,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{load_public_keys, PublicKey, SignError};
+use super::{load_public_keys, CertTrust, PublicKey, SignError};
 use crate::reference::canonical_registry;
 
 /// Most rules a policy file may hold, and its largest size: it is read whole.
@@ -52,49 +54,89 @@ impl Mode {
     }
 }
 
-/// The keys one repository's models must be signed by, and what a failure does.
+/// Who may vouch for a model: any of these keys, or a certificate chaining to these roots
+/// and naming an allowed identity.
+#[derive(Debug, Default)]
+pub struct Trust {
+    pub keys: Vec<PublicKey>,
+    pub certs: Option<CertTrust>,
+}
+
+impl Trust {
+    /// The keys in `keys` and the certificate roots in `roots` with the `identities` a
+    /// signing certificate must name; `None` when neither keys nor roots are given. Empty
+    /// paths (an unset variable in a manifest) are none.
+    pub fn load(
+        keys: &[PathBuf],
+        roots: &[PathBuf],
+        identities: &[String],
+    ) -> Result<Option<Trust>, SignError> {
+        let given = |paths: &[PathBuf]| -> Vec<PathBuf> {
+            paths
+                .iter()
+                .filter(|p| !p.as_os_str().is_empty())
+                .cloned()
+                .collect()
+        };
+        let (keys, roots) = (given(keys), given(roots));
+        if keys.is_empty() && roots.is_empty() {
+            if identities.iter().any(|i| !i.is_empty()) {
+                return Err(SignError::Key(
+                    "an identity to require was given without certificate roots (--verify-cert-chain)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let certs = if roots.is_empty() {
+            None
+        } else {
+            Some(CertTrust::load(&roots, identities)?)
+        };
+        Ok(Some(Trust {
+            keys: load_public_keys(&keys)?,
+            certs,
+        }))
+    }
+}
+
+/// Who may vouch for one repository's models, and what a failure does.
 #[derive(Debug, Clone)]
 pub struct Requirement {
-    pub keys: Arc<Vec<PublicKey>>,
+    pub trust: Arc<Trust>,
     pub mode: Mode,
 }
 
 /// What a command that places models requires of their signatures.
 #[derive(Debug, Clone)]
 pub enum Verification {
-    /// Every model, signed by one of these keys.
-    Keys(Arc<Vec<PublicKey>>),
+    /// Every model, signed by one of these keys or certificates.
+    Trust(Arc<Trust>),
     /// Per repository, as the policy says.
     Policy(Arc<Policy>),
 }
 
 impl Verification {
-    /// What `--verify-key`/`--verify-policy` ask for, `None` when nothing is: a policy file,
-    /// else any of the public keys. Empty paths (an unset variable in a manifest) are none.
+    /// What `--verify-key`/`--verify-cert-chain`/`--verify-policy` ask for, `None` when
+    /// nothing is: a policy file, else the keys and certificate roots.
     pub fn from_files(
         keys: &[PathBuf],
+        roots: &[PathBuf],
+        identities: &[String],
         policy: Option<&Path>,
     ) -> Result<Option<Verification>, SignError> {
         if let Some(path) = policy.filter(|p| !p.as_os_str().is_empty()) {
             return Ok(Some(Verification::Policy(Arc::new(Policy::load(path)?))));
         }
-        let keys: Vec<PathBuf> = keys
-            .iter()
-            .filter(|p| !p.as_os_str().is_empty())
-            .cloned()
-            .collect();
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Verification::Keys(Arc::new(load_public_keys(&keys)?))))
+        Ok(Trust::load(keys, roots, identities)?.map(|t| Verification::Trust(Arc::new(t))))
     }
 
     /// The requirement for `repository` (`REGISTRY/REPOSITORY`), `None` when nothing is
     /// checked; an error when a policy covers no such repository.
     pub fn for_repository(&self, repository: &str) -> Result<Option<Requirement>, SignError> {
         match self {
-            Verification::Keys(keys) => Ok(Some(Requirement {
-                keys: keys.clone(),
+            Verification::Trust(trust) => Ok(Some(Requirement {
+                trust: trust.clone(),
                 mode: Mode::Enforce,
             })),
             Verification::Policy(policy) => policy.for_repository(repository),
@@ -128,6 +170,10 @@ struct RuleFile {
     repositories: String,
     #[serde(default)]
     keys: Vec<PathBuf>,
+    #[serde(default)]
+    roots: Vec<PathBuf>,
+    #[serde(default)]
+    identities: Vec<String>,
     #[serde(default = "enforce")]
     mode: Mode,
 }
@@ -222,19 +268,22 @@ impl Rule {
             .build()
             .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
             .compile_matcher();
-        if r.mode != Mode::Off && r.keys.is_empty() {
+        if r.mode != Mode::Off && r.keys.is_empty() && r.roots.is_empty() {
             return Err(format!(
-                "rule {:?} checks signatures but names no key",
+                "rule {:?} checks signatures but names no key and no roots",
                 r.repositories
             ));
         }
-        let paths: Vec<PathBuf> = r.keys.iter().map(|k| base.join(k)).collect();
-        let keys = load_public_keys(&paths).map_err(|e| e.to_string())?;
+        let keys: Vec<PathBuf> = r.keys.iter().map(|k| base.join(k)).collect();
+        let roots: Vec<PathBuf> = r.roots.iter().map(|k| base.join(k)).collect();
+        let trust = Trust::load(&keys, &roots, &r.identities)
+            .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
+            .unwrap_or_default();
         Ok(Rule {
             pattern: r.repositories,
             matcher,
             requirement: Requirement {
-                keys: Arc::new(keys),
+                trust: Arc::new(trust),
                 mode: r.mode,
             },
         })

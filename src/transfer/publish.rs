@@ -20,6 +20,10 @@ pub struct PublishOptions {
     pub image_volume: bool,
     /// Sign the pushed model with this EC private key (PEM).
     pub sign_key: Option<PathBuf>,
+    /// The signing key's certificate (PEM), to sign with a certificate chain.
+    pub sign_cert: Option<PathBuf>,
+    /// Intermediate certificates (PEM) after it in the bundle.
+    pub sign_cert_chain: Vec<PathBuf>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -55,7 +59,11 @@ pub async fn publish(
     }
     // Read first: a bad key stops the push before anything is uploaded.
     let signing_key = match &opts.sign_key {
-        Some(path) => Some(crate::sign::load_private_key(path)?),
+        Some(path) => Some(crate::sign::SigningKey::load(
+            path,
+            opts.sign_cert.as_deref(),
+            &opts.sign_cert_chain,
+        )?),
         None => None,
     };
     let mut pack = opts.pack.clone();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::{Resolved, Target, TransferError};
 use crate::digest::Digest;
 use crate::oci::{LayerFormat, LayerPlan, Manifest, ManifestKind};
-use crate::sign::{self, PrivateKey, PublicKey, SignError, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
+use crate::sign::{self, SignError, SigningKey, Trust, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
 
 /// Each file of the manifest and its SHA-256 (hex), by path. Only raw layers name their
 /// file's digest; a tar layer's files are known only once unpacked, so such an artifact is
@@ -36,17 +36,18 @@ pub fn manifest_files(manifest: &Manifest) -> Result<BTreeMap<String, String>, T
     Ok(files)
 }
 
-/// Sign the manifest `reference` names with `key` and attach the bundle to it. `name` is the
-/// statement's subject (the model folder's name). Returns the referrer's digest.
+/// Sign the manifest `reference` names with `signer` (a key, and its certificate chain if it
+/// has one) and attach the bundle to it. `name` is the statement's subject (the model
+/// folder's name). Returns the referrer's digest.
 pub async fn sign(
     target: &Target,
     reference: &str,
-    key: &PrivateKey,
+    signer: &SigningKey,
     name: &str,
 ) -> Result<Digest, TransferError> {
     let resolved = target.resolve(reference).await?;
     let files = manifest_files(&resolved.manifest)?;
-    let bundle = sign::sign(name, &files, &sign::own_paths(), key);
+    let bundle = sign::sign(name, &files, &sign::own_paths(), &signer.key, &signer.chain);
     let dir = tempfile::tempdir().map_err(TransferError::io(&std::env::temp_dir()))?;
     let path = dir.path().join(sign::SIGNATURE_FILE);
     std::fs::write(&path, &bundle).map_err(TransferError::io(&path))?;
@@ -71,7 +72,7 @@ pub async fn check(
     let Some(requirement) = verification.for_repository(&target.policy_name())? else {
         return Ok(None);
     };
-    match require(target, resolved, &requirement.keys).await {
+    match require(target, resolved, &requirement.trust).await {
         Ok(bundle) => Ok(Some(bundle)),
         Err(TransferError::Signature(e)) if requirement.mode == sign::Mode::Warn => {
             tracing::warn!("signature policy warns, the model is placed unverified: {e}");
@@ -81,13 +82,13 @@ pub async fn check(
     }
 }
 
-/// The bundle of a signature by one of `keys` that covers `resolved`'s files exactly,
+/// The bundle of a signature `trust` vouches for that covers `resolved`'s files exactly,
 /// looked for among the manifest's signature referrers (the newest [`sign::MAX_CANDIDATES`]).
 /// Nothing is downloaded but manifests and bundles.
 pub async fn require(
     target: &Target,
     resolved: &Resolved,
-    keys: &[PublicKey],
+    trust: &Trust,
 ) -> Result<Vec<u8>, TransferError> {
     let files = manifest_files(&resolved.manifest)?;
     if files.contains_key(sign::SIGNATURE_FILE) {
@@ -107,12 +108,12 @@ pub async fn require(
     }
     let mut last = None;
     for digest in &newest {
-        match candidate(target, digest, keys, &files).await {
+        match candidate(target, digest, trust, &files).await {
             Ok(bundle) => return Ok(bundle),
             Err(e) => {
                 tracing::debug!("signature {digest}: {e}");
                 // The most telling failure wins: one from a key we hold over "not ours".
-                if !matches!(e, SignError::OtherKey(_)) || last.is_none() {
+                if !matches!(e, SignError::OtherKey(_) | SignError::NoRoots(_)) || last.is_none() {
                     last = Some(e);
                 }
             }
@@ -140,15 +141,15 @@ async fn newest_signatures(
     Ok((newest, referrers.len()))
 }
 
-/// One signature referrer: its bundle, checked against the keys and the files.
+/// One signature referrer: its bundle, checked against the trust and the files.
 async fn candidate(
     target: &Target,
     digest: &Digest,
-    keys: &[PublicKey],
+    trust: &Trust,
     files: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, SignError> {
     let bundle = fetch_bundle(target, digest).await?;
-    let signed = sign::open(&bundle, keys)?;
+    let signed = sign::open(&bundle, trust)?;
     sign::covers(&signed, files)?;
     Ok(bundle)
 }

@@ -165,7 +165,7 @@ pub fn verify_marker(dir: &Path, marker: &Path, full: bool) -> Result<Verified, 
 /// The signer's ignored paths and hoist's own files aside.
 pub fn verify_signature(
     dir: &Path,
-    keys: &[crate::sign::PublicKey],
+    trust: &crate::sign::Trust,
     full: bool,
 ) -> Result<Verified, TransferError> {
     require_folder(dir)?;
@@ -187,7 +187,7 @@ pub fn verify_signature(
     file.take(crate::sign::MAX_BUNDLE_BYTES + 1)
         .read_to_end(&mut bundle)
         .map_err(TransferError::io(&path))?;
-    let signed = crate::sign::open(&bundle, keys)?;
+    let signed = crate::sign::open(&bundle, trust)?;
     let mut expected = Vec::with_capacity(signed.files.len());
     for (name, hex) in &signed.files {
         let digest: Digest = format!("sha256:{hex}")
@@ -210,7 +210,10 @@ pub fn verify_signature(
         .collect();
     ignore.push(PathBuf::from(crate::sign::SIGNATURE_FILE));
     let check = check_folder(dir, &expected, full, true, &ignore);
-    let what = format!("the signature by key {}", signed.key);
+    let what = match &signed.method {
+        crate::sign::Method::Key => format!("the signature by key {}", signed.key),
+        crate::sign::Method::Certificate(who) => format!("the signature by certificate {who}"),
+    };
     passed(dir, &what, check)?;
     Ok(Verified {
         reference: format!("{} ({what})", signed.name),

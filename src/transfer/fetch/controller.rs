@@ -138,7 +138,11 @@ pub(super) async fn grow_connections(
         // useful count is reached in a second or less, not after many small steps (each
         // tick at 4 connections of 5 MB/s where 64 would stream costs 75 MB not brought).
         best = rate;
-        let factor = if rate / (granted as f64) < SLOW_CONNECTION { 3 } else { 1 };
+        let factor = if rate / (granted as f64) < SLOW_CONNECTION {
+            3
+        } else {
+            1
+        };
         last_step = (granted * factor).min(max - granted);
         permits.add_permits(last_step);
         granted += last_step;

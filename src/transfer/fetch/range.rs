@@ -562,6 +562,10 @@ mod tests {
         assert_eq!(c.claim(true), Some((0, 2)));
         assert_eq!(c.claim(false), None, "left to the connection ahead of it");
         assert_eq!(c.claim(true), Some((1, 2)), "taken: both ranges at once");
-        assert_eq!(c.finish(0), None, "the first connection stops where it began");
+        assert_eq!(
+            c.finish(0),
+            None,
+            "the first connection stops where it began"
+        );
     }
 }
