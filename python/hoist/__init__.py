@@ -238,6 +238,8 @@ def push(
     chunk_index: bool = True,
     image_volume: bool = False,
     sign_key: Optional[PathLike] = None,
+    sign_cert: Optional[PathLike] = None,
+    sign_cert_chain: Union[PathLike, Sequence[PathLike], None] = None,
     progress: ProgressArg = None,
     **connection: Any,
 ) -> PushResult:
@@ -247,7 +249,8 @@ def push(
     Keywords are the CLI's ``hoist push`` flags: ``layer_format`` (raw, tar, tar+gzip,
     tar+zstd), ``config`` (a partial ModelPack config merged over what hoist reads from the
     model, as ``--config-file``), ``sign_key`` (an EC private key, PEM: the signature is
-    attached as a referrer), ``image_volume`` (also publish ``TAG-volume`` for Kubernetes
+    attached as a referrer) with ``sign_cert``/``sign_cert_chain`` (its certificate and the
+    intermediates, PEM, to sign by certificate), ``image_volume`` (also publish ``TAG-volume`` for Kubernetes
     image volumes). The manifest goes last: nobody sees a model whose files are missing.
 
     >>> r = hoist.push("out/checkpoint-500", "localhost:5000/team/bert:step-500")  # doctest: +SKIP
@@ -276,6 +279,8 @@ def push(
         chunk_index,
         image_volume,
         _path(sign_key),
+        _path(sign_cert),
+        _paths(sign_cert_chain),
     )
     return push_result(report, ref, time.monotonic() - started)
 

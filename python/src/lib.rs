@@ -50,7 +50,8 @@ fn globs(what: &str, patterns: &[String]) -> Result<Option<globset::GlobSet>, Er
 #[pyfunction]
 #[pyo3(signature = (conn, folder, reference, tags, layer_format, compression_level, name,
     created, include_hidden, follow_external_symlinks, concurrency, chunk_size, mount_from,
-    annotations, config, chunk_index, image_volume, sign_key, progress))]
+    annotations, config, chunk_index, image_volume, sign_key, sign_cert, sign_cert_chain,
+    progress))]
 #[allow(clippy::too_many_arguments)]
 fn push(
     py: Python<'_>,
@@ -72,6 +73,8 @@ fn push(
     chunk_index: bool,
     image_volume: bool,
     sign_key: Option<PathBuf>,
+    sign_cert: Option<PathBuf>,
+    sign_cert_chain: Vec<PathBuf>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let ctx = conn.context();
@@ -113,7 +116,8 @@ fn push(
             },
             image_volume,
             sign_key,
-            ..Default::default()
+            sign_cert,
+            sign_cert_chain,
         };
         let published = transfer::publish(&folder, &target, &tags, &opts, observer).await?;
         Ok(json(&published))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 import json
 import threading
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import hoist
 import pytest
 
-from conftest import files_of
+from conftest import files_of, need
 
 
 def test_a_pushed_folder_pulls_back_identical(registry, model, tmp_path):
@@ -144,3 +146,27 @@ def test_cache_and_layer_format_as_the_cli_flags(registry, model, tmp_path):
     assert files_of(tmp_path / "a") == files_of(tmp_path / "b") == files_of(model)
     with pytest.raises(hoist.UsageError, match="layer_format"):
         hoist.push(model, ref, layer_format="zip")
+
+
+def test_signed_by_certificate_and_verified_against_the_root(registry, model, tmp_path):
+    need(shutil.which("openssl") is not None, "openssl is not installed (scripts/setup installs it)")
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    for key in ("root.key", "leaf.key"):
+        ssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+    ssl("req", "-x509", "-new", "-key", "root.key", "-subj", "/CN=Py Root", "-days", "30", "-out", "root.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    (tmp_path / "leaf.ext").write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                                       "extendedKeyUsage=codeSigning\nsubjectAltName=email:py@example.com\n")
+    ssl("req", "-new", "-key", "leaf.key", "-subj", "/CN=Py Signer", "-out", "leaf.csr")
+    ssl("x509", "-req", "-in", "leaf.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+        "-days", "30", "-extfile", "leaf.ext", "-out", "leaf.pem")
+    ref = registry.ref("team/bert:cert")
+    hoist.push(model, ref, sign_key=tmp_path / "leaf.key", sign_cert=tmp_path / "leaf.pem")
+    hoist.pull(ref, tmp_path / "ok", verify_cert_chain=tmp_path / "root.pem", cert_identity="*@example.com")
+    assert (tmp_path / "ok" / "model.sig").is_file()
+    with pytest.raises(hoist.SignatureError):
+        hoist.pull(ref, tmp_path / "refused", verify_cert_chain=tmp_path / "root.pem", cert_identity="x@y.z")
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
