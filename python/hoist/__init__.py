@@ -296,6 +296,8 @@ def pull(
     verify_key: Union[PathLike, Sequence[PathLike], None] = None,
     verify_cert_chain: Union[PathLike, Sequence[PathLike], None] = None,
     cert_identity: Union[str, Sequence[str], None] = None,
+    cert_oidc_issuer: Union[str, Sequence[str], None] = None,
+    sigstore_trusted_root: Optional[PathLike] = None,
     verify_policy: Optional[PathLike] = None,
     concurrency: int = 4,
     max_connections: int = 64,
@@ -313,7 +315,9 @@ def pull(
     cache), ``verify_key`` (public keys, PEM: the model must carry a signature by one of them,
     checked before any file is placed), ``verify_cert_chain`` (root certificates, PEM: or a
     signature by a certificate chaining to them, for code signing) with ``cert_identity``
-    (the subject or SAN it must name, exact or glob), ``max_connections`` and ``range_size`` (bytes; large
+    (the subject or SAN it must name, exact or glob), ``cert_oidc_issuer`` (a Sigstore
+    signature's OIDC issuer, with ``cert_identity`` its SAN; ``sigstore_trusted_root`` for a
+    private instance), ``max_connections`` and ``range_size`` (bytes; large
     files are fetched as ranges in parallel, and an interrupted pull keeps whole ranges),
     ``link_mode`` (auto, reflink, hardlink, copy), ``overwrite`` (replace files no earlier
     pull placed).
@@ -336,6 +340,8 @@ def pull(
         _paths(verify_key),
         _paths(verify_cert_chain),
         _strings(cert_identity),
+        _strings(cert_oidc_issuer),
+        _path(sigstore_trusted_root),
         _path(verify_policy),
         concurrency,
         max_connections,

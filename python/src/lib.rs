@@ -127,7 +127,8 @@ fn push(
 /// Pull into a folder; returns the `PullReport` as JSON.
 #[pyfunction]
 #[pyo3(signature = (conn, reference, output, include, exclude, kind, cache, verify_key,
-    verify_cert_chain, cert_identity, verify_policy, concurrency, max_connections, range_size, link_mode, overwrite, progress))]
+    verify_cert_chain, cert_identity, cert_oidc_issuer, sigstore_trusted_root, verify_policy,
+    concurrency, max_connections, range_size, link_mode, overwrite, progress))]
 #[allow(clippy::too_many_arguments)]
 fn pull(
     py: Python<'_>,
@@ -141,6 +142,8 @@ fn pull(
     verify_key: Vec<PathBuf>,
     verify_cert_chain: Vec<PathBuf>,
     cert_identity: Vec<String>,
+    cert_oidc_issuer: Vec<String>,
+    sigstore_trusted_root: Option<PathBuf>,
     verify_policy: Option<PathBuf>,
     concurrency: usize,
     max_connections: usize,
@@ -168,13 +171,15 @@ fn pull(
                 "link_mode {link_mode:?} is not one of auto, reflink, hardlink, copy"
             ))
         })?;
-        let verify = hoist::sign::Verification::from_files(
-            &verify_key,
-            &verify_cert_chain,
-            &cert_identity,
-            verify_policy.as_deref(),
-        )
-        .map_err(transfer::TransferError::from)?;
+        let trust = hoist::sign::TrustOptions {
+            keys: verify_key,
+            roots: verify_cert_chain,
+            identities: cert_identity,
+            oidc_issuers: cert_oidc_issuer,
+            sigstore_root: sigstore_trusted_root,
+        };
+        let verify = hoist::sign::Verification::from_files(&trust, verify_policy.as_deref())
+            .map_err(transfer::TransferError::from)?;
         let source = ctx.target(&reference)?;
         let opts = PullOptions {
             concurrency,
@@ -309,7 +314,7 @@ fn inspect(py: Python<'_>, conn: &Connection, reference: String) -> PyResult<Str
         let reference = Reference::parse(&reference)?;
         let source = ctx.target(&reference)?;
         Ok(json(
-            &transfer::inspect::inspect(&source, &reference).await?,
+            &transfer::inspect::inspect(&source, &reference, None).await?,
         ))
     })
 }
@@ -337,9 +342,12 @@ fn verify(
             }
             (None, Some(marker), true) => transfer::verify_marker(&folder, &marker, full)?,
             (None, None, false) => {
-                let trust = hoist::sign::Trust::load(&key, &[], &[])
-                    .map_err(transfer::TransferError::from)?
-                    .unwrap_or_default();
+                let trust = hoist::sign::Trust::load(&hoist::sign::TrustOptions {
+                    keys: key,
+                    ..Default::default()
+                })
+                .map_err(transfer::TransferError::from)?
+                .unwrap_or_default();
                 transfer::verify::verify_signature(&folder, &trust, full)?
             }
             _ => {

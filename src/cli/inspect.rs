@@ -18,12 +18,17 @@ pub struct InspectArgs {
     /// Print the raw manifest and config as JSON.
     #[arg(long)]
     json: bool,
+    /// With keys, roots or issuers: say per signature whether it would verify under them
+    /// (a claim about the signature, not a pull).
+    #[command(flatten)]
+    verify: super::pull::VerifyKeyArgs,
 }
 
 pub async fn inspect(args: InspectArgs, env: &Env) -> Result<(), Error> {
     let reference = Reference::parse(&args.reference)?;
     let source = env.ctx.target(&reference)?;
-    let found = transfer::inspect::inspect(&source, &reference).await?;
+    let verification = args.verify.verification()?;
+    let found = transfer::inspect::inspect(&source, &reference, verification.as_ref()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&found).expect("json"));
         return Ok(());
@@ -129,8 +134,13 @@ fn print_signatures(signatures: &Signatures) {
 /// `sha256:0123456789ab key 5f2c…e1 "minilm" 7 files: covers these files`, or what is wrong.
 fn claim_line(claim: &SignatureClaim) -> String {
     let mut line = claim.digest.as_str()[..19.min(claim.digest.as_str().len())].to_string();
-    if let Some(hint) = &claim.key_hint {
-        line.push_str(&format!(" key {hint}"));
+    match (claim.method, &claim.key_hint, &claim.identity) {
+        (_, Some(hint), _) => line.push_str(&format!(" key {hint}")),
+        (Some(method), None, Some(who)) => line.push_str(&format!(" {method} {who}")),
+        _ => {}
+    }
+    if let Some(issuer) = &claim.issuer {
+        line.push_str(&format!(" (issuer {issuer})"));
     }
     if let Some(name) = &claim.name {
         line.push_str(&format!(" {name:?}"));
@@ -141,6 +151,9 @@ fn claim_line(claim: &SignatureClaim) -> String {
     match &claim.problem {
         None => line.push_str(": covers these files"),
         Some(why) => line.push_str(&format!(": {why}")),
+    }
+    if let Some(verdict) = &claim.verdict {
+        line.push_str(&format!("; under the given trust: {verdict}"));
     }
     line
 }

@@ -246,6 +246,15 @@ pub struct VerifyKeyArgs {
     /// `HOIST_CERT_IDENTITY` holds one (a glob's `{a,b}` names several).
     #[arg(long, value_name = "IDENTITY", env = "HOIST_CERT_IDENTITY")]
     cert_identity: Vec<String>,
+    /// Require a Sigstore (keyless) signature whose Fulcio certificate was issued for an
+    /// identity of this OIDC issuer (exact or glob; repeatable), with `--cert-identity`
+    /// naming the SAN, checked offline against the Sigstore trusted root.
+    #[arg(long, value_name = "ISSUER", env = "HOIST_CERT_OIDC_ISSUER")]
+    cert_oidc_issuer: Vec<String>,
+    /// The Sigstore trusted root (`trusted_root.json`) for --cert-oidc-issuer: a private
+    /// instance's; default the public-good instance's, built in.
+    #[arg(long, value_name = "FILE", env = "HOIST_SIGSTORE_TRUSTED_ROOT")]
+    sigstore_trusted_root: Option<PathBuf>,
     /// Require signatures as this policy file says per repository: which keys vouch, and
     /// whether a failure stops the pull (enforce), is reported (warn) or is not checked
     /// (off); a repository no rule covers is refused. See the README's "Signed models".
@@ -253,7 +262,7 @@ pub struct VerifyKeyArgs {
         long,
         value_name = "POLICY.toml",
         env = "HOIST_VERIFY_POLICY",
-        conflicts_with_all = ["verify_key", "verify_cert_chain"]
+        conflicts_with_all = ["verify_key", "verify_cert_chain", "cert_oidc_issuer"]
     )]
     verify_policy: Option<PathBuf>,
 }
@@ -261,13 +270,15 @@ pub struct VerifyKeyArgs {
 impl VerifyKeyArgs {
     /// What is required of signatures, `None` when nothing is.
     pub fn verification(&self) -> Result<Option<hoist::sign::Verification>, Error> {
-        hoist::sign::Verification::from_files(
-            &self.verify_key,
-            &self.verify_cert_chain,
-            &self.cert_identity,
-            self.verify_policy.as_deref(),
-        )
-        .map_err(|e| hoist::transfer::TransferError::from(e).into())
+        let trust = hoist::sign::TrustOptions {
+            keys: self.verify_key.clone(),
+            roots: self.verify_cert_chain.clone(),
+            identities: self.cert_identity.clone(),
+            oidc_issuers: self.cert_oidc_issuer.clone(),
+            sigstore_root: self.sigstore_trusted_root.clone(),
+        };
+        hoist::sign::Verification::from_files(&trust, self.verify_policy.as_deref())
+            .map_err(|e| hoist::transfer::TransferError::from(e).into())
     }
 }
 

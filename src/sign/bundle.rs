@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::certs::{identity_of, CertIdentity, MAX_CERT_BYTES, MAX_CHAIN};
 use super::keys::PrivateKey;
+use super::sigstore::{self, Logged, Material};
 use super::{SignError, Trust};
 
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -35,6 +36,19 @@ pub enum Method {
     /// A certificate chain (the reference tool's `certificate` method): who the signing
     /// certificate names.
     Certificate(CertIdentity),
+    /// Sigstore (keyless): a Fulcio certificate and a transparency-log entry.
+    Sigstore(Logged),
+}
+
+impl Method {
+    /// `key`, `certificate` or `sigstore`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Key => "key",
+            Method::Certificate(_) => "certificate",
+            Method::Sigstore(_) => "sigstore",
+        }
+    }
 }
 
 /// What a verified signature vouches for.
@@ -127,6 +141,8 @@ pub fn sign(
 /// reach its roots) and read what it vouches for.
 pub fn open(bundle: &[u8], trust: &Trust) -> Result<Signed, SignError> {
     let envelope = Envelope::read(bundle)?;
+    // The statement is read first: a refusal then names what is wrong with it, whoever signed.
+    let mut signed = statement(&envelope.payload)?;
     let message = pae(&envelope.payload);
     let (method, key) = match &envelope.signer {
         Signer::Key(hint) => {
@@ -153,8 +169,18 @@ pub fn open(bundle: &[u8], trust: &Trust) -> Result<Signed, SignError> {
             }
             (Method::Certificate(identity), String::new())
         }
+        Signer::Sigstore(material) => {
+            let Some(policy) = &trust.sigstore else {
+                return Err(SignError::Keyless(claimed_signer(material)));
+            };
+            let (key, logged) =
+                sigstore::verify(material, &envelope.payload, &envelope.signature, policy)?;
+            if !key.verifies(&message, &envelope.signature) {
+                return Err(SignError::BadSignature);
+            }
+            (Method::Sigstore(logged), String::new())
+        }
     };
-    let mut signed = statement(&envelope.payload)?;
     signed.method = method;
     signed.key = key;
     Ok(signed)
@@ -169,8 +195,24 @@ pub fn describe(bundle: &[u8]) -> Result<Signed, SignError> {
     match envelope.signer {
         Signer::Key(hint) => claimed.key = hint,
         Signer::Chain(chain) => claimed.method = Method::Certificate(identity_of(&chain[0])?),
+        Signer::Sigstore(material) => {
+            let (identity, issuer) = material.claims()?;
+            claimed.method = Method::Sigstore(Logged {
+                identity,
+                issuer,
+                integrated_time: material.entry.integrated_time,
+            });
+        }
     }
     Ok(claimed)
+}
+
+/// Who a Sigstore bundle says signed, for an error line (unverified).
+fn claimed_signer(material: &Material) -> String {
+    match material.claims() {
+        Ok((identity, issuer)) => format!("{identity} (issuer {issuer})"),
+        Err(e) => format!("an unreadable certificate ({e})"),
+    }
 }
 
 /// Who a bundle says signed: a key (by its hint, maybe empty) or a certificate chain (DER,
@@ -178,13 +220,17 @@ pub fn describe(bundle: &[u8]) -> Result<Signed, SignError> {
 enum Signer {
     Key(String),
     Chain(Vec<Vec<u8>>),
+    Sigstore(Box<Material>),
 }
 
 impl Signer {
     fn read(material: &Value) -> Result<Signer, SignError> {
         let bad = |why: String| SignError::Bundle(why);
+        if !material.is_object() {
+            return Err(bad("it has no verification material".into()));
+        }
         if material.get("certificate").is_some() {
-            return Err(SignError::Keyless);
+            return Ok(Signer::Sigstore(Box::new(Material::read(material)?)));
         }
         let Some(chain) = material.get("x509CertificateChain") else {
             let hint = material["publicKey"]["hint"].as_str().unwrap_or_default();
@@ -364,7 +410,7 @@ mod tests {
     fn keys(keys: &[crate::sign::PublicKey]) -> Trust {
         Trust {
             keys: keys.to_vec(),
-            certs: None,
+            ..Default::default()
         }
     }
 
@@ -473,7 +519,7 @@ mod tests {
         // The payload changed after signing.
         let mut v: Value = serde_json::from_slice(&bundle).unwrap();
         let mut s = statement_of(&bundle);
-        s["predicate"]["resources"][0]["digest"] = json!(hex::encode([3u8; 32]));
+        s["subject"][0]["name"] = json!("another model");
         v["dsseEnvelope"]["payload"] = json!(b64().encode(serde_json::to_vec(&s).unwrap()));
         assert!(matches!(
             open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()])),
@@ -484,7 +530,7 @@ mod tests {
         v["verificationMaterial"] = json!({"certificate": {"rawBytes": "AAAA"}});
         assert!(matches!(
             open(&serde_json::to_vec(&v).unwrap(), &keys(&[k.public()])),
-            Err(SignError::Keyless)
+            Err(SignError::Sigstore(_))
         ));
         // Too large, before parsing.
         let huge = vec![b' '; (MAX_BUNDLE_BYTES + 1) as usize];

@@ -57,7 +57,7 @@ impl std::fmt::Display for CertIdentity {
 /// vouch for.
 #[derive(Debug)]
 pub struct CertTrust {
-    roots: Vec<CertificateDer<'static>>,
+    roots: Vec<Vec<u8>>,
     identities: Vec<(String, globset::GlobMatcher)>,
 }
 
@@ -76,7 +76,7 @@ impl CertTrust {
         }
         // Each root must be usable as a trust anchor now, not at the first signature.
         for root in &all {
-            webpki::anchor_from_trusted_cert(root)
+            webpki::anchor_from_trusted_cert(&CertificateDer::from(root.as_slice()))
                 .map_err(|e| SignError::Key(format!("a certificate root cannot anchor: {e:?}")))?;
         }
         let identities = identities
@@ -104,38 +104,8 @@ impl CertTrust {
         chain: &[Vec<u8>],
         time: std::time::SystemTime,
     ) -> Result<(PublicKey, CertIdentity), SignError> {
-        let (leaf, intermediates) = chain
-            .split_first()
-            .ok_or_else(|| refused("the certificate chain is empty".into()))?;
-        let anchors: Vec<_> = self
-            .roots
-            .iter()
-            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
-            .collect();
-        let leaf_der = CertificateDer::from(leaf.as_slice());
-        let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
-            .map_err(|e| refused(format!("the signing certificate cannot be read ({e})")))?;
-        let intermediates: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .map(|c| CertificateDer::from(c.as_slice()))
-            .collect();
-        let since_epoch = time
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        end_entity
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors,
-                &intermediates,
-                UnixTime::since_unix_epoch(since_epoch),
-                // Intermediates rarely list usages: a certificate of the path that does
-                // must allow code signing; the leaf must list it (checked in `read_leaf`).
-                webpki::KeyUsage::required_if_present(EKU_CODE_SIGNING),
-                None,
-                None,
-            )
-            .map_err(|e| refused(chain_error(&e)))?;
-        let (key, identity) = read_leaf(leaf)?;
+        let key = verify_chain(chain, &self.roots, time)?;
+        let identity = identity_of(&chain[0])?;
         self.allow(&identity)?;
         Ok((key, identity))
     }
@@ -187,10 +157,10 @@ fn chain_error(e: &webpki::Error) -> String {
     }
 }
 
-/// The leaf's public key (one of the three curves model signing uses) and its names, each
-/// refused if it holds control characters (it would forge lines in a log or a terminal).
-fn read_leaf(der: &[u8]) -> Result<(PublicKey, CertIdentity), SignError> {
-    let identity = identity_of(der)?;
+/// The leaf's public key (one of the three curves model signing uses), once its usages
+/// allow signing code: the code-signing extended key usage, and digital signatures if it
+/// lists key usages.
+fn leaf_key(der: &[u8]) -> Result<PublicKey, SignError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| refused(format!("the signing certificate cannot be read ({e})")))?;
     let code_signing = matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.code_signing);
@@ -206,8 +176,7 @@ fn read_leaf(der: &[u8]) -> Result<(PublicKey, CertIdentity), SignError> {
             ));
         }
     }
-    let key = PublicKey::from_spki_der(cert.public_key().raw)?;
-    Ok((key, identity))
+    PublicKey::from_spki_der(cert.public_key().raw)
 }
 
 /// Who a certificate names (subject, issuer, SANs), read without trusting it.
@@ -267,11 +236,52 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, SignError> {
     Ok(certs)
 }
 
-fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, SignError> {
-    Ok(read_pem_certs(path)?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect())
+fn read_roots(path: &Path) -> Result<Vec<Vec<u8>>, SignError> {
+    read_pem_certs(path)
+}
+
+/// `chain` (DER, signing certificate first) checked by webpki at `time` against `roots`, and
+/// its leaf for code signing; returns the leaf's key.
+pub fn verify_chain(
+    chain: &[Vec<u8>],
+    roots: &[Vec<u8>],
+    time: std::time::SystemTime,
+) -> Result<PublicKey, SignError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| refused("the certificate chain is empty".into()))?;
+    let roots: Vec<CertificateDer<'_>> = roots
+        .iter()
+        .map(|r| CertificateDer::from(r.as_slice()))
+        .collect();
+    let anchors: Vec<_> = roots
+        .iter()
+        .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
+        .collect();
+    let leaf_der = CertificateDer::from(leaf.as_slice());
+    let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| refused(format!("the signing certificate cannot be read ({e})")))?;
+    let intermediates: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            UnixTime::since_unix_epoch(since_epoch),
+            // Intermediates rarely list usages: a certificate of the path that does must
+            // allow code signing; the leaf must list it (checked in `leaf_key`).
+            webpki::KeyUsage::required_if_present(EKU_CODE_SIGNING),
+            None,
+            None,
+        )
+        .map_err(|e| refused(chain_error(&e)))?;
+    leaf_key(leaf)
 }
 
 /// The chain a signer puts in its bundle: its certificate (whose key must be the signing

@@ -11,19 +11,24 @@
 //! | `keys.rs`   | EC keys on P-256/384/521, their hints, ECDSA sign and verify     |
 //! | `bundle.rs` | the bundle, its DSSE envelope and statement: written, and read with every check |
 //! | `certs.rs`  | certificate chains to trusted roots (rustls-webpki), identities (subject, SAN) |
+//! | `sigstore.rs` | Sigstore bundles offline: trusted root, Fulcio certificate, log entry, identity |
+//! | `tlog.rs`   | a Rekor entry: inclusion proof, signed checkpoint, signed entry timestamp |
 //! | `policy.rs` | what a pull requires: keys, roots, or a policy file per repository (enforce, warn, off) |
 
 mod bundle;
 mod certs;
 mod keys;
 mod policy;
+mod sigstore;
+mod tlog;
 
 use std::collections::BTreeMap;
 
 pub use bundle::{describe, open, sign, Method, Signed, BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES};
 pub use certs::{signing_chain, CertIdentity, CertTrust, MAX_CERT_BYTES, MAX_CHAIN};
 pub use keys::{PrivateKey, PublicKey};
-pub use policy::{Mode, Policy, Requirement, Trust, Verification};
+pub use policy::{Mode, Policy, Requirement, Trust, TrustOptions, Verification};
+pub use sigstore::{Logged, SigstoreTrust, TrustedRoot, PUBLIC_GOOD_ROOT};
 
 /// Where a verified pull writes the signature, inside the output folder: the reference
 /// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
@@ -41,8 +46,12 @@ pub enum SignError {
     Bundle(String),
     #[error("the signature bundle is over {0} bytes")]
     TooLarge(u64),
-    #[error("the signature is a Sigstore bundle (keyless: a Fulcio certificate and a transparency-log entry), which hoist does not verify yet; sign with a key or a certificate")]
-    Keyless,
+    #[error("the signature is a Sigstore bundle by {0}; checking it needs the signer's identity and OIDC issuer (--cert-identity, --cert-oidc-issuer)")]
+    Keyless(String),
+    #[error("the Sigstore signature is refused: {0}")]
+    Sigstore(String),
+    #[error("the transparency-log entry is refused: {0}")]
+    Log(String),
     #[error("the signing certificate is refused: {0}")]
     Certificate(String),
     #[error("the signature is by certificate {0}, and no certificate roots were given to check it (--verify-cert-chain)")]

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{load_public_keys, CertTrust, PublicKey, SignError};
+use super::{load_public_keys, CertTrust, PublicKey, SignError, SigstoreTrust, TrustedRoot};
 use crate::reference::canonical_registry;
 
 /// Most rules a policy file may hold, and its largest size: it is read whole.
@@ -54,48 +54,77 @@ impl Mode {
     }
 }
 
-/// Who may vouch for a model: any of these keys, or a certificate chaining to these roots
-/// and naming an allowed identity.
+/// What a verifier was given to trust signatures by, as paths and patterns (the flags, a
+/// policy rule): keys; certificate roots; the identities a certificate must name; the OIDC
+/// issuers a Sigstore certificate must name, with the Sigstore trusted root (the public-good
+/// instance's when none is given). Empty paths (an unset variable in a manifest) are none.
+#[derive(Debug, Clone, Default)]
+pub struct TrustOptions {
+    pub keys: Vec<PathBuf>,
+    pub roots: Vec<PathBuf>,
+    pub identities: Vec<String>,
+    pub oidc_issuers: Vec<String>,
+    pub sigstore_root: Option<PathBuf>,
+}
+
+fn given(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .cloned()
+        .collect()
+}
+
+/// Who may vouch for a model: any of these keys, a certificate chaining to these roots and
+/// naming an allowed identity, or a Sigstore signature by an allowed identity and issuer.
 #[derive(Debug, Default)]
 pub struct Trust {
     pub keys: Vec<PublicKey>,
     pub certs: Option<CertTrust>,
+    pub sigstore: Option<SigstoreTrust>,
 }
 
 impl Trust {
-    /// The keys in `keys` and the certificate roots in `roots` with the `identities` a
-    /// signing certificate must name; `None` when neither keys nor roots are given. Empty
-    /// paths (an unset variable in a manifest) are none.
-    pub fn load(
-        keys: &[PathBuf],
-        roots: &[PathBuf],
-        identities: &[String],
-    ) -> Result<Option<Trust>, SignError> {
-        let given = |paths: &[PathBuf]| -> Vec<PathBuf> {
-            paths
-                .iter()
-                .filter(|p| !p.as_os_str().is_empty())
-                .cloned()
-                .collect()
-        };
-        let (keys, roots) = (given(keys), given(roots));
-        if keys.is_empty() && roots.is_empty() {
-            if identities.iter().any(|i| !i.is_empty()) {
+    /// What `opts` name, loaded and checked; `None` when they name nothing to trust.
+    pub fn load(opts: &TrustOptions) -> Result<Option<Trust>, SignError> {
+        let (keys, roots) = (given(&opts.keys), given(&opts.roots));
+        let issuers: Vec<String> = opts
+            .oidc_issuers
+            .iter()
+            .filter(|i| !i.is_empty())
+            .cloned()
+            .collect();
+        let identities = opts.identities.iter().any(|i| !i.is_empty());
+        if keys.is_empty() && roots.is_empty() && issuers.is_empty() {
+            if identities {
                 return Err(SignError::Key(
-                    "an identity to require was given without certificate roots (--verify-cert-chain)"
-                        .into(),
+                    "an identity to require was given without certificate roots (--verify-cert-chain) or an OIDC issuer (--cert-oidc-issuer)".into(),
                 ));
             }
             return Ok(None);
         }
-        let certs = if roots.is_empty() {
-            None
-        } else {
-            Some(CertTrust::load(&roots, identities)?)
+        let certs = match roots.is_empty() {
+            true => None,
+            false => Some(CertTrust::load(&roots, &opts.identities)?),
+        };
+        let sigstore = match issuers.is_empty() {
+            true => None,
+            false => {
+                let root = match opts
+                    .sigstore_root
+                    .as_deref()
+                    .filter(|p| !p.as_os_str().is_empty())
+                {
+                    Some(path) => TrustedRoot::load(path)?,
+                    None => TrustedRoot::public_good(),
+                };
+                Some(SigstoreTrust::new(root, &opts.identities, &issuers)?)
+            }
         };
         Ok(Some(Trust {
             keys: load_public_keys(&keys)?,
             certs,
+            sigstore,
         }))
     }
 }
@@ -117,18 +146,16 @@ pub enum Verification {
 }
 
 impl Verification {
-    /// What `--verify-key`/`--verify-cert-chain`/`--verify-policy` ask for, `None` when
-    /// nothing is: a policy file, else the keys and certificate roots.
+    /// What the flags ask for, `None` when nothing is: a policy file, else what `trust`
+    /// names.
     pub fn from_files(
-        keys: &[PathBuf],
-        roots: &[PathBuf],
-        identities: &[String],
+        trust: &TrustOptions,
         policy: Option<&Path>,
     ) -> Result<Option<Verification>, SignError> {
         if let Some(path) = policy.filter(|p| !p.as_os_str().is_empty()) {
             return Ok(Some(Verification::Policy(Arc::new(Policy::load(path)?))));
         }
-        Ok(Trust::load(keys, roots, identities)?.map(|t| Verification::Trust(Arc::new(t))))
+        Ok(Trust::load(trust)?.map(|t| Verification::Trust(Arc::new(t))))
     }
 
     /// The requirement for `repository` (`REGISTRY/REPOSITORY`), `None` when nothing is
@@ -174,6 +201,10 @@ struct RuleFile {
     roots: Vec<PathBuf>,
     #[serde(default)]
     identities: Vec<String>,
+    #[serde(default)]
+    oidc_issuers: Vec<String>,
+    #[serde(default)]
+    sigstore_root: Option<PathBuf>,
     #[serde(default = "enforce")]
     mode: Mode,
 }
@@ -268,15 +299,24 @@ impl Rule {
             .build()
             .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
             .compile_matcher();
-        if r.mode != Mode::Off && r.keys.is_empty() && r.roots.is_empty() {
+        if r.mode != Mode::Off
+            && r.keys.is_empty()
+            && r.roots.is_empty()
+            && r.oidc_issuers.is_empty()
+        {
             return Err(format!(
-                "rule {:?} checks signatures but names no key and no roots",
+                "rule {:?} checks signatures but names no key, no roots and no OIDC issuer",
                 r.repositories
             ));
         }
-        let keys: Vec<PathBuf> = r.keys.iter().map(|k| base.join(k)).collect();
-        let roots: Vec<PathBuf> = r.roots.iter().map(|k| base.join(k)).collect();
-        let trust = Trust::load(&keys, &roots, &r.identities)
+        let opts = TrustOptions {
+            keys: r.keys.iter().map(|k| base.join(k)).collect(),
+            roots: r.roots.iter().map(|k| base.join(k)).collect(),
+            identities: r.identities.clone(),
+            oidc_issuers: r.oidc_issuers.clone(),
+            sigstore_root: r.sigstore_root.as_ref().map(|p| base.join(p)),
+        };
+        let trust = Trust::load(&opts)
             .map_err(|e| format!("rule {:?}: {e}", r.repositories))?
             .unwrap_or_default();
         Ok(Rule {

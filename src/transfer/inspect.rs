@@ -62,7 +62,11 @@ impl Inspection {
 
 /// Describe what `reference` names in `source`. Only the manifest must be readable: the
 /// volume form and the signatures are side notes, unknown when the registry will not say.
-pub async fn inspect(source: &Target, reference: &Reference) -> Result<Inspection, TransferError> {
+pub async fn inspect(
+    source: &Target,
+    reference: &Reference,
+    verification: Option<&crate::sign::Verification>,
+) -> Result<Inspection, TransferError> {
     let resolved = source.resolve(&reference.target()).await?;
     let manifest = &resolved.manifest;
     let modelpack = manifest.artifact_type.as_deref() == Some(media::MODELPACK_ARTIFACT);
@@ -73,7 +77,12 @@ pub async fn inspect(source: &Target, reference: &Reference) -> Result<Inspectio
         },
         _ => (None, None),
     };
-    let signatures = match signature::claims(source, &resolved).await {
+    let requirement = match verification {
+        Some(v) => v.for_repository(&source.policy_name())?,
+        None => None,
+    };
+    let trust = requirement.as_ref().map(|r| &*r.trust);
+    let signatures = match signature::claims(source, &resolved, trust).await {
         Ok((claims, total)) => Signatures::Found { total, claims },
         Err(e) => Signatures::Unknown {
             unknown: e.to_string(),

@@ -186,10 +186,23 @@ async fn fetch_bundle(target: &Target, digest: &Digest) -> Result<Vec<u8>, SignE
 pub struct SignatureClaim {
     /// The signature referrer's manifest.
     pub digest: Digest,
+    /// How the signer is named: `key`, `certificate` or `sigstore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
     /// The hint of the key that claims to have signed (hex SHA-256 of its PEM text); only
     /// a hex one is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hint: Option<String>,
+    /// Who the certificate names (subject, SANs), as written in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// A Sigstore certificate's OIDC issuer, as written in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// With what to trust signatures by (inspect's `--verify-…` flags): `verifies`, or why
+    /// not. A claim about these bytes under those roots and keys, not a placement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
     /// The signed folder's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -203,40 +216,81 @@ pub struct SignatureClaim {
 }
 
 /// The signatures attached to `resolved` (the newest [`sign::MAX_CANDIDATES`], newest
-/// first) with what each claims, and how many are attached in all.
+/// first) with what each claims, and how many are attached in all. With `trust`, each also
+/// says whether it would verify under it.
 pub async fn claims(
     target: &Target,
     resolved: &Resolved,
+    trust: Option<&Trust>,
 ) -> Result<(Vec<SignatureClaim>, usize), TransferError> {
     let (newest, total) = newest_signatures(target, resolved).await?;
     let files = manifest_files(&resolved.manifest).map_err(|e| e.to_string());
     let mut claims = Vec::new();
     for digest in newest {
-        let claimed = fetch_bundle(target, &digest)
-            .await
-            .and_then(|bundle| sign::describe(&bundle));
-        claims.push(match claimed {
-            Ok(signed) => SignatureClaim {
-                digest,
-                // A hint is hex; anything else is not shown as one.
-                key_hint: Some(signed.key.clone()).filter(|k| {
-                    (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_hexdigit())
-                }),
-                name: Some(signed.name.clone()),
-                files: Some(signed.files.len()),
-                problem: match &files {
-                    Ok(files) => sign::covers(&signed, files).err().map(|e| e.to_string()),
-                    Err(e) => Some(e.clone()),
-                },
-            },
+        let bundle = fetch_bundle(target, &digest).await;
+        let claimed = bundle
+            .as_ref()
+            .map_err(clone_error)
+            .and_then(|b| sign::describe(b));
+        let mut claim = match claimed {
+            Ok(signed) => claim_of(digest, &signed, &files),
             Err(e) => SignatureClaim {
                 digest,
+                method: None,
                 key_hint: None,
+                identity: None,
+                issuer: None,
+                verdict: None,
                 name: None,
                 files: None,
                 problem: Some(e.to_string()),
             },
-        });
+        };
+        if let (Some(trust), Ok(bundle), Ok(files)) = (trust, &bundle, &files) {
+            claim.verdict = Some(
+                match sign::open(bundle, trust).and_then(|s| sign::covers(&s, files)) {
+                    Ok(()) => "verifies".into(),
+                    Err(e) => e.to_string(),
+                },
+            );
+        }
+        claims.push(claim);
     }
     Ok((claims, total))
+}
+
+fn clone_error(e: &SignError) -> SignError {
+    SignError::Bundle(e.to_string())
+}
+
+/// What a readable bundle claims, shown as written.
+fn claim_of(
+    digest: Digest,
+    signed: &sign::Signed,
+    files: &Result<BTreeMap<String, String>, String>,
+) -> SignatureClaim {
+    let (identity, issuer) = match &signed.method {
+        sign::Method::Key => (None, None),
+        sign::Method::Certificate(who) => (Some(who.to_string()), None),
+        sign::Method::Sigstore(logged) => (
+            Some(logged.identity.to_string()),
+            Some(logged.issuer.clone()),
+        ),
+    };
+    SignatureClaim {
+        digest,
+        method: Some(signed.method.name()),
+        // A hint is hex; anything else is not shown as one.
+        key_hint: Some(signed.key.clone())
+            .filter(|k| (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_hexdigit())),
+        identity,
+        issuer,
+        verdict: None,
+        name: Some(signed.name.clone()),
+        files: Some(signed.files.len()),
+        problem: match files {
+            Ok(files) => sign::covers(signed, files).err().map(|e| e.to_string()),
+            Err(e) => Some(e.clone()),
+        },
+    }
 }

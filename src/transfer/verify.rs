@@ -162,6 +162,41 @@ pub fn verify_marker(dir: &Path, marker: &Path, full: bool) -> Result<Verified, 
 /// Check `dir` against its signature `dir/model.sig` (OpenSSF model signing): the signature
 /// must verify with one of `keys`, and the folder must hold exactly the signed files with
 /// their digests (those the pull's record vouches for are not hashed again unless `full`).
+/// A signature bundle alone (a `model.sig` anywhere) checked under `trust`: what it vouches
+/// for and who signed. The files it lists are not looked at.
+pub fn verify_bundle(
+    path: &Path,
+    trust: &crate::sign::Trust,
+) -> Result<crate::sign::Signed, TransferError> {
+    let bundle = read_bundle(path)?;
+    Ok(crate::sign::open(&bundle, trust)?)
+}
+
+/// A bundle file's bytes, at most one over the largest bundle (which `open` then refuses).
+fn read_bundle(path: &Path) -> Result<Vec<u8>, TransferError> {
+    use std::io::Read;
+    let mut bundle = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(crate::sign::MAX_BUNDLE_BYTES + 1)
+                .read_to_end(&mut bundle)
+        })
+        .map_err(TransferError::io(path))?;
+    Ok(bundle)
+}
+
+/// How a verified signature names its signer, for a line of output.
+pub fn signer_words(signed: &crate::sign::Signed) -> String {
+    match &signed.method {
+        crate::sign::Method::Key => format!("key {}", signed.key),
+        crate::sign::Method::Certificate(who) => format!("certificate {who}"),
+        crate::sign::Method::Sigstore(logged) => format!(
+            "Sigstore certificate {} (issuer {}), logged at {}",
+            logged.identity, logged.issuer, logged.integrated_time
+        ),
+    }
+}
+
 /// The signer's ignored paths and hoist's own files aside.
 pub fn verify_signature(
     dir: &Path,
@@ -210,10 +245,7 @@ pub fn verify_signature(
         .collect();
     ignore.push(PathBuf::from(crate::sign::SIGNATURE_FILE));
     let check = check_folder(dir, &expected, full, true, &ignore);
-    let what = match &signed.method {
-        crate::sign::Method::Key => format!("the signature by key {}", signed.key),
-        crate::sign::Method::Certificate(who) => format!("the signature by certificate {who}"),
-    };
+    let what = format!("the signature by {}", signer_words(&signed));
     passed(dir, &what, check)?;
     Ok(Verified {
         reference: format!("{} ({what})", signed.name),
