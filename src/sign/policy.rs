@@ -482,4 +482,50 @@ mode = "off"
             .to_string()
             .contains("over"));
     }
+
+    #[test]
+    fn rules_name_roots_identities_and_sigstore_issuers() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), "k.pem", 2);
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let p = policy(
+            dir.path(),
+            r#"
+[[rule]]
+repositories = "reg.example/pki/**"
+roots = ["ca.pem"]
+identities = ["ml@example.com"]
+[[rule]]
+repositories = "reg.example/sigstore/**"
+identities = ["ml@example.com"]
+oidc_issuers = ["https://accounts.google.com"]
+"#,
+        )
+        .unwrap();
+        let pki = p.for_repository("reg.example/pki/m").unwrap().unwrap();
+        assert!(pki.trust.certs.is_some() && pki.trust.sigstore.is_none());
+        let sig = p.for_repository("reg.example/sigstore/m").unwrap().unwrap();
+        assert!(sig.trust.sigstore.is_some() && sig.trust.certs.is_none());
+        for (text, why) in [
+            (
+                "[[rule]]\nrepositories = \"**\"\nidentities = [\"a@b\"]\n",
+                "names no key, no roots and no OIDC issuer",
+            ),
+            (
+                "[[rule]]\nrepositories = \"**\"\noidc_issuers = [\"https://x\"]\n",
+                "--cert-identity",
+            ),
+            (
+                "[[rule]]\nrepositories = \"**\"\nroots = [\"k.pem\"]\n",
+                "no PEM certificate",
+            ),
+        ] {
+            let err = policy(dir.path(), text).unwrap_err().to_string();
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
+    }
 }
