@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod body;
+pub mod budget;
 mod client;
 mod error;
 pub mod mirrors;

@@ -873,3 +873,76 @@ async fn files_with_nothing_remembered_are_cut_again() {
         "v2's chunks are remembered for the next version"
     );
 }
+
+/// `hoist serve` in this process as a pull-through cache of `origin`.
+async fn cache_of(origin: std::net::SocketAddr) -> InProcess {
+    let root = tempfile::tempdir().unwrap();
+    let client = RegistryClient::new(
+        &origin.to_string(),
+        &TransportOptions::default(),
+        Credentials::default(),
+    )
+    .unwrap();
+    let upstream = crate::serve::Upstream::new(client, Vec::new());
+    let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        store: Store::open(root.path()).unwrap(),
+        upstreams: crate::serve::Upstreams::new(
+            Some(upstream),
+            Default::default(),
+            Duration::ZERO,
+            None,
+        ),
+        access: None,
+        read_only: true,
+        tls: None,
+        limits: Default::default(),
+        hub: Default::default(),
+    })
+    .await
+    .unwrap();
+    InProcess {
+        addr,
+        task: tokio::spawn(server),
+        _root: root,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caches_pull_through_waits_for_a_place_in_the_origins_budget() {
+    let origin = registry().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    model(&src);
+    push_model(&remote(&origin.addr.to_string(), "t/model"), &src).await;
+    let cache = cache_of(origin.addr).await;
+    // Every place of the origin's budget held by this process's other downloads.
+    let budget = crate::registry::budget::registry_budget(&origin.addr.to_string());
+    let held = budget
+        .clone()
+        .acquire_many_owned(crate::registry::budget::REGISTRY_BUDGET as u32)
+        .await
+        .unwrap();
+    let out = work.path().join("out");
+    let target = remote(&cache.addr.to_string(), "t/model");
+    let pulling = {
+        let out = out.clone();
+        tokio::spawn(async move { pull(&target, "v1", &out, &small_ranges(), silent()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pulling.is_finished(),
+        "the cache fetched from the origin with no place of its budget free"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(60), pulling)
+        .await
+        .expect("the pull ends once places are free")
+        .unwrap()
+        .unwrap();
+    same_files(&src, &out);
+    assert_eq!(
+        budget.available_permits(),
+        crate::registry::budget::REGISTRY_BUDGET
+    );
+}

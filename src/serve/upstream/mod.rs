@@ -235,6 +235,13 @@ impl Upstreams {
         digest: &Digest,
     ) -> Result<(u64, Body), ApiError> {
         let part = store.part_path(digest);
+        // One place of the origin's per-host budget, shared with this process's other
+        // downloads from it, held until the fetch ends (a mirror's fetch counts against the
+        // origin too: it is the same model's link).
+        let place = crate::registry::budget::registry_budget(upstream.origin.registry())
+            .acquire_owned()
+            .await
+            .expect("the budget is never closed");
         let (resp, _, source) = upstream
             .open_blob(name, digest, None, self.stall_timeout)
             .await
@@ -259,6 +266,7 @@ impl Upstreams {
         };
         let (me, store, digest) = (self.clone(), store.clone(), digest.clone());
         tokio::spawn(async move {
+            let _place = place;
             let result = match pump.run(resp, source, file, &tx).await {
                 Ok(()) => me.keep(store, part, digest.clone()).await,
                 Err(e) => {

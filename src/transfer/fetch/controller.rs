@@ -1,40 +1,12 @@
 //! How many connections a pull holds: the controller that opens more while they pay (a link
-//! that caps each connection gets many, a local registry stays at the start), and the budget
-//! per registry host that every pull of one process shares.
+//! that caps each connection gets many, a local registry stays at the start). The budget per
+//! registry host that every pull of one process shares is `registry::budget`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-
-use super::DEFAULT_MAX_CONNECTIONS;
-
-/// Connections to one registry (or mirror) host across every download of this process that
-/// goes through a `Fetcher` (the CSI plugin's volumes, a Python program's concurrent pulls and
-/// `open_safetensors`): they share one node's link to a registry, so each grows within its
-/// own ceiling and all of them within this one. (`hoist serve`'s pull-through fetches a blob
-/// on one connection of its own and is not counted here.)
-pub const REGISTRY_BUDGET: usize = DEFAULT_MAX_CONNECTIONS;
-
-pub(super) fn registry_budget(host: &str) -> Arc<Semaphore> {
-    budget_with(host, REGISTRY_BUDGET)
-}
-
-/// The budget of `host`, made with `size` places the first time it is asked for.
-pub(super) fn budget_with(host: &str, size: usize) -> Arc<Semaphore> {
-    static BUDGETS: std::sync::OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> =
-        std::sync::OnceLock::new();
-    let mut budgets = BUDGETS
-        .get_or_init(Mutex::default)
-        .lock()
-        .expect("budget lock");
-    budgets
-        .entry(host.to_string())
-        .or_insert_with(|| Arc::new(Semaphore::new(size)))
-        .clone()
-}
 
 /// What one connection carries, at most, on a link that caps connections: cloud blob stores
 /// and their CDNs give 5–50 MB/s each. A pull whose connections go faster at the start is on

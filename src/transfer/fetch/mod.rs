@@ -20,11 +20,11 @@ pub use state::path_for as state_path_for;
 pub(crate) use state::trim_parts;
 pub(crate) use store::{checked, fetch_into_store, into_store};
 
-pub use crate::registry::RetryPolicy;
+use crate::registry::budget::registry_budget;
 #[cfg(test)]
-use controller::budget_with;
-pub use controller::REGISTRY_BUDGET;
-use controller::{grow_connections, registry_budget, LinkRate};
+pub use crate::registry::budget::REGISTRY_BUDGET;
+pub use crate::registry::RetryPolicy;
+use controller::{grow_connections, LinkRate};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -415,6 +415,7 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::budget::budget_with;
 
     #[tokio::test]
     async fn pulls_of_one_process_share_a_registrys_budget() {
