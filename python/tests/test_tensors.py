@@ -155,3 +155,29 @@ def test_a_header_longer_than_the_first_read_is_read_to_its_end(registry, tmp_pa
         assert len(got) == 2000
         for name, array in tensors.items():
             assert np.array_equal(got[name], array), name
+
+
+def test_files_larger_than_the_available_memory_are_refused_before_any_download(registry, tmp_path):
+    """A manifest may claim any size: one that claims more than MemAvailable is refused from
+    the manifest alone, before a byte of a blob is asked for."""
+    import urllib.request
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    save_file({"w": np.zeros(4, dtype=np.float32)}, str(folder / "model.safetensors"))
+    hoist.push(folder, registry.ref("team/claims:v1"))
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    url = f"http://{registry.addr}/v2/team/claims/manifests/"
+    with urllib.request.urlopen(urllib.request.Request(url + "v1", headers={"Accept": accept})) as r:
+        manifest = json.load(r)
+    for layer in manifest["layers"]:
+        if layer["annotations"]["org.opencontainers.image.title"] == "model.safetensors":
+            layer["size"] = 1 << 50  # a petabyte, the same digest
+    put = urllib.request.Request(url + "huge", data=json.dumps(manifest).encode(), method="PUT",
+                                 headers={"Content-Type": accept})
+    urllib.request.urlopen(put).close()
+    before = len(memfd_maps())
+    with pytest.raises(hoist.InvalidContentError) as e:
+        hoist.open_safetensors(registry.ref("team/claims:huge"))
+    assert "available" in str(e.value) and "nothing was downloaded" in str(e.value), str(e.value)
+    assert len(memfd_maps()) == before
