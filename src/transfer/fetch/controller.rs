@@ -50,8 +50,9 @@ pub(super) async fn grow_connections(
     // a 20 ms first byte and TCP's slow start do not hide what the last step brought.
     const TICK: Duration = Duration::from_millis(250);
     let (mut granted, mut best, mut last_step) = (initial, 0.0f64, 0);
-    // A step is judged a tick late once: connections opened together are not all streaming
-    // the tick after (TCP's slow start, a first byte 20 ms away).
+    // The first step that seems not to pay is judged again a tick later: connections opened
+    // together are not all streaming the tick after (TCP's slow start, a first byte 20 ms
+    // away).
     let mut grace = true;
     let mut last = received.load(Ordering::Relaxed);
     let mut cpu = CpuTimes::read();
