@@ -43,6 +43,8 @@ def push(
     chunk_index: bool,
     image_volume: bool,
     sign_key: Optional[str],
+    sign_cert: Optional[str],
+    sign_cert_chain: Sequence[str],
     progress: Tick,
 ) -> str: ...
 def pull(
@@ -54,6 +56,10 @@ def pull(
     kind: Sequence[str],
     cache: bool,
     verify_key: Sequence[str],
+    verify_cert_chain: Sequence[str],
+    cert_identity: Sequence[str],
+    cert_oidc_issuer: Sequence[str],
+    sigstore_trusted_root: Optional[str],
     verify_policy: Optional[str],
     concurrency: int,
     max_connections: int,

@@ -113,7 +113,11 @@ pub async fn require(
             Err(e) => {
                 tracing::debug!("signature {digest}: {e}");
                 // The most telling failure wins: one from a key we hold over "not ours".
-                if !matches!(e, SignError::OtherKey(_) | SignError::NoRoots(_)) || last.is_none() {
+                let not_ours = matches!(
+                    e,
+                    SignError::OtherKey(_) | SignError::NoRoots(_) | SignError::Keyless(_)
+                );
+                if !not_ours || last.is_none() {
                     last = Some(e);
                 }
             }
