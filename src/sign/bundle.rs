@@ -286,6 +286,7 @@ impl Envelope {
                 "its media type is {media_type:?}, not {BUNDLE_MEDIA_TYPE}"
             )));
         }
+        super::shape::check(&v)?;
         let signer = Signer::read(&v["verificationMaterial"])?;
         let envelope = &v["dsseEnvelope"];
         if envelope["payloadType"].as_str() != Some(PAYLOAD_TYPE) {

@@ -95,6 +95,20 @@ impl PublicKey {
         hex::encode(Sha256::digest(self.pem().as_bytes()))
     }
 
+    /// Does `der` (an ASN.1 ECDSA signature) sign a message whose hash (any of SHA-256/384/512,
+    /// chosen by the signer's algorithm rather than the curve) is `prehash`?
+    pub fn verifies_prehash(&self, prehash: &[u8], der: &[u8]) -> bool {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        match self {
+            PublicKey::P256(k) => p256::ecdsa::Signature::from_der(der)
+                .is_ok_and(|s| k.verify_prehash(prehash, &s).is_ok()),
+            PublicKey::P384(k) => p384::ecdsa::Signature::from_der(der)
+                .is_ok_and(|s| k.verify_prehash(prehash, &s).is_ok()),
+            PublicKey::P521(k) => p521::ecdsa::Signature::from_der(der)
+                .is_ok_and(|s| k.verify_prehash(prehash, &s).is_ok()),
+        }
+    }
+
     /// Does `der` (an ASN.1 ECDSA signature) sign `message` with this key, under the curve's
     /// hash?
     pub fn verifies(&self, message: &[u8], der: &[u8]) -> bool {

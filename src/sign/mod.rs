@@ -10,17 +10,21 @@
 //! |-------------|-----------------------------------------------------------------|
 //! | `keys.rs`   | EC keys on P-256/384/521, their hints, ECDSA sign and verify     |
 //! | `bundle.rs` | the bundle, its DSSE envelope and statement: written, and read with every check |
+//! | `shape.rs`  | the fields a bundle may have: an unknown one is refused |
 //! | `certs.rs`  | certificate chains to trusted roots (rustls-webpki), identities (subject, SAN) |
 //! | `sigstore.rs` | Sigstore bundles offline: trusted root, Fulcio certificate, log entry, identity |
 //! | `tlog.rs`   | a Rekor entry: inclusion proof, signed checkpoint, signed entry timestamp |
+//! | `tsa.rs`    | RFC 3161 timestamps of a Sigstore bundle, against the root's timestamp authorities |
 //! | `policy.rs` | what a pull requires: keys, roots, or a policy file per repository (enforce, warn, off) |
 
 mod bundle;
 mod certs;
 mod keys;
 mod policy;
+mod shape;
 mod sigstore;
 mod tlog;
+mod tsa;
 
 use std::collections::BTreeMap;
 

@@ -9,8 +9,9 @@
 //! Fulcio certificate (chained by rustls-webpki to a certificate authority of the trusted
 //! root that was valid then, valid itself then, for code signing), the identity it names
 //! (a SAN and the OIDC issuer, both as the verifier requires), and last the DSSE signature
-//! with the certificate's key. The bundle's RFC 3161 timestamps are not read: the time comes
-//! from the log's signed entry timestamp, so a bundle without one is refused.
+//! with the certificate's key. The signing time is the log's signed entry timestamp (a bundle
+//! without one is refused); the bundle's RFC 3161 timestamps, where present, must each verify
+//! against the root's timestamp authorities (`tsa`) and fall inside the certificate's validity.
 
 use std::path::Path;
 
@@ -66,6 +67,7 @@ struct Authority {
 pub struct TrustedRoot {
     logs: Vec<Log>,
     authorities: Vec<Authority>,
+    timestamp_authorities: Vec<super::tsa::Authority>,
 }
 
 impl std::fmt::Debug for TrustedRoot {
@@ -137,7 +139,30 @@ impl TrustedRoot {
             })
             .filter(|a| !a.chain.is_empty())
             .collect();
-        Ok(TrustedRoot { logs, authorities })
+        let timestamp_authorities = v["timestampAuthorities"]
+            .as_array()
+            .map_or(&[][..], |a| a)
+            .iter()
+            .take(64)
+            .filter_map(|c| {
+                let chain: Vec<Vec<u8>> = c["certChain"]["certificates"]
+                    .as_array()?
+                    .iter()
+                    .take(10)
+                    .filter_map(|c| decode(&c["rawBytes"]))
+                    .collect();
+                Some(super::tsa::Authority {
+                    cert: chain.first()?.clone(),
+                    chain,
+                    valid_for: c["validFor"].clone(),
+                })
+            })
+            .collect();
+        Ok(TrustedRoot {
+            logs,
+            authorities,
+            timestamp_authorities,
+        })
     }
 }
 
@@ -187,11 +212,13 @@ impl SigstoreTrust {
     }
 }
 
-/// A Sigstore bundle's material: the signing certificate and its one log entry.
+/// A Sigstore bundle's material: the signing certificate, its one log entry, and the RFC
+/// 3161 timestamps (DER) it carries.
 #[derive(Debug, Clone)]
 pub struct Material {
     pub cert: Vec<u8>,
     pub entry: Entry,
+    pub timestamps: Vec<Vec<u8>>,
 }
 
 impl Material {
@@ -211,6 +238,7 @@ impl Material {
         Ok(Material {
             cert,
             entry: Entry::read(entry)?,
+            timestamps: timestamps(&material["timestampVerificationData"])?,
         })
     }
 
@@ -218,6 +246,30 @@ impl Material {
     pub fn claims(&self) -> Result<(CertIdentity, String), SignError> {
         Ok((identity_of(&self.cert)?, oidc_issuer(&self.cert)?))
     }
+}
+
+/// The RFC 3161 timestamps of a bundle, decoded and bounded.
+fn timestamps(data: &Value) -> Result<Vec<Vec<u8>>, SignError> {
+    use super::tsa::{MAX_TOKEN, MAX_TOKENS};
+    let listed = data["rfc3161Timestamps"].as_array().map_or(&[][..], |t| t);
+    if listed.len() > MAX_TOKENS {
+        return Err(refused(format!(
+            "it has {} RFC 3161 timestamps (at most {MAX_TOKENS})",
+            listed.len()
+        )));
+    }
+    listed
+        .iter()
+        .map(|t| {
+            t["signedTimestamp"]
+                .as_str()
+                .filter(|s| s.len() <= MAX_TOKEN * 4 / 3 + 4)
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| {
+                    refused("an RFC 3161 timestamp of it is not base64 (or over 64 KiB)")
+                })
+        })
+        .collect()
 }
 
 /// The certificate's OIDC issuer extension (v2, else v1).
@@ -277,6 +329,19 @@ pub fn verify(
     let time = check_entry(&m.entry, &trust.root)?;
     check_body(&m.entry, &m.cert, payload, signature)?;
     let key = check_certificate(&m.cert, &trust.root, time)?;
+    for token in &m.timestamps {
+        let stamped = super::tsa::verify(
+            token,
+            signature,
+            &trust.root.timestamp_authorities,
+            valid_at,
+        )?;
+        if !cert_valid_at(&m.cert, stamped) {
+            return Err(refused(
+                "its RFC 3161 timestamp is outside its certificate's validity",
+            ));
+        }
+    }
     let (identity, issuer) = m.claims()?;
     let names_allowed = identity
         .sans
@@ -368,6 +433,14 @@ fn check_body(
     Ok(())
 }
 
+/// Was the certificate `der` valid at `t` (its own not-before and not-after)?
+fn cert_valid_at(der: &[u8], t: i64) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| {
+        let v = c.validity();
+        v.not_before.timestamp() <= t && t <= v.not_after.timestamp()
+    })
+}
+
 /// The Fulcio certificate chained to an authority of the trusted root valid at `time`, valid
 /// itself at `time`, for code signing. Returns its key.
 fn check_certificate(cert: &[u8], root: &TrustedRoot, time: i64) -> Result<PublicKey, SignError> {
@@ -393,4 +466,72 @@ fn check_certificate(cert: &[u8], root: &TrustedRoot, time: i64) -> Result<Publi
             refused("no certificate authority of the trusted root was valid at the entry's time")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign::{open, Trust};
+
+    const VECTOR: &[u8] =
+        include_bytes!("../../tests/data/model-signing-spec/v1.0/valid/sigstore.bundle.json");
+
+    fn trust() -> Trust {
+        let policy = SigstoreTrust::new(
+            TrustedRoot::public_good(),
+            &["stefanb@us.ibm.com".into()],
+            &["https://sigstore.verify.ibm.com/oauth2".into()],
+        )
+        .unwrap();
+        Trust {
+            sigstore: Some(policy),
+            ..Default::default()
+        }
+    }
+
+    /// The OMS Sigstore vector verifies, and a flipped bit in any byte of its file — JSON,
+    /// base64, the log entry, the checkpoint, the RFC 3161 timestamp — fails it.
+    #[test]
+    fn one_flipped_bit_anywhere_in_the_spec_vector_fails_it() {
+        let trust = trust();
+        let signed = open(VECTOR, &trust).expect("the vector verifies");
+        assert!(matches!(signed.method, crate::sign::Method::Sigstore(_)));
+        for i in 0..VECTOR.len() {
+            // The lowest bit (a digit, a base64 letter, a quote become another) and the case bit.
+            for bit in [0x01, 0x20] {
+                let mut flipped = VECTOR.to_vec();
+                flipped[i] ^= bit;
+                assert!(
+                    open(&flipped, &trust).is_err(),
+                    "bit {bit:#x} flipped at byte {i} ({:?}) still verifies",
+                    String::from_utf8_lossy(
+                        &VECTOR[i.saturating_sub(20)..(i + 20).min(VECTOR.len())]
+                    )
+                );
+            }
+        }
+    }
+
+    /// The same inside the decoded RFC 3161 timestamp, every byte of it.
+    #[test]
+    fn one_flipped_bit_anywhere_in_the_timestamp_fails_it() {
+        let trust = trust();
+        let mut v: Value = serde_json::from_slice(VECTOR).unwrap();
+        let field =
+            "/verificationMaterial/timestampVerificationData/rfc3161Timestamps/0/signedTimestamp";
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let token = b64
+            .decode(v.pointer(field).unwrap().as_str().unwrap())
+            .unwrap();
+        for i in 0..token.len() {
+            let mut flipped = token.clone();
+            flipped[i] ^= 1;
+            *v.pointer_mut(field).unwrap() = Value::String(b64.encode(&flipped));
+            let bundle = serde_json::to_vec(&v).unwrap();
+            assert!(
+                open(&bundle, &trust).is_err(),
+                "a flipped bit at token byte {i} still verifies"
+            );
+        }
+    }
 }

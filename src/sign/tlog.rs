@@ -219,6 +219,8 @@ pub fn root_from_proof(
 
 /// A signed note (the checkpoint): `origin\nsize\nbase64(root)\n[…]\n\n— name base64(keyhint‖sig)\n`.
 struct Checkpoint {
+    /// The log's name: the origin line up to ` - ` (Rekor's `rekor.sigstore.dev - <tree id>`).
+    origin: String,
     text: String,
     tree_size: u64,
     root_hash: Vec<u8>,
@@ -231,7 +233,9 @@ impl Checkpoint {
         let (text, sigs) = note.split_once("\n\n").ok_or_else(bad)?;
         let text = format!("{text}\n");
         let mut lines = text.lines();
-        let (_origin, size, root) = (lines.next(), lines.next(), lines.next());
+        let (origin, size, root) = (lines.next(), lines.next(), lines.next());
+        let origin = origin.ok_or_else(bad)?;
+        let origin = origin.split(" - ").next().unwrap_or(origin).to_string();
         let tree_size = size.and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let root_hash = root
             .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
@@ -246,6 +250,7 @@ impl Checkpoint {
             signatures.push((name.to_string(), sig));
         }
         Ok(Checkpoint {
+            origin,
             text,
             tree_size,
             root_hash,
@@ -253,12 +258,15 @@ impl Checkpoint {
         })
     }
 
-    /// Signed by the log: a signature line whose key hint (the first 4 bytes of the log id)
-    /// is the log's, verifying over the note's text.
+    /// Signed by the log: a signature line naming the note's origin, whose key hint (the
+    /// first 4 bytes of the log id) is the log's, verifying over the note's text.
     fn check(&self, key: &PublicKey, log_id: &[u8]) -> Result<(), SignError> {
         let hint = &log_id[..4.min(log_id.len())];
-        let signed = self.signatures.iter().any(|(_, sig)| {
-            sig.len() > 4 && &sig[..4] == hint && key.verifies(self.text.as_bytes(), &sig[4..])
+        let signed = self.signatures.iter().any(|(name, sig)| {
+            *name == self.origin
+                && sig.len() > 4
+                && &sig[..4] == hint
+                && key.verifies(self.text.as_bytes(), &sig[4..])
         });
         if !signed {
             return Err(refused("its checkpoint is not signed by the log's key"));
