@@ -941,8 +941,14 @@ async fn a_caches_pull_through_waits_for_a_place_in_the_origins_budget() {
         .unwrap()
         .unwrap();
     same_files(&src, &out);
-    assert_eq!(
-        budget.available_permits(),
-        crate::registry::budget::REGISTRY_BUDGET
-    );
+    // The cache's fetches give their places back once they have committed their blobs,
+    // which may be just after the client has read the last byte.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while budget.available_permits() < crate::registry::budget::REGISTRY_BUDGET {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache kept a place of the origin's budget after its fetches ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
