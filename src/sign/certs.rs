@@ -79,17 +79,7 @@ impl CertTrust {
             webpki::anchor_from_trusted_cert(&CertificateDer::from(root.as_slice()))
                 .map_err(|e| SignError::Key(format!("a certificate root cannot anchor: {e:?}")))?;
         }
-        let identities = identities
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                globset::GlobBuilder::new(p)
-                    .literal_separator(false)
-                    .build()
-                    .map(|g| (p.clone(), g.compile_matcher()))
-                    .map_err(|e| SignError::Key(format!("identity pattern {p:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+        let identities = globs(identities, "identity")?;
         Ok(CertTrust {
             roots: all,
             identities,
@@ -125,6 +115,23 @@ impl CertTrust {
             "the signing certificate names {identity}, none of the allowed identities {allowed:?}"
         )))
     }
+}
+
+/// Identity and issuer patterns, exact or glob (`*` crosses `/`: URIs are names here), each
+/// kept with its text for error lines; empty ones (an unset variable) are none.
+pub(super) fn globs(
+    patterns: &[String],
+    what: &str,
+) -> Result<Vec<(String, globset::GlobMatcher)>, SignError> {
+    patterns
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            globset::Glob::new(p)
+                .map(|g| (p.clone(), g.compile_matcher()))
+                .map_err(|e| SignError::Key(format!("{what} pattern {p:?}: {e}")))
+        })
+        .collect()
 }
 
 fn refused(why: String) -> SignError {

@@ -22,7 +22,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::certs::{identity_of, CertIdentity};
+use super::certs::{globs, identity_of, CertIdentity};
 use super::tlog::Entry;
 use super::{PublicKey, SignError};
 
@@ -173,21 +173,6 @@ pub struct SigstoreTrust {
     pub root: TrustedRoot,
     identities: Vec<(String, globset::GlobMatcher)>,
     issuers: Vec<(String, globset::GlobMatcher)>,
-}
-
-fn globs(
-    patterns: &[String],
-    what: &str,
-) -> Result<Vec<(String, globset::GlobMatcher)>, SignError> {
-    patterns
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            globset::Glob::new(p)
-                .map(|g| (p.clone(), g.compile_matcher()))
-                .map_err(|e| SignError::Key(format!("{what} pattern {p:?}: {e}")))
-        })
-        .collect()
 }
 
 impl SigstoreTrust {

@@ -27,13 +27,19 @@ impl Drop for InProcess {
 }
 
 async fn registry() -> InProcess {
+    serve_in_process(None, false).await
+}
+
+/// `hoist serve` on a loopback port of this process, over a store of its own, pulling
+/// through `upstream` if given.
+async fn serve_in_process(upstream: Option<crate::serve::Upstream>, read_only: bool) -> InProcess {
     let root = tempfile::tempdir().unwrap();
     let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
         addr: "127.0.0.1:0".parse().unwrap(),
         store: Store::open(root.path()).unwrap(),
-        upstreams: crate::serve::Upstreams::new(None, Default::default(), Duration::ZERO, None),
+        upstreams: crate::serve::Upstreams::new(upstream, Default::default(), Duration::ZERO, None),
         access: None,
-        read_only: false,
+        read_only,
         tls: None,
         limits: Default::default(),
         hub: Default::default(),
@@ -876,36 +882,13 @@ async fn files_with_nothing_remembered_are_cut_again() {
 
 /// `hoist serve` in this process as a pull-through cache of `origin`.
 async fn cache_of(origin: std::net::SocketAddr) -> InProcess {
-    let root = tempfile::tempdir().unwrap();
     let client = RegistryClient::new(
         &origin.to_string(),
         &TransportOptions::default(),
         Credentials::default(),
     )
     .unwrap();
-    let upstream = crate::serve::Upstream::new(client, Vec::new());
-    let (addr, server) = crate::serve::bind(crate::serve::ServeOptions {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        store: Store::open(root.path()).unwrap(),
-        upstreams: crate::serve::Upstreams::new(
-            Some(upstream),
-            Default::default(),
-            Duration::ZERO,
-            None,
-        ),
-        access: None,
-        read_only: true,
-        tls: None,
-        limits: Default::default(),
-        hub: Default::default(),
-    })
-    .await
-    .unwrap();
-    InProcess {
-        addr,
-        task: tokio::spawn(server),
-        _root: root,
-    }
+    serve_in_process(Some(crate::serve::Upstream::new(client, Vec::new())), true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
