@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::pki::{rc_pki, write_leaf};
 use common::{cannot_run, free_port, hoist_bin, large_model, push_small, tree, Hoist, Registry};
 use hoist::csi::proto::identity_client::IdentityClient;
 use hoist::csi::proto::node_client::NodeClient;
@@ -1062,6 +1063,99 @@ async fn a_verification_policy_decides_per_repository() {
                 assert_eq!(status.code(), Code::PermissionDenied, "{id}: {status:?}");
                 assert!(status.message().contains(why), "{id}: {}", status.message());
                 assert!(!is_mounted(&target), "{id}: mounted");
+            }
+        }
+    }
+}
+
+/// Certificates on the node, from the flags (`--verify-cert-chain`, `--cert-identity`) and from
+/// a policy rule (`roots`, `identities`): a model signed by a certificate that chains to the
+/// roots and names the identity becomes a volume; one signed for another identity, by a
+/// certificate from another root, or by a bare key is PERMISSION_DENIED, nothing mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_certificate_roots_only_models_signed_for_the_identity_become_volumes() {
+    if !can_mount() {
+        return;
+    }
+    let reg = Registry::start();
+    let h = Hoist::new();
+    let work = tempfile::tempdir().unwrap();
+    let (pki, stranger) = (rc_pki(), rc_pki());
+    std::fs::write(work.path().join("root.pem"), &pki.root_pem).unwrap();
+    let mallory = |p: &mut rcgen::CertificateParams| {
+        p.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
+            "mallory@example.com".try_into().unwrap(),
+        )]
+    };
+    let ours = write_leaf(&pki, work.path(), "ours", |_| {});
+    let theirs = write_leaf(&pki, work.path(), "theirs", mallory);
+    let foreign = write_leaf(&stranger, work.path(), "foreign", |_| {});
+    let (bare, _) = key_pair(work.path());
+    let src = tempfile::tempdir().unwrap();
+    common::small_model(src.path());
+    let dir = src.path().to_str().unwrap();
+    let cases = [
+        ("c-ours", Some(&ours), "", true),
+        (
+            "c-theirs",
+            Some(&theirs),
+            "none of the allowed identities",
+            false,
+        ),
+        ("c-foreign", Some(&foreign), "", false),
+        ("c-bare", None, "", false),
+    ];
+    for (name, leaf, _, _) in &cases {
+        let reference = reg.reference(&format!("team/{name}:v1"));
+        let mut args = vec!["push", dir, &reference, "--sign"];
+        let (key, cert);
+        match leaf {
+            Some((k, c)) => {
+                (key, cert) = (k.to_str().unwrap(), c.to_str().unwrap());
+                args.extend([key, "--cert", cert]);
+            }
+            None => args.push(bare.to_str().unwrap()),
+        }
+        h.run(&args).ok();
+    }
+    let registry = reg.reference("x");
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[rule]]\nrepositories = \"{}/team/*\"\nroots = [\"root.pem\"]\n\
+             identities = [\"signer@*.com\"]\n",
+            registry.trim_end_matches("/x")
+        ),
+    )
+    .unwrap();
+    let root = work.path().join("root.pem");
+    let flags = [
+        "--verify-cert-chain",
+        root.to_str().unwrap(),
+        "--cert-identity",
+        "signer@example.com",
+    ];
+    let by_policy = ["--verify-policy", policy.to_str().unwrap()];
+    for (how, extra) in [("flags", &flags[..]), ("policy", &by_policy[..])] {
+        let plugin = Plugin::start(extra);
+        let mut node = plugin.node().await;
+        for (name, _, why, placed) in &cases {
+            let target = plugin.target(name);
+            let reference = reg.reference(&format!("team/{name}:v1"));
+            let req = publish_request(name, &target, &[("reference", &reference)]);
+            match publish(&mut node, req, None).await {
+                Ok(_) => {
+                    assert!(placed, "{how} {name}: published");
+                    assert!(tree(&target, false).contains_key("model.sig"));
+                    unpublish(&mut node, name, &target).await.unwrap();
+                }
+                Err(status) => {
+                    assert!(!placed, "{how} {name}: {status:?}");
+                    assert_eq!(status.code(), Code::PermissionDenied, "{how} {name}");
+                    assert!(status.message().contains(why), "{how} {name}: {status:?}");
+                    assert!(!is_mounted(&target), "{how} {name}: mounted");
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
+use common::pki::{rc_pki, write_leaf};
 use common::{run, small_model, tree, Hoist, Registry};
 
 const SIGNATURE: i32 = 9;
@@ -348,48 +349,6 @@ fn hoist_signs_with_a_certificate_and_the_reference_tool_verifies_it() {
     assert!(r.stderr.contains("another key"), "{}", r.stderr);
 }
 
-/// Certificates the openssl of these machines cannot make (dates in the past or far future,
-/// any names), from rcgen: a root, and leaves signed by it.
-struct RcPki {
-    root_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-fn rc_pki() -> RcPki {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "rcgen root");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    RcPki {
-        root_pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    }
-}
-
-/// A leaf (key PEM, certificate PEM) with `edit` applied to code-signing defaults.
-fn rc_leaf(pki: &RcPki, edit: impl FnOnce(&mut rcgen::CertificateParams)) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "rcgen signer");
-    params.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
-        "signer@example.com".try_into().unwrap(),
-    )];
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::CodeSigning];
-    edit(&mut params);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &pki.issuer).unwrap();
-    (key.serialize_pem(), cert.pem())
-}
-
 /// Rewrite the certificate list of the newest `model.sig`-style bundle at `bundle`.
 fn with_certificates(bundle: &Path, certs: Vec<String>) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle).unwrap()).unwrap();
@@ -452,13 +411,7 @@ fn invalid_and_hostile_certificate_chains_are_refused_and_nothing_is_placed() {
         ),
     ];
     for (name, edit, why) in cases {
-        let (key_pem, cert_pem) = rc_leaf(&pki, edit);
-        let (key, cert) = (
-            work.path().join(format!("{name}.key")),
-            work.path().join(format!("{name}.pem")),
-        );
-        std::fs::write(&key, key_pem).unwrap();
-        std::fs::write(&cert, cert_pem).unwrap();
+        let (key, cert) = write_leaf(&pki, work.path(), name, edit);
         let reference = reg.reference(&format!("neg/{name}:v1"));
         h.run(&["push", s(&src), &reference]).ok();
         // hoist signs what it is given; the verifier decides.
@@ -470,10 +423,7 @@ fn invalid_and_hostile_certificate_chains_are_refused_and_nothing_is_placed() {
     }
 
     // A good signature, then its bundle rewritten: 100 certificates, or one of 1 MiB.
-    let (key_pem, cert_pem) = rc_leaf(&pki, |_| {});
-    let (key, cert) = (work.path().join("good.key"), work.path().join("good.pem"));
-    std::fs::write(&key, key_pem).unwrap();
-    std::fs::write(&cert, &cert_pem).unwrap();
+    let (key, cert) = write_leaf(&pki, work.path(), "good", |_| {});
     let good = reg.reference("neg/good:v1");
     h.run(&["push", s(&src), &good]).ok();
     h.run(&["sign", &good, "--key", s(&key), "--cert", s(&cert)])

@@ -143,8 +143,18 @@ pub fn open(bundle: &[u8], trust: &Trust) -> Result<Signed, SignError> {
     let envelope = Envelope::read(bundle)?;
     // The statement is read first: a refusal then names what is wrong with it, whoever signed.
     let mut signed = statement(&envelope.payload)?;
+    (signed.method, signed.key) = verify_signer(&envelope, trust)?;
+    Ok(signed)
+}
+
+/// The envelope's signature checked against what `trust` holds: how it was signed, and the
+/// key's hint for a key signature.
+pub(super) fn verify_signer(
+    envelope: &Envelope,
+    trust: &Trust,
+) -> Result<(Method, String), SignError> {
     let message = pae(&envelope.payload);
-    let (method, key) = match &envelope.signer {
+    Ok(match &envelope.signer {
         Signer::Key(hint) => {
             let candidates: Vec<_> = match hint.as_str() {
                 "" => trust.keys.iter().collect(),
@@ -173,17 +183,13 @@ pub fn open(bundle: &[u8], trust: &Trust) -> Result<Signed, SignError> {
             let Some(policy) = &trust.sigstore else {
                 return Err(SignError::Keyless(claimed_signer(material)));
             };
-            let (key, logged) =
-                sigstore::verify(material, &envelope.payload, &envelope.signature, policy)?;
+            let (key, logged) = sigstore::verify(material, &envelope.dsse(&message), policy)?;
             if !key.verifies(&message, &envelope.signature) {
                 return Err(SignError::BadSignature);
             }
             (Method::Sigstore(logged), String::new())
         }
-    };
-    signed.method = method;
-    signed.key = key;
-    Ok(signed)
+    })
 }
 
 /// What `bundle` claims, read with every check but the signature's: for showing a signature
@@ -200,7 +206,7 @@ pub fn describe(bundle: &[u8]) -> Result<Signed, SignError> {
             claimed.method = Method::Sigstore(Logged {
                 identity,
                 issuer,
-                integrated_time: material.entry.integrated_time,
+                signed_at: material.entry.integrated_time,
             });
         }
     }
@@ -266,14 +272,23 @@ impl Signer {
 
 /// A bundle's DSSE envelope, its shape checked: the signed payload, its one signature and the
 /// hint of the key that claims it.
-struct Envelope {
+pub(super) struct Envelope {
     signer: Signer,
     payload: Vec<u8>,
     signature: Vec<u8>,
 }
 
 impl Envelope {
-    fn read(bundle: &[u8]) -> Result<Envelope, SignError> {
+    /// Its parts a log entry names, with `pae`, the bytes the signature is over.
+    fn dsse<'a>(&'a self, pae: &'a [u8]) -> super::rekor::Dsse<'a> {
+        super::rekor::Dsse {
+            payload: &self.payload,
+            pae,
+            signature: &self.signature,
+        }
+    }
+
+    pub(super) fn read(bundle: &[u8]) -> Result<Envelope, SignError> {
         if bundle.len() as u64 > MAX_BUNDLE_BYTES {
             return Err(SignError::TooLarge(MAX_BUNDLE_BYTES));
         }

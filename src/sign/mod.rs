@@ -13,7 +13,9 @@
 //! | `shape.rs`  | the fields a bundle may have: an unknown one is refused |
 //! | `certs.rs`  | certificate chains to trusted roots (rustls-webpki), identities (subject, SAN) |
 //! | `sigstore.rs` | Sigstore bundles offline: trusted root, Fulcio certificate, log entry, identity |
-//! | `tlog.rs`   | a Rekor entry: inclusion proof, signed checkpoint, signed entry timestamp |
+//! | `tlog.rs`   | a Rekor entry: inclusion proof, signed checkpoint (ECDSA or Ed25519), signed entry timestamp |
+//! | `rekor.rs`  | a Rekor entry's body bound to the signature: `dsse` 0.0.1 (Rekor v1) and 0.0.2 (v2) |
+//! | `sct.rs`    | a Fulcio certificate's embedded SCTs against the root's CT logs (RFC 6962) |
 //! | `tsa.rs`    | RFC 3161 timestamps of a Sigstore bundle, against the root's timestamp authorities |
 //! | `policy.rs` | what a pull requires: keys, roots, or a policy file per repository (enforce, warn, off) |
 
@@ -21,8 +23,12 @@ mod bundle;
 mod certs;
 mod keys;
 mod policy;
+mod rekor;
+mod sct;
 mod shape;
 mod sigstore;
+#[cfg(test)]
+mod sigstore_tests;
 mod tlog;
 mod tsa;
 

@@ -2,28 +2,29 @@
 //! `trusted_root.json` format: the public-good instance's by default (the file sigstore-python
 //! 4.5.1 ships, Apache-2.0, kept in `data/`), a private instance's by flag.
 //!
-//! What is checked, in order: the log entry (its log's key from the trusted root, valid at
-//! the entry's time; the signed entry timestamp, whose time is then the signing time; the
+//! What is checked, in order: the log entry (its log from the trusted root, by its key: ECDSA
+//! for Rekor v1, Ed25519 for v2; the signed entry timestamp where there is one; the
 //! inclusion proof up to the root hash and the checkpoint signed for it), the entry's body
-//! (a `dsse` 0.0.1 entry naming this envelope's payload hash, signature and certificate), the
-//! Fulcio certificate (chained by rustls-webpki to a certificate authority of the trusted
-//! root that was valid then, valid itself then, for code signing), the identity it names
-//! (a SAN and the OIDC issuer, both as the verifier requires), and last the DSSE signature
-//! with the certificate's key. The signing time is the log's signed entry timestamp (a bundle
-//! without one is refused); the bundle's RFC 3161 timestamps, where present, must each verify
-//! against the root's timestamp authorities (`tsa`) and fall inside the certificate's validity.
+//! (`rekor`: a `dsse` 0.0.1 or 0.0.2 entry naming this envelope's payload hash, signature and
+//! certificate), the signed times (the signed entry timestamp's, and each RFC 3161 timestamp's,
+//! verified against the root's timestamp authorities by `tsa`; at least one, since Rekor v2
+//! entries carry no signed entry timestamp), each inside the log key's and the certificate's
+//! validity; the Fulcio certificate (chained by rustls-webpki to a certificate authority of
+//! the trusted root valid at the first signed time, for code signing, and logged by a CT log
+//! of the root: one of its embedded SCTs verifies, `sct`), the identity it names (a SAN and
+//! the OIDC issuer, both as the verifier requires), and last the DSSE signature with the
+//! certificate's key.
 
 use std::path::Path;
 
 use base64::Engine as _;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::certs::{globs, identity_of, CertIdentity};
-use super::tlog::Entry;
+use super::rekor::Dsse;
+use super::sct::CtLog;
+use super::tlog::{Entry, LogKey};
 use super::{PublicKey, SignError};
 
 /// The public-good Sigstore instance's trusted root, as Sigstore clients ship it.
@@ -54,7 +55,7 @@ fn valid_at(valid_for: &Value, t: i64) -> bool {
 
 struct Log {
     key_id: Vec<u8>,
-    key: Option<PublicKey>,
+    key: Option<LogKey>,
     valid_for: Value,
 }
 
@@ -63,10 +64,12 @@ struct Authority {
     valid_for: Value,
 }
 
-/// A trusted root: the transparency logs' keys and the certificate authorities.
+/// A trusted root: the transparency logs' keys, the certificate authorities and the
+/// certificate transparency logs that must have logged their certificates.
 pub struct TrustedRoot {
     logs: Vec<Log>,
     authorities: Vec<Authority>,
+    ct_logs: Vec<CtLog>,
     timestamp_authorities: Vec<super::tsa::Authority>,
 }
 
@@ -95,7 +98,7 @@ impl TrustedRoot {
         TrustedRoot::parse(&bytes).map_err(|e| SignError::Key(format!("{}: {e}", path.display())))
     }
 
-    fn parse(bytes: &[u8]) -> Result<TrustedRoot, SignError> {
+    pub(super) fn parse(bytes: &[u8]) -> Result<TrustedRoot, SignError> {
         let bad = |why: &str| SignError::Key(format!("not a Sigstore trusted root: {why}"));
         let v: Value = serde_json::from_slice(bytes).map_err(|_| bad("not JSON"))?;
         let media = v["mediaType"].as_str().unwrap_or_default();
@@ -114,11 +117,26 @@ impl TrustedRoot {
             .filter_map(|l| {
                 Some(Log {
                     key_id: decode(&l["logId"]["keyId"])?,
-                    // A key type hoist cannot check (Ed25519 of the newer logs) stays listed:
-                    // an entry of that log is refused by name rather than as unknown.
+                    // A key type hoist cannot check stays listed: an entry of that log is
+                    // refused by name rather than as unknown.
+                    key: decode(&l["publicKey"]["rawBytes"])
+                        .and_then(|der| LogKey::from_spki_der(&der)),
+                    valid_for: l["publicKey"]["validFor"].clone(),
+                })
+            })
+            .collect();
+        let ct_logs = v["ctlogs"]
+            .as_array()
+            .map_or(&[][..], |a| a)
+            .iter()
+            .take(64)
+            .filter_map(|l| {
+                let valid_for = l["publicKey"]["validFor"].clone();
+                Some(CtLog {
+                    key_id: decode(&l["logId"]["keyId"])?,
                     key: decode(&l["publicKey"]["rawBytes"])
                         .and_then(|der| PublicKey::from_spki_der(&der).ok()),
-                    valid_for: l["publicKey"]["validFor"].clone(),
+                    valid: Box::new(move |t| valid_at(&valid_for, t)),
                 })
             })
             .collect();
@@ -161,6 +179,7 @@ impl TrustedRoot {
         Ok(TrustedRoot {
             logs,
             authorities,
+            ct_logs,
             timestamp_authorities,
         })
     }
@@ -300,33 +319,41 @@ fn clean(s: String) -> Result<String, SignError> {
 pub struct Logged {
     pub identity: CertIdentity,
     pub issuer: String,
-    pub integrated_time: i64,
+    /// The signing time: the log's signed entry timestamp, else the first RFC 3161
+    /// timestamp's (when verified); the time the log entry claims (when only read).
+    pub signed_at: Option<i64>,
 }
 
-/// Verify `m` for the DSSE `payload` and `signature` under `trust`; returns the key that
+/// Verify `m` for the DSSE envelope `dsse` under `trust`; returns the key that
 /// must then verify the signature, and who it is.
 pub fn verify(
     m: &Material,
-    payload: &[u8],
-    signature: &[u8],
+    dsse: &Dsse,
     trust: &SigstoreTrust,
 ) -> Result<(PublicKey, Logged), SignError> {
-    let time = check_entry(&m.entry, &trust.root)?;
-    check_body(&m.entry, &m.cert, payload, signature)?;
-    let key = check_certificate(&m.cert, &trust.root, time)?;
+    let (log, mut times) = check_entry(&m.entry, &trust.root)?;
+    super::rekor::check_body(&m.entry, &m.cert, dsse)?;
+    let signature = dsse.signature;
     for token in &m.timestamps {
-        let stamped = super::tsa::verify(
-            token,
-            signature,
-            &trust.root.timestamp_authorities,
-            valid_at,
-        )?;
-        if !cert_valid_at(&m.cert, stamped) {
+        let authorities = &trust.root.timestamp_authorities;
+        times.push(super::tsa::verify(token, signature, authorities, valid_at)?);
+    }
+    let Some(&time) = times.first() else {
+        return Err(refused(
+            "it carries no signed time: no signed entry timestamp (a Rekor v2 entry has none) and no RFC 3161 timestamp",
+        ));
+    };
+    for &t in &times {
+        if !valid_at(&log.valid_for, t) {
+            return Err(refused("its log's key was not valid at its signed time"));
+        }
+        if !cert_valid_at(&m.cert, t) {
             return Err(refused(
-                "its RFC 3161 timestamp is outside its certificate's validity",
+                "a signed time of it is outside its certificate's validity",
             ));
         }
     }
+    let key = check_certificate(&m.cert, &trust.root, time)?;
     let (identity, issuer) = m.claims()?;
     let names_allowed = identity
         .sans
@@ -349,73 +376,26 @@ pub fn verify(
         Logged {
             identity,
             issuer,
-            integrated_time: time,
+            signed_at: Some(time),
         },
     ))
 }
 
-/// The entry checked against its log's key; returns the time the log signed for it.
-fn check_entry(entry: &Entry, root: &TrustedRoot) -> Result<i64, SignError> {
+/// The entry checked against its log's key; returns the log and the time it signed for the
+/// entry, if it did (a Rekor v1 signed entry timestamp).
+fn check_entry<'r>(entry: &Entry, root: &'r TrustedRoot) -> Result<(&'r Log, Vec<i64>), SignError> {
     let log = root
         .logs
         .iter()
         .find(|l| l.key_id == entry.log_id)
         .ok_or_else(|| refused("its log entry is from a log the trusted root does not list"))?;
-    let key = log.key.as_ref().ok_or_else(|| {
-        refused("its log's key is of a type hoist does not check (Ed25519: a Rekor v2 log)")
-    })?;
-    if !valid_at(&log.valid_for, entry.integrated_time) {
-        return Err(refused("its log's key was not valid at the entry's time"));
-    }
-    entry.check_set(key)?;
+    let key = log
+        .key
+        .as_ref()
+        .ok_or_else(|| refused("its log's key is of a type hoist does not check"))?;
+    let signed = entry.signed_time(key)?;
     entry.check_proof(key, &log.key_id)?;
-    Ok(entry.integrated_time)
-}
-
-/// The entry's body must be this signature: a `dsse` 0.0.1 entry whose payload hash is this
-/// payload's, whose one signature is this signature, by this certificate.
-fn check_body(
-    entry: &Entry,
-    cert: &[u8],
-    payload: &[u8],
-    signature: &[u8],
-) -> Result<(), SignError> {
-    let other = |what: &str| refused(format!("its log entry is for another {what}"));
-    if (entry.kind.as_str(), entry.version.as_str()) != ("dsse", "0.0.1") {
-        return Err(refused(format!(
-            "its log entry is of kind {} {}; hoist checks dsse 0.0.1",
-            entry.kind, entry.version
-        )));
-    }
-    let body: Value = serde_json::from_slice(&entry.body)
-        .map_err(|_| refused("its log entry's body is not JSON"))?;
-    if body["kind"] != "dsse" || body["apiVersion"] != "0.0.1" {
-        return Err(other("kind of entry"));
-    }
-    let spec = &body["spec"];
-    if spec["payloadHash"]["algorithm"] != "sha256"
-        || spec["payloadHash"]["value"].as_str() != Some(&hex::encode(Sha256::digest(payload)))
-    {
-        return Err(other("payload"));
-    }
-    let signatures = spec["signatures"].as_array().map_or(&[][..], |s| s);
-    let [logged] = signatures else {
-        return Err(other("number of signatures"));
-    };
-    let logged_sig = logged["signature"]
-        .as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
-    if logged_sig.as_deref() != Some(signature) {
-        return Err(other("signature"));
-    }
-    let verifier = logged["verifier"]
-        .as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok());
-    if verifier.as_deref() != Some(cert) {
-        return Err(other("certificate"));
-    }
-    Ok(())
+    Ok((log, signed.into_iter().collect()))
 }
 
 /// Was the certificate `der` valid at `t` (its own not-before and not-after)?
@@ -426,8 +406,15 @@ fn cert_valid_at(der: &[u8], t: i64) -> bool {
     })
 }
 
+/// A certificate's SubjectPublicKeyInfo (DER).
+fn spki_of(der: &[u8]) -> Result<Vec<u8>, SignError> {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.public_key().raw.to_vec())
+        .map_err(|_| refused("a certificate of the trusted root cannot be read"))
+}
+
 /// The Fulcio certificate chained to an authority of the trusted root valid at `time`, valid
-/// itself at `time`, for code signing. Returns its key.
+/// itself at `time`, for code signing, and CT-logged (`sct`). Returns its key.
 fn check_certificate(cert: &[u8], root: &TrustedRoot, time: i64) -> Result<PublicKey, SignError> {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.max(0) as u64);
     let mut last = None;
@@ -440,7 +427,13 @@ fn check_certificate(cert: &[u8], root: &TrustedRoot, time: i64) -> Result<Publi
         let mut chain = vec![cert.to_vec()];
         chain.extend(intermediates.iter().cloned());
         match super::certs::verify_chain(&chain, std::slice::from_ref(anchor), at) {
-            Ok(key) => return Ok(key),
+            Ok(key) => {
+                // The leaf's issuer: the authority's first certificate (its intermediate,
+                // or the anchor itself when the chain is one certificate long).
+                let issuer = spki_of(&authority.chain[0])?;
+                super::sct::verify(cert, &issuer, &root.ct_logs)?;
+                return Ok(key);
+            }
             Err(e) => last = Some(e),
         }
     }

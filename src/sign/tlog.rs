@@ -1,10 +1,12 @@
-//! A transparency-log entry (Rekor v1), checked offline: the inclusion proof against the
-//! root hash it names (RFC 9162 §2.1.3.2), the signed checkpoint that vouches for that root,
-//! and the signed entry timestamp (the log's promise of the entry and its time).
+//! A transparency-log entry (Rekor v1 or v2), checked offline: the inclusion proof against
+//! the root hash it names (RFC 9162 §2.1.3.2), the signed checkpoint that vouches for that
+//! root, and the signed entry timestamp where there is one (the log's promise of the entry
+//! and its time; Rekor v2 gives none, its entries' time comes from RFC 3161 timestamps).
 //!
 //! Written here rather than taken from sigstore-rs: that crate brings its own TLS, OAuth and
 //! TUF stacks for what is, offline, about 150 lines of hashing and three signature checks
-//! with the key types hoist already has (ECDSA through `keys`).
+//! with the key types hoist already has (ECDSA through `keys`; Ed25519, the key of Rekor v2
+//! logs, through ring, already here for TLS).
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -25,7 +27,8 @@ pub struct Entry {
     pub log_id: Vec<u8>,
     pub kind: String,
     pub version: String,
-    pub integrated_time: i64,
+    /// The time the log says it took the entry; trusted only with the signed entry timestamp.
+    pub integrated_time: Option<i64>,
     pub body: Vec<u8>,
     pub set: Option<Vec<u8>>,
     pub proof: Option<Proof>,
@@ -107,23 +110,30 @@ impl Entry {
                 .as_str()
                 .unwrap_or_default()
                 .into(),
-            integrated_time: int(&v["integratedTime"], "integrated time")?,
+            integrated_time: match v.get("integratedTime") {
+                Some(t) => Some(int(t, "integrated time")?),
+                None => None,
+            },
             body: b64(&v["canonicalizedBody"], "body", MAX_BODY)?,
             set,
             proof,
         })
     }
 
-    /// The log's signed entry timestamp: its signature over the entry's body, time, index
-    /// and log id, in the canonical JSON Rekor signs.
-    pub fn check_set(&self, key: &PublicKey) -> Result<(), SignError> {
-        let set = self.set.as_ref().ok_or_else(|| {
-            refused("it has no signed entry timestamp, so its time is not the log's")
-        })?;
+    /// The log's signed entry timestamp, where the entry has one (Rekor v1): its signature
+    /// over the entry's body, time, index and log id, in the canonical JSON Rekor signs.
+    /// Returns the time it vouches for.
+    pub fn signed_time(&self, key: &LogKey) -> Result<Option<i64>, SignError> {
+        let Some(set) = &self.set else {
+            return Ok(None);
+        };
+        let time = self
+            .integrated_time
+            .ok_or_else(|| refused("its signed entry timestamp has no integrated time"))?;
         let signed = format!(
             r#"{{"body":"{}","integratedTime":{},"logID":"{}","logIndex":{}}}"#,
             base64::engine::general_purpose::STANDARD.encode(&self.body),
-            self.integrated_time,
+            time,
             hex::encode(&self.log_id),
             self.log_index
         );
@@ -132,16 +142,24 @@ impl Entry {
                 "its signed entry timestamp does not verify with the log's key",
             ));
         }
-        Ok(())
+        Ok(Some(time))
     }
 
     /// The inclusion proof: the entry's leaf hashed up to the root hash it names, and a
     /// checkpoint signed by the log's key for that root and tree size.
-    pub fn check_proof(&self, key: &PublicKey, origin_key_id: &[u8]) -> Result<(), SignError> {
+    pub fn check_proof(&self, key: &LogKey, origin_key_id: &[u8]) -> Result<(), SignError> {
         let proof = self
             .proof
             .as_ref()
             .ok_or_else(|| refused("it has no inclusion proof"))?;
+        // Rekor v1 numbers entries across its shards (the signed entry timestamp covers that
+        // number) and proofs within one; an entry without the timestamp (Rekor v2) has one tree,
+        // so its index is the proof's or nothing vouches for it.
+        if self.set.is_none() && proof.log_index != self.log_index {
+            return Err(refused(
+                "its inclusion proof is for another index than the entry's",
+            ));
+        }
         let leaf = leaf_hash(&self.body);
         let root = root_from_proof(proof.log_index, proof.tree_size, &leaf, &proof.hashes)?;
         if root != proof.root_hash {
@@ -157,6 +175,38 @@ impl Entry {
             ));
         }
         Ok(())
+    }
+}
+
+/// A transparency log's key: ECDSA (Rekor v1) or Ed25519 (Rekor v2).
+#[derive(Debug, Clone)]
+pub enum LogKey {
+    Ecdsa(PublicKey),
+    Ed25519(Vec<u8>),
+}
+
+impl LogKey {
+    /// A DER SubjectPublicKeyInfo: Ed25519 (RFC 8410), or ECDSA as `keys` reads it.
+    pub fn from_spki_der(der: &[u8]) -> Option<LogKey> {
+        const ED25519_SPKI: [u8; 12] = [
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        match der.strip_prefix(&ED25519_SPKI[..]) {
+            Some(raw) if raw.len() == 32 => Some(LogKey::Ed25519(raw.to_vec())),
+            Some(_) => None,
+            None => PublicKey::from_spki_der(der).ok().map(LogKey::Ecdsa),
+        }
+    }
+
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        match self {
+            LogKey::Ecdsa(key) => key.verifies(message, signature),
+            LogKey::Ed25519(raw) => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, raw)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+        }
     }
 }
 
@@ -260,7 +310,7 @@ impl Checkpoint {
 
     /// Signed by the log: a signature line naming the note's origin, whose key hint (the
     /// first 4 bytes of the log id) is the log's, verifying over the note's text.
-    fn check(&self, key: &PublicKey, log_id: &[u8]) -> Result<(), SignError> {
+    fn check(&self, key: &LogKey, log_id: &[u8]) -> Result<(), SignError> {
         let hint = &log_id[..4.min(log_id.len())];
         let signed = self.signatures.iter().any(|(name, sig)| {
             *name == self.origin

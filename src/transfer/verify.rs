@@ -191,8 +191,17 @@ pub fn signer_words(signed: &crate::sign::Signed) -> String {
         crate::sign::Method::Key => format!("key {}", signed.key),
         crate::sign::Method::Certificate(who) => format!("certificate {who}"),
         crate::sign::Method::Sigstore(logged) => format!(
-            "Sigstore certificate {} (issuer {}), logged at {}",
-            logged.identity, logged.issuer, logged.integrated_time
+            "Sigstore certificate {} (issuer {}){}",
+            logged.identity,
+            logged.issuer,
+            logged
+                .signed_at
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .and_then(|t| t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok())
+                .map(|t| format!(", signed at {t}"))
+                .unwrap_or_default()
         ),
     }
 }

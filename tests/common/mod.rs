@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod hub;
+pub mod pki;
 
 use std::io::Write;
 use std::net::TcpListener;
