@@ -5,8 +5,8 @@
 //! What is checked, in order: the log entry (its log from the trusted root, by its key: ECDSA
 //! for Rekor v1, Ed25519 for v2; the signed entry timestamp where there is one; the
 //! inclusion proof up to the root hash and the checkpoint signed for it), the entry's body
-//! (`rekor`: a `dsse` 0.0.1 or 0.0.2 entry naming this envelope's payload hash, signature and
-//! certificate), the signed times (the signed entry timestamp's, and each RFC 3161 timestamp's,
+//! (`rekor`: a `dsse` 0.0.1 or 0.0.2, or a `hashedrekord` 0.0.2 entry naming this envelope,
+//! its signature and certificate), the signed times (the signed entry timestamp's, and each RFC 3161 timestamp's,
 //! verified against the root's timestamp authorities by `tsa`; at least one, since Rekor v2
 //! entries carry no signed entry timestamp), each inside the log key's and the certificate's
 //! validity; the Fulcio certificate (chained by rustls-webpki to a certificate authority of
