@@ -1102,8 +1102,13 @@ async fn with_certificate_roots_only_models_signed_for_the_identity_become_volum
             "none of the allowed identities",
             false,
         ),
-        ("c-foreign", Some(&foreign), "", false),
-        ("c-bare", None, "", false),
+        (
+            "c-foreign",
+            Some(&foreign),
+            "does not reach the trusted roots",
+            false,
+        ),
+        ("c-bare", None, "not one of the verification keys", false),
     ];
     for (name, leaf, _, _) in &cases {
         let reference = reg.reference(&format!("team/{name}:v1"));
