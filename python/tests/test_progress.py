@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import hoist
@@ -106,6 +109,17 @@ PEAK = textwrap.dedent("""
 
 
 def test_a_2_gib_pull_stays_below_100_mib(registry, tmp_path):
+    # The model and the pulled copy live in a tmpfs where one has room for them, so the
+    # test needs 2 GiB of disk (the registry's copy), not 4.
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and shutil.disk_usage(shm).free > 5 << 30:
+        with tempfile.TemporaryDirectory(dir=shm) as scratch:
+            _pull_2_gib(registry, pathlib.Path(scratch))
+    else:
+        _pull_2_gib(registry, tmp_path)
+
+
+def _pull_2_gib(registry, tmp_path):
     folder = tmp_path / "huge"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
