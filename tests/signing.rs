@@ -528,7 +528,7 @@ fn ten_thousand_signature_referrers_are_a_bounded_refusal() {
     let out = work.path().join("out");
     let started = std::time::Instant::now();
     let r = pull(&h, &format!("{}/x:v1", fake.addr), &out, &[&public]);
-    let r = r.fails_with(SIGNATURE, "no signature from the verification keys");
+    let r = r.fails_with(SIGNATURE, "no signature by a trusted signer");
     assert_eq!(r.stderr.lines().count(), 1, "one error line: {}", r.stderr);
     nothing_placed(&out);
     let looked_at = fake
@@ -641,7 +641,7 @@ keys = ["keys/{prod_key}.pub.pem"]
     assert!(tree(&src, false) == model_files(&out));
     // enforce, unsigned: refused, nothing placed.
     let (r, out) = pull_with(&prod_unsigned, "prod-unsigned", &policy);
-    r.fails_with(SIGNATURE, "no signature from the verification keys");
+    r.fails_with(SIGNATURE, "no signature by a trusted signer");
     nothing_placed(&out);
     // warn, unsigned: placed, one warning line, no signature beside it.
     let (r, out) = pull_with(&scratch, "scratch", &policy);
@@ -670,7 +670,7 @@ keys = ["keys/{prod_key}.pub.pem"]
     // The same signed model under a policy that trusts another key: refused.
     let other = write_policy("other.toml", "other");
     let (r, out) = pull_with(&prod, "prod-other", &other);
-    r.fails_with(SIGNATURE, "no signature from the verification keys");
+    r.fails_with(SIGNATURE, "no signature by a trusted signer");
     nothing_placed(&out);
     // From the environment, as a Deployment sets it.
     let out = work.path().join("prod-env");

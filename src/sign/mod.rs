@@ -78,7 +78,7 @@ pub enum SignError {
     Policy(String),
     #[error("the signature policy: {0}")]
     Uncovered(String),
-    #[error("{reference} has no signature from the verification keys ({why})")]
+    #[error("{reference} has no signature by a trusted signer ({why})")]
     Unsigned { reference: String, why: String },
 }
 
