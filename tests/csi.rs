@@ -1049,22 +1049,14 @@ async fn a_verification_policy_decides_per_repository() {
         ("p-unsigned", &unsigned, false, "no signature"),
         ("p-elsewhere", &elsewhere, false, "no rule of"),
     ] {
-        let target = plugin.target(id);
-        let req = publish_request(id, &target, &[("reference", reference)]);
-        match publish(&mut node, req, None).await {
-            Ok(_) => {
-                assert!(placed, "{id}: published");
-                let files = tree(&target, false);
-                assert_eq!(files.contains_key("model.sig"), id == "p-signed", "{id}");
-                unpublish(&mut node, id, &target).await.unwrap();
+        let want = if placed {
+            Verdict::Placed {
+                signed: id == "p-signed",
             }
-            Err(status) => {
-                assert!(!placed, "{id}: {status:?}");
-                assert_eq!(status.code(), Code::PermissionDenied, "{id}: {status:?}");
-                assert!(status.message().contains(why), "{id}: {}", status.message());
-                assert!(!is_mounted(&target), "{id}: mounted");
-            }
-        }
+        } else {
+            Verdict::Denied(why)
+        };
+        publish_expecting(&mut node, &plugin, id, reference, want, id).await;
     }
 }
 
@@ -1146,22 +1138,49 @@ async fn with_certificate_roots_only_models_signed_for_the_identity_become_volum
         let plugin = Plugin::start(extra);
         let mut node = plugin.node().await;
         for (name, _, why, placed) in &cases {
-            let target = plugin.target(name);
             let reference = reg.reference(&format!("team/{name}:v1"));
-            let req = publish_request(name, &target, &[("reference", &reference)]);
-            match publish(&mut node, req, None).await {
-                Ok(_) => {
-                    assert!(placed, "{how} {name}: published");
-                    assert!(tree(&target, false).contains_key("model.sig"));
-                    unpublish(&mut node, name, &target).await.unwrap();
-                }
-                Err(status) => {
-                    assert!(!placed, "{how} {name}: {status:?}");
-                    assert_eq!(status.code(), Code::PermissionDenied, "{how} {name}");
-                    assert!(status.message().contains(why), "{how} {name}: {status:?}");
-                    assert!(!is_mounted(&target), "{how} {name}: mounted");
-                }
-            }
+            let want = if *placed {
+                Verdict::Placed { signed: true }
+            } else {
+                Verdict::Denied(why)
+            };
+            let label = format!("{how} {name}");
+            publish_expecting(&mut node, &plugin, name, &reference, want, &label).await;
+        }
+    }
+}
+
+/// What a publish under a verification setting must come to.
+enum Verdict<'a> {
+    /// Published, with `model.sig` in the volume exactly when `signed`; then unpublished.
+    Placed { signed: bool },
+    /// PERMISSION_DENIED naming this reason, nothing mounted.
+    Denied(&'a str),
+}
+
+/// Publish `reference` as volume `id` and hold the answer to `want` (`label` names the case).
+async fn publish_expecting(
+    node: &mut NodeClient<Channel>,
+    plugin: &Plugin,
+    id: &str,
+    reference: &str,
+    want: Verdict<'_>,
+    label: &str,
+) {
+    let target = plugin.target(id);
+    let req = publish_request(id, &target, &[("reference", reference)]);
+    match (publish(node, req, None).await, want) {
+        (Ok(_), Verdict::Placed { signed }) => {
+            let files = tree(&target, false);
+            assert_eq!(files.contains_key("model.sig"), signed, "{label}");
+            unpublish(node, id, &target).await.unwrap();
+        }
+        (Ok(_), Verdict::Denied(_)) => panic!("{label}: published"),
+        (Err(status), Verdict::Placed { .. }) => panic!("{label}: {status:?}"),
+        (Err(status), Verdict::Denied(why)) => {
+            assert_eq!(status.code(), Code::PermissionDenied, "{label}: {status:?}");
+            assert!(status.message().contains(why), "{label}: {status:?}");
+            assert!(!is_mounted(&target), "{label}: mounted");
         }
     }
 }

@@ -44,6 +44,13 @@ pub use sigstore::{Logged, SigstoreTrust, TrustedRoot, PUBLIC_GOOD_ROOT};
 /// tool's `model_signing verify key OUT --signature OUT/model.sig` then checks the folder.
 pub const SIGNATURE_FILE: &str = "model.sig";
 
+/// A JSON string field's standard base64, decoded; `None` when missing or not base64.
+fn base64_field(v: &serde_json::Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    v.as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+}
+
 /// Most signature referrers a pull looks at (the last the registry lists): a registry may
 /// attach any number.
 pub const MAX_CANDIDATES: usize = 16;

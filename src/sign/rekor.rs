@@ -6,14 +6,13 @@
 //! - `hashedrekord` 0.0.2 (Rekor v2 since its specification's §6.1.4, how sigstore-python
 //!   logs DSSE now): the hash of the envelope's PAE, the signature, the certificate as DER.
 
-use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::tlog::Entry;
-use super::SignError;
+use super::{base64_field as base64, SignError};
 
 fn refused(why: impl Into<String>) -> SignError {
     SignError::Sigstore(why.into())
@@ -21,11 +20,6 @@ fn refused(why: impl Into<String>) -> SignError {
 
 fn other(what: &str) -> SignError {
     refused(format!("its log entry is for another {what}"))
-}
-
-fn base64(v: &Value) -> Option<Vec<u8>> {
-    v.as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
 }
 
 /// A DSSE envelope's parts a log entry names: its payload, the bytes its signature is over

@@ -133,19 +133,26 @@ fn one_flipped_bit_anywhere_in_a_rekor_v2_bundle_fails_it() {
     let trust = staging();
     for bundle in BUNDLES {
         assert!(check(bundle, &trust).is_ok(), "unflipped, it verifies");
-        let witness = witness_line(bundle);
-        for i in (0..bundle.len()).filter(|i| !witness.contains(i)) {
-            for bit in [0x01, 0x20] {
-                let mut flipped = bundle.to_vec();
-                flipped[i] ^= bit;
-                assert!(
-                    check(&flipped, &trust).is_err(),
-                    "bit {bit:#x} flipped at byte {i} ({:?}) still verifies",
-                    String::from_utf8_lossy(
-                        &bundle[i.saturating_sub(20)..(i + 20).min(bundle.len())]
-                    )
-                );
-            }
+        every_flipped_bit_fails(bundle, witness_line(bundle), |b| check(b, &trust).is_ok());
+    }
+}
+
+/// Flip the lowest bit (a digit, a base64 letter, a quote become another) and the case bit of
+/// each byte of `bytes` outside `skip`: `verifies` must refuse every one.
+pub(super) fn every_flipped_bit_fails(
+    bytes: &[u8],
+    skip: std::ops::Range<usize>,
+    verifies: impl Fn(&[u8]) -> bool,
+) {
+    for i in (0..bytes.len()).filter(|i| !skip.contains(i)) {
+        for bit in [0x01, 0x20] {
+            let mut flipped = bytes.to_vec();
+            flipped[i] ^= bit;
+            assert!(
+                !verifies(&flipped),
+                "bit {bit:#x} flipped at byte {i} ({:?}) still verifies",
+                String::from_utf8_lossy(&bytes[i.saturating_sub(20)..(i + 20).min(bytes.len())])
+            );
         }
     }
 }
